@@ -1,0 +1,56 @@
+# sovledger — the two commands a newcomer types are `make demo` and `make test`.
+# Both create/refresh the virtualenv (.venv) and the generated protobuf code themselves.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/sovledger_pb/*.proto)
+PB     := proto/sovledger_pb/ledger_pb2.py
+SEEDS  ?= 10000
+
+.PHONY: all setup proto demo test test-fast lint bench bench-scale sim clean distclean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+$(PB): $(PROTOS) $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
+		--grpc_python_out=proto $(PROTOS)
+	@touch $(PB)
+
+setup: $(STAMP) $(PB)
+
+proto: $(PB)
+
+demo: setup
+	$(BIN)/python -m sovledger demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lint: setup
+	$(BIN)/ruff check node consensus ledger clients sovledger tests bench
+	$(BIN)/mypy --strict node consensus ledger clients sovledger
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python -m bench.single_node
+
+sim: setup
+	$(BIN)/python -m tests.sim --seeds $(SEEDS)
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache demo-data
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) proto/sovledger_pb/*_pb2*.py proto/sovledger_pb/*_pb2*.pyi *.egg-info

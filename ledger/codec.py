@@ -1,0 +1,382 @@
+"""Canonical byte encodings: the bytes that are hashed, signed, stored and sent.
+
+Protobuf serialization is not canonical, so everything that enters a hash or a signature is encoded
+here, fixed-width and little-endian. docs/formats.md describes every layout byte by byte; the
+tests pin them with known-answer vectors. Pure module: clients (the auditor) import it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from ledger.types import (
+    BATCH_ITEMS_MAX,
+    U32_MAX,
+    U64_MAX,
+    U128_MAX,
+    Account,
+    AccountBalance,
+    EventKind,
+    Transfer,
+)
+
+FORMAT_VERSION: Final = 1
+
+# -- records -------------------------------------------------------------------------------------
+
+# id, user_data, ledger, code, flags, asset_scale, reserved
+ACCOUNT_STRUCT: Final = struct.Struct("<16s16sIHHB23s")
+ACCOUNT_SIZE: Final = ACCOUNT_STRUCT.size  # 64
+
+# id, debit, credit, amount_lo, amount_hi, pending_id, user_data, external_ref, pii_commitment,
+# ledger, psp_id, timeout_s, code, flags
+TRANSFER_STRUCT: Final = struct.Struct("<16s16s16sQQ16s16s32s32sIIIHH")
+TRANSFER_SIZE: Final = TRANSFER_STRUCT.size  # 176
+
+# record, debits_pending, debits_posted, credits_pending, credits_posted (u128 as lo/hi), timestamp
+ACCOUNT_STATE_STRUCT: Final = struct.Struct("<64sQQQQQQQQQ")
+ACCOUNT_STATE_SIZE: Final = ACCOUNT_STATE_STRUCT.size  # 136
+
+RECORD_SIZE: Final = {EventKind.CREATE_ACCOUNT: ACCOUNT_SIZE, EventKind.CREATE_TRANSFER: TRANSFER_SIZE}
+
+SIGNATURE_SIZE: Final = 64
+KEY_ID_SIZE: Final = 4
+ZERO16: Final = bytes(16)
+MAX16: Final = b"\xff" * 16
+ZERO32: Final = bytes(32)
+
+
+class EncodingError(ValueError):
+    """Bytes that do not follow a canonical layout; the message says which field and why."""
+
+
+def u128_bytes(value: int) -> bytes:
+    if not 0 <= value <= U128_MAX:
+        raise EncodingError(f"u128 out of range: {value}")
+    return value.to_bytes(16, "little")
+
+
+def u128_from(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
+
+
+def _fixed(value: bytes, size: int, field: str) -> bytes:
+    if len(value) > size:
+        raise EncodingError(f"{field} is {len(value)} bytes, at most {size} allowed")
+    return value.ljust(size, b"\x00")
+
+
+def encode_account(a: Account) -> bytes:
+    _check_uint(a.ledger, U32_MAX, "ledger")
+    _check_uint(a.code, 0xFFFF, "code")
+    _check_uint(a.flags, 0xFFFF, "flags")
+    _check_uint(a.asset_scale, 0xFF, "asset_scale")
+    return ACCOUNT_STRUCT.pack(
+        u128_bytes(a.id), u128_bytes(a.user_data), a.ledger, a.code, a.flags, a.asset_scale,
+        _fixed(a.reserved, 23, "reserved"),
+    )
+
+
+def decode_account(raw: bytes) -> Account:
+    _check_len(raw, ACCOUNT_SIZE, "account record")
+    aid, ud, ledger, code, flags, scale, reserved = ACCOUNT_STRUCT.unpack(raw)
+    return Account(
+        id=u128_from(aid), ledger=ledger, code=code, flags=flags, asset_scale=scale,
+        user_data=u128_from(ud), reserved=b"" if reserved == bytes(23) else reserved,
+    )
+
+
+def encode_transfer(t: Transfer) -> bytes:
+    _check_uint(t.ledger, U32_MAX, "ledger")
+    _check_uint(t.psp_id, U32_MAX, "psp_id")
+    _check_uint(t.timeout_s, U32_MAX, "timeout_s")
+    _check_uint(t.code, 0xFFFF, "code")
+    _check_uint(t.flags, 0xFFFF, "flags")
+    _check_uint(t.amount, U128_MAX, "amount")
+    if t.pii_commitment and len(t.pii_commitment) != 32:
+        raise EncodingError("pii_commitment must be empty or exactly 32 bytes (a salted hash)")
+    return TRANSFER_STRUCT.pack(
+        u128_bytes(t.id), u128_bytes(t.debit_account_id), u128_bytes(t.credit_account_id),
+        t.amount & U64_MAX, t.amount >> 64, u128_bytes(t.pending_id), u128_bytes(t.user_data),
+        _fixed(t.external_ref, 32, "external_ref"), _fixed(t.pii_commitment, 32, "pii_commitment"),
+        t.ledger, t.psp_id, t.timeout_s, t.code, t.flags,
+    )
+
+
+def decode_transfer(raw: bytes) -> Transfer:
+    _check_len(raw, TRANSFER_SIZE, "transfer record")
+    (tid, dr, cr, alo, ahi, pid, ud, ext, pii, ledger, psp, timeout, code, flags) = (
+        TRANSFER_STRUCT.unpack(raw)
+    )
+    return Transfer(
+        id=u128_from(tid), debit_account_id=u128_from(dr), credit_account_id=u128_from(cr),
+        amount=alo | (ahi << 64), ledger=ledger, code=code, flags=flags, pending_id=u128_from(pid),
+        timeout_s=timeout, user_data=u128_from(ud), psp_id=psp, external_ref=ext.rstrip(b"\x00"),
+        pii_commitment=b"" if pii == ZERO32 else pii,
+    )
+
+
+def encode_account_state(b: AccountBalance) -> bytes:
+    return ACCOUNT_STATE_STRUCT.pack(
+        encode_account(b.account),
+        *_lohi(b.debits_pending), *_lohi(b.debits_posted),
+        *_lohi(b.credits_pending), *_lohi(b.credits_posted), b.timestamp_ns,
+    )
+
+
+def decode_account_state(raw: bytes) -> AccountBalance:
+    _check_len(raw, ACCOUNT_STATE_SIZE, "account state")
+    rec, dpl, dph, dol, doh, cpl, cph, col, coh, ts = ACCOUNT_STATE_STRUCT.unpack(raw)
+    return AccountBalance(
+        account=decode_account(rec), debits_pending=dpl | dph << 64, debits_posted=dol | doh << 64,
+        credits_pending=cpl | cph << 64, credits_posted=col | coh << 64, timestamp_ns=ts,
+    )
+
+
+def _lohi(value: int) -> tuple[int, int]:
+    return value & U64_MAX, value >> 64
+
+
+def _check_uint(value: int, maximum: int, field: str) -> None:
+    if not 0 <= value <= maximum:
+        raise EncodingError(f"{field}={value} is outside 0..{maximum}")
+
+
+def _check_len(raw: bytes, size: int, what: str) -> None:
+    if len(raw) != size:
+        raise EncodingError(f"{what} must be {size} bytes, got {len(raw)}")
+
+
+# -- leaves ---------------------------------------------------------------------------------------
+
+# version, kind, result, index, timestamp_ns, body_len
+LEAF_HEADER: Final = struct.Struct("<BBHQQI")
+LEAF_HEADER_SIZE: Final = LEAF_HEADER.size  # 24
+AUX_LEN: Final = struct.Struct("<H")
+AUX_TAG_PSP_SIGNATURE: Final = 1
+NO_AUX: Final = b"\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One log entry: an event, its result, and where/when the ledger applied it."""
+
+    kind: EventKind
+    result: int
+    index: int
+    timestamp_ns: int
+    body: bytes
+    aux: bytes = b""  # TLV: u8 tag, u16 len, value (see docs/formats.md)
+
+    def encode(self) -> bytes:
+        return encode_leaf(self.kind, self.result, self.index, self.timestamp_ns, self.body, self.aux)
+
+    @property
+    def psp_signature(self) -> tuple[bytes, bytes] | None:
+        """(key_id, signature) when the PSP signed the record."""
+        for tag, value in iter_aux(self.aux):
+            if tag == AUX_TAG_PSP_SIGNATURE:
+                return value[:KEY_ID_SIZE], value[KEY_ID_SIZE:]
+        return None
+
+
+def encode_leaf(kind: int, result: int, index: int, timestamp_ns: int, body: bytes, aux: bytes = b"") -> bytes:
+    return b"".join(
+        (LEAF_HEADER.pack(FORMAT_VERSION, kind, result, index, timestamp_ns, len(body)), body,
+         AUX_LEN.pack(len(aux)), aux)
+    )
+
+
+def psp_signature_aux(key_id: bytes, signature: bytes) -> bytes:
+    value = key_id + signature
+    return bytes((AUX_TAG_PSP_SIGNATURE,)) + AUX_LEN.pack(len(value)) + value
+
+
+def iter_aux(aux: bytes) -> Iterator[tuple[int, bytes]]:
+    pos = 0
+    while pos < len(aux):
+        if pos + 3 > len(aux):
+            raise EncodingError(f"aux TLV header truncated at byte {pos}")
+        tag = aux[pos]
+        (length,) = AUX_LEN.unpack_from(aux, pos + 1)
+        end = pos + 3 + length
+        if end > len(aux):
+            raise EncodingError(f"aux TLV tag {tag} claims {length} bytes, only {len(aux) - pos - 3} left")
+        yield tag, aux[pos + 3 : end]
+        pos = end
+
+
+_BODY_SIZE: Final = {
+    EventKind.CREATE_ACCOUNT: ACCOUNT_SIZE,
+    EventKind.CREATE_TRANSFER: TRANSFER_SIZE,
+    EventKind.EXPIRE_PENDING: 16,
+}
+
+
+def decode_leaf(raw: bytes) -> Leaf:
+    if len(raw) < LEAF_HEADER_SIZE + AUX_LEN.size:
+        raise EncodingError(f"leaf is {len(raw)} bytes, shorter than its fixed header")
+    version, kind, result, index, ts, body_len = LEAF_HEADER.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise EncodingError(f"leaf format version {version} is unknown (expected {FORMAT_VERSION})")
+    try:
+        event = EventKind(kind)
+    except ValueError:
+        raise EncodingError(f"leaf event kind {kind} is unknown") from None
+    expected = _BODY_SIZE.get(event)
+    if expected is not None and body_len != expected:
+        raise EncodingError(f"{event.name} leaf body must be {expected} bytes, header says {body_len}")
+    body_end = LEAF_HEADER_SIZE + body_len
+    if body_end + AUX_LEN.size > len(raw):
+        raise EncodingError(f"leaf truncated: body needs {body_len} bytes")
+    (aux_len,) = AUX_LEN.unpack_from(raw, body_end)
+    if body_end + AUX_LEN.size + aux_len != len(raw):
+        raise EncodingError(
+            f"leaf length {len(raw)} does not match header (body {body_len}, aux {aux_len})"
+        )
+    aux = raw[body_end + AUX_LEN.size :]
+    for _ in iter_aux(aux):  # validates the TLV structure
+        pass
+    return Leaf(event, result, index, ts, raw[LEAF_HEADER_SIZE:body_end], aux)
+
+
+# -- block headers -------------------------------------------------------------------------------
+
+# version, height, timestamp_ns, first_index, leaf_count, tree_size, prev_block_hash, merkle_root,
+# chain_head, state_hash, ruleset_hash
+BLOCK_HEADER: Final = struct.Struct("<BQQQIQ32s32s32s32s32s")
+BLOCK_HEADER_SIZE: Final = BLOCK_HEADER.size  # 197
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    height: int
+    timestamp_ns: int
+    first_index: int
+    leaf_count: int
+    tree_size: int
+    prev_block_hash: bytes
+    merkle_root: bytes
+    chain_head: bytes
+    state_hash: bytes
+    ruleset_hash: bytes = ZERO32
+
+    def encode(self) -> bytes:
+        return BLOCK_HEADER.pack(
+            FORMAT_VERSION, self.height, self.timestamp_ns, self.first_index, self.leaf_count,
+            self.tree_size, self.prev_block_hash, self.merkle_root, self.chain_head, self.state_hash,
+            self.ruleset_hash,
+        )
+
+    @staticmethod
+    def decode(raw: bytes) -> BlockHeader:
+        _check_len(raw, BLOCK_HEADER_SIZE, "block header")
+        version, *fields = BLOCK_HEADER.unpack(raw)
+        if version != FORMAT_VERSION:
+            raise EncodingError(f"block header version {version} is unknown")
+        return BlockHeader(*fields)
+
+
+# -- block proposals (what consensus replicates) ---------------------------------------------------
+
+PROPOSAL_HEADER: Final = struct.Struct("<BQI")  # version, timestamp_ns, batch_count
+BATCH_HEADER: Final = struct.Struct("<BIB4s")  # kind, count, signed, signer_key_id
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A client's batch of records of one kind, kept as the canonical bytes it arrived as."""
+
+    kind: EventKind
+    records: bytes
+    signatures: bytes = b""  # empty, or count x 64 bytes
+    signer_key_id: bytes = b""  # 4 bytes when signatures are present
+
+    @property
+    def count(self) -> int:
+        return len(self.records) // RECORD_SIZE[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One block to apply: the leader-assigned timestamp and the batches, in order."""
+
+    timestamp_ns: int
+    batches: tuple[Batch, ...]
+
+    @property
+    def item_count(self) -> int:
+        return sum(b.count for b in self.batches)
+
+
+def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: bytes) -> Batch:
+    """Check a batch's framing (not its business content); raise EncodingError with the reason."""
+    try:
+        event = EventKind(kind)
+    except ValueError:
+        raise EncodingError(f"unknown event kind {kind}; use CREATE_ACCOUNTS or CREATE_TRANSFERS") from None
+    size = RECORD_SIZE.get(event)
+    if size is None:
+        raise EncodingError(f"event kind {event.name} cannot be submitted by clients")
+    if not records:
+        raise EncodingError("batch is empty: send between 1 and 8189 records")
+    if len(records) % size:
+        raise EncodingError(
+            f"records is {len(records)} bytes, not a multiple of the {size}-byte {event.name} record"
+        )
+    count = len(records) // size
+    if count > BATCH_ITEMS_MAX:
+        raise EncodingError(f"batch has {count} records, at most {BATCH_ITEMS_MAX} allowed")
+    if signatures:
+        if len(signatures) != count * SIGNATURE_SIZE:
+            raise EncodingError(
+                f"signatures is {len(signatures)} bytes, expected {count} x {SIGNATURE_SIZE}"
+            )
+        if len(signer_key_id) != KEY_ID_SIZE:
+            raise EncodingError("signer_key_id must be 4 bytes when signatures are present")
+    elif signer_key_id:
+        raise EncodingError("signer_key_id given without signatures")
+    return Batch(event, records, signatures, signer_key_id if signatures else b"")
+
+
+def encode_proposal(p: Proposal) -> bytes:
+    parts = [PROPOSAL_HEADER.pack(FORMAT_VERSION, p.timestamp_ns, len(p.batches))]
+    for b in p.batches:
+        signed = 1 if b.signatures else 0
+        parts.append(BATCH_HEADER.pack(b.kind, b.count, signed, b.signer_key_id.ljust(4, b"\x00")))
+        parts.append(b.records)
+        if signed:
+            parts.append(b.signatures)
+    return b"".join(parts)
+
+
+def decode_proposal(raw: bytes) -> Proposal:
+    if len(raw) < PROPOSAL_HEADER.size:
+        raise EncodingError("proposal shorter than its header")
+    version, ts, nbatches = PROPOSAL_HEADER.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise EncodingError(f"proposal version {version} is unknown")
+    pos = PROPOSAL_HEADER.size
+    batches = []
+    for _ in range(nbatches):
+        if pos + BATCH_HEADER.size > len(raw):
+            raise EncodingError("proposal truncated in a batch header")
+        kind, count, signed, key_id = BATCH_HEADER.unpack_from(raw, pos)
+        pos += BATCH_HEADER.size
+        size = RECORD_SIZE.get(EventKind(kind), 0)
+        end = pos + count * size
+        records = raw[pos:end]
+        pos = end
+        sigs = b""
+        if signed:
+            sigs = raw[pos : pos + count * SIGNATURE_SIZE]
+            pos += count * SIGNATURE_SIZE
+        if pos > len(raw):
+            raise EncodingError("proposal truncated in batch records")
+        batches.append(validate_batch(kind, records, sigs, key_id if signed else b""))
+    if pos != len(raw):
+        raise EncodingError(f"proposal has {len(raw) - pos} trailing bytes")
+    return Proposal(ts, tuple(batches))

@@ -1,0 +1,39 @@
+"""BLAKE3 hashes with RFC 6962-style domain separation (docs/formats.md, "Hashes").
+
+domain byte  use
+0x00         leaf hash        BLAKE3(0x00 || leaf)
+0x01         tree node        BLAKE3(0x01 || left || right)
+0x02         chain link       BLAKE3(0x02 || previous link || leaf hash)
+0x03         block hash       BLAKE3(0x03 || canonical block header)
+0x04         state hash       BLAKE3(0x04 || previous state hash || changed accounts …)
+
+Pure: the auditor imports this.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import blake3
+
+HASH_SIZE: Final = 32
+EMPTY_ROOT: Final = blake3.blake3(b"").digest()
+GENESIS_LINK: Final = bytes(32)
+
+_b3 = blake3.blake3
+
+
+def leaf_hash(leaf: bytes) -> bytes:
+    return _b3(b"\x00" + leaf).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _b3(b"\x01" + left + right).digest()
+
+
+def chain_link(prev_link: bytes, leaf_hash_: bytes) -> bytes:
+    return _b3(b"\x02" + prev_link + leaf_hash_).digest()
+
+
+def block_hash(header: bytes) -> bytes:
+    return _b3(b"\x03" + header).digest()

@@ -1,0 +1,253 @@
+"""The narrow store interface the ledger state machine writes through, and its in-memory twin.
+
+A store is a set of named tables of byte keys → byte values with ordered range reads, read
+transactions (consistent snapshots) and write transactions that commit atomically and durably
+(or not at all). Exactly one write transaction per applied block: ledger changes, chain head,
+Merkle state and the applied index land together, so recovery is exactly-once.
+
+The same contract suite (tests/ledger/test_store_contract.py) runs against MemoryStore and
+LmdbStore (ledger/lmdb_store.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Final, Protocol
+
+TABLES: Final = (
+    "meta",       # singleton values: applied index, chain head, compact range, signer guard …
+    "accounts",   # account id (16) -> account state (136)
+    "transfers",  # transfer id as big-endian (16) -> transfer ref (leaf index, block, status …);
+    #               big-endian so time-ordered ids insert at the right edge of the B-tree
+    "leaves",     # leaf index (u64 BE) -> canonical leaf bytes
+    "nodes",      # level (u8) || index (u64 BE) -> 32-byte Merkle node hash, complete subtrees, level ≥ 1
+    "history",    # account id (16) || leaf index (u64 BE) -> b"", for accounts with the HISTORY flag
+    "blocks",     # height (u64 BE) -> canonical block header
+    "expiry",     # expires_at_ns (u64 BE) || transfer id (16) -> b"" (pending timeouts)
+    "raft",       # consensus log and hard state (owned by node/)
+)
+
+
+class StoreError(Exception):
+    """Base class for expected storage errors."""
+
+
+class StoreFull(StoreError):
+    """The store cannot take more data: the LMDB map is full or the disk is."""
+
+    def __init__(self, detail: str, map_size_bytes: int | None = None) -> None:
+        self.detail = detail
+        self.map_size_bytes = map_size_bytes
+        hint = (
+            f"increase `map_size_bytes` (now {map_size_bytes}) in the node config and restart"
+            if map_size_bytes
+            else "free disk space or move the data directory, then restart"
+        )
+        super().__init__(f"store full ({detail}); the node refuses new work: {hint}")
+
+
+class ReadTxn(Protocol):
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]: ...
+
+    def range(
+        self, table: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Items with start <= key < end (end None = to the last key), in key order."""
+        ...
+
+    def last(self, table: str) -> tuple[bytes, bytes] | None: ...
+
+    def getter(self, table: str) -> Callable[[bytes], bytes | None]:
+        """A fast point-lookup function bound to one table (for hot loops)."""
+        ...
+
+
+class WriteTxn(ReadTxn, Protocol):
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
+        """Put many items; ``append=True`` promises keys are ascending and above every stored key."""
+        ...
+
+    def delete(self, table: str, key: bytes) -> None: ...
+
+
+class Store(Protocol):
+    def read(self) -> AbstractContextManager[ReadTxn]: ...
+
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """Commit durably when the block exits normally; discard everything on an exception."""
+        ...
+
+    def close(self) -> None: ...
+
+    def size_bytes(self) -> int: ...
+
+
+# -- in-memory implementation ------------------------------------------------------------------
+
+
+class _Table:
+    __slots__ = ("data", "keys")
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.keys: list[bytes] = []  # sorted
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.data:
+            bisect.insort(self.keys, key)
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        if self.data.pop(key, None) is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
+
+
+_DELETED: Final = object()
+
+
+class _MemoryRead:
+    def __init__(self, tables: dict[str, _Table]) -> None:
+        self._tables = tables
+
+    def _table(self, table: str) -> _Table:
+        try:
+            return self._tables[table]
+        except KeyError:
+            raise KeyError(f"unknown table {table!r}") from None
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._table(table).data.get(key)
+
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
+        data = self._table(table).data
+        return [data.get(k) for k in keys]
+
+    def range(
+        self, table: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        t = self._table(table)
+        keys = t.keys
+        i = bisect.bisect_left(keys, start)
+        n = 0
+        while i < len(keys) and (end is None or keys[i] < end) and (limit is None or n < limit):
+            yield keys[i], t.data[keys[i]]
+            i += 1
+            n += 1
+
+    def getter(self, table: str) -> Callable[[bytes], bytes | None]:
+        return self._table(table).data.get
+
+    def last(self, table: str) -> tuple[bytes, bytes] | None:
+        t = self._table(table)
+        if not t.keys:
+            return None
+        return t.keys[-1], t.data[t.keys[-1]]
+
+
+class _MemoryWrite(_MemoryRead):
+    """Writes go to a private copy-on-write overlay, published only on commit."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store._tables)
+        self._store = store
+        self._pending: dict[str, dict[bytes, object]] = {}
+        self._bytes = 0
+
+    def _overlay(self, table: str) -> dict[bytes, object]:
+        self._table(table)
+        return self._pending.setdefault(table, {})
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        ov = self._pending.get(table)
+        if ov is not None and key in ov:
+            v = ov[key]
+            return None if v is _DELETED else v  # type: ignore[return-value]
+        return super().get(table, key)
+
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
+        return [self.get(table, k) for k in keys]
+
+    def getter(self, table: str) -> Callable[[bytes], bytes | None]:
+        return lambda key: self.get(table, key)
+
+    def range(
+        self, table: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        merged = dict(super().range(table, start, end))
+        for k, v in self._pending.get(table, {}).items():
+            if k >= start and (end is None or k < end):
+                if v is _DELETED:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v  # type: ignore[assignment]
+        for n, k in enumerate(sorted(merged)):
+            if limit is not None and n >= limit:
+                return
+            yield k, merged[k]
+
+    def last(self, table: str) -> tuple[bytes, bytes] | None:
+        items = list(self.range(table))
+        return items[-1] if items else None
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._account(len(key) + len(value))
+        self._overlay(table)[key] = bytes(value)
+
+    def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
+        ov = self._overlay(table)
+        for k, v in items:
+            self._account(len(k) + len(v))
+            ov[k] = bytes(v)
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._overlay(table)[key] = _DELETED
+
+    def _account(self, n: int) -> None:
+        self._bytes += n
+        cap = self._store.capacity_bytes
+        if cap is not None and self._store.used_bytes + self._bytes > cap:
+            raise StoreFull(f"memory store capacity {cap} bytes reached", cap)
+
+    def commit(self) -> None:
+        for table, ov in self._pending.items():
+            t = self._tables[table]
+            for k, v in ov.items():
+                if v is _DELETED:
+                    t.delete(k)
+                else:
+                    t.put(k, v)  # type: ignore[arg-type]
+        self._store.used_bytes += self._bytes
+
+
+class MemoryStore:
+    """Same contract as LmdbStore, kept in dicts; for unit tests and the simulator."""
+
+    def __init__(self, capacity_bytes: int | None = None) -> None:
+        self._tables = {name: _Table() for name in TABLES}
+        self._write_lock = threading.Lock()
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+
+    @contextmanager
+    def read(self) -> Iterator[ReadTxn]:
+        yield _MemoryRead(self._tables)
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTxn]:
+        with self._write_lock:
+            txn = _MemoryWrite(self)
+            yield txn
+            txn.commit()
+
+    def close(self) -> None:
+        pass
+
+    def size_bytes(self) -> int:
+        return self.used_bytes

@@ -1,0 +1,198 @@
+"""Ledger vocabulary: event kinds, flags, result codes, and the value types of accounts and transfers.
+
+Everything numbered here is on the wire or in the log: numbers are explicit and never reused.
+Money is an unsigned 128-bit integer of minor units; no float ever touches an amount.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+U128_MAX: Final = (1 << 128) - 1
+U64_MAX: Final = (1 << 64) - 1
+U32_MAX: Final = (1 << 32) - 1
+BATCH_ITEMS_MAX: Final = 8189
+
+
+class EventKind(enum.IntEnum):
+    """Kind of a log entry (leaf). 1 and 2 match the proto ``EventKind``."""
+
+    CREATE_ACCOUNT = 1
+    CREATE_TRANSFER = 2
+    EXPIRE_PENDING = 3  # a pending transfer reached its timeout (leader time), written by the ledger
+
+
+class AccountFlags(enum.IntFlag):
+    NONE = 0
+    LINKED = 1 << 0
+    DEBITS_MUST_NOT_EXCEED_CREDITS = 1 << 1
+    CREDITS_MUST_NOT_EXCEED_DEBITS = 1 << 2
+    HISTORY = 1 << 3
+
+
+ACCOUNT_FLAGS_KNOWN: Final = int(
+    AccountFlags.LINKED
+    | AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+    | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+    | AccountFlags.HISTORY
+)
+
+
+class TransferFlags(enum.IntFlag):
+    NONE = 0
+    LINKED = 1 << 0
+    PENDING = 1 << 1
+    POST_PENDING_TRANSFER = 1 << 2
+    VOID_PENDING_TRANSFER = 1 << 3
+
+
+TRANSFER_FLAGS_KNOWN: Final = int(
+    TransferFlags.LINKED
+    | TransferFlags.PENDING
+    | TransferFlags.POST_PENDING_TRANSFER
+    | TransferFlags.VOID_PENDING_TRANSFER
+)
+
+
+class TransferStatus(enum.IntEnum):
+    """State of a stored transfer. Only pending transfers move beyond SINGLE_PHASE/PENDING."""
+
+    SINGLE_PHASE = 0
+    PENDING = 1
+    POSTED = 2
+    VOIDED = 3
+    EXPIRED = 4
+
+
+class Result(enum.IntEnum):
+    """Stable result codes, one per outcome, shared by accounts and transfers.
+
+    The precedence in which they are checked is documented in docs/results.md and pinned by tests
+    (tests/ledger/test_results.py). Numbers are on the wire and in the log: append, never renumber.
+    """
+
+    OK = 0
+    LINKED_EVENT_FAILED = 1
+    LINKED_EVENT_CHAIN_OPEN = 2
+    RESERVED_FIELD = 3
+    RESERVED_FLAG = 4
+    ID_MUST_NOT_BE_ZERO = 5
+    ID_MUST_NOT_BE_INT_MAX = 6
+    FLAGS_ARE_MUTUALLY_EXCLUSIVE = 7
+    LEDGER_MUST_NOT_BE_ZERO = 8
+    CODE_MUST_NOT_BE_ZERO = 9
+    # accounts
+    ASSET_SCALE_MISMATCH = 20
+    EXISTS_WITH_DIFFERENT_FLAGS = 21
+    EXISTS_WITH_DIFFERENT_USER_DATA = 22
+    EXISTS_WITH_DIFFERENT_LEDGER = 23
+    EXISTS_WITH_DIFFERENT_CODE = 24
+    EXISTS_WITH_DIFFERENT_ASSET_SCALE = 25
+    EXISTS = 26
+    # transfers: field validation
+    DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO = 40
+    DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX = 41
+    CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO = 42
+    CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX = 43
+    ACCOUNTS_MUST_BE_DIFFERENT = 44
+    PENDING_ID_MUST_BE_ZERO = 45
+    PENDING_ID_MUST_NOT_BE_ZERO = 46
+    PENDING_ID_MUST_NOT_BE_INT_MAX = 47
+    PENDING_ID_MUST_BE_DIFFERENT = 48
+    TIMEOUT_RESERVED_FOR_PENDING_TRANSFER = 49
+    AMOUNT_MUST_NOT_BE_ZERO = 50
+    # transfers: lookups
+    DEBIT_ACCOUNT_NOT_FOUND = 60
+    CREDIT_ACCOUNT_NOT_FOUND = 61
+    ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER = 62
+    TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS = 63  # "ledger_mismatch"
+    PENDING_TRANSFER_NOT_FOUND = 64
+    PENDING_TRANSFER_NOT_PENDING = 65
+    PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID = 66
+    PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID = 67
+    PENDING_TRANSFER_HAS_DIFFERENT_LEDGER = 68
+    PENDING_TRANSFER_HAS_DIFFERENT_CODE = 69
+    EXCEEDS_PENDING_TRANSFER_AMOUNT = 70
+    PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT = 71
+    PENDING_TRANSFER_ALREADY_POSTED = 72
+    PENDING_TRANSFER_ALREADY_VOIDED = 73
+    PENDING_TRANSFER_EXPIRED = 74
+    # transfers: idempotency
+    EXISTS_WITH_DIFFERENT_TRANSFER_FLAGS = 80
+    EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID = 81
+    EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID = 82
+    EXISTS_WITH_DIFFERENT_AMOUNT = 83
+    EXISTS_WITH_DIFFERENT_PENDING_ID = 84
+    EXISTS_WITH_DIFFERENT_TRANSFER_USER_DATA = 85
+    EXISTS_WITH_DIFFERENT_TIMEOUT = 86
+    EXISTS_WITH_DIFFERENT_TRANSFER_CODE = 87
+    EXISTS_WITH_DIFFERENT_TRANSFER_LEDGER = 88
+    EXISTS_WITH_DIFFERENT_EXTERNAL_REF = 89
+    EXISTS_WITH_DIFFERENT_PII_COMMITMENT = 90
+    EXISTS_WITH_DIFFERENT_PSP = 91
+    TRANSFER_EXISTS = 92
+    # transfers: balances
+    OVERFLOWS_DEBITS_PENDING = 100
+    OVERFLOWS_CREDITS_PENDING = 101
+    OVERFLOWS_DEBITS_POSTED = 102
+    OVERFLOWS_CREDITS_POSTED = 103
+    OVERFLOWS_DEBITS = 104
+    OVERFLOWS_CREDITS = 105
+    OVERFLOWS_TIMEOUT = 106
+    EXCEEDS_CREDITS = 107
+    EXCEEDS_DEBITS = 108
+
+    @property
+    def is_success(self) -> bool:
+        """True when the event's effect is in the ledger (now or from an earlier identical event)."""
+        return self in _SUCCESS
+
+
+_SUCCESS: Final = frozenset({Result.OK, Result.EXISTS, Result.TRANSFER_EXISTS})
+SUCCESS_CODES: Final = frozenset(int(r) for r in _SUCCESS)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account creation event (the 64-byte canonical account record)."""
+
+    id: int
+    ledger: int
+    code: int
+    flags: int = 0
+    asset_scale: int = 2
+    user_data: int = 0
+    reserved: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A transfer event (the 176-byte canonical transfer record)."""
+
+    id: int
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    ledger: int
+    code: int
+    flags: int = 0
+    pending_id: int = 0
+    timeout_s: int = 0
+    user_data: int = 0
+    psp_id: int = 0
+    external_ref: bytes = b""  # up to 32 bytes, zero padded on the wire
+    pii_commitment: bytes = b""  # empty or exactly 32 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBalance:
+    """An account as stored: its creation record, balances and creation timestamp."""
+
+    account: Account
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    timestamp_ns: int

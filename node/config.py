@@ -1,0 +1,122 @@
+"""Node configuration: defaults, a TOML file, and command-line overrides, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES
+from ledger.types import BATCH_ITEMS_MAX
+
+GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or out of range; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    node_id: str
+    address: str  # host:port of the peer's gRPC server
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    data_dir: str
+    listen: str = "127.0.0.1:7100"
+    node_id: str = "node-1"
+    region: str = "local"
+    peers: tuple[PeerConfig, ...] = ()
+    # storage
+    map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES
+    # blocks: a block closes when it holds block_items_max items or block_delay_ms has passed
+    block_items_max: int = 32768
+    block_delay_ms: float = 2.0
+    # bounded queues: beyond these the node answers RESOURCE_EXHAUSTED
+    queue_items_max: int = 131072
+    stream_inflight_batches_max: int = 32
+    max_message_bytes: int = 3 << 20
+    # checkpoints: one signed note every N blocks (and always on demand)
+    checkpoint_every_blocks: int = 1
+    # consensus timing
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    # observability
+    metrics_listen: str = ""
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        """The checkpoint origin line: names the region's log."""
+        return f"sovledger/{self.region}"
+
+    @property
+    def key_name(self) -> str:
+        return f"{self.region}/{self.node_id}"
+
+    def validate(self) -> NodeConfig:
+        if not self.data_dir:
+            raise ConfigError("data_dir is required (--data DIR)")
+        _addr(self.listen, "listen")
+        if self.map_size_bytes < 1 << 20:
+            raise ConfigError(f"map_size_bytes={self.map_size_bytes} is below 1 MiB")
+        if self.block_items_max < BATCH_ITEMS_MAX:
+            raise ConfigError(f"block_items_max must be >= {BATCH_ITEMS_MAX} so a batch never splits")
+        if not 0 < self.block_delay_ms <= 1000:
+            raise ConfigError("block_delay_ms must be in (0, 1000]")
+        if self.queue_items_max < BATCH_ITEMS_MAX:
+            raise ConfigError(f"queue_items_max must be >= {BATCH_ITEMS_MAX}")
+        if not 64 << 10 <= self.max_message_bytes < GRPC_DEFAULT_MAX_MESSAGE_BYTES:
+            raise ConfigError("max_message_bytes must be in [64 KiB, 4 MiB) (below gRPC's default)")
+        if self.checkpoint_every_blocks < 1:
+            raise ConfigError("checkpoint_every_blocks must be >= 1")
+        if not self.region.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"region {self.region!r} must be alphanumeric with - or _")
+        for p in self.peers:
+            _addr(p.address, f"peer {p.node_id}")
+        return self
+
+
+def _addr(value: str, what: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} address {value!r} must be HOST:PORT")
+
+
+def parse_peers(spec: str) -> tuple[PeerConfig, ...]:
+    """``node-1=127.0.0.1:7101,node-2=127.0.0.1:7102`` → peers."""
+    peers = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        node_id, sep, address = part.partition("=")
+        if not sep:
+            raise ConfigError(f"peer {part!r} must look like NODE_ID=HOST:PORT")
+        peers.append(PeerConfig(node_id, address))
+    return tuple(peers)
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            values.update(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("peers"), str):
+        values["peers"] = parse_peers(values["peers"])
+    elif isinstance(values.get("peers"), list):
+        values["peers"] = tuple(PeerConfig(p["node_id"], p["address"]) for p in values["peers"])
+    known = {f.name for f in dataclasses.fields(NodeConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+    try:
+        return NodeConfig(**values).validate()
+    except TypeError as e:
+        raise ConfigError(str(e)) from e

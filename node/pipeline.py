@@ -1,0 +1,146 @@
+"""Ingest: batches from many client streams are grouped into blocks and committed in order.
+
+A block closes when it holds ``block_items_max`` items or ``block_delay_ms`` after its first batch
+arrived. While one block is being committed (applied + fsynced, in a worker thread) the next one
+fills up, so the fsync cost is shared by everything that arrived meanwhile (group commit).
+
+Bounded everywhere: the queue holds at most ``queue_items_max`` items; beyond that a batch is
+refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED) instead of growing memory.
+
+A batch's future resolves only after its block is durably committed — the single-node committer
+fsyncs; the replicated committer waits for a quorum's fsync and the local apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ledger.codec import Batch, Proposal
+from ledger.state import BatchOutcome, BlockOutcome
+from node.errors import Overloaded, StoreUnavailable
+
+log = logging.getLogger("sovledger.ingest")
+
+Committer = Callable[[Proposal], Awaitable[BlockOutcome]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: Batch
+    future: asyncio.Future[tuple[BatchOutcome, BlockOutcome]]
+
+
+class Ingest:
+    def __init__(self, commit: Committer, block_items_max: int, block_delay_ms: float,
+                 queue_items_max: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._commit = commit
+        self._block_items_max = block_items_max
+        self._block_delay_s = block_delay_ms / 1000.0
+        self._queue_items_max = queue_items_max
+        self._clock_ns = clock_ns
+        self._queue: deque[_Pending] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._refusal: Exception | None = None  # set when the store is full: refuse new work
+        self.blocks_committed = 0
+        self.items_committed = 0
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(StoreUnavailable("node is shutting down; retry on another node"))
+
+    def refuse_with(self, exc: Exception) -> None:
+        self._refusal = exc
+
+    def submit(self, batch: Batch) -> asyncio.Future[tuple[BatchOutcome, BlockOutcome]]:
+        """Queue a batch; the future yields its outcome once its block is durable."""
+        if self._refusal is not None:
+            raise self._refusal
+        n = batch.count
+        if self._queued_items + n > self._queue_items_max:
+            raise Overloaded(
+                f"ingest queue full ({self._queued_items} items waiting, limit {self._queue_items_max}); "
+                "retry with backoff or slow down"
+            )
+        fut: asyncio.Future[tuple[BatchOutcome, BlockOutcome]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(batch, fut))
+        self._queued_items += n
+        self._wakeup.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._fill()
+            taken = self._take()
+            if taken:
+                await self._commit_block(taken)
+
+    async def _fill(self) -> None:
+        """Wait until the block is full or its delay since the first batch has passed."""
+        deadline = time.monotonic() + self._block_delay_s
+        while self._queued_items < self._block_items_max:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        taken: list[_Pending] = []
+        items = 0
+        while self._queue:
+            n = self._queue[0].batch.count
+            if taken and items + n > self._block_items_max:
+                break
+            p = self._queue.popleft()
+            self._queued_items -= n
+            if p.future.cancelled():
+                continue
+            taken.append(p)
+            items += n
+        return taken
+
+    async def _commit_block(self, taken: list[_Pending]) -> None:
+        proposal = Proposal(self._clock_ns(), tuple(p.batch for p in taken))
+        try:
+            outcome = await self._commit(proposal)
+        except Exception as e:  # nothing of this block is durable: every batch gets the error
+            if isinstance(e, StoreUnavailable):
+                self._refusal = e
+            log.error("block commit failed: %s", e)
+            for p in taken:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        self.blocks_committed += 1
+        self.items_committed += proposal.item_count
+        for p, batch_outcome in zip(taken, outcome.batches, strict=True):
+            if not p.future.done():
+                p.future.set_result((batch_outcome, outcome))

@@ -1,0 +1,137 @@
+"""The node process: open the store, recover, start ingest + checkpoints, serve gRPC until signalled.
+
+Single-node mode (no peers): a block is durable once its LMDB transaction has committed (fsync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
+
+from ledger.codec import Proposal
+from ledger.lmdb_store import LmdbStore
+from ledger.reader import LedgerReader
+from ledger.state import BlockOutcome, LedgerState
+from ledger.store import StoreFull
+from node.config import NodeConfig
+from node.errors import StoreUnavailable
+from node.keys import load_or_create_node_key
+from node.pipeline import Ingest
+from node.service import AdminService, AuditService, LedgerService
+from node.signing import CheckpointService
+
+log = logging.getLogger("sovledger.node")
+
+
+class Node:
+    """Wires store, state machine, ingest, checkpoints and the gRPC server together."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
+        self.state = LedgerState(self.store)
+        self.reader = LedgerReader(self.store)
+        self.key = load_or_create_node_key(data / "node.key", config.key_name)
+        self.checkpoints = CheckpointService(
+            self.reader, self.key, config.origin, data / "signer-guard.json", config.checkpoint_every_blocks
+        )
+        self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
+        self.ingest: Ingest | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.started_ns = time.time_ns()
+
+    async def _commit(self, proposal: Proposal) -> BlockOutcome:
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self._apply_pool, self._apply_and_sign, proposal)
+        except StoreFull as e:
+            log.error("%s", e)
+            await self._set_serving(False)
+            raise StoreUnavailable(str(e)) from e
+        return outcome
+
+    def _apply_and_sign(self, proposal: Proposal) -> BlockOutcome:
+        outcome = self.state.apply_block(proposal)
+        self.checkpoints.on_block(self.state.head)
+        return outcome
+
+    async def _set_serving(self, ok: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", "sovledger.v1.Ledger"):
+            res = self.health.set(service, status)
+            if asyncio.iscoroutine(res):
+                await res
+
+    def status(self) -> pb.StatusResponse:
+        head = self.state.head
+        return pb.StatusResponse(
+            node_id=self.config.node_id, region=self.config.region, role="leader", term=0,
+            applied_index=head.height, tree_size=head.tree_size, block=head.height,
+            leader=self.config.listen, queue_items=self.ingest.queued_items if self.ingest else 0,
+            verifier_key=self.checkpoints.verifier_key,
+        )
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.checkpoints.on_start(self.state.head)
+        self.ingest = Ingest(self._commit, cfg.block_items_max, cfg.block_delay_ms, cfg.queue_items_max)
+        self.ingest.start()
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=opts)
+        pb_grpc.add_LedgerServicer_to_server(
+            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max), self.server
+        )
+        pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), self.server)
+        pb_grpc.add_AdminServicer_to_server(AdminService(self.status), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        port = self.server.add_insecure_port(cfg.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        await self.server.start()
+        await self._set_serving(True)
+        if cfg.metrics_listen:
+            from node.metrics import start_metrics
+
+            start_metrics(cfg.metrics_listen, self)
+        head = self.state.head
+        log.info("node %s of region %s serving on %s (block %d, %d entries) pid %d",
+                 cfg.node_id, cfg.region, cfg.listen, head.height, head.tree_size, os.getpid())
+
+    async def stop(self) -> None:
+        await self._set_serving(False)
+        if self.server:
+            await self.server.stop(grace=2.0)
+        if self.ingest:
+            await self.ingest.stop()
+        self._apply_pool.shutdown(wait=True)
+        self.store.close()
+
+
+async def serve(config: NodeConfig) -> None:
+    node = Node(config)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY {config.listen}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await node.stop()

@@ -1,0 +1,233 @@
+"""gRPC servicers: Ledger (PSP ingest and lookups), Audit (checkpoints, proofs, entries), Admin.
+
+Handlers stay thin: validate framing, hand work to the ingest pipeline or the reader, and map
+expected errors to a status in one place (node.errors.status_for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
+
+from ledger.codec import EncodingError, validate_batch
+from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
+from ledger.types import BATCH_ITEMS_MAX
+from node.errors import BadRequest, NodeError, NotLeader, status_for
+from node.pipeline import Ingest
+from node.signing import CheckpointService
+
+log = logging.getLogger("sovledger.service")
+
+ENTRIES_CHUNK = 1000
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("internal error in handler", exc_info=exc)
+    trailing = ()
+    if isinstance(exc, NotLeader) and exc.leader_hint:
+        trailing = (("sovledger-leader", exc.leader_hint),)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+    await context.abort(code, message)
+
+
+def _batch_status(exc: BaseException) -> pb.BatchStatus:
+    code, message = status_for(exc)
+    hint = exc.leader_hint if isinstance(exc, NotLeader) else ""
+    return pb.BatchStatus(code=code.value[0], message=message, leader_hint=hint)
+
+
+class LedgerService(pb_grpc.LedgerServicer):
+    def __init__(self, ingest: Ingest, reader: LedgerReader, stream_inflight_max: int,
+                 leader_check: Callable[[], None] | None = None) -> None:
+        self._ingest = ingest
+        self._reader = reader
+        self._inflight_max = stream_inflight_max
+        self._leader_check = leader_check or (lambda: None)
+
+    async def Submit(self, request_iterator: AsyncIterator[pb.SubmitRequest],
+                     context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.SubmitResponse]:
+        # Responses go out in request order. The bounded queue is the per-stream in-flight window:
+        # when it is full we stop reading, and HTTP/2 flow control pushes back on the client.
+        inflight: asyncio.Queue[tuple[int, asyncio.Future[Any] | pb.BatchStatus] | None] = (
+            asyncio.Queue(self._inflight_max)
+        )
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    await inflight.put((req.batch_id, self._accept(req)))
+            finally:
+                await inflight.put(None)
+
+        task = asyncio.get_running_loop().create_task(reader())
+        try:
+            while True:
+                item = await inflight.get()
+                if item is None:
+                    break
+                batch_id, pending = item
+                yield await self._response(batch_id, pending)
+        finally:
+            task.cancel()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+    def _accept(self, req: pb.SubmitRequest) -> asyncio.Future[Any] | pb.BatchStatus:
+        try:
+            self._leader_check()
+            batch = validate_batch(req.kind, req.records, req.signatures, req.signer_key_id)
+            return self._ingest.submit(batch)
+        except (NodeError, EncodingError) as e:
+            return _batch_status(e)
+
+    async def _response(self, batch_id: int, pending: asyncio.Future[Any] | pb.BatchStatus) -> pb.SubmitResponse:
+        if isinstance(pending, pb.BatchStatus):
+            return pb.SubmitResponse(batch_id=batch_id, status=pending)
+        try:
+            outcome, block = await pending
+        except Exception as e:
+            return pb.SubmitResponse(batch_id=batch_id, status=_batch_status(e))
+        return pb.SubmitResponse(
+            batch_id=batch_id, results=outcome.results, log_indexes=outcome.log_indexes,
+            blocks=outcome.blocks, timestamp_ns=block.header.timestamp_ns,
+        )
+
+    async def LookupTransfers(self, request: pb.LookupRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupTransfersResponse:
+        try:
+            ids = _ids(request.ids)
+            found = self._reader.transfers(ids)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        out = pb.LookupTransfersResponse()
+        for tid, f in zip(ids, found, strict=True):
+            if f is None:
+                out.transfers.add(id=tid, found=False)
+            else:
+                from ledger.codec import LEAF_HEADER_SIZE, TRANSFER_SIZE
+
+                out.transfers.add(
+                    id=tid, found=True, record=f.leaf[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + TRANSFER_SIZE],
+                    timestamp_ns=f.ref.timestamp_ns, log_index=f.ref.leaf_index, block=f.ref.block,
+                    status=f.ref.status,
+                )
+        return out
+
+    async def LookupAccounts(self, request: pb.LookupRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupAccountsResponse:
+        try:
+            ids = _ids(request.ids)
+            states = self._reader.accounts(ids)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        out = pb.LookupAccountsResponse()
+        for aid, st in zip(ids, states, strict=True):
+            out.accounts.add(id=aid, found=st is not None, state=st or b"")
+        return out
+
+    async def AccountHistory(self, request: pb.HistoryRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> pb.HistoryResponse:
+        try:
+            (aid,) = _ids([request.account_id])
+            if request.limit > HISTORY_PAGE_MAX:
+                raise BadRequest(f"limit {request.limit} is above the page maximum {HISTORY_PAGE_MAX}")
+            after = None if request.first_page else request.after_index
+            entries, more = self._reader.history(aid, after, request.limit or 100)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        return pb.HistoryResponse(entries=[pb.Entry(index=i, leaf=leaf) for i, leaf in entries], more=more)
+
+
+def _ids(raw: Any) -> list[bytes]:
+    ids = list(raw)
+    if len(ids) > BATCH_ITEMS_MAX:
+        raise BadRequest(f"at most {BATCH_ITEMS_MAX} ids per lookup, got {len(ids)}")
+    for i, x in enumerate(ids):
+        if len(x) != 16:
+            raise BadRequest(f"id #{i} is {len(x)} bytes; ids are 16-byte little-endian u128")
+    return ids
+
+
+class AuditService(pb_grpc.AuditServicer):
+    def __init__(self, reader: LedgerReader, checkpoints: CheckpointService) -> None:
+        self._reader = reader
+        self._checkpoints = checkpoints
+
+    async def GetCheckpoint(self, request: pb.CheckpointRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.CheckpointResponse:
+        cp = self._checkpoints.latest()
+        return pb.CheckpointResponse(note=cp.note, tree_size=cp.size, root=cp.root, block=cp.block,
+                                     verifier_key=self._checkpoints.verifier_key)
+
+    async def GetInclusionProof(self, request: pb.InclusionRequest,
+                                context: grpc.aio.ServicerContext[Any, Any]) -> pb.InclusionResponse:
+        try:
+            note = ""
+            size = request.tree_size
+            if not size:
+                cp = self._checkpoints.latest()
+                size, note = cp.size, cp.note
+            if request.WhichOneof("target") == "transfer_id":
+                (tid,) = _ids([request.transfer_id])
+                index = self._reader.transfer_index(tid)
+            elif request.WhichOneof("target") == "index":
+                index = request.index
+            else:
+                raise BadRequest("set either index or transfer_id")
+            leaf, proof = self._reader.inclusion_proof(index, size)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        return pb.InclusionResponse(index=index, tree_size=size, leaf=leaf, proof=proof, note=note)
+
+    async def GetConsistencyProof(self, request: pb.ConsistencyRequest,
+                                  context: grpc.aio.ServicerContext[Any, Any]) -> pb.ConsistencyResponse:
+        try:
+            second = request.second or self._checkpoints.latest().size
+            proof = self._reader.consistency_proof(request.first, second)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        return pb.ConsistencyResponse(first=request.first, second=second, proof=proof)
+
+    async def StreamEntries(self, request: pb.EntriesRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.EntriesChunk]:
+        end = request.end or self._checkpoints.latest().size
+        tree = self._reader.head().tree_size
+        if request.start > end or end > tree:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"entries [{request.start}, {end}) are outside the tree of size {tree}")
+        pos = request.start
+        for chunk in self._reader.leaves(request.start, end, ENTRIES_CHUNK):
+            yield pb.EntriesChunk(start=pos, leaves=chunk)
+            pos += len(chunk)
+
+    async def StreamBlocks(self, request: pb.BlocksRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.BlocksChunk]:
+        end = request.end or self._reader.head().height + 1
+        pos = max(1, request.start)
+        while pos < end:
+            stop = min(end, pos + ENTRIES_CHUNK)
+            yield pb.BlocksChunk(headers=self._reader.blocks(pos, stop))
+            pos = stop
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(self, status: Callable[[], pb.StatusResponse]) -> None:
+        self._status = status
+
+    async def Status(self, request: pb.StatusRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
+        return self._status()

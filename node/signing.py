@@ -1,0 +1,124 @@
+"""Checkpoint signing with a consistency guard.
+
+The node signs a C2SP checkpoint (origin, tree size, root, plus extension lines for the block
+height, block hash and chain head) after every N blocks. Before signing, the guard proves — with
+a consistency proof from the node's own tree, verified like an auditor would — that the new tree
+extends the last tree this key ever signed. The last signed (size, root) lives in a small file
+next to the store, written and fsynced before the signature is published: a store that was
+rolled back, truncated or forked can never get this key to sign an inconsistent checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.merkle import ProofError, verify_consistency
+from ledger.note import Checkpoint, Signer, sign_note
+from ledger.reader import LedgerReader
+from ledger.state import Head
+
+log = logging.getLogger("sovledger.signing")
+
+
+class InconsistentCheckpoint(Exception):
+    """Refused: the tree to sign does not extend the last signed one."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    note: str
+    size: int
+    root: bytes
+    block: int
+
+
+class CheckpointService:
+    def __init__(self, reader: LedgerReader, signer: Signer, origin: str, guard_path: Path,
+                 every_blocks: int = 1) -> None:
+        self._reader = reader
+        self._signer = signer
+        self._origin = origin
+        self._guard_path = guard_path
+        self._every = every_blocks
+        self._lock = threading.Lock()
+        self._latest: SignedCheckpoint | None = None
+        self._guard = self._load_guard()
+        self.verifier_key = signer.verifier.to_string()
+
+    def _load_guard(self) -> tuple[int, bytes] | None:
+        if not self._guard_path.exists():
+            return None
+        data = json.loads(self._guard_path.read_text())
+        return int(data["size"]), base64.b64decode(data["root"])
+
+    def _store_guard(self, size: int, root: bytes) -> None:
+        tmp = self._guard_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"size": size, "root": base64.b64encode(root).decode(), "origin": self._origin}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._guard_path)
+        dfd = os.open(self._guard_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def on_start(self, head: Head) -> None:
+        """Sign the current head at start (refusing loudly if the store went backwards)."""
+        self._sign(head)
+
+    def on_block(self, head: Head) -> None:
+        if head.height % self._every == 0:
+            self._sign(head)
+
+    def latest(self) -> SignedCheckpoint:
+        cp = self._latest
+        if cp is None:
+            raise InconsistentCheckpoint("no checkpoint has been signed yet")
+        return cp
+
+    def _check_consistent(self, size: int, root: bytes) -> None:
+        if self._guard is None:
+            return
+        old_size, old_root = self._guard
+        if size < old_size:
+            raise InconsistentCheckpoint(
+                f"refusing to sign tree size {size}: this key already signed size {old_size} "
+                "(was the data directory rolled back or truncated?)")
+        try:
+            proof = self._reader.consistency_proof(old_size, size)
+            verify_consistency(old_size, size, old_root, root, proof)
+        except ProofError as e:
+            raise InconsistentCheckpoint(
+                f"refusing to sign tree size {size}: not consistent with the signed size {old_size}: {e}"
+            ) from e
+
+    def _sign(self, head: Head) -> SignedCheckpoint:
+        with self._lock:
+            root = self._reader.root_at(head.tree_size) if head.tree_size else _empty_root()
+            self._check_consistent(head.tree_size, root)
+            body = Checkpoint(self._origin, head.tree_size, root, (
+                f"block {head.height} {head.block_hash.hex()}",
+                f"chain {head.chain_head.hex()}",
+                f"time {head.last_timestamp_ns}",
+            )).to_body()
+            note = sign_note(body, self._signer)
+            if self._guard is None or self._guard != (head.tree_size, root):
+                self._store_guard(head.tree_size, root)
+                self._guard = (head.tree_size, root)
+            cp = SignedCheckpoint(note, head.tree_size, root, head.height)
+            self._latest = cp
+            return cp
+
+
+def _empty_root() -> bytes:
+    from ledger.hashing import EMPTY_ROOT
+
+    return EMPTY_ROOT

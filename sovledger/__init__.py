@@ -1,0 +1,1 @@
+"""sovledger: the command-line entry point that ties the node, clients and tools together."""

@@ -1,0 +1,5 @@
+import sys
+
+from sovledger.cli import main
+
+sys.exit(main())

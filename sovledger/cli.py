@@ -1,0 +1,164 @@
+"""The ``sovledger`` command: one entry point, a subcommand per role.
+
+  node     run a ledger node (gRPC server over an LMDB data directory)
+  keys     generate and show Ed25519 node keys (signed-note format)
+  demo     start a local node, stream payments with progress, print a summary and checkpoint
+  bench    run the benchmarks (tables + JSON under bench/results)
+  cluster  run a local region of nodes (launcher)           [grows with the Raft work]
+  psp      PSP load generator and SDK tools                 [grows with the SDK work]
+  audit    verify checkpoints, proofs and the whole log     [grows with the auditor work]
+  rules    deploy, list and dry-run reconciliation rules     [grows with the rules work]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _node(args: argparse.Namespace) -> int:
+    from node.config import ConfigError, load_config
+    from node.server import serve
+
+    overrides = {
+        "data_dir": args.data, "listen": args.listen, "node_id": args.node_id, "region": args.region,
+        "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
+        "log_level": args.log_level,
+    }
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"sovledger node: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _keys_gen(args: argparse.Namespace) -> int:
+    from node.keys import generate_key_file
+
+    info = generate_key_file(Path(args.out), args.name, overwrite=args.force)
+    _emit(args, info, f"wrote {args.out}\nname:         {info['name']}\nkey id:       {info['key_id']}\n"
+                      f"verifier key: {info['verifier_key']}")
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    from node.keys import describe_key_file
+
+    path = Path(args.key) if args.key else Path(args.data) / "node.key"
+    if not path.exists():
+        print(f"sovledger keys show: no key at {path} (create one with `sovledger keys gen`)", file=sys.stderr)
+        return 1
+    info = describe_key_file(path)
+    _emit(args, info, f"name:         {info['name']}\nkey id:       {info['key_id']}\n"
+                      f"verifier key: {info['verifier_key']}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sovledger.demo import run_demo
+
+    return run_demo(transfers=args.transfers, accounts=args.accounts, data_dir=args.data, keep=args.keep)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.single_node import main as bench_main
+
+    return bench_main(["--quick"] if args.quick else [])
+
+
+def _later(issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"sovledger {args.command}: not available in this build yet ({issue}).", file=sys.stderr)
+        return EXIT_USAGE
+
+    return run
+
+
+def _emit(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sovledger", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    n = sub.add_parser("node", help="run a ledger node", description="Run a ledger node: a gRPC server "
+                       "keeping the region's hash-chained, signed log in LMDB under --data.")
+    n.add_argument("--data", required=True, help="data directory (LMDB files, node key, signer guard)")
+    n.add_argument("--listen", default=None, help="HOST:PORT to serve gRPC on (default 127.0.0.1:7100)")
+    n.add_argument("--config", default=None, help="TOML config file (keys as in node/config.py)")
+    n.add_argument("--node-id", default=None, help="this node's id within the region (default node-1)")
+    n.add_argument("--region", default=None, help="region name; the checkpoint origin is sovledger/REGION")
+    n.add_argument("--peers", default=None, help="other region members: ID=HOST:PORT,... (Raft)")
+    n.add_argument("--map-size", type=int, default=None, help="LMDB map size in bytes (default 8 GiB)")
+    n.add_argument("--metrics", default=None, help="HOST:PORT for Prometheus metrics (off by default)")
+    n.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    n.set_defaults(func=_node)
+
+    k = sub.add_parser("keys", help="generate and show node keys",
+                       description="Ed25519 node keys in C2SP signed-note format.")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    kg = ksub.add_parser("gen", help="generate a new key file")
+    kg.add_argument("--out", required=True, help="key file to write (mode 0600)")
+    kg.add_argument("--name", required=True, help="key name, e.g. eu-west/node-1")
+    kg.add_argument("--force", action="store_true", help="overwrite an existing file")
+    kg.add_argument("--json", action="store_true", help="machine-readable output")
+    kg.set_defaults(func=_keys_gen)
+    ks = ksub.add_parser("show", help="show a key's name, id and verifier key")
+    ks.add_argument("--data", default=".", help="node data directory (reads DATA/node.key)")
+    ks.add_argument("--key", default=None, help="key file (instead of --data)")
+    ks.add_argument("--json", action="store_true", help="machine-readable output")
+    ks.set_defaults(func=_keys_show)
+
+    d = sub.add_parser("demo", help="local end-to-end demo",
+                       description="Start a local node, stream payments with a progress bar, print a "
+                       "summary table and the latest signed checkpoint.")
+    d.add_argument("--transfers", type=int, default=100_000)
+    d.add_argument("--accounts", type=int, default=1_000)
+    d.add_argument("--data", default="demo-data", help="data directory for the demo region")
+    d.add_argument("--keep", action="store_true", help="leave the node running afterwards")
+    d.set_defaults(func=_demo)
+
+    b = sub.add_parser("bench", help="run benchmarks", description="Single-node throughput and latency "
+                       "against a bare-components baseline; writes bench/results/*.json.")
+    b.add_argument("--quick", action="store_true", help="fewer transfers, for a smoke run")
+    b.set_defaults(func=_bench)
+
+    for name, issue, text in (
+        ("cluster", "local region launcher: issue #6", "run a local region of nodes"),
+        ("psp", "PSP SDK and load generator: issue #5", "PSP load generator and SDK tools"),
+        ("audit", "auditor tool: issue #5", "verify checkpoints, proofs and the whole log"),
+        ("rules", "reconciliation rules: issue #4", "deploy, list and dry-run rules"),
+    ):
+        s = sub.add_parser(name, help=text, description=f"{text} ({issue})")
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(func=_later(issue))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

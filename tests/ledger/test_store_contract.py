@@ -1,0 +1,71 @@
+"""One contract, two stores: MemoryStore and LmdbStore must behave identically."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.lmdb_store import LmdbStore
+from ledger.store import MemoryStore, Store, StoreFull
+
+
+def test_put_get_and_atomic_commit(any_store: Store) -> None:
+    with any_store.write() as w:
+        w.put("meta", b"a", b"1")
+        w.put_many("leaves", [(b"\x00" * 7 + bytes([i]), bytes([i])) for i in range(5)], append=True)
+        assert w.get("meta", b"a") == b"1"  # a write txn sees its own writes
+    with any_store.read() as r:
+        assert r.get("meta", b"a") == b"1"
+        assert r.get("meta", b"missing") is None
+        assert r.get_many("leaves", [b"\x00" * 7 + b"\x01", b"nope"]) == [b"\x01", None]
+
+
+def test_exception_discards_the_whole_transaction(any_store: Store) -> None:
+    with any_store.write() as w:
+        w.put("meta", b"k", b"old")
+    with pytest.raises(RuntimeError), any_store.write() as w:
+        w.put("meta", b"k", b"new")
+        w.put("accounts", b"x", b"y")
+        raise RuntimeError("boom")
+    with any_store.read() as r:
+        assert r.get("meta", b"k") == b"old"
+        assert r.get("accounts", b"x") is None
+
+
+def test_range_is_ordered_half_open_and_limited(any_store: Store) -> None:
+    with any_store.write() as w:
+        for k in (b"b", b"a", b"d", b"c", b"e"):
+            w.put("history", k, k.upper())
+        w.delete("history", b"d")
+    with any_store.read() as r:
+        assert [k for k, _ in r.range("history")] == [b"a", b"b", b"c", b"e"]
+        assert list(r.range("history", b"b", b"e")) == [(b"b", b"B"), (b"c", b"C")]
+        assert [k for k, _ in r.range("history", b"a", None, 2)] == [b"a", b"b"]
+        assert r.last("history") == (b"e", b"E")
+        assert r.last("blocks") is None
+        assert list(r.range("history", b"f")) == []
+
+
+def test_unknown_table_is_an_error(any_store: Store) -> None:
+    with pytest.raises(KeyError), any_store.read() as r:
+        r.get("nope", b"x")
+
+
+def test_lmdb_map_full_is_store_full_and_keeps_committed_data(tmp_path: object) -> None:
+    store = LmdbStore(str(tmp_path), map_size_bytes=1 << 20)
+    with store.write() as w:
+        w.put("meta", b"kept", b"yes")
+    with pytest.raises(StoreFull, match="map_size_bytes"), store.write() as w:
+        for i in range(10_000):
+            w.put("leaves", i.to_bytes(8, "big"), b"x" * 500)
+    with store.read() as r:
+        assert r.get("meta", b"kept") == b"yes"
+        assert r.get("leaves", (0).to_bytes(8, "big")) is None
+    store.close()
+
+
+def test_memory_capacity_is_store_full() -> None:
+    store = MemoryStore(capacity_bytes=1000)
+    with pytest.raises(StoreFull), store.write() as w:
+        w.put("leaves", b"k", b"x" * 2000)
+    with store.read() as r:
+        assert r.get("leaves", b"k") is None
