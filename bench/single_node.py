@@ -44,7 +44,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def stream_load(client: LedgerClient, gen: TransferGenerator, total: int, batch: int, inflight: int,
@@ -88,9 +88,9 @@ def bare_baseline(total: int, batch: int, data_dir: str) -> dict[str, Any]:
     import lmdb
 
     gen = TransferGenerator(ACCOUNTS, seed=99)
-    msgs = [pb.SubmitRequest(batch_id=i, kind=2, records=r).SerializeToString()
+    msgs = [pb.SubmitRequest(batch_id=i, kind=pb.CREATE_TRANSFERS, records=r).SerializeToString()
             for i, (r, _) in enumerate(gen.batches(total, batch))]
-    env = lmdb.open(data_dir, map_size=4 << 30, sync=True, metasync=True)
+    env = lmdb.open(data_dir, map_size=4 << 30, sync=True, metasync=True, max_dbs=2)
     db = env.open_db(b"leaves")
     index = 0
     t0 = time.perf_counter()

@@ -7,7 +7,6 @@ on it. Imports only the generated protobuf package and the pure parts of ``ledge
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from ledger.codec import (
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
-    AccountBalance,
     decode_account_state,
     encode_account,
     encode_transfer,
     u128_bytes,
 )
-from ledger.types import BATCH_ITEMS_MAX, Account, EventKind, Result, Transfer
+from ledger.types import BATCH_ITEMS_MAX, Account, AccountBalance, EventKind, Result, Transfer
 
 MAX_MESSAGE_BYTES = 3 << 20
 _CHANNEL_OPTIONS = [
@@ -59,7 +57,8 @@ class BatchResult:
     timestamp_ns: int
 
     def items(self) -> list[ItemResult]:
-        return [ItemResult(Result(r), i, b) for r, i, b in zip(self.results, self.log_indexes, self.blocks, strict=True)]
+        rows = zip(self.results, self.log_indexes, self.blocks, strict=True)
+        return [ItemResult(Result(r), i, b) for r, i, b in rows]
 
 
 def _code(value: int) -> grpc.StatusCode:
@@ -130,7 +129,7 @@ class LedgerClient:
                 while not window.acquire(timeout=0.5):
                     if done.is_set():
                         return
-                yield pb.SubmitRequest(batch_id=next(self._ids), kind=int(kind), records=records,
+                yield pb.SubmitRequest(batch_id=next(self._ids), kind=pb.EventKind.ValueType(kind), records=records,
                                        signatures=sigs, signer_key_id=key_id)
 
         call = self.ledger.Submit(requests())

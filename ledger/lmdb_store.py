@@ -53,12 +53,10 @@ class _LmdbRead:
         with self._txn.cursor(db=self._db(table)) as cur:
             if not cur.set_range(start):
                 return
-            n = 0
-            for k, v in cur.iternext(keys=True, values=True):
+            for n, (k, v) in enumerate(cur.iternext(keys=True, values=True)):
                 if (end is not None and k >= end) or (limit is not None and n >= limit):
                     return
                 yield bytes(k), bytes(v)
-                n += 1
 
     def last(self, table: str) -> tuple[bytes, bytes] | None:
         with self._txn.cursor(db=self._db(table)) as cur:

@@ -720,8 +720,8 @@ class LedgerState:
             index += 1
             ts += 1
         new_range = self.range.copy()
-        nodes = new_range.append_many(leaf_hashes)
-        node_items = [(_NODE_KEY.pack(level, i), h) for level, i, h in nodes if level > 0]
+        pack_node = _NODE_KEY.pack
+        node_items = [(pack_node(level, i), h) for level, i, h in new_range.append_many(leaf_hashes, min_level=1)]
         root = new_range.root()
         changed = self._changed_accounts(blk)
         state_hash = _state_hash(head.state_hash, changed)

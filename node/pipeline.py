@@ -14,6 +14,7 @@ fsyncs; the replicated committer waits for a quorum's fsync and the local apply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -61,10 +62,8 @@ class Ingest:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():

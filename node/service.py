@@ -31,11 +31,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("internal error in handler", exc_info=exc)
-    trailing = ()
     if isinstance(exc, NotLeader) and exc.leader_hint:
-        trailing = (("sovledger-leader", exc.leader_hint),)
-    if trailing:
-        context.set_trailing_metadata(trailing)
+        context.set_trailing_metadata((("sovledger-leader", exc.leader_hint),))
     await context.abort(code, message)
 
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 def run_demo(transfers: int = 100_000, accounts: int = 1_000, data_dir: str = "demo-data",

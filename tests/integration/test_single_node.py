@@ -43,7 +43,7 @@ def test_kill9_mid_stream_then_resend_everything(tmp_path: Path) -> None:
 
             def stream() -> None:
                 try:
-                    for (recs, meta), r in zip(batches, c.submit_stream(
+                    for (_recs, meta), r in zip(batches, c.submit_stream(
                             ((EventKind.CREATE_TRANSFER, recs, b"", b"") for recs, _ in batches), inflight=4),
                             strict=False):
                         assert not isinstance(r, BatchRefused), r
@@ -72,7 +72,7 @@ def test_kill9_mid_stream_then_resend_everything(tmp_path: Path) -> None:
             c.wait_ready()
             # re-send everything with the same ids
             outcomes: Counter[Result] = Counter()
-            for (recs, meta), r in zip(batches, c.submit_stream(
+            for (_recs, meta), r in zip(batches, c.submit_stream(
                     ((EventKind.CREATE_TRANSFER, recs, b"", b"") for recs, _ in batches), inflight=4),
                     strict=True):
                 assert not isinstance(r, BatchRefused), r

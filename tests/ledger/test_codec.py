@@ -83,7 +83,7 @@ def test_leaf_round_trip(kind: EventKind, result: int, index: int, ts: int, body
 
 def test_leaf_rejects_truncation_and_trailing_bytes() -> None:
     raw = encode_leaf(EventKind.CREATE_TRANSFER, 0, 1, 2, bytes(176))
-    with pytest.raises(EncodingError, match="truncated|shorter|does not match"):
+    with pytest.raises(EncodingError, match=r"truncated|shorter|does not match"):
         decode_leaf(raw[:-1])
     with pytest.raises(EncodingError, match="does not match"):
         decode_leaf(raw + b"\x00")
