@@ -40,7 +40,23 @@ TRANSFER_SIZE: Final = TRANSFER_STRUCT.size  # 176
 ACCOUNT_STATE_STRUCT: Final = struct.Struct("<64sQQQQQQQQQ")
 ACCOUNT_STATE_SIZE: Final = ACCOUNT_STATE_STRUCT.size  # 136
 
-RECORD_SIZE: Final = {EventKind.CREATE_ACCOUNT: ACCOUNT_SIZE, EventKind.CREATE_TRANSFER: TRANSFER_SIZE}
+# callback_id, transfer_id, external_ref, observed_amount lo/hi, psp_id, reserved (docs/rules.md)
+CALLBACK_STRUCT: Final = struct.Struct("<16s16s32sQQI12s")
+CALLBACK_SIZE: Final = CALLBACK_STRUCT.size  # 96
+
+RECORD_SIZE: Final = {
+    EventKind.CREATE_ACCOUNT: ACCOUNT_SIZE,
+    EventKind.CREATE_TRANSFER: TRANSFER_SIZE,
+    EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
+}
+
+# Variable-length records (one per batch): a rule set deployment. On the wire of a proposal the
+# batch header's count is 1 and the record is preceded by its length (u32 LE).
+VARIABLE_KINDS: Final = frozenset({EventKind.DEPLOY_RULESET})
+DEPLOY_HEADER_SIZE: Final = 4 + 64  # operator key id, Ed25519 signature; then the canonical rule set
+RULESET_BYTES_MAX: Final = 64 << 10
+RULESET_SIGN_PREFIX: Final = b"sovledger/ruleset/v1\n"
+_VAR_LEN: Final = struct.Struct("<I")
 
 SIGNATURE_SIZE: Final = 64
 KEY_ID_SIZE: Final = 4
@@ -51,6 +67,48 @@ ZERO32: Final = bytes(32)
 
 class EncodingError(ValueError):
     """Bytes that do not follow a canonical layout; the message says which field and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementCallback:
+    """A PSP's settlement confirmation (the 96-byte canonical callback record)."""
+
+    callback_id: int
+    transfer_id: int = 0  # either this …
+    external_ref: bytes = b""  # … or this (with psp_id) names the transfer
+    observed_amount: int = 0
+    psp_id: int = 0
+
+
+def encode_callback(c: SettlementCallback) -> bytes:
+    _check_uint(c.psp_id, U32_MAX, "psp_id")
+    _check_uint(c.observed_amount, U128_MAX, "observed_amount")
+    return CALLBACK_STRUCT.pack(
+        u128_bytes(c.callback_id), u128_bytes(c.transfer_id), _fixed(c.external_ref, 32, "external_ref"),
+        c.observed_amount & U64_MAX, c.observed_amount >> 64, c.psp_id, bytes(12),
+    )
+
+
+def decode_callback(raw: bytes) -> SettlementCallback:
+    _check_len(raw, CALLBACK_SIZE, "callback record")
+    cid, tid, ext, lo, hi, psp, _res = CALLBACK_STRUCT.unpack(raw)
+    return SettlementCallback(u128_from(cid), u128_from(tid), ext.rstrip(b"\x00"), lo | hi << 64, psp)
+
+
+def encode_deploy(key_id: bytes, signature: bytes, canonical_ruleset: bytes) -> bytes:
+    """A DEPLOY_RULESET record: operator key id (4) ‖ Ed25519 signature (64) ‖ canonical rule set."""
+    if len(key_id) != KEY_ID_SIZE or len(signature) != SIGNATURE_SIZE:
+        raise EncodingError("deploy record needs a 4-byte key id and a 64-byte signature")
+    if not 0 < len(canonical_ruleset) <= RULESET_BYTES_MAX:
+        raise EncodingError(f"rule set is {len(canonical_ruleset)} bytes, 1..{RULESET_BYTES_MAX} allowed")
+    return key_id + signature + canonical_ruleset
+
+
+def decode_deploy(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(key id, signature, canonical rule set bytes)."""
+    if len(raw) <= DEPLOY_HEADER_SIZE:
+        raise EncodingError(f"deploy record is {len(raw)} bytes, shorter than its header")
+    return raw[:4], raw[4:DEPLOY_HEADER_SIZE], raw[DEPLOY_HEADER_SIZE:]
 
 
 def u128_bytes(value: int) -> bytes:
@@ -157,6 +215,9 @@ LEAF_HEADER: Final = struct.Struct("<BBHQQI")
 LEAF_HEADER_SIZE: Final = LEAF_HEADER.size  # 24
 AUX_LEN: Final = struct.Struct("<H")
 AUX_TAG_PSP_SIGNATURE: Final = 1
+AUX_TAG_RULE_OUTCOME: Final = 2  # action u8, rule code u16, id length u8, rule id (UTF-8)
+AUX_TAG_RECONCILE: Final = 3  # status u8, transfer id 16, expected u128 16, observed u128 16
+AUX_TAG_ORIGIN: Final = 4  # for LEDGER_TRANSFER leaves: origin u8 (1 adjustment, 2 residual), source id 16
 NO_AUX: Final = b"\x00\x00"
 
 
@@ -195,6 +256,28 @@ def psp_signature_aux(key_id: bytes, signature: bytes) -> bytes:
     return bytes((AUX_TAG_PSP_SIGNATURE,)) + AUX_LEN.pack(len(value)) + value
 
 
+def rule_outcome_aux(action: int, code: int, rule_id: bytes) -> bytes:
+    value = bytes((action,)) + code.to_bytes(2, "little") + bytes((len(rule_id),)) + rule_id
+    return bytes((AUX_TAG_RULE_OUTCOME,)) + AUX_LEN.pack(len(value)) + value
+
+
+def decode_rule_outcome(value: bytes) -> tuple[int, int, str]:
+    """(action, rule code, rule id) from a tag-2 value."""
+    if len(value) < 4 or len(value) != 4 + value[3]:
+        raise EncodingError("rule outcome TLV is malformed")
+    return value[0], int.from_bytes(value[1:3], "little"), value[4:].decode("utf-8")
+
+
+def reconcile_aux(status: int, transfer_id: bytes, expected: int, observed: int) -> bytes:
+    value = bytes((status,)) + transfer_id + u128_bytes(expected) + u128_bytes(observed)
+    return bytes((AUX_TAG_RECONCILE,)) + AUX_LEN.pack(len(value)) + value
+
+
+def origin_aux(origin: int, source_id: bytes) -> bytes:
+    value = bytes((origin,)) + source_id
+    return bytes((AUX_TAG_ORIGIN,)) + AUX_LEN.pack(len(value)) + value
+
+
 def iter_aux(aux: bytes) -> Iterator[tuple[int, bytes]]:
     pos = 0
     while pos < len(aux):
@@ -213,6 +296,8 @@ _BODY_SIZE: Final = {
     EventKind.CREATE_ACCOUNT: ACCOUNT_SIZE,
     EventKind.CREATE_TRANSFER: TRANSFER_SIZE,
     EventKind.EXPIRE_PENDING: 16,
+    EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
+    EventKind.LEDGER_TRANSFER: TRANSFER_SIZE,
 }
 
 
@@ -297,7 +382,8 @@ class Batch:
 
     @property
     def count(self) -> int:
-        return len(self.records) // RECORD_SIZE[self.kind]
+        size = RECORD_SIZE.get(self.kind)
+        return 1 if size is None else len(self.records) // size
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +404,15 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
         event = EventKind(kind)
     except ValueError:
         raise EncodingError(f"unknown event kind {kind}; use CREATE_ACCOUNTS or CREATE_TRANSFERS") from None
+    if event in VARIABLE_KINDS:
+        if signatures or signer_key_id:
+            raise EncodingError("a DEPLOY_RULESET record carries its operator signature inside the record")
+        if not DEPLOY_HEADER_SIZE < len(records) <= DEPLOY_HEADER_SIZE + RULESET_BYTES_MAX:
+            raise EncodingError(
+                f"DEPLOY_RULESET record is {len(records)} bytes; expected key id (4) + signature (64) + "
+                f"a canonical rule set of 1..{RULESET_BYTES_MAX} bytes"
+            )
+        return Batch(event, records)
     size = RECORD_SIZE.get(event)
     if size is None:
         raise EncodingError(f"event kind {event.name} cannot be submitted by clients")
@@ -347,6 +442,8 @@ def encode_proposal(p: Proposal) -> bytes:
     for b in p.batches:
         signed = 1 if b.signatures else 0
         parts.append(BATCH_HEADER.pack(b.kind, b.count, signed, b.signer_key_id.ljust(4, b"\x00")))
+        if b.kind in VARIABLE_KINDS:
+            parts.append(_VAR_LEN.pack(len(b.records)))
         parts.append(b.records)
         if signed:
             parts.append(b.signatures)
@@ -366,7 +463,18 @@ def decode_proposal(raw: bytes) -> Proposal:
             raise EncodingError("proposal truncated in a batch header")
         kind, count, signed, key_id = BATCH_HEADER.unpack_from(raw, pos)
         pos += BATCH_HEADER.size
-        size = RECORD_SIZE.get(EventKind(kind), 0)
+        try:
+            event = EventKind(kind)
+        except ValueError:
+            raise EncodingError(f"proposal batch has unknown event kind {kind}") from None
+        if event in VARIABLE_KINDS:
+            if count != 1 or pos + _VAR_LEN.size > len(raw):
+                raise EncodingError("variable-length batch must hold exactly one length-prefixed record")
+            (var_len,) = _VAR_LEN.unpack_from(raw, pos)
+            pos += _VAR_LEN.size
+            size = var_len
+        else:
+            size = RECORD_SIZE.get(event, 0)
         end = pos + count * size
         records = raw[pos:end]
         pos = end

@@ -22,6 +22,9 @@ class EventKind(enum.IntEnum):
     CREATE_ACCOUNT = 1
     CREATE_TRANSFER = 2
     EXPIRE_PENDING = 3  # a pending transfer reached its timeout (leader time), written by the ledger
+    DEPLOY_RULESET = 4  # an operator-signed rule set (docs/rules.md); effective from the next block
+    SETTLEMENT_CALLBACK = 5  # a PSP's settlement confirmation, matched against a transfer (reconciliation)
+    LEDGER_TRANSFER = 6  # a transfer written by the ledger: rule adjustment or reconciliation residual
 
 
 class AccountFlags(enum.IntFlag):
@@ -143,6 +146,26 @@ class Result(enum.IntEnum):
     OVERFLOWS_TIMEOUT = 106
     EXCEEDS_CREDITS = 107
     EXCEEDS_DEBITS = 108
+    # rules evaluated at commit (docs/rules.md)
+    RULE_REJECTED = 120  # a `reject` rule matched; the rule's own code and id are in the leaf's aux (tag 2)
+    RULE_ERROR = 121  # the deciding rule failed at run time (type error, overflow, division by zero …)
+    RULE_ADJUSTMENT_FAILED = 122  # an `adjust` rule matched but its adjustment transfer could not post
+    # rule set deployment
+    RULESET_BAD_SIGNATURE = 130  # not signed by a configured operator key
+    RULESET_INVALID = 131  # not canonical, does not compile/type-check, or references unknown fields
+    RULESET_TOO_LARGE = 132  # beyond the size, rule-count or expression limits
+    RULESET_VERSION_MUST_INCREASE = 133  # same name and a version not above the active one
+    # settlement callbacks (reconciliation)
+    CALLBACK_EXISTS = 140  # identical retry of a callback id: no new leaf, original entry returned
+    CALLBACK_EXISTS_WITH_DIFFERENT_FIELDS = 141
+    CALLBACK_TARGET_MISSING = 142  # neither transfer id nor external ref given
+    RECONCILE_TRANSFER_NOT_FOUND = 143
+    RECONCILE_PSP_MISMATCH = 144
+    RECONCILE_OUTSIDE_TOLERANCE = 145  # exception: observed amount outside the band
+    RECONCILE_LATE_AFTER_EXPIRY = 146  # exception: the pending transfer had already expired
+    RECONCILE_ALREADY_RECONCILED = 147
+    RECONCILE_NOT_RECONCILABLE = 148  # exception: the transfer was voided or is a post/void record
+    RECONCILE_RESIDUAL_FAILED = 149  # exception: the residual posting to the rounding account failed
 
     @property
     def is_success(self) -> bool:
@@ -150,7 +173,7 @@ class Result(enum.IntEnum):
         return self in _SUCCESS
 
 
-_SUCCESS: Final = frozenset({Result.OK, Result.EXISTS, Result.TRANSFER_EXISTS})
+_SUCCESS: Final = frozenset({Result.OK, Result.EXISTS, Result.TRANSFER_EXISTS, Result.CALLBACK_EXISTS})
 SUCCESS_CODES: Final = frozenset(int(r) for r in _SUCCESS)
 
 

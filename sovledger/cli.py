@@ -45,9 +45,14 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _keys_gen(args: argparse.Namespace) -> int:
-    from node.keys import generate_key_file
+    from ledger.note import KeyFormatError
+    from node.keys import KeyFileError, generate_key_file
 
-    info = generate_key_file(Path(args.out), args.name, overwrite=args.force)
+    try:
+        info = generate_key_file(Path(args.out), args.name, overwrite=args.force)
+    except (KeyFileError, KeyFormatError) as e:
+        print(f"sovledger keys gen: {e}", file=sys.stderr)
+        return 1
     _emit(args, info, f"wrote {args.out}\nname:         {info['name']}\nkey id:       {info['key_id']}\n"
                       f"verifier key: {info['verifier_key']}")
     return 0
@@ -137,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer transfers, for a smoke run")
     b.set_defaults(func=_bench)
 
+    from sovledger.cluster import register as register_cluster
+
+    register_cluster(sub)
     for name, issue, text in (
-        ("cluster", "local region launcher: issue #6", "run a local region of nodes"),
         ("psp", "PSP SDK and load generator: issue #5", "PSP load generator and SDK tools"),
         ("audit", "auditor tool: issue #5", "verify checkpoints, proofs and the whole log"),
         ("rules", "reconciliation rules: issue #4", "deploy, list and dry-run rules"),

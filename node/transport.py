@@ -1,0 +1,132 @@
+"""Peer transport for Raft messages: one outbound gRPC stream per peer, never blocking the driver.
+
+``send()`` only enqueues. Each peer has a bounded queue drained by its own task, which keeps a
+``Peer.Send`` stream open and reconnects with capped exponential backoff. When a queue is full the
+message is dropped and the peer reported unreachable: Raft is built for lossy networks (it
+retransmits), while a driver blocked on a slow peer would stall the whole region.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+from sovledger_pb import peer_pb2 as ppb
+from sovledger_pb import peer_pb2_grpc as ppb_grpc
+
+log = logging.getLogger("sovledger.transport")
+
+QUEUE_MAX = 4096
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 2.0
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 10_000),
+]
+
+
+class _PeerLink:
+    def __init__(self, self_id: int, peer_id: int, address: str, on_unreachable: Callable[[int], None]) -> None:
+        self.self_id = self_id
+        self.peer_id = peer_id
+        self.address = address
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MAX)
+        self._on_unreachable = on_unreachable
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.peer_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def send(self, payload: bytes) -> None:
+        try:
+            self.queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self._on_unreachable(self.peer_id)
+
+    async def _messages(self) -> AsyncIterator[ppb.RaftEnvelope]:
+        while True:
+            payload = await self.queue.get()
+            yield ppb.RaftEnvelope(from_id=self.self_id, message=payload)
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            try:
+                stub = ppb_grpc.PeerStub(channel)
+                await stub.Send(self._messages())
+                backoff = BACKOFF_MIN_S
+            except asyncio.CancelledError:
+                await channel.close()
+                raise
+            except grpc.RpcError as e:
+                log.debug("peer %d at %s: %s", self.peer_id, self.address, e.code())
+                self._on_unreachable(self.peer_id)
+            finally:
+                await channel.close()
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+
+class PeerTransport:
+    def __init__(self, self_id: int, peers: dict[int, str], on_unreachable: Callable[[int], None]) -> None:
+        self._links = {pid: _PeerLink(self_id, pid, addr, on_unreachable) for pid, addr in peers.items()}
+
+    def start(self) -> None:
+        for link in self._links.values():
+            link.start()
+
+    async def stop(self) -> None:
+        for link in self._links.values():
+            await link.stop()
+
+    def send(self, to: int, payload: bytes) -> None:
+        link = self._links.get(to)
+        if link is not None:
+            link.send(payload)
+
+    def add_peer(self, peer_id: int, address: str, on_unreachable: Callable[[int], None]) -> None:
+        if peer_id not in self._links:
+            link = _PeerLink(next(iter(self._links.values())).self_id if self._links else 0, peer_id, address,
+                             on_unreachable)
+            self._links[peer_id] = link
+            link.start()
+
+
+class PeerService(ppb_grpc.PeerServicer):
+    """Receives peers' Raft messages and hands them to the driver (which steps them in order)."""
+
+    def __init__(self, deliver: Callable[[bytes], None],
+                 snapshot_source: Callable[[int], AsyncIterator[ppb.SnapshotChunk]] | None = None) -> None:
+        self._deliver = deliver
+        self._snapshot_source = snapshot_source
+
+    async def Send(self, request_iterator: AsyncIterator[ppb.RaftEnvelope],
+                   context: grpc.aio.ServicerContext[ppb.RaftEnvelope, ppb.PeerAck]) -> ppb.PeerAck:
+        async for env in request_iterator:
+            self._deliver(env.message)
+        return ppb.PeerAck()
+
+    async def FetchSnapshot(self, request: ppb.SnapshotRequest,
+                            context: grpc.aio.ServicerContext[ppb.SnapshotRequest, ppb.SnapshotChunk],
+                            ) -> AsyncIterator[ppb.SnapshotChunk]:
+        if self._snapshot_source is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this node serves no snapshots")
+            return
+        async for chunk in self._snapshot_source(request.index):
+            yield chunk
+
+
+Deliver = Callable[[bytes], Awaitable[None]]

@@ -1,0 +1,262 @@
+"""Local region launcher: ``sovledger cluster up|status|down|kill|restart``.
+
+Starts a region's nodes as processes on 127.0.0.1 (keys and config generated, logs to files),
+waits until a leader is elected and prints where everything is. State lives in
+``DATA/cluster.json`` so later commands find the processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ".sovledger/cluster"
+
+
+@dataclass
+class NodeEntry:
+    node_id: str
+    port: int
+    data_dir: str
+    log: str
+    pid: int = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+class Cluster:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.state_file = data / "cluster.json"
+        self.region = "local"
+        self.nodes: list[NodeEntry] = []
+        if self.state_file.exists():
+            raw = json.loads(self.state_file.read_text())
+            self.region = raw["region"]
+            self.nodes = [NodeEntry(**n) for n in raw["nodes"]]
+
+    def save(self) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps({"region": self.region, "nodes": [asdict(n) for n in self.nodes]},
+                                              indent=2))
+
+    def create(self, count: int, region: str, extra: list[str]) -> None:
+        self.region = region
+        self.nodes = []
+        for i in range(1, count + 1):
+            d = self.data / f"node-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(NodeEntry(f"node-{i}", _free_port(), str(d), str(self.data / f"node-{i}.log")))
+        self._extra = extra
+        self.save()
+
+    def peers_for(self, me: NodeEntry) -> str:
+        return ",".join(f"{n.node_id}={n.target}" for n in self.nodes if n is not me)
+
+    def start(self, node: NodeEntry, extra: list[str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "sovledger", "node", "--data", node.data_dir, "--listen", node.target,
+               "--node-id", node.node_id, "--region", self.region]
+        if len(self.nodes) > 1:
+            cmd += ["--peers", self.peers_for(node)]
+        cmd += extra or []
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'proto'}", PYTHONUNBUFFERED="1")
+        log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                start_new_session=True)
+        node.pid = proc.pid
+        self.save()
+
+    def status(self, node: NodeEntry, timeout_s: float = 1.0) -> pb.StatusResponse | None:
+        if not _alive(node.pid):
+            return None
+        try:
+            with grpc.insecure_channel(node.target) as ch:
+                return pb_grpc.AdminStub(ch).Status(pb.StatusRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+
+    def leader(self) -> NodeEntry | None:
+        for n in self.nodes:
+            st = self.status(n)
+            if st is not None and st.role == "leader":
+                return n
+        return None
+
+    def wait_leader(self, timeout_s: float = 30.0) -> tuple[NodeEntry, float]:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            leader = self.leader()
+            if leader is not None:
+                return leader, time.monotonic() - t0
+            time.sleep(0.05)
+        raise TimeoutError(f"no leader elected within {timeout_s:.0f}s; see logs under {self.data}")
+
+    def kill(self, node: NodeEntry, sig: int = signal.SIGKILL) -> None:
+        if _alive(node.pid):
+            os.kill(node.pid, sig)
+            if sig == signal.SIGKILL:
+                for _ in range(200):
+                    if not _alive(node.pid):
+                        break
+                    time.sleep(0.01)
+
+    def stop_all(self) -> None:
+        for n in self.nodes:
+            self.kill(n, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for n in self.nodes:
+            while _alive(n.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.kill(n)
+
+    def find(self, name: str) -> NodeEntry:
+        for n in self.nodes:
+            if n.node_id == name or n.node_id == f"node-{name}":
+                return n
+        raise SystemExit(f"no node {name!r} in this cluster ({', '.join(n.node_id for n in self.nodes)})")
+
+
+def _status_table(cluster: Cluster) -> Table:
+    t = Table(title=f"region {cluster.region}")
+    for col in ("node", "address", "pid", "role", "term", "applied", "tree size", "block", "lag"):
+        t.add_column(col, justify="right" if col not in ("node", "address", "role") else "left")
+    rows: list[tuple[NodeEntry, Any]] = [(n, cluster.status(n)) for n in cluster.nodes]
+    top = max((st.applied_index for _, st in rows if st is not None), default=0)
+    for n, st in rows:
+        if st is None:
+            t.add_row(n.node_id, n.target, str(n.pid), "[red]down[/red]", "", "", "", "", "")
+        else:
+            t.add_row(n.node_id, n.target, str(n.pid), st.role, str(st.term), f"{st.applied_index:,}",
+                      f"{st.tree_size:,}", str(st.block), str(top - st.applied_index))
+    return t
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    console = Console()
+    data = Path(args.data)
+    cluster = Cluster(data)
+    if any(_alive(n.pid) for n in cluster.nodes):
+        console.print(f"[yellow]a cluster is already running under {data}; `sovledger cluster down` first[/yellow]")
+        return 1
+    cluster.create(args.nodes, args.region, [])
+    for n in cluster.nodes:
+        cluster.start(n)
+    try:
+        leader, took = cluster.wait_leader(args.timeout)
+    except TimeoutError as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    console.print(_status_table(cluster))
+    console.print(f"leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
+                  f"targets: {','.join(n.target for n in cluster.nodes)}")
+    console.print(f"logs: {data}/node-*.log   stop with: sovledger cluster down --data {data}")
+    if args.json:
+        print(json.dumps({"leader": leader.target, "targets": [n.target for n in cluster.nodes],
+                          "data": str(data)}))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data))
+    if not cluster.nodes:
+        print(f"no cluster under {args.data}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = []
+        for n in cluster.nodes:
+            st = cluster.status(n)
+            out.append({"node": n.node_id, "target": n.target, "pid": n.pid, "up": st is not None,
+                        "role": st.role if st else None, "term": st.term if st else None,
+                        "applied": st.applied_index if st else None, "tree_size": st.tree_size if st else None})
+        print(json.dumps(out, indent=2))
+    else:
+        Console().print(_status_table(cluster))
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data))
+    cluster.stop_all()
+    print(f"stopped {len(cluster.nodes)} node(s); data kept under {args.data}")
+    return 0
+
+
+def _cmd_kill(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data))
+    node = cluster.find(args.node)
+    cluster.kill(node)
+    print(f"killed {node.node_id} (pid {node.pid}) with SIGKILL")
+    return 0
+
+
+def _cmd_restart(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data))
+    node = cluster.find(args.node)
+    cluster.kill(node, signal.SIGTERM)
+    time.sleep(0.2)
+    cluster.kill(node)
+    cluster.start(node)
+    print(f"restarted {node.node_id} (pid {node.pid})")
+    return 0
+
+
+def register(sub: Any) -> None:
+    c = sub.add_parser("cluster", help="run a local region of nodes",
+                       description="Local region launcher: nodes as processes on 127.0.0.1.")
+    csub = c.add_subparsers(dest="cluster_command", metavar="ACTION")
+    up = csub.add_parser("up", help="start a region and wait for a leader")
+    up.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
+    up.add_argument("--region", default="local")
+    up.add_argument("--timeout", type=float, default=30.0)
+    up.set_defaults(func=_cmd_up)
+    st = csub.add_parser("status", help="role, term, applied index, checkpoint size, lag per node")
+    st.set_defaults(func=_cmd_status)
+    dn = csub.add_parser("down", help="stop every node cleanly (data is kept)")
+    dn.set_defaults(func=_cmd_down)
+    k = csub.add_parser("kill", help="SIGKILL one node (drills)")
+    k.add_argument("node")
+    k.set_defaults(func=_cmd_kill)
+    r = csub.add_parser("restart", help="restart one node")
+    r.add_argument("node")
+    r.set_defaults(func=_cmd_restart)
+    for p in (up, st, dn, k, r):
+        p.add_argument("--data", default=DEFAULT_DATA, help=f"cluster directory (default {DEFAULT_DATA})")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
