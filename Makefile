@@ -47,7 +47,7 @@ bench: setup
 	$(BIN)/python -m bench.single_node
 
 sim: setup
-	$(BIN)/python -m tests.sim --seeds $(SEEDS)
+	$(BIN)/python -m tests.raft.sim --seeds $(SEEDS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache demo-data

@@ -108,13 +108,14 @@ class LedgerClient:
 
     def submit_one(self, kind: EventKind, records: bytes, signatures: bytes = b"",
                    signer_key_id: bytes = b"") -> BatchResult:
-        (res,) = list(self.submit_stream([(kind, records, signatures, signer_key_id)], inflight=1))
+        (res,) = list(self.submit_stream([(kind, records, signatures, signer_key_id)], inflight=1,
+                                         timeout_s=self.timeout_s))
         if isinstance(res, BatchRefused):
             raise res
         return res
 
     def submit_stream(self, batches: Iterable[tuple[EventKind, bytes, bytes, bytes]],
-                      inflight: int = 8) -> Iterator[BatchResult | BatchRefused]:
+                      inflight: int = 8, timeout_s: float | None = None) -> Iterator[BatchResult | BatchRefused]:
         """Stream batches on one Submit call with at most ``inflight`` unanswered; yields in order.
 
         A refused batch is yielded as a ``BatchRefused`` (the stream continues); a broken stream
@@ -132,7 +133,7 @@ class LedgerClient:
                 yield pb.SubmitRequest(batch_id=next(self._ids), kind=pb.EventKind.ValueType(kind), records=records,
                                        signatures=sigs, signer_key_id=key_id)
 
-        call = self.ledger.Submit(requests())
+        call = self.ledger.Submit(requests(), timeout=timeout_s)
         try:
             for resp in call:
                 window.release()

@@ -38,7 +38,8 @@ class _Pending:
 
 class Ingest:
     def __init__(self, commit: Committer, block_items_max: int, block_delay_ms: float,
-                 queue_items_max: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 queue_items_max: int, clock_ns: Callable[[], int] = time.time_ns,
+                 inflight_blocks_max: int = 1) -> None:
         self._commit = commit
         self._block_items_max = block_items_max
         self._block_delay_s = block_delay_ms / 1000.0
@@ -48,6 +49,8 @@ class Ingest:
         self._queued_items = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight = asyncio.Semaphore(inflight_blocks_max)
+        self._commits: set[asyncio.Task[None]] = set()
         self._refusal: Exception | None = None  # set when the store is full: refuse new work
         self.blocks_committed = 0
         self.items_committed = 0
@@ -94,9 +97,16 @@ class Ingest:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._fill()
+            await self._inflight.acquire()  # bounded pipelining: at most N blocks being committed
             taken = self._take()
-            if taken:
-                await self._commit_block(taken)
+            if not taken:
+                self._inflight.release()
+                continue
+            # the proposal (and its timestamp) is built here, in order; commits may overlap
+            proposal = Proposal(self._clock_ns(), tuple(p.batch for p in taken))
+            task = asyncio.get_running_loop().create_task(self._commit_block(taken, proposal))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
 
     async def _fill(self) -> None:
         """Wait until the block is full or its delay since the first batch has passed."""
@@ -126,8 +136,7 @@ class Ingest:
             items += n
         return taken
 
-    async def _commit_block(self, taken: list[_Pending]) -> None:
-        proposal = Proposal(self._clock_ns(), tuple(p.batch for p in taken))
+    async def _commit_block(self, taken: list[_Pending], proposal: Proposal) -> None:
         try:
             outcome = await self._commit(proposal)
         except Exception as e:  # nothing of this block is durable: every batch gets the error
@@ -138,6 +147,8 @@ class Ingest:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
+        finally:
+            self._inflight.release()
         self.blocks_committed += 1
         self.items_committed += proposal.item_count
         for p, batch_outcome in zip(taken, outcome.batches, strict=True):

@@ -12,6 +12,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,7 @@ from ledger.lmdb_store import LmdbStore
 from ledger.reader import LedgerReader
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import StoreFull
+from ledger.types import BATCH_ITEMS_MAX
 from node.config import NodeConfig
 from node.errors import StoreUnavailable
 from node.keys import load_or_create_node_key
@@ -49,6 +51,7 @@ class Node:
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.ingest: Ingest | None = None
+        self.replicator: Any = None  # node.replication.Replicator when the region has peers
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.started_ns = time.time_ns()
@@ -77,17 +80,47 @@ class Node:
 
     def status(self) -> pb.StatusResponse:
         head = self.state.head
+        role, term, leader, applied = "leader", 0, self.config.listen, head.height
+        if self.replicator is not None:
+            st = self.replicator.status()
+            role, term, leader, applied = st.role, st.term, self.replicator.leader_address(), st.applied_index
         return pb.StatusResponse(
-            node_id=self.config.node_id, region=self.config.region, role="leader", term=0,
-            applied_index=head.height, tree_size=head.tree_size, block=head.height,
-            leader=self.config.listen, queue_items=self.ingest.queued_items if self.ingest else 0,
+            node_id=self.config.node_id, region=self.config.region, role=role, term=term,
+            applied_index=applied, tree_size=head.tree_size, block=head.height,
+            leader=leader, queue_items=self.ingest.queued_items if self.ingest else 0,
             verifier_key=self.checkpoints.verifier_key,
+        )
+
+    def _start_replication(self) -> None:
+        from node.replication import Replicator, node_number
+        from node.transport import PeerTransport
+
+        cfg = self.config
+        me = node_number(cfg.node_id)
+        addresses = {node_number(p.node_id): p.address for p in cfg.peers}
+        addresses[me] = cfg.listen
+        self.replicator = Replicator(
+            self_id=me, voters=sorted(addresses), addresses=addresses, store=self.store, state=self.state,
+            pool=self._apply_pool, tick_ms=cfg.tick_ms, election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks, on_block=lambda st: self.checkpoints.on_block(st.head),
+            max_message_bytes=cfg.max_message_bytes - (64 << 10),
+            transport_factory=PeerTransport,
         )
 
     async def start(self) -> None:
         cfg = self.config
         self.checkpoints.on_start(self.state.head)
-        self.ingest = Ingest(self._commit, cfg.block_items_max, cfg.block_delay_ms, cfg.queue_items_max)
+        commit = self._commit
+        leader_check = None
+        if cfg.peers:
+            self._start_replication()
+            commit = self.replicator.propose
+            leader_check = self.replicator.check_leader
+        # In a region a block is one Raft entry and must fit one peer message (max_message_bytes):
+        # cap it at one full batch (8189 signed transfers ≈ 2 MB).
+        block_items = min(cfg.block_items_max, BATCH_ITEMS_MAX) if cfg.peers else cfg.block_items_max
+        self.ingest = Ingest(commit, block_items, cfg.block_delay_ms, cfg.queue_items_max,
+                             inflight_blocks_max=4 if cfg.peers else 2)
         self.ingest.start()
         opts = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -96,8 +129,14 @@ class Node:
         ]
         self.server = grpc.aio.server(options=opts)
         pb_grpc.add_LedgerServicer_to_server(
-            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max), self.server
+            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max, leader_check), self.server
         )
+        if self.replicator is not None:
+            from sovledger_pb import peer_pb2_grpc
+
+            from node.transport import PeerService
+
+            peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver), self.server)
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), self.server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -105,6 +144,8 @@ class Node:
         if port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
         await self.server.start()
+        if self.replicator is not None:
+            self.replicator.start()
         await self._set_serving(True)
         if cfg.metrics_listen:
             from node.metrics import start_metrics
@@ -118,6 +159,8 @@ class Node:
         await self._set_serving(False)
         if self.server:
             await self.server.stop(grace=2.0)
+        if self.replicator is not None:
+            await self.replicator.stop()
         if self.ingest:
             await self.ingest.stop()
         self._apply_pool.shutdown(wait=True)

@@ -97,7 +97,8 @@ class Cluster:
         if len(self.nodes) > 1:
             cmd += ["--peers", self.peers_for(node)]
         cmd += extra or []
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'proto'}", PYTHONUNBUFFERED="1")
+        path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT), str(ROOT / "proto"))))
+        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
         log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                                 start_new_session=True)

@@ -1,0 +1,155 @@
+"""Durable Raft storage in the node's LMDB environment (table ``raft``), implementing the consensus
+``Storage`` protocol for the Raft core.
+
+Persistence contract (docs/consensus.md): the driver calls ``persist()`` with a Ready's hard state,
+entries and snapshot, and only after it returns (LMDB commit = fsync) sends that Ready's messages.
+Keys in ``raft``: ``hs`` hard state, ``cs`` conf state, ``snap`` snapshot metadata, ``first``; the
+entries live in ``raftlog`` (u64 BE index → encoded entry).
+An in-memory tail cache keeps reads of recent entries off LMDB.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Final
+
+from consensus.storage import Compacted, Unavailable
+from consensus.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+
+from consensus import codec as rc
+from ledger.store import Store
+
+_IDX: Final = struct.Struct(">Q")
+K_HS: Final = b"hs"
+K_CS: Final = b"cs"
+K_SNAP: Final = b"snap"
+K_FIRST: Final = b"first"
+
+
+class LmdbRaftStorage:
+    def __init__(self, store: Store, initial_conf: ConfState) -> None:
+        self._store = store
+        with store.read() as txn:
+            hs = txn.get("raft", K_HS)
+            cs = txn.get("raft", K_CS)
+            snap = txn.get("raft", K_SNAP)
+            last = txn.last("raftlog")
+            first = txn.get("raft", K_FIRST)
+        self._hard_state = rc.decode_hard_state(hs) if hs else HardState(term=0, vote=0, commit=0)
+        self._conf_state = rc.decode_conf_state(cs) if cs else initial_conf
+        self._snap_meta = (rc.decode_snapshot_metadata(snap) if snap
+                           else SnapshotMetadata(index=0, term=0, conf_state=self._conf_state))
+        self._first = _IDX.unpack(first)[0] if first else self._snap_meta.index + 1
+        self._last = self._first - 1
+        if last is not None:
+            self._last = _IDX.unpack(last[0])[0]
+        self._cache: dict[int, Entry] = {}
+
+    # -- Storage protocol ------------------------------------------------------------------------
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._hard_state, self._conf_state
+
+    def first_index(self) -> int:
+        return self._first
+
+    def last_index(self) -> int:
+        return self._last
+
+    def term(self, i: int) -> int:
+        if i == self._snap_meta.index:
+            return self._snap_meta.term
+        if i < self._first:
+            raise Compacted()
+        if i > self._last:
+            raise Unavailable()
+        return self._entry(i).term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        if lo < self._first:
+            raise Compacted()
+        if hi > self._last + 1:
+            raise Unavailable()
+        out: list[Entry] = []
+        size = 0
+        for i in range(lo, hi):
+            e = self._entry(i)
+            size += len(e.data) + 32
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(e)
+        return out
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(metadata=self._snap_meta, data=b"")
+
+    # -- driver side ------------------------------------------------------------------------------
+
+    def _entry(self, i: int) -> Entry:
+        e = self._cache.get(i)
+        if e is not None:
+            return e
+        with self._store.read() as txn:
+            raw = txn.get("raftlog", _IDX.pack(i))
+        if raw is None:
+            raise Unavailable()
+        return rc.decode_entry(raw)
+
+    def persist(self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None) -> None:
+        """Durably store a Ready's state (one LMDB transaction, fsynced on commit)."""
+        if hard_state is None and not entries and snapshot is None:
+            return
+        with self._store.write() as txn:
+            if snapshot is not None and snapshot.metadata.index > self._snap_meta.index:
+                meta = snapshot.metadata
+                txn.put("raft", K_SNAP, rc.encode_snapshot_metadata(meta))
+                txn.put("raft", K_CS, rc.encode_conf_state(meta.conf_state))
+                for i in range(self._first, self._last + 1):
+                    txn.delete("raftlog", _IDX.pack(i))
+                txn.put("raft", K_FIRST, _IDX.pack(meta.index + 1))
+            if entries:
+                first_new = entries[0].index
+                for i in range(first_new, self._last + 1):  # truncate a conflicting suffix
+                    txn.delete("raftlog", _IDX.pack(i))
+                txn.put_many("raftlog", [(_IDX.pack(e.index), rc.encode_entry(e)) for e in entries])
+            if hard_state is not None:
+                txn.put("raft", K_HS, rc.encode_hard_state(hard_state))
+        # committed: update the in-memory view
+        if snapshot is not None and snapshot.metadata.index > self._snap_meta.index:
+            self._snap_meta = snapshot.metadata
+            self._conf_state = snapshot.metadata.conf_state
+            self._first = snapshot.metadata.index + 1
+            self._last = snapshot.metadata.index
+            self._cache.clear()
+        if entries:
+            for i in range(entries[0].index, self._last + 1):
+                self._cache.pop(i, None)
+            for e in entries:
+                self._cache[e.index] = e
+            self._last = entries[-1].index
+            if len(self._cache) > 4096:
+                for i in sorted(self._cache)[:-2048]:
+                    del self._cache[i]
+        if hard_state is not None:
+            self._hard_state = hard_state
+
+    def set_conf_state(self, cs: ConfState) -> None:
+        with self._store.write() as txn:
+            txn.put("raft", K_CS, rc.encode_conf_state(cs))
+        self._conf_state = cs
+
+    def compact(self, index: int, term: int) -> None:
+        """Drop entries up to ``index`` (already applied to the ledger)."""
+        if index < self._first:
+            return
+        meta = SnapshotMetadata(index=index, term=term, conf_state=self._conf_state)
+        with self._store.write() as txn:
+            for i in range(self._first, index + 1):
+                txn.delete("raftlog", _IDX.pack(i))
+            txn.put("raft", K_FIRST, _IDX.pack(index + 1))
+            txn.put("raft", K_SNAP, rc.encode_snapshot_metadata(meta))
+        for i in range(self._first, index + 1):
+            self._cache.pop(i, None)
+        self._snap_meta = meta
+        self._first = index + 1

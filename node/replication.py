@@ -1,0 +1,269 @@
+"""The Raft driver: runs the pure consensus core (consensus/) against real storage, network and time.
+
+Ready loop, in this order (the persistence contract, docs/consensus.md):
+  1. persist hard state, entries and snapshot to LMDB (fsync)         — store thread
+  2. send the Ready's messages to peers (never blocks: bounded queues)  — event loop
+  3. apply committed entries: each NORMAL entry is one block proposal;  — store thread
+     ``LedgerState.apply_block`` writes ledger state and the applied index in one transaction
+  4. advance
+
+A client's batch is acknowledged when its block is applied here, which implies the entry was
+committed, i.e. stored durably (fsynced) by a quorum. Every replica applies the same proposals with
+the leader-assigned timestamp inside, so all compute identical leaves, roots and balances. Each
+entry also carries the proposer's latest applied (height, block hash): a replica that has applied
+that height compares hashes, and a divergence stops the node loudly.
+
+Raft entry data = proposer id u64 ‖ request id u64 ‖ check height u64 ‖ check block hash (32) ‖
+encoded proposal (docs/formats.md §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+from consensus.codec import decode_message, encode_message
+from consensus.raft import Config as RaftConfig
+from consensus.raft import ProposalDropped, RawNode
+from consensus.types import ConfState, Entry, EntryType, Role
+
+from ledger.codec import Proposal, decode_proposal, encode_proposal
+from ledger.invariant import fail
+from ledger.state import BlockOutcome, LedgerState
+from ledger.store import Store, StoreFull
+from node.errors import NotLeader, StoreUnavailable
+from node.raft_storage import LmdbRaftStorage
+
+log = logging.getLogger("sovledger.raft")
+
+ENTRY_HEADER: Final = struct.Struct("<QQQ32s")
+
+
+class Indeterminate(StoreUnavailable):
+    """Leadership changed before the block committed: the outcome is unknown; retry with the same ids."""
+
+
+@dataclass
+class ReplicaStatus:
+    role: str
+    term: int
+    leader_id: int
+    applied_index: int
+
+
+def node_number(node_id: str) -> int:
+    """``node-3`` → 3 (Raft ids are numbers; names stay human)."""
+    tail = node_id.rsplit("-", 1)[-1]
+    if not tail.isdigit() or int(tail) == 0:
+        raise ValueError(f"node id {node_id!r} must end in a positive number, e.g. node-1")
+    return int(tail)
+
+
+class Replicator:
+    def __init__(self, *, self_id: int, voters: list[int], addresses: dict[int, str], store: Store,
+                 state: LedgerState, pool: ThreadPoolExecutor, tick_ms: int, election_ticks: int,
+                 heartbeat_ticks: int, on_block: Callable[[LedgerState], None],
+                 transport_factory: Callable[[int, dict[int, str], Callable[[int], None]], Any],
+                 max_message_bytes: int = 2 << 20) -> None:
+        self.self_id = self_id
+        self.addresses = addresses
+        self.state = state
+        self._pool = pool
+        self._tick_s = tick_ms / 1000.0
+        self._on_block = on_block
+        self.storage = LmdbRaftStorage(store, ConfState(voters=tuple(sorted(voters)), learners=()))
+        seed = int.from_bytes(os.urandom(8), "little")  # the driver may use real randomness
+        cfg = RaftConfig(
+            id=self_id, election_tick=election_ticks, heartbeat_tick=heartbeat_ticks, storage=self.storage,
+            applied=state.applied_index, max_inflight_msgs=32, max_size_per_msg=max_message_bytes,
+            check_quorum=True, pre_vote=True,
+            rng=random.Random(seed),
+        )
+        self.raw = RawNode(cfg)
+        peers = {pid: addr for pid, addr in addresses.items() if pid != self_id}
+        self.transport = transport_factory(self_id, peers, self._unreachable)
+        self._wake = asyncio.Event()
+        self._waiting: dict[int, asyncio.Future[BlockOutcome]] = {}
+        self._requests = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.role = "follower"
+        self.term = 0
+        self.leader_id = 0
+        self.last_leader_change = time.monotonic()
+        self._fatal: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport.start()
+        self._tasks = [loop.create_task(self._ticker(), name="raft-tick"),
+                       loop.create_task(self._ready_loop(), name="raft-ready")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.transport.stop()
+        self._fail_waiting(Indeterminate("node is shutting down; retry with the same ids"))
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def deliver(self, payload: bytes) -> None:
+        try:
+            msg = decode_message(payload)
+        except Exception as e:  # a peer sent garbage: drop it, Raft retransmits
+            log.warning("dropping undecodable peer message: %s", e)
+            return
+        self.raw.step(msg)
+        self._wake.set()
+
+    def _unreachable(self, peer: int) -> None:
+        self.raw.report_unreachable(peer)
+
+    def leader_address(self) -> str:
+        return self.addresses.get(self.leader_id, "")
+
+    def check_leader(self) -> None:
+        if self.role != "leader":
+            raise NotLeader(self.leader_address())
+
+    async def propose(self, proposal: Proposal) -> BlockOutcome:
+        if self._fatal is not None:
+            raise StoreUnavailable(f"node stopped applying: {self._fatal}")
+        self.check_leader()
+        req = next(self._requests)
+        head = self.state.head
+        data = ENTRY_HEADER.pack(self.self_id, req, head.height, head.block_hash) + encode_proposal(proposal)
+        fut: asyncio.Future[BlockOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting[req] = fut
+        try:
+            self.raw.propose(data)
+        except ProposalDropped as e:
+            self._waiting.pop(req, None)
+            raise NotLeader(self.leader_address()) from e
+        self._wake.set()
+        return await fut
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(self.role, self.term, self.leader_id, self.state.applied_index)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            self.raw.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.raw.has_ready():
+                rd = self.raw.ready()
+                if rd.soft_state is not None:
+                    self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+                if rd.hard_state is not None:
+                    self.term = rd.hard_state.term
+                await loop.run_in_executor(self._pool, self.storage.persist, rd.hard_state, list(rd.entries),
+                                           rd.snapshot)
+                for m in rd.messages:
+                    self.transport.send(m.to, encode_message(m))
+                if rd.committed_entries:
+                    await self._apply(list(rd.committed_entries))
+                self.raw.advance(rd)
+
+    def _on_soft_state(self, role: Role, leader: int) -> None:
+        new_role = {Role.LEADER: "leader", Role.CANDIDATE: "candidate"}.get(role, "follower")
+        if getattr(Role, "PRE_CANDIDATE", None) is not None and role == Role.PRE_CANDIDATE:
+            new_role = "pre-candidate"
+        if leader != self.leader_id or new_role != self.role:
+            self.last_leader_change = time.monotonic()
+            log.info("raft: role %s, leader %s, term %d", new_role, leader or "unknown", self.term)
+        was_leader = self.role == "leader"
+        self.role = new_role
+        self.leader_id = leader
+        if was_leader and new_role != "leader":
+            self._fail_waiting(Indeterminate(
+                f"leadership moved (leader now {self.leader_address() or 'unknown'}); the outcome of "
+                "in-flight batches is unknown: retry with the same ids"))
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _apply(self, entries: list[Entry]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._pool, self._apply_entries, entries)
+        except StoreFull as e:
+            self._fatal = e
+            log.critical("cannot apply committed entries: %s — stopping", e)
+            self._fail_waiting(StoreUnavailable(str(e)))
+            raise
+        for kind, value in results:
+            if kind == "conf":
+                cs = self.raw.apply_conf_change(value)
+                await loop.run_in_executor(self._pool, self.storage.set_conf_state, cs)
+            elif kind == "done":
+                req, outcome = value
+                fut = self._waiting.pop(req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(outcome)
+
+    def _apply_entries(self, entries: list[Entry]) -> list[tuple[str, Any]]:
+        """Store thread: apply each committed entry exactly once, in log order."""
+        out: list[tuple[str, Any]] = []
+        state = self.state
+        for e in entries:
+            if e.index <= state.applied_index:
+                continue  # already applied before a restart
+            if e.type == EntryType.CONF_CHANGE:
+                from consensus.types import ConfChange
+
+                out.append(("conf", ConfChange.decode(e.data)))
+                continue
+            if not e.data:
+                continue  # the new leader's empty entry
+            proposer, req, check_height, check_hash = ENTRY_HEADER.unpack_from(e.data)
+            self._check_divergence(e.index, check_height, check_hash)
+            outcome = state.apply_block(decode_proposal(e.data[ENTRY_HEADER.size :]), applied_index=e.index)
+            self._on_block(state)
+            if proposer == self.self_id:
+                out.append(("done", (req, outcome)))
+        return out
+
+    def _check_divergence(self, index: int, height: int, expected: bytes) -> None:
+        if height == 0 or height > self.state.head.height:
+            return
+        if height == self.state.head.height:
+            mine = self.state.head.block_hash
+        else:
+            from ledger.reader import LedgerReader
+
+            mine = self._block_hash_at(LedgerReader(self.state.store), height)
+        if mine != expected:
+            fail(f"replica divergence at block {height} (raft entry {index}): this node has "
+                 f"{mine.hex()[:16]}…, the proposer had {expected.hex()[:16]}… — stopping; re-seed this node")
+
+    @staticmethod
+    def _block_hash_at(reader: Any, height: int) -> bytes:
+        from ledger.hashing import block_hash
+
+        return block_hash(reader.block(height).encode())

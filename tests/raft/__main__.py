@@ -1,0 +1,5 @@
+import sys
+
+from tests.raft.sim import main
+
+sys.exit(main())
