@@ -12,8 +12,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
-from sovledger_pb import ledger_pb2 as pb
-from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 from ledger.codec import (
     ACCOUNT_SIZE,
@@ -24,6 +22,8 @@ from ledger.codec import (
     u128_bytes,
 )
 from ledger.types import BATCH_ITEMS_MAX, Account, AccountBalance, EventKind, Result, Transfer
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 3 << 20
 _CHANNEL_OPTIONS = [

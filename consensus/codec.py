@@ -17,7 +17,7 @@ from consensus.types import (
     SnapshotMetadata,
 )
 
-_M = struct.Struct("<BBQQQQQQBQI")  # version, type, to, frm, term, log_term, index, commit, reject, hint, n
+_M = struct.Struct("<BBQQQQQQBQIH")  # version, type, to, frm, term, log_term, index, commit, reject, hint, n, ctx
 _E = struct.Struct("<QQBI")
 
 
@@ -43,24 +43,27 @@ def _decode_entry(raw: bytes, pos: int) -> tuple[Entry, int]:
 
 def encode_message(m: Message) -> bytes:
     parts = [_M.pack(1, m.type, m.to, m.frm, m.term, m.log_term, m.index, m.commit, int(m.reject),
-                     m.reject_hint, len(m.entries))]
+                     m.reject_hint, len(m.entries), len(m.context)), m.context]
     parts.extend(encode_entry(e) for e in m.entries)
     return b"".join(parts)
 
 
 def decode_message(raw: bytes) -> Message:
     try:
-        v, t, to, frm, term, lt, index, commit, rej, hint, n = _M.unpack_from(raw)
+        v, t, to, frm, term, lt, index, commit, rej, hint, n, nctx = _M.unpack_from(raw)
         if v != 1:
             raise MessageDecodeError(f"unknown message version {v}")
-        pos = _M.size
+        pos = _M.size + nctx
+        ctx = bytes(raw[_M.size : pos])
+        if len(ctx) != nctx:
+            raise MessageDecodeError("context truncated")
         ents = []
         for _ in range(n):
             e, pos = _decode_entry(raw, pos)
             ents.append(e)
         if pos != len(raw):
             raise MessageDecodeError("trailing bytes")
-        return Message(MessageType(t), to, frm, term, lt, index, tuple(ents), commit, bool(rej), hint)
+        return Message(MessageType(t), to, frm, term, lt, index, tuple(ents), commit, bool(rej), hint, ctx)
     except (struct.error, ValueError) as e:
         raise MessageDecodeError(str(e)) from e
 

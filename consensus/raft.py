@@ -21,6 +21,7 @@ from consensus.types import (
     EntryType,
     HardState,
     Message,
+    ReadState,
     Role,
     Snapshot,
     SoftState,
@@ -59,6 +60,7 @@ class Ready:
     committed_entries: list[Entry]
     snapshot: Snapshot | None = None
     must_sync: bool = True
+    read_states: list[ReadState] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +99,8 @@ class RawNode:
         self._prev_soft = SoftState(0, Role.FOLLOWER)
         self._prev_hard = HardState(self.term, self.vote, self.commit)
         self._handed = 0  # last unstable index handed out in a Ready
+        self.read_states: list[ReadState] = []
+        self._reads: dict[bytes, tuple[int, set[int]]] = {}  # ctx -> (commit index, acks)
 
     # -- log ------------------------------------------------------------------------------------
 
@@ -155,6 +159,7 @@ class RawNode:
         self._reset_timeout()
 
     def _become_follower(self, term: int, leader: int) -> None:
+        self._reads.clear()
         self._reset(term)
         self.role = Role.FOLLOWER
         self.leader = leader
@@ -251,6 +256,21 @@ class RawNode:
                 if p != self.id and p not in self.prs:
                     self.prs[p] = Progress(next=self.last_index() + 1)
         return ConfState(tuple(sorted(self.voters)), tuple(sorted(self.learners)))
+
+    def read_index(self, ctx: bytes) -> None:
+        """ReadIndex (Raft thesis §6.4): confirm leadership with a heartbeat round, then the read may
+        be served at the commit index of the request time. Raises ProposalDropped when not leader or
+        before the leader has committed an entry of its own term."""
+        if self.role != Role.LEADER or self.log_term(self.commit) != self.term:
+            raise ProposalDropped(self.leader)
+        if len(self.voters) == 1:
+            self.read_states.append(ReadState(self.commit, ctx))
+            return
+        self._reads[ctx] = (self.commit, {self.id})
+        for p in self.prs:
+            if p in self.voters:
+                self.msgs.append(Message(MT.HEARTBEAT, p, self.id, self.term,
+                                         commit=min(self.prs[p].match, self.commit), context=ctx))
 
     def report_unreachable(self, peer: int) -> None:
         pr = self.prs.get(peer)
@@ -350,7 +370,7 @@ class RawNode:
             self._become_follower(m.term, m.frm)
         if m.commit > self.commit:
             self.commit = min(m.commit, self.last_index())
-        self.msgs.append(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term))
+        self.msgs.append(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
 
     def _on_app_resp(self, m: Message) -> None:
         if self.role != Role.LEADER:
@@ -381,6 +401,12 @@ class RawNode:
             return
         pr.active = True
         pr.paused = False
+        pending = self._reads.get(m.context) if m.context else None
+        if pending is not None and m.frm in self.voters:
+            pending[1].add(m.frm)
+            if len(pending[1]) >= self._quorum():
+                del self._reads[m.context]
+                self.read_states.append(ReadState(pending[0], m.context))
         if pr.match < self.last_index():
             if pr.probe:
                 pr.inflight.clear()  # the probe may have been lost: send it again
@@ -435,7 +461,7 @@ class RawNode:
     # -- ready ----------------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        if self.msgs or (self.unstable and self.unstable[-1].index > self._handed):
+        if self.msgs or self.read_states or (self.unstable and self.unstable[-1].index > self._handed):
             return True
         if HardState(self.term, self.vote, self.commit) != self._prev_hard:
             return True
@@ -450,8 +476,9 @@ class RawNode:
         hi = min(self.commit, self.offset - 1)
         committed = self.entries(self.applied + 1, hi + 1) if hi > self.applied else []
         rd = Ready(soft if soft != self._prev_soft else None, hard if hard != self._prev_hard else None,
-                   ents, self.msgs, committed)
+                   ents, self.msgs, committed, read_states=self.read_states)
         self.msgs = []
+        self.read_states = []
         self._prev_soft = soft
         if rd.hard_state is not None:
             self._prev_hard = hard

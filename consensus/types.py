@@ -103,3 +103,12 @@ class Message:
     commit: int = 0
     reject: bool = False
     reject_hint: int = 0
+    context: bytes = b""  # ReadIndex request id, echoed in heartbeat responses
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the local applied index reaches ``index``."""
+
+    index: int
+    request_ctx: bytes

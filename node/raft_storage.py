@@ -14,10 +14,9 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
+from consensus import codec as rc
 from consensus.storage import Compacted, Unavailable
 from consensus.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
-
-from consensus import codec as rc
 from ledger.store import Store
 
 _IDX: Final = struct.Struct(">Q")

@@ -36,7 +36,6 @@ from consensus.codec import decode_message, encode_message
 from consensus.raft import Config as RaftConfig
 from consensus.raft import ProposalDropped, RawNode
 from consensus.types import ConfState, Entry, EntryType, Role
-
 from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
@@ -94,6 +93,8 @@ class Replicator:
         self.transport = transport_factory(self_id, peers, self._unreachable)
         self._wake = asyncio.Event()
         self._waiting: dict[int, asyncio.Future[BlockOutcome]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_event = asyncio.Event()
         self._requests = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self.role = "follower"
@@ -101,6 +102,7 @@ class Replicator:
         self.leader_id = 0
         self.last_leader_change = time.monotonic()
         self._fatal: BaseException | None = None
+        self._last_applied_raft = state.applied_index  # includes empty and conf-change entries
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -157,6 +159,29 @@ class Replicator:
         self._wake.set()
         return await fut
 
+    async def read_barrier(self, timeout_s: float = 5.0) -> None:
+        """Linearizable read gate (ReadIndex): returns once this node is confirmed leader by a quorum
+        and has applied everything committed when the read arrived; raises NotLeader otherwise."""
+        self.check_leader()
+        ctx = next(self._requests).to_bytes(8, "little")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            self.raw.read_index(ctx)
+        except ProposalDropped as e:
+            self._reads.pop(ctx, None)
+            raise NotLeader(self.leader_address()) from e
+        self._wake.set()
+        try:
+            index = await asyncio.wait_for(fut, timeout_s)
+            while self.state.applied_index < index and self._last_applied_raft < index:
+                self._applied_event.clear()
+                await asyncio.wait_for(self._applied_event.wait(), timeout_s)
+        except TimeoutError:
+            raise NotLeader(self.leader_address()) from None
+        finally:
+            self._reads.pop(ctx, None)
+
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(self.role, self.term, self.leader_id, self.state.applied_index)
 
@@ -185,6 +210,12 @@ class Replicator:
                     self.transport.send(m.to, encode_message(m))
                 if rd.committed_entries:
                     await self._apply(list(rd.committed_entries))
+                    self._last_applied_raft = rd.committed_entries[-1].index
+                    self._applied_event.set()
+                for rs in getattr(rd, "read_states", ()):
+                    fut = self._reads.get(rs.request_ctx)
+                    if fut is not None and not fut.done():
+                        fut.set_result(rs.index)
                 self.raw.advance(rd)
 
     def _on_soft_state(self, role: Role, leader: int) -> None:

@@ -16,8 +16,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from sovledger_pb import ledger_pb2 as pb
-from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 from ledger.codec import Proposal
 from ledger.lmdb_store import LmdbStore
@@ -31,6 +29,8 @@ from node.keys import load_or_create_node_key
 from node.pipeline import Ingest
 from node.service import AdminService, AuditService, LedgerService
 from node.signing import CheckpointService
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sovledger.node")
 
@@ -112,10 +112,12 @@ class Node:
         self.checkpoints.on_start(self.state.head)
         commit = self._commit
         leader_check = None
+        read_barrier = None
         if cfg.peers:
             self._start_replication()
             commit = self.replicator.propose
             leader_check = self.replicator.check_leader
+            read_barrier = self.replicator.read_barrier
         # In a region a block is one Raft entry and must fit one peer message (max_message_bytes):
         # cap it at one full batch (8189 signed transfers ≈ 2 MB).
         block_items = min(cfg.block_items_max, BATCH_ITEMS_MAX) if cfg.peers else cfg.block_items_max
@@ -129,12 +131,12 @@ class Node:
         ]
         self.server = grpc.aio.server(options=opts)
         pb_grpc.add_LedgerServicer_to_server(
-            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max, leader_check), self.server
+            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max, leader_check, read_barrier),
+            self.server
         )
         if self.replicator is not None:
-            from sovledger_pb import peer_pb2_grpc
-
             from node.transport import PeerService
+            from sovledger_pb import peer_pb2_grpc
 
             peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver), self.server)
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), self.server)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from sovledger_pb import ledger_pb2 as pb
-from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 from ledger.codec import EncodingError, validate_batch
 from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
@@ -21,6 +19,8 @@ from ledger.types import BATCH_ITEMS_MAX
 from node.errors import BadRequest, NodeError, NotLeader, status_for
 from node.pipeline import Ingest
 from node.signing import CheckpointService
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sovledger.service")
 
@@ -42,13 +42,31 @@ def _batch_status(exc: BaseException) -> pb.BatchStatus:
     return pb.BatchStatus(code=code.value[0], message=message, leader_hint=hint)
 
 
+STALE_READ_KEY = "sovledger-read"
+
+
+async def _no_barrier() -> None:
+    return None
+
+
 class LedgerService(pb_grpc.LedgerServicer):
+    """Lookups are linearizable: served by the leader after a ReadIndex round (in a region), or
+    by any replica from its local state when the caller sends metadata ``sovledger-read: stale``."""
+
     def __init__(self, ingest: Ingest, reader: LedgerReader, stream_inflight_max: int,
-                 leader_check: Callable[[], None] | None = None) -> None:
+                 leader_check: Callable[[], None] | None = None,
+                 read_barrier: Callable[[], Awaitable[None]] | None = None) -> None:
         self._ingest = ingest
         self._reader = reader
         self._inflight_max = stream_inflight_max
         self._leader_check = leader_check or (lambda: None)
+        self._read_barrier = read_barrier or _no_barrier
+
+    async def _read_gate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        for key, value in context.invocation_metadata() or ():
+            if key == STALE_READ_KEY and value == "stale":
+                return
+        await self._read_barrier()
 
     async def Submit(self, request_iterator: AsyncIterator[pb.SubmitRequest],
                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.SubmitResponse]:
@@ -101,6 +119,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     async def LookupTransfers(self, request: pb.LookupRequest,
                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupTransfersResponse:
         try:
+            await self._read_gate(context)
             ids = _ids(request.ids)
             found = self._reader.transfers(ids)
         except Exception as e:
@@ -123,6 +142,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     async def LookupAccounts(self, request: pb.LookupRequest,
                              context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupAccountsResponse:
         try:
+            await self._read_gate(context)
             ids = _ids(request.ids)
             states = self._reader.accounts(ids)
         except Exception as e:
@@ -136,6 +156,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     async def AccountHistory(self, request: pb.HistoryRequest,
                              context: grpc.aio.ServicerContext[Any, Any]) -> pb.HistoryResponse:
         try:
+            await self._read_gate(context)
             (aid,) = _ids([request.account_id])
             if request.limit > HISTORY_PAGE_MAX:
                 raise BadRequest(f"limit {request.limit} is above the page maximum {HISTORY_PAGE_MAX}")

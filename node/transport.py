@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 from rich.table import Table
+
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from clients.client import LedgerClient
 from clients.verify import verify_checkpoint_note, verify_inclusion_response
 from ledger.codec import BlockHeader, decode_leaf, decode_transfer
 from ledger.hashing import block_hash
-from ledger.types import Account, AccountFlags, EventKind, Result, Transfer, TransferFlags
+from ledger.types import Account, AccountFlags, Result, Transfer, TransferFlags
 from tests.integration.nodeproc import ROOT, NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def test_lookups_history_proofs_and_blocks(tmp_path: Path) -> None:
 
             headers = [BlockHeader.decode(h) for h in c.blocks()]
             assert [h.height for h in headers] == list(range(1, len(headers) + 1))
-            for prev, cur in zip(headers, headers[1:], strict=False):
+            for prev, cur in itertools.pairwise(headers):
                 assert cur.prev_block_hash == block_hash(prev.encode())
                 assert cur.first_index == prev.tree_size
             assert headers[-1].tree_size == cp.tree_size and headers[-1].merkle_root == cp.root

@@ -36,6 +36,7 @@ class Net:
         self.applied: dict[int, list[bytes]] = {i: [] for i in self.ids}
         self.drop: Callable[[Message], bool] = lambda m: False
         self.sent: list[Message] = []
+        self.reads: dict[int, list[tuple[int, bytes]]] = {i: [] for i in self.ids}
 
     def _node(self, i: int, seed: int) -> RawNode:
         return RawNode(Config(id=i, storage=self.storage[i], rng=random.Random(seed * 100 + i), **self.opts))
@@ -52,6 +53,7 @@ class Net:
                     self.storage[i].persist(rd.hard_state, list(rd.entries), None)
                     msgs.extend(rd.messages)
                     self.applied[i].extend(e.data for e in rd.committed_entries if e.data)
+                    self.reads[i].extend((r.index, r.request_ctx) for r in rd.read_states)
                     n.advance(rd)
             if not msgs:
                 return
@@ -216,3 +218,20 @@ def test_codec_round_trips_and_rejects_garbage() -> None:
     for bad in (b"", b"\x02" + encode_message(m)[1:], encode_message(m)[:-3], encode_message(m) + b"x"):
         with pytest.raises(MessageDecodeError):
             decode_message(bad)
+
+
+def test_read_index_needs_a_quorum_round_and_returns_the_commit_index() -> None:
+    net = Net(3)
+    net.elect(1)
+    net.nodes[1].propose(b"a")
+    net.settle()
+    net.nodes[1].read_index(b"r1")
+    net.settle()
+    assert net.reads[1] == [(net.nodes[1].commit, b"r1")]
+    # an isolated (stale) leader cannot confirm its leadership: the read never completes
+    net.drop = lambda m: 1 in (m.frm, m.to)
+    net.nodes[1].read_index(b"r2")
+    net.settle()
+    assert (net.nodes[1].commit, b"r2") not in net.reads[1]
+    with pytest.raises(ProposalDropped):
+        net.nodes[2].read_index(b"r3")  # followers refuse: reads go through the leader
