@@ -44,6 +44,8 @@ def test_consensus_is_pure_stdlib(path: Path) -> None:
     banned = {"time", "datetime", "asyncio", "threading", "socket", "os", "grpc", "lmdb", "subprocess",
               "selectors", "multiprocessing", "secrets", "uuid"}
     for name, line in imports(path):
+        if top(name) == "consensus":
+            continue  # its own modules
         assert top(name) in STDLIB, f"{path.name}:{line} imports non-stdlib {name}"
         assert top(name) not in banned, f"{path.name}:{line} imports {name}: no I/O, clocks or threads here"
         if top(name) == "random":
