@@ -74,7 +74,8 @@ def _keys_show(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sovledger.demo import run_demo
 
-    return run_demo(transfers=args.transfers, accounts=args.accounts, data_dir=args.data, keep=args.keep)
+    return run_demo(transfers=args.transfers, accounts=args.accounts, data_dir=args.data,
+                    keep=not args.stop, nodes=args.nodes)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -129,12 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     ks.set_defaults(func=_keys_show)
 
     d = sub.add_parser("demo", help="local end-to-end demo",
-                       description="Start a local node, stream payments with a progress bar, print a "
-                       "summary table and the latest signed checkpoint.")
-    d.add_argument("--transfers", type=int, default=100_000)
-    d.add_argument("--accounts", type=int, default=1_000)
+                       description="Start a local 3-node region, stream 1M payments with a progress bar, "
+                       "kill the leader mid-run, audit, print a summary table; the region keeps running.")
+    d.add_argument("--transfers", type=int, default=1_000_000)
+    d.add_argument("--accounts", type=int, default=10_000)
+    d.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
     d.add_argument("--data", default="demo-data", help="data directory for the demo region")
-    d.add_argument("--keep", action="store_true", help="leave the node running afterwards")
+    d.add_argument("--stop", action="store_true", help="stop the region at the end (default: leave it running)")
     d.set_defaults(func=_demo)
 
     b = sub.add_parser("bench", help="run benchmarks", description="Single-node throughput and latency "

@@ -1,32 +1,40 @@
-"""``make demo``: start a local node, stream micro-payments with live progress, then audit the result.
+"""``make demo``: a local 3-node region, 1M micro-payments with live progress, a leader kill mid-run,
+then an audit. Leaves the region running and says how to stop it.
 
-Steps: start one node on 127.0.0.1 (data under ./demo-data), create accounts for simulated PSPs
-and merchants, stream transfers in batches with a progress bar and live throughput, print a summary
-table (tx/s, p50/p99 batch latency, outcomes per result code), verify the latest signed checkpoint
-and an inclusion proof for a random payment, and print the checkpoint.
+Steps: start the region (sovledger/cluster.py), create accounts for simulated PSPs and merchants,
+stream payments in pipelined batches with a progress bar and live throughput, kill -9 the leader
+at about 40% and show the failover (the stream re-sends unacknowledged batches with the same ids to
+the new leader: nothing is lost or doubled), restart the killed node, let it catch up, then audit:
+every replica's checkpoint signature, identical checkpoint bodies across replicas, an inclusion
+proof of a random payment, a consistency proof from the pre-kill checkpoint, and exactly-once
+presence of every payment. Ends with a summary table.
 """
 
 from __future__ import annotations
 
 import random
-import shutil
-import sys
+import signal
 import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+import grpc
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.client import BatchRefused, LedgerClient
-from clients.verify import verify_checkpoint_note, verify_inclusion_response
+from clients.client import BatchRefused, BatchResult, LedgerClient
+from clients.verify import verify_checkpoint_note, verify_consistency_response, verify_inclusion_response
 from clients.workload import TransferGenerator, account_records
+from ledger.codec import decode_leaf
+from ledger.note import split_note
 from ledger.types import EventKind, Result
+from sovledger.cluster import Cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+BATCH = 4096
+INFLIGHT = 6
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -34,81 +42,188 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
-def run_demo(transfers: int = 100_000, accounts: int = 1_000, data_dir: str = "demo-data",
-             keep: bool = False) -> int:
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.nodeproc import NodeProcess, free_port
+class FailoverStream:
+    """Pipelined batches to the leader; on failure, re-send every unacknowledged batch (same ids)."""
 
+    def __init__(self, cluster: Cluster, batches: list[bytes]) -> None:
+        self.cluster = cluster
+        self.batches = batches
+        self.next = 0  # first batch not yet acknowledged
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self.failovers: list[float] = []
+        self.acked = 0
+
+    def run(self, on_ack: Any, on_batch_index: Any = None) -> None:
+        while self.next < len(self.batches):
+            leader = self.cluster.leader()
+            if leader is None:
+                time.sleep(0.05)
+                continue
+            sent_at: deque[float] = deque()
+            start = self.next
+
+            def gen(start: int = start, sent_at: deque[float] = sent_at) -> Any:
+                for i in range(start, len(self.batches)):
+                    sent_at.append(time.perf_counter())
+                    if on_batch_index:
+                        on_batch_index(i)
+                    yield (EventKind.CREATE_TRANSFER, self.batches[i], b"", b"")
+
+            client = LedgerClient(leader.target, timeout_s=10)
+            broke_at = 0.0
+            try:
+                for res in client.submit_stream(gen(), inflight=INFLIGHT):
+                    if isinstance(res, BatchRefused):
+                        broke_at = time.monotonic()
+                        break  # not leader / leadership moved: find the leader, re-send from here
+                    assert isinstance(res, BatchResult)
+                    self.latencies.append(time.perf_counter() - sent_at.popleft())
+                    for code in res.results:
+                        self.codes[Result(code).name.lower()] += 1
+                    self.acked += len(res.results)
+                    self.next += 1
+                    on_ack(len(res.results))
+            except grpc.RpcError:
+                broke_at = time.monotonic()
+            finally:
+                client.close()
+            if broke_at:
+                self.cluster.wait_leader(30)
+                self.failovers.append(time.monotonic() - broke_at)
+
+
+def run_demo(transfers: int = 1_000_000, accounts: int = 10_000, data_dir: str = "demo-data",
+             keep: bool = True, nodes: int = 3) -> int:
     console = Console()
     data = Path(data_dir).resolve()
-    if data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True)
-    node = NodeProcess(data / "node-1", port=free_port())
-    console.print(Panel.fit("[bold]sovledger demo[/bold] — one node, micro-payments, signed checkpoints",
-                            border_style="cyan"))
-    with console.status("starting node …"):
-        node.start()
-    console.print(f"node-1 listening on [bold]{node.target}[/bold]  (log: {node.log_path})")
+    cluster = Cluster(data)
+    if cluster.nodes:
+        cluster.stop_all()
+    import shutil
+
+    shutil.rmtree(data, ignore_errors=True)
+    cluster = Cluster(data)
+    console.print(Panel.fit(f"[bold]sovledger demo[/bold] — a {nodes}-node region on 127.0.0.1, "
+                            f"{transfers:,} micro-payments, a leader kill, an audit", border_style="cyan"))
+    cluster.create(nodes, "demo", [])
+    with console.status("starting the region and electing a leader …"):
+        for n in cluster.nodes:
+            cluster.start(n)
+        leader, took = cluster.wait_leader(60)
+    console.print(f"region up: leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
+                  f"logs under {data}")
     try:
-        return _run(console, node.target, transfers, accounts, node, keep)
+        return _run(console, cluster, transfers, accounts, keep)
     finally:
         if not keep:
-            node.stop()
+            cluster.stop_all()
 
 
-def _run(console: Console, target: str, transfers: int, accounts: int, node: Any, keep: bool) -> int:
-    with LedgerClient(target) as client:
-        client.wait_ready()
-        res = client.submit_one(EventKind.CREATE_ACCOUNT, account_records(accounts))
-        console.print(f"created {sum(r == 0 for r in res.results):,} accounts (ledger 840 = USD, scale 2)")
-        gen = TransferGenerator(accounts, seed=int(time.time()))
-        batch = 4096
-        plan = [recs for recs, _ in gen.batches(transfers, batch)]
-        sent_at: deque[float] = deque()
-        lat: list[float] = []
-        codes: Counter[str] = Counter()
+def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep: bool) -> int:
+    leader, _ = cluster.wait_leader(30)
+    with LedgerClient(leader.target) as c:
+        c.wait_ready()
+        for off in range(0, accounts, 8000):
+            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(min(8000, accounts - off), first_id=1 + off))
+    console.print(f"created {accounts:,} accounts (merchants and PSP settlement accounts, USD, scale 2)")
+    gen = TransferGenerator(accounts, seed=int(time.time()))
+    with console.status("preparing payments …"):
+        plan = [recs for recs, _ in gen.batches(transfers, BATCH)]
+    stream = FailoverStream(cluster, plan)
+    kill_at = int(len(plan) * 0.4)
+    killed: dict[str, Any] = {}
 
-        def batches() -> Any:
-            for recs in plan:
-                sent_at.append(time.perf_counter())
-                yield (EventKind.CREATE_TRANSFER, recs, b"", b"")
+    def maybe_kill(i: int) -> None:
+        if i == kill_at and not killed:
+            victim = cluster.leader()
+            if victim is not None:
+                with LedgerClient(victim.target) as vc:
+                    cp = vc.checkpoint()
+                    killed.update(node=victim, note=cp.note, size=cp.tree_size, root=cp.root, vkey=cp.verifier_key,
+                                  at=time.monotonic())
+                cluster.kill(victim, signal.SIGKILL)
 
-        progress = Progress(TextColumn("[bold]streaming payments"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:>10} tx/s"), TimeElapsedColumn(), console=console)
-        t0 = time.perf_counter()
-        done = 0
-        with progress:
-            task = progress.add_task("stream", total=transfers, rate="—")
-            for r in client.submit_stream(batches(), inflight=8):
-                lat.append(time.perf_counter() - sent_at.popleft())
-                if isinstance(r, BatchRefused):
-                    codes[f"refused ({r.code.name})"] += 1
-                    continue
-                for code in r.results:
-                    codes[Result(code).name.lower()] += 1
-                done += len(r.results)
-                progress.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0):,.0f}")
-        elapsed = time.perf_counter() - t0
+    progress = Progress(TextColumn("[bold]streaming payments"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]:>9} tx/s"), TextColumn("{task.fields[note]}"),
+                        TimeElapsedColumn(), console=console)
+    t0 = time.perf_counter()
+    with progress:
+        task = progress.add_task("stream", total=transfers, rate="—", note="")
 
-        table = Table(title="summary")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        table.add_row("transfers acknowledged (durable)", f"{done:,}")
-        table.add_row("throughput", f"{done / elapsed:,.0f} tx/s")
-        table.add_row("batch latency p50 / p99", f"{_pct(lat, 50) * 1000:.1f} / {_pct(lat, 99) * 1000:.1f} ms")
-        for name, n in sorted(codes.items()):
-            table.add_row(f"result: {name}", f"{n:,}")
-        console.print(table)
+        def on_ack(n: int) -> None:
+            note = f"[yellow]leader {killed['node'].node_id} killed[/yellow]" if killed else ""
+            progress.update(task, advance=n, rate=f"{stream.acked / (time.perf_counter() - t0):,.0f}", note=note)
 
-        cp = client.checkpoint()
-        verified = verify_checkpoint_note(cp.note, cp.verifier_key).origin
-        idx = random.randrange(cp.tree_size)
-        proof = client.inclusion_proof(index=idx, tree_size=cp.tree_size)
-        verify_inclusion_response(proof, cp.root)
-        console.print(f"[green]✓[/green] checkpoint signature verified ({verified}); "
-                      f"inclusion proof for entry {idx} verified against root of size {cp.tree_size:,}")
-        console.print(Panel(cp.note.rstrip(), title="latest signed checkpoint (C2SP signed note)"))
-        if keep:
-            console.print(f"node left running on {target}; stop it with: kill {node.proc.pid}")
-    return 0
+        stream.run(on_ack, maybe_kill)
+    elapsed = time.perf_counter() - t0
+    new_leader, _ = cluster.wait_leader(30)
+    if killed:
+        console.print(f"failover: {killed['node'].node_id} was killed; {new_leader.node_id} leads now; "
+                      f"stream resumed after {max(stream.failovers or [0]):.2f}s. Restarting "
+                      f"{killed['node'].node_id} …")
+        cluster.start(killed["node"])
+    audit = _audit(console, cluster, transfers, killed)
+    table = Table(title="summary")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("payments acknowledged (quorum-durable)", f"{stream.acked:,}")
+    table.add_row("throughput", f"{stream.acked / elapsed:,.0f} tx/s")
+    table.add_row("batch latency p50 / p99", f"{_pct(stream.latencies, 50) * 1000:.0f} / "
+                  f"{_pct(stream.latencies, 99) * 1000:.0f} ms ({BATCH} per batch, {INFLIGHT} in flight)")
+    table.add_row("failover (stream broken → resumed)", ", ".join(f"{x:.2f}s" for x in stream.failovers) or "—")
+    for name, n in sorted(stream.codes.items()):
+        why = " (re-sent after failover, already committed)" if name == "transfer_exists" else ""
+        label = f"result: {name}{why}"
+        table.add_row(label, f"{n:,}")
+    for k, v in audit.items():
+        table.add_row(k, v)
+    console.print(table)
+    if keep:
+        console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
+                      f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
+    return 0 if audit.get("audit", "").startswith("passed") else 1
+
+
+def _audit(console: Console, cluster: Cluster, transfers: int, killed: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    leader, _ = cluster.wait_leader(30)
+    with LedgerClient(leader.target) as c:
+        final = c.checkpoint()
+    with console.status("audit: waiting for every replica to catch up …"):
+        deadline = time.monotonic() + 120
+        for n in cluster.nodes:
+            with LedgerClient(n.target) as c:
+                c.wait_ready(30)
+                while c.checkpoint().tree_size < final.tree_size and time.monotonic() < deadline:
+                    time.sleep(0.2)
+    bodies = set()
+    with console.status("audit: signatures, replicas, proofs, exactly-once …"):
+        for n in cluster.nodes:
+            with LedgerClient(n.target) as c:
+                cp = c.checkpoint()
+                verify_checkpoint_note(cp.note, cp.verifier_key)
+                if cp.tree_size == final.tree_size:
+                    bodies.add(split_note(cp.note)[0])
+        with LedgerClient(leader.target) as c:
+            idx = random.randrange(final.tree_size)
+            verify_inclusion_response(c.inclusion_proof(index=idx, tree_size=final.tree_size), final.root)
+            if killed:
+                verify_checkpoint_note(killed["note"], killed["vkey"])
+                verify_consistency_response(c.consistency_proof(killed["size"], final.tree_size), killed["root"],
+                                            final.root)
+            seen: Counter[bytes] = Counter()
+            for raw in c.entries(0, final.tree_size):
+                leaf = decode_leaf(raw)
+                if leaf.kind == EventKind.CREATE_TRANSFER and leaf.result == Result.OK:
+                    seen[leaf.body[:16]] += 1
+    ok = len(bodies) == 1 and len(seen) == transfers and set(seen.values()) == {1}
+    out["replicas with identical checkpoint bodies"] = f"{len(cluster.nodes)} of {len(cluster.nodes)}" \
+        if len(bodies) == 1 else f"[red]{len(bodies)} different bodies[/red]"
+    out["payments in the log exactly once"] = f"{sum(1 for v in seen.values() if v == 1):,} of {transfers:,}"
+    out["inclusion proof (random entry)"] = f"entry {idx:,} verified"
+    if killed:
+        out["consistency proof (pre-kill → final)"] = f"{killed['size']:,} → {final.tree_size:,} verified"
+    out["audit"] = "passed" if ok else "[red]FAILED[/red]"
+    console.print(Panel(final.note.rstrip(), title=f"latest checkpoint (signed by {leader.node_id}, C2SP signed note)"))
+    return out
