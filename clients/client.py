@@ -77,9 +77,12 @@ def encode_transfers(transfers: Sequence[Transfer]) -> bytes:
 
 
 class LedgerClient:
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, stale_reads: bool = False) -> None:
+        """``stale_reads``: let a follower answer lookups from its local (possibly lagging) state;
+        by default lookups are linearizable and only the leader answers them."""
         self.target = target
         self.timeout_s = timeout_s
+        self._read_md = (("sovledger-read", "stale"),) if stale_reads else ()
         self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self.ledger = pb_grpc.LedgerStub(self.channel)
         self.audit = pb_grpc.AuditStub(self.channel)
@@ -150,12 +153,12 @@ class LedgerClient:
 
     def lookup_transfers(self, ids: Sequence[int]) -> list[pb.TransferInfo]:
         resp = self.ledger.LookupTransfers(pb.LookupRequest(ids=[u128_bytes(i) for i in ids]),
-                                           timeout=self.timeout_s)
+                                           timeout=self.timeout_s, metadata=self._read_md)
         return list(resp.transfers)
 
     def lookup_accounts(self, ids: Sequence[int]) -> list[AccountBalance | None]:
         resp = self.ledger.LookupAccounts(pb.LookupRequest(ids=[u128_bytes(i) for i in ids]),
-                                          timeout=self.timeout_s)
+                                          timeout=self.timeout_s, metadata=self._read_md)
         return [decode_account_state(a.state) if a.found else None for a in resp.accounts]
 
     def history(self, account_id: int, limit: int = 100) -> Iterator[pb.Entry]:
@@ -163,7 +166,7 @@ class LedgerClient:
         while True:
             resp = self.ledger.AccountHistory(
                 pb.HistoryRequest(account_id=u128_bytes(account_id), after_index=after, first_page=first,
-                                  limit=limit), timeout=self.timeout_s)
+                                  limit=limit), timeout=self.timeout_s, metadata=self._read_md)
             yield from resp.entries
             if not resp.more or not resp.entries:
                 return

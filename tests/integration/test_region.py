@@ -146,7 +146,7 @@ def test_region_survives_leader_kills_pause_and_full_restart(tmp_path: Path) -> 
             final = c.checkpoint().tree_size
         bodies: dict[int, set[bytes]] = {}
         for n in cluster.nodes:
-            with LedgerClient(n.target) as c:
+            with LedgerClient(n.target, stale_reads=True) as c:  # each replica's own state
                 deadline = time.monotonic() + 30
                 while c.checkpoint().tree_size < final and time.monotonic() < deadline:
                     time.sleep(0.1)
