@@ -28,12 +28,12 @@ import blake3
 import grpc
 from rich.console import Console
 from rich.table import Table
-from sovledger_pb import ledger_pb2 as pb
 
 from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import TRANSFER_SIZE
 from ledger.types import EventKind, Result
+from sovledger_pb import ledger_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

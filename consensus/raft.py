@@ -31,6 +31,10 @@ from consensus.types import (
 )
 
 
+class ConfChangeRefused(Exception):
+    """A membership change or leader transfer that cannot be done now (the message says why)."""
+
+
 class ProposalDropped(Exception):
     def __init__(self, leader: int) -> None:
         self.leader = leader
@@ -100,6 +104,9 @@ class RawNode:
         self._prev_hard = HardState(self.term, self.vote, self.commit)
         self._handed = 0  # last unstable index handed out in a Ready
         self.read_states: list[ReadState] = []
+        self.transferee = 0  # leader transfer in progress to this node
+        self.transfer_elapsed = 0
+        self.pending_conf_index = 0  # at most one unapplied membership change at a time
         self._reads: dict[bytes, tuple[int, set[int]]] = {}  # ctx -> (commit index, acks)
 
     # -- log ------------------------------------------------------------------------------------
@@ -149,6 +156,7 @@ class RawNode:
         self.timeout = self.cfg.election_tick + self.rng.randrange(self.cfg.election_tick)
 
     def _reset(self, term: int) -> None:
+        self.transferee = 0
         if term != self.term:
             self.term = term
             self.vote = 0
@@ -176,9 +184,9 @@ class RawNode:
     def _quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
-    def campaign(self, pre: bool | None = None) -> None:
+    def campaign(self, pre: bool | None = None, transfer: bool = False) -> None:
         if self.id not in self.voters:
-            return
+            return  # learners and removed nodes never campaign
         pre = self.cfg.pre_vote if pre is None else pre
         if pre:
             self.role = Role.PRE_CANDIDATE
@@ -202,15 +210,20 @@ class RawNode:
                 self._become_leader()
             return
         li = self.last_index()
+        ctx = b"transfer" if transfer else b""  # lets voters bypass their leader lease
         for p in self.voters:
             if p != self.id:
-                self.msgs.append(Message(kind, p, self.id, term, self.log_term(li), li))
+                self.msgs.append(Message(kind, p, self.id, term, self.log_term(li), li, context=ctx))
 
     # -- inputs ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
         self.elapsed += 1
         if self.role == Role.LEADER:
+            if self.transferee:
+                self.transfer_elapsed += 1
+                if self.transfer_elapsed >= self.cfg.election_tick:
+                    self.transferee = 0  # the target did not take over in time: abort
             self.hb_elapsed += 1
             if self.hb_elapsed >= self.cfg.heartbeat_tick:
                 self.hb_elapsed = 0
@@ -230,16 +243,42 @@ class RawNode:
             self.campaign()
 
     def propose(self, data: bytes) -> None:
-        if self.role != Role.LEADER:
-            raise ProposalDropped(self.leader)
+        if self.role != Role.LEADER or self.transferee:
+            raise ProposalDropped(self.leader if not self.transferee else self.transferee)
         self._append([Entry(self.term, self.last_index() + 1, EntryType.NORMAL, data)])
         self._bcast_append()
 
     def propose_conf_change(self, cc: ConfChange) -> None:
+        """Single-server change (add voter, remove voter, add learner); one pending at a time."""
+        if self.role != Role.LEADER or self.transferee:
+            raise ProposalDropped(self.leader)
+        if self.pending_conf_index > self.applied:
+            raise ConfChangeRefused("another membership change is not applied yet")
+        if cc.type == ConfChangeType.ADD_VOTER and cc.node_id in self.learners:
+            pr = self.prs.get(cc.node_id)
+            if pr is None or pr.match < self.commit:
+                raise ConfChangeRefused(f"learner {cc.node_id} has not caught up (match "
+                                        f"{pr.match if pr else 0} < commit {self.commit})")
+        self._append([Entry(self.term, self.last_index() + 1, EntryType.CONF_CHANGE, cc.encode())])
+        self.pending_conf_index = self.last_index()
+        self._bcast_append()
+
+    def transfer_leader(self, to: int) -> None:
+        """Hand leadership to ``to`` (Raft thesis §3.10): stop taking proposals, bring it up to
+        date, then tell it to campaign at once."""
         if self.role != Role.LEADER:
             raise ProposalDropped(self.leader)
-        self._append([Entry(self.term, self.last_index() + 1, EntryType.CONF_CHANGE, cc.encode())])
-        self._bcast_append()
+        if to == self.id:
+            return
+        if to not in self.voters:
+            raise ConfChangeRefused(f"node {to} is not a voter")
+        self.transferee = to
+        self.transfer_elapsed = 0
+        pr = self.prs[to]
+        if pr.match == self.last_index():
+            self.msgs.append(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
+        else:
+            self._send_append(to)
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         if cc.type == ConfChangeType.ADD_VOTER:
@@ -251,6 +290,8 @@ class RawNode:
             self.voters.discard(cc.node_id)
             self.learners.discard(cc.node_id)
             self.prs.pop(cc.node_id, None)
+            if cc.node_id == self.id and self.role == Role.LEADER:
+                self._become_follower(self.term, 0)  # a removed leader steps down
         if self.role == Role.LEADER:
             for p in self.voters | self.learners:
                 if p != self.id and p not in self.prs:
@@ -282,7 +323,7 @@ class RawNode:
     def step(self, m: Message) -> None:
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
-                in_lease = (self.cfg.check_quorum and self.leader != 0
+                in_lease = (self.cfg.check_quorum and self.leader != 0 and m.context != b"transfer"
                             and self.elapsed < self.cfg.election_tick)
                 if in_lease:
                     return  # a healthy leader exists: ignore disruptive campaigns
@@ -302,12 +343,20 @@ class RawNode:
             MT.VOTE: self._on_vote, MT.PRE_VOTE: self._on_vote, MT.VOTE_RESP: self._on_vote_resp,
             MT.PRE_VOTE_RESP: self._on_vote_resp, MT.APP: self._on_app, MT.HEARTBEAT: self._on_heartbeat,
             MT.APP_RESP: self._on_app_resp, MT.HEARTBEAT_RESP: self._on_heartbeat_resp,
+            MT.TIMEOUT_NOW: self._on_timeout_now,
         }[m.type]
         handler(m)
+
+    def _on_timeout_now(self, m: Message) -> None:
+        if self.id in self.voters:
+            self.campaign(pre=False, transfer=True)
 
     def _on_vote(self, m: Message) -> None:
         pre = m.type == MT.PRE_VOTE
         resp = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
+        if self.id not in self.voters:  # learners do not vote
+            self.msgs.append(Message(resp, m.frm, self.id, self.term, reject=True))
+            return
         can = (self.vote == m.frm) or (self.vote == 0 and self.leader == 0) or (pre and m.term > self.term)
         if can and self._up_to_date(m.log_term, m.index):
             self.msgs.append(Message(resp, m.frm, self.id, m.term))
@@ -392,6 +441,8 @@ class RawNode:
             pr.probe = False
             pr.inflight = [i for i in pr.inflight if i > m.index]
             self._maybe_commit()
+            if m.frm == self.transferee and pr.match == self.last_index():
+                self.msgs.append(Message(MT.TIMEOUT_NOW, m.frm, self.id, self.term))
         pr.paused = False
         self._send_append(m.frm)
 

@@ -21,6 +21,7 @@ class MessageType(enum.IntEnum):
     PRE_VOTE_RESP = 6
     HEARTBEAT = 7
     HEARTBEAT_RESP = 8
+    TIMEOUT_NOW = 9  # leader transfer: the target campaigns at once
 
 
 class Role(enum.IntEnum):

@@ -14,9 +14,9 @@ block.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import blake3
 
@@ -25,6 +25,8 @@ from ledger.codec import (
     ACCOUNT_STATE_STRUCT,
     ACCOUNT_STRUCT,
     AUX_LEN,
+    CALLBACK_SIZE,
+    CALLBACK_STRUCT,
     FORMAT_VERSION,
     LEAF_HEADER,
     MAX16,
@@ -35,14 +37,42 @@ from ledger.codec import (
     ZERO32,
     Batch,
     BlockHeader,
+    EncodingError,
     Proposal,
     decode_account_state,
+    decode_deploy,
     decode_leaf,
+    origin_aux,
     psp_signature_aux,
+    reconcile_aux,
+    rule_outcome_aux,
 )
 from ledger.hashing import GENESIS_LINK, block_hash
 from ledger.invariant import invariant
 from ledger.merkle import CompactRange
+from ledger.note import Verifier
+from ledger.reconcile import (
+    DAY_NS,
+    EXC_ALREADY_RECONCILED,
+    EXC_EXPIRED_UNRECONCILED,
+    EXC_LATE_AFTER_EXPIRY,
+    EXC_NOT_RECONCILABLE,
+    EXC_OUTSIDE_TOLERANCE,
+    EXC_PSP_MISMATCH,
+    EXC_RESIDUAL_FAILED,
+    EXC_RULE_FLAG,
+    EXC_RULE_HOLD,
+    EXC_TRANSFER_NOT_FOUND,
+    RECON_EXACT,
+    RECON_EXCEPTION,
+    RECON_TOLERANCE,
+    decode_rounding,
+    encode_exception,
+    encode_rounding,
+)
+from ledger.risk import KEY_IN, KEY_OUT, decode_state, encode_state, new_state, psp_key, record
+from ledger.rules.compiler import CompiledRuleSet, compile_ruleset
+from ledger.rules.model import Action, Rule, RuleSetError, parse_canonical, signing_message
 from ledger.store import ReadTxn, Store, WriteTxn
 from ledger.types import (
     ACCOUNT_FLAGS_KNOWN,
@@ -82,6 +112,10 @@ META_HEAD: Final = b"head"
 META_RANGE: Final = b"range"
 META_APPLIED: Final = b"applied"
 META_SCALE_PREFIX: Final = b"scale:"
+_DERIVED_DOMAIN: Final = b"\x06"  # ids of ledger-written transfers: BLAKE3(0x06 ‖ purpose ‖ source id)[:16]
+_ZERO12: Final = bytes(12)
+_ORIGIN_ADJUSTMENT: Final = 1
+_ORIGIN_RESIDUAL: Final = 2
 
 
 class AccountState:
@@ -187,6 +221,9 @@ class _Event:
     ref_id: bytes = b""
     existing: TransferRef | None = None  # for *EXISTS: the original entry (no new leaf)
     account: AccountState | None = None  # for a created account: gets the leaf timestamp
+    follow: _Event | None = None  # a ledger-written leaf right after this one (adjustment, residual)
+    exception: bytes | None = None  # an exception record for review, keyed by this leaf's index
+    ruleset: bytes | None = None  # a deployed rule set's canonical bytes (stored keyed by its hash)
 
 
 @dataclass(slots=True)
@@ -205,15 +242,109 @@ class _Block:
     scales: dict[int, int] = field(default_factory=dict)
     bodies: dict[bytes, bytes] = field(default_factory=dict)  # records of transfers created in this block
     undo: list[Callable[[], None]] | None = None  # set while inside a linked chain
+    # rules and reconciliation (only used while a rule set is active)
+    rules: CompiledRuleSet | None = None  # the rule set this block is evaluated under
+    new_rules: CompiledRuleSet | None = None  # deployed in this block: effective from the next block
+    view: _BlockRiskView | None = None
+    risk: dict[bytes, list[int]] = field(default_factory=dict)  # risk states changed in this block
+    pairs: set[bytes] = field(default_factory=set)
+    extrefs: dict[bytes, bytes] = field(default_factory=dict)
+    callbacks: dict[bytes, TransferRef] = field(default_factory=dict)
+    cb_bodies: dict[bytes, bytes] = field(default_factory=dict)
+    reconciled: dict[bytes, TransferRef] = field(default_factory=dict)
+    rounding: dict[bytes, list[int]] = field(default_factory=dict)  # account ‖ day -> [debits, credits, count]
+
+
+@dataclass(frozen=True, slots=True)
+class _Adjustment:
+    """An adjustment transfer planned by an `adjust` rule, checked before any effect."""
+
+    tid: bytes
+    account_id: bytes
+    account: AccountState
+    amount: int
+    raw: bytes
+    source: bytes
+    debit: bytes
+
+
+class _BlockRiskView:
+    """What the activation builder reads for risk features inside a block (block state over committed)."""
+
+    __slots__ = ("blk", "state")
+
+    def __init__(self, state: LedgerState, blk: _Block) -> None:
+        self.state = state
+        self.blk = blk
+
+    def out(self, aid: bytes) -> list[int] | None:
+        return self.state.risk_state(self.blk, KEY_OUT + aid)
+
+    def inc(self, aid: bytes) -> list[int] | None:
+        return self.state.risk_state(self.blk, KEY_IN + aid)
+
+    def psp(self, psp_id: int) -> list[int] | None:
+        return self.state.risk_state(self.blk, psp_key(psp_id))
+
+    def seen(self, dr: bytes, cr: bytes) -> bool:
+        pk = dr + cr
+        return pk in self.blk.pairs or self.blk.txn.get("risk_pairs", pk) is not None
+
+
+class ReadRiskView:
+    """The same reads over a committed snapshot (dry runs: nothing is written)."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: ReadTxn) -> None:
+        self.txn = txn
+
+    def _get(self, key: bytes) -> list[int] | None:
+        raw = self.txn.get("risk", key)
+        return decode_state(raw) if raw is not None else None
+
+    def out(self, aid: bytes) -> list[int] | None:
+        return self._get(KEY_OUT + aid)
+
+    def inc(self, aid: bytes) -> list[int] | None:
+        return self._get(KEY_IN + aid)
+
+    def psp(self, psp_id: int) -> list[int] | None:
+        return self._get(psp_key(psp_id))
+
+    def seen(self, dr: bytes, cr: bytes) -> bool:
+        return self.txn.get("risk_pairs", dr + cr) is not None
+
+
+def _derived_id(purpose: bytes, source: bytes) -> bytes:
+    return blake3.blake3(_DERIVED_DOMAIN + purpose + source).digest()[:16]
+
+
+def _popper(d: dict[bytes, Any], key: bytes) -> Callable[[], None]:
+    def pop() -> None:
+        d.pop(key, None)
+
+    return pop
+
+
+def _restore_key(d: dict[bytes, bytes], key: bytes, previous: bytes | None) -> None:
+    if previous is None:
+        d.pop(key, None)
+    else:
+        d[key] = previous
 
 
 class LedgerState:
     """Applies block proposals to a store. Single writer; readers use ``LedgerReader``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, operator_keys: Sequence[Verifier] = ()) -> None:
+        """``operator_keys``: verifiers allowed to deploy rule sets (node config). Replay needs the same keys."""
         self.store = store
         self._accounts: dict[bytes, AccountState] = {}
         self._scales: dict[int, int] = {}
+        self._operators = {v.key_id: v for v in operator_keys}
+        self._risk: dict[bytes, list[int]] = {}  # committed risk states (cache)
+        self.rules: CompiledRuleSet | None = None
         with store.read() as txn:
             raw = txn.get("meta", META_HEAD)
             self.head = Head.decode(raw) if raw else Head()
@@ -223,6 +354,11 @@ class LedgerState:
             self.applied_index = _U64BE.unpack(applied)[0] if applied else 0
             for k, v in txn.range("meta", META_SCALE_PREFIX, META_SCALE_PREFIX + b"\xff"):
                 self._scales[int.from_bytes(k[len(META_SCALE_PREFIX):], "big")] = v[0]
+            if self.head.ruleset_hash != ZERO32:
+                stored = txn.get("rulesets", self.head.ruleset_hash)
+                invariant(stored is not None, "the head's rule set is not stored")
+                assert stored is not None
+                self.rules = compile_ruleset(parse_canonical(stored[16:]))
         invariant(self.range.size == self.head.tree_size, "compact range size disagrees with head")
 
     # -- public --------------------------------------------------------------------------------
@@ -236,15 +372,25 @@ class LedgerState:
         try:
             with self.store.write() as txn:
                 blk = _Block(txn, height, ts0)
+                if self.rules is not None:
+                    blk.rules = self.rules
+                    blk.view = _BlockRiskView(self, blk)
                 events: list[_Event] = []
                 self._expire_pending(blk, events)
                 spans: list[tuple[int, int]] = []
                 for batch in proposal.batches:
                     start = len(events)
-                    if batch.kind == EventKind.CREATE_TRANSFER:
+                    kind = batch.kind
+                    if kind == EventKind.CREATE_TRANSFER:
                         self._apply_transfers(blk, batch, events)
-                    else:
+                    elif kind == EventKind.CREATE_ACCOUNT:
                         self._apply_accounts(blk, batch, events)
+                    elif kind == EventKind.SETTLEMENT_CALLBACK:
+                        self._apply_callbacks(blk, batch, events)
+                    elif kind == EventKind.DEPLOY_RULESET:
+                        events.append(self._deploy(blk, batch.records))
+                    else:
+                        invariant(False, f"batch of kind {kind} cannot be applied")
                     spans.append((start, len(events)))
                 outcome, new_head, new_range = self._seal(blk, events, spans, applied_index)
         except BaseException:
@@ -257,6 +403,10 @@ class LedgerState:
         for aid in blk.new_accounts:
             self._accounts[aid] = blk.accounts[aid]
         self._scales.update(blk.scales)
+        if blk.risk:
+            self._risk.update(blk.risk)
+        if blk.new_rules is not None:
+            self.rules = blk.new_rules
         self.head = new_head
         self.range = new_range
         if applied_index:
@@ -358,7 +508,68 @@ class LedgerState:
                                        sigs[i] if sigs else b"", ()),
             )
             return
+        if blk.rules is not None:
+            self._apply_unlinked_ruled(blk, recs, records, sigs, events)
+            return
         self._apply_unlinked(blk, recs, records, sigs, events)
+
+    def _apply_unlinked_ruled(self, blk: _Block, recs: list[tuple], records: bytes,  # type: ignore[type-arg]
+                              sigs: list[bytes], events: list[_Event]) -> None:
+        """``_apply_unlinked`` while a rule set is active: the same inline checks, then ONE evaluation
+        of the compiled rule set on a flat activation. No rule matched: applied inline. A rule matched
+        (or erred): ``_create_transfer`` re-evaluates (same state, same outcome) and applies the action."""
+        create = self._create_transfer
+        get_account = self._get_account
+        after = self._after_success
+        accounts = blk.accounts
+        transfers = blk.transfers
+        bodies = blk.bodies
+        stored = blk.txn.getter("transfers")
+        height = blk.height
+        append = events.append
+        kind = EventKind.CREATE_TRANSFER
+        ok = R.OK
+        single = TransferStatus.SINGLE_PHASE
+        rules = blk.rules
+        assert rules is not None
+        active = rules.active
+        build = rules.build
+        evaluate = rules.evaluate
+        view = blk.view
+        ts0 = blk.ts0
+        for i, rec in enumerate(recs):
+            raw = records[i * TRANSFER_SIZE : (i + 1) * TRANSFER_SIZE]
+            aux = sigs[i] if sigs else b""
+            tid, dr, cr, amount, ahi, pid, _ud, _ext, _pii, ledger, _psp, timeout, code, flags = rec
+            if (flags or ahi or not amount or not code or timeout or dr == cr or pid != ZERO16
+                    or tid in (ZERO16, MAX16) or tid in transfers):
+                append(create(blk, rec, raw, aux))
+                continue
+            dra = accounts.get(dr) or get_account(blk, dr)
+            cra = accounts.get(cr) or get_account(blk, cr)
+            if (dra is None or cra is None or dra.ledger != ledger or cra.ledger != ledger
+                    or dr == MAX16 or cr == MAX16 or stored(tid[::-1]) is not None):
+                append(create(blk, rec, raw, aux))
+                continue
+            dpo = dra.dpo + amount
+            cpo = cra.cpo + amount
+            if (dpo + dra.dp) >> 128 or (cpo + cra.cp) >> 128:
+                append(create(blk, rec, raw, aux))
+                continue
+            if (dra.flags & _DMNEC and dpo + dra.dp > dra.cpo) or (cra.flags & _CMNED and cpo + cra.cp > cra.dpo):
+                append(create(blk, rec, raw, aux))
+                continue
+            if active and evaluate(build(rec, dra, cra, ts0, height, view))[0] >= 0:
+                append(create(blk, rec, raw, aux))
+                continue
+            dra.dpo = dpo
+            cra.cpo = cpo
+            ref = TransferRef(0, height, 0, single)
+            transfers[tid] = ref
+            bodies[tid] = raw
+            after(blk, rec, amount)
+            hist = _history(dr, dra, cr, cra) if (dra.flags | cra.flags) & _HIST else ()
+            append(_Event(kind, ok, raw, aux, hist, ref, tid))
 
     def _apply_unlinked(self, blk: _Block, recs: list[tuple], records: bytes,  # type: ignore[type-arg]
                         sigs: list[bytes], events: list[_Event]) -> None:
@@ -382,7 +593,7 @@ class LedgerState:
             aux = sigs[i] if sigs else b""
             tid, dr, cr, amount, ahi, pid, _ud, _ext, _pii, ledger, _psp, timeout, code, flags = rec
             if (flags or ahi or not amount or not code or timeout or dr == cr or pid != ZERO16
-                    or tid == ZERO16 or tid == MAX16 or tid in transfers):
+                    or tid in (ZERO16, MAX16) or tid in transfers):
                 append(create(blk, rec, raw, aux))
                 continue
             dra = accounts.get(dr) or get_account(blk, dr)
@@ -481,12 +692,45 @@ class LedgerState:
             return fail(R.EXCEEDS_CREDITS)
         if cra.flags & _CMNED and cra.cp + cra.cpo + amount > cra.dpo:
             return fail(R.EXCEEDS_DEBITS)
+        exception: bytes | None = None
+        plan: _Adjustment | None = None
+        rules = blk.rules
+        if rules is not None and rules.active:
+            decided = self._decide(blk, rec, dra, cra)
+            if decided is not None:
+                rule, errored = decided
+                rid = rule.id.encode()
+                if errored:
+                    aux = aux + rule_outcome_aux(Action.ERROR, rule.code, rid)
+                    return fail(R.RULE_ERROR)
+                act = rule.action
+                aux = aux + rule_outcome_aux(act, rule.code, rid)
+                if act == Action.REJECT:
+                    return fail(R.RULE_REJECTED)
+                if act == Action.HOLD:
+                    if not kinds:
+                        if dra.dp + amount > U128_MAX:
+                            return fail(R.OVERFLOWS_DEBITS_PENDING)
+                        if cra.cp + amount > U128_MAX:
+                            return fail(R.OVERFLOWS_CREDITS_PENDING)
+                        kinds = _PENDING
+                    if not expires:
+                        expires = blk.ts0 + rule.hold_timeout_s * _NS
+                        if expires > U64_MAX:
+                            return fail(R.OVERFLOWS_TIMEOUT)
+                    exception = encode_exception(EXC_RULE_HOLD, tid, amount, amount, blk.ts0, rid)
+                elif act == Action.FLAG:
+                    exception = encode_exception(EXC_RULE_FLAG, tid, amount, amount, blk.ts0, rid)
+                elif act == Action.ADJUST:
+                    ok, plan = self._plan_adjustment(blk, rec, dra, amount, rule)
+                    if not ok:
+                        return fail(R.RULE_ADJUSTMENT_FAILED)
         # -- effects (nothing above mutated state)
         undo = blk.undo
         if undo is not None:
             undo.append(_balance_restorer(dra))
             undo.append(_balance_restorer(cra))
-            undo.append(lambda: blk.transfers.pop(tid, None))
+            undo.append(_popper(blk.transfers, tid))
         blk.bodies[tid] = raw
         if kinds:
             dra.dp += amount
@@ -502,7 +746,13 @@ class LedgerState:
             cra.cpo += amount
             ref = TransferRef(0, blk.height, 0, TransferStatus.SINGLE_PHASE)
         blk.transfers[tid] = ref
-        return _Event(EventKind.CREATE_TRANSFER, R.OK, raw, aux, _history(dr, dra, cr, cra), ref, tid)
+        ev = _Event(EventKind.CREATE_TRANSFER, R.OK, raw, aux, _history(dr, dra, cr, cra), ref, tid)
+        if rules is not None:
+            self._after_success(blk, rec, amount)
+            ev.exception = exception
+            if plan is not None:
+                ev.follow = self._apply_adjustment(blk, plan, dra, aux)
+        return ev
 
     def _post_or_void(self, blk: _Block, rec: tuple, raw: bytes, aux: bytes,  # type: ignore[type-arg]
                       fail: Callable[[Result], _Event]) -> _Event:
@@ -520,7 +770,8 @@ class LedgerState:
             return fail(R.PENDING_TRANSFER_NOT_FOUND)
         p = TRANSFER_STRUCT.unpack(self._leaf_body(blk, pid, pref))
         p_dr, p_cr, p_amount, p_ledger, p_code, p_flags = p[1], p[2], p[3] | (p[4] << 64), p[9], p[12], p[13]
-        if not p_flags & _PENDING:
+        # a transfer held by a rule is pending without the flag: its ref's status says so
+        if not p_flags & _PENDING and pref.status == TransferStatus.SINGLE_PHASE:
             return fail(R.PENDING_TRANSFER_NOT_PENDING)
         if dr != ZERO16 and dr != p_dr:
             return fail(R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID)
@@ -561,7 +812,7 @@ class LedgerState:
             undo.append(_balance_restorer(dra))
             undo.append(_balance_restorer(cra))
             undo.append(_ref_restorer(blk, pid, pref))
-            undo.append(lambda: blk.transfers.pop(tid, None))
+            undo.append(_popper(blk.transfers, tid))
         blk.bodies[tid] = raw
         invariant(dra.dp >= p_amount and cra.cp >= p_amount, "pending balance below a pending amount")
         dra.dp -= p_amount
@@ -606,6 +857,269 @@ class LedgerState:
         if code == R.TRANSFER_EXISTS:
             ev.existing = existing
         return ev
+
+    # -- rules ------------------------------------------------------------------------------------
+
+    def _decide(self, blk: _Block, rec: tuple, dra: AccountState,  # type: ignore[type-arg]
+                cra: AccountState) -> tuple[Rule, bool] | None:
+        """The deciding rule (first match in precedence order) and whether it erred; None: no rule matched."""
+        rules = blk.rules
+        assert rules is not None
+        idx, errored = rules.evaluate(rules.build(rec, dra, cra, blk.ts0, blk.height, blk.view))
+        return None if idx < 0 else (rules.rules[idx], errored)
+
+    def _plan_adjustment(self, blk: _Block, rec: tuple, dra: AccountState, amount: int,  # type: ignore[type-arg]
+                         rule: Rule) -> tuple[bool, _Adjustment | None]:
+        """Check the adjustment transfer before any effect: (possible, plan or None when it is zero)."""
+        adj = rule.adjustment(amount)
+        if adj == 0:
+            return True, None
+        tid, dr, cr = rec[0], rec[1], rec[2]
+        acct = rule.adjust_account.to_bytes(16, "little")
+        if acct == dr:
+            return False, None
+        adja = self._get_account(blk, acct)
+        if adja is None or adja.ledger != dra.ledger:
+            return False, None
+        extra = amount if acct == cr else 0
+        if dra.dp + dra.dpo + amount + adj > U128_MAX or adja.cp + adja.cpo + extra + adj > U128_MAX:
+            return False, None
+        if dra.flags & _DMNEC and dra.dp + dra.dpo + amount + adj > dra.cpo:
+            return False, None
+        if adja.flags & _CMNED and adja.cp + adja.cpo + extra + adj > adja.dpo:
+            return False, None
+        adj_tid = _derived_id(b"adjust", tid)
+        if self._get_transfer(blk, adj_tid) is not None:
+            return False, None
+        raw = TRANSFER_STRUCT.pack(adj_tid, dr, acct, adj & U64_MAX, adj >> 64, ZERO16, tid, ZERO32, ZERO32,
+                                   dra.ledger, rec[10], 0, rule.adjust_code, 0)
+        return True, _Adjustment(adj_tid, acct, adja, adj, raw, tid, dr)
+
+    def _apply_adjustment(self, blk: _Block, plan: _Adjustment, dra: AccountState, rule_aux: bytes) -> _Event:
+        undo = blk.undo
+        adja = plan.account
+        if undo is not None:
+            undo.append(_balance_restorer(adja))
+            undo.append(_popper(blk.transfers, plan.tid))
+        dra.dpo += plan.amount
+        adja.cpo += plan.amount
+        ref = TransferRef(0, blk.height, 0, TransferStatus.SINGLE_PHASE)
+        blk.transfers[plan.tid] = ref
+        blk.bodies[plan.tid] = plan.raw
+        aux = origin_aux(_ORIGIN_ADJUSTMENT, plan.source) + rule_aux
+        return _Event(EventKind.LEDGER_TRANSFER, R.OK, plan.raw, aux,
+                      _history(plan.debit, dra, plan.account_id, adja), ref, plan.tid)
+
+    def _after_success(self, blk: _Block, rec: tuple, amount: int) -> None:  # type: ignore[type-arg]
+        """Risk state and the external-ref index follow committed successful transfers only."""
+        rules = blk.rules
+        if rules is None:
+            return
+        ts = blk.ts0
+        if rules.track_out:
+            self._risk_add(blk, KEY_OUT + rec[1], ts, amount)
+        if rules.track_in:
+            self._risk_add(blk, KEY_IN + rec[2], ts, amount)
+        if rules.track_psp:
+            self._risk_add(blk, psp_key(rec[10]), ts, amount)
+        undo = blk.undo
+        if rules.track_pairs:
+            pk = rec[1] + rec[2]
+            if pk not in blk.pairs and blk.txn.get("risk_pairs", pk) is None:
+                blk.pairs.add(pk)
+                if undo is not None:
+                    undo.append(lambda: blk.pairs.discard(pk))
+        if rec[7] != ZERO32:
+            key = rec[10].to_bytes(4, "big") + rec[7]
+            previous = blk.extrefs.get(key)
+            blk.extrefs[key] = rec[0]
+            if undo is not None:
+                undo.append(lambda: _restore_key(blk.extrefs, key, previous))
+
+    def risk_state(self, blk: _Block, key: bytes) -> list[int] | None:
+        st = blk.risk.get(key)
+        if st is not None:
+            return st
+        st = self._risk.get(key)
+        if st is None:
+            raw = blk.txn.get("risk", key)
+            if raw is None:
+                return None
+            st = decode_state(raw)  # committed state: safe to cache before this block commits
+            self._risk[key] = st
+        return st
+
+    def _risk_add(self, blk: _Block, key: bytes, ts: int, amount: int) -> None:
+        st = blk.risk.get(key)
+        undo = blk.undo
+        if st is None:
+            base = self.risk_state(blk, key)
+            st = list(base) if base is not None else new_state()  # copy: the cache keeps committed state
+            blk.risk[key] = st
+            if undo is not None:
+                undo.append(_popper(blk.risk, key))
+        elif undo is not None:
+            before = list(st)
+            undo.append(lambda: st.__setitem__(slice(None), before))
+        record(st, ts, amount)
+
+    def _deploy(self, blk: _Block, raw: bytes) -> _Event:
+        """A rule set deployment: signed by an operator key, compiled and checked, effective next block."""
+
+        def fail(r: Result) -> _Event:
+            return _Event(EventKind.DEPLOY_RULESET, r, raw, b"", ())
+
+        try:
+            key_id, signature, canonical = decode_deploy(raw)
+        except EncodingError:
+            return fail(R.RULESET_INVALID)
+        verifier = self._operators.get(key_id)
+        if verifier is None or not verifier.verify(signing_message(canonical), signature):
+            return fail(R.RULESET_BAD_SIGNATURE)
+        try:
+            compiled = compile_ruleset(parse_canonical(canonical))
+        except RuleSetError as e:
+            return fail(e.result)
+        current = blk.new_rules or blk.rules
+        if (current is not None and current.ruleset.name == compiled.ruleset.name
+                and compiled.ruleset.version <= current.ruleset.version):
+            return fail(R.RULESET_VERSION_MUST_INCREASE)
+        blk.new_rules = compiled
+        ev = _Event(EventKind.DEPLOY_RULESET, R.OK, raw, b"", ())
+        ev.ruleset = canonical
+        return ev
+
+    # -- settlement callbacks (reconciliation) ---------------------------------------------------
+
+    def _apply_callbacks(self, blk: _Block, batch: Batch, events: list[_Event]) -> None:
+        records = batch.records
+        for i in range(len(records) // CALLBACK_SIZE):
+            events.append(self._callback(blk, records[i * CALLBACK_SIZE : (i + 1) * CALLBACK_SIZE]))
+
+    def _callback(self, blk: _Block, raw: bytes) -> _Event:
+        cid, tid, ext, lo, hi, psp, reserved = CALLBACK_STRUCT.unpack(raw)
+        observed = lo | hi << 64
+        kind = EventKind.SETTLEMENT_CALLBACK
+
+        def fail(r: Result) -> _Event:
+            return _Event(kind, r, raw, b"", ())
+
+        if reserved != _ZERO12:
+            return fail(R.RESERVED_FIELD)
+        if cid == ZERO16:
+            return fail(R.ID_MUST_NOT_BE_ZERO)
+        if cid == MAX16:
+            return fail(R.ID_MUST_NOT_BE_INT_MAX)
+        existing = blk.callbacks.get(cid)
+        if existing is None:
+            stored = blk.txn.get("callbacks", cid[::-1])
+            existing = TransferRef.decode(stored) if stored is not None else None
+        if existing is not None:
+            original = blk.cb_bodies.get(cid) if existing.block == blk.height else None
+            if original is None:
+                leaf = blk.txn.get("leaves", _U64BE.pack(existing.leaf_index))
+                invariant(leaf is not None, "leaf of a stored callback is missing")
+                assert leaf is not None
+                original = decode_leaf(leaf).body
+            if original != raw:
+                return fail(R.CALLBACK_EXISTS_WITH_DIFFERENT_FIELDS)
+            ev = fail(R.CALLBACK_EXISTS)
+            ev.existing = existing
+            return ev
+        if tid == ZERO16:
+            if ext == ZERO32:
+                return fail(R.CALLBACK_TARGET_MISSING)
+            key = psp.to_bytes(4, "big") + ext
+            found = blk.extrefs.get(key) or blk.txn.get("extrefs", key)
+            tid = found if found is not None else ZERO16
+        cbref = TransferRef(0, blk.height, 0, 0)
+
+        def exception(r: Result, exc: int, expected: int = 0) -> _Event:
+            """An exception is a callback too: its id is consumed, so a retry stays idempotent."""
+            blk.callbacks[cid] = cbref
+            blk.cb_bodies[cid] = raw
+            ev = _Event(kind, r, raw, reconcile_aux(RECON_EXCEPTION, tid, expected, observed), (), cbref, cid)
+            ev.exception = encode_exception(exc, tid, expected, observed, blk.ts0)
+            return ev
+
+        ref = self._get_transfer(blk, tid) if tid != ZERO16 else None
+        if ref is None:
+            return exception(R.RECONCILE_TRANSFER_NOT_FOUND, EXC_TRANSFER_NOT_FOUND)
+        body = TRANSFER_STRUCT.unpack(self._leaf_body(blk, tid, ref))
+        expected = body[3] | body[4] << 64
+        if body[10] != psp:
+            return exception(R.RECONCILE_PSP_MISMATCH, EXC_PSP_MISMATCH, expected)
+        if tid in blk.reconciled or blk.txn.get("reconciled", tid[::-1]) is not None:
+            return exception(R.RECONCILE_ALREADY_RECONCILED, EXC_ALREADY_RECONCILED, expected)
+        status = ref.status
+        if status == TransferStatus.EXPIRED:
+            return exception(R.RECONCILE_LATE_AFTER_EXPIRY, EXC_LATE_AFTER_EXPIRY, expected)
+        if body[13] & (_POST | _VOID) or status == TransferStatus.VOIDED:
+            return exception(R.RECONCILE_NOT_RECONCILABLE, EXC_NOT_RECONCILABLE, expected)
+        dr, cr, ledger = body[1], body[2], body[9]
+        recon = RECON_EXACT
+        residual: tuple[bytes, AccountState, int] | None = None
+        dra = self._get_account(blk, dr)
+        cra = self._get_account(blk, cr)
+        invariant(dra is not None and cra is not None, "accounts of a stored transfer vanished")
+        assert dra is not None and cra is not None
+        if observed != expected:
+            rules = blk.rules
+            tol = rules.tolerance(ledger, psp) if rules is not None else None
+            if tol is None or not tol.within(expected, observed):
+                return exception(R.RECONCILE_OUTSIDE_TOLERANCE, EXC_OUTSIDE_TOLERANCE, expected)
+            recon = RECON_TOLERANCE
+            racct = tol.rounding_account.to_bytes(16, "little")
+            rac = self._get_account(blk, racct) if racct not in (dr, cr) else None
+            if rac is None or rac.ledger != ledger:
+                return exception(R.RECONCILE_RESIDUAL_FAILED, EXC_RESIDUAL_FAILED, expected)
+            diff = abs(observed - expected)
+            posting = expected if status == TransferStatus.PENDING else 0  # credits the payee posts now
+            # settled less: move the shortfall from the payee to the rounding account; more: the reverse
+            rdr, rcr = (cra, rac) if observed < expected else (rac, cra)
+            if (rdr.dp + rdr.dpo + diff > U128_MAX or rcr.cp + rcr.cpo + diff > U128_MAX
+                    or (rdr.flags & _DMNEC and rdr.dp + rdr.dpo + diff > rdr.cpo + (posting if rdr is cra else 0))
+                    or (rcr.flags & _CMNED and rcr.cp + rcr.cpo + diff > rcr.dpo)):
+                return exception(R.RECONCILE_RESIDUAL_FAILED, EXC_RESIDUAL_FAILED, expected)
+            residual = (racct, rac, diff)
+        if status == TransferStatus.PENDING:  # settlement confirms a pending transfer: post it in full
+            if dra.dpo + expected > U128_MAX or cra.cpo + expected > U128_MAX:
+                return exception(R.RECONCILE_RESIDUAL_FAILED, EXC_RESIDUAL_FAILED, expected)
+            dra.dp -= expected
+            cra.cp -= expected
+            dra.dpo += expected
+            cra.cpo += expected
+            ref.status = TransferStatus.POSTED
+            blk.transfers[tid] = ref
+            if ref.expires_at_ns:
+                blk.expiry_dels.append(_U64BE.pack(ref.expires_at_ns) + tid)
+        blk.callbacks[cid] = cbref
+        blk.cb_bodies[cid] = raw
+        blk.reconciled[tid] = cbref
+        ev = _Event(kind, R.OK, raw, reconcile_aux(recon, tid, expected, observed),
+                    _history(dr, dra, cr, cra), cbref, cid)
+        if residual is not None:
+            ev.follow = self._post_residual(blk, cid, cr, cra, residual, observed < expected, ledger, psp)
+        return ev
+
+    def _post_residual(self, blk: _Block, cid: bytes, cr: bytes, cra: AccountState,
+                       residual: tuple[bytes, AccountState, int], shortfall: bool, ledger: int, psp: int) -> _Event:
+        racct, rac, diff = residual
+        dr_id, dra, cr_id, cra2 = (cr, cra, racct, rac) if shortfall else (racct, rac, cr, cra)
+        rtid = _derived_id(b"residual", cid)
+        raw = TRANSFER_STRUCT.pack(rtid, dr_id, cr_id, diff & U64_MAX, diff >> 64, ZERO16, cid, ZERO32, ZERO32,
+                                   ledger, psp, 0, 1, 0)
+        dra.dpo += diff
+        cra2.cpo += diff
+        ref = TransferRef(0, blk.height, 0, TransferStatus.SINGLE_PHASE)
+        blk.transfers[rtid] = ref
+        blk.bodies[rtid] = raw
+        day = (blk.ts0 // DAY_NS).to_bytes(8, "big")
+        sums = blk.rounding.setdefault(racct + day, [0, 0, 0])
+        sums[0 if not shortfall else 1] += diff  # the rounding account is debited (excess) or credited (shortfall)
+        sums[2] += 1
+        return _Event(EventKind.LEDGER_TRANSFER, R.OK, raw, origin_aux(_ORIGIN_RESIDUAL, cid),
+                      _history(dr_id, dra, cr_id, cra2), ref, rtid)
 
     # -- linked chains -------------------------------------------------------------------------
 
@@ -675,7 +1189,10 @@ class LedgerState:
             cra.cp -= amount
             pref.status = TransferStatus.EXPIRED
             blk.transfers[pid] = pref
-            events.append(_Event(EventKind.EXPIRE_PENDING, R.OK, pid, b"", _history(p[1], dra, p[2], cra)))
+            ev = _Event(EventKind.EXPIRE_PENDING, R.OK, pid, b"", _history(p[1], dra, p[2], cra))
+            if blk.rules is not None and blk.rules.flag_expiry:
+                ev.exception = encode_exception(EXC_EXPIRED_UNRECONCILED, pid, amount, 0, blk.ts0)
+            events.append(ev)
 
     # -- sealing: leaves, tree, chain, header, one write ----------------------------------------
 
@@ -691,6 +1208,7 @@ class LedgerState:
         leaves: list[tuple[bytes, bytes]] = []
         leaf_hashes: list[bytes] = []
         history: list[tuple[bytes, bytes]] = []
+        exceptions: list[tuple[bytes, bytes]] = []
         link = head.chain_head
         b3 = blake3.blake3
         log_indexes = [0] * len(events)
@@ -719,6 +1237,25 @@ class LedgerState:
             log_indexes[n] = index
             index += 1
             ts += 1
+            if ev.exception is not None:
+                exceptions.append((key, ev.exception))
+            f = ev.follow
+            if f is not None:  # a ledger-written leaf right after its cause (adjustment, residual)
+                fbody = f.body
+                fleaf = b"".join((pack_header(FORMAT_VERSION, f.kind, f.result, index, ts, len(fbody)), fbody,
+                                  pack_aux(len(f.aux)), f.aux))
+                fkey = _U64BE.pack(index)
+                leaves.append((fkey, fleaf))
+                lh = b3(b"\x00" + fleaf).digest()
+                leaf_hashes.append(lh)
+                link = b3(b"\x02" + link + lh).digest()
+                for aid in f.touched:
+                    history.append((aid + fkey, b""))
+                if f.ref is not None:
+                    f.ref.leaf_index = index
+                    f.ref.timestamp_ns = ts
+                index += 1
+                ts += 1
         new_range = self.range.copy()
         pack_node = _NODE_KEY.pack
         node_items = [(pack_node(level, i), h) for level, i, h in new_range.append_many(leaf_hashes, min_level=1)]
@@ -728,12 +1265,13 @@ class LedgerState:
         header = BlockHeader(
             height=blk.height, timestamp_ns=blk.ts0, first_index=first_index, leaf_count=len(leaves),
             tree_size=index, prev_block_hash=head.block_hash, merkle_root=root, chain_head=link,
-            state_hash=state_hash, ruleset_hash=head.ruleset_hash,
+            state_hash=state_hash, ruleset_hash=head.ruleset_hash,  # the rule set this block ran under
         )
         header_raw = header.encode()
         bhash = block_hash(header_raw)
         last_ts = ts - 1 if leaves else blk.ts0
-        new_head = Head(blk.height, index, last_ts, bhash, link, state_hash, head.ruleset_hash)
+        next_ruleset = blk.new_rules.hash if blk.new_rules is not None else head.ruleset_hash
+        new_head = Head(blk.height, index, last_ts, bhash, link, state_hash, next_ruleset)
         # -- the one write
         txn.put_many("leaves", leaves, append=True)
         if node_items:
@@ -749,6 +1287,8 @@ class LedgerState:
             txn.put_many("expiry", sorted((k, b"") for k in blk.expiry_puts))
         for ledger, scale in blk.scales.items():
             txn.put("meta", META_SCALE_PREFIX + ledger.to_bytes(4, "big"), bytes((scale,)))
+        if blk.rules is not None or blk.new_rules is not None:
+            self._seal_rules(blk, events, log_indexes, exceptions)
         txn.put("blocks", _U64BE.pack(blk.height), header_raw)
         txn.put("meta", META_HEAD, new_head.encode())
         txn.put("meta", META_RANGE, new_range.to_bytes())
@@ -759,6 +1299,34 @@ class LedgerState:
             for a, b in spans
         ]
         return BlockOutcome(header, bhash, outcomes), new_head, new_range
+
+    @staticmethod
+    def _seal_rules(blk: _Block, events: list[_Event], log_indexes: list[int],
+                    exceptions: list[tuple[bytes, bytes]]) -> None:
+        """Rules and reconciliation tables, in the block's one write transaction."""
+        txn = blk.txn
+        if blk.new_rules is not None:
+            for n, ev in enumerate(events):
+                if ev.ruleset is not None:
+                    meta = _U64BE.pack(log_indexes[n]) + _U64BE.pack(blk.height + 1)
+                    txn.put("rulesets", blake3.blake3(b"\x05" + ev.ruleset).digest(), meta + ev.ruleset)
+        if blk.risk:
+            txn.put_many("risk", sorted((k, encode_state(v)) for k, v in blk.risk.items()))
+        if blk.pairs:
+            txn.put_many("risk_pairs", sorted((k, b"") for k in blk.pairs))
+        if blk.extrefs:
+            txn.put_many("extrefs", sorted(blk.extrefs.items()))
+        if blk.callbacks:
+            txn.put_many("callbacks", sorted((cid[::-1], ref.encode()) for cid, ref in blk.callbacks.items()))
+        if blk.reconciled:
+            txn.put_many("reconciled", sorted((tid[::-1], _U64BE.pack(ref.leaf_index))
+                                              for tid, ref in blk.reconciled.items()))
+        if exceptions:
+            txn.put_many("exceptions", exceptions)
+        for key, (debits, credits, count) in sorted(blk.rounding.items()):
+            old = txn.get("rounding", key)
+            d0, c0, n0 = decode_rounding(old) if old is not None else (0, 0, 0)
+            txn.put("rounding", key, encode_rounding(d0 + debits, c0 + credits, n0 + count))
 
     @staticmethod
     def _changed_accounts(blk: _Block) -> list[tuple[bytes, bytes]]:
@@ -874,3 +1442,38 @@ def _history(dr: bytes, dra: AccountState, cr: bytes, cra: AccountState) -> tupl
     if not (dra.flags | cra.flags) & _HIST:
         return ()
     return tuple(aid for aid, a in ((dr, dra), (cr, cra)) if a.flags & _HIST)
+
+
+# -- dry runs (read-only: the node's Rules service and `sovledger rules test`) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    action: Action
+    rule: Rule | None
+    result: int  # what the rules would make of the transfer: 0, rule_rejected or rule_error
+    activation: dict[str, object]
+    problems: tuple[str, ...] = ()
+
+
+def dry_run(txn: ReadTxn, rules: CompiledRuleSet, raw: bytes, timestamp_ns: int, height: int) -> DryRun:
+    """Evaluate ``rules`` against one transfer record over committed state; nothing is written.
+
+    The ledger's own checks are not repeated except that both accounts must exist."""
+    rec = TRANSFER_STRUCT.unpack(raw)
+    accts = []
+    for aid, name in ((rec[1], "debit"), (rec[2], "credit")):
+        stored = txn.get("accounts", aid)
+        if stored is None:
+            return DryRun(Action.NONE, None, 0, {}, (f"{name} account {int.from_bytes(aid, 'little')} not found",))
+        accts.append(AccountState.decode(stored))
+    activation = rules.build(rec, accts[0], accts[1], timestamp_ns, height, ReadRiskView(txn))
+    if not rules.active:
+        return DryRun(Action.NONE, None, 0, activation)
+    idx, errored = rules.evaluate(activation)
+    if idx < 0:
+        return DryRun(Action.NONE, None, 0, activation)
+    rule = rules.rules[idx]
+    if errored:
+        return DryRun(Action.ERROR, rule, R.RULE_ERROR, activation)
+    return DryRun(rule.action, rule, R.RULE_REJECTED if rule.action == Action.REJECT else 0, activation)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES
+from ledger.note import NoteError, Verifier
 from ledger.types import BATCH_ITEMS_MAX
 
 GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
@@ -31,6 +32,9 @@ class NodeConfig:
     node_id: str = "node-1"
     region: str = "local"
     peers: tuple[PeerConfig, ...] = ()
+    join: bool = False  # start as a learner of an existing region (new or wiped node)
+    # rules: verifier keys (C2SP "name+keyid+base64") allowed to deploy rule sets; identical on all replicas
+    operator_keys: tuple[str, ...] = ()
     # storage
     map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES
     # blocks: a block closes when it holds block_items_max items or block_delay_ms has passed
@@ -50,6 +54,10 @@ class NodeConfig:
     metrics_listen: str = ""
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def operator_verifiers(self) -> tuple[Verifier, ...]:
+        return tuple(Verifier.parse(k) for k in self.operator_keys)
 
     @property
     def origin(self) -> str:
@@ -80,6 +88,11 @@ class NodeConfig:
             raise ConfigError(f"region {self.region!r} must be alphanumeric with - or _")
         for p in self.peers:
             _addr(p.address, f"peer {p.node_id}")
+        for k in self.operator_keys:
+            try:
+                Verifier.parse(k)
+            except NoteError as e:
+                raise ConfigError(f"operator_keys: {e}") from e
         return self
 
 
@@ -112,6 +125,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
         values["peers"] = parse_peers(values["peers"])
     elif isinstance(values.get("peers"), list):
         values["peers"] = tuple(PeerConfig(p["node_id"], p["address"]) for p in values["peers"])
+    if isinstance(values.get("operator_keys"), list):
+        values["operator_keys"] = tuple(values["operator_keys"])
+    elif isinstance(values.get("operator_keys"), str):
+        values["operator_keys"] = tuple(filter(None, values["operator_keys"].split(",")))
     known = {f.name for f in dataclasses.fields(NodeConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

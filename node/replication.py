@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from consensus.codec import decode_message, encode_message
+from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode
 from consensus.raft import Config as RaftConfig
-from consensus.raft import ProposalDropped, RawNode
-from consensus.types import ConfState, Entry, EntryType, Role
+from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Role
 from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import Store, StoreFull
-from node.errors import NotLeader, StoreUnavailable
+from node.errors import NotLeader, Refused, StoreUnavailable
 from node.raft_storage import LmdbRaftStorage
 
 log = logging.getLogger("sovledger.raft")
@@ -69,7 +69,8 @@ def node_number(node_id: str) -> int:
 
 
 class Replicator:
-    def __init__(self, *, self_id: int, voters: list[int], addresses: dict[int, str], store: Store,
+    def __init__(self, *, self_id: int, voters: list[int], learners: list[int] | None = None,
+                 addresses: dict[int, str], store: Store,
                  state: LedgerState, pool: ThreadPoolExecutor, tick_ms: int, election_ticks: int,
                  heartbeat_ticks: int, on_block: Callable[[LedgerState], None],
                  transport_factory: Callable[[int, dict[int, str], Callable[[int], None]], Any],
@@ -80,7 +81,8 @@ class Replicator:
         self._pool = pool
         self._tick_s = tick_ms / 1000.0
         self._on_block = on_block
-        self.storage = LmdbRaftStorage(store, ConfState(voters=tuple(sorted(voters)), learners=()))
+        self.storage = LmdbRaftStorage(store, ConfState(voters=tuple(sorted(voters)),
+                                                        learners=tuple(sorted(learners or ()))))
         seed = int.from_bytes(os.urandom(8), "little")  # the driver may use real randomness
         cfg = RaftConfig(
             id=self_id, election_tick=election_ticks, heartbeat_tick=heartbeat_ticks, storage=self.storage,
@@ -182,6 +184,32 @@ class Replicator:
         finally:
             self._reads.pop(ctx, None)
 
+    def transfer_leader(self, to: int) -> None:
+        self.check_leader()
+        try:
+            self.raw.transfer_leader(to)
+        except ConfChangeRefused as e:
+            raise Refused(str(e)) from e
+        self._wake.set()
+
+    def change_membership(self, cc: ConfChange) -> None:
+        self.check_leader()
+        try:
+            self.raw.propose_conf_change(cc)
+        except ConfChangeRefused as e:
+            raise Refused(str(e)) from e
+        except ProposalDropped as e:
+            raise NotLeader(self.leader_address()) from e
+        self._wake.set()
+
+    def _on_conf_applied(self, cc: ConfChange) -> None:
+        address = cc.context.decode()
+        if cc.type in (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER) and address:
+            self.addresses[cc.node_id] = address
+            if cc.node_id != self.self_id:
+                self.transport.add_peer(cc.node_id, address, self._unreachable)
+        log.info("raft: membership change applied: %s node %d %s", cc.type.name, cc.node_id, address)
+
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(self.role, self.term, self.leader_id, self.state.applied_index)
 
@@ -252,6 +280,7 @@ class Replicator:
             if kind == "conf":
                 cs = self.raw.apply_conf_change(value)
                 await loop.run_in_executor(self._pool, self.storage.set_conf_state, cs)
+                self._on_conf_applied(value)
             elif kind == "done":
                 req, outcome = value
                 fut = self._waiting.pop(req, None)
@@ -266,8 +295,6 @@ class Replicator:
             if e.index <= state.applied_index:
                 continue  # already applied before a restart
             if e.type == EntryType.CONF_CHANGE:
-                from consensus.types import ConfChange
-
                 out.append(("conf", ConfChange.decode(e.data)))
                 continue
             if not e.data:

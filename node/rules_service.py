@@ -12,14 +12,14 @@ import logging
 from typing import Any
 
 import grpc
-from sovledger_pb import ledger_pb2 as pb
-from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 from ledger.codec import TRANSFER_SIZE
 from ledger.reconcile import report
 from ledger.rules import CompiledRuleSet, RuleSetError, parse_canonical, validate
 from ledger.state import LedgerState, dry_run
 from ledger.store import Store
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sovledger.rules")
 
@@ -91,7 +91,8 @@ class RulesService(pb_grpc.RulesServicer):
             return pb.DryRunResponse(ok=False, problems=list(got.problems))
         rule = got.rule
         return pb.DryRunResponse(
-            ok=True, action=got.action.name.lower(), rule_id=rule.id if rule else "", rule_code=rule.code if rule else 0,
+            ok=True, action=got.action.name.lower(), rule_id=rule.id if rule else "",
+            rule_code=rule.code if rule else 0,
             message=rule.message if rule else "", result=got.result,
             activation_json=json.dumps(got.activation, sort_keys=True),
         )

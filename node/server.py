@@ -43,7 +43,7 @@ class Node:
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
-        self.state = LedgerState(self.store)
+        self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = load_or_create_node_key(data / "node.key", config.key_name)
         self.checkpoints = CheckpointService(
@@ -99,8 +99,10 @@ class Node:
         me = node_number(cfg.node_id)
         addresses = {node_number(p.node_id): p.address for p in cfg.peers}
         addresses[me] = cfg.listen
+        voters = sorted(a for a in addresses if not (cfg.join and a == me))
         self.replicator = Replicator(
-            self_id=me, voters=sorted(addresses), addresses=addresses, store=self.store, state=self.state,
+            self_id=me, voters=voters, learners=[me] if cfg.join else [], addresses=addresses, store=self.store,
+            state=self.state,
             pool=self._apply_pool, tick_ms=cfg.tick_ms, election_ticks=cfg.election_ticks,
             heartbeat_ticks=cfg.heartbeat_ticks, on_block=lambda st: self.checkpoints.on_block(st.head),
             max_message_bytes=cfg.max_message_bytes - (64 << 10),
@@ -135,12 +137,16 @@ class Node:
             self.server
         )
         if self.replicator is not None:
-            from node.transport import PeerService
+            from node.transport import PeerService, RegionAdminService
             from sovledger_pb import peer_pb2_grpc
 
             peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver), self.server)
+            peer_pb2_grpc.add_RegionAdminServicer_to_server(RegionAdminService(self.replicator), self.server)
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), self.server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), self.server)
+        from node.rules_service import RulesService
+
+        pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         port = self.server.add_insecure_port(cfg.listen)
         if port == 0:

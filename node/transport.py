@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
+from node.errors import BadRequest, NotLeader, status_for
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 
@@ -83,6 +85,7 @@ class _PeerLink:
 
 class PeerTransport:
     def __init__(self, self_id: int, peers: dict[int, str], on_unreachable: Callable[[int], None]) -> None:
+        self._self_id = self_id
         self._links = {pid: _PeerLink(self_id, pid, addr, on_unreachable) for pid, addr in peers.items()}
 
     def start(self) -> None:
@@ -100,8 +103,7 @@ class PeerTransport:
 
     def add_peer(self, peer_id: int, address: str, on_unreachable: Callable[[int], None]) -> None:
         if peer_id not in self._links:
-            link = _PeerLink(next(iter(self._links.values())).self_id if self._links else 0, peer_id, address,
-                             on_unreachable)
+            link = _PeerLink(self._self_id, peer_id, address, on_unreachable)
             self._links[peer_id] = link
             link.start()
 
@@ -131,3 +133,47 @@ class PeerService(ppb_grpc.PeerServicer):
 
 
 Deliver = Callable[[bytes], Awaitable[None]]
+
+
+class RegionAdminService(ppb_grpc.RegionAdminServicer):
+    """Operator commands: leader transfer and single-server membership changes (leader only)."""
+
+    def __init__(self, replicator: Any) -> None:
+        self._r = replicator
+
+    async def TransferLeader(self, request: ppb.TransferLeaderRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> ppb.AdminReply:
+        from node.replication import node_number
+
+        try:
+            target = node_number(request.node_id)
+            self._r.transfer_leader(target)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        return ppb.AdminReply(message=f"leadership transfer to {request.node_id} started")
+
+    async def ChangeMembership(self, request: ppb.MembershipRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> ppb.AdminReply:
+        from consensus.types import ConfChange, ConfChangeType
+        from node.replication import node_number
+
+        try:
+            op = ConfChangeType(int(request.op))
+            if op != ConfChangeType.REMOVE_VOTER and not request.address:
+                raise BadRequest("address (HOST:PORT) is required to add a node")
+            cc = ConfChange(op, node_number(request.node_id), request.address.encode())
+            self._r.change_membership(cc)
+        except Exception as e:
+            await _abort(context, e)
+            raise
+        return ppb.AdminReply(message=f"{op.name.lower()} {request.node_id} proposed")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    code, message = status_for(exc)
+    if isinstance(exc, ValueError) and code == grpc.StatusCode.INTERNAL:
+        code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotLeader) and exc.leader_hint:
+        context.set_trailing_metadata((("sovledger-leader", exc.leader_hint),))
+    await context.abort(code, message)

@@ -31,7 +31,8 @@ def _node(args: argparse.Namespace) -> int:
     overrides = {
         "data_dir": args.data, "listen": args.listen, "node_id": args.node_id, "region": args.region,
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
-        "log_level": args.log_level,
+        "log_level": args.log_level, "join": True if args.join else None,
+        "operator_keys": args.operator_keys,
     }
     try:
         config = load_config(args.config, overrides)
@@ -109,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--node-id", default=None, help="this node's id within the region (default node-1)")
     n.add_argument("--region", default=None, help="region name; the checkpoint origin is sovledger/REGION")
     n.add_argument("--peers", default=None, help="other region members: ID=HOST:PORT,... (Raft)")
+    n.add_argument("--operator-keys", default=None,
+                   help="comma-separated verifier keys allowed to deploy rule sets (docs/rules.md)")
+    n.add_argument("--join", action="store_true",
+                   help="join an existing region as a non-voting learner (new or wiped node); promote it "
+                        "with `sovledger cluster member promote` once caught up")
     n.add_argument("--map-size", type=int, default=None, help="LMDB map size in bytes (default 8 GiB)")
     n.add_argument("--metrics", default=None, help="HOST:PORT for Prometheus metrics (off by default)")
     n.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
@@ -147,10 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     from sovledger.cluster import register as register_cluster
 
     register_cluster(sub)
+    from clients.rules_cli import register as register_rules
+
+    register_rules(sub)
     for name, issue, text in (
         ("psp", "PSP SDK and load generator: issue #5", "PSP load generator and SDK tools"),
         ("audit", "auditor tool: issue #5", "verify checkpoints, proofs and the whole log"),
-        ("rules", "reconciliation rules: issue #4", "deploy, list and dry-run rules"),
     ):
         s = sub.add_parser(name, help=text, description=f"{text} ({issue})")
         s.add_argument("rest", nargs=argparse.REMAINDER)

@@ -240,6 +240,63 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(cluster: Cluster) -> tuple[NodeEntry, Any]:
+    from sovledger_pb import peer_pb2_grpc
+
+    leader, _ = cluster.wait_leader(30)
+    return leader, peer_pb2_grpc.RegionAdminStub(grpc.insecure_channel(leader.target))
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from sovledger_pb import peer_pb2
+
+    cluster = Cluster(Path(args.data))
+    target = cluster.find(args.node)
+    leader, admin = _admin(cluster)
+    t0 = time.monotonic()
+    reply = admin.TransferLeader(peer_pb2.TransferLeaderRequest(node_id=target.node_id), timeout=10)
+    print(reply.message)
+    while time.monotonic() - t0 < 15:
+        now = cluster.leader()
+        if now is not None and now.node_id == target.node_id:
+            print(f"{target.node_id} leads now (was {leader.node_id}); took {time.monotonic() - t0:.2f}s")
+            return 0
+        time.sleep(0.05)
+    print(f"{target.node_id} did not take over within 15 s", file=sys.stderr)
+    return 1
+
+
+def _cmd_member(args: argparse.Namespace) -> int:
+    from sovledger_pb import peer_pb2
+
+    cluster = Cluster(Path(args.data))
+    ops = peer_pb2.MembershipRequest
+    if args.action == "add":
+        num = max((int(n.node_id.rsplit("-", 1)[1]) for n in cluster.nodes), default=0) + 1
+        d = cluster.data / f"node-{num}"
+        d.mkdir(parents=True, exist_ok=True)
+        node = NodeEntry(f"node-{num}", _free_port(), str(d), str(cluster.data / f"node-{num}.log"))
+        cluster.nodes.append(node)
+        cluster.start(node, ["--join"])
+        _, admin = _admin(cluster)
+        reply = admin.ChangeMembership(ops(op=ops.ADD_LEARNER, node_id=node.node_id, address=node.target),
+                                       timeout=10)
+        print(f"{reply.message}; {node.node_id} at {node.target} catches up as a learner; "
+              f"promote it with: sovledger cluster member promote {node.node_id}")
+        return 0
+    node = cluster.find(args.node or "")
+    _, admin = _admin(cluster)
+    op = ops.ADD_VOTER if args.action == "promote" else ops.REMOVE_VOTER
+    reply = admin.ChangeMembership(ops(op=op, node_id=node.node_id, address=node.target), timeout=10)
+    print(reply.message)
+    if args.action == "remove":
+        time.sleep(0.5)
+        cluster.kill(node, signal.SIGTERM)
+        cluster.nodes.remove(node)
+        cluster.save()
+    return 0
+
+
 def register(sub: Any) -> None:
     c = sub.add_parser("cluster", help="run a local region of nodes",
                        description="Local region launcher: nodes as processes on 127.0.0.1.")
@@ -259,6 +316,13 @@ def register(sub: Any) -> None:
     r = csub.add_parser("restart", help="restart one node")
     r.add_argument("node")
     r.set_defaults(func=_cmd_restart)
-    for p in (up, st, dn, k, r):
+    tr = csub.add_parser("transfer", help="hand leadership to NODE (leader transfer)")
+    tr.add_argument("node")
+    tr.set_defaults(func=_cmd_transfer)
+    mb = csub.add_parser("member", help="membership: add a learner node, promote it, remove a node")
+    mb.add_argument("action", choices=("add", "promote", "remove"))
+    mb.add_argument("node", nargs="?", help="node id (promote/remove)")
+    mb.set_defaults(func=_cmd_member)
+    for p in (up, st, dn, k, r, tr, mb):
         p.add_argument("--data", default=DEFAULT_DATA, help=f"cluster directory (default {DEFAULT_DATA})")
         p.add_argument("--json", action="store_true", help="machine-readable output")

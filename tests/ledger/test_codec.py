@@ -72,7 +72,8 @@ def test_transfer_layout_is_little_endian_and_fixed() -> None:
 @given(st.sampled_from(list(EventKind)), st.integers(0, 200), st.integers(0, 2**64 - 1),
        st.integers(0, 2**64 - 1), st.binary(max_size=300))
 def test_leaf_round_trip(kind: EventKind, result: int, index: int, ts: int, body: bytes) -> None:
-    sizes = {EventKind.CREATE_ACCOUNT: 64, EventKind.CREATE_TRANSFER: 176, EventKind.EXPIRE_PENDING: 16}
+    sizes = {EventKind.CREATE_ACCOUNT: 64, EventKind.CREATE_TRANSFER: 176, EventKind.EXPIRE_PENDING: 16,
+             EventKind.DEPLOY_RULESET: 100, EventKind.SETTLEMENT_CALLBACK: 96, EventKind.LEDGER_TRANSFER: 176}
     body = (body * 200)[: sizes[kind]] if body else bytes(sizes[kind])
     aux = psp_signature_aux(b"abcd", b"s" * 64)
     for a in (b"", aux):

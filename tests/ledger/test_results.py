@@ -149,6 +149,10 @@ SCENARIOS: dict[Result, Callable[[], Result]] = {
     R.EXCEEDS_DEBITS: lambda: _limit(AF.CREDITS_MUST_NOT_EXCEED_DEBITS, dr=1, cr=8),
 }
 
+from tests.rules.scenarios import RULE_SCENARIOS  # noqa: E402 - codes added by rules (issue 4)
+
+SCENARIOS.update(RULE_SCENARIOS)
+
 
 def _post_after(first: Transfer, second: Transfer) -> Result:
     lg = ledger_with_accounts()

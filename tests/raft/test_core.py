@@ -18,9 +18,19 @@ from consensus.codec import (
     encode_hard_state,
     encode_message,
 )
-from consensus.raft import Config, ProposalDropped, RawNode
+from consensus.raft import Config, ConfChangeRefused, ProposalDropped, RawNode
 from consensus.storage import MemoryStorage
-from consensus.types import ConfState, Entry, EntryType, HardState, Message, MessageType, Role
+from consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Role,
+)
 
 MT = MessageType
 
@@ -235,3 +245,62 @@ def test_read_index_needs_a_quorum_round_and_returns_the_commit_index() -> None:
     assert (net.nodes[1].commit, b"r2") not in net.reads[1]
     with pytest.raises(ProposalDropped):
         net.nodes[2].read_index(b"r3")  # followers refuse: reads go through the leader
+
+
+def test_leader_transfer_hands_over_without_losing_entries() -> None:
+    net = Net(3)
+    net.elect(1)
+    net.nodes[1].propose(b"before")
+    net.settle()
+    net.nodes[1].transfer_leader(3)
+    with pytest.raises(ProposalDropped):
+        net.nodes[1].propose(b"during")  # no proposals while handing over
+    net.settle()
+    assert net.leaders() == [3]
+    net.nodes[3].propose(b"after")
+    net.settle()
+    net.tick_all(2)
+    assert net.applied[1] == net.applied[2] == net.applied[3] == [b"before", b"after"]
+
+
+def _conf(net: Net, leader: int, cc: ConfChange) -> None:
+    net.nodes[leader].propose_conf_change(cc)
+    net.settle()
+    net.tick_all(2)
+    for n in net.nodes.values():  # every replica applies the committed change
+        n.apply_conf_change(cc)
+
+
+def test_learner_receives_the_log_never_votes_and_is_promoted_when_caught_up() -> None:
+    net = Net(3)
+    # node 3 starts as a learner: the others' configuration does not count it as a voter
+    for i in (1, 2, 3):
+        net.nodes[i].voters = {1, 2}
+        net.nodes[i].learners = {3}
+    net.elect(1)
+    net.nodes[1].apply_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 3))  # leader tracks its progress
+    for k in range(5):
+        net.nodes[1].propose(f"e{k}".encode())
+    net.settle()
+    net.tick_all(2)
+    assert net.applied[3] == [f"e{k}".encode() for k in range(5)]  # the learner has the log
+    net.nodes[3].campaign()
+    assert net.nodes[3].role == Role.FOLLOWER  # never campaigns
+    net.sent.clear()
+    net.nodes[3].step(Message(MT.VOTE, 3, 2, net.nodes[1].term + 1, log_term=99, index=99))
+    net.settle()
+    assert all(m.reject for m in net.sent if m.type == MT.VOTE_RESP and m.frm == 3)  # never votes
+    _conf(net, 1, ConfChange(ConfChangeType.ADD_VOTER, 3))
+    assert net.nodes[1].voters == {1, 2, 3}
+    with pytest.raises(ConfChangeRefused):
+        net.nodes[1].propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 9))
+        net.nodes[1].propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 8))  # one at a time
+
+
+def test_removed_leader_steps_down() -> None:
+    net = Net(3)
+    net.elect(1)
+    _conf(net, 1, ConfChange(ConfChangeType.REMOVE_VOTER, 1))
+    assert net.nodes[1].role == Role.FOLLOWER
+    net.tick_all(40, only=[2, 3])
+    assert net.leaders() and set(net.leaders()) <= {2, 3}

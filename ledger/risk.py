@@ -1,0 +1,101 @@
+"""Deterministic risk features for rules: sliding-window velocity and amount deviation.
+
+Everything here is integer arithmetic over leader-assigned block timestamps, so every replica
+computes the same features. State lives in the store table ``risk`` and is written in the same
+block transaction as the ledger changes; it is updated only by successful transfer creations.
+
+Windows (1 min, 1 h, 24 h) are sliding windows approximated with two fixed buckets per window:
+the current bucket ``ts // W`` and the previous one, weighted by how much of it still overlaps
+the window::
+
+    estimate = prev * (W - (ts - bucket_start)) // W + cur
+
+Amount deviation: an integer EWMA of the account's own outgoing amounts with alpha = 1/8
+(``ewma += (amount - ewma) // 8``, Python floor division), and the deviation of the current
+amount from it in basis points (``(amount - ewma) * 10000 // ewma``; 0 without history).
+Features describe the history *before* the transfer being evaluated.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+NS: Final = 1_000_000_000
+WINDOWS_NS: Final = (60 * NS, 3600 * NS, 86400 * NS)
+WINDOW_NAMES: Final = ("1m", "1h", "24h")
+EWMA_SHIFT: Final = 3  # alpha = 1/8
+SUM_MAX: Final = (1 << 64) - 1
+# per window: bucket, prev_count, prev_sum, cur_count, cur_sum; then ewma, n
+STATE_LEN: Final = 3 * 5 + 2
+RISK_STRUCT: Final = struct.Struct("<" + "Q" * STATE_LEN)
+
+KEY_OUT: Final = b"o"  # an account as payer (debit side)
+KEY_IN: Final = b"i"  # an account as payee (credit side)
+KEY_PSP: Final = b"p"
+
+
+def new_state() -> list[int]:
+    return [0] * STATE_LEN
+
+
+def encode_state(st: list[int]) -> bytes:
+    return RISK_STRUCT.pack(*st)
+
+
+def decode_state(raw: bytes) -> list[int]:
+    return list(RISK_STRUCT.unpack(raw))
+
+
+def psp_key(psp_id: int) -> bytes:
+    return KEY_PSP + psp_id.to_bytes(4, "big")
+
+
+def window_features(st: list[int] | None, ts: int) -> tuple[int, int, int, int, int, int]:
+    """(count_1m, count_1h, count_24h, sum_1m, sum_1h, sum_24h) before the current event."""
+    if st is None:
+        return 0, 0, 0, 0, 0, 0
+    counts = [0, 0, 0]
+    sums = [0, 0, 0]
+    for w, size in enumerate(WINDOWS_NS):
+        base = w * 5
+        bucket = ts // size
+        cur_b = st[base]
+        if bucket == cur_b:
+            prev_c, prev_s, cur_c, cur_s = st[base + 1], st[base + 2], st[base + 3], st[base + 4]
+        elif bucket == cur_b + 1:
+            prev_c, prev_s, cur_c, cur_s = st[base + 3], st[base + 4], 0, 0
+        else:
+            continue
+        remaining = size - (ts - bucket * size)
+        counts[w] = prev_c * remaining // size + cur_c
+        sums[w] = prev_s * remaining // size + cur_s
+    return counts[0], counts[1], counts[2], sums[0], sums[1], sums[2]
+
+
+def record(st: list[int], ts: int, amount: int) -> None:
+    """Add one successful event of ``amount`` at block time ``ts`` (in place)."""
+    for w, size in enumerate(WINDOWS_NS):
+        base = w * 5
+        bucket = ts // size
+        cur_b = st[base]
+        if bucket != cur_b:
+            if bucket == cur_b + 1:
+                st[base + 1], st[base + 2] = st[base + 3], st[base + 4]
+            else:
+                st[base + 1] = st[base + 2] = 0
+            st[base], st[base + 3], st[base + 4] = bucket, 0, 0
+        st[base + 3] = min(st[base + 3] + 1, SUM_MAX)
+        st[base + 4] = min(st[base + 4] + amount, SUM_MAX)
+    ewma, n = st[15], st[16]
+    amount = min(amount, SUM_MAX)
+    st[15] = amount if n == 0 else max(0, ewma + ((amount - ewma) >> EWMA_SHIFT))
+    st[16] = min(n + 1, SUM_MAX)
+
+
+def deviation_bps(st: list[int] | None, amount: int) -> tuple[int, int, int]:
+    """(ewma, deviation in basis points, history count) of ``amount`` against the account's EWMA."""
+    if st is None or st[16] == 0 or st[15] == 0:
+        return (0, 0, 0) if st is None else (st[15], 0, st[16])
+    ewma = st[15]
+    return ewma, (amount - ewma) * 10_000 // ewma, st[16]
