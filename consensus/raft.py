@@ -481,6 +481,11 @@ class RawNode:
                 return
             last = self.last_index()
             if pr.next > last:
+                if pr.probe and pr.match < last:  # a probe with no entries finds the match point
+                    prev = pr.next - 1
+                    self.msgs.append(Message(MT.APP, to, self.id, self.term, self.log_term(prev), prev, (),
+                                             self.commit))
+                    pr.inflight.append(prev)
                 return  # nothing new; commit indexes travel with heartbeats
             prev = pr.next - 1
             ents = self.entries(pr.next, last + 1, self.cfg.max_size_per_msg) if pr.next <= last else []
