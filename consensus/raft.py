@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from consensus.codec import decode_conf_state, encode_conf_state
 from consensus.storage import Compacted, Storage, Unavailable
 from consensus.types import (
     ConfChange,
@@ -24,6 +25,7 @@ from consensus.types import (
     ReadState,
     Role,
     Snapshot,
+    SnapshotMetadata,
     SoftState,
 )
 from consensus.types import (
@@ -107,6 +109,8 @@ class RawNode:
         self.transferee = 0  # leader transfer in progress to this node
         self.transfer_elapsed = 0
         self.pending_conf_index = 0  # at most one unapplied membership change at a time
+        self.pending_snapshot: Snapshot | None = None  # adopted from the leader, not yet handed out
+        self._adopted: SnapshotMetadata | None = None  # the latest snapshot adopted (its index and term)
         self._reads: dict[bytes, tuple[int, set[int]]] = {}  # ctx -> (commit index, acks)
 
     # -- log ------------------------------------------------------------------------------------
@@ -117,6 +121,8 @@ class RawNode:
     def log_term(self, i: int) -> int:
         if i == 0:
             return 0
+        if self._adopted is not None and i <= self._adopted.index:  # adopted snapshot, maybe not persisted yet
+            return self._adopted.term if i == self._adopted.index else 0
         if self.unstable and self.offset <= i <= self.unstable[-1].index:
             return self.unstable[i - self.offset].term
         try:
@@ -343,7 +349,7 @@ class RawNode:
             MT.VOTE: self._on_vote, MT.PRE_VOTE: self._on_vote, MT.VOTE_RESP: self._on_vote_resp,
             MT.PRE_VOTE_RESP: self._on_vote_resp, MT.APP: self._on_app, MT.HEARTBEAT: self._on_heartbeat,
             MT.APP_RESP: self._on_app_resp, MT.HEARTBEAT_RESP: self._on_heartbeat_resp,
-            MT.TIMEOUT_NOW: self._on_timeout_now,
+            MT.TIMEOUT_NOW: self._on_timeout_now, MT.SNAP: self._on_snap,
         }[m.type]
         handler(m)
 
@@ -398,8 +404,8 @@ class RawNode:
             self.msgs.append(Message(MT.APP_RESP, m.frm, self.id, self.term, index=m.index, reject=True,
                                      reject_hint=hint))
             return
-        new = [e for e in m.entries]
-        for e in m.entries:
+        new = [e for e in m.entries if e.index > self.commit]  # committed entries already match
+        for e in list(new):
             if e.index <= self.last_index() and self.log_term(e.index) == e.term:
                 new = new[1:]
                 continue
@@ -479,6 +485,9 @@ class RawNode:
                 return
             if len(pr.inflight) >= self.cfg.max_inflight_msgs:
                 return
+            if pr.next < self.storage.first_index():  # the entries it needs were compacted away
+                self._send_snapshot(to, pr)
+                return
             last = self.last_index()
             if pr.next > last:
                 if pr.probe and pr.match < last:  # a probe with no entries finds the match point
@@ -499,6 +508,35 @@ class RawNode:
                 return
             pr.next = sent_last + 1
 
+    def _send_snapshot(self, to: int, pr: Progress) -> None:
+        meta = self.storage.snapshot().metadata
+        self.msgs.append(Message(MT.SNAP, to, self.id, self.term, meta.term, meta.index, (), self.commit,
+                                 context=encode_conf_state(meta.conf_state)))
+        pr.probe = True
+        pr.inflight = [meta.index]  # one snapshot at a time; the follower's response resumes appends
+        pr.next = meta.index + 1
+
+    def _on_snap(self, m: Message) -> None:
+        """Follower: adopt a snapshot. The driver installs the state machine data it names (from the
+        leader) before persisting this Ready; our log then starts after the snapshot's index."""
+        self.elapsed = 0
+        self.leader = m.frm
+        if m.index <= self.commit:
+            self.msgs.append(Message(MT.APP_RESP, m.frm, self.id, self.term, index=self.commit))
+            return
+        conf = decode_conf_state(m.context)
+        meta = SnapshotMetadata(index=m.index, term=m.log_term, conf_state=conf)
+        self.pending_snapshot = Snapshot(metadata=meta)
+        self._adopted = meta
+        self.unstable = []
+        self.offset = m.index + 1
+        self._handed = m.index
+        self.commit = m.index
+        self.applied = m.index
+        self.voters = set(conf.voters)
+        self.learners = set(conf.learners)
+        self.msgs.append(Message(MT.APP_RESP, m.frm, self.id, self.term, index=m.index))
+
     def _maybe_commit(self) -> None:
         stable = self.offset - 1  # the leader counts itself only for what it has persisted
         matches = sorted([stable] + [pr.match for p, pr in self.prs.items() if p in self.voters], reverse=True)
@@ -517,6 +555,8 @@ class RawNode:
     # -- ready ----------------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
+        if self.pending_snapshot is not None:
+            return True
         if self.msgs or self.read_states or (self.unstable and self.unstable[-1].index > self._handed):
             return True
         if HardState(self.term, self.vote, self.commit) != self._prev_hard:
@@ -532,7 +572,8 @@ class RawNode:
         hi = min(self.commit, self.offset - 1)
         committed = self.entries(self.applied + 1, hi + 1) if hi > self.applied else []
         rd = Ready(soft if soft != self._prev_soft else None, hard if hard != self._prev_hard else None,
-                   ents, self.msgs, committed, read_states=self.read_states)
+                   ents, self.msgs, committed, snapshot=self.pending_snapshot, read_states=self.read_states)
+        self.pending_snapshot = None
         self.msgs = []
         self.read_states = []
         self._prev_soft = soft
@@ -545,6 +586,8 @@ class RawNode:
     def advance(self, rd: Ready) -> None:
         if rd.committed_entries:
             self.applied = max(self.applied, rd.committed_entries[-1].index)
+        if rd.snapshot is not None:
+            return  # the log now starts after the snapshot (set when it was adopted)
         if rd.entries:
             last = rd.entries[-1]
             # entries up to `last` are now in storage (unless replaced meanwhile)

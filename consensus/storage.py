@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from consensus.types import ConfState, Entry, HardState, Snapshot
+from consensus.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
 
 class Compacted(Exception):
@@ -29,36 +29,64 @@ class Storage(Protocol):
 
 
 class MemoryStorage:
+    """Storage in memory, with compaction: ``ents`` hold indexes ``snap.index + 1`` onwards."""
+
     def __init__(self, conf: ConfState) -> None:
         self.hs = HardState()
         self.cs = conf
+        self.snap = SnapshotMetadata(0, 0, conf)
         self.ents: list[Entry] = []
 
     def initial_state(self) -> tuple[HardState, ConfState]:
         return self.hs, self.cs
 
     def first_index(self) -> int:
-        return 1
+        return self.snap.index + 1
 
     def last_index(self) -> int:
-        return len(self.ents)
+        return self.snap.index + len(self.ents)
 
     def term(self, i: int) -> int:
-        if i == 0:
-            return 0
-        if i > len(self.ents):
+        if i == self.snap.index:
+            return self.snap.term
+        if i < self.snap.index:
+            raise Compacted()
+        if i > self.last_index():
             raise Unavailable()
-        return self.ents[i - 1].term
+        return self.ents[i - self.snap.index - 1].term
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        return self.ents[lo - 1 : hi - 1]
+        if lo <= self.snap.index:
+            raise Compacted()
+        if hi > self.last_index() + 1:
+            raise Unavailable()
+        out: list[Entry] = []
+        size = 0
+        for e in self.ents[lo - self.snap.index - 1 : hi - self.snap.index - 1]:
+            size += len(e.data) + 32
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(e)
+        return out
 
     def snapshot(self) -> Snapshot:
-        return Snapshot()
+        return Snapshot(metadata=self.snap)
+
+    def compact(self, index: int) -> None:
+        """Drop entries up to ``index`` (the application has applied them)."""
+        if index <= self.snap.index:
+            return
+        term = self.term(index)
+        self.ents = self.ents[index - self.snap.index :]
+        self.snap = SnapshotMetadata(index, term, self.cs)
 
     def persist(self, hs: HardState | None, entries: list[Entry], snap: Snapshot | None) -> None:
+        if snap is not None and snap.metadata.index > self.snap.index:
+            self.snap = snap.metadata
+            self.cs = snap.metadata.conf_state
+            self.ents = []
         if entries:
-            del self.ents[entries[0].index - 1 :]
+            del self.ents[entries[0].index - self.snap.index - 1 :]
             self.ents.extend(entries)
         if hs is not None:
             self.hs = hs

@@ -22,6 +22,7 @@ class MessageType(enum.IntEnum):
     HEARTBEAT = 7
     HEARTBEAT_RESP = 8
     TIMEOUT_NOW = 9  # leader transfer: the target campaigns at once
+    SNAP = 10  # install a snapshot: index/log_term name it, context carries the encoded ConfState
 
 
 class Role(enum.IntEnum):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -101,8 +102,11 @@ class LmdbStore:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.map_size_bytes = map_size_bytes
+        self._open(readonly)
+
+    def _open(self, readonly: bool) -> None:
         self._env = lmdb.open(
-            path, map_size=map_size_bytes, max_dbs=len(TABLES) + 2, subdir=True, sync=True,
+            self.path, map_size=self.map_size_bytes, max_dbs=len(TABLES) + 2, subdir=True, sync=True,
             metasync=True, readonly=readonly, max_readers=256, readahead=False, lock=True,
         )
         self._dbs: dict[str, Any] = {}
@@ -136,6 +140,19 @@ class LmdbStore:
         info = self._env.info()
         stat = self._env.stat()
         return int(info["last_pgno"] + 1) * int(stat["psize"])
+
+    def replace_with(self, new_env_dir: str) -> None:
+        """Swap the whole environment for the one in ``new_env_dir`` (an installed snapshot).
+
+        The caller guarantees no write transaction is running (it runs on the store thread)."""
+        old = self.path + ".old"
+        self._env.close()
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.rename(self.path, old)
+        os.rename(new_env_dir, self.path)
+        self._open(False)
+        shutil.rmtree(old, ignore_errors=True)
 
     def copy_to(self, path: str) -> None:
         """A consistent copy of the whole environment (used for snapshots and backups)."""

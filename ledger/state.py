@@ -340,9 +340,17 @@ class LedgerState:
     def __init__(self, store: Store, operator_keys: Sequence[Verifier] = ()) -> None:
         """``operator_keys``: verifiers allowed to deploy rule sets (node config). Replay needs the same keys."""
         self.store = store
+        self._operators = {v.key_id: v for v in operator_keys}
+        self._load()
+
+    def reload(self) -> None:
+        """Forget every cache and re-read the store (a replica snapshot was installed underneath)."""
+        self._load()
+
+    def _load(self) -> None:
+        store = self.store
         self._accounts: dict[bytes, AccountState] = {}
         self._scales: dict[int, int] = {}
-        self._operators = {v.key_id: v for v in operator_keys}
         self._risk: dict[bytes, list[int]] = {}  # committed risk states (cache)
         self.rules: CompiledRuleSet | None = None
         with store.read() as txn:

@@ -41,7 +41,6 @@ class SimNode:
     raw: RawNode
     up: bool = True
     applied: list[bytes] = field(default_factory=list)  # data of applied NORMAL entries, by index
-    head: bytes = b""
 
 
 class Simulator:
@@ -59,6 +58,7 @@ class Simulator:
         self.acked_term: dict[int, int] = {}  # index -> term of the leader that acknowledged it
         self.proposed = 0
         self.trace = hashlib.sha256()
+        self.snapshots = 0
 
     def _boot(self, i: int, storage: MemoryStorage) -> SimNode:
         cfg = Config(id=i, storage=storage, rng=random.Random(self.rng.random()), election_tick=10,
@@ -91,7 +91,9 @@ class Simulator:
             if self.faults and self.rng.random() < 0.002:
                 self._crash(n)  # crash before persisting: this Ready is lost entirely
                 return
-            n.storage.persist(rd.hard_state, list(rd.entries), None)
+            if rd.snapshot is not None:
+                self._install(n, rd.snapshot.metadata.index)
+            n.storage.persist(rd.hard_state, list(rd.entries), rd.snapshot)
             if self.faults and self.rng.random() < 0.002:
                 self._crash(n)  # persisted, never sent
                 return
@@ -106,11 +108,33 @@ class Simulator:
         while len(n.applied) < index:
             n.applied.append(b"")
         n.applied[index - 1] = data
-        n.head = hashlib.sha256(n.head + index.to_bytes(8, "little") + data).digest()
         self.trace.update(bytes([n.id]) + index.to_bytes(8, "little") + data)
         if n.raw.role == Role.LEADER and data and index not in self.acked:
             self.acked[index] = data
             self.acked_term[index] = n.raw.term
+
+    def _reboot(self, n: SimNode) -> SimNode:
+        """Restart: Raft state comes back from its storage; the state machine is durable (as the
+        ledger's LMDB is), so what it had applied survives and replayed entries overwrite identically."""
+        fresh = self._boot(n.id, n.storage)
+        fresh.applied = n.applied
+        return fresh
+
+    def _install(self, n: SimNode, index: int) -> None:
+        """The driver's job on a snapshot: take the state machine at ``index`` from a replica that has it."""
+        donor = next((d for d in self.nodes.values() if len(d.applied) >= index and d is not n), None)
+        if donor is None:
+            self.fail(f"node {n.id} was sent a snapshot at {index} that no replica has applied")
+            return
+        n.applied = list(donor.applied[:index])
+        self.snapshots += 1
+
+    def _compact(self) -> None:
+        n = self.rng.choice(list(self.nodes.values()))
+        if n.up:
+            upto = min(len(n.applied), n.raw.applied, n.storage.last_index()) - 3
+            if upto > n.storage.first_index():
+                n.storage.compact(upto)
 
     def _deliver(self) -> None:
         rng = self.rng
@@ -150,9 +174,8 @@ class Simulator:
                 self._crash(rng.choice(down))
         elif x < 0.012:
             for n in self.nodes.values():
-                if not n.up:  # restart from durable storage: the in-memory state is gone
-                    fresh = self._boot(n.id, n.storage)
-                    self.nodes[n.id] = fresh
+                if not n.up:  # restart from durable storage: Raft's in-memory state is gone
+                    self.nodes[n.id] = self._reboot(n)
                     break
         elif x < 0.016:
             a, b = rng.sample(self.ids, 2)
@@ -161,12 +184,14 @@ class Simulator:
                 self.cut.add((b, a))  # symmetric
         elif x < 0.022:
             self.cut.clear()  # heal
+        elif x < 0.040:
+            self._compact()  # log compaction: lagging or restarted nodes then need a snapshot
 
     def heal(self) -> None:
         self.cut.clear()
         for n in list(self.nodes.values()):
             if not n.up:
-                self.nodes[n.id] = self._boot(n.id, n.storage)
+                self.nodes[n.id] = self._reboot(n)
 
     # -- checkers ---------------------------------------------------------------------------------
 
@@ -182,7 +207,8 @@ class Simulator:
                     self.fail(f"two leaders in term {n.raw.term}: {other} and {n.id}")
                 for index in self.acked:
                     # leader completeness: every leader of a later term holds the committed entry
-                    if n.raw.term > self.acked_term[index] and n.raw.log_term(index) == 0:
+                    compacted = index <= n.storage.snap.index  # then it is inside the node's snapshot
+                    if n.raw.term > self.acked_term[index] and not compacted and n.raw.log_term(index) == 0:
                         self.fail(f"leader {n.id} (term {n.raw.term}) lacks acknowledged entry {index}")
         nodes = list(self.nodes.values())
         for a in nodes:
@@ -193,7 +219,7 @@ class Simulator:
                 if a.applied[:k] != b.applied[:k]:
                     first = next(i for i in range(k) if a.applied[i] != b.applied[i])
                     self.fail(f"nodes {a.id} and {b.id} applied different entries at index {first + 1}")
-                if len(a.applied) == len(b.applied) and a.head != b.head:
+                if len(a.applied) == len(b.applied) and _head(a) != _head(b):
                     self.fail(f"nodes {a.id} and {b.id} have different heads at applied {len(a.applied)}")
             for index, data in self.acked.items():
                 if index <= len(a.applied) and a.applied[index - 1] != data:
@@ -201,8 +227,17 @@ class Simulator:
         for a in nodes:
             for b in nodes:
                 c = min(a.raw.commit, b.raw.commit, a.raw.last_index(), b.raw.last_index())
-                if a.id < b.id and c and a.raw.log_term(c) != b.raw.log_term(c):
+                ta, tb = a.raw.log_term(c), b.raw.log_term(c)  # 0: compacted into a snapshot, unknown here
+                if a.id < b.id and c and ta and tb and ta != tb:
                     self.fail(f"log matching: nodes {a.id} and {b.id} disagree on term at committed index {c}")
+
+
+def _head(n: SimNode) -> bytes:
+    """The application head: a hash over everything applied, in index order."""
+    h = hashlib.sha256()
+    for i, data in enumerate(n.applied, start=1):
+        h.update(i.to_bytes(8, "little") + len(data).to_bytes(4, "little") + data)
+    return h.digest()
 
 
 def run(seed: int, steps: int = 600, nodes: int = 3, liveness_steps: int = 400) -> Simulator:

@@ -18,7 +18,7 @@ from consensus.codec import (
     encode_hard_state,
     encode_message,
 )
-from consensus.raft import Config, ConfChangeRefused, ProposalDropped, RawNode
+from consensus.raft import ConfChangeRefused, Config, ProposalDropped, RawNode
 from consensus.storage import MemoryStorage
 from consensus.types import (
     ConfChange,
