@@ -50,6 +50,7 @@ class NodeConfig:
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 1
+    raft_log_keep_entries: int = 256  # Raft entries kept below the applied index; older ones → snapshots
     # observability
     metrics_listen: str = ""
     log_level: str = "INFO"

@@ -133,6 +133,14 @@ class LmdbRaftStorage:
         if hard_state is not None:
             self._hard_state = hard_state
 
+    def reset_to_snapshot(self, meta: SnapshotMetadata) -> None:
+        """After a snapshot replaced the whole store: the log is empty and starts after ``meta``."""
+        self._snap_meta = meta
+        self._conf_state = meta.conf_state
+        self._first = meta.index + 1
+        self._last = meta.index
+        self._cache.clear()
+
     def set_conf_state(self, cs: ConfState) -> None:
         with self._store.write() as txn:
             txn.put("raft", K_CS, rc.encode_conf_state(cs))

@@ -27,7 +27,7 @@ import os
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,7 +35,7 @@ from typing import Any, Final
 from consensus.codec import decode_message, encode_message
 from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode
 from consensus.raft import Config as RaftConfig
-from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Role
+from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Role, SnapshotMetadata
 from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
@@ -74,7 +74,8 @@ class Replicator:
                  state: LedgerState, pool: ThreadPoolExecutor, tick_ms: int, election_ticks: int,
                  heartbeat_ticks: int, on_block: Callable[[LedgerState], None],
                  transport_factory: Callable[[int, dict[int, str], Callable[[int], None]], Any],
-                 max_message_bytes: int = 2 << 20) -> None:
+                 max_message_bytes: int = 2 << 20, log_keep_entries: int = 256,
+                 snapshot_installer: Callable[[int, int], Awaitable[int]] | None = None) -> None:
         self.self_id = self_id
         self.addresses = addresses
         self.state = state
@@ -105,6 +106,9 @@ class Replicator:
         self.last_leader_change = time.monotonic()
         self._fatal: BaseException | None = None
         self._last_applied_raft = state.applied_index  # includes empty and conf-change entries
+        self._log_keep = log_keep_entries
+        self._install_snapshot = snapshot_installer
+        self.snapshots_installed = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -232,6 +236,8 @@ class Replicator:
                     self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
                 if rd.hard_state is not None:
                     self.term = rd.hard_state.term
+                if rd.snapshot is not None:
+                    await self._adopt_snapshot(rd.snapshot.metadata)
                 await loop.run_in_executor(self._pool, self.storage.persist, rd.hard_state, list(rd.entries),
                                            rd.snapshot)
                 for m in rd.messages:
@@ -240,11 +246,33 @@ class Replicator:
                     await self._apply(list(rd.committed_entries))
                     self._last_applied_raft = rd.committed_entries[-1].index
                     self._applied_event.set()
+                    await self._maybe_compact()
                 for rs in getattr(rd, "read_states", ()):
                     fut = self._reads.get(rs.request_ctx)
                     if fut is not None and not fut.done():
                         fut.set_result(rs.index)
                 self.raw.advance(rd)
+
+    async def _maybe_compact(self) -> None:
+        """Keep the Raft log short: entries far below the applied index live on in the ledger itself;
+        a follower that needs them gets a snapshot of the ledger store instead."""
+        upto = self._last_applied_raft - self._log_keep
+        if upto - self.storage.first_index() < self._log_keep:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, lambda: self.storage.compact(upto, self.storage.term(upto)))
+
+    async def _adopt_snapshot(self, meta: SnapshotMetadata) -> None:
+        if self._install_snapshot is None:
+            fail("received a snapshot but this node cannot install one")
+        leader = self.raw.leader
+        log.info("raft: installing a snapshot at index %d from node %d", meta.index, leader)
+        applied = await self._install_snapshot(leader, meta.index)
+        self.storage.reset_to_snapshot(meta)
+        self._last_applied_raft = max(applied, meta.index)
+        self.snapshots_installed += 1
+        log.info("raft: snapshot installed: ledger at Raft index %d, block %d, %d entries", applied,
+                 self.state.head.height, self.state.head.tree_size)
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         new_role = {Role.LEADER: "leader", Role.CANDIDATE: "candidate"}.get(role, "follower")

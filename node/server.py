@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,38 @@ class Node:
             verifier_key=self.checkpoints.verifier_key,
         )
 
+    async def _install_snapshot(self, leader_id: int, index: int) -> int:
+        """Follower: fetch the leader's store copy, verify it against its signed checkpoint, swap it in."""
+        from node import snapshots
+
+        assert self.replicator is not None
+        address = self.replicator.addresses.get(leader_id, "")
+        incoming = Path(self.config.data_dir) / "snapshot.incoming"
+        note, vkey = await snapshots.fetch(address, index, incoming)
+        loop = asyncio.get_running_loop()
+
+        def verify_install() -> int:
+            applied = snapshots.verify_and_prepare(incoming, note, vkey, self.config.origin,
+                                                   self.config.map_size_bytes, index)
+            snapshots.install(self.store, incoming)
+            self.state.reload()
+            self.checkpoints.on_block(self.state.head)
+            return applied
+
+        return await loop.run_in_executor(self._apply_pool, verify_install)
+
+    async def _snapshot_source(self, index: int) -> AsyncIterator[Any]:
+        from node import snapshots
+
+        loop = asyncio.get_running_loop()
+
+        def copy() -> tuple[str, str, str]:  # store thread: the copy and its checkpoint match
+            return snapshots.make_copy(self.store, self.checkpoints.latest().note, self.checkpoints.verifier_key)
+
+        directory, note, vkey = await loop.run_in_executor(self._apply_pool, copy)
+        async for chunk in snapshots.stream_copy(directory, note, vkey):
+            yield chunk
+
     def _start_replication(self) -> None:
         from node.replication import Replicator, node_number
         from node.transport import PeerTransport
@@ -105,7 +138,8 @@ class Node:
             state=self.state,
             pool=self._apply_pool, tick_ms=cfg.tick_ms, election_ticks=cfg.election_ticks,
             heartbeat_ticks=cfg.heartbeat_ticks, on_block=lambda st: self.checkpoints.on_block(st.head),
-            max_message_bytes=cfg.max_message_bytes - (64 << 10),
+            max_message_bytes=cfg.max_message_bytes - (64 << 10), log_keep_entries=cfg.raft_log_keep_entries,
+            snapshot_installer=self._install_snapshot,
             transport_factory=PeerTransport,
         )
 
@@ -140,7 +174,8 @@ class Node:
             from node.transport import PeerService, RegionAdminService
             from sovledger_pb import peer_pb2_grpc
 
-            peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver), self.server)
+            peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver, self._snapshot_source),
+                                                     self.server)
             peer_pb2_grpc.add_RegionAdminServicer_to_server(RegionAdminService(self.replicator), self.server)
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), self.server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), self.server)

@@ -32,7 +32,7 @@ def _node(args: argparse.Namespace) -> int:
         "data_dir": args.data, "listen": args.listen, "node_id": args.node_id, "region": args.region,
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
         "log_level": args.log_level, "join": True if args.join else None,
-        "operator_keys": args.operator_keys,
+        "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
     }
     try:
         config = load_config(args.config, overrides)
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--node-id", default=None, help="this node's id within the region (default node-1)")
     n.add_argument("--region", default=None, help="region name; the checkpoint origin is sovledger/REGION")
     n.add_argument("--peers", default=None, help="other region members: ID=HOST:PORT,... (Raft)")
+    n.add_argument("--raft-log-keep", type=int, default=None,
+                   help="Raft entries kept below the applied index (default 256); older ones are compacted "
+                        "and lagging followers get a snapshot")
     n.add_argument("--operator-keys", default=None,
                    help="comma-separated verifier keys allowed to deploy rule sets (docs/rules.md)")
     n.add_argument("--join", action="store_true",
