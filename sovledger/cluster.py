@@ -69,15 +69,17 @@ class Cluster:
         self.state_file = data / "cluster.json"
         self.region = "local"
         self.nodes: list[NodeEntry] = []
+        self.extra: list[str] = []  # node flags shared by every member (e.g. --operator-keys)
         if self.state_file.exists():
             raw = json.loads(self.state_file.read_text())
             self.region = raw["region"]
             self.nodes = [NodeEntry(**n) for n in raw["nodes"]]
+            self.extra = list(raw.get("extra", []))
 
     def save(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps({"region": self.region, "nodes": [asdict(n) for n in self.nodes]},
-                                              indent=2))
+        self.state_file.write_text(json.dumps({"region": self.region, "extra": self.extra,
+                                               "nodes": [asdict(n) for n in self.nodes]}, indent=2))
 
     def create(self, count: int, region: str, extra: list[str]) -> None:
         self.region = region
@@ -86,7 +88,7 @@ class Cluster:
             d = self.data / f"node-{i}"
             d.mkdir(parents=True, exist_ok=True)
             self.nodes.append(NodeEntry(f"node-{i}", _free_port(), str(d), str(self.data / f"node-{i}.log")))
-        self._extra = extra
+        self.extra = list(extra)
         self.save()
 
     def peers_for(self, me: NodeEntry) -> str:
@@ -97,7 +99,7 @@ class Cluster:
                "--node-id", node.node_id, "--region", self.region]
         if len(self.nodes) > 1:
             cmd += ["--peers", self.peers_for(node)]
-        cmd += extra or []
+        cmd += self.extra + (extra or [])
         path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT), str(ROOT / "proto"))))
         env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
         log = open(node.log, "ab")  # noqa: SIM115 - owned by the child

@@ -28,8 +28,9 @@ from rich.table import Table
 from clients.client import BatchRefused, BatchResult, LedgerClient
 from clients.verify import verify_checkpoint_note, verify_consistency_response, verify_inclusion_response
 from clients.workload import TransferGenerator, account_records
-from ledger.codec import decode_leaf
-from ledger.note import split_note
+from ledger.codec import decode_leaf, encode_deploy
+from ledger.note import Signer, split_note
+from ledger.rules import signing_message, validate
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster
 
@@ -106,7 +107,9 @@ def run_demo(transfers: int = 1_000_000, accounts: int = 10_000, data_dir: str =
     cluster = Cluster(data)
     console.print(Panel.fit(f"[bold]sovledger demo[/bold] — a {nodes}-node region on 127.0.0.1, "
                             f"{transfers:,} micro-payments, a leader kill, an audit", border_style="cyan"))
-    cluster.create(nodes, "demo", [])
+    operator = Signer.generate("demo/operator")  # may deploy rule sets in this region
+    cluster.create(nodes, "demo", ["--operator-keys", operator.verifier.to_string()])
+    (data / "operator.key").write_text(operator.to_string() + "\n")
     with console.status("starting the region and electing a leader …"):
         for n in cluster.nodes:
             cluster.start(n)
@@ -114,13 +117,38 @@ def run_demo(transfers: int = 1_000_000, accounts: int = 10_000, data_dir: str =
     console.print(f"region up: leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
                   f"logs under {data}")
     try:
-        return _run(console, cluster, transfers, accounts, keep)
+        return _run(console, cluster, transfers, accounts, keep, operator)
     finally:
         if not keep:
             cluster.stop_all()
 
 
-def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep: bool) -> int:
+DEMO_RULES = {
+    "name": "demo", "version": 1,
+    "description": "deployed mid-run by make demo: flag unusually large micro-payments for review",
+    "rules": [{"id": "large-micro-payment", "priority": 10, "action": "flag", "code": 3001,
+               "message": "payment above 15.00 flagged for review", "expr": "transfer.amount > 1500"}],
+}
+
+
+def _deploy_rules(cluster: Cluster, operator: Signer) -> str:
+    compiled = validate(DEMO_RULES)
+    record = encode_deploy(operator.key_id, operator.sign(signing_message(compiled.canonical)), compiled.canonical)
+    for _ in range(50):
+        leader = cluster.leader()
+        if leader is None:
+            time.sleep(0.1)
+            continue
+        try:
+            with LedgerClient(leader.target, timeout_s=10) as c:
+                r = c.submit_one(EventKind.DEPLOY_RULESET, record)
+            return f"{Result(r.results[0]).name.lower()} (block {r.blocks[0]}, hash {compiled.hash.hex()[:12]}…)"
+        except (BatchRefused, grpc.RpcError):
+            time.sleep(0.1)
+    return "not deployed (no leader)"
+
+
+def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep: bool, operator: Signer) -> int:
     leader, _ = cluster.wait_leader(30)
     with LedgerClient(leader.target) as c:
         c.wait_ready()
@@ -132,9 +160,13 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         plan = [recs for recs, _ in gen.batches(transfers, BATCH)]
     stream = FailoverStream(cluster, plan)
     kill_at = int(len(plan) * 0.4)
+    deploy_at = int(len(plan) * 0.2)
     killed: dict[str, Any] = {}
+    deployed: dict[str, str] = {}
 
     def maybe_kill(i: int) -> None:
+        if i == deploy_at and not deployed:
+            deployed["result"] = _deploy_rules(cluster, operator)
         if i == kill_at and not killed:
             victim = cluster.leader()
             if victim is not None:
@@ -152,7 +184,9 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         task = progress.add_task("stream", total=transfers, rate="—", note="")
 
         def on_ack(n: int) -> None:
-            note = f"[yellow]leader {killed['node'].node_id} killed[/yellow]" if killed else ""
+            note = " ".join(filter(None, (
+                "[cyan]rules deployed[/cyan]" if deployed else "",
+                f"[yellow]leader {killed['node'].node_id} killed[/yellow]" if killed else "")))
             progress.update(task, advance=n, rate=f"{stream.acked / (time.perf_counter() - t0):,.0f}", note=note)
 
         stream.run(on_ack, maybe_kill)
@@ -172,6 +206,8 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
     table.add_row("batch latency p50 / p99", f"{_pct(stream.latencies, 50) * 1000:.0f} / "
                   f"{_pct(stream.latencies, 99) * 1000:.0f} ms ({BATCH} per batch, {INFLIGHT} in flight)")
     table.add_row("failover (stream broken → resumed)", ", ".join(f"{x:.2f}s" for x in stream.failovers) or "—")
+    table.add_row("rule set deployed mid-run", deployed.get("result", "—"))
+    table.add_row("payments flagged by rules (open exceptions)", _open_exceptions(cluster))
     for name, n in sorted(stream.codes.items()):
         why = " (re-sent after failover, already committed)" if name == "transfer_exists" else ""
         label = f"result: {name}{why}"
@@ -183,6 +219,21 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
                       f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
     return 0 if audit.get("audit", "").startswith("passed") else 1
+
+
+def _open_exceptions(cluster: Cluster) -> str:
+    import json
+
+    from sovledger_pb import ledger_pb2 as pb
+    from sovledger_pb import ledger_pb2_grpc as pb_grpc
+
+    leader = cluster.leader()
+    if leader is None:
+        return "—"
+    with grpc.insecure_channel(leader.target) as ch:
+        req = pb.RulesReportRequest(exceptions_limit=1_000_000)
+        report = json.loads(pb_grpc.RulesStub(ch).Report(req, timeout=30).json)
+    return f"{len(report.get('open_exceptions', [])):,}"
 
 
 def _audit(console: Console, cluster: Cluster, transfers: int, killed: dict[str, Any]) -> dict[str, str]:
