@@ -8,12 +8,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sovledger_pb import peer_pb2, peer_pb2_grpc
 
 from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster, _cmd_member
+from sovledger_pb import peer_pb2, peer_pb2_grpc
 
 pytestmark = pytest.mark.integration
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sovledger_pb import ledger_pb2 as pb
 
 from clients.client import BatchRefused, LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import u128_bytes
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster
+from sovledger_pb import ledger_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
