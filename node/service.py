@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from ledger.codec import EncodingError, validate_batch
+from ledger.invariant import InvariantViolation
 from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
 from ledger.types import BATCH_ITEMS_MAX
 from node.errors import BadRequest, NodeError, NotLeader, status_for
@@ -228,9 +229,13 @@ class AuditService(pb_grpc.AuditServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                 f"entries [{request.start}, {end}) are outside the tree of size {tree}")
         pos = request.start
-        for chunk in self._reader.leaves(request.start, end, ENTRIES_CHUNK):
-            yield pb.EntriesChunk(start=pos, leaves=chunk)
-            pos += len(chunk)
+        try:
+            for chunk in self._reader.leaves(request.start, end, ENTRIES_CHUNK):
+                yield pb.EntriesChunk(start=pos, leaves=chunk)
+                pos += len(chunk)
+        except InvariantViolation as e:  # this replica's store lost entries: say so plainly
+            log.critical("serving entries: %s", e)
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"this node's log is damaged near entry {pos}: {e}")
 
     async def StreamBlocks(self, request: pb.BlocksRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.BlocksChunk]:

@@ -159,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.rules_cli import register as register_rules
 
     register_rules(sub)
+    from clients.audit import register as register_audit
+
+    register_audit(sub)
     for name, issue, text in (
         ("psp", "PSP SDK and load generator: issue #5", "PSP load generator and SDK tools"),
-        ("audit", "auditor tool: issue #5", "verify checkpoints, proofs and the whole log"),
     ):
         s = sub.add_parser(name, help=text, description=f"{text} ({issue})")
         s.add_argument("rest", nargs=argparse.REMAINDER)

@@ -155,6 +155,11 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         for off in range(0, accounts, 8000):
             c.submit_one(EventKind.CREATE_ACCOUNT, account_records(min(8000, accounts - off), first_id=1 + off))
     console.print(f"created {accounts:,} accounts (merchants and PSP settlement accounts, USD, scale 2)")
+    trust = cluster.data / "trust.json"
+    keys = [k for n in cluster.nodes for k in ("--key", _verifier_key(Path(n.data_dir)))]
+    _sovledger(console, "audit", "trust", "init", "--node", leader.target, "--trust", str(trust), *keys,
+               quiet=True)
+    console.print(f"auditor trust store {trust}: the region's {len(cluster.nodes)} node keys and today's checkpoint")
     gen = TransferGenerator(accounts, seed=int(time.time()))
     with console.status("preparing payments …"):
         plan = [recs for recs, _ in gen.batches(transfers, BATCH)]
@@ -198,6 +203,15 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
                       f"{killed['node'].node_id} …")
         cluster.start(killed["node"])
     audit = _audit(console, cluster, transfers, killed)
+    console.rule("the auditor's tool (sovledger audit)")
+    leader, _ = cluster.wait_leader(30)
+    full = _sovledger(console, "audit", "verify", "--node", leader.target, "--trust", str(trust), "--full")
+    same = _sovledger(console, "audit", "compare", "--nodes", ",".join(n.target for n in cluster.nodes),
+                      "--trust", str(trust))
+    audit["sovledger audit verify --full (exit code)"] = f"{full}" + (" ok" if full == 0 else " [red]FAILED[/red]")
+    audit["sovledger audit compare (exit code)"] = f"{same}" + (" ok" if same == 0 else " [red]FAILED[/red]")
+    if full or same:
+        audit["audit"] = "[red]FAILED[/red]"
     table = Table(title="summary")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -219,6 +233,26 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
                       f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
     return 0 if audit.get("audit", "").startswith("passed") else 1
+
+
+def _verifier_key(data_dir: Path) -> str:
+    from node.keys import describe_key_file
+
+    return str(describe_key_file(data_dir / "node.key")["verifier_key"])
+
+
+def _sovledger(console: Console, *args: str, quiet: bool = False) -> int:
+    """Run a sovledger command as an auditor would, showing its output."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sovledger", *args], capture_output=True, text=True)
+    if not quiet or proc.returncode:
+        console.print(f"[dim]$ sovledger {' '.join(args)}[/dim]")
+        console.print(proc.stdout.rstrip(), markup=False, highlight=False)
+        if proc.returncode:
+            console.print(proc.stderr.rstrip()[-2000:], markup=False, highlight=False)
+    return proc.returncode
 
 
 def _open_exceptions(cluster: Cluster) -> str:

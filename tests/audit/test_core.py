@@ -1,0 +1,229 @@
+"""The pure verifier on in-memory logs built by the real state machine (no network, no processes)."""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clients import trust as trustmod
+from clients.audit import check_against_trusted, parse_u128, verify_note
+from clients.audit_core import (
+    AuditFailure,
+    BalanceMismatch,
+    BlockHeaderMismatch,
+    CheckpointSignatureError,
+    ForkDetected,
+    LeafMismatch,
+    LogMismatch,
+    LogTruncated,
+    LogVerifier,
+    PspSignatureInvalid,
+    RollbackDetected,
+    TreeMismatch,
+    UsageError,
+    compare_accounts,
+    iter_blocks,
+    read_export,
+    write_export,
+)
+from clients.trust import TrustedCheckpoint, TrustStore
+from ledger.note import Checkpoint, Signer, open_note
+from tests.audit.memlog import MemLog, mixed_log
+
+PSP = Signer.generate("psp-a")
+
+
+@cache
+def signed_log() -> MemLog:
+    return mixed_log(psp=PSP)
+
+
+def run(log: MemLog, leaves: list[bytes] | None = None, headers: list[bytes] | None = None,
+        psp: tuple[Signer, ...] = (PSP,), checkpoints: tuple[tuple[int, bytes], ...] = ()) -> LogVerifier:
+    v = LogVerifier(psp_keys=[s.verifier for s in psp], checkpoints=checkpoints)
+    for h, ls in iter_blocks(headers if headers is not None else log.headers(),
+                             iter(leaves if leaves is not None else log.leaves())):
+        v.feed_block(h, ls)
+    v.finish(Checkpoint.parse(open_note(log.note(), [log.signer.verifier]).body))
+    return v
+
+
+def test_mixed_log_verifies_and_replays_balances() -> None:
+    log = signed_log()
+    v = run(log)
+    assert v.size == len(log.leaves()) and v.height == len(log.headers())
+    assert v.stats.psp_verified > 40 and not v.stats.psp_unknown
+    compare_accounts(v.account_states(), log.account_states(), "mem")
+
+
+def test_unknown_psp_key_is_reported_not_fatal() -> None:
+    v = run(signed_log(), psp=())
+    assert v.stats.psp_verified == 0
+    assert v.stats.psp_unknown == {PSP.key_id.hex(): v.stats.psp_unknown[PSP.key_id.hex()]}
+
+
+def test_bad_psp_signature_names_the_leaf() -> None:
+    log = signed_log()
+    leaves = log.leaves()
+    i = next(k for k, raw in enumerate(leaves) if len(raw) > 202)  # a signed transfer
+    raw = bytearray(leaves[i])
+    raw[-1] ^= 0x40  # last byte of the signature
+    leaves[i] = bytes(raw)
+    with pytest.raises(PspSignatureInvalid) as e:
+        run(log, leaves)
+    assert e.value.data["index"] == i and f"leaf {i}" in str(e.value) and "psp-a" in str(e.value)
+    assert e.value.exit_code == 15
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_single_byte_flip_in_any_entry_is_detected(data: st.DataObject) -> None:
+    log = signed_log()
+    leaves = log.leaves()
+    i = data.draw(st.integers(0, len(leaves) - 1), label="leaf")
+    pos = data.draw(st.integers(0, len(leaves[i]) - 1), label="byte")
+    bit = data.draw(st.integers(1, 255), label="xor")
+    raw = bytearray(leaves[i])
+    raw[pos] ^= bit
+    leaves[i] = bytes(raw)
+    with pytest.raises(AuditFailure) as e:
+        run(log, leaves)
+    assert e.value.exit_code in (12, 14, 15)
+    msg = str(e.value)
+    assert f"leaf {i}" in msg or "block" in msg  # names the leaf, or the block whose root/state broke
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_any_single_byte_flip_in_any_block_header_is_detected(data: st.DataObject) -> None:
+    log = signed_log()
+    headers = log.headers()
+    h = data.draw(st.integers(0, len(headers) - 1))
+    pos = data.draw(st.integers(0, len(headers[h]) - 1))
+    raw = bytearray(headers[h])
+    raw[pos] ^= data.draw(st.integers(1, 255))
+    headers[h] = bytes(raw)
+    with pytest.raises(AuditFailure) as e:
+        run(log, headers=headers)
+    assert e.value.exit_code in (12, 13, 14)
+
+
+def test_leaf_index_gap_names_index() -> None:
+    log = signed_log()
+    leaves = log.leaves()
+    del leaves[10]
+    with pytest.raises(LogMismatch) as e:
+        run(log, leaves)
+    assert "leaf 10" in str(e.value) and e.value.data["index"] == 10
+
+
+def test_truncated_log_is_detected() -> None:
+    log = signed_log()
+    with pytest.raises(LogTruncated) as e:
+        run(log, log.leaves()[:-3])
+    assert e.value.data["got"] == e.value.data["expected"] - 3
+    with pytest.raises(LogTruncated):
+        run(log, headers=log.headers()[:-1])
+
+
+def test_reordered_blocks_and_swapped_leaves() -> None:
+    log = signed_log()
+    hs = log.headers()
+    hs[2], hs[3] = hs[3], hs[2]
+    with pytest.raises(BlockHeaderMismatch) as e:
+        run(log, headers=hs)
+    assert "block" in str(e.value)
+    leaves = log.leaves()
+    leaves[30], leaves[31] = leaves[31], leaves[30]
+    with pytest.raises(LeafMismatch):
+        run(log, leaves)
+
+
+def test_rewritten_history_before_trusted_size() -> None:
+    log = signed_log()
+    with pytest.raises(ForkDetected) as e:
+        run(log, checkpoints=((20, b"\x11" * 32),))
+    assert e.value.data["size"] == 20
+
+
+def test_account_comparison_names_account_and_node() -> None:
+    log = mixed_log()
+    states = run(log).account_states()
+    aid = next(iter(states))
+    states[aid] = states[aid][:-9] + b"\x01" + states[aid][-8:]
+    with pytest.raises(BalanceMismatch) as e:
+        compare_accounts(states, log.account_states(), "node-x")
+    assert "node-x" in str(e.value) and e.value.exit_code == 14
+
+
+def test_checkpoint_signature_and_trust_rules() -> None:
+    log = signed_log()
+    note = log.note()
+    cp = verify_note(note, [log.signer.verifier], "sovledger/test", "n1")
+    other = Signer.generate("test/node-9")
+    with pytest.raises(CheckpointSignatureError, match="none of them trusted"):
+        verify_note(note, [other.verifier], None, "n1")
+    forged = note.replace(note.split("— ")[1][20:24], "AAAA")
+    with pytest.raises(CheckpointSignatureError):
+        verify_note(forged, [log.signer.verifier], None, "n1")
+    with pytest.raises(CheckpointSignatureError, match="origin"):
+        verify_note(note, [log.signer.verifier], "sovledger/elsewhere", "n1")
+    bigger = TrustedCheckpoint(cp.size + 1, cp.root, note)
+    with pytest.raises(RollbackDetected):
+        check_against_trusted(cp, note, bigger, "n1", None)
+    with pytest.raises(ForkDetected):
+        check_against_trusted(cp, note, TrustedCheckpoint(cp.size, b"\x00" * 32, note), "n1", None)
+    assert "same tree" in check_against_trusted(cp, note, TrustedCheckpoint(cp.size, cp.root, note), "n1", None)
+
+
+def test_export_round_trip_and_truncated_file() -> None:
+    log = signed_log()
+    buf = io.BytesIO()
+    write_export(buf, {"checkpoint_note": log.note()}, log.headers(), log.leaves())
+    exp = read_export(buf.getvalue())
+    assert exp.complete and exp.headers == log.headers() and exp.leaves == log.leaves()
+    cut = read_export(buf.getvalue()[:-500])
+    assert not cut.complete and len(cut.leaves) < len(log.leaves())
+    with pytest.raises(UsageError):
+        read_export(b"not an export")
+
+
+def test_trust_store_atomic_save_and_validation(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "t.json"
+    store = TrustStore("sovledger/test", [Signer.generate("a").verifier.to_string()], [PSP.verifier.to_string()],
+                       TrustedCheckpoint(5, b"\x01" * 32, "note"))
+    trustmod.save(path, store)
+    again = trustmod.load(path)
+    assert again.to_json() == store.to_json()
+    assert not list(path.parent.glob(".*tmp"))
+    path.write_text('{"version": 1, "origin": "x", "node_keys": ["garbage"]}')
+    with pytest.raises(trustmod.TrustStoreError, match="malformed"):
+        trustmod.load(path)
+
+
+def test_parse_u128() -> None:
+    assert parse_u128("0x10") == 16 and parse_u128("42") == 42
+    with pytest.raises(UsageError):
+        parse_u128("zz")
+    with pytest.raises(UsageError):
+        parse_u128(str(1 << 128))
+
+
+def test_tree_mismatch_carries_block_and_range() -> None:
+    log = mixed_log()
+    leaves = log.leaves()
+    raw = bytearray(leaves[12])
+    raw[24 + 50] ^= 1  # an amount byte: framing intact, only the hash changes
+    leaves[12] = bytes(raw)
+    v = LogVerifier(locator=lambda first, hashes: [12])
+    with pytest.raises(TreeMismatch) as e:
+        for h, ls in iter_blocks(log.headers(), iter(leaves)):
+            v.feed_block(h, ls)
+    d = e.value.data
+    assert d["first_index"] <= 12 < d["tree_size"] and d["suspects"] == [12] and "leaf 12" in str(e.value)
