@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/sovledger_pb/*.proto)
 PB     := proto/sovledger_pb/ledger_pb2.py
 SEEDS  ?= 10000
 
-.PHONY: all setup proto demo test test-fast lint bench bench-scale sim clean distclean
+.PHONY: all setup proto demo test test-fast lint bench bench-region bench-scale sim clean distclean
 
 all: test
 
@@ -45,6 +45,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.single_node
+	$(BIN)/python -m bench.replication
+
+bench-region: setup
+	$(BIN)/python -m bench.replication
 
 sim: setup
 	$(BIN)/python -m tests.raft.sim --seeds $(SEEDS)
