@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,3 +68,30 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.kill9()
         return self.proc.returncode if self.proc else None
+
+
+def wait_tree_size(target: str, size: int, timeout_s: float = 60) -> int:
+    """Poll a node's own checkpoint (stale read: it may be a follower) until it reaches ``size``."""
+    from clients.client import LedgerClient
+
+    deadline = time.monotonic() + timeout_s
+    got = 0
+    with LedgerClient(target, stale_reads=True) as c:
+        c.wait_ready(timeout_s)
+        while time.monotonic() < deadline:
+            got = int(c.checkpoint().tree_size)
+            if got >= size:
+                break
+            time.sleep(0.1)
+    return got
+
+
+def start_region(root: Path, nodes: int = 3, extra: list[str] | None = None) -> Any:
+    """A local region of real node processes (sovledger.cluster.Cluster), started."""
+    from sovledger.cluster import Cluster
+
+    cluster = Cluster(root)
+    cluster.create(nodes, "eu-west", [])
+    for n in cluster.nodes:
+        cluster.start(n, extra)
+    return cluster

@@ -14,6 +14,7 @@ from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster, _cmd_member
 from sovledger_pb import peer_pb2, peer_pb2_grpc
+from tests.integration.nodeproc import start_region, wait_tree_size
 
 pytestmark = pytest.mark.integration
 
@@ -27,21 +28,11 @@ def _write(cluster: Cluster, gen: TransferGenerator, n: int = 200) -> int:
 
 
 def _caught_up(target: str, size: int, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    with LedgerClient(target, stale_reads=True) as c:
-        c.wait_ready(timeout_s)
-        while time.monotonic() < deadline:
-            if c.checkpoint().tree_size >= size:
-                return True
-            time.sleep(0.1)
-    return False
+    return wait_tree_size(target, size, timeout_s) >= size
 
 
 def test_transfer_leader_then_add_learner_promote_and_remove(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path / "region")
-    cluster.create(3, "eu-west", [])
-    for n in cluster.nodes:
-        cluster.start(n)
+    cluster = start_region(tmp_path / "region")
     try:
         leader, _ = cluster.wait_leader(30)
         with LedgerClient(leader.target) as c:

@@ -11,17 +11,14 @@ from clients.client import BatchRefused, LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import u128_bytes
 from ledger.types import EventKind, Result
-from sovledger.cluster import Cluster
 from sovledger_pb import ledger_pb2 as pb
+from tests.integration.nodeproc import start_region
 
 pytestmark = pytest.mark.integration
 
 
 def test_followers_redirect_writes_and_reads_unless_stale_is_asked(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path / "region")
-    cluster.create(3, "eu-west", [])
-    for n in cluster.nodes:
-        cluster.start(n)
+    cluster = start_region(tmp_path / "region")
     try:
         leader, _ = cluster.wait_leader(30)
         follower = next(n for n in cluster.nodes if n is not leader)

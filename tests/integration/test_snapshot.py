@@ -14,6 +14,7 @@ from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster, _cmd_member
+from tests.integration.nodeproc import start_region, wait_tree_size
 
 pytestmark = pytest.mark.integration
 
@@ -30,23 +31,11 @@ def _write_blocks(cluster: Cluster, gen: TransferGenerator, blocks: int) -> int:
 
 
 def _wait_size(target: str, size: int, timeout_s: float = 60) -> int:
-    deadline = time.monotonic() + timeout_s
-    with LedgerClient(target, stale_reads=True) as c:
-        c.wait_ready(timeout_s)
-        got = 0
-        while time.monotonic() < deadline:
-            got = c.checkpoint().tree_size
-            if got >= size:
-                return got
-            time.sleep(0.1)
-    return got
+    return wait_tree_size(target, size, timeout_s)
 
 
 def test_far_behind_and_wiped_nodes_catch_up_through_snapshots(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path / "region")
-    cluster.create(3, "eu-west", [])
-    for n in cluster.nodes:
-        cluster.start(n, KEEP)
+    cluster = start_region(tmp_path / "region", extra=KEEP)
     try:
         leader, _ = cluster.wait_leader(30)
         with LedgerClient(leader.target) as c:
