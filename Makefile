@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/sovledger_pb/*.proto)
 PB     := proto/sovledger_pb/ledger_pb2.py
 SEEDS  ?= 10000
 
-.PHONY: all setup proto demo test test-fast lint bench bench-region bench-scale sim clean distclean
+.PHONY: all setup proto demo test test-fast lint bench bench-scale sim clean distclean
 
 all: test
 
@@ -44,14 +44,18 @@ lint: setup
 	$(BIN)/lint-imports
 
 bench: setup
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.single_node
-	$(BIN)/python -m bench.replication
+	$(BIN)/python -m bench.region
+	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.plot
 
-bench-region: setup
-	$(BIN)/python -m bench.replication
+bench-scale: setup
+	$(BIN)/python -m bench.scale
 
 sim: setup
-	$(BIN)/python -m tests.raft.sim --seeds $(SEEDS)
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --nodes 3
+	$(BIN)/python -m tests.sim --seeds $$(( $(SEEDS) / 5 )) --start 100000 --nodes 5
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache demo-data

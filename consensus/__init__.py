@@ -2,6 +2,5 @@
 
 Shaped like etcd-io/raft: ``RawNode.step(msg)``, ``tick()``, ``propose(data)`` in; ``ready()`` out
 (hard state + entries to persist, messages to send, committed entries to apply), then
-``advance(ready)``. The driver is node/replication.py; the contract is in docs/consensus.md.
+``advance(ready)``. The persistence contract is in ``consensus.raft`` and docs/consensus.md.
 """
-

@@ -35,6 +35,11 @@ class NodeConfig:
     join: bool = False  # start as a learner of an existing region (new or wiped node)
     # rules: verifier keys (C2SP "name+keyid+base64") allowed to deploy rule sets; identical on all replicas
     operator_keys: tuple[str, ...] = ()
+    # PSP signatures: verifier keys ("[PSP_ID=]name+keyid+base64") whose signed batches are accepted;
+    # with psp_require_signatures, unsigned transfers and callbacks are refused (PERMISSION_DENIED)
+    psp_verifier_keys: tuple[str, ...] = ()
+    psp_require_signatures: bool = False
+    psp_verify_threads: int = 2  # Ed25519 verification releases the GIL: one thread per core
     # storage
     map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES
     # blocks: a block closes when it holds block_items_max items or block_delay_ms has passed
@@ -94,6 +99,17 @@ class NodeConfig:
                 Verifier.parse(k)
             except NoteError as e:
                 raise ConfigError(f"operator_keys: {e}") from e
+        from node.psp_auth import PspKey
+
+        for k in self.psp_verifier_keys:
+            try:
+                PspKey.parse(k)
+            except NoteError as e:
+                raise ConfigError(f"psp_verifier_keys: {e}") from e
+        if self.psp_require_signatures and not self.psp_verifier_keys:
+            raise ConfigError("psp_require_signatures needs at least one key in psp_verifier_keys")
+        if self.psp_verify_threads < 1:
+            raise ConfigError("psp_verify_threads must be >= 1")
         return self
 
 
@@ -126,10 +142,11 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
         values["peers"] = parse_peers(values["peers"])
     elif isinstance(values.get("peers"), list):
         values["peers"] = tuple(PeerConfig(p["node_id"], p["address"]) for p in values["peers"])
-    if isinstance(values.get("operator_keys"), list):
-        values["operator_keys"] = tuple(values["operator_keys"])
-    elif isinstance(values.get("operator_keys"), str):
-        values["operator_keys"] = tuple(filter(None, values["operator_keys"].split(",")))
+    for key in ("operator_keys", "psp_verifier_keys"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+        elif isinstance(values.get(key), str):
+            values[key] = tuple(filter(None, values[key].split(",")))
     known = {f.name for f in dataclasses.fields(NodeConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

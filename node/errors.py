@@ -11,6 +11,7 @@ import grpc
 from ledger.codec import EncodingError
 from ledger.reader import LookupError_, RangeError
 from ledger.store import StoreFull
+from node.psp_auth import PspAuthError
 
 
 class NodeError(Exception):
@@ -48,6 +49,10 @@ class Refused(NodeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class TransferTimeout(NodeError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for an expected error."""
     if isinstance(exc, NodeError):
@@ -60,4 +65,6 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc)
     if isinstance(exc, RangeError):
         return grpc.StatusCode.OUT_OF_RANGE, str(exc)
+    if isinstance(exc, PspAuthError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

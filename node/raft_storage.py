@@ -16,7 +16,7 @@ from typing import Final
 
 from consensus import codec as rc
 from consensus.storage import Compacted, Unavailable
-from consensus.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from consensus.types import ConfState, Entry, HardState, Index, NodeId, Snapshot, SnapshotMetadata, Term
 from ledger.store import Store
 
 _IDX: Final = struct.Struct(">Q")
@@ -35,10 +35,10 @@ class LmdbRaftStorage:
             snap = txn.get("raft", K_SNAP)
             last = txn.last("raftlog")
             first = txn.get("raft", K_FIRST)
-        self._hard_state = rc.decode_hard_state(hs) if hs else HardState(term=0, vote=0, commit=0)
+        self._hard_state = rc.decode_hard_state(hs) if hs else HardState(term=Term(0), vote=NodeId(0), commit=Index(0))
         self._conf_state = rc.decode_conf_state(cs) if cs else initial_conf
         self._snap_meta = (rc.decode_snapshot_metadata(snap) if snap
-                           else SnapshotMetadata(index=0, term=0, conf_state=self._conf_state))
+                           else SnapshotMetadata(index=Index(0), term=Term(0), conf_state=self._conf_state))
         self._first = _IDX.unpack(first)[0] if first else self._snap_meta.index + 1
         self._last = self._first - 1
         if last is not None:
@@ -150,7 +150,7 @@ class LmdbRaftStorage:
         """Drop entries up to ``index`` (already applied to the ledger)."""
         if index < self._first:
             return
-        meta = SnapshotMetadata(index=index, term=term, conf_state=self._conf_state)
+        meta = SnapshotMetadata(index=Index(index), term=Term(term), conf_state=self._conf_state)
         with self._store.write() as txn:
             for i in range(self._first, index + 1):
                 txn.delete("raftlog", _IDX.pack(i))

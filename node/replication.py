@@ -35,12 +35,12 @@ from typing import Any, Final
 from consensus.codec import decode_message, encode_message
 from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode
 from consensus.raft import Config as RaftConfig
-from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Role, SnapshotMetadata
+from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, NodeId, Role, SnapshotMetadata
 from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import Store, StoreFull
-from node.errors import NotLeader, Refused, StoreUnavailable
+from node.errors import NotLeader, Refused, StoreUnavailable, TransferTimeout
 from node.raft_storage import LmdbRaftStorage
 
 log = logging.getLogger("sovledger.raft")
@@ -81,9 +81,10 @@ class Replicator:
         self.state = state
         self._pool = pool
         self._tick_s = tick_ms / 1000.0
+        self._election_ticks = election_ticks
         self._on_block = on_block
-        self.storage = LmdbRaftStorage(store, ConfState(voters=tuple(sorted(voters)),
-                                                        learners=tuple(sorted(learners or ()))))
+        self.storage = LmdbRaftStorage(store, ConfState(voters=tuple(sorted(NodeId(v) for v in voters)),
+                                                        learners=tuple(sorted(NodeId(v) for v in learners or ()))))
         seed = int.from_bytes(os.urandom(8), "little")  # the driver may use real randomness
         cfg = RaftConfig(
             id=self_id, election_tick=election_ticks, heartbeat_tick=heartbeat_ticks, storage=self.storage,
@@ -195,6 +196,28 @@ class Replicator:
         except ConfChangeRefused as e:
             raise Refused(str(e)) from e
         self._wake.set()
+
+    async def transfer_leadership(self, to: int, timeout_s: float = 8.0) -> float:
+        """Hand leadership to ``to`` and wait until it leads; returns the seconds it took.
+
+        The core aborts a transfer that does not finish within an election timeout (its TIMEOUT_NOW
+        may be lost like any message), so the attempt is repeated until ``timeout_s``."""
+        self.check_leader()
+        started = time.monotonic()
+        retry_s = self._tick_s * self._election_ticks
+        while True:
+            if self.leader_id == to:
+                return time.monotonic() - started
+            if self.role != "leader":
+                if self.leader_id:
+                    raise Refused(f"leadership moved to node {self.leader_id}, not {to}; retry the transfer "
+                                  f"on the new leader {self.leader_address()}")
+            else:
+                self.transfer_leader(to)
+            if time.monotonic() - started > timeout_s:
+                raise TransferTimeout(f"node {to} did not take over within {timeout_s:.0f}s (is it up and "
+                                      "caught up?); the current leader keeps serving")
+            await asyncio.sleep(min(retry_s, 0.05) if self.role != "leader" else retry_s / 4)
 
     def change_membership(self, cc: ConfChange) -> None:
         self.check_leader()

@@ -28,6 +28,7 @@ from node.config import NodeConfig
 from node.errors import StoreUnavailable
 from node.keys import load_or_create_node_key
 from node.pipeline import Ingest
+from node.psp_auth import PspAuthenticator
 from node.service import AdminService, AuditService, LedgerService
 from node.signing import CheckpointService
 from sovledger_pb import ledger_pb2 as pb
@@ -54,6 +55,7 @@ class Node:
         self.ingest: Ingest | None = None
         self.replicator: Any = None  # node.replication.Replicator when the region has peers
         self.server: grpc.aio.Server | None = None
+        self.psp_auth: PspAuthenticator | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.started_ns = time.time_ns()
 
@@ -166,8 +168,11 @@ class Node:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(options=opts)
+        self.psp_auth = PspAuthenticator(list(cfg.psp_verifier_keys), cfg.psp_require_signatures,
+                                         cfg.psp_verify_threads)
         pb_grpc.add_LedgerServicer_to_server(
-            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max, leader_check, read_barrier),
+            LedgerService(self.ingest, self.reader, cfg.stream_inflight_batches_max, leader_check, read_barrier,
+                          psp_auth=self.psp_auth),
             self.server
         )
         if self.replicator is not None:
@@ -206,6 +211,8 @@ class Node:
             await self.replicator.stop()
         if self.ingest:
             await self.ingest.stop()
+        if self.psp_auth is not None:
+            self.psp_auth.close()
         self._apply_pool.shutdown(wait=True)
         self.store.close()
 

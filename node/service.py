@@ -19,6 +19,7 @@ from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
 from ledger.types import BATCH_ITEMS_MAX
 from node.errors import BadRequest, NodeError, NotLeader, status_for
 from node.pipeline import Ingest
+from node.psp_auth import PspAuthenticator, PspAuthError
 from node.signing import CheckpointService
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
@@ -56,8 +57,12 @@ class LedgerService(pb_grpc.LedgerServicer):
 
     def __init__(self, ingest: Ingest, reader: LedgerReader, stream_inflight_max: int,
                  leader_check: Callable[[], None] | None = None,
-                 read_barrier: Callable[[], Awaitable[None]] | None = None) -> None:
+                 read_barrier: Callable[[], Awaitable[None]] | None = None,
+                 psp_auth: PspAuthenticator | None = None) -> None:
         self._ingest = ingest
+        # always present: without configured keys a signed batch is refused (unknown key) rather
+        # than logged with signatures nobody checked
+        self._psp_auth = psp_auth or PspAuthenticator([], require_signatures=False, threads=1)
         self._reader = reader
         self._inflight_max = stream_inflight_max
         self._leader_check = leader_check or (lambda: None)
@@ -80,7 +85,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         async def reader() -> None:
             try:
                 async for req in request_iterator:
-                    await inflight.put((req.batch_id, self._accept(req)))
+                    await inflight.put((req.batch_id, await self._accept(req)))
             finally:
                 await inflight.put(None)
 
@@ -97,12 +102,13 @@ class LedgerService(pb_grpc.LedgerServicer):
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
 
-    def _accept(self, req: pb.SubmitRequest) -> asyncio.Future[Any] | pb.BatchStatus:
+    async def _accept(self, req: pb.SubmitRequest) -> asyncio.Future[Any] | pb.BatchStatus:
         try:
             self._leader_check()
             batch = validate_batch(req.kind, req.records, req.signatures, req.signer_key_id)
+            await self._psp_auth.verify_batch(batch)
             return self._ingest.submit(batch)
-        except (NodeError, EncodingError) as e:
+        except (NodeError, EncodingError, PspAuthError) as e:
             return _batch_status(e)
 
     async def _response(self, batch_id: int, pending: asyncio.Future[Any] | pb.BatchStatus) -> pb.SubmitResponse:

@@ -147,22 +147,22 @@ class RegionAdminService(ppb_grpc.RegionAdminServicer):
 
         try:
             target = node_number(request.node_id)
-            self._r.transfer_leader(target)
+            took = await self._r.transfer_leadership(target)
         except Exception as e:
             await _abort(context, e)
             raise
-        return ppb.AdminReply(message=f"leadership transfer to {request.node_id} started")
+        return ppb.AdminReply(message=f"{request.node_id} leads now (transfer took {took:.2f}s)")
 
     async def ChangeMembership(self, request: ppb.MembershipRequest,
                                context: grpc.aio.ServicerContext[Any, Any]) -> ppb.AdminReply:
-        from consensus.types import ConfChange, ConfChangeType
+        from consensus.types import ConfChange, ConfChangeType, NodeId
         from node.replication import node_number
 
         try:
             op = ConfChangeType(int(request.op))
             if op != ConfChangeType.REMOVE_VOTER and not request.address:
                 raise BadRequest("address (HOST:PORT) is required to add a node")
-            cc = ConfChange(op, node_number(request.node_id), request.address.encode())
+            cc = ConfChange(op, NodeId(node_number(request.node_id)), request.address.encode())
             self._r.change_membership(cc)
         except Exception as e:
             await _abort(context, e)

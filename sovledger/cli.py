@@ -4,10 +4,10 @@
   keys     generate and show Ed25519 node keys (signed-note format)
   demo     start a local node, stream payments with progress, print a summary and checkpoint
   bench    run the benchmarks (tables + JSON under bench/results)
-  cluster  run a local region of nodes (launcher)           [grows with the Raft work]
-  psp      PSP load generator and SDK tools                 [grows with the SDK work]
-  audit    verify checkpoints, proofs and the whole log     [grows with the auditor work]
-  rules    deploy, list and dry-run reconciliation rules     [grows with the rules work]
+  cluster  run a local region of nodes (launcher): up, status, down, kill, restart, member
+  psp      PSP load generator (`psp load`); the SDK itself is clients/sdk.py (docs/sdk.md)
+  audit    verify checkpoints, proofs and the whole log; export, compare, prove
+  rules    deploy, list, show, dry-run reconciliation rules; report
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -33,6 +33,8 @@ def _node(args: argparse.Namespace) -> int:
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
         "log_level": args.log_level, "join": True if args.join else None,
         "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
+        "psp_verifier_keys": args.psp_keys,
+        "psp_require_signatures": True if args.require_psp_signatures else None,
     }
     try:
         config = load_config(args.config, overrides)
@@ -85,14 +87,6 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(["--quick"] if args.quick else [])
 
 
-def _later(issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"sovledger {args.command}: not available in this build yet ({issue}).", file=sys.stderr)
-        return EXIT_USAGE
-
-    return run
-
-
 def _emit(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
 
@@ -115,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and lagging followers get a snapshot")
     n.add_argument("--operator-keys", default=None,
                    help="comma-separated verifier keys allowed to deploy rule sets (docs/rules.md)")
+    n.add_argument("--psp-keys", default=None,
+                   help="comma-separated PSP verifier keys ([PSP_ID=]name+keyid+base64) whose signed batches "
+                        "are accepted (docs/sdk.md)")
+    n.add_argument("--require-psp-signatures", action="store_true",
+                   help="refuse unsigned transfers and callbacks (PERMISSION_DENIED)")
     n.add_argument("--join", action="store_true",
                    help="join an existing region as a non-voting learner (new or wiped node); promote it "
                         "with `sovledger cluster member promote` once caught up")
@@ -162,12 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.audit import register as register_audit
 
     register_audit(sub)
-    for name, issue, text in (
-        ("psp", "PSP SDK and load generator: issue #5", "PSP load generator and SDK tools"),
-    ):
-        s = sub.add_parser(name, help=text, description=f"{text} ({issue})")
-        s.add_argument("rest", nargs=argparse.REMAINDER)
-        s.set_defaults(func=_later(issue))
+    from clients.psp_load import register as register_psp
+
+    register_psp(sub)
     return p
 
 

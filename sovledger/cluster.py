@@ -180,7 +180,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if any(_alive(n.pid) for n in cluster.nodes):
         console.print(f"[yellow]a cluster is already running under {data}; `sovledger cluster down` first[/yellow]")
         return 1
-    cluster.create(args.nodes, args.region, [])
+    # a PSP signer key for `sovledger psp load --sign`: every node accepts batches it signs
+    from ledger.note import Signer
+    from node.keys import write_key_file
+
+    psp = Signer.generate("local-psp")
+    write_key_file(data / "psp.key", psp, overwrite=True)
+    cluster.create(args.nodes, args.region, ["--psp-keys", psp.verifier.to_string()])
     for n in cluster.nodes:
         cluster.start(n)
     try:
@@ -191,7 +197,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     console.print(_status_table(cluster))
     console.print(f"leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
                   f"targets: {','.join(n.target for n in cluster.nodes)}")
-    console.print(f"logs: {data}/node-*.log   stop with: sovledger cluster down --data {data}")
+    console.print(f"logs: {data}/node-*.log   PSP signer key: {data}/psp.key   "
+                  f"stop with: sovledger cluster down --data {data}")
     if args.json:
         print(json.dumps({"leader": leader.target, "targets": [n.target for n in cluster.nodes],
                           "data": str(data)}))
@@ -256,7 +263,11 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     target = cluster.find(args.node)
     leader, admin = _admin(cluster)
     t0 = time.monotonic()
-    reply = admin.TransferLeader(peer_pb2.TransferLeaderRequest(node_id=target.node_id), timeout=10)
+    try:
+        reply = admin.TransferLeader(peer_pb2.TransferLeaderRequest(node_id=target.node_id), timeout=12)
+    except grpc.RpcError as e:
+        print(f"transfer to {target.node_id} failed: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
     print(reply.message)
     while time.monotonic() - t0 < 15:
         now = cluster.leader()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,11 @@ def test_followers_redirect_writes_and_reads_unless_stale_is_asked(tmp_path: Pat
             assert c.lookup_transfers([meta[0][0]])[0].found  # linearizable read on the leader
         with LedgerClient(follower.target) as f:
             f.wait_ready()
+            # a follower names the leader once it has heard from it (the leader's stream to it may
+            # still be in its reconnect back-off right after start)
+            deadline = time.monotonic() + 10
+            while f.status().leader != leader.target and time.monotonic() < deadline:
+                time.sleep(0.05)
             with pytest.raises(BatchRefused) as e:
                 f.submit_one(EventKind.CREATE_TRANSFER, recs)
             assert e.value.code == grpc.StatusCode.UNAVAILABLE and e.value.leader_hint == leader.target

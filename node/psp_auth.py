@@ -1,0 +1,201 @@
+"""PSP signature checks at the edge: every record of a signed batch must verify under a known PSP key.
+
+A PSP may sign each canonical record (Ed25519 over the exact 176-byte transfer record; the node
+never re-encodes, so those are the bytes in the log). The batch carries ``signatures`` (n × 64
+bytes) and the 4-byte ``signer_key_id`` (``ledger.note`` key id of the PSP's verifier key). This
+module checks them before a batch enters the ingest queue; the signatures then go into each leaf's
+aux field (tag 1) so an auditor can re-verify them.
+
+Verification runs in a thread pool: PyNaCl (cffi) releases the GIL inside libsodium, so a batch is
+cut into one chunk per thread and the chunks verify in parallel on separate cores.
+
+Keys come from configuration as C2SP verifier key strings ``NAME+KEYID+BASE64``; optionally
+prefixed ``PSP_ID=`` (e.g. ``17=acme+1a2b3c4d+AQ…``) to bind the key to one ``psp_id``: then every
+record it signs must carry that psp_id (a PSP cannot sign payments in another PSP's name).
+
+Errors are typed; node/errors.py maps ``PspAuthError`` (all of them) to PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
+
+from ledger.codec import KEY_ID_SIZE, RECORD_SIZE, SIGNATURE_SIZE, Batch
+from ledger.note import ALG_ED25519, NoteError, Verifier
+from ledger.types import EventKind
+
+# psp_id sits after id, debit, credit, amount lo/hi, pending_id, user_data, external_ref,
+# pii_commitment and ledger in the transfer record (docs/formats.md)
+TRANSFER_PSP_ID_OFFSET: Final = 16 * 3 + 8 + 8 + 16 + 16 + 32 + 32 + 4  # 164
+_U32: Final = struct.Struct("<I")
+# below this many records a batch is verified as one chunk: thread hand-off costs more than it saves
+MIN_CHUNK: Final = 32
+# kinds a PSP originates; with require_signatures these must be signed
+PSP_KINDS: Final = frozenset({EventKind.CREATE_TRANSFER, EventKind.SETTLEMENT_CALLBACK})
+
+
+class PspAuthError(Exception):
+    """A batch's PSP signatures are missing, by an unknown key, or do not verify."""
+
+
+class UnknownPspKey(PspAuthError):
+    def __init__(self, key_id: bytes) -> None:
+        self.key_id = key_id
+        super().__init__(f"batch signed by unknown PSP key id {key_id.hex()}: register the PSP's verifier key "
+                         "in the node config (psp_verifier_keys) or sign with a registered key")
+
+
+class BadPspSignature(PspAuthError):
+    def __init__(self, record_index: int, key_id: bytes = b"") -> None:
+        self.record_index = record_index
+        self.key_id = key_id
+        super().__init__(f"PSP signature of record #{record_index} does not verify under key {key_id.hex()} "
+                         "(sign the exact canonical record bytes with Ed25519); nothing of the batch was applied")
+
+
+class SignatureRequired(PspAuthError):
+    def __init__(self, kind: str = "") -> None:
+        super().__init__(f"this node requires PSP signatures on {kind or 'PSP'} batches: send `signatures` "
+                         "(n x 64-byte Ed25519 over each record) and the 4-byte `signer_key_id`")
+
+
+class PspIdMismatch(PspAuthError):
+    def __init__(self, record_index: int, psp_id: int, allowed: int, key_id: bytes) -> None:
+        self.record_index, self.psp_id, self.allowed = record_index, psp_id, allowed
+        super().__init__(f"record #{record_index} has psp_id {psp_id} but key {key_id.hex()} may only sign "
+                         f"for psp_id {allowed}")
+
+
+@dataclass(frozen=True, slots=True)
+class PspKey:
+    verifier: Verifier
+    psp_id: int | None = None  # bound psp_id, if any
+
+    @staticmethod
+    def parse(text: str) -> PspKey:
+        text = text.strip()
+        bound: int | None = None
+        head, sep, rest = text.partition("=")
+        if sep and head.isdigit():
+            bound, text = int(head), rest
+        v = Verifier.parse(text)
+        if v.alg != ALG_ED25519:
+            raise NoteError(f"PSP key {v.name} must be a plain Ed25519 verifier key (alg 0x01)")
+        return PspKey(v, bound)
+
+
+def _verify_range(public_key: bytes, records: memoryview, signatures: memoryview, size: int,
+                  start: int, end: int) -> int:
+    """Index of the first record in [start, end) whose signature fails, or -1. Runs in a pool thread."""
+    for i in range(start, end):
+        sig = signatures[i * SIGNATURE_SIZE : (i + 1) * SIGNATURE_SIZE]
+        rec = records[i * size : (i + 1) * size]
+        try:
+            crypto_sign_open(bytes(sig) + bytes(rec), public_key)
+        except (BadSignatureError, ValueError):
+            return i
+    return -1
+
+
+class PspAuthenticator:
+    """Checks PSP signatures of incoming batches; ``await verify_batch(batch)`` raises or returns None."""
+
+    def __init__(self, psp_verifier_keys: list[str], require_signatures: bool, threads: int = 2) -> None:
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self.require_signatures = require_signatures
+        self.threads = threads
+        self._keys: dict[bytes, PspKey] = {}
+        for text in psp_verifier_keys:
+            k = PspKey.parse(text)
+            kid = k.verifier.key_id
+            if kid in self._keys and self._keys[kid] != k:
+                raise NoteError(f"two PSP keys share key id {kid.hex()}")
+            self._keys[kid] = k
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="psp-verify")
+
+    @property
+    def key_ids(self) -> list[bytes]:
+        return list(self._keys)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_unsigned(self, batch: Batch) -> bool:
+        """True when there is nothing to verify; raises when a signature was required."""
+        if batch.signatures:
+            return False
+        if self.require_signatures and batch.kind in PSP_KINDS:
+            raise SignatureRequired(batch.kind.name)
+        return True
+
+    def _key_for(self, batch: Batch) -> PspKey:
+        if len(batch.signer_key_id) != KEY_ID_SIZE:
+            raise UnknownPspKey(batch.signer_key_id)
+        key = self._keys.get(batch.signer_key_id)
+        if key is None:
+            raise UnknownPspKey(batch.signer_key_id)
+        return key
+
+    def _check_psp_ids(self, batch: Batch, key: PspKey) -> None:
+        if key.psp_id is None or batch.kind != EventKind.CREATE_TRANSFER:
+            return
+        size = RECORD_SIZE[batch.kind]
+        for i in range(batch.count):
+            (psp,) = _U32.unpack_from(batch.records, i * size + TRANSFER_PSP_ID_OFFSET)
+            if psp != key.psp_id:
+                raise PspIdMismatch(i, psp, key.psp_id, batch.signer_key_id)
+
+    def _ranges(self, n: int) -> list[tuple[int, int]]:
+        chunks = max(1, min(self.threads, n // MIN_CHUNK))
+        step = -(-n // chunks)
+        return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+    async def verify_batch(self, batch: Batch) -> None:
+        """Verify every signature of the batch, chunked across the pool's threads."""
+        if self._check_unsigned(batch):
+            return
+        key = self._key_for(batch)
+        size = RECORD_SIZE.get(batch.kind)
+        if size is None:  # variable-length kinds carry their own operator signature
+            raise PspAuthError(f"{batch.kind.name} batches cannot carry PSP signatures")
+        self._check_psp_ids(batch, key)
+        records, sigs = memoryview(batch.records), memoryview(batch.signatures)
+        loop = asyncio.get_running_loop()
+        pk = key.verifier.public_key
+        bad = await asyncio.gather(*(
+            loop.run_in_executor(self._pool, _verify_range, pk, records, sigs, size, s, e)
+            for s, e in self._ranges(batch.count)
+        ))
+        failed = [i for i in bad if i >= 0]
+        if failed:
+            raise BadPspSignature(min(failed), batch.signer_key_id)
+
+    def verify_batch_sync(self, batch: Batch) -> None:
+        """The same checks from a thread (bench, tests): chunks still run in parallel on the pool."""
+        if self._check_unsigned(batch):
+            return
+        key = self._key_for(batch)
+        size = RECORD_SIZE.get(batch.kind)
+        if size is None:
+            raise PspAuthError(f"{batch.kind.name} batches cannot carry PSP signatures")
+        self._check_psp_ids(batch, key)
+        records, sigs = memoryview(batch.records), memoryview(batch.signatures)
+        futs = [self._pool.submit(_verify_range, key.verifier.public_key, records, sigs, size, s, e)
+                for s, e in self._ranges(batch.count)]
+        failed = [i for i in (f.result() for f in futs) if i >= 0]
+        if failed:
+            raise BadPspSignature(min(failed), batch.signer_key_id)
+
+
+__all__ = [
+    "BadPspSignature", "PspAuthError", "PspAuthenticator", "PspIdMismatch", "PspKey", "SignatureRequired",
+    "UnknownPspKey",
+]

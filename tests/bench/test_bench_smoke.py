@@ -1,0 +1,120 @@
+"""Smoke test: the benchmark modules run end to end at tiny sizes and write well-formed JSON and PNGs.
+
+No timing assertions (timing never decides pass/fail). PostgreSQL and etcd are not started here
+(they may need apt installs); their encoders and the skip path are checked without servers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from bench import peers, plot, region, report, scale
+from ledger.codec import TRANSFER_SIZE
+
+pytestmark = pytest.mark.integration
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _strict_json(path: Path) -> dict[str, Any]:
+    def bad(const: str) -> Any:
+        raise AssertionError(f"{path.name}: non-finite number {const} in JSON")
+
+    data = json.loads(path.read_text(), parse_constant=bad)
+    assert isinstance(data, dict)
+    m = data["machine"]
+    assert m["cpus"] and m["python"] and m["kernel"] and "cpu_model" in m
+    return data
+
+
+def _one(d: Path, kind: str) -> Path:
+    files = sorted(d.glob(f"{kind}-*.json"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def _check_rows(rows: list[dict[str, Any]]) -> None:
+    assert rows
+    for r in rows:
+        assert r["transfers"] > 0
+        assert r["tx_per_s"] > 0 and math.isfinite(r["p99_ms"])
+        assert set(r["results"]) == {"ok"}, r["results"]  # funded, debit-limited accounts: all succeed
+
+
+@pytest.mark.timeout(120)
+def test_region_peers_plot_scale_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert region.main(["--scale", "0", "--half-rate-seconds", "0.3", "--time-limit", "20",
+                        "--results-dir", str(out)]) == 0
+    reg = _strict_json(_one(out, "region"))
+    _check_rows(reg["single"])
+    _check_rows(reg["region"])
+    assert [r["batch"] for r in reg["region"]] == [100, 1000, 8189]
+    assert {(h["setup"], h["batch"]) for h in reg["half_rate"]} == {("single", 100), ("single", 1000),
+                                                                     ("region", 100), ("region", 1000)}
+    assert set(reg["ratios"]) == {"100", "1000", "8189"}
+
+    assert peers.main(["--scale", "0", "--skip", "sovledger-3,postgres,etcd", "--no-install", "--time-limit", "20",
+                       "--results-dir", str(out)]) == 0
+    pr = _strict_json(_one(out, "peers"))
+    _check_rows(pr["systems"]["sovledger-1"]["rows"])
+    assert pr["systems"]["postgres"] == {"skipped": "--skip"}
+    assert pr["baseline_tx_per_s"] > 0
+
+    assert plot.main(["--dir", str(out)]) == 0
+    png = sorted(out.glob("bench-*.png"))
+    assert png and png[0].read_bytes()[:8] == PNG
+    combined = _strict_json(_one(out, "bench"))
+    assert combined["region"] and combined["peers"]
+
+    assert scale.main(["--transfers", "20000", "--chunk", "10000", "--results-dir", str(out)]) == 0
+    sc = _strict_json(_one(out, "scale"))
+    assert [c["million"] for c in sc["chunks"]] == [1, 2]
+    assert sc["chunks"][-1]["total"] == 20000
+    assert all(c["disk_bytes_per_transfer"] > 0 for c in sc["chunks"])
+    assert math.isfinite(sc["degradation_raw_pct"]) and math.isfinite(sc["degradation_normalised_pct"])
+    assert sorted(out.glob("scale-*.png"))[0].read_bytes()[:8] == PNG
+
+    assert "### region" in report.summarize(out) and "### scale" in report.summarize(out)
+
+
+def test_postgres_copy_payload_and_hash_chain() -> None:
+    led = peers.PgLedger(conn=None)
+    recs = region.transfer_stream(3)
+    payload, lo, hi = led.encode(recs)
+    assert (lo, hi) == (1, 3)
+    assert payload.startswith(b"PGCOPY\n\xff\r\n\x00") and payload.endswith(b"\xff\xff")
+    row = peers._COPY_ROW.size
+    assert len(payload) == len(peers._COPY_HEADER) + 3 * row + 2
+    chain = bytes(32)
+    for i in range(3):
+        chain = blake3.blake3(chain + recs[i * TRANSFER_SIZE : (i + 1) * TRANSFER_SIZE]).digest()
+    assert led.chain == chain and payload[-2 - 32 : -2] == chain
+    _, lo2, _ = led.encode(region.transfer_stream(1, first_id=(1 << 64) + 3))
+    assert lo2 == 4  # sequence and chain continue across batches
+
+
+def test_etcd_txn_encoding() -> None:
+    put = peers.etcd_put(b"k" * 3, b"v" * 200)
+    assert put == b"\x0a\x03kkk" + b"\x12\xc8\x01" + b"v" * 200  # key=1, value=2 (varint length 200)
+    txn = peers.etcd_txn([put, put])
+    inner = b"\x12" + bytes([len(put) & 0x7F | 0x80, len(put) >> 7]) + put  # RequestOp.request_put = 2
+    outer = b"\x12" + bytes([len(inner) & 0x7F | 0x80, len(inner) >> 7]) + inner  # TxnRequest.success = 2
+    assert txn == outer * 2
+
+
+def test_missing_peer_is_skipped_without_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    monkeypatch.setattr(peers, "pg_bindir", lambda: None)
+    monkeypatch.setattr(peers.shutil, "which", lambda _name: None)
+    with pytest.raises(peers.Skip, match="not installed"), peers.postgres_instance(Console(), install=False):
+        pass
+    with pytest.raises(peers.Skip, match="not installed"), peers.etcd_cluster(Console(), install=False):
+        pass

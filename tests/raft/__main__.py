@@ -1,5 +1,0 @@
-import sys
-
-from tests.raft.sim import main
-
-sys.exit(main())

@@ -1,0 +1,281 @@
+"""SDK behaviour under faults, against a scriptable in-process fake of the Ledger service.
+
+Deterministic: each test scripts what the fake does with the next batches (refuse, abort the stream
+after or before committing, hold the answer) and checks the SDK's typed errors, retries, leader
+following, indeterminate-outcome resolution (never a failure, never a duplicate) and back-pressure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from clients import sdk_errors as E
+from clients.ids import new_id
+from clients.sdk import LedgerSDK, SdkConfig
+from clients.sdk_types import RetryPolicy
+from ledger.codec import u128_bytes
+from ledger.types import Result, Transfer
+from tests.integration.nodeproc import free_port
+from tests.sdk.fakes import FakeLedger, Step
+
+FAST = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=10)
+UNAV = grpc.StatusCode.UNAVAILABLE
+
+
+def transfers(n: int) -> list[Transfer]:
+    return [Transfer(id=new_id(), debit_account_id=1, credit_account_id=2, amount=1 + i, ledger=840, code=1)
+            for i in range(n)]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLedger]:
+    f = FakeLedger().start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def fake2() -> Iterator[FakeLedger]:
+    f = FakeLedger().start()
+    yield f
+    f.stop()
+
+
+def assert_exactly_once(fake: FakeLedger, ts: list[Transfer]) -> None:
+    for t in ts:
+        assert fake.commits[u128_bytes(t.id)] == 1, t.id
+    assert all(n == 1 for n in fake.commits.values())
+
+
+# -- typed errors -----------------------------------------------------------------------------------------
+
+REFUSALS = [
+    (grpc.StatusCode.INVALID_ARGUMENT, "malformed request: records is 5 bytes", E.InvalidBatchError),
+    (grpc.StatusCode.PERMISSION_DENIED, "PSP signature of record #0 does not verify", E.PermissionDeniedError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "store full (map full); the node refuses new work", E.StoreFullError),
+    (grpc.StatusCode.FAILED_PRECONDITION, "refused", E.PreconditionFailedError),
+    (grpc.StatusCode.UNAUTHENTICATED, "who are you", E.UnauthenticatedError),
+    (grpc.StatusCode.INTERNAL, "internal error", E.InternalError),
+]
+
+
+@pytest.mark.parametrize(("code", "message", "cls"), REFUSALS, ids=lambda x: getattr(x, "name", None))
+def test_batch_status_refusal_raises_typed_error_without_retry(fake: FakeLedger, code: grpc.StatusCode,
+                                                                message: str, cls: type[Exception]) -> None:
+    fake.then(Step("status", code, message))
+    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(cls) as info:
+        sdk.submit(transfers(3))
+    assert message in str(info.value)
+    assert fake.batch_sizes == [3]  # not retried
+    assert not fake.commits
+
+
+RETRIED = [
+    (grpc.StatusCode.UNAVAILABLE, "this node is not the region's leader: no leader is known yet", E.NotLeaderError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "ingest queue full", E.OverloadedError),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "slow", E.DeadlineExceededError),
+    (grpc.StatusCode.UNAVAILABLE, "shutting down", E.UnavailableError),
+]
+
+
+@pytest.mark.parametrize(("code", "message", "cls"), RETRIED, ids=lambda x: getattr(x, "name", None))
+def test_retryable_refusals_are_retried_then_succeed(fake: FakeLedger, code: grpc.StatusCode, message: str,
+                                                     cls: type[Exception]) -> None:
+    fake.then(Step("status", code, message), Step("status", code, message))
+    ts = transfers(4)
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        out = sdk.submit(ts)
+    assert [o.result for o in out] == [Result.OK] * 4
+    assert all(o.attempts == 3 for o in out)
+    assert fake.batch_sizes == [4, 4, 4]
+    assert_exactly_once(fake, ts)
+
+
+@pytest.mark.parametrize(("code", "message", "cls"), RETRIED, ids=lambda x: getattr(x, "name", None))
+def test_retry_budget_is_bounded_and_raises_typed_error(fake: FakeLedger, code: grpc.StatusCode, message: str,
+                                                        cls: type[Exception]) -> None:
+    fake.then(*[Step("status", code, message)] * 10)
+    t0 = time.monotonic()
+    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(cls):
+        sdk.submit(transfers(2))
+    assert len(fake.batch_sizes) == FAST.max_attempts
+    assert time.monotonic() - t0 < 5
+
+
+def test_raise_on_failure_gives_transfer_failed(fake: FakeLedger) -> None:
+    t = transfers(1)[0]
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        assert sdk.submit([t])[0].ok
+        other = Transfer(id=t.id, debit_account_id=1, credit_account_id=2, amount=999, ledger=840, code=1)
+        (o,) = sdk.submit([other])
+        assert o.result == Result.EXISTS_WITH_DIFFERENT_AMOUNT and not o.ok
+        with pytest.raises(E.ExistsWithDifferentFields) as info:
+            sdk.submit([other], raise_on_failure=True)
+        assert info.value.result == Result.EXISTS_WITH_DIFFERENT_AMOUNT
+        # an identical retry by the caller is success (transfer_exists), not a failure
+        (again,) = sdk.submit([t])
+        assert again.result == Result.TRANSFER_EXISTS and again.ok and again.log_index == 0
+
+
+# -- leader discovery and failover --------------------------------------------------------------------------
+
+
+def test_follows_leader_hint_from_batch_status(fake: FakeLedger, fake2: FakeLedger) -> None:
+    fake.then(*[Step("status", UNAV, "this node is not the region's leader", fake2.target)] * 5)
+    ts = transfers(5)
+    with LedgerSDK([fake.target], retry=FAST) as sdk:
+        out = sdk.submit(ts)
+        assert sdk.router_leader == fake2.target
+        assert all(o.ok for o in out)
+    assert not fake.commits
+    assert_exactly_once(fake2, ts)
+
+
+def test_follows_leader_from_trailing_metadata(fake: FakeLedger, fake2: FakeLedger) -> None:
+    fake.then(Step("abort", UNAV, "not leader", fake2.target))
+    ts = transfers(5)
+    with LedgerSDK([fake.target], retry=FAST) as sdk:
+        out = sdk.submit(ts)
+        assert sdk.router_leader == fake2.target
+    assert all(o.ok for o in out)
+    assert_exactly_once(fake2, ts)
+
+
+def test_rotates_through_the_region_when_a_node_is_down(fake: FakeLedger) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    ts = transfers(3)
+    with LedgerSDK([dead, fake.target], retry=FAST) as sdk:
+        assert all(o.ok for o in sdk.submit(ts))
+        assert sdk.router_leader == fake.target
+        assert len(sdk.lookup_transfers([t.id for t in ts])) == 3
+    assert_exactly_once(fake, ts)
+
+
+# -- indeterminate outcomes ------------------------------------------------------------------------------
+
+
+def test_committed_then_stream_broke_is_resolved_by_lookup(fake: FakeLedger) -> None:
+    fake.then(Step("commit_then_abort", UNAV, "connection reset"))
+    ts = transfers(10)
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        out = sdk.submit(ts)
+    assert [o.result for o in out] == [Result.OK] * 10
+    assert {o.resolution for o in out} == {"lookup"}
+    assert [o.log_index for o in out] == list(range(10))
+    assert fake.batch_sizes == [10]  # nothing re-sent: the lookup found every payment
+    assert_exactly_once(fake, ts)
+
+
+def test_not_committed_then_stream_broke_is_resent_with_same_ids(fake: FakeLedger) -> None:
+    fake.then(Step("abort", UNAV, "connection reset"))
+    ts = transfers(10)
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        out = sdk.submit(ts)
+    assert all(o.result == Result.OK and o.resolution == "response" and o.attempts == 2 for o in out)
+    assert fake.batch_sizes == [10, 10]
+    assert_exactly_once(fake, ts)
+
+
+def test_late_commit_makes_resend_exists_which_is_success(fake: FakeLedger) -> None:
+    # the first send is applied only after the SDK's lookup said "not found": the re-send meets it
+    fake.then(Step("abort_commit_later", UNAV, "connection reset"))
+    ts = transfers(6)
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        out = sdk.submit(ts)
+    assert all(o.result == Result.OK and o.resolution == "resend_exists" for o in out)
+    assert_exactly_once(fake, ts)
+
+
+def test_stream_refused_with_non_retryable_status_fails_only_what_is_not_in_the_ledger(fake: FakeLedger) -> None:
+    fake.then(Step("abort", grpc.StatusCode.PERMISSION_DENIED, "unknown PSP key"))
+    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(E.PermissionDeniedError):
+        sdk.submit(transfers(2))
+
+
+def test_region_unreachable_during_resolution_is_unknown_not_failed(fake: FakeLedger) -> None:
+    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 10)
+    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(E.OutcomeUnknownError) as info:
+        sdk.submit(transfers(2))
+    assert len(info.value.transfer_ids) == 2
+    assert not isinstance(info.value, E.LedgerStatusError | E.TransferFailed)
+
+
+# -- sessions: batching and back-pressure ------------------------------------------------------------------------
+
+
+def test_session_batches_by_size(fake: FakeLedger) -> None:
+    cfg = SdkConfig(batch_size_max=100, batch_delay_s=5.0, window_items=1000)
+    with LedgerSDK(fake.target, retry=FAST, config=cfg) as sdk, sdk.session() as s:
+        futs = [s.send(t) for t in transfers(250)]
+        # two full batches go out at once; the rest waits for the time bound or a flush
+        assert [f.result(5).ok for f in futs[:200]] == [True] * 200
+        assert not futs[-1].done()
+        s.flush(5)
+        assert list(s.stats.recent_batch_sizes) == [100, 100, 50]
+    assert fake.batch_sizes == [100, 100, 50]
+
+
+def test_session_batches_by_time(fake: FakeLedger) -> None:
+    cfg = SdkConfig(batch_size_max=1000, batch_delay_s=0.05)
+    with LedgerSDK(fake.target, retry=FAST, config=cfg) as sdk, sdk.session() as s:
+        t0 = time.monotonic()
+        futs = [s.send(t) for t in transfers(3)]
+        outs = [f.result(5) for f in futs]  # no flush: the time bound seals the batch
+        assert time.monotonic() - t0 >= 0.04
+        assert all(o.ok for o in outs)
+        assert fake.batch_sizes == [3]
+        time.sleep(0.1)
+        more = [s.send(t) for t in transfers(2)]
+        assert all(f.result(5).ok for f in more)
+    assert fake.batch_sizes == [3, 2]
+
+
+def test_session_window_blocks_the_caller_until_acknowledged(fake: FakeLedger) -> None:
+    fake.release.clear()
+    fake.then(*[Step("hold")] * 100)
+    cfg = SdkConfig(batch_size_max=10, batch_delay_s=0.01, window_items=30)
+    with LedgerSDK(fake.target, retry=FAST, config=cfg) as sdk:
+        s = sdk.session()
+        futs = [s.send(t) for t in transfers(30)]
+        assert s.unacknowledged == 30
+        with pytest.raises(TimeoutError):
+            s.send(transfers(1)[0], timeout_s=0.3)  # the window is full: send blocks
+        assert s.unacknowledged == 30
+        fake.release.set()
+        late = s.send(transfers(1)[0], timeout_s=5)
+        s.flush(5)
+        s.close()
+        assert all(f.result().ok for f in [*futs, late])
+        assert s.unacknowledged == 0
+
+
+def test_session_callbacks_and_indeterminate_in_a_stream(fake: FakeLedger) -> None:
+    fake.then(Step("ok"), Step("commit_then_abort", UNAV, "reset"), Step("ok"), Step("abort", UNAV, "reset"))
+    cfg = SdkConfig(batch_size_max=50, batch_delay_s=0.01, window_items=200, window_batches=1)
+    seen: list[Result] = []
+    ts = transfers(400)
+    with LedgerSDK(fake.target, retry=FAST, config=cfg) as sdk:
+        with sdk.session() as s:
+            futs = [s.send(t, callback=lambda f: seen.append(f.result().result)) for t in ts]
+        assert all(f.result().ok for f in futs)
+        assert s.stats.broken_streams == 2
+    assert len(seen) == 400 and set(seen) == {Result.OK}
+    assert_exactly_once(fake, ts)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED])
+def test_stream_broken_with_transport_like_status_is_resolved_not_failed(fake: FakeLedger,
+                                                                         code: grpc.StatusCode) -> None:
+    # a kill -9 of the node can surface as INTERNAL "Internal error from Core" on the client
+    fake.then(Step("abort", code, "Internal error from Core"), Step("commit_then_abort", code, "again"))
+    ts = transfers(5)
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        out = sdk.submit(ts)
+    assert all(o.ok for o in out)
+    assert {o.resolution for o in out} == {"lookup"}
+    assert_exactly_once(fake, ts)
