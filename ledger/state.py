@@ -237,6 +237,7 @@ class _Block:
     new_accounts: set[bytes] = field(default_factory=set)
     saved: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)  # balances before the block
     transfers: dict[bytes, TransferRef] = field(default_factory=dict)
+    account_refs: dict[bytes, TransferRef] = field(default_factory=dict)  # created accounts' leaves
     expiry_puts: list[bytes] = field(default_factory=list)
     expiry_dels: list[bytes] = field(default_factory=list)
     scales: dict[int, int] = field(default_factory=dict)
@@ -485,7 +486,10 @@ class LedgerState:
             return fail(R.CODE_MUST_NOT_BE_ZERO)
         existing = self._get_account(blk, aid)
         if existing is not None:
-            return fail(_account_exists(existing, raw))
+            ev = fail(_account_exists(existing, raw))
+            if ev.result == R.EXISTS:  # an exact retry: no new leaf, the original index and block
+                ev.existing = self._account_ref(blk, aid)
+            return ev
         known_scale = blk.scales.get(ledger, self._scales.get(ledger))
         if known_scale is not None and known_scale != scale:
             return fail(R.ASSET_SCALE_MISMATCH)
@@ -493,11 +497,21 @@ class LedgerState:
         acct = AccountState(raw, 0, 0, 0, 0, ts)
         blk.accounts[aid] = acct
         blk.new_accounts.add(aid)
+        ref = TransferRef(0, blk.height, 0, 0)  # leaf index and timestamp filled at numbering
+        blk.account_refs[aid] = ref
         if known_scale is None:
             blk.scales[ledger] = scale
         if blk.undo is not None:
             blk.undo.append(lambda: _forget_account(blk, aid, ledger, known_scale is None))
-        return _Event(EventKind.CREATE_ACCOUNT, R.OK, raw, aux, (aid,) if flags & _HIST else (), account=acct)
+        return _Event(EventKind.CREATE_ACCOUNT, R.OK, raw, aux, (aid,) if flags & _HIST else (), ref=ref,
+                      account=acct)
+
+    def _account_ref(self, blk: _Block, aid: bytes) -> TransferRef | None:
+        ref = blk.account_refs.get(aid)
+        if ref is None:
+            raw = blk.txn.get("account_refs", aid)
+            ref = TransferRef.decode(raw) if raw is not None else None
+        return ref
 
     # -- transfers ------------------------------------------------------------------------------
 
@@ -1289,6 +1303,8 @@ class LedgerState:
             txn.put_many("history", history)
         txn.put_many("accounts", changed)
         txn.put_many("transfers", sorted((tid[::-1], ref.encode()) for tid, ref in blk.transfers.items()))
+        if blk.account_refs:
+            txn.put_many("account_refs", sorted((aid, ref.encode()) for aid, ref in blk.account_refs.items()))
         for key in blk.expiry_dels:
             txn.delete("expiry", key)
         if blk.expiry_puts:
@@ -1398,6 +1414,7 @@ def _ref_restorer(blk: _Block, tid: bytes, ref: TransferRef) -> Callable[[], Non
 def _forget_account(blk: _Block, aid: bytes, ledger: int, scale_was_new: bool) -> None:
     blk.accounts.pop(aid, None)
     blk.new_accounts.discard(aid)
+    blk.account_refs.pop(aid, None)
     if scale_was_new:
         blk.scales.pop(ledger, None)
 

@@ -22,6 +22,7 @@ TABLES: Final = (
     "accounts",   # account id (16) -> account state (136)
     "transfers",  # transfer id as big-endian (16) -> transfer ref (leaf index, block, status …);
     #               big-endian so time-ordered ids insert at the right edge of the B-tree
+    "account_refs",  # account id (16) -> creation ref (leaf index, block, timestamp): exact retries
     "leaves",     # leaf index (u64 BE) -> canonical leaf bytes
     "nodes",      # level (u8) || index (u64 BE) -> 32-byte Merkle node hash, complete subtrees, level ≥ 1
     "history",    # account id (16) || leaf index (u64 BE) -> b"", for accounts with the HISTORY flag

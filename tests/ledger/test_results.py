@@ -271,3 +271,21 @@ def test_account_precedence() -> None:
     assert lg.accounts(acct(9, ledger=0, code=0))[0] == R.LEDGER_MUST_NOT_BE_ZERO
     assert lg.accounts(acct(1, flags=AF.HISTORY, code=99))[0] == R.EXISTS_WITH_DIFFERENT_FLAGS
     assert lg.accounts(acct(1, scale=9))[0] == R.EXISTS_WITH_DIFFERENT_ASSET_SCALE  # exists before scale
+
+
+def test_an_exact_account_retry_adds_no_leaf_and_returns_the_original_index_and_block() -> None:
+    lg = Ledger()
+    batch = Batch(EventKind.CREATE_ACCOUNT, encode_account(acct(1, flags=AF.LINKED)) + encode_account(acct(2)))
+    first = lg.block(batch)
+    assert first.batches[0].results == [R.OK, R.OK] and first.header.leaf_count == 2
+    again = lg.block(batch)  # a linked chain of exact retries succeeds as a whole, with no new leaf
+    assert again.batches[0].results == [R.EXISTS, R.EXISTS] and again.header.leaf_count == 0
+    assert again.batches[0].log_indexes == first.batches[0].log_indexes
+    assert again.batches[0].blocks == first.batches[0].blocks
+    # inside one block the retry points at the leaf created earlier in that block
+    same = lg.block(Batch(EventKind.CREATE_ACCOUNT, encode_account(acct(3)) + encode_account(acct(3))))
+    assert same.batches[0].results == [R.OK, R.EXISTS] and same.header.leaf_count == 1
+    assert same.batches[0].log_indexes[0] == same.batches[0].log_indexes[1] == first.header.tree_size
+    # a retry with different fields is a new, failed event: it is logged
+    diff = lg.block(Batch(EventKind.CREATE_ACCOUNT, encode_account(acct(2, code=11))))
+    assert diff.batches[0].results == [R.EXISTS_WITH_DIFFERENT_CODE] and diff.header.leaf_count == 1
