@@ -35,6 +35,9 @@ class NodeConfig:
     join: bool = False  # start as a learner of an existing region (new or wiped node)
     # rules: verifier keys (C2SP "name+keyid+base64") allowed to deploy rule sets; identical on all replicas
     operator_keys: tuple[str, ...] = ()
+    # verifier keys of the region's nodes: when set, a snapshot must be signed by one of them
+    # (otherwise the sending leader's key is trusted on first use); list every member, new ones too
+    peer_keys: tuple[str, ...] = ()
     # PSP signatures: verifier keys ("[PSP_ID=]name+keyid+base64") whose signed batches are accepted;
     # with psp_require_signatures, unsigned transfers and callbacks are refused (PERMISSION_DENIED)
     psp_verifier_keys: tuple[str, ...] = ()
@@ -99,6 +102,11 @@ class NodeConfig:
                 Verifier.parse(k)
             except NoteError as e:
                 raise ConfigError(f"operator_keys: {e}") from e
+        for k in self.peer_keys:
+            try:
+                Verifier.parse(k)
+            except NoteError as e:
+                raise ConfigError(f"peer_keys: {e}") from e
         from node.psp_auth import PspKey
 
         for k in self.psp_verifier_keys:
@@ -142,7 +150,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
         values["peers"] = parse_peers(values["peers"])
     elif isinstance(values.get("peers"), list):
         values["peers"] = tuple(PeerConfig(p["node_id"], p["address"]) for p in values["peers"])
-    for key in ("operator_keys", "psp_verifier_keys"):
+    for key in ("operator_keys", "psp_verifier_keys", "peer_keys"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
         elif isinstance(values.get(key), str):

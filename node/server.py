@@ -105,8 +105,11 @@ class Node:
         loop = asyncio.get_running_loop()
 
         def verify_install() -> int:
-            applied = snapshots.verify_and_prepare(incoming, note, vkey, self.config.origin,
-                                                   self.config.map_size_bytes, index)
+            head = self.state.head
+            applied = snapshots.verify_and_prepare(
+                incoming, note, vkey, self.config.origin, self.config.map_size_bytes, index,
+                trusted_keys=self.config.peer_keys, local_size=head.tree_size,
+                local_root=self.state.range.root() if head.tree_size else b"")
             snapshots.install(self.store, incoming)
             self.state.reload()
             self.checkpoints.on_block(self.state.head)

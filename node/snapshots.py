@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +81,21 @@ async def fetch(leader_address: str, index: int, into: Path) -> tuple[str, str]:
 
 
 def verify_and_prepare(directory: Path, note: str, verifier_key: str, origin: str, map_size: int,
-                       min_applied: int) -> int:
-    """Check a downloaded copy against its signed checkpoint; strip Raft tables; return its applied index."""
+                       min_applied: int, trusted_keys: Sequence[str] = (), local_size: int = 0,
+                       local_root: bytes = b"") -> int:
+    """Check a downloaded copy against its signed checkpoint; strip Raft tables; return its applied index.
+
+    ``trusted_keys`` (the node's ``peer_keys``): when given, the checkpoint must be signed by one of
+    them and the key shipped with the snapshot is ignored; otherwise the shipped key is trusted on
+    first use. ``local_size``/``local_root``: this replica's own log, which the copy must extend (a
+    snapshot that is behind it or forks from it is refused before anything local is touched)."""
     try:
-        signed = open_note(note, [Verifier.parse(verifier_key)])
+        keys = [Verifier.parse(k) for k in trusted_keys] if trusted_keys else [Verifier.parse(verifier_key)]
+        signed = open_note(note, keys)
         cp = Checkpoint.parse(signed.body)
     except NoteError as e:
-        raise SnapshotRejected(f"snapshot checkpoint does not verify: {e}") from e
+        which = "any of this node's peer_keys" if trusted_keys else "the key it came with"
+        raise SnapshotRejected(f"snapshot checkpoint does not verify under {which}: {e}") from e
     if cp.origin != origin:
         raise SnapshotRejected(f"snapshot is of log {cp.origin!r}, this region's is {origin!r}")
     copy = LmdbStore(str(directory), map_size)
@@ -100,6 +108,14 @@ def verify_and_prepare(directory: Path, note: str, verifier_key: str, origin: st
         if root != cp.root:
             raise SnapshotRejected(f"copy's Merkle root at size {cp.size} is {root.hex()[:16]}…, the signed "
                                    f"checkpoint says {cp.root.hex()[:16]}…")
+        if local_size:
+            if head.tree_size < local_size:
+                raise SnapshotRejected(f"copy holds {head.tree_size} entries, fewer than this replica's "
+                                       f"{local_size}: it would roll the log back")
+            mine = reader.root_at(local_size)
+            if mine != local_root:
+                raise SnapshotRejected(f"copy forks from this replica's own log: its root at size {local_size} "
+                                       f"is {mine.hex()[:16]}…, ours is {local_root.hex()[:16]}…")
         with copy.read() as txn:
             raw = txn.get("meta", META_APPLIED)
         applied = int.from_bytes(raw, "big") if raw else 0

@@ -33,7 +33,7 @@ def _node(args: argparse.Namespace) -> int:
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
         "log_level": args.log_level, "join": True if args.join else None,
         "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
-        "psp_verifier_keys": args.psp_keys,
+        "psp_verifier_keys": args.psp_keys, "peer_keys": args.peer_keys,
         "psp_require_signatures": True if args.require_psp_signatures else None,
     }
     try:
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and lagging followers get a snapshot")
     n.add_argument("--operator-keys", default=None,
                    help="comma-separated verifier keys allowed to deploy rule sets (docs/rules.md)")
+    n.add_argument("--peer-keys", default=None,
+                   help="comma-separated verifier keys of the region's nodes; snapshots must be signed by one "
+                        "(default: trust the sending leader's key on first use)")
     n.add_argument("--psp-keys", default=None,
                    help="comma-separated PSP verifier keys ([PSP_ID=]name+keyid+base64) whose signed batches "
                         "are accepted (docs/sdk.md)")
