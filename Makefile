@@ -56,6 +56,7 @@ bench-scale: setup
 sim: setup
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --nodes 3
 	$(BIN)/python -m tests.sim --seeds $$(( $(SEEDS) / 5 )) --start 100000 --nodes 5
+	$(BIN)/python -m tests.sim --seeds $$(( $(SEEDS) / 5 )) --start 200000 --ledger
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache demo-data
