@@ -117,6 +117,16 @@ class Cluster:
         except grpc.RpcError:
             return None
 
+    def checkpoint(self, node: NodeEntry, timeout_s: float = 1.0) -> pb.CheckpointResponse | None:
+        """The node's latest signed checkpoint (None when it is down or has none yet)."""
+        if not _alive(node.pid):
+            return None
+        try:
+            with grpc.insecure_channel(node.target) as ch:
+                return pb_grpc.AuditStub(ch).GetCheckpoint(pb.CheckpointRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+
     def leader(self) -> NodeEntry | None:
         for n in self.nodes:
             st = self.status(n)
@@ -142,6 +152,14 @@ class Cluster:
                         break
                     time.sleep(0.01)
 
+    def stop(self, node: NodeEntry, timeout_s: float = 10.0) -> None:
+        """Stop one node cleanly (SIGTERM), SIGKILL only if it has not exited within ``timeout_s``."""
+        self.kill(node, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(node.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.kill(node)
+
     def stop_all(self) -> None:
         for n in self.nodes:
             self.kill(n, signal.SIGTERM)
@@ -160,17 +178,22 @@ class Cluster:
 
 def _status_table(cluster: Cluster) -> Table:
     t = Table(title=f"region {cluster.region}")
-    for col in ("node", "address", "pid", "role", "term", "applied", "tree size", "block", "lag"):
-        t.add_column(col, justify="right" if col not in ("node", "address", "role") else "left")
+    for col in ("node", "address", "pid", "role", "term", "applied", "tree size", "block", "checkpoint", "lag"):
+        t.add_column(col, justify="left" if col in ("node", "address", "role", "checkpoint") else "right")
     rows: list[tuple[NodeEntry, Any]] = [(n, cluster.status(n)) for n in cluster.nodes]
     top = max((st.applied_index for _, st in rows if st is not None), default=0)
     for n, st in rows:
         if st is None:
-            t.add_row(n.node_id, n.target, str(n.pid), "[red]down[/red]", "", "", "", "", "")
+            t.add_row(n.node_id, n.target, str(n.pid), "[red]down[/red]", "", "", "", "", "", "")
         else:
             t.add_row(n.node_id, n.target, str(n.pid), st.role, str(st.term), f"{st.applied_index:,}",
-                      f"{st.tree_size:,}", str(st.block), str(top - st.applied_index))
+                      f"{st.tree_size:,}", str(st.block), _checkpoint_cell(cluster.checkpoint(n)),
+                      str(top - st.applied_index))
     return t
+
+
+def _checkpoint_cell(cp: Any) -> str:
+    return f"size {cp.tree_size:,} root {cp.root.hex()[:12]}…" if cp is not None and cp.note else "none yet"
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -211,12 +234,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"no cluster under {args.data}", file=sys.stderr)
         return 1
     if args.json:
-        out = []
+        out: list[dict[str, Any]] = []
+        top = 0
         for n in cluster.nodes:
             st = cluster.status(n)
+            cp = cluster.checkpoint(n) if st is not None else None
+            top = max(top, st.applied_index if st else 0)
             out.append({"node": n.node_id, "target": n.target, "pid": n.pid, "up": st is not None,
                         "role": st.role if st else None, "term": st.term if st else None,
-                        "applied": st.applied_index if st else None, "tree_size": st.tree_size if st else None})
+                        "applied": st.applied_index if st else None, "tree_size": st.tree_size if st else None,
+                        "block": st.block if st else None,
+                        "checkpoint": {"size": cp.tree_size, "root": cp.root.hex(), "block": cp.block,
+                                       "note": cp.note} if cp is not None and cp.note else None})
+        for row in out:
+            row["lag"] = top - row["applied"] if row["applied"] is not None else None
         print(json.dumps(out, indent=2))
     else:
         Console().print(_status_table(cluster))
@@ -241,9 +272,7 @@ def _cmd_kill(args: argparse.Namespace) -> int:
 def _cmd_restart(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data))
     node = cluster.find(args.node)
-    cluster.kill(node, signal.SIGTERM)
-    time.sleep(0.2)
-    cluster.kill(node)
+    cluster.stop(node)
     cluster.start(node)
     print(f"restarted {node.node_id} (pid {node.pid})")
     return 0
