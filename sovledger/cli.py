@@ -2,7 +2,7 @@
 
   node     run a ledger node (gRPC server over an LMDB data directory)
   keys     generate and show Ed25519 node keys (signed-note format)
-  demo     start a local node, stream payments with progress, print a summary and checkpoint
+  demo     start a local 3-node region, stream 1M payments, deploy rules, kill the leader, audit
   bench    run the benchmarks (tables + JSON under bench/results)
   cluster  run a local region of nodes (launcher): up, status, down, kill, restart, member
   psp      PSP load generator (`psp load`); the SDK itself is clients/sdk.py (docs/sdk.md)
