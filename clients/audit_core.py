@@ -318,23 +318,19 @@ class LogVerifier:
     def _state_hash(self) -> bytes:
         """BLAKE3(0x04 ‖ previous ‖ (id ‖ state) for accounts created or changed in the block, by id)."""
         accts = self.accounts
-        parts: list[bytes] = [b"\x04", self.state_hash]
-        add = parts.append
+        changed = [a for a in map(accts.__getitem__, sorted(self._touched)) if a[0] != a[1]]
         try:
-            for aid in sorted(self._touched):
-                a = accts[aid]
-                # a negative total makes to_bytes raise; any other out-of-range field changes the state
-                # (the node's never are), so it surfaces as a state hash mismatch of this block
-                bal = a[0]
-                if bal != a[1]:
-                    add(a[2])  # id ‖ record
-                    add(bal.to_bytes(64, "little"))
-                    add(a[3])  # creation timestamp
-                    a[1] = bal
+            # id ‖ record, the four balances as one 64-byte little-endian int, creation timestamp. A
+            # negative total makes to_bytes raise; any other out-of-range field changes the state (the
+            # node's never are), so it surfaces as a state hash mismatch of this block
+            body = b"".join([x for a in changed for x in (a[2], a[0].to_bytes(64, "little"), a[3])])
         except OverflowError:
             self._range_problem()
+            raise
+        for a in changed:
+            a[1] = a[0]
         self._touched = set()
-        return _b3(b"".join(parts)).digest()
+        return _b3(b"\x04" + self.state_hash + body).digest()
 
     def _range_problem(self) -> None:
         for aid in sorted(self._touched):

@@ -227,3 +227,17 @@ def test_tree_mismatch_carries_block_and_range() -> None:
             v.feed_block(h, ls)
     d = e.value.data
     assert d["first_index"] <= 12 < d["tree_size"] and d["suspects"] == [12] and "leaf 12" in str(e.value)
+
+
+def test_replayed_balances_out_of_u128_range_name_the_account() -> None:
+    """Recorded effects that release more than was pending drive a replayed account out of range:
+    the state hash step names the block and the account instead of crashing."""
+    v = LogVerifier()
+    aid = (42).to_bytes(16, "little")
+    v.accounts[aid] = [-5, None, aid + bytes(64), bytes(8)]
+    v._touched.add(aid)
+    with pytest.raises(BalanceMismatch, match="account 42 outside its u128 balances"):
+        v._state_hash()
+    v.accounts[aid][0] = 1 << 512  # a sum past 4 × u128 is out of range too
+    with pytest.raises(BalanceMismatch, match="account 42"):
+        v._state_hash()
