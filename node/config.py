@@ -6,13 +6,17 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES
 from ledger.note import NoteError, Verifier
 from ledger.types import BATCH_ITEMS_MAX
 
 GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+
+
+# config keys holding lists of verifier keys (TOML list, or a comma-separated string on the command line)
+KEY_LISTS: Final = ("operator_keys", "peer_keys", "psp_verifier_keys")
 
 
 class ConfigError(ValueError):
@@ -97,23 +101,15 @@ class NodeConfig:
             raise ConfigError(f"region {self.region!r} must be alphanumeric with - or _")
         for p in self.peers:
             _addr(p.address, f"peer {p.node_id}")
-        for k in self.operator_keys:
-            try:
-                Verifier.parse(k)
-            except NoteError as e:
-                raise ConfigError(f"operator_keys: {e}") from e
-        for k in self.peer_keys:
-            try:
-                Verifier.parse(k)
-            except NoteError as e:
-                raise ConfigError(f"peer_keys: {e}") from e
         from node.psp_auth import PspKey
 
-        for k in self.psp_verifier_keys:
-            try:
-                PspKey.parse(k)
-            except NoteError as e:
-                raise ConfigError(f"psp_verifier_keys: {e}") from e
+        for name in KEY_LISTS:
+            parse = PspKey.parse if name == "psp_verifier_keys" else Verifier.parse
+            for k in getattr(self, name):
+                try:
+                    parse(k)
+                except NoteError as e:
+                    raise ConfigError(f"{name}: {e}") from e
         if self.psp_require_signatures and not self.psp_verifier_keys:
             raise ConfigError("psp_require_signatures needs at least one key in psp_verifier_keys")
         if self.psp_verify_threads < 1:
@@ -150,7 +146,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
         values["peers"] = parse_peers(values["peers"])
     elif isinstance(values.get("peers"), list):
         values["peers"] = tuple(PeerConfig(p["node_id"], p["address"]) for p in values["peers"])
-    for key in ("operator_keys", "psp_verifier_keys", "peer_keys"):
+    for key in KEY_LISTS:
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
         elif isinstance(values.get(key), str):

@@ -121,10 +121,6 @@ class PspAuthenticator:
             self._keys[kid] = k
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="psp-verify")
 
-    @property
-    def key_ids(self) -> list[bytes]:
-        return list(self._keys)
-
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -175,22 +171,6 @@ class PspAuthenticator:
             for s, e in self._ranges(batch.count)
         ))
         failed = [i for i in bad if i >= 0]
-        if failed:
-            raise BadPspSignature(min(failed), batch.signer_key_id)
-
-    def verify_batch_sync(self, batch: Batch) -> None:
-        """The same checks from a thread (bench, tests): chunks still run in parallel on the pool."""
-        if self._check_unsigned(batch):
-            return
-        key = self._key_for(batch)
-        size = RECORD_SIZE.get(batch.kind)
-        if size is None:
-            raise PspAuthError(f"{batch.kind.name} batches cannot carry PSP signatures")
-        self._check_psp_ids(batch, key)
-        records, sigs = memoryview(batch.records), memoryview(batch.signatures)
-        futs = [self._pool.submit(_verify_range, key.verifier.public_key, records, sigs, size, s, e)
-                for s, e in self._ranges(batch.count)]
-        failed = [i for i in (f.result() for f in futs) if i >= 0]
         if failed:
             raise BadPspSignature(min(failed), batch.signer_key_id)
 

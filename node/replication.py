@@ -81,7 +81,6 @@ class Replicator:
         self.state = state
         self._pool = pool
         self._tick_s = tick_ms / 1000.0
-        self._election_ticks = election_ticks
         self._on_block = on_block
         self.storage = LmdbRaftStorage(store, ConfState(voters=tuple(sorted(NodeId(v) for v in voters)),
                                                         learners=tuple(sorted(NodeId(v) for v in learners or ()))))
@@ -201,10 +200,10 @@ class Replicator:
         """Hand leadership to ``to`` and wait until it leads; returns the seconds it took.
 
         The core aborts a transfer that does not finish within an election timeout (its TIMEOUT_NOW
-        may be lost like any message), so the attempt is repeated until ``timeout_s``."""
+        may be lost like any message), so the request is re-issued (a no-op while one is running)
+        until ``timeout_s``."""
         self.check_leader()
         started = time.monotonic()
-        retry_s = self._tick_s * self._election_ticks
         while True:
             if self.leader_id == to:
                 return time.monotonic() - started
@@ -217,7 +216,7 @@ class Replicator:
             if time.monotonic() - started > timeout_s:
                 raise TransferTimeout(f"node {to} did not take over within {timeout_s:.0f}s (is it up and "
                                       "caught up?); the current leader keeps serving")
-            await asyncio.sleep(min(retry_s, 0.05) if self.role != "leader" else retry_s / 4)
+            await asyncio.sleep(0.05)
 
     def change_membership(self, cc: ConfChange) -> None:
         self.check_leader()

@@ -57,12 +57,12 @@ class LedgerService(pb_grpc.LedgerServicer):
 
     def __init__(self, ingest: Ingest, reader: LedgerReader, stream_inflight_max: int,
                  leader_check: Callable[[], None] | None = None,
-                 read_barrier: Callable[[], Awaitable[None]] | None = None,
-                 psp_auth: PspAuthenticator | None = None) -> None:
+                 read_barrier: Callable[[], Awaitable[None]] | None = None, *,
+                 psp_auth: PspAuthenticator) -> None:
         self._ingest = ingest
-        # always present: without configured keys a signed batch is refused (unknown key) rather
-        # than logged with signatures nobody checked
-        self._psp_auth = psp_auth or PspAuthenticator([], require_signatures=False, threads=1)
+        # without configured keys a signed batch is refused (unknown key) rather than logged with
+        # signatures nobody checked
+        self._psp_auth = psp_auth
         self._reader = reader
         self._inflight_max = stream_inflight_max
         self._leader_check = leader_check or (lambda: None)

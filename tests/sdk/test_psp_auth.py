@@ -46,7 +46,6 @@ def auth() -> PspAuthenticator:
 @pytest.mark.parametrize("n", [1, 31, 64, 1000])
 def test_good_signatures_pass(auth: PspAuthenticator, n: int) -> None:
     run(auth, signed(n))
-    auth.verify_batch_sync(signed(n))
 
 
 @pytest.mark.parametrize("bad", [0, 37, 999])
