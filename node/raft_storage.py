@@ -5,7 +5,8 @@ Persistence contract (docs/consensus.md): the driver calls ``persist()`` with a 
 entries and snapshot, and only after it returns (LMDB commit = fsync) sends that Ready's messages.
 Keys in ``raft``: ``hs`` hard state, ``cs`` conf state, ``snap`` snapshot metadata, ``first``; the
 entries live in ``raftlog`` (u64 BE index → encoded entry).
-An in-memory tail cache keeps reads of recent entries off LMDB.
+An in-memory tail cache keeps reads of recent entries off LMDB; it is bounded in bytes
+(``CACHE_BYTES_MAX``), since one entry is a whole block of up to several MiB.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ K_HS: Final = b"hs"
 K_CS: Final = b"cs"
 K_SNAP: Final = b"snap"
 K_FIRST: Final = b"first"
+CACHE_BYTES_MAX: Final = 64 << 20  # bytes of entry data held in the tail cache
 
 
 class LmdbRaftStorage:
@@ -43,7 +45,8 @@ class LmdbRaftStorage:
         self._last = self._first - 1
         if last is not None:
             self._last = _IDX.unpack(last[0])[0]
-        self._cache: dict[int, Entry] = {}
+        self._cache: dict[int, Entry] = {}  # insertion order = index order (appends only grow)
+        self._cache_bytes = 0
 
     # -- Storage protocol ------------------------------------------------------------------------
 
@@ -120,18 +123,35 @@ class LmdbRaftStorage:
             self._conf_state = snapshot.metadata.conf_state
             self._first = snapshot.metadata.index + 1
             self._last = snapshot.metadata.index
-            self._cache.clear()
+            self._clear_cache()
         if entries:
             for i in range(entries[0].index, self._last + 1):
-                self._cache.pop(i, None)
+                self._uncache(i)
             for e in entries:
                 self._cache[e.index] = e
+                self._cache_bytes += len(e.data)
             self._last = entries[-1].index
-            if len(self._cache) > 4096:
-                for i in sorted(self._cache)[:-2048]:
-                    del self._cache[i]
+            self._trim_cache()
         if hard_state is not None:
             self._hard_state = hard_state
+
+    def _uncache(self, i: int) -> None:
+        e = self._cache.pop(i, None)
+        if e is not None:
+            self._cache_bytes -= len(e.data)
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    def _trim_cache(self) -> None:
+        """Evict the oldest entries until the cache fits its byte budget (the newest one always stays)."""
+        while self._cache_bytes > CACHE_BYTES_MAX and len(self._cache) > 1:
+            self._uncache(next(iter(self._cache)))
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache_bytes
 
     def reset_to_snapshot(self, meta: SnapshotMetadata) -> None:
         """After a snapshot replaced the whole store: the log is empty and starts after ``meta``."""
@@ -139,7 +159,7 @@ class LmdbRaftStorage:
         self._conf_state = meta.conf_state
         self._first = meta.index + 1
         self._last = meta.index
-        self._cache.clear()
+        self._clear_cache()
 
     def set_conf_state(self, cs: ConfState) -> None:
         with self._store.write() as txn:
@@ -157,6 +177,6 @@ class LmdbRaftStorage:
             txn.put("raft", K_FIRST, _IDX.pack(index + 1))
             txn.put("raft", K_SNAP, rc.encode_snapshot_metadata(meta))
         for i in range(self._first, index + 1):
-            self._cache.pop(i, None)
+            self._uncache(i)
         self._snap_meta = meta
         self._first = index + 1

@@ -1,9 +1,11 @@
 """Peer transport for Raft messages: one outbound gRPC stream per peer, never blocking the driver.
 
-``send()`` only enqueues. Each peer has a bounded queue drained by its own task, which keeps a
-``Peer.Send`` stream open and reconnects with capped exponential backoff. When a queue is full the
-message is dropped and the peer reported unreachable: Raft is built for lossy networks (it
-retransmits), while a driver blocked on a slow peer would stall the whole region.
+``send()`` only enqueues. Each peer has a queue bounded in bytes (``QUEUE_BYTES_MAX``; a message
+carries up to one block of several MiB, so a count bound would let a dead peer's queue hold GiBs)
+drained by its own task, which keeps a ``Peer.Send`` stream open and reconnects with capped
+exponential backoff. When a queue is full the message is dropped and the peer reported unreachable:
+Raft is built for lossy networks (it retransmits), while a driver blocked on a slow peer would stall
+the whole region.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from sovledger_pb import peer_pb2_grpc as ppb_grpc
 
 log = logging.getLogger("sovledger.transport")
 
-QUEUE_MAX = 4096
+QUEUE_MAX = 4096  # messages
+QUEUE_BYTES_MAX = 48 << 20  # payload bytes queued per peer
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 _CHANNEL_OPTIONS = [
@@ -38,6 +41,7 @@ class _PeerLink:
         self.peer_id = peer_id
         self.address = address
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MAX)
+        self.queued_bytes = 0
         self._on_unreachable = on_unreachable
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -52,15 +56,24 @@ class _PeerLink:
                 await self._task
 
     def send(self, payload: bytes) -> None:
+        if self.queued_bytes + len(payload) > QUEUE_BYTES_MAX and not self.queue.empty():
+            self._drop()
+            return
         try:
             self.queue.put_nowait(payload)
         except asyncio.QueueFull:
-            self.dropped += 1
-            self._on_unreachable(self.peer_id)
+            self._drop()
+            return
+        self.queued_bytes += len(payload)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._on_unreachable(self.peer_id)
 
     async def _messages(self) -> AsyncIterator[ppb.RaftEnvelope]:
         while True:
             payload = await self.queue.get()
+            self.queued_bytes -= len(payload)
             yield ppb.RaftEnvelope(from_id=self.self_id, message=payload)
 
     async def _run(self) -> None:
