@@ -29,7 +29,6 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Final
 
 from consensus.codec import decode_message, encode_message
@@ -40,24 +39,13 @@ from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import Store, StoreFull
-from node.errors import NotLeader, Refused, StoreUnavailable, TransferTimeout
+from node.committer import ReplicaStatus
+from node.errors import Indeterminate, NotLeader, Refused, StoreUnavailable, TransferTimeout
 from node.raft_storage import LmdbRaftStorage
 
 log = logging.getLogger("sovledger.raft")
 
 ENTRY_HEADER: Final = struct.Struct("<QQQ32s")
-
-
-class Indeterminate(StoreUnavailable):
-    """Leadership changed before the block committed: the outcome is unknown; retry with the same ids."""
-
-
-@dataclass
-class ReplicaStatus:
-    role: str
-    term: int
-    leader_id: int
-    applied_index: int
 
 
 def node_number(node_id: str) -> int:

@@ -18,6 +18,7 @@ from ledger.reconcile import report
 from ledger.rules import CompiledRuleSet, RuleSetError, parse_canonical, validate
 from ledger.state import LedgerState, dry_run
 from ledger.store import Store
+from node.errors import BadRequest, NotFound, abort
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -52,8 +53,7 @@ class RulesService(pb_grpc.RulesServicer):
         with self._store.read() as txn:
             value = txn.get("rulesets", want)
         if value is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no rule set with hash {want.hex()} was deployed")
-            raise AssertionError("unreachable")
+            await abort(context, NotFound(f"no rule set with hash {want.hex()} was deployed"))
         info = next(i for i in self._infos() if i.hash == want)
         return pb.ShowRuleSetResponse(info=info, canonical=value[16:])
 
@@ -82,8 +82,8 @@ class RulesService(pb_grpc.RulesServicer):
             if rules is None:
                 return pb.DryRunResponse(ok=False, problems=["no rule set is active; pass one to test"])
         if len(request.transfer) != TRANSFER_SIZE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"transfer must be one {TRANSFER_SIZE}-byte record, got {len(request.transfer)}")
+            await abort(context, BadRequest(
+                f"transfer must be one {TRANSFER_SIZE}-byte record, got {len(request.transfer)}"))
         head = self._state.head
         with self._store.read() as txn:
             got = dry_run(txn, rules, request.transfer, head.last_timestamp_ns + 1, head.height + 1)

@@ -1,7 +1,7 @@
 """gRPC servicers: Ledger (PSP ingest and lookups), Audit (checkpoints, proofs, entries), Admin.
 
 Handlers stay thin: validate framing, hand work to the ingest pipeline or the reader, and map
-expected errors to a status in one place (node.errors.status_for).
+expected errors to a status in one place (node.errors.abort / batch_status).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 
-from ledger.codec import EncodingError, validate_batch
+from ledger.codec import LEAF_HEADER_SIZE, TRANSFER_SIZE, EncodingError, validate_batch
 from ledger.invariant import InvariantViolation
 from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
 from ledger.types import BATCH_ITEMS_MAX
-from node.errors import BadRequest, NodeError, NotLeader, status_for
+from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, abort, batch_status
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
 from node.signing import CheckpointService
@@ -27,21 +27,6 @@ from sovledger_pb import ledger_pb2_grpc as pb_grpc
 log = logging.getLogger("sovledger.service")
 
 ENTRIES_CHUNK = 1000
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    code, message = status_for(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        log.exception("internal error in handler", exc_info=exc)
-    if isinstance(exc, NotLeader) and exc.leader_hint:
-        context.set_trailing_metadata((("sovledger-leader", exc.leader_hint),))
-    await context.abort(code, message)
-
-
-def _batch_status(exc: BaseException) -> pb.BatchStatus:
-    code, message = status_for(exc)
-    hint = exc.leader_hint if isinstance(exc, NotLeader) else ""
-    return pb.BatchStatus(code=code.value[0], message=message, leader_hint=hint)
 
 
 STALE_READ_KEY = "sovledger-read"
@@ -109,7 +94,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             await self._psp_auth.verify_batch(batch)
             return self._ingest.submit(batch)
         except (NodeError, EncodingError, PspAuthError) as e:
-            return _batch_status(e)
+            return batch_status(e)
 
     async def _response(self, batch_id: int, pending: asyncio.Future[Any] | pb.BatchStatus) -> pb.SubmitResponse:
         if isinstance(pending, pb.BatchStatus):
@@ -117,7 +102,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         try:
             outcome, block = await pending
         except Exception as e:
-            return pb.SubmitResponse(batch_id=batch_id, status=_batch_status(e))
+            return pb.SubmitResponse(batch_id=batch_id, status=batch_status(e))
         return pb.SubmitResponse(
             batch_id=batch_id, results=outcome.results, log_indexes=outcome.log_indexes,
             blocks=outcome.blocks, timestamp_ns=block.header.timestamp_ns,
@@ -130,15 +115,12 @@ class LedgerService(pb_grpc.LedgerServicer):
             ids = _ids(request.ids)
             found = self._reader.transfers(ids)
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         out = pb.LookupTransfersResponse()
         for tid, f in zip(ids, found, strict=True):
             if f is None:
                 out.transfers.add(id=tid, found=False)
             else:
-                from ledger.codec import LEAF_HEADER_SIZE, TRANSFER_SIZE
-
                 out.transfers.add(
                     id=tid, found=True, record=f.leaf[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + TRANSFER_SIZE],
                     timestamp_ns=f.ref.timestamp_ns, log_index=f.ref.leaf_index, block=f.ref.block,
@@ -153,8 +135,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             ids = _ids(request.ids)
             states = self._reader.accounts(ids)
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         out = pb.LookupAccountsResponse()
         for aid, st in zip(ids, states, strict=True):
             out.accounts.add(id=aid, found=st is not None, state=st or b"")
@@ -170,8 +151,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             after = None if request.first_page else request.after_index
             entries, more = self._reader.history(aid, after, request.limit or 100)
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         return pb.HistoryResponse(entries=[pb.Entry(index=i, leaf=leaf) for i, leaf in entries], more=more)
 
 
@@ -213,8 +193,7 @@ class AuditService(pb_grpc.AuditServicer):
                 raise BadRequest("set either index or transfer_id")
             leaf, proof = self._reader.inclusion_proof(index, size)
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         return pb.InclusionResponse(index=index, tree_size=size, leaf=leaf, proof=proof, note=note)
 
     async def GetConsistencyProof(self, request: pb.ConsistencyRequest,
@@ -223,8 +202,7 @@ class AuditService(pb_grpc.AuditServicer):
             second = request.second or self._checkpoints.latest().size
             proof = self._reader.consistency_proof(request.first, second)
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         return pb.ConsistencyResponse(first=request.first, second=second, proof=proof)
 
     async def StreamEntries(self, request: pb.EntriesRequest,
@@ -232,8 +210,8 @@ class AuditService(pb_grpc.AuditServicer):
         end = request.end or self._checkpoints.latest().size
         tree = self._reader.head().tree_size
         if request.start > end or end > tree:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                                f"entries [{request.start}, {end}) are outside the tree of size {tree}")
+            await abort(context, OutOfRange(
+                f"entries [{request.start}, {end}) are outside the tree of size {tree}"))
         pos = request.start
         try:
             for chunk in self._reader.leaves(request.start, end, ENTRIES_CHUNK):
@@ -241,7 +219,7 @@ class AuditService(pb_grpc.AuditServicer):
                 pos += len(chunk)
         except InvariantViolation as e:  # this replica's store lost entries: say so plainly
             log.critical("serving entries: %s", e)
-            await context.abort(grpc.StatusCode.DATA_LOSS, f"this node's log is damaged near entry {pos}: {e}")
+            await abort(context, DataLoss(f"this node's log is damaged near entry {pos}: {e}"))
 
     async def StreamBlocks(self, request: pb.BlocksRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.BlocksChunk]:

@@ -18,7 +18,9 @@ from typing import Any
 
 import grpc
 
-from node.errors import BadRequest, NotLeader, status_for
+from consensus.types import ConfChange, ConfChangeType, NodeId
+from node.errors import BadRequest, abort
+from node.replication import Replicator, node_number
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 
@@ -125,7 +127,7 @@ class PeerService(ppb_grpc.PeerServicer):
     """Receives peers' Raft messages and hands them to the driver (which steps them in order)."""
 
     def __init__(self, deliver: Callable[[bytes], None],
-                 snapshot_source: Callable[[int], AsyncIterator[ppb.SnapshotChunk]] | None = None) -> None:
+                 snapshot_source: Callable[[int], AsyncIterator[ppb.SnapshotChunk]]) -> None:
         self._deliver = deliver
         self._snapshot_source = snapshot_source
 
@@ -138,9 +140,6 @@ class PeerService(ppb_grpc.PeerServicer):
     async def FetchSnapshot(self, request: ppb.SnapshotRequest,
                             context: grpc.aio.ServicerContext[ppb.SnapshotRequest, ppb.SnapshotChunk],
                             ) -> AsyncIterator[ppb.SnapshotChunk]:
-        if self._snapshot_source is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "this node serves no snapshots")
-            return
         async for chunk in self._snapshot_source(request.index):
             yield chunk
 
@@ -151,42 +150,34 @@ Deliver = Callable[[bytes], Awaitable[None]]
 class RegionAdminService(ppb_grpc.RegionAdminServicer):
     """Operator commands: leader transfer and single-server membership changes (leader only)."""
 
-    def __init__(self, replicator: Any) -> None:
+    def __init__(self, replicator: Replicator) -> None:
         self._r = replicator
 
     async def TransferLeader(self, request: ppb.TransferLeaderRequest,
                              context: grpc.aio.ServicerContext[Any, Any]) -> ppb.AdminReply:
-        from node.replication import node_number
-
         try:
-            target = node_number(request.node_id)
-            took = await self._r.transfer_leadership(target)
+            took = await self._r.transfer_leadership(_member(request.node_id))
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         return ppb.AdminReply(message=f"{request.node_id} leads now (transfer took {took:.2f}s)")
 
     async def ChangeMembership(self, request: ppb.MembershipRequest,
                                context: grpc.aio.ServicerContext[Any, Any]) -> ppb.AdminReply:
-        from consensus.types import ConfChange, ConfChangeType, NodeId
-        from node.replication import node_number
-
         try:
+            if int(request.op) not in ConfChangeType._value2member_map_:
+                raise BadRequest(f"unknown membership operation {int(request.op)}")
             op = ConfChangeType(int(request.op))
             if op != ConfChangeType.REMOVE_VOTER and not request.address:
                 raise BadRequest("address (HOST:PORT) is required to add a node")
-            cc = ConfChange(op, NodeId(node_number(request.node_id)), request.address.encode())
+            cc = ConfChange(op, NodeId(_member(request.node_id)), request.address.encode())
             self._r.change_membership(cc)
         except Exception as e:
-            await _abort(context, e)
-            raise
+            await abort(context, e)
         return ppb.AdminReply(message=f"{op.name.lower()} {request.node_id} proposed")
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    code, message = status_for(exc)
-    if isinstance(exc, ValueError) and code == grpc.StatusCode.INTERNAL:
-        code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NotLeader) and exc.leader_hint:
-        context.set_trailing_metadata((("sovledger-leader", exc.leader_hint),))
-    await context.abort(code, message)
+def _member(node_id: str) -> int:
+    try:
+        return node_number(node_id)
+    except ValueError as e:
+        raise BadRequest(str(e)) from e

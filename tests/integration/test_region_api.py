@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import sovledger_pb
 from clients.client import BatchRefused, LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import u128_bytes
@@ -44,7 +45,9 @@ def test_followers_redirect_writes_and_reads_unless_stale_is_asked(tmp_path: Pat
             with pytest.raises(grpc.RpcError) as rpc:
                 f.ledger.LookupTransfers(req, timeout=5)
             assert rpc.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert ("sovledger-leader", leader.target) in tuple(rpc.value.trailing_metadata() or ())
+            trailing = tuple(rpc.value.trailing_metadata() or ())
+            assert (sovledger_pb.LEADER_METADATA_KEY, leader.target) in trailing
+            assert (sovledger_pb.REASON_METADATA_KEY, "REASON_NOT_LEADER") in trailing
             assert leader.target in (rpc.value.details() or "")
             stale = f.ledger.LookupTransfers(req, timeout=5, metadata=(("sovledger-read", "stale"),))
             # the follower may lag; within a moment it has the transfer

@@ -1,0 +1,96 @@
+"""Committers: what turns a block proposal into a durable, applied block.
+
+Two implementations share one interface (``Committer``): ``LocalCommitter`` here for a node
+without peers — a block is durable once its LMDB transaction has committed (fsync) — and
+``node.replication.Replicator`` for a region, where a block is durable once a quorum stored it.
+The node wires one of them into ingest, the read gate and status; nothing else tells them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from ledger.codec import Proposal
+from ledger.state import BlockOutcome, LedgerState
+from ledger.store import StoreFull
+from node.errors import StoreUnavailable
+
+log = logging.getLogger("sovledger.node")
+
+
+@dataclass
+class ReplicaStatus:
+    role: str
+    term: int
+    leader_id: int
+    applied_index: int
+
+
+class Committer(Protocol):
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def propose(self, proposal: Proposal) -> BlockOutcome:
+        """Resolve once the block is durable and applied here; raise a node error otherwise."""
+        ...
+
+    def check_leader(self) -> None:
+        """Raise NotLeader unless this node may accept writes."""
+        ...
+
+    async def read_barrier(self) -> None:
+        """Return once a read on this node's state is linearizable."""
+        ...
+
+    def status(self) -> ReplicaStatus: ...
+
+    def leader_address(self) -> str: ...
+
+
+@dataclass(eq=False)
+class LocalCommitter:
+    """Single-node committer: applies each block in the store thread; it is always the leader."""
+
+    _state: LedgerState
+    _pool: ThreadPoolExecutor
+    _address: str
+    _on_block: Callable[[LedgerState], None]  # after each applied block, in the store thread
+    _on_store_full: Callable[[], Awaitable[None]]
+
+    def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def propose(self, proposal: Proposal) -> BlockOutcome:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, self._apply, proposal)
+        except StoreFull as e:
+            log.error("%s", e)
+            await self._on_store_full()
+            raise StoreUnavailable(str(e)) from e
+
+    def _apply(self, proposal: Proposal) -> BlockOutcome:
+        outcome = self._state.apply_block(proposal)
+        self._on_block(self._state)
+        return outcome
+
+    def check_leader(self) -> None:
+        return None
+
+    async def read_barrier(self) -> None:
+        return None
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus("leader", 0, 0, self._state.head.height)
+
+    def leader_address(self) -> str:
+        return self._address
