@@ -12,11 +12,12 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
+from clients.channels import open_channel
 from clients.journal import Journal
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
 from clients.psp.driver import Engine, EngineContext
 from clients.psp.durable import JournalWriter, Preparer
-from clients.psp.routing import Router, open_channel
+from clients.psp.routing import Router
 from clients.psp.session import AsyncSession, future_deliver
 from clients.psp.window import Batch, Item
 from clients.sdk_errors import NotLeaderError, error_for_rpc

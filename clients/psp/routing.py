@@ -1,27 +1,8 @@
-"""Which node of the region to talk to, and the one place that opens a channel to it."""
+"""Which node of the region to talk to (channels are opened by ``clients.channels``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import grpc.aio
-
-MAX_MESSAGE_BYTES = 3 << 20
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # a restarted or failed-over node should be reachable again within ~100 ms, not gRPC's default 1 s+
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-]
-
-
-def open_channel(target: str) -> grpc.aio.Channel:
-    """The SDK's only way to open a channel (credentials, when the region speaks TLS, belong here)."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
 class Router:
@@ -53,4 +34,4 @@ class Router:
             self._next += 1
 
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "Router", "open_channel"]
+__all__ = ["Router"]

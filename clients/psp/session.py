@@ -23,24 +23,11 @@ if TYPE_CHECKING:
     from clients.psp.aio import AsyncLedgerSDK
 
 
-class AsyncSession:
-    """A streaming session: ``await send(t)`` returns a future of the payment's outcome.
+class WindowCounters:
+    """Read-only counters of a session's window (the asyncio and the threaded session show the same)."""
 
-    ``send`` waits while ``window_items`` payments are unacknowledged (back-pressure). Use as an
-    async context manager, or call ``await close()`` (which flushes).
-    """
-
-    def __init__(self, sdk: AsyncLedgerSDK, config: SdkConfig) -> None:
-        self.config = config
-        self._clock = sdk.clock
-        self._journal = sdk.journal_writer
-        self._engine = sdk.engine(config)
-        self._loop = asyncio.get_running_loop()
-        self.window = SessionWindow(config.batch_size_max, config.batch_delay_s, config.window_items)
-        self._lock = threading.Lock()  # the window is shared with a threaded adapter's callers
-        self._acked_event = asyncio.Event()  # set whenever an outcome arrives
-        self._ack_listeners: list[Callable[[], None]] = []
-        self._closed = False
+    window: SessionWindow
+    stats: EngineStats  # the engine's counters (batches, re-sends, broken streams, lookups)
 
     @property
     def unacknowledged(self) -> int:
@@ -54,9 +41,26 @@ class AsyncSession:
     def acked(self) -> int:
         return self.window.acked
 
-    @property
-    def stats(self) -> EngineStats:
-        return self._engine.stats
+
+class AsyncSession(WindowCounters):
+    """A streaming session: ``await send(t)`` returns a future of the payment's outcome.
+
+    ``send`` waits while ``window_items`` payments are unacknowledged (back-pressure). Use as an
+    async context manager, or call ``await close()`` (which flushes).
+    """
+
+    def __init__(self, sdk: AsyncLedgerSDK, config: SdkConfig) -> None:
+        self.config = config
+        self._clock = sdk.clock
+        self._journal = sdk.journal_writer
+        self._engine = sdk.engine(config)
+        self.stats = self._engine.stats
+        self._loop = asyncio.get_running_loop()
+        self.window = SessionWindow(config.batch_size_max, config.batch_delay_s, config.window_items)
+        self._lock = threading.Lock()  # the window is shared with a threaded adapter's callers
+        self._acked_event = asyncio.Event()  # set whenever an outcome arrives
+        self._ack_listeners: list[Callable[[], None]] = []
+        self._closed = False
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -158,4 +162,4 @@ def future_deliver(fut: asyncio.Future[TransferOutcome]) -> Deliver:
     return deliver
 
 
-__all__ = ["AsyncSession", "future_deliver"]
+__all__ = ["AsyncSession", "WindowCounters", "future_deliver"]

@@ -8,13 +8,13 @@ import concurrent.futures
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from clients.journal import Journal
 from clients.psp.aio import AsyncLedgerSDK
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
-from clients.psp.session import AsyncSession
-from clients.psp.window import Deliver, EngineStats
+from clients.psp.session import AsyncSession, WindowCounters
+from clients.psp.window import Deliver
 from clients.sdk_errors import SdkError
 from clients.sdk_types import PreparedTransfer, RetryPolicy, TransferOutcome
 from ledger.codec import encode_transfer
@@ -25,7 +25,18 @@ from sovledger_pb import ledger_pb2 as pb
 T = TypeVar("T")
 
 
-class LedgerSDK:
+class _ClosedOnExit:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LedgerSDK(_ClosedOnExit):
     """Thread-friendly client of a region; all network work runs on one private event-loop thread.
 
     >>> sdk = LedgerSDK(["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"])   # doctest: +SKIP
@@ -56,12 +67,6 @@ class LedgerSDK:
     @property
     def router_leader(self) -> str | None:
         return self.aio.router.leader
-
-    def __enter__(self) -> LedgerSDK:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._closed:
@@ -99,7 +104,7 @@ class LedgerSDK:
         return Session(self, (config or self.aio.config).validate())
 
 
-class Session:
+class Session(WindowCounters, _ClosedOnExit):
     """Synchronous streaming session. ``send(t)`` blocks while the window is full and returns a
     ``concurrent.futures.Future[TransferOutcome]``; ``callback(future)`` runs on the SDK's thread
     when the outcome is known (keep it short). Thread-safe."""
@@ -112,31 +117,11 @@ class Session:
             return AsyncSession(sdk.aio, config)
 
         self._aio = sdk.run(make())
+        self.window = self._aio.window
+        self.stats = self._aio.stats
         self._cond = threading.Condition()
         self._aio.on_ack(self._notify)
         self._closed = False
-
-    @property
-    def unacknowledged(self) -> int:
-        return self._aio.unacknowledged
-
-    @property
-    def sent(self) -> int:
-        return self._aio.sent
-
-    @property
-    def acked(self) -> int:
-        return self._aio.acked
-
-    @property
-    def stats(self) -> EngineStats:
-        return self._aio.stats
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _notify(self) -> None:
         with self._cond:
@@ -154,7 +139,7 @@ class Session:
         if callback is not None:
             fut.add_done_callback(callback)
         with self._cond:
-            if not self._cond.wait_for(self._aio.window.has_room, timeout_s):
+            if not self._cond.wait_for(self.window.has_room, timeout_s):
                 raise TimeoutError(f"window of {self.config.window_items} payments stayed full for {timeout_s}s")
             action = self._aio.admit(transfer.id, record, _concurrent_deliver(fut))
         if action is not None:
@@ -168,7 +153,7 @@ class Session:
         """Send what is buffered now and block until every payment sent so far has an outcome."""
         self._sdk.loop.call_soon_threadsafe(self._aio.seal_now)
         with self._cond:
-            if not self._cond.wait_for(self._aio.window.idle, timeout_s):
+            if not self._cond.wait_for(self.window.idle, timeout_s):
                 raise TimeoutError(f"{self.unacknowledged} payments still unacknowledged after {timeout_s}s")
         self._sdk.run(self._sdk.aio.journal_writer.barrier(), timeout_s)
 

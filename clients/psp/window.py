@@ -203,7 +203,6 @@ class Retry:
 
     batch: Batch
     backoff_s: float
-    error: LedgerStatusError
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +266,8 @@ class SendWindow:
         if not err.retryable or self.give_up(b, now):
             return Fail(b, err)
         if isinstance(err, NotLeaderError) and err.leader_hint:
-            return Retry(b, 0.0, err)  # follow the leader at once
-        return Retry(b, max(self.retry.delay_s(b.attempts), err.retry_after_s), err)
+            return Retry(b, 0.0)  # follow the leader at once
+        return Retry(b, max(self.retry.delay_s(b.attempts), err.retry_after_s))
 
     def on_broken(self) -> tuple[list[Batch], float]:
         """The stream broke: every unanswered batch is uncertain. Returns them and the back-off."""
