@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from clients.channels import open_sync_channel
 from ledger.codec import (
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
@@ -24,12 +25,6 @@ from ledger.codec import (
 from ledger.types import BATCH_ITEMS_MAX, Account, AccountBalance, EventKind, Result, Transfer
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
-
-MAX_MESSAGE_BYTES = 3 << 20
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 class BatchRefused(Exception):
@@ -83,7 +78,7 @@ class LedgerClient:
         self.target = target
         self.timeout_s = timeout_s
         self._read_md = (("sovledger-read", "stale"),) if stale_reads else ()
-        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.channel = open_sync_channel(target)
         self.ledger = pb_grpc.LedgerStub(self.channel)
         self.audit = pb_grpc.AuditStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)

@@ -4,7 +4,8 @@ Two kinds, kept apart on purpose:
 
 - ``LedgerStatusError`` subclasses: the node refused a whole batch or call (nothing of it was
   applied) — ``NotLeaderError(leader_hint)``, ``OverloadedError``, ``InvalidBatchError`` … mapped
-  from the status code (and, for RESOURCE_EXHAUSTED, from the message: overload vs store full).
+  from the status code and the node's machine-readable reason (``ErrorReason``, carried in
+  ``BatchStatus.reason`` or the ``sovledger-reason`` trailing metadata), never from message text.
 - ``TransferFailed`` subclasses: the ledger evaluated the payment and recorded a failing result
   code (business outcome). Raised only when the caller asks for it (``outcome.raise_for_result()``,
   ``submit(..., raise_on_failure=True)``).
@@ -16,14 +17,25 @@ unresolved and ``recover()`` settles it later with the same id.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
 
 import grpc
 
 from ledger.types import Result
+from sovledger_pb import LEADER_METADATA_KEY, REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY
+from sovledger_pb import ledger_pb2 as pb
 
-if TYPE_CHECKING:
-    from clients.sdk_types import TransferOutcome
+
+class OutcomeLike(Protocol):
+    """What a ``TransferFailed`` needs of an outcome (``clients.sdk_types.TransferOutcome``)."""
+
+    @property
+    def transfer_id(self) -> int: ...
+    @property
+    def result(self) -> Result: ...
+    @property
+    def log_index(self) -> int: ...
 
 
 class SdkError(Exception):
@@ -40,12 +52,14 @@ class LedgerStatusError(SdkError):
     retryable: bool = False
 
     def __init__(self, message: str = "", code: grpc.StatusCode | None = None, leader_hint: str = "",
-                 target: str = "") -> None:
+                 target: str = "", reason: int = pb.REASON_UNSPECIFIED, retry_after_s: float = 0.0) -> None:
         if code is not None:
             self.code = code
         self.message = message
         self.leader_hint = leader_hint
         self.target = target
+        self.reason = reason  # an ErrorReason value; 0 when the node did not say
+        self.retry_after_s = retry_after_s  # the node's "retry after" for a rate-limited PSP, else 0
         where = f" (from {target})" if target else ""
         super().__init__(f"{self.code.name}: {message}{where}")
 
@@ -58,9 +72,10 @@ class UnavailableError(LedgerStatusError):
 class NotLeaderError(UnavailableError):
     """This node is not the region's leader; ``leader_hint`` is host:port of the leader when known."""
 
-    def __init__(self, leader_hint: str = "", message: str = "", target: str = "") -> None:
+    def __init__(self, leader_hint: str = "", message: str = "", target: str = "",
+                 reason: int = pb.REASON_NOT_LEADER) -> None:
         super().__init__(message or f"not the leader (leader: {leader_hint or 'unknown'})",
-                         leader_hint=leader_hint, target=target)
+                         leader_hint=leader_hint, target=target, reason=reason)
 
 
 class DeadlineExceededError(LedgerStatusError):
@@ -76,7 +91,7 @@ class OverloadedError(LedgerStatusError):
 
 
 class StoreFullError(LedgerStatusError):
-    """The node's store is full (RESOURCE_EXHAUSTED, 'store full'): an operator must act; not retried."""
+    """The node's store is full (RESOURCE_EXHAUSTED, reason STORE_FULL): an operator must act; not retried."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -166,27 +181,63 @@ def status_code(value: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def error_for_status(code: grpc.StatusCode | int, message: str = "", leader_hint: str = "",
-                     target: str = "") -> LedgerStatusError:
-    """The typed error for a status (a BatchStatus or a failed call). OK is not an error."""
+# Reasons that pick a narrower class than the status code alone.
+_REASON_ERRORS: Final[dict[int, type[LedgerStatusError]]] = {
+    pb.REASON_STORE_FULL: StoreFullError,
+    pb.REASON_OVERLOADED: OverloadedError,
+    pb.REASON_RATE_LIMITED: OverloadedError,
+}
+
+
+def error_for_status(code: grpc.StatusCode | int, message: str = "", leader_hint: str = "", target: str = "",
+                     reason: int = pb.REASON_UNSPECIFIED, retry_after_s: float = 0.0) -> LedgerStatusError:
+    """The typed error for a status (a BatchStatus or a failed call). OK is not an error.
+
+    The class follows the code and the node's ``reason``; the message is only carried along. A node
+    that sends no reason: UNAVAILABLE with a leader hint is ``NotLeaderError``, the rest follow the code.
+    """
     if isinstance(code, int):
         code = status_code(code)
     if code == grpc.StatusCode.OK:
         raise ValueError("status OK is not an error")
-    if code == grpc.StatusCode.UNAVAILABLE and (leader_hint or "not the region's leader" in message):
-        return NotLeaderError(leader_hint, message, target)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "store full" in message.lower():
-        return StoreFullError(message, target=target)
-    cls = STATUS_ERRORS.get(code, UnknownStatusError)
-    err = cls(message, code=code, leader_hint=leader_hint, target=target)
-    return err
+    if reason == pb.REASON_NOT_LEADER or (
+            reason == pb.REASON_UNSPECIFIED and code == grpc.StatusCode.UNAVAILABLE and leader_hint):
+        return NotLeaderError(leader_hint, message, target, reason)
+    cls = _REASON_ERRORS.get(reason) or STATUS_ERRORS.get(code, UnknownStatusError)
+    return cls(message, code=code, leader_hint=leader_hint, target=target, reason=reason,
+               retry_after_s=retry_after_s)
 
 
 def error_for_rpc(exc: grpc.RpcError, target: str = "") -> LedgerStatusError:
-    """Typed error for a failed call; follows the ``sovledger-leader`` trailing metadata."""
+    """Typed error for a failed call, from its code and trailing metadata (leader, reason, retry-after)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else "") or ""
-    return error_for_status(code or grpc.StatusCode.UNKNOWN, details, leader_hint_of(exc), target)
+    try:
+        metadata = exc.trailing_metadata()
+    except Exception:
+        metadata = ()
+    return error_for_trailers(code or grpc.StatusCode.UNKNOWN, details, metadata, target)
+
+
+def error_for_trailers(code: grpc.StatusCode, details: str, metadata: Iterable[Any] | None,
+                       target: str = "") -> LedgerStatusError:
+    """Typed error for a call that ended with ``code`` and these trailing metadata."""
+    md = {key: value.decode() if isinstance(value, bytes) else str(value) for key, value in metadata or ()}
+    return error_for_status(code, details, md.get(LEADER_METADATA_KEY, ""), target,
+                            reason_value(md.get(REASON_METADATA_KEY, "")),
+                            _retry_after_s(md.get(RETRY_AFTER_METADATA_KEY, "")))
+
+
+def reason_value(name: str) -> int:
+    """``ErrorReason`` value of its name as sent in trailing metadata; unknown or absent → UNSPECIFIED."""
+    try:
+        return int(pb.ErrorReason.Value(name)) if name else pb.REASON_UNSPECIFIED
+    except ValueError:
+        return pb.REASON_UNSPECIFIED
+
+
+def _retry_after_s(ms: str) -> float:
+    return int(ms) / 1000 if ms.isdigit() else 0.0
 
 
 def leader_hint_of(exc: BaseException) -> str:
@@ -195,7 +246,7 @@ def leader_hint_of(exc: BaseException) -> str:
     except Exception:
         return ""
     for key, value in md or ():
-        if key == "sovledger-leader":
+        if key == LEADER_METADATA_KEY:
             return str(value)
     return ""
 
@@ -220,7 +271,7 @@ class OutcomeUnknownError(SdkError):
 class TransferFailed(SdkError):
     """The ledger evaluated a payment and recorded a failing result code."""
 
-    def __init__(self, outcome: TransferOutcome) -> None:
+    def __init__(self, outcome: OutcomeLike) -> None:
         self.outcome = outcome
         self.result = outcome.result
         super().__init__(f"transfer {outcome.transfer_id:#034x} failed: {outcome.result.name.lower()} "
@@ -301,7 +352,7 @@ def failure_class(result: Result | int) -> type[TransferFailed] | None:
     return TransferFailed
 
 
-def failure_for(outcome: TransferOutcome) -> TransferFailed | None:
+def failure_for(outcome: OutcomeLike) -> TransferFailed | None:
     cls = failure_class(outcome.result)
     return None if cls is None else cls(outcome)
 
@@ -310,9 +361,10 @@ __all__ = [
     "STATUS_ERRORS", "AbortedError", "AccountNotFound", "AlreadyExistsError", "AmountOverflow",
     "BalanceLimitExceeded", "CancelledError", "DataLossError", "DeadlineExceededError",
     "ExistsWithDifferentFields", "InternalError", "InvalidBatchError", "LedgerMismatch", "LedgerStatusError",
-    "LinkedEventFailed", "NotFoundError", "NotLeaderError", "OutOfRangeError", "OutcomeUnknownError",
+    "LinkedEventFailed", "NotFoundError", "NotLeaderError", "OutOfRangeError", "OutcomeLike", "OutcomeUnknownError",
     "OverloadedError", "PendingTransferError", "PermissionDeniedError", "PreconditionFailedError",
     "ReconciliationFailed", "RuleRejected", "RulesetRefused", "SdkError", "StoreFullError", "TransferFailed",
     "TransferInvalid", "UnauthenticatedError", "UnavailableError", "UnimplementedError", "UnknownStatusError",
-    "error_for_rpc", "error_for_status", "failure_class", "failure_for", "leader_hint_of", "status_code",
+    "error_for_rpc", "error_for_status", "error_for_trailers", "failure_class", "failure_for",
+    "leader_hint_of", "reason_value", "status_code",
 ]

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clients.sdk_errors import failure_for
 from ledger.types import Result
 
 Resolution = Literal["response", "lookup", "resend_exists", "recovered"]
@@ -36,8 +37,6 @@ class TransferOutcome:
 
     def raise_for_result(self) -> TransferOutcome:
         """Raise the typed ``TransferFailed`` subclass for a failing result code; return self otherwise."""
-        from clients.sdk_errors import failure_for
-
         err = failure_for(self)
         if err is not None:
             raise err

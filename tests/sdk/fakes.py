@@ -18,6 +18,7 @@ import grpc
 
 from ledger.codec import ACCOUNT_SIZE, TRANSFER_SIZE
 from ledger.types import EventKind, Result
+from sovledger_pb import LEADER_METADATA_KEY, REASON_METADATA_KEY
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -30,6 +31,13 @@ class Step:
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
     leader_hint: str = ""
+    reason: int = pb.REASON_UNSPECIFIED  # ErrorReason, sent as BatchStatus.reason / trailing metadata
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        out = ((LEADER_METADATA_KEY, self.leader_hint),) if self.leader_hint else ()
+        if self.reason:
+            out += ((REASON_METADATA_KEY, pb.ErrorReason.Name(self.reason)),)  # type: ignore[arg-type]
+        return out
 
 
 class FakeLedger(pb_grpc.LedgerServicer):
@@ -118,15 +126,15 @@ class FakeLedger(pb_grpc.LedgerServicer):
                 yield self._apply(req)
             elif step.action == "status":
                 yield pb.SubmitResponse(batch_id=req.batch_id, status=pb.BatchStatus(
-                    code=step.code.value[0], message=step.message, leader_hint=step.leader_hint))
+                    code=step.code.value[0], message=step.message, leader_hint=step.leader_hint,
+                    reason=step.reason))  # type: ignore[arg-type]
             elif step.action in ("abort", "commit_then_abort", "abort_commit_later"):
                 if step.action == "commit_then_abort":
                     self._apply(req)
                 elif step.action == "abort_commit_later":
                     with self.lock:
                         self.later.append(req)  # applied just before the next batch is processed
-                if step.leader_hint:
-                    context.set_trailing_metadata((("sovledger-leader", step.leader_hint),))
+                context.set_trailing_metadata(step.trailers())
                 context.abort(step.code, step.message or "fake abort")
             else:
                 raise AssertionError(step.action)
@@ -137,8 +145,7 @@ class FakeLedger(pb_grpc.LedgerServicer):
             if self.script and self.script[0].action == "lookup_status":
                 step = self.script.popleft()
         if step is not None:
-            if step.leader_hint:
-                context.set_trailing_metadata((("sovledger-leader", step.leader_hint),))
+            context.set_trailing_metadata(step.trailers())
             context.abort(step.code, step.message)
         out = pb.LookupTransfersResponse()
         with self.lock:
@@ -149,3 +156,22 @@ class FakeLedger(pb_grpc.LedgerServicer):
                 else:
                     out.transfers.add(id=tid, found=True, record=hit[0], log_index=hit[1], block=hit[2])
         return out
+
+
+class ManualClock:
+    """An injected SDK clock that moves only when a test says so (thread-safe)."""
+
+    def __init__(self, start: float = 1000.0, step_per_read: float = 0.0) -> None:
+        self._now = start
+        self._step = step_per_read  # > 0: every read moves time on (a clock racing ahead)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            now = self._now
+            self._now += self._step
+            return now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds

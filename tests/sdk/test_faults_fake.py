@@ -19,8 +19,9 @@ from clients.sdk import LedgerSDK, SdkConfig
 from clients.sdk_types import RetryPolicy
 from ledger.codec import u128_bytes
 from ledger.types import Result, Transfer
+from sovledger_pb import ledger_pb2 as pb
 from tests.integration.nodeproc import free_port
-from tests.sdk.fakes import FakeLedger, Step
+from tests.sdk.fakes import FakeLedger, ManualClock, Step
 
 FAST = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=10)
 UNAV = grpc.StatusCode.UNAVAILABLE
@@ -54,19 +55,23 @@ def assert_exactly_once(fake: FakeLedger, ts: list[Transfer]) -> None:
 # -- typed errors -----------------------------------------------------------------------------------------
 
 REFUSALS = [
-    (grpc.StatusCode.INVALID_ARGUMENT, "malformed request: records is 5 bytes", E.InvalidBatchError),
-    (grpc.StatusCode.PERMISSION_DENIED, "PSP signature of record #0 does not verify", E.PermissionDeniedError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "store full (map full); the node refuses new work", E.StoreFullError),
-    (grpc.StatusCode.FAILED_PRECONDITION, "refused", E.PreconditionFailedError),
-    (grpc.StatusCode.UNAUTHENTICATED, "who are you", E.UnauthenticatedError),
-    (grpc.StatusCode.INTERNAL, "internal error", E.InternalError),
+    (grpc.StatusCode.INVALID_ARGUMENT, "malformed request: records is 5 bytes", pb.REASON_MALFORMED,
+     E.InvalidBatchError),
+    (grpc.StatusCode.PERMISSION_DENIED, "PSP signature of record #0 does not verify", pb.REASON_PERMISSION_DENIED,
+     E.PermissionDeniedError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "store full (map full); the node refuses new work", pb.REASON_STORE_FULL,
+     E.StoreFullError),
+    (grpc.StatusCode.FAILED_PRECONDITION, "refused", pb.REASON_REFUSED, E.PreconditionFailedError),
+    (grpc.StatusCode.UNAUTHENTICATED, "who are you", pb.REASON_UNSPECIFIED, E.UnauthenticatedError),
+    (grpc.StatusCode.INTERNAL, "internal error", pb.REASON_INTERNAL, E.InternalError),
 ]
 
 
-@pytest.mark.parametrize(("code", "message", "cls"), REFUSALS, ids=lambda x: getattr(x, "name", None))
+@pytest.mark.parametrize(("code", "message", "reason", "cls"), REFUSALS, ids=lambda x: getattr(x, "name", None))
 def test_batch_status_refusal_raises_typed_error_without_retry(fake: FakeLedger, code: grpc.StatusCode,
-                                                                message: str, cls: type[Exception]) -> None:
-    fake.then(Step("status", code, message))
+                                                                message: str, reason: int,
+                                                                cls: type[Exception]) -> None:
+    fake.then(Step("status", code, message, reason=reason))
     with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(cls) as info:
         sdk.submit(transfers(3))
     assert message in str(info.value)
@@ -75,17 +80,18 @@ def test_batch_status_refusal_raises_typed_error_without_retry(fake: FakeLedger,
 
 
 RETRIED = [
-    (grpc.StatusCode.UNAVAILABLE, "this node is not the region's leader: no leader is known yet", E.NotLeaderError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "ingest queue full", E.OverloadedError),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, "slow", E.DeadlineExceededError),
-    (grpc.StatusCode.UNAVAILABLE, "shutting down", E.UnavailableError),
+    (grpc.StatusCode.UNAVAILABLE, "this node is not the region's leader: no leader is known yet",
+     pb.REASON_NOT_LEADER, E.NotLeaderError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "ingest queue full", pb.REASON_OVERLOADED, E.OverloadedError),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "slow", pb.REASON_TIMEOUT, E.DeadlineExceededError),
+    (grpc.StatusCode.UNAVAILABLE, "shutting down", pb.REASON_UNSPECIFIED, E.UnavailableError),
 ]
 
 
-@pytest.mark.parametrize(("code", "message", "cls"), RETRIED, ids=lambda x: getattr(x, "name", None))
+@pytest.mark.parametrize(("code", "message", "reason", "cls"), RETRIED, ids=lambda x: getattr(x, "name", None))
 def test_retryable_refusals_are_retried_then_succeed(fake: FakeLedger, code: grpc.StatusCode, message: str,
-                                                     cls: type[Exception]) -> None:
-    fake.then(Step("status", code, message), Step("status", code, message))
+                                                     reason: int, cls: type[Exception]) -> None:
+    fake.then(Step("status", code, message, reason=reason), Step("status", code, message, reason=reason))
     ts = transfers(4)
     with LedgerSDK(fake.target, retry=FAST) as sdk:
         out = sdk.submit(ts)
@@ -95,15 +101,24 @@ def test_retryable_refusals_are_retried_then_succeed(fake: FakeLedger, code: grp
     assert_exactly_once(fake, ts)
 
 
-@pytest.mark.parametrize(("code", "message", "cls"), RETRIED, ids=lambda x: getattr(x, "name", None))
+@pytest.mark.parametrize(("code", "message", "reason", "cls"), RETRIED, ids=lambda x: getattr(x, "name", None))
 def test_retry_budget_is_bounded_and_raises_typed_error(fake: FakeLedger, code: grpc.StatusCode, message: str,
-                                                        cls: type[Exception]) -> None:
-    fake.then(*[Step("status", code, message)] * 10)
-    t0 = time.monotonic()
-    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(cls):
+                                                        reason: int, cls: type[Exception]) -> None:
+    fake.then(*[Step("status", code, message, reason=reason)] * 10)
+    with LedgerSDK(fake.target, retry=FAST, clock=ManualClock()) as sdk, pytest.raises(cls):
         sdk.submit(transfers(2))
     assert len(fake.batch_sizes) == FAST.max_attempts
-    assert time.monotonic() - t0 < 5
+
+
+def test_retry_deadline_is_measured_on_the_injected_clock(fake: FakeLedger) -> None:
+    # every clock read moves time 1 s on (a few reads per attempt): the 10 s deadline, not the
+    # 50 attempts, ends the retries
+    policy = RetryPolicy(max_attempts=50, backoff_initial_s=0.001, backoff_max_s=0.002, deadline_s=10)
+    fake.then(*[Step("status", UNAV, "shutting down")] * 50)
+    with LedgerSDK(fake.target, retry=policy, clock=ManualClock(step_per_read=1.0)) as sdk, \
+            pytest.raises(E.UnavailableError):
+        sdk.submit(transfers(2))
+    assert 1 < len(fake.batch_sizes) <= 10
 
 
 def test_raise_on_failure_gives_transfer_failed(fake: FakeLedger) -> None:
@@ -220,16 +235,21 @@ def test_session_batches_by_size(fake: FakeLedger) -> None:
 
 
 def test_session_batches_by_time(fake: FakeLedger) -> None:
+    clock = ManualClock()
     cfg = SdkConfig(batch_size_max=1000, batch_delay_s=0.05)
-    with LedgerSDK(fake.target, retry=FAST, config=cfg) as sdk, sdk.session() as s:
-        t0 = time.monotonic()
+    with LedgerSDK(fake.target, retry=FAST, config=cfg, clock=clock) as sdk, sdk.session() as s:
         futs = [s.send(t) for t in transfers(3)]
+        time.sleep(0.3)  # real time passes, the session's clock does not: the batch stays open
+        clock.advance(0.04)
+        time.sleep(0.1)
+        assert not any(f.done() for f in futs) and fake.batch_sizes == []
+        clock.advance(0.01)
         outs = [f.result(5) for f in futs]  # no flush: the time bound seals the batch
-        assert time.monotonic() - t0 >= 0.04
         assert all(o.ok for o in outs)
         assert fake.batch_sizes == [3]
-        time.sleep(0.1)
+        clock.advance(1.0)
         more = [s.send(t) for t in transfers(2)]
+        clock.advance(0.05)
         assert all(f.result(5).ok for f in more)
     assert fake.batch_sizes == [3, 2]
 

@@ -14,6 +14,8 @@ from clients.ids import LOW_BITS, IdGenerator, id_bytes_be, id_time_ms, new_id, 
 from clients.journal import EntryState, Journal
 from clients.sdk_types import PreparedTransfer, RetryPolicy, TransferOutcome
 from ledger.types import Result
+from sovledger_pb import LEADER_METADATA_KEY, REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY
+from sovledger_pb import ledger_pb2 as pb
 
 # -- ids ----------------------------------------------------------------------------------------------
 
@@ -65,40 +67,80 @@ def test_two_generators_in_the_same_ms_do_not_collide() -> None:
 
 # -- error mapping ---------------------------------------------------------------------------------------
 
+R = pb.ErrorReason
 STATUS_CASES = [
-    (grpc.StatusCode.UNAVAILABLE, "connection refused", "", E.UnavailableError),
-    (grpc.StatusCode.UNAVAILABLE, "this node is not the region's leader: the leader is h:1", "h:1", E.NotLeaderError),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, "", "", E.DeadlineExceededError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "ingest queue full (1 items waiting)", "", E.OverloadedError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "store full (map full); the node refuses new work", "", E.StoreFullError),
-    (grpc.StatusCode.INVALID_ARGUMENT, "malformed request", "", E.InvalidBatchError),
-    (grpc.StatusCode.PERMISSION_DENIED, "bad PSP signature", "", E.PermissionDeniedError),
-    (grpc.StatusCode.UNAUTHENTICATED, "", "", E.UnauthenticatedError),
-    (grpc.StatusCode.FAILED_PRECONDITION, "", "", E.PreconditionFailedError),
-    (grpc.StatusCode.NOT_FOUND, "", "", E.NotFoundError),
-    (grpc.StatusCode.ALREADY_EXISTS, "", "", E.AlreadyExistsError),
-    (grpc.StatusCode.OUT_OF_RANGE, "", "", E.OutOfRangeError),
-    (grpc.StatusCode.ABORTED, "", "", E.AbortedError),
-    (grpc.StatusCode.CANCELLED, "", "", E.CancelledError),
-    (grpc.StatusCode.UNIMPLEMENTED, "", "", E.UnimplementedError),
-    (grpc.StatusCode.INTERNAL, "", "", E.InternalError),
-    (grpc.StatusCode.DATA_LOSS, "", "", E.DataLossError),
-    (grpc.StatusCode.UNKNOWN, "", "", E.UnknownStatusError),
+    (grpc.StatusCode.UNAVAILABLE, "connection refused", "", R.REASON_UNSPECIFIED, E.UnavailableError),
+    (grpc.StatusCode.UNAVAILABLE, "this node is not the region's leader: the leader is h:1", "h:1",
+     R.REASON_NOT_LEADER, E.NotLeaderError),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "", "", R.REASON_TIMEOUT, E.DeadlineExceededError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "ingest queue full (1 items waiting)", "", R.REASON_OVERLOADED,
+     E.OverloadedError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "store full (map full); the node refuses new work", "",
+     R.REASON_STORE_FULL, E.StoreFullError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "PSP over its fair share", "", R.REASON_RATE_LIMITED, E.OverloadedError),
+    (grpc.StatusCode.INVALID_ARGUMENT, "malformed request", "", R.REASON_MALFORMED, E.InvalidBatchError),
+    (grpc.StatusCode.PERMISSION_DENIED, "bad PSP signature", "", R.REASON_PERMISSION_DENIED,
+     E.PermissionDeniedError),
+    (grpc.StatusCode.UNAUTHENTICATED, "", "", R.REASON_UNAUTHENTICATED, E.UnauthenticatedError),
+    (grpc.StatusCode.FAILED_PRECONDITION, "", "", R.REASON_REFUSED, E.PreconditionFailedError),
+    (grpc.StatusCode.NOT_FOUND, "", "", R.REASON_NOT_FOUND, E.NotFoundError),
+    (grpc.StatusCode.ALREADY_EXISTS, "", "", R.REASON_UNSPECIFIED, E.AlreadyExistsError),
+    (grpc.StatusCode.OUT_OF_RANGE, "", "", R.REASON_OUT_OF_RANGE, E.OutOfRangeError),
+    (grpc.StatusCode.ABORTED, "", "", R.REASON_UNSPECIFIED, E.AbortedError),
+    (grpc.StatusCode.CANCELLED, "", "", R.REASON_UNSPECIFIED, E.CancelledError),
+    (grpc.StatusCode.UNIMPLEMENTED, "", "", R.REASON_UNSPECIFIED, E.UnimplementedError),
+    (grpc.StatusCode.INTERNAL, "", "", R.REASON_INTERNAL, E.InternalError),
+    (grpc.StatusCode.DATA_LOSS, "", "", R.REASON_DATA_LOSS, E.DataLossError),
+    (grpc.StatusCode.UNKNOWN, "", "", R.REASON_UNSPECIFIED, E.UnknownStatusError),
 ]
 
 
-@pytest.mark.parametrize(("code", "message", "hint", "cls"), STATUS_CASES, ids=lambda x: getattr(x, "name", None))
-def test_every_status_maps_to_its_typed_error(code: grpc.StatusCode, message: str, hint: str,
+@pytest.mark.parametrize(("code", "message", "hint", "reason", "cls"), STATUS_CASES,
+                         ids=lambda x: getattr(x, "name", None))
+def test_every_status_maps_to_its_typed_error(code: grpc.StatusCode, message: str, hint: str, reason: int,
                                              cls: type[E.LedgerStatusError]) -> None:
-    err = E.error_for_status(code.value[0], message, hint, "t:1")
+    err = E.error_for_status(code.value[0], message, hint, "t:1", reason)
     assert type(err) is cls
     assert err.code == code
     assert err.leader_hint == hint
+    assert err.reason == reason
     assert isinstance(err, E.LedgerStatusError) and isinstance(err, E.SdkError)
+
+
+@pytest.mark.parametrize(("code", "message", "hint", "reason", "cls"), STATUS_CASES,
+                         ids=lambda x: getattr(x, "name", None))
+def test_the_message_text_never_picks_the_class(code: grpc.StatusCode, message: str, hint: str, reason: int,
+                                               cls: type[E.LedgerStatusError]) -> None:
+    # the same code and reason with another (or no) message: the same class
+    for text in ("", "store full", "this node is not the region's leader", "ingest queue full"):
+        assert type(E.error_for_status(code, text, hint, "t:1", reason)) is cls
+
+
+def test_without_a_reason_the_status_code_decides() -> None:
+    # a node that sends no reason yet: UNAVAILABLE + leader hint is NotLeader, the rest follow the code
+    assert type(E.error_for_status(grpc.StatusCode.UNAVAILABLE, "", "h:2")) is E.NotLeaderError
+    assert type(E.error_for_status(grpc.StatusCode.UNAVAILABLE, "not the region's leader")) is E.UnavailableError
+    assert type(E.error_for_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "store full")) is E.OverloadedError
+    # a reason this SDK does not know yet (a newer node): the code decides
+    assert type(E.error_for_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "", "", 999)) is E.OverloadedError
+
+
+def test_trailing_metadata_carries_leader_reason_and_retry_after() -> None:
+    md = [(LEADER_METADATA_KEY, "h:3"), (REASON_METADATA_KEY, "REASON_NOT_LEADER")]
+    err = E.error_for_trailers(grpc.StatusCode.UNAVAILABLE, "x", md, "t:1")
+    assert type(err) is E.NotLeaderError and err.leader_hint == "h:3" and err.reason == R.REASON_NOT_LEADER
+    md = [(REASON_METADATA_KEY, "REASON_STORE_FULL")]
+    assert type(E.error_for_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "", md)) is E.StoreFullError
+    md = [(REASON_METADATA_KEY, "REASON_RATE_LIMITED"), (RETRY_AFTER_METADATA_KEY, "250")]
+    err = E.error_for_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "", md)
+    assert type(err) is E.OverloadedError and err.retryable and err.retry_after_s == 0.25
+    md = [(REASON_METADATA_KEY, "REASON_FROM_THE_FUTURE")]
+    assert E.error_for_trailers(grpc.StatusCode.INTERNAL, "", md).reason == R.REASON_UNSPECIFIED
 
 
 def test_every_status_code_is_covered() -> None:
     covered = {c for c, *_ in STATUS_CASES}
+    assert {r for *_, r, _ in STATUS_CASES} == set(R.values())
     assert covered == set(grpc.StatusCode) - {grpc.StatusCode.OK}
     with pytest.raises(ValueError):
         E.error_for_status(0)

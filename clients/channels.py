@@ -1,0 +1,34 @@
+"""The one place where clients open gRPC channels to a node (asyncio SDK and the synchronous client).
+
+Channel credentials (TLS), when the region speaks it, are added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+
+MAX_MESSAGE_BYTES = 3 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # a restarted or failed-over node should be reachable again within ~100 ms, not gRPC's default 1 s+
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` (host:port) — the PSP SDK's."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+def open_sync_channel(target: str) -> grpc.Channel:
+    """A blocking channel to ``target`` (host:port) — ``clients.client.LedgerClient``'s."""
+    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS[:2])
+
+
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "open_channel", "open_sync_channel"]

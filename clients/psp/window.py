@@ -1,0 +1,354 @@
+"""The SDK's window and retry logic as a pure state machine: events in, actions out, no I/O.
+
+In the manner of h2's connection object: the driver (``clients.psp.driver``) feeds what happened
+(an item was sent by the caller, a timer fired, a batch went out, a response came back, the stream
+broke) together with the time it read from its clock, and carries out what it is told (seal a
+batch, arm a timer, settle, retry after a back-off, fail). Nothing here reads a clock, sleeps,
+touches a socket or a file, so every decision can be tested with plain numbers.
+
+Two machines:
+
+- ``SessionWindow``: what a session has buffered and how many payments are unacknowledged
+  (back-pressure). The asyncio session and the threaded session share it.
+- ``SendWindow``: the batches waiting to be sent and in flight on one stream, with the retry
+  budget; it decides what a response, a refusal or a broken stream means for each batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from clients.sdk_errors import LedgerStatusError, NotLeaderError
+from clients.sdk_types import Resolution, RetryPolicy, TransferOutcome
+from ledger.types import EventKind, Result
+
+log = logging.getLogger("sovledger.sdk")
+
+Deliver = Callable[[TransferOutcome | BaseException], None]
+
+# A stream that ends with one of these was refused on purpose by the node (not a crash or a transport
+# failure): payments the lookup did not find are reported as refused. Any other status on a broken
+# stream (UNAVAILABLE, INTERNAL "from Core", UNKNOWN, CANCELLED …) is treated as a transport failure.
+DELIBERATE_REFUSALS = frozenset({
+    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED,
+})
+# Items with these result codes were applied by an earlier identical event: the payment is in the ledger.
+_EXISTS = frozenset({Result.TRANSFER_EXISTS, Result.EXISTS})
+
+
+# -- items and batches ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One payment (or account) on its way: canonical bytes plus how to report its outcome."""
+
+    transfer_id: int
+    record: bytes
+    deliver: Deliver
+    signature: bytes = b""
+    key_id: bytes = b""
+    done: bool = False
+
+    def finish(self, value: TransferOutcome | BaseException) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.deliver(value)
+        except Exception:  # a caller's callback must not kill the engine
+            log.exception("payment outcome callback raised")
+
+
+_seqs = itertools.count(1)
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    kind: EventKind
+    items: list[Item]
+    recovering: bool = False  # re-sent from the journal: exists means OK
+    signed: bool = False  # signatures already attached (journal/recovery)
+    seq: int = field(default_factory=lambda: next(_seqs))
+    attempts: int = 0
+    uncertain: bool = False  # a send of it may have been applied (indeterminate once)
+    first_sent: float | None = None
+    sent_at: float = 0.0
+    batch_id: int = 0
+
+    @property
+    def ids(self) -> list[int]:
+        return [i.transfer_id for i in self.items]
+
+    def finish_all(self, value: TransferOutcome | BaseException) -> None:
+        for it in self.items:
+            it.finish(value)
+
+
+# -- session window: buffering and back-pressure -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SealBatch:
+    """Action: hand this batch to the engine."""
+
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    """Action: call ``SessionWindow.on_timer`` again after ``delay_s``."""
+
+    delay_s: float
+
+
+SessionAction = SealBatch | ArmTimer
+
+
+class SessionWindow:
+    """Buffer of one session plus its count of unacknowledged payments. Not thread-safe by itself:
+    the threaded session calls it under its lock."""
+
+    def __init__(self, batch_size_max: int, batch_delay_s: float, window_items: int) -> None:
+        self.batch_size_max = batch_size_max
+        self.batch_delay_s = batch_delay_s
+        self.window_items = window_items
+        self.unacked = 0
+        self.sent = 0
+        self.acked = 0
+        self._buf: list[Item] = []
+        self._opened_at = 0.0
+        self._timer_armed = False  # at most one timer per session, whatever the number of batches
+
+    def has_room(self) -> bool:
+        return self.unacked < self.window_items
+
+    def idle(self) -> bool:
+        return self.unacked == 0
+
+    def add(self, item: Item, now: float) -> SessionAction | None:
+        """A payment was admitted (the caller checked ``has_room``)."""
+        self.unacked += 1
+        self.sent += 1
+        self._buf.append(item)
+        if len(self._buf) >= self.batch_size_max:
+            return self._seal()
+        if len(self._buf) == 1:
+            self._opened_at = now
+            return self._arm(self.batch_delay_s)
+        return None
+
+    def on_timer(self, now: float) -> SessionAction | None:
+        """The batch-delay timer fired: seal when the open batch is old enough, else wait the rest."""
+        self._timer_armed = False
+        if not self._buf:
+            return None
+        left = self._opened_at + self.batch_delay_s - now
+        return self._arm(left) if left > 0 else self._seal()
+
+    def _arm(self, delay_s: float) -> ArmTimer | None:
+        if self._timer_armed:
+            return None
+        self._timer_armed = True
+        return ArmTimer(delay_s)
+
+    def flush(self) -> SessionAction | None:
+        return self._seal() if self._buf else None
+
+    def on_outcome(self) -> None:
+        self.unacked -= 1
+        self.acked += 1
+
+    def _seal(self) -> SealBatch:
+        items, self._buf = self._buf, []
+        return SealBatch(Batch(EventKind.CREATE_TRANSFER, items))
+
+
+# -- send window: in flight, retries, broken streams ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters of one session's engine (tests, progress displays)."""
+
+    batches_sent: int = 0  # first sends
+    resends: int = 0  # batches sent again (refusal, broken stream)
+    broken_streams: int = 0
+    indeterminate_batches: int = 0
+    resolved_by_lookup: int = 0  # payments settled by LookupTransfers after a broken stream
+    recent_batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def on_send(self, b: Batch) -> None:
+        if b.attempts == 1:
+            self.batches_sent += 1
+            self.recent_batch_sizes.append(len(b.items))
+        else:
+            self.resends += 1
+
+
+class UnexpectedResponse(Exception):
+    """A response that does not answer the oldest batch in flight: the stream is out of step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Action: the batch goes back to the queue; stop this stream and sleep ``backoff_s`` first."""
+
+    batch: Batch
+    backoff_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Action: the batch is refused for good (or its retry budget is spent)."""
+
+    batch: Batch
+    error: LedgerStatusError
+
+
+RefusalAction = Retry | Fail
+
+
+class SendWindow:
+    """Batches ready to send (in ``seq`` order) and in flight on the current stream."""
+
+    def __init__(self, window_batches: int, retry: RetryPolicy, response_timeout_s: float) -> None:
+        self.window_batches = window_batches
+        self.retry = retry
+        self.response_timeout_s = response_timeout_s
+        self.ready: deque[Batch] = deque()
+        self.inflight: deque[Batch] = deque()
+        self.round_failures = 0
+        self.stats = EngineStats()
+
+    def enqueue(self, batch: Batch) -> None:
+        self.ready.append(batch)
+
+    def requeue(self, batches: Sequence[Batch]) -> None:
+        """Batches to send again keep their place: everything ready is sorted by first submission."""
+        if batches:
+            self.ready = deque(sorted([*self.ready, *batches], key=lambda x: x.seq))
+
+    def can_send(self) -> bool:
+        return bool(self.ready) and len(self.inflight) < self.window_batches
+
+    def next_send(self, batch_id: int, now: float) -> Batch:
+        b = self.ready.popleft()
+        b.batch_id = batch_id
+        b.attempts += 1
+        self.stats.on_send(b)
+        b.sent_at = now
+        if b.first_sent is None:
+            b.first_sent = now
+        self.inflight.append(b)
+        return b
+
+    def overdue(self, now: float) -> bool:
+        return bool(self.inflight) and now - self.inflight[0].sent_at > self.response_timeout_s
+
+    def on_response(self, batch_id: int) -> Batch:
+        if not self.inflight or batch_id != self.inflight[0].batch_id:
+            raise UnexpectedResponse(f"response for unexpected batch {batch_id}")
+        return self.inflight.popleft()
+
+    def on_accepted(self) -> None:
+        self.round_failures = 0
+
+    def on_refusal(self, b: Batch, err: LedgerStatusError, now: float) -> RefusalAction:
+        """A BatchStatus refusal: retry the batch (same ids) or fail it."""
+        if not err.retryable or self.give_up(b, now):
+            return Fail(b, err)
+        if isinstance(err, NotLeaderError) and err.leader_hint:
+            return Retry(b, 0.0)  # follow the leader at once
+        return Retry(b, max(self.retry.delay_s(b.attempts), err.retry_after_s))
+
+    def on_broken(self) -> tuple[list[Batch], float]:
+        """The stream broke: every unanswered batch is uncertain. Returns them and the back-off."""
+        unanswered = list(self.inflight)
+        self.inflight.clear()
+        self.stats.broken_streams += 1
+        self.stats.indeterminate_batches += len(unanswered)
+        self.round_failures += 1
+        for b in unanswered:
+            b.uncertain = True
+        return unanswered, self.retry.delay_s(self.round_failures)
+
+    def drain_inflight(self) -> list[Batch]:
+        """The round ended (normally or cancelled): what is still in flight has no answer."""
+        out = list(self.inflight)
+        self.inflight.clear()
+        for b in out:
+            b.uncertain = True
+        return out
+
+    def give_up(self, b: Batch, now: float) -> bool:
+        r = self.retry
+        return b.attempts >= r.max_attempts or (b.first_sent is not None and now - b.first_sent > r.deadline_s)
+
+
+# -- reading answers ---------------------------------------------------------------------------------
+
+
+def outcomes_of_response(b: Batch, results: Sequence[int], log_indexes: Sequence[int], blocks: Sequence[int],
+                         timestamp_ns: int) -> tuple[list[TransferOutcome], list[tuple[Item, TransferOutcome]]]:
+    """Per-item outcomes of an accepted batch: (final ones, failures to confirm by lookup first).
+
+    A re-sent payment answered ``exists`` is in the ledger exactly once: OK. A failing code for a
+    batch an earlier send of which may still commit is not final until a lookup confirms it.
+    """
+    final: list[TransferOutcome] = []
+    confirm: list[tuple[Item, TransferOutcome]] = []
+    resent = b.attempts > 1 or b.uncertain or b.recovering
+    base: Resolution = "recovered" if b.recovering else "response"
+    for it, code, idx, blk in zip(b.items, results, log_indexes, blocks, strict=True):
+        result, resolution = Result(code), base
+        if resent and result in _EXISTS:
+            result, resolution = Result.OK, "resend_exists"
+        o = TransferOutcome(it.transfer_id, result, idx, blk, timestamp_ns, b.attempts, resolution)
+        if b.uncertain and not result.is_success and b.kind == EventKind.CREATE_TRANSFER:
+            confirm.append((it, o))
+            continue
+        final.append(o)
+        it.finish(o)
+    return final, confirm
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a lookup says about one payment."""
+
+    record: bytes
+    log_index: int
+    block: int
+    timestamp_ns: int
+
+
+def settle_by_lookup(items: Sequence[Item], found: Sequence[Found | None], attempts: int
+                     ) -> tuple[list[TransferOutcome], list[Item]]:
+    """Items whose very record is in the ledger are settled OK ("lookup"); the rest are returned.
+
+    Not found, or another record under this id (a re-send then reports ``exists_with_different_*``).
+    """
+    settled: list[TransferOutcome] = []
+    rest: list[Item] = []
+    for it, f in zip(items, found, strict=True):
+        if f is not None and f.record == it.record:
+            o = TransferOutcome(it.transfer_id, Result.OK, f.log_index, f.block, f.timestamp_ns, attempts, "lookup")
+            settled.append(o)
+            it.finish(o)
+        else:
+            rest.append(it)
+    return settled, rest
+
+
+__all__ = [
+    "DELIBERATE_REFUSALS", "ArmTimer", "Batch", "Deliver", "EngineStats", "Fail", "Found", "Item", "Retry",
+    "SealBatch", "SendWindow", "SessionWindow", "UnexpectedResponse", "outcomes_of_response", "settle_by_lookup",
+]
