@@ -120,9 +120,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "rollback, 12 leaf/chain/tree mismatch, 13 block header mismatch, 14 balance "
         "mismatch, 15 PSP signature invalid (docs/auditor.md).")
     sub = a.add_subparsers(dest="audit_command", metavar="ACTION")
-    _add_verify(sub)
-    _add_trust(sub)
-    _add_node_commands(sub)
+    for add in (_add_verify, _add_trust, _add_node_commands):
+        add(sub)
     _help_only(a)
     return a
 
