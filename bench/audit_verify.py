@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
-from clients.audit_core import LogVerifier, compare_accounts, iter_blocks  # noqa: E402
+from clients.auditor.checks import compare_accounts  # noqa: E402
+from clients.auditor.replay import LogVerifier, iter_blocks  # noqa: E402
 from clients.workload import TransferGenerator, account_records  # noqa: E402
 from ledger.codec import Batch, Proposal  # noqa: E402
 from ledger.note import Checkpoint as Cp  # noqa: E402

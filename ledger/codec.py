@@ -299,6 +299,7 @@ _BODY_SIZE: Final = {
     EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
     EventKind.LEDGER_TRANSFER: TRANSFER_SIZE,
 }
+LEAF_BODY_SIZE: Final = _BODY_SIZE  # fixed body length per event kind (DEPLOY_RULESET varies); the auditor checks it
 
 
 def decode_leaf(raw: bytes) -> Leaf:

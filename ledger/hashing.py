@@ -19,6 +19,12 @@ import blake3
 HASH_SIZE: Final = 32
 EMPTY_ROOT: Final = blake3.blake3(b"").digest()
 GENESIS_LINK: Final = bytes(32)
+# The domain bytes above, named for loops that hash inline (the auditor's replay) instead of calling per leaf.
+LEAF_DOMAIN: Final = b"\x00"
+NODE_DOMAIN: Final = b"\x01"
+CHAIN_DOMAIN: Final = b"\x02"
+BLOCK_DOMAIN: Final = b"\x03"
+STATE_DOMAIN: Final = b"\x04"
 
 _b3 = blake3.blake3
 

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.rules_cli import register as register_rules
 
     register_rules(sub)
-    from clients.audit import register as register_audit
+    from clients.auditor.cli import register as register_audit
 
     register_audit(sub)
     from clients.psp_load import register as register_psp

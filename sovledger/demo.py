@@ -25,8 +25,8 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clients.auditor.checks import verify_checkpoint_note, verify_consistency_response, verify_inclusion_response
 from clients.client import BatchRefused, BatchResult, LedgerClient
-from clients.verify import verify_checkpoint_note, verify_consistency_response, verify_inclusion_response
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import decode_leaf, encode_deploy
 from ledger.note import Signer, split_note

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients import trust as trustmod
-from clients.audit import check_against_trusted, parse_u128, verify_note
-from clients.audit_core import (
+from clients.auditor import trust as trustmod
+from clients.auditor.checks import check_against_trusted, compare_accounts, parse_u128, verify_note
+from clients.auditor.export import read_export, write_export
+from clients.auditor.failures import (
     AuditFailure,
     BalanceMismatch,
     BlockHeaderMismatch,
@@ -20,17 +21,13 @@ from clients.audit_core import (
     LeafMismatch,
     LogMismatch,
     LogTruncated,
-    LogVerifier,
     PspSignatureInvalid,
     RollbackDetected,
     TreeMismatch,
     UsageError,
-    compare_accounts,
-    iter_blocks,
-    read_export,
-    write_export,
 )
-from clients.trust import TrustedCheckpoint, TrustStore
+from clients.auditor.replay import LogVerifier, iter_blocks
+from clients.auditor.trust import TrustedCheckpoint, TrustStore
 from ledger.note import Checkpoint, Signer, open_note
 from tests.audit.memlog import MemLog, mixed_log
 

@@ -20,14 +20,8 @@ import blake3
 import lmdb
 import pytest
 
-from clients.audit_core import (
-    EXIT_BAD_SIGNATURE,
-    EXIT_INCONSISTENT,
-    EXIT_LOG_MISMATCH,
-    EXIT_OK,
-    read_export,
-    write_export,
-)
+from clients.auditor.export import read_export, write_export
+from clients.auditor.failures import EXIT_BAD_SIGNATURE, EXIT_INCONSISTENT, EXIT_LOG_MISMATCH, EXIT_OK
 from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.merkle import CompactRange
@@ -43,7 +37,7 @@ U64BE = struct.Struct(">Q")
 
 def audit(*args: str) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", COLUMNS="200")
-    r = subprocess.run([sys.executable, "-m", "clients.audit", *args], capture_output=True, text=True, cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "clients.auditor", *args], capture_output=True, text=True, cwd=ROOT,
                        env=env, timeout=120)
     return r.returncode, r.stdout + r.stderr
 

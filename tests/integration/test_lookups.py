@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from clients.auditor.checks import verify_checkpoint_note, verify_inclusion_response
 from clients.client import LedgerClient
-from clients.verify import verify_checkpoint_note, verify_inclusion_response
 from ledger.codec import BlockHeader, decode_leaf, decode_transfer
 from ledger.hashing import block_hash
 from ledger.types import Account, AccountFlags, Result, Transfer, TransferFlags

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from clients.auditor.checks import verify_checkpoint_note, verify_consistency_response
 from clients.client import BatchRefused, LedgerClient
-from clients.verify import verify_checkpoint_note, verify_consistency_response
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import TRANSFER_STRUCT, decode_leaf
 from ledger.types import EventKind, Result

@@ -1,178 +1,86 @@
-"""The auditor's pure verification core: typed failures, the full-log verifier, the export format.
+"""Full-log replay: the verifier that re-derives every leaf hash, chain link, tree root, block header
+and balance from canonical bytes (docs/auditor.md, "What each check proves").
 
-No I/O here besides reading/writing an export file object handed in: everything the verifier
-checks arrives as canonical bytes (leaves, block headers, signed notes) and is re-derived
-independently from ``ledger.codec`` layouts and ``ledger.hashing`` domains. Imports only the pure
-ledger modules (tests/test_layers.py).
-
-What ``LogVerifier`` recomputes, per block (docs/auditor.md, "What each check proves"):
-leaf framing and index/timestamp continuity → leaf hashes → hash chain → RFC 6962 tree (compact
-range) → the block header (chaining, continuity, merkle root, chain head, state hash, rule set
-hash, block hash) → balances replayed from the *recorded results* (effects only, never decisions)
-→ at the end the signed checkpoint (size, root, ``block``/``chain``/``time`` lines).
+Pure: no I/O. Everything is recomputed from ``ledger.codec`` layouts, ``ledger.hashing`` domains and
+``ledger.merkle``'s compact range. Per block: leaf framing and index/timestamp continuity → leaf
+hashes → hash chain → RFC 6962 tree (compact range) → the block header (chaining, continuity,
+merkle root, chain head, state hash, rule set hash, block hash) → balances replayed from the
+*recorded results* (effects only, never decisions) → at the end the signed checkpoint (size, root,
+``block``/``chain``/``time`` lines).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import blake3
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from clients.auditor.failures import (
+    BalanceMismatch,
+    BlockHeaderMismatch,
+    ChainMismatch,
+    ForkDetected,
+    LeafMalformed,
+    LeafMismatch,
+    LogTruncated,
+    PspSignatureInvalid,
+    TreeMismatch,
+    ab,
+)
 from ledger.codec import (
+    AUX_LEN,
     AUX_TAG_PSP_SIGNATURE,
     AUX_TAG_RECONCILE,
     AUX_TAG_RULE_OUTCOME,
     BLOCK_HEADER,
     BLOCK_HEADER_SIZE,
+    DEPLOY_HEADER_SIZE,
     FORMAT_VERSION,
+    KEY_ID_SIZE,
+    LEAF_BODY_SIZE,
     LEAF_HEADER,
     LEAF_HEADER_SIZE,
+    SIGNATURE_SIZE,
+    TRANSFER_SIZE,
     ZERO32,
     EncodingError,
-    decode_account_state,
-    decode_leaf,
     iter_aux,
 )
-from ledger.hashing import EMPTY_ROOT, GENESIS_LINK
+from ledger.hashing import CHAIN_DOMAIN, GENESIS_LINK, LEAF_DOMAIN, STATE_DOMAIN, block_hash
+from ledger.merkle import CompactRange
 from ledger.note import Checkpoint, Verifier
-from ledger.types import U64_MAX, EventKind, Result
+from ledger.rules.model import Action, ruleset_hash
+from ledger.types import EventKind, Result, TransferFlags
 
 _b3 = blake3.blake3
 
-# Exit codes, one per failure class (docs/auditor.md).
-EXIT_OK: Final = 0
-EXIT_USAGE: Final = 2
-EXIT_UNREACHABLE: Final = 3
-EXIT_BAD_SIGNATURE: Final = 10
-EXIT_INCONSISTENT: Final = 11
-EXIT_LOG_MISMATCH: Final = 12
-EXIT_BLOCK_MISMATCH: Final = 13
-EXIT_BALANCE_MISMATCH: Final = 14
-EXIT_PSP_SIGNATURE: Final = 15
+_F_PENDING: Final = int(TransferFlags.PENDING)
+_F_POST: Final = int(TransferFlags.POST_PENDING_TRANSFER)
+_F_VOID: Final = int(TransferFlags.VOID_PENDING_TRANSFER)
+_F_TWO_PHASE: Final = _F_PENDING | _F_POST | _F_VOID
+_ACTION_HOLD: Final = int(Action.HOLD)
+_PSP_TLV_SIZE: Final = KEY_ID_SIZE + SIGNATURE_SIZE
+# A compact range of a u64-sized tree never completes a level-64 subtree: append without listing any.
+_NO_SUBTREES: Final = 64
 
-# Rule action numbers as recorded in aux tag 2 (ledger/rules/model.py Action; fixed on the wire).
-_ACTION_HOLD: Final = 3
-_F_PENDING: Final = 2
-_F_POST: Final = 4
-_F_VOID: Final = 8
-_RULESET_DOMAIN: Final = b"\x05"
-_DEPLOY_HEADER: Final = 4 + 64
-
-# from the body start: id, debit, credit, amount lo, amount hi, pending id, (skip 94), flags
+# A transfer body (ledger.codec.TRANSFER_STRUCT) from its start: id, debit, credit, amount lo, amount hi,
+# pending id, then user data, timeout, ledger, code (94 bytes skipped), flags.
 _XFER: Final = struct.Struct("<16s16s16sQQ16s94xH")
-# the whole 202-byte leaf of a create-transfer without aux: version|kind|result (one u32), index, timestamp,
-# body_len, debit, credit, amount lo/hi, flags, aux_len
-_FAST: Final = struct.Struct("<IQQI16x16s16sQQ16x94xHH")
-_BODY_SIZE: Final = {1: 64, 2: 176, 3: 16, 5: 96, 6: 176}
-_NO_AUX: Final = b"\x00\x00"
-_U64_MASK: Final = U64_MAX
+# The whole leaf of a create-transfer without aux, in one unpack: version|kind|result (LEAF_HEADER's first
+# three fields as one u32), index, timestamp, body_len, then the _XFER fields without id and pending id
+# (debit, credit, amount lo/hi, flags), then the aux length.
+_PLAIN: Final = struct.Struct("<IQQI16x16s16sQQ16x94xHH")
+_PLAIN_SIZE: Final = LEAF_HEADER_SIZE + TRANSFER_SIZE + AUX_LEN.size  # 202
+_PLAIN_TAG: Final = FORMAT_VERSION | EventKind.CREATE_TRANSFER << 8 | Result.OK << 16
+if _PLAIN.size != _PLAIN_SIZE or _XFER.size != TRANSFER_SIZE:  # the layouts above must follow ledger.codec
+    raise ImportError("clients.auditor.replay: leaf layouts disagree with ledger.codec")
 
-
-def ab(raw: bytes | None, n: int = 16) -> str:
-    """Hex-abbreviated bytes for messages: the first ``n`` hex digits and an ellipsis."""
-    if raw is None:
-        return "-"
-    h = raw.hex()
-    return h if len(h) <= n else h[:n] + "…"
-
-
-# -- typed failures ---------------------------------------------------------------------------------
-
-
-class AuditFailure(Exception):
-    """A verification failure. ``exit_code`` is the class; ``data`` says where and what mismatched."""
-
-    exit_code = 1
-    kind = "failure"
-
-    def __init__(self, message: str, **data: Any) -> None:
-        self.message = message
-        self.data = data
-        super().__init__(message)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"class": type(self).__name__, "kind": self.kind, "exit_code": self.exit_code,
-                               "message": self.message}
-        for k, v in self.data.items():
-            out[k] = v.hex() if isinstance(v, bytes) else v
-        return out
-
-
-class UsageError(AuditFailure):
-    exit_code, kind = EXIT_USAGE, "usage"
-
-
-class Unreachable(AuditFailure):
-    exit_code, kind = EXIT_UNREACHABLE, "unreachable"
-
-
-class CheckpointSignatureError(AuditFailure):
-    """The checkpoint is not signed by a trusted node key (or a signature is bad, or the origin differs)."""
-
-    exit_code, kind = EXIT_BAD_SIGNATURE, "bad_signature"
-
-
-class InconsistentLog(AuditFailure):
-    """The log is not an append-only extension of what was trusted or seen elsewhere."""
-
-    exit_code, kind = EXIT_INCONSISTENT, "inconsistent"
-
-
-class RollbackDetected(InconsistentLog):
-    kind = "rollback"
-
-
-class ForkDetected(InconsistentLog):
-    kind = "fork"
-
-
-class LogMismatch(AuditFailure):
-    """A leaf, the hash chain or the Merkle tree does not match what was committed to."""
-
-    exit_code, kind = EXIT_LOG_MISMATCH, "log_mismatch"
-
-
-class LeafMalformed(LogMismatch):
-    kind = "leaf_malformed"
-
-
-class LeafMismatch(LogMismatch):
-    kind = "leaf_mismatch"
-
-
-class TreeMismatch(LogMismatch):
-    kind = "tree_mismatch"
-
-
-class ChainMismatch(LogMismatch):
-    kind = "chain_mismatch"
-
-
-class LogTruncated(LogMismatch):
-    kind = "truncated"
-
-
-class BlockHeaderMismatch(AuditFailure):
-    exit_code, kind = EXIT_BLOCK_MISMATCH, "block_header_mismatch"
-
-
-class BalanceMismatch(AuditFailure):
-    exit_code, kind = EXIT_BALANCE_MISMATCH, "balance_mismatch"
-
-
-class PspSignatureInvalid(AuditFailure):
-    exit_code, kind = EXIT_PSP_SIGNATURE, "psp_signature_invalid"
-
-
-# -- the verifier -----------------------------------------------------------------------------------
 
 # A locator names the leaves of a block that do not verify against the signed tree (online: with
 # inclusion proofs from the node). Given (first index, leaf hashes of the block) it returns indexes.
@@ -202,8 +110,7 @@ class LogVerifier:
         self.locator = locator
         self.targets = dict(checkpoints)
         # running state
-        self.size = 0
-        self.stack: list[bytes] = []
+        self.range = CompactRange()
         self.link = GENESIS_LINK
         self.last_ts = 0
         self.height = 0
@@ -223,14 +130,13 @@ class LogVerifier:
 
     # -- tree ------------------------------------------------------------------------------------
 
+    @property
+    def size(self) -> int:
+        """Leaves verified so far (the tree size)."""
+        return self.range.size
+
     def root(self) -> bytes:
-        stack = self.stack
-        if not stack:
-            return EMPTY_ROOT
-        r = stack[-1]
-        for h in reversed(stack[:-1]):
-            r = _b3(b"\x01" + h + r).digest()
-        return r
+        return self.range.root()
 
     # -- blocks ----------------------------------------------------------------------------------
 
@@ -278,10 +184,20 @@ class LogVerifier:
         self._leaves(leaves[pos:], ts0 + pos)
         if first == tree_size and tree_size in self.targets:
             self._check_target(tree_size)
-        # header vs recomputed
+        self._check_recomputed(height, first, leaves, mroot, chain, state)
+        self.state_hash = state
+        self.block_hash = block_hash(header_raw)
+        self.height = height
+        self.head_ts = self.last_ts if count else ts0
+        self.stats.blocks += 1
+
+    def _check_recomputed(self, height: int, first: int, leaves: Sequence[bytes], mroot: bytes, chain: bytes,
+                          state: bytes) -> None:
+        """The block header's root, chain head and state hash against what the leaves recompute."""
+        tree_size = first + len(leaves)
         root = self.root()
         if root != mroot:
-            lhs = [_b3(b"\x00" + leaf).digest() for leaf in leaves]
+            lhs = [_b3(LEAF_DOMAIN + leaf).digest() for leaf in leaves]
             suspects = self.locator(first, lhs) if self.locator and lhs else []
             where = (f"; leaf {suspects[0]}" + (f" (and {len(suspects) - 1} more: {suspects[1:6]})"
                                                   if len(suspects) > 1 else "")
@@ -301,11 +217,6 @@ class LogVerifier:
                 f"block {height}: state hash recomputed from replayed balances is {ab(got_state)}, header says "
                 f"{ab(state)} (balances changed by leaves [{first}, {tree_size}) differ from the node's)",
                 block=height, expected=state, got=got_state)
-        self.state_hash = state
-        self.block_hash = _b3(b"\x03" + header_raw).digest()
-        self.height = height
-        self.head_ts = self.last_ts if count else ts0
-        self.stats.blocks += 1
 
     def _check_target(self, size: int) -> None:
         want = self.targets[size]
@@ -330,7 +241,7 @@ class LogVerifier:
         for a in changed:
             a[1] = a[0]
         self._touched = set()
-        return _b3(b"\x04" + self.state_hash + body).digest()
+        return _b3(STATE_DOMAIN + self.state_hash + body).digest()
 
     def _range_problem(self) -> None:
         for aid in sorted(self._touched):
@@ -360,10 +271,11 @@ class LogVerifier:
         leaf = self._leaf
         try:
             joined = b"".join(leaves)
-            if len(joined) == 202 * len(leaves) and all(len(r) == 202 for r in leaves):
-                for vkr, idx, ts, blen, dr, cr, lo, hi, fl, auxlen in _FAST.iter_unpack(joined):
-                    # version 1, kind 2 (create transfer), result 0, in sequence, no aux, single phase
-                    if vkr == 0x201 and idx == i and ts == t and blen == 176 and not auxlen and not fl & 14:
+            if len(joined) == _PLAIN_SIZE * len(leaves) and all(len(r) == _PLAIN_SIZE for r in leaves):
+                for vkr, idx, ts, blen, dr, cr, lo, hi, fl, auxlen in _PLAIN.iter_unpack(joined):
+                    # current format, create transfer, result ok, in sequence, no aux, single phase
+                    if vkr == _PLAIN_TAG and idx == i and ts == t and blen == TRANSFER_SIZE and not auxlen \
+                            and not fl & _F_TWO_PHASE:
                         a = accts[dr]
                         c = accts[cr]
                         touch(dr)
@@ -382,26 +294,15 @@ class LogVerifier:
                     t += 1
         except KeyError as e:
             self._unknown_account(i, e.args[0])
-        lhs = [b3(b"\x00" + r).digest() for r in leaves]
+        ld, cd = LEAF_DOMAIN, CHAIN_DOMAIN
+        lhs = [b3(ld + r).digest() for r in leaves]
         link = self.link
         for lh in lhs:
-            link = b3(b"\x02" + link + lh).digest()
+            link = b3(cd + link + lh).digest()
         self.link = link
-        stack = self.stack
-        push = stack.append
-        pop = stack.pop
-        size = first
-        for lh in lhs:
-            push(lh)
-            j = size
-            size += 1
-            while j & 1:
-                r = pop()
-                push(b3(b"\x01" + pop() + r).digest())
-                j >>= 1
-        self.size = size
+        self.range.append_many(lhs, min_level=_NO_SUBTREES)
         self.last_ts = ts_want + len(leaves) - 1
-        self.stats.leaves = size
+        self.stats.leaves = self.range.size
 
     def _leaf(self, raw: bytes, index: int, ts_want: int) -> None:
         """Any leaf, checked field by field, and its effects when its result is ok."""
@@ -409,10 +310,10 @@ class LogVerifier:
             ver, kind, result, idx, ts, blen = LEAF_HEADER.unpack_from(raw)
         except struct.error:
             raise self._malformed(index, raw, f"{len(raw)} bytes, shorter than the 24-byte header") from None
-        if idx != index or ts != ts_want or ver != 1:
+        if idx != index or ts != ts_want or ver != FORMAT_VERSION:
             self._header_problem(index, raw, ts_want)
-        exp = _BODY_SIZE.get(kind)
-        if exp != blen and (exp is not None or kind != 4 or blen <= _DEPLOY_HEADER):
+        exp = LEAF_BODY_SIZE.get(kind)
+        if exp != blen and (exp is not None or kind != EventKind.DEPLOY_RULESET or blen <= DEPLOY_HEADER_SIZE):
             self._body_problem(index, kind, blen, exp)
         held = self._aux(index, raw, kind, result, blen)
         if result == 0:
@@ -436,22 +337,23 @@ class LogVerifier:
             f"strictly increasing)", index=index, field="timestamp_ns", expected=ts_want, got=ts)
 
     def _body_problem(self, index: int, kind: int, blen: int, exp: int | None) -> None:
-        if exp is None and kind != 4:
+        if exp is None and kind != EventKind.DEPLOY_RULESET:
             raise LeafMismatch(f"leaf {index}: unknown event kind {kind}", index=index, field="kind", got=kind)
-        raise LeafMismatch(f"leaf {index}: {EventKind(kind).name} body is {blen} bytes, expected {exp or '> 68'}",
+        raise LeafMismatch(f"leaf {index}: {EventKind(kind).name} body is {blen} bytes, "
+                           f"expected {exp or f'> {DEPLOY_HEADER_SIZE}'}",
                            index=index, field="body_len", expected=exp, got=blen)
 
     def _aux(self, index: int, raw: bytes, kind: int, result: int, blen: int) -> bool:
         """Validate the aux TLVs; verify a PSP signature; return True when a rule held the transfer."""
         end = LEAF_HEADER_SIZE + blen
-        if len(raw) < end + 2:
+        if len(raw) < end + AUX_LEN.size:
             raise self._malformed(index, raw, f"leaf is {len(raw)} bytes but its body needs {blen}")
-        (aux_len,) = struct.unpack_from("<H", raw, end)
-        if len(raw) != end + 2 + aux_len:
+        (aux_len,) = AUX_LEN.unpack_from(raw, end)
+        if len(raw) != end + AUX_LEN.size + aux_len:
             raise self._malformed(index, raw, f"length {len(raw)} does not match body {blen} + aux {aux_len}")
         held = False
         try:
-            for tag, value in iter_aux(raw[end + 2 :]):
+            for tag, value in iter_aux(raw[end + AUX_LEN.size :]):
                 if tag == AUX_TAG_PSP_SIGNATURE:
                     self._psp(index, raw[LEAF_HEADER_SIZE:end], value)
                 elif tag == AUX_TAG_RULE_OUTCOME and value and value[0] == _ACTION_HOLD and result == 0:
@@ -461,10 +363,10 @@ class LogVerifier:
         return held
 
     def _psp(self, index: int, body: bytes, value: bytes) -> None:
-        if len(value) != 4 + 64:
-            raise PspSignatureInvalid(f"leaf {index}: PSP signature TLV is {len(value)} bytes, expected 68",
-                                      index=index)
-        kid = value[:4]
+        if len(value) != _PSP_TLV_SIZE:
+            raise PspSignatureInvalid(
+                f"leaf {index}: PSP signature TLV is {len(value)} bytes, expected {_PSP_TLV_SIZE}", index=index)
+        kid = value[:KEY_ID_SIZE]
         vk = self.psp.get(kid)
         if vk is None:
             self.stats.psp_unknown[kid.hex()] += 1
@@ -472,12 +374,12 @@ class LogVerifier:
         if not self.verify_psp:
             return
         try:
-            vk.verify(body, value[4:])
+            vk.verify(body, value[KEY_ID_SIZE:])
         except BadSignatureError:
             raise PspSignatureInvalid(
                 f"leaf {index}: PSP signature by key {self.psp_names[kid]} ({kid.hex()}) does not verify over the "
                 f"{len(body)}-byte record {ab(body[:16])}", index=index, key_id=kid, psp=self.psp_names[kid],
-                signature=value[4:]) from None
+                signature=value[KEY_ID_SIZE:]) from None
         self.stats.psp_verified += 1
 
     def _unknown_account(self, index: int, aid: bytes) -> None:
@@ -542,7 +444,7 @@ class LogVerifier:
             a[0] -= p[2]
             c[0] -= p[2] << 256
         elif kind == EventKind.SETTLEMENT_CALLBACK:
-            aux = raw[LEAF_HEADER_SIZE + blen + 2 :]
+            aux = raw[LEAF_HEADER_SIZE + blen + AUX_LEN.size :]
             for tag, value in iter_aux(aux):
                 if tag == AUX_TAG_RECONCILE and len(value) >= 17:
                     p = self.pending.pop(value[1:17], None)
@@ -551,7 +453,7 @@ class LogVerifier:
                         a[0] += (p[2] << 128) - p[2]  # pending → posted
                         c[0] += (p[2] << 384) - (p[2] << 256)
         elif kind == EventKind.DEPLOY_RULESET:
-            self.next_ruleset = _b3(_RULESET_DOMAIN + body[_DEPLOY_HEADER:]).digest()
+            self.next_ruleset = ruleset_hash(body[DEPLOY_HEADER_SIZE:])
 
     # -- end of log ------------------------------------------------------------------------------
 
@@ -591,126 +493,6 @@ class LogVerifier:
         return out
 
 
-def compare_accounts(replayed: dict[bytes, bytes], node: dict[bytes, bytes | None], node_name: str) -> None:
-    """Replayed account states vs the node's LookupAccounts answers: the first difference is an error."""
-    for aid in sorted(replayed, key=lambda k: k[::-1]):
-        want = replayed[aid]
-        got = node.get(aid)
-        acct = int.from_bytes(aid, "little")
-        if got is None:
-            raise BalanceMismatch(f"account {acct}: created in the log, {node_name} does not know it",
-                                  account=acct, node=node_name)
-        if got != want:
-            w, g = decode_account_state(want), decode_account_state(got)
-            diffs = [(f, getattr(w, f), getattr(g, f)) for f in
-                     ("debits_pending", "debits_posted", "credits_pending", "credits_posted", "timestamp_ns")
-                     if getattr(w, f) != getattr(g, f)]
-            if w.account != g.account:
-                diffs.append(("record", ab(want[:64]), ab(got[:64])))
-            detail = ", ".join(f"{f}: replayed {x}, node {y}" for f, x, y in diffs)
-            raise BalanceMismatch(f"account {acct}: {detail} ({node_name})", account=acct, node=node_name,
-                                  fields=[{"field": f, "replayed": str(x), "node": str(y)} for f, x, y in diffs])
-
-
-def describe_leaf(raw: bytes) -> dict[str, Any]:
-    """A leaf decoded for humans (tables, fork evidence); never raises."""
-    try:
-        leaf = decode_leaf(raw)
-    except EncodingError as e:
-        return {"malformed": str(e), "bytes": ab(raw, 48), "leaf_hash": _b3(b"\x00" + raw).hexdigest()}
-    try:
-        result = Result(leaf.result).name.lower()
-    except ValueError:
-        result = str(leaf.result)
-    out: dict[str, Any] = {"index": leaf.index, "kind": leaf.kind.name, "result": result,
-                           "timestamp_ns": leaf.timestamp_ns, "leaf_hash": _b3(b"\x00" + raw).hexdigest()}
-    body = leaf.body
-    if leaf.kind in (EventKind.CREATE_TRANSFER, EventKind.LEDGER_TRANSFER):
-        tid, dr, cr, lo, hi, _pid, fl = _XFER.unpack(body)
-        out.update(id=int.from_bytes(tid, "little"), debit=int.from_bytes(dr, "little"),
-                   credit=int.from_bytes(cr, "little"), amount=lo | hi << 64, flags=fl)
-    elif leaf.kind == EventKind.CREATE_ACCOUNT:
-        out.update(id=int.from_bytes(body[:16], "little"))
-    elif leaf.kind == EventKind.EXPIRE_PENDING:
-        out.update(id=int.from_bytes(body, "little"))
-    if leaf.psp_signature:
-        out["psp_key_id"] = leaf.psp_signature[0].hex()
-    return out
-
-
-# -- export file ------------------------------------------------------------------------------------
-
-EXPORT_MAGIC: Final = b"SOVLEDGER-AUDIT-EXPORT v1\n"
-_FRAME: Final = struct.Struct("<BI")
-FRAME_META: Final = 1
-FRAME_HEADER: Final = 2
-FRAME_LEAF: Final = 3
-FRAME_END: Final = 0xFF
-
-
-def write_frame(out: IO[bytes], ftype: int, payload: bytes) -> None:
-    out.write(_FRAME.pack(ftype, len(payload)))
-    out.write(payload)
-
-
-def write_export(out: IO[bytes], meta: dict[str, Any], headers: Iterable[bytes],
-                 leaves: Iterable[bytes]) -> tuple[int, int]:
-    """Magic, one META frame (JSON), every block header, every leaf, an END frame with the counts."""
-    out.write(EXPORT_MAGIC)
-    write_frame(out, FRAME_META, json.dumps(meta, sort_keys=True).encode())
-    nh = nl = 0
-    for h in headers:
-        write_frame(out, FRAME_HEADER, h)
-        nh += 1
-    for leaf in leaves:
-        write_frame(out, FRAME_LEAF, leaf)
-        nl += 1
-    write_frame(out, FRAME_END, json.dumps({"headers": nh, "leaves": nl}).encode())
-    return nh, nl
-
-
-@dataclass(slots=True)
-class ExportFile:
-    meta: dict[str, Any]
-    headers: list[bytes]
-    leaves: list[bytes]
-    complete: bool  # the END frame was present and its counts matched
-
-
-def read_export(data: bytes) -> ExportFile:
-    if not data.startswith(EXPORT_MAGIC):
-        raise UsageError(f"not a sovledger audit export (expected magic {EXPORT_MAGIC!r})")
-    pos = len(EXPORT_MAGIC)
-    meta: dict[str, Any] | None = None
-    headers: list[bytes] = []
-    leaves: list[bytes] = []
-    complete = False
-    unpack = _FRAME.unpack_from
-    n = len(data)
-    while pos < n:
-        if pos + 5 > n:
-            break
-        ftype, length = unpack(data, pos)
-        pos += 5
-        payload = data[pos : pos + length]
-        if len(payload) != length:
-            break
-        pos += length
-        if ftype == FRAME_LEAF:
-            leaves.append(payload)
-        elif ftype == FRAME_HEADER:
-            headers.append(payload)
-        elif ftype == FRAME_META:
-            meta = json.loads(payload)
-        elif ftype == FRAME_END:
-            counts = json.loads(payload)
-            complete = counts == {"headers": len(headers), "leaves": len(leaves)}
-            break
-    if meta is None:
-        raise UsageError("export file has no META frame")
-    return ExportFile(meta, headers, leaves, complete)
-
-
 def iter_blocks(headers: Iterable[bytes], leaves: Iterator[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:
     """Pair each header with its ``leaf_count`` leaves (fewer when the leaf stream ends early)."""
     for h in headers:
@@ -724,5 +506,3 @@ def iter_blocks(headers: Iterable[bytes], leaves: Iterator[bytes]) -> Iterator[t
         yield h, chunk
 
 
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()

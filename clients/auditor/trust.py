@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.note import KeyFormatError, Verifier
+from clients.auditor.failures import UsageError
+from ledger.note import Checkpoint, KeyFormatError, Verifier
 
 TRUST_VERSION = 1
 
@@ -106,3 +107,23 @@ def save(path: str | Path, store: TrustStore) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def load_or_usage(path: str) -> TrustStore:
+    """``load`` for the CLI: a missing or malformed trust file is a usage error (exit 2)."""
+    try:
+        return load(path)
+    except TrustStoreError as e:
+        raise UsageError(str(e)) from None
+
+
+def advance(path: str, store: TrustStore, cp: Checkpoint, note: str, update: bool) -> str:
+    """After a successful verification: move the trusted checkpoint forward (never back); say what happened."""
+    old = store.checkpoint
+    if not update:
+        return "trust store not updated (--no-update)"
+    if old is not None and cp.size <= old.size:
+        return "trust store unchanged"
+    store.checkpoint = TrustedCheckpoint(cp.size, cp.root, note)
+    save(path, store)
+    return f"trust store advanced to size {cp.size}"
