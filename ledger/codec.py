@@ -35,6 +35,22 @@ ACCOUNT_SIZE: Final = ACCOUNT_STRUCT.size  # 64
 # ledger, psp_id, timeout_s, code, flags
 TRANSFER_STRUCT: Final = struct.Struct("<16s16s16sQQ16s16s32s32sIIIHH")
 TRANSFER_SIZE: Final = TRANSFER_STRUCT.size  # 176
+# field positions in a ``TRANSFER_STRUCT.unpack`` tuple
+T_ID: Final = 0
+T_DEBIT: Final = 1
+T_CREDIT: Final = 2
+T_AMOUNT_LO: Final = 3
+T_AMOUNT_HI: Final = 4
+T_PENDING_ID: Final = 5
+T_USER_DATA: Final = 6
+T_EXTERNAL_REF: Final = 7
+T_PII: Final = 8
+T_LEDGER: Final = 9
+T_PSP: Final = 10
+T_TIMEOUT: Final = 11
+T_CODE: Final = 12
+T_FLAGS: Final = 13
+TransferRecord = tuple[bytes, bytes, bytes, int, int, bytes, bytes, bytes, bytes, int, int, int, int, int]
 
 # record, debits_pending, debits_posted, credits_pending, credits_posted (u128 as lo/hi), timestamp
 ACCOUNT_STATE_STRUCT: Final = struct.Struct("<64sQQQQQQQQQ")

@@ -6,6 +6,8 @@ domain byte  use
 0x02         chain link       BLAKE3(0x02 || previous link || leaf hash)
 0x03         block hash       BLAKE3(0x03 || canonical block header)
 0x04         state hash       BLAKE3(0x04 || previous state hash || changed accounts …)
+0x05         rule set hash    BLAKE3(0x05 || canonical rule set)            (ledger/rules/model.py)
+0x06         derived id       BLAKE3(0x06 || purpose || source id)[:16]     ids of ledger-written transfers
 
 Pure: the auditor imports this.
 """
@@ -25,21 +27,42 @@ NODE_DOMAIN: Final = b"\x01"
 CHAIN_DOMAIN: Final = b"\x02"
 BLOCK_DOMAIN: Final = b"\x03"
 STATE_DOMAIN: Final = b"\x04"
+RULESET_DOMAIN: Final = b"\x05"
+DERIVED_DOMAIN: Final = b"\x06"
+DERIVED_ID_SIZE: Final = 16
 
 _b3 = blake3.blake3
 
 
 def leaf_hash(leaf: bytes) -> bytes:
-    return _b3(b"\x00" + leaf).digest()
+    return _b3(LEAF_DOMAIN + leaf).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return _b3(b"\x01" + left + right).digest()
+    return _b3(NODE_DOMAIN + left + right).digest()
 
 
 def chain_link(prev_link: bytes, leaf_hash_: bytes) -> bytes:
-    return _b3(b"\x02" + prev_link + leaf_hash_).digest()
+    return _b3(CHAIN_DOMAIN + prev_link + leaf_hash_).digest()
 
 
 def block_hash(header: bytes) -> bytes:
-    return _b3(b"\x03" + header).digest()
+    return _b3(BLOCK_DOMAIN + header).digest()
+
+
+def state_hash(previous: bytes, changed: list[tuple[bytes, bytes]]) -> bytes:
+    """Chain the previous state hash with every (account id, encoded state) a block changed, by id."""
+    h = _b3(STATE_DOMAIN + previous)
+    for aid, state in changed:
+        h.update(aid)
+        h.update(state)
+    return h.digest()
+
+
+def ruleset_hash(canonical: bytes) -> bytes:
+    return _b3(RULESET_DOMAIN + canonical).digest()
+
+
+def derived_id(purpose: bytes, source: bytes) -> bytes:
+    """Id of a transfer the ledger writes itself (an adjustment, a residual) from its cause's id."""
+    return _b3(DERIVED_DOMAIN + purpose + source).digest()[:DERIVED_ID_SIZE]

@@ -35,6 +35,29 @@ KEY_IN: Final = b"i"  # an account as payee (credit side)
 KEY_PSP: Final = b"p"
 
 
+class RiskView:
+    """What the rule activation builder reads: risk states by key, and whether a payee pair was seen.
+
+    Subclasses read block-then-committed state (apply) or a committed snapshot (dry runs)."""
+
+    __slots__ = ()
+
+    def state(self, key: bytes) -> list[int] | None:
+        raise NotImplementedError
+
+    def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
+        raise NotImplementedError
+
+    def out(self, aid: bytes) -> list[int] | None:
+        return self.state(KEY_OUT + aid)
+
+    def inc(self, aid: bytes) -> list[int] | None:
+        return self.state(KEY_IN + aid)
+
+    def psp(self, psp_id: int) -> list[int] | None:
+        return self.state(psp_key(psp_id))
+
+
 def new_state() -> list[int]:
     return [0] * STATE_LEN
 

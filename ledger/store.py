@@ -17,29 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Final, Protocol
 
-TABLES: Final = (
-    "meta",       # singleton values: applied index, chain head, compact range, signer guard …
-    "accounts",   # account id (16) -> account state (136)
-    "transfers",  # transfer id as big-endian (16) -> transfer ref (leaf index, block, status …);
-    #               big-endian so time-ordered ids insert at the right edge of the B-tree
-    "account_refs",  # account id (16) -> creation ref (leaf index, block, timestamp): exact retries
-    "leaves",     # leaf index (u64 BE) -> canonical leaf bytes
-    "nodes",      # level (u8) || index (u64 BE) -> 32-byte Merkle node hash, complete subtrees, level ≥ 1
-    "history",    # account id (16) || leaf index (u64 BE) -> b"", for accounts with the HISTORY flag
-    "blocks",     # height (u64 BE) -> canonical block header
-    "expiry",     # expires_at_ns (u64 BE) || transfer id (16) -> b"" (pending timeouts)
-    "raft",       # consensus hard state, conf state, snapshot metadata (owned by node/)
-    "raftlog",    # consensus log: index (u64 BE) -> encoded entry (owned by node/)
-    # rules and reconciliation (ledger/state.py, docs/rules.md)
-    "rulesets",   # rule set hash (32) -> deploy leaf index (u64) ‖ effective height (u64) ‖ canonical bytes
-    "risk",       # b"o"/b"i" + account id or b"p" + psp id (u32 BE) -> risk window state (ledger/risk.py)
-    "risk_pairs",  # debit id (16) || credit id (16) -> b"": counterparty pairs seen (first-seen payee)
-    "extrefs",    # psp id (u32 BE) || external ref (32) -> transfer id (16), while a rule set is active
-    "callbacks",  # callback id as big-endian (16) -> ref (leaf index, block, …) for idempotency
-    "reconciled",  # transfer id as big-endian (16) -> callback leaf index (u64 BE)
-    "exceptions",  # leaf index (u64 BE) -> exception record for review (flags, holds, reconciliation)
-    "rounding",   # rounding account id (16) || day (u64 BE) -> debits (16) ‖ credits (16) ‖ count (u64)
-)
+from ledger.schema import TABLES as TABLES  # every table's name and layout: ledger/schema.py
 
 
 class StoreError(Exception):

@@ -11,16 +11,15 @@ An in-memory tail cache keeps reads of recent entries off LMDB; it is bounded in
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import Final
 
 from consensus import codec as rc
 from consensus.storage import Compacted, Unavailable
 from consensus.types import ConfState, Entry, HardState, Index, NodeId, Snapshot, SnapshotMetadata, Term
+from ledger.schema import Table, decode_index, index_key
 from ledger.store import Store
 
-_IDX: Final = struct.Struct(">Q")
 K_HS: Final = b"hs"
 K_CS: Final = b"cs"
 K_SNAP: Final = b"snap"
@@ -32,19 +31,19 @@ class LmdbRaftStorage:
     def __init__(self, store: Store, initial_conf: ConfState) -> None:
         self._store = store
         with store.read() as txn:
-            hs = txn.get("raft", K_HS)
-            cs = txn.get("raft", K_CS)
-            snap = txn.get("raft", K_SNAP)
-            last = txn.last("raftlog")
-            first = txn.get("raft", K_FIRST)
+            hs = txn.get(Table.RAFT, K_HS)
+            cs = txn.get(Table.RAFT, K_CS)
+            snap = txn.get(Table.RAFT, K_SNAP)
+            last = txn.last(Table.RAFTLOG)
+            first = txn.get(Table.RAFT, K_FIRST)
         self._hard_state = rc.decode_hard_state(hs) if hs else HardState(term=Term(0), vote=NodeId(0), commit=Index(0))
         self._conf_state = rc.decode_conf_state(cs) if cs else initial_conf
         self._snap_meta = (rc.decode_snapshot_metadata(snap) if snap
                            else SnapshotMetadata(index=Index(0), term=Term(0), conf_state=self._conf_state))
-        self._first = _IDX.unpack(first)[0] if first else self._snap_meta.index + 1
+        self._first = decode_index(first) if first else self._snap_meta.index + 1
         self._last = self._first - 1
         if last is not None:
-            self._last = _IDX.unpack(last[0])[0]
+            self._last = decode_index(last[0])
         self._cache: dict[int, Entry] = {}  # insertion order = index order (appends only grow)
         self._cache_bytes = 0
 
@@ -93,7 +92,7 @@ class LmdbRaftStorage:
         if e is not None:
             return e
         with self._store.read() as txn:
-            raw = txn.get("raftlog", _IDX.pack(i))
+            raw = txn.get(Table.RAFTLOG, index_key(i))
         if raw is None:
             raise Unavailable()
         return rc.decode_entry(raw)
@@ -105,18 +104,18 @@ class LmdbRaftStorage:
         with self._store.write() as txn:
             if snapshot is not None and snapshot.metadata.index > self._snap_meta.index:
                 meta = snapshot.metadata
-                txn.put("raft", K_SNAP, rc.encode_snapshot_metadata(meta))
-                txn.put("raft", K_CS, rc.encode_conf_state(meta.conf_state))
+                txn.put(Table.RAFT, K_SNAP, rc.encode_snapshot_metadata(meta))
+                txn.put(Table.RAFT, K_CS, rc.encode_conf_state(meta.conf_state))
                 for i in range(self._first, self._last + 1):
-                    txn.delete("raftlog", _IDX.pack(i))
-                txn.put("raft", K_FIRST, _IDX.pack(meta.index + 1))
+                    txn.delete(Table.RAFTLOG, index_key(i))
+                txn.put(Table.RAFT, K_FIRST, index_key(meta.index + 1))
             if entries:
                 first_new = entries[0].index
                 for i in range(first_new, self._last + 1):  # truncate a conflicting suffix
-                    txn.delete("raftlog", _IDX.pack(i))
-                txn.put_many("raftlog", [(_IDX.pack(e.index), rc.encode_entry(e)) for e in entries])
+                    txn.delete(Table.RAFTLOG, index_key(i))
+                txn.put_many(Table.RAFTLOG, [(index_key(e.index), rc.encode_entry(e)) for e in entries])
             if hard_state is not None:
-                txn.put("raft", K_HS, rc.encode_hard_state(hard_state))
+                txn.put(Table.RAFT, K_HS, rc.encode_hard_state(hard_state))
         # committed: update the in-memory view
         if snapshot is not None and snapshot.metadata.index > self._snap_meta.index:
             self._snap_meta = snapshot.metadata
@@ -163,7 +162,7 @@ class LmdbRaftStorage:
 
     def set_conf_state(self, cs: ConfState) -> None:
         with self._store.write() as txn:
-            txn.put("raft", K_CS, rc.encode_conf_state(cs))
+            txn.put(Table.RAFT, K_CS, rc.encode_conf_state(cs))
         self._conf_state = cs
 
     def compact(self, index: int, term: int) -> None:
@@ -173,9 +172,9 @@ class LmdbRaftStorage:
         meta = SnapshotMetadata(index=Index(index), term=Term(term), conf_state=self._conf_state)
         with self._store.write() as txn:
             for i in range(self._first, index + 1):
-                txn.delete("raftlog", _IDX.pack(i))
-            txn.put("raft", K_FIRST, _IDX.pack(index + 1))
-            txn.put("raft", K_SNAP, rc.encode_snapshot_metadata(meta))
+                txn.delete(Table.RAFTLOG, index_key(i))
+            txn.put(Table.RAFT, K_FIRST, index_key(index + 1))
+            txn.put(Table.RAFT, K_SNAP, rc.encode_snapshot_metadata(meta))
         for i in range(self._first, index + 1):
             self._uncache(i)
         self._snap_meta = meta

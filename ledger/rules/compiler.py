@@ -32,7 +32,7 @@ from typing import Any, Final
 import cel
 
 from ledger.risk import deviation_bps, window_features
-from ledger.rules.model import Action, Rule, RuleSet, RuleSetError, Tolerance
+from ledger.rules.model import Action, Rule, RuleSet, RuleSetError, Tolerance, ruleset_hash
 from ledger.types import Result
 
 TOKENS_MAX: Final = 200
@@ -41,9 +41,10 @@ I64_MAX: Final = (1 << 63) - 1
 I64_MIN: Final = -(1 << 63)
 
 _ACCOUNT_FIELDS: Final = {
-    "debits_pending": "_sat({a}.dp)", "debits_posted": "_sat({a}.dpo)",
-    "credits_pending": "_sat({a}.cp)", "credits_posted": "_sat({a}.cpo)",
-    "balance": "_ssat({a}.cpo - {a}.dpo - {a}.dp)", "flags": "{a}.flags", "code": "{a}.code",
+    "debits_pending": "_sat({a}.debits_pending)", "debits_posted": "_sat({a}.debits_posted)",
+    "credits_pending": "_sat({a}.credits_pending)", "credits_posted": "_sat({a}.credits_posted)",
+    "balance": "_ssat({a}.credits_posted - {a}.debits_posted - {a}.debits_pending)",
+    "flags": "{a}.flags", "code": "{a}.code",
     "ledger": "{a}.ledger", "user_data": "_sat(int.from_bytes({a}.record[16:32], 'little'))",
 }
 _WINDOW_FIELDS: Final = ("count_1m", "count_1h", "count_24h", "sum_1m", "sum_1h", "sum_24h")
@@ -105,9 +106,9 @@ def flat(path: str) -> str:
     return path.replace(".", "_")
 
 
-def rewrite(expr: str) -> tuple[str, set[str]]:
-    """Check size and vocabulary; return the expression over flat variables and the paths it uses."""
-    problems: list[str] = []
+def _tokens(expr: str, problems: list[str]) -> tuple[list[tuple[str, str]], bool]:
+    """Lex and check size and nesting (raising for those): (tokens, unbalanced); other problems are
+    added to ``problems``."""
     tokens: list[tuple[str, str]] = []
     pos = 0
     while pos < len(expr):
@@ -134,6 +135,13 @@ def rewrite(expr: str) -> tuple[str, set[str]]:
             problems.append("maps are not supported")
         elif kind == "number" and not text.lower().startswith("0x") and any(c in text for c in ".eE"):
             problems.append(f"floating-point literal {text}: money and features are integers")
+    return tokens, depth != 0
+
+
+def rewrite(expr: str) -> tuple[str, set[str]]:
+    """Check size and vocabulary; return the expression over flat variables and the paths it uses."""
+    problems: list[str] = []
+    tokens, unbalanced = _tokens(expr, problems)
     out: list[str] = []
     used: set[str] = set()
     i = 0
@@ -179,7 +187,7 @@ def rewrite(expr: str) -> tuple[str, set[str]]:
             used.add(path)
             out.append(flat(path))
         i = j
-    if depth != 0:
+    if unbalanced:
         problems.append("unbalanced brackets")
     if problems:
         raise RuleSetError(Result.RULESET_INVALID, problems)
@@ -309,8 +317,6 @@ _CACHE: dict[bytes, CompiledRuleSet] = {}
 def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
     """Compile and check every rule; raise RuleSetError listing the problems of all rules."""
     canonical = rs.canonical()
-    from ledger.rules.model import ruleset_hash
-
     h = ruleset_hash(canonical)
     cached = _CACHE.get(h)
     if cached is not None:

@@ -16,11 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-import blake3
-
+from ledger.hashing import ruleset_hash as ruleset_hash  # re-exported
 from ledger.types import U32_MAX, U128_MAX, Result
 
-RULESET_DOMAIN: Final = b"\x05"
 FORMAT: Final = "sovledger-ruleset/1"
 RULES_MAX: Final = 64
 TOLERANCES_MAX: Final = 256
@@ -126,10 +124,6 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def ruleset_hash(canonical: bytes) -> bytes:
-    return blake3.blake3(RULESET_DOMAIN + canonical).digest()
-
-
 def signing_message(canonical: bytes) -> bytes:
     """What an operator signs to deploy: the prefix and the rule set hash."""
     from ledger.codec import RULESET_SIGN_PREFIX
@@ -197,7 +191,6 @@ def parse_ruleset(obj: Any) -> RuleSet:
     version = _int(p, obj, "version", "ruleset", 1, I64_MAX, 1)
     description = _str(p, obj, "description", "ruleset", 1000)
     raw_rules = obj.get("rules", [])
-    rules: list[Rule] = []
     if not isinstance(raw_rules, list):
         p.add("rules must be a list")
         raw_rules = []
@@ -205,74 +198,8 @@ def parse_ruleset(obj: Any) -> RuleSet:
         p.add(f"{len(raw_rules)} rules, at most {RULES_MAX}", too_large=True)
         raw_rules = []
     seen: set[str] = set()
-    for n, r in enumerate(raw_rules):
-        where = f"rules[{n}]"
-        if not isinstance(r, dict):
-            p.add(f"{where} must be an object")
-            continue
-        _keys(p, r, _RULE_KEYS, where)
-        rid = _str(p, r, "id", where, 64)
-        if not _ID_RE.fullmatch(rid):
-            p.add(f"{where}.id {rid!r} must match [a-z0-9][a-z0-9._-]{{0,63}}")
-        if rid in seen:
-            p.add(f"{where}.id {rid!r} is used twice")
-        seen.add(rid)
-        where = f"rule {rid!r}"
-        expr = _str(p, r, "expr", where, EXPR_BYTES_MAX)
-        if not expr.strip():
-            p.add(f"{where}: expr is empty")
-        action = ACTION_NAMES.get(r.get("action", ""))
-        if action is None:
-            p.add(f"{where}: action must be one of {', '.join(ACTION_NAMES)}")
-            action = Action.FLAG
-        rule = Rule(
-            id=rid, expr=expr, action=action, priority=_int(p, r, "priority", where, 0, 0xFFFF, 100),
-            code=_int(p, r, "code", where, 0, 0xFFFF), message=_str(p, r, "message", where, MESSAGE_BYTES_MAX),
-            hold_timeout_s=_int(p, r, "hold_timeout_s", where, 0, U32_MAX),
-            adjust_account=_int(p, r, "adjust_account", where, 0, U128_MAX),
-            adjust_code=_int(p, r, "adjust_code", where, 0, 0xFFFF),
-            adjust_fixed=_int(p, r, "adjust_fixed", where, 0, I64_MAX),
-            adjust_bps=_int(p, r, "adjust_bps", where, 0, 10_000),
-        )
-        if action == Action.REJECT and rule.code == 0:
-            p.add(f"{where}: a reject rule needs its own code (1..65535)")
-        if action == Action.HOLD and rule.hold_timeout_s == 0:
-            p.add(f"{where}: a hold rule needs hold_timeout_s > 0")
-        if action == Action.ADJUST and (rule.adjust_account in (0, U128_MAX) or rule.adjust_code == 0
-                                        or not (rule.adjust_fixed or rule.adjust_bps)):
-            p.add(f"{where}: an adjust rule needs adjust_account, adjust_code and adjust_fixed and/or adjust_bps")
-        rules.append(rule)
-    recon = obj.get("reconciliation", {})
-    tolerances: list[Tolerance] = []
-    on_expiry = "void"
-    if not isinstance(recon, dict):
-        p.add("reconciliation must be an object")
-    else:
-        _keys(p, recon, {"on_expiry", "tolerances"}, "reconciliation")
-        on_expiry = _str(p, recon, "on_expiry", "reconciliation", 8, "void")
-        if on_expiry not in ("void", "flag"):
-            p.add("reconciliation.on_expiry must be 'void' or 'flag'")
-        raw_tols = recon.get("tolerances", [])
-        if not isinstance(raw_tols, list) or len(raw_tols) > TOLERANCES_MAX:
-            p.add(f"reconciliation.tolerances must be a list of at most {TOLERANCES_MAX}", too_large=True)
-            raw_tols = []
-        for n, t in enumerate(raw_tols):
-            where = f"tolerances[{n}]"
-            if not isinstance(t, dict):
-                p.add(f"{where} must be an object")
-                continue
-            _keys(p, t, _TOL_KEYS, where)
-            tol = Tolerance(
-                ledger=_int(p, t, "ledger", where, 1, U32_MAX, 1), psp_id=_int(p, t, "psp_id", where, 0, U32_MAX),
-                abs_minor=_int(p, t, "abs_minor", where, 0, I64_MAX), bps=_int(p, t, "bps", where, 0, 10_000),
-                rounding_account=_int(p, t, "rounding_account", where, 0, U128_MAX),
-            )
-            if (tol.abs_minor or tol.bps) and tol.rounding_account in (0, U128_MAX):
-                p.add(f"{where}: a non-zero band needs a rounding_account")
-            tolerances.append(tol)
-        keys = [(t.ledger, t.psp_id) for t in tolerances]
-        if len(set(keys)) != len(keys):
-            p.add("reconciliation.tolerances: (ledger, psp_id) pairs must be unique")
+    rules = [rule for n, r in enumerate(raw_rules) if (rule := _parse_rule(p, n, r, seen)) is not None]
+    tolerances, on_expiry = _parse_reconciliation(p, obj.get("reconciliation", {}))
     if p.items:
         raise RuleSetError(Result.RULESET_TOO_LARGE if p.too_large else Result.RULESET_INVALID, p.items)
     return RuleSet(
@@ -280,6 +207,78 @@ def parse_ruleset(obj: Any) -> RuleSet:
         rules=tuple(sorted(rules, key=lambda r: (r.priority, r.id))),
         tolerances=tuple(sorted(tolerances, key=lambda t: (t.ledger, t.psp_id))), on_expiry=on_expiry,
     )
+
+
+def _parse_rule(p: _Problems, n: int, r: Any, seen: set[str]) -> Rule | None:
+    where = f"rules[{n}]"
+    if not isinstance(r, dict):
+        p.add(f"{where} must be an object")
+        return None
+    _keys(p, r, _RULE_KEYS, where)
+    rid = _str(p, r, "id", where, 64)
+    if not _ID_RE.fullmatch(rid):
+        p.add(f"{where}.id {rid!r} must match [a-z0-9][a-z0-9._-]{{0,63}}")
+    if rid in seen:
+        p.add(f"{where}.id {rid!r} is used twice")
+    seen.add(rid)
+    where = f"rule {rid!r}"
+    expr = _str(p, r, "expr", where, EXPR_BYTES_MAX)
+    if not expr.strip():
+        p.add(f"{where}: expr is empty")
+    action = ACTION_NAMES.get(r.get("action", ""))
+    if action is None:
+        p.add(f"{where}: action must be one of {', '.join(ACTION_NAMES)}")
+        action = Action.FLAG
+    rule = Rule(
+        id=rid, expr=expr, action=action, priority=_int(p, r, "priority", where, 0, 0xFFFF, 100),
+        code=_int(p, r, "code", where, 0, 0xFFFF), message=_str(p, r, "message", where, MESSAGE_BYTES_MAX),
+        hold_timeout_s=_int(p, r, "hold_timeout_s", where, 0, U32_MAX),
+        adjust_account=_int(p, r, "adjust_account", where, 0, U128_MAX),
+        adjust_code=_int(p, r, "adjust_code", where, 0, 0xFFFF),
+        adjust_fixed=_int(p, r, "adjust_fixed", where, 0, I64_MAX),
+        adjust_bps=_int(p, r, "adjust_bps", where, 0, 10_000),
+    )
+    if action == Action.REJECT and rule.code == 0:
+        p.add(f"{where}: a reject rule needs its own code (1..65535)")
+    if action == Action.HOLD and rule.hold_timeout_s == 0:
+        p.add(f"{where}: a hold rule needs hold_timeout_s > 0")
+    if action == Action.ADJUST and (rule.adjust_account in (0, U128_MAX) or rule.adjust_code == 0
+                                    or not (rule.adjust_fixed or rule.adjust_bps)):
+        p.add(f"{where}: an adjust rule needs adjust_account, adjust_code and adjust_fixed and/or adjust_bps")
+    return rule
+
+
+def _parse_reconciliation(p: _Problems, recon: Any) -> tuple[list[Tolerance], str]:
+    tolerances: list[Tolerance] = []
+    if not isinstance(recon, dict):
+        p.add("reconciliation must be an object")
+        return tolerances, "void"
+    _keys(p, recon, {"on_expiry", "tolerances"}, "reconciliation")
+    on_expiry = _str(p, recon, "on_expiry", "reconciliation", 8, "void")
+    if on_expiry not in ("void", "flag"):
+        p.add("reconciliation.on_expiry must be 'void' or 'flag'")
+    raw_tols = recon.get("tolerances", [])
+    if not isinstance(raw_tols, list) or len(raw_tols) > TOLERANCES_MAX:
+        p.add(f"reconciliation.tolerances must be a list of at most {TOLERANCES_MAX}", too_large=True)
+        raw_tols = []
+    for n, t in enumerate(raw_tols):
+        where = f"tolerances[{n}]"
+        if not isinstance(t, dict):
+            p.add(f"{where} must be an object")
+            continue
+        _keys(p, t, _TOL_KEYS, where)
+        tol = Tolerance(
+            ledger=_int(p, t, "ledger", where, 1, U32_MAX, 1), psp_id=_int(p, t, "psp_id", where, 0, U32_MAX),
+            abs_minor=_int(p, t, "abs_minor", where, 0, I64_MAX), bps=_int(p, t, "bps", where, 0, 10_000),
+            rounding_account=_int(p, t, "rounding_account", where, 0, U128_MAX),
+        )
+        if (tol.abs_minor or tol.bps) and tol.rounding_account in (0, U128_MAX):
+            p.add(f"{where}: a non-zero band needs a rounding_account")
+        tolerances.append(tol)
+    keys = [(t.ledger, t.psp_id) for t in tolerances]
+    if len(set(keys)) != len(keys):
+        p.add("reconciliation.tolerances: (ledger, psp_id) pairs must be unique")
+    return tolerances, on_expiry
 
 
 def parse_canonical(raw: bytes) -> RuleSet:

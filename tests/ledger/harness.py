@@ -42,7 +42,7 @@ class Ledger:
     def balance(self, account_id: int) -> tuple[int, int, int, int]:
         a = self.state.account(account_id.to_bytes(16, "little"))
         assert a is not None, f"account {account_id} missing"
-        return a.dp, a.dpo, a.cp, a.cpo
+        return a.balances()
 
     def reopen(self) -> None:
         self.state = LedgerState(self.store)

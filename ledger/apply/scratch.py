@@ -1,0 +1,164 @@
+"""What one block changes, kept aside until its write transaction commits.
+
+``Block`` is the ledger's scratch state (accounts, transfers, expiry, scales, the undo log of a
+linked chain); ``SideState`` is the scratch state of rules and reconciliation (risk windows,
+counterparty pairs, external refs, callbacks, rounding), and doubles as the risk view the rule
+activation builder reads. ``Committed`` holds the caches of committed state; they are only updated
+by the driver after the block's transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ledger.codec import decode_leaf
+from ledger.invariant import invariant
+from ledger.risk import RiskView, decode_state
+from ledger.rules.compiler import CompiledRuleSet
+from ledger.schema import AccountState, Table, TransferRef, id_key, index_key
+from ledger.store import WriteTxn
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Committed:
+    """Caches of committed state (safe to fill from the store while a block is open)."""
+
+    accounts: dict[bytes, AccountState] = field(default_factory=dict)
+    scales: dict[int, int] = field(default_factory=dict)
+    risk: dict[bytes, list[int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Event:
+    """One evaluated event waiting for its leaf: what to log and what to index."""
+
+    kind: int
+    result: int
+    body: bytes
+    aux: bytes
+    touched: tuple[bytes, ...]  # ids of accounts with the HISTORY flag that this leaf changed
+    ref: TransferRef | None = None  # new transfer to store (leaf index filled at numbering)
+    ref_id: bytes = b""
+    existing: TransferRef | None = None  # for *EXISTS: the original entry (no new leaf)
+    account: AccountState | None = None  # for a created account: gets the leaf timestamp
+    follow: Event | None = None  # a ledger-written leaf right after this one (adjustment, residual)
+    exception: bytes | None = None  # an exception record for review, keyed by this leaf's index
+    ruleset: bytes | None = None  # a deployed rule set's canonical bytes (stored keyed by its hash)
+
+
+@dataclass(slots=True)
+class SideState(RiskView):
+    """Rules and reconciliation scratch of one block; also the risk view over block-then-committed state."""
+
+    txn: WriteTxn
+    committed: Committed
+    new_rules: CompiledRuleSet | None = None  # deployed in this block: effective from the next block
+    risk: dict[bytes, list[int]] = field(default_factory=dict)  # risk states changed in this block
+    pairs: set[bytes] = field(default_factory=set)
+    extrefs: dict[bytes, bytes] = field(default_factory=dict)
+    callbacks: dict[bytes, TransferRef] = field(default_factory=dict)
+    callback_bodies: dict[bytes, bytes] = field(default_factory=dict)
+    reconciled: dict[bytes, TransferRef] = field(default_factory=dict)
+    rounding: dict[bytes, list[int]] = field(default_factory=dict)  # account ‖ day -> [debits, credits, count]
+
+    def state(self, key: bytes) -> list[int] | None:
+        st = self.risk.get(key)
+        if st is not None:
+            return st
+        return _committed(self.committed.risk, self.txn, Table.RISK, key, decode_state)
+
+    def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
+        pk = debit_id + credit_id
+        return pk in self.pairs or self.txn.get(Table.RISK_PAIRS, pk) is not None
+
+
+@dataclass(slots=True)
+class Block:
+    """The ledger scratch state of one block (see the module doc)."""
+
+    txn: WriteTxn
+    height: int
+    ts0: int
+    committed: Committed
+    rules: CompiledRuleSet | None  # the rule set this block is evaluated under
+    side: SideState
+    accounts: dict[bytes, AccountState] = field(default_factory=dict)
+    new_accounts: set[bytes] = field(default_factory=set)
+    saved: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)  # balances before the block
+    transfers: dict[bytes, TransferRef] = field(default_factory=dict)
+    account_refs: dict[bytes, TransferRef] = field(default_factory=dict)  # created accounts' leaves
+    expiry_puts: list[bytes] = field(default_factory=list)
+    expiry_dels: list[bytes] = field(default_factory=list)
+    scales: dict[int, int] = field(default_factory=dict)
+    bodies: dict[bytes, bytes] = field(default_factory=dict)  # records of transfers created in this block
+    undo: list[Callable[[], None]] | None = None  # set while inside a linked chain
+
+    def account(self, aid: bytes) -> AccountState | None:
+        a = self.accounts.get(aid)
+        if a is not None:
+            return a
+        a = _committed(self.committed.accounts, self.txn, Table.ACCOUNTS, aid, AccountState.decode)
+        if a is None:
+            return None
+        self.saved[aid] = a.balances()
+        self.accounts[aid] = a
+        return a
+
+    def transfer(self, tid: bytes) -> TransferRef | None:
+        ref = self.transfers.get(tid)
+        if ref is not None:
+            return ref
+        raw = self.txn.get(Table.TRANSFERS, id_key(tid))
+        return TransferRef.decode(raw) if raw is not None else None
+
+    def leaf_body(self, tid: bytes, ref: TransferRef, bodies: dict[bytes, bytes] | None = None) -> bytes:
+        """The record logged for ``tid`` (a transfer; with ``bodies`` given, a callback)."""
+        if ref.block == self.height:  # created in this very block: not stored yet
+            body = (self.bodies if bodies is None else bodies).get(tid)
+            invariant(body is not None, "an entry of the current block has no body")
+            assert body is not None
+            return body
+        raw = self.txn.get(Table.LEAVES, index_key(ref.leaf_index))
+        invariant(raw is not None, f"leaf {ref.leaf_index} of a stored entry is missing")
+        assert raw is not None
+        return decode_leaf(raw).body
+
+    def on_undo(self, action: Callable[[], None]) -> None:
+        if self.undo is not None:
+            self.undo.append(action)
+
+
+def _committed(cache: dict[bytes, T], txn: WriteTxn, table: str, key: bytes,
+               decode: Callable[[bytes], T]) -> T | None:
+    """Committed state from the cache, or from the store into the cache (safe before the block commits)."""
+    value = cache.get(key)
+    if value is None:
+        raw = txn.get(table, key)
+        if raw is None:
+            return None
+        value = decode(raw)
+        cache[key] = value
+    return value
+
+
+def popper(d: dict[bytes, Any], key: bytes) -> Callable[[], None]:
+    def pop() -> None:
+        d.pop(key, None)
+
+    return pop
+
+
+def balance_restorer(a: AccountState) -> Callable[[], None]:
+    saved = a.balances()
+    return lambda: a.set_balances(saved)
+
+
+def restore_key(d: dict[bytes, bytes], key: bytes, previous: bytes | None) -> None:
+    if previous is None:
+        d.pop(key, None)
+    else:
+        d[key] = previous

@@ -1,0 +1,183 @@
+"""Sealing a block: number the events into leaves, extend the tree and the chain, build the header,
+and write everything the block changed in its one write transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.apply.scratch import Block, Event
+from ledger.codec import BlockHeader, encode_leaf
+from ledger.hashing import block_hash, chain_link, leaf_hash, ruleset_hash, state_hash
+from ledger.merkle import CompactRange
+from ledger.reconcile import decode_rounding, encode_rounding
+from ledger.risk import encode_state
+from ledger.schema import (
+    META_APPLIED,
+    META_HEAD,
+    META_RANGE,
+    Head,
+    Table,
+    history_key,
+    id_key,
+    index_key,
+    node_key,
+    scale_key,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    results: list[int]
+    log_indexes: list[int]
+    blocks: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOutcome:
+    header: BlockHeader
+    block_hash: bytes
+    batches: list[BatchOutcome]
+
+
+class _Leaves:
+    """Numbers events into leaves (index, timestamp, chain link) and collects what they index."""
+
+    __slots__ = ("exceptions", "history", "index", "leaf_hashes", "leaves", "link", "rulesets", "ts")
+
+    def __init__(self, head: Head, ts0: int) -> None:
+        self.index = head.tree_size
+        self.ts = ts0
+        self.link = head.chain_head
+        self.leaves: list[tuple[bytes, bytes]] = []
+        self.leaf_hashes: list[bytes] = []
+        self.history: list[tuple[bytes, bytes]] = []
+        self.exceptions: list[tuple[bytes, bytes]] = []
+        self.rulesets: list[tuple[int, bytes]] = []  # (deploy leaf index, canonical rule set)
+
+    def add(self, ev: Event) -> int:
+        """The one leaf builder: log ``ev`` (and the ledger-written leaf that follows it); its index."""
+        index = self.index
+        ts = self.ts
+        leaf = encode_leaf(ev.kind, ev.result, index, ts, ev.body, ev.aux)
+        key = index_key(index)
+        self.leaves.append((key, leaf))
+        lh = leaf_hash(leaf)
+        self.leaf_hashes.append(lh)
+        self.link = chain_link(self.link, lh)
+        for aid in ev.touched:
+            self.history.append((history_key(aid, key), b""))
+        if ev.ref is not None:
+            ev.ref.leaf_index = index
+            ev.ref.timestamp_ns = ts
+        if ev.account is not None:
+            ev.account.ts = ts
+        if ev.exception is not None:
+            self.exceptions.append((key, ev.exception))
+        if ev.ruleset is not None:
+            self.rulesets.append((index, ev.ruleset))
+        self.index = index + 1
+        self.ts = ts + 1
+        if ev.follow is not None:  # a ledger-written leaf right after its cause (adjustment, residual)
+            self.add(ev.follow)
+        return index
+
+
+def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans: list[tuple[int, int]],
+         applied_index: int) -> tuple[BlockOutcome, Head, CompactRange]:
+    """Number, hash and write the block; returns its outcome, the new head and the new compact range."""
+    numbering = _Leaves(head, blk.ts0)
+    log_indexes = [0] * len(events)
+    blocks = [blk.height] * len(events)
+    for n, ev in enumerate(events):
+        if ev.existing is not None:  # an exact retry: the original entry, no new leaf
+            log_indexes[n] = ev.existing.leaf_index
+            blocks[n] = ev.existing.block
+        else:
+            log_indexes[n] = numbering.add(ev)
+    new_range = tree.copy()
+    node_items = [(node_key(level, i), h) for level, i, h in
+                  new_range.append_many(numbering.leaf_hashes, min_level=1)]
+    changed = _changed_accounts(blk)
+    header = BlockHeader(
+        height=blk.height, timestamp_ns=blk.ts0, first_index=head.tree_size, leaf_count=len(numbering.leaves),
+        tree_size=numbering.index, prev_block_hash=head.block_hash, merkle_root=new_range.root(),
+        chain_head=numbering.link, state_hash=state_hash(head.state_hash, changed),
+        ruleset_hash=head.ruleset_hash,  # the rule set this block ran under
+    )
+    header_raw = header.encode()
+    bhash = block_hash(header_raw)
+    last_ts = numbering.ts - 1 if numbering.leaves else blk.ts0
+    new_rules = blk.side.new_rules
+    next_ruleset = new_rules.hash if new_rules is not None else head.ruleset_hash
+    new_head = Head(blk.height, numbering.index, last_ts, bhash, numbering.link, header.state_hash, next_ruleset)
+    _write_ledger(blk, numbering, node_items, changed)
+    if blk.rules is not None or new_rules is not None:
+        _write_side(blk, numbering)
+    txn = blk.txn
+    txn.put(Table.BLOCKS, index_key(blk.height), header_raw)
+    txn.put(Table.META, META_HEAD, new_head.encode())
+    txn.put(Table.META, META_RANGE, new_range.to_bytes())
+    if applied_index:
+        txn.put(Table.META, META_APPLIED, index_key(applied_index))
+    outcomes = [
+        BatchOutcome([events[i].result for i in range(a, b)], log_indexes[a:b], blocks[a:b])
+        for a, b in spans
+    ]
+    return BlockOutcome(header, bhash, outcomes), new_head, new_range
+
+
+def _write_ledger(blk: Block, numbering: _Leaves, node_items: list[tuple[bytes, bytes]],
+                  changed: list[tuple[bytes, bytes]]) -> None:
+    txn = blk.txn
+    txn.put_many(Table.LEAVES, numbering.leaves, append=True)
+    if node_items:
+        txn.put_many(Table.NODES, node_items)
+    if numbering.history:
+        txn.put_many(Table.HISTORY, sorted(numbering.history))
+    txn.put_many(Table.ACCOUNTS, changed)
+    txn.put_many(Table.TRANSFERS, sorted((id_key(tid), ref.encode()) for tid, ref in blk.transfers.items()))
+    if blk.account_refs:
+        txn.put_many(Table.ACCOUNT_REFS, sorted((aid, ref.encode()) for aid, ref in blk.account_refs.items()))
+    for key in blk.expiry_dels:
+        txn.delete(Table.EXPIRY, key)
+    if blk.expiry_puts:
+        txn.put_many(Table.EXPIRY, sorted((k, b"") for k in blk.expiry_puts))
+    for ledger, scale in blk.scales.items():
+        txn.put(Table.META, scale_key(ledger), bytes((scale,)))
+
+
+def _write_side(blk: Block, numbering: _Leaves) -> None:
+    """Rules and reconciliation tables, in the block's one write transaction."""
+    txn = blk.txn
+    side = blk.side
+    for leaf_index, canonical in numbering.rulesets:
+        meta = index_key(leaf_index) + index_key(blk.height + 1)
+        txn.put(Table.RULESETS, ruleset_hash(canonical), meta + canonical)
+    if side.risk:
+        txn.put_many(Table.RISK, sorted((k, encode_state(v)) for k, v in side.risk.items()))
+    if side.pairs:
+        txn.put_many(Table.RISK_PAIRS, sorted((k, b"") for k in side.pairs))
+    if side.extrefs:
+        txn.put_many(Table.EXTREFS, sorted(side.extrefs.items()))
+    if side.callbacks:
+        txn.put_many(Table.CALLBACKS, sorted((id_key(cid), ref.encode()) for cid, ref in side.callbacks.items()))
+    if side.reconciled:
+        txn.put_many(Table.RECONCILED, sorted((id_key(tid), index_key(ref.leaf_index))
+                                              for tid, ref in side.reconciled.items()))
+    if numbering.exceptions:
+        txn.put_many(Table.EXCEPTIONS, numbering.exceptions)
+    for key, (debits, credits, count) in sorted(side.rounding.items()):
+        old = txn.get(Table.ROUNDING, key)
+        d0, c0, n0 = decode_rounding(old) if old is not None else (0, 0, 0)
+        txn.put(Table.ROUNDING, key, encode_rounding(d0 + debits, c0 + credits, n0 + count))
+
+
+def _changed_accounts(blk: Block) -> list[tuple[bytes, bytes]]:
+    """(id, encoded state) of accounts this block created or changed, sorted by id."""
+    saved = blk.saved
+    changed = []
+    for aid in sorted(blk.accounts):
+        a = blk.accounts[aid]
+        if saved.get(aid) != a.balances():  # new accounts have no saved entry
+            changed.append((aid, a.encode()))
+    return changed

@@ -1,0 +1,62 @@
+"""Read-side rule evaluation (the node's Rules service and ``sovledger rules test``): evaluate a
+rule set against one transfer over a committed snapshot; nothing is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.codec import T_CREDIT, T_DEBIT, TRANSFER_STRUCT
+from ledger.risk import RiskView, decode_state
+from ledger.rules.compiler import CompiledRuleSet
+from ledger.rules.model import Action, Rule
+from ledger.schema import AccountState, Table
+from ledger.store import ReadTxn
+from ledger.types import Result
+
+
+class ReadRiskView(RiskView):
+    """The risk view of the activation builder over a committed snapshot."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: ReadTxn) -> None:
+        self.txn = txn
+
+    def state(self, key: bytes) -> list[int] | None:
+        raw = self.txn.get(Table.RISK, key)
+        return decode_state(raw) if raw is not None else None
+
+    def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
+        return self.txn.get(Table.RISK_PAIRS, debit_id + credit_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    action: Action
+    rule: Rule | None
+    result: int  # what the rules would make of the transfer: 0, rule_rejected or rule_error
+    activation: dict[str, object]
+    problems: tuple[str, ...] = ()
+
+
+def dry_run(txn: ReadTxn, rules: CompiledRuleSet, raw: bytes, timestamp_ns: int, height: int) -> DryRun:
+    """Evaluate ``rules`` against one transfer record over committed state; nothing is written.
+
+    The ledger's own checks are not repeated except that both accounts must exist."""
+    rec = TRANSFER_STRUCT.unpack(raw)
+    accts = []
+    for aid, name in ((rec[T_DEBIT], "debit"), (rec[T_CREDIT], "credit")):
+        stored = txn.get(Table.ACCOUNTS, aid)
+        if stored is None:
+            return DryRun(Action.NONE, None, 0, {}, (f"{name} account {int.from_bytes(aid, 'little')} not found",))
+        accts.append(AccountState.decode(stored))
+    activation = rules.build(rec, accts[0], accts[1], timestamp_ns, height, ReadRiskView(txn))
+    if not rules.active:
+        return DryRun(Action.NONE, None, 0, activation)
+    idx, errored = rules.evaluate(activation)
+    if idx < 0:
+        return DryRun(Action.NONE, None, 0, activation)
+    rule = rules.rules[idx]
+    if errored:
+        return DryRun(Action.ERROR, rule, Result.RULE_ERROR, activation)
+    return DryRun(rule.action, rule, Result.RULE_REJECTED if rule.action == Action.REJECT else 0, activation)

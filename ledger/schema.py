@@ -1,0 +1,187 @@
+"""The on-disk schema in one place: table names, key codecs, and the head, ref and account-state
+values. Shared by the state machine (``ledger/apply/``), the reader and the Raft storage, so a
+table name or a key layout is spelled once. Byte layouts are described in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from ledger.codec import ACCOUNT_SIZE, ACCOUNT_STATE_STRUCT, ACCOUNT_STRUCT, ZERO32, decode_account_state
+from ledger.hashing import GENESIS_LINK
+from ledger.types import U64_MAX
+
+
+class Table:
+    """Names of the store's tables (the store takes them as ``str``)."""
+
+    META: Final = "meta"  # singleton values: head, compact range, applied index, scales, signer guard …
+    ACCOUNTS: Final = "accounts"  # account id (16) -> account state (136)
+    TRANSFERS: Final = "transfers"  # id_key(transfer id) -> transfer ref (leaf index, block, status …)
+    ACCOUNT_REFS: Final = "account_refs"  # account id (16) -> creation ref: exact retries
+    LEAVES: Final = "leaves"  # index_key(leaf index) -> canonical leaf bytes
+    NODES: Final = "nodes"  # node_key(level, index) -> Merkle node hash, complete subtrees, level >= 1
+    HISTORY: Final = "history"  # account id (16) || index_key(leaf) -> b"", accounts with the HISTORY flag
+    BLOCKS: Final = "blocks"  # index_key(height) -> canonical block header
+    EXPIRY: Final = "expiry"  # expiry_key(expires_at_ns, transfer id) -> b"" (pending timeouts)
+    RAFT: Final = "raft"  # consensus hard state, conf state, snapshot metadata (node/raft_storage.py)
+    RAFTLOG: Final = "raftlog"  # consensus log: index_key(index) -> encoded entry (node/raft_storage.py)
+    # rules and reconciliation (ledger/apply/effects.py, ledger/apply/callbacks.py, docs/rules.md)
+    RULESETS: Final = "rulesets"  # rule set hash (32) -> deploy leaf index ‖ effective height ‖ canonical bytes
+    RISK: Final = "risk"  # b"o"/b"i" + account id or b"p" + psp id (u32 BE) -> risk window state (ledger/risk.py)
+    RISK_PAIRS: Final = "risk_pairs"  # debit id (16) || credit id (16) -> b"": counterparty pairs seen
+    EXTREFS: Final = "extrefs"  # psp id (u32 BE) || external ref (32) -> transfer id (16)
+    CALLBACKS: Final = "callbacks"  # id_key(callback id) -> ref (leaf index, block, …) for idempotency
+    RECONCILED: Final = "reconciled"  # id_key(transfer id) -> index_key(callback leaf index)
+    EXCEPTIONS: Final = "exceptions"  # index_key(leaf index) -> exception record for review
+    ROUNDING: Final = "rounding"  # rounding account id (16) || day (u64 BE) -> debits ‖ credits ‖ count
+
+
+TABLES: Final = (
+    Table.META, Table.ACCOUNTS, Table.TRANSFERS, Table.ACCOUNT_REFS, Table.LEAVES, Table.NODES, Table.HISTORY,
+    Table.BLOCKS, Table.EXPIRY, Table.RAFT, Table.RAFTLOG, Table.RULESETS, Table.RISK, Table.RISK_PAIRS,
+    Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
+)
+
+# -- keys in the meta table ----------------------------------------------------------------------
+META_HEAD: Final = b"head"
+META_RANGE: Final = b"range"
+META_APPLIED: Final = b"applied"
+META_SCALE_PREFIX: Final = b"scale:"  # + ledger (u32 BE) -> asset scale (1 byte)
+
+# -- key codecs ------------------------------------------------------------------------------------
+U64BE: Final = struct.Struct(">Q")
+index_key: Final = U64BE.pack  # leaf index, block height, Raft index, applied index: u64 big-endian
+NODE_KEY: Final = struct.Struct(">BQ")
+node_key: Final = NODE_KEY.pack  # (level, index) of a Merkle node
+
+
+def decode_index(key: bytes) -> int:
+    return int(U64BE.unpack(key)[0])
+
+
+def id_key(entity_id: bytes) -> bytes:
+    """Transfer and callback ids as keys: the little-endian u128 reversed to big-endian, so
+    time-ordered ids insert at the right edge of the B-tree."""
+    return entity_id[::-1]
+
+
+def expiry_key(expires_at_ns: int, transfer_id: bytes) -> bytes:
+    return U64BE.pack(expires_at_ns) + transfer_id
+
+
+def expiry_transfer_id(key: bytes) -> bytes:
+    return key[U64BE.size:]
+
+
+def scale_key(ledger: int) -> bytes:
+    return META_SCALE_PREFIX + ledger.to_bytes(4, "big")
+
+
+def scale_ledger(key: bytes) -> int:
+    return int.from_bytes(key[len(META_SCALE_PREFIX):], "big")
+
+
+ID_SIZE: Final = 16
+
+
+def history_key(account_id: bytes, leaf_key: bytes) -> bytes:
+    return account_id + leaf_key
+
+
+def history_leaf_key(key: bytes) -> bytes:
+    """The index_key of the leaf a history key points at."""
+    return key[ID_SIZE:]
+
+
+# -- values ------------------------------------------------------------------------------------------
+
+# transfers / account_refs / callbacks value: leaf_index, block, timestamp_ns, status, expires_at_ns
+TRANSFER_REF: Final = struct.Struct("<QQQBQ")
+# meta "head": height, tree_size, last_timestamp_ns, block_hash, chain_head, state_hash, ruleset_hash
+HEAD: Final = struct.Struct("<QQQ32s32s32s32s")
+
+
+@dataclass(slots=True)
+class TransferRef:
+    """Where a transfer (or an account's creation, or a callback) was logged, and its status."""
+
+    leaf_index: int
+    block: int
+    timestamp_ns: int
+    status: int
+    expires_at_ns: int = 0
+
+    def encode(self) -> bytes:
+        return TRANSFER_REF.pack(self.leaf_index, self.block, self.timestamp_ns, self.status, self.expires_at_ns)
+
+    @staticmethod
+    def decode(raw: bytes) -> TransferRef:
+        return TransferRef(*TRANSFER_REF.unpack(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The ledger's position after the last applied block."""
+
+    height: int = 0
+    tree_size: int = 0
+    last_timestamp_ns: int = 0
+    block_hash: bytes = ZERO32
+    chain_head: bytes = GENESIS_LINK
+    state_hash: bytes = ZERO32
+    ruleset_hash: bytes = ZERO32
+
+    def encode(self) -> bytes:
+        return HEAD.pack(
+            self.height, self.tree_size, self.last_timestamp_ns, self.block_hash, self.chain_head,
+            self.state_hash, self.ruleset_hash,
+        )
+
+    @staticmethod
+    def decode(raw: bytes) -> Head:
+        return Head(*HEAD.unpack(raw))
+
+
+class AccountState:
+    """Mutable hot state of one account (the cache's value). Balances are u128 Python ints."""
+
+    __slots__ = ("code", "credits_pending", "credits_posted", "debits_pending", "debits_posted", "flags",
+                 "ledger", "record", "scale", "ts")
+
+    def __init__(self, record: bytes, debits_pending: int, debits_posted: int, credits_pending: int,
+                 credits_posted: int, ts: int) -> None:
+        _id, _ud, ledger, code, flags, scale, _res = ACCOUNT_STRUCT.unpack(record)
+        self.record = record
+        self.ledger: int = ledger
+        self.code: int = code
+        self.flags: int = flags
+        self.scale: int = scale
+        self.debits_pending = debits_pending
+        self.debits_posted = debits_posted
+        self.credits_pending = credits_pending
+        self.credits_posted = credits_posted
+        self.ts = ts
+
+    def balances(self) -> tuple[int, int, int, int]:
+        return self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted
+
+    def set_balances(self, balances: tuple[int, int, int, int]) -> None:
+        self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted = balances
+
+    def encode(self) -> bytes:
+        m = U64_MAX
+        dp, dpo, cp, cpo = self.balances()
+        return ACCOUNT_STATE_STRUCT.pack(
+            self.record, dp & m, dp >> 64, dpo & m, dpo >> 64, cp & m, cp >> 64, cpo & m, cpo >> 64, self.ts,
+        )
+
+    @staticmethod
+    def decode(raw: bytes) -> AccountState:
+        b = decode_account_state(raw)
+        return AccountState(
+            raw[:ACCOUNT_SIZE], b.debits_pending, b.debits_posted, b.credits_pending,
+            b.credits_posted, b.timestamp_ns,
+        )
