@@ -46,6 +46,19 @@ def chain_link(prev_link: bytes, leaf_hash_: bytes) -> bytes:
     return _b3(CHAIN_DOMAIN + prev_link + leaf_hash_).digest()
 
 
+def hash_and_chain(prev_link: bytes, leaves: list[bytes]) -> tuple[list[bytes], bytes]:
+    """Leaf hashes of consecutive leaves and the chain link after the last: ``leaf_hash`` and
+    ``chain_link`` applied in order (one loop for a whole block)."""
+    b3 = _b3
+    link = prev_link
+    hashes = []
+    for leaf in leaves:
+        lh = b3(LEAF_DOMAIN + leaf).digest()
+        hashes.append(lh)
+        link = b3(CHAIN_DOMAIN + link + lh).digest()
+    return hashes, link
+
+
 def block_hash(header: bytes) -> bytes:
     return _b3(BLOCK_DOMAIN + header).digest()
 

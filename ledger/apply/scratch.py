@@ -101,10 +101,12 @@ class Block:
         a = self.accounts.get(aid)
         if a is not None:
             return a
-        a = _committed(self.committed.accounts, self.txn, Table.ACCOUNTS, aid, AccountState.decode)
+        a = self.committed.accounts.get(aid)
         if a is None:
-            return None
-        self.saved[aid] = a.balances()
+            a = _committed(self.committed.accounts, self.txn, Table.ACCOUNTS, aid, AccountState.decode)
+            if a is None:
+                return None
+        self.saved[aid] = (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
         self.accounts[aid] = a
         return a
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger.apply.scratch import Block, Event
-from ledger.codec import BlockHeader, encode_leaf
-from ledger.hashing import block_hash, chain_link, leaf_hash, ruleset_hash, state_hash
+from ledger.codec import AUX_LEN, FORMAT_VERSION, LEAF_HEADER, BlockHeader
+from ledger.hashing import block_hash, hash_and_chain, ruleset_hash, state_hash
 from ledger.merkle import CompactRange
 from ledger.reconcile import decode_rounding, encode_rounding
 from ledger.risk import encode_state
@@ -39,17 +39,19 @@ class BlockOutcome:
     batches: list[BatchOutcome]
 
 
-class _Leaves:
-    """Numbers events into leaves (index, timestamp, chain link) and collects what they index."""
+pack_header = LEAF_HEADER.pack
+pack_aux = AUX_LEN.pack
 
-    __slots__ = ("exceptions", "history", "index", "leaf_hashes", "leaves", "link", "rulesets", "ts")
+
+class _Leaves:
+    """Numbers events into leaves (index, timestamp) and collects what they index."""
+
+    __slots__ = ("exceptions", "history", "index", "leaves", "rulesets", "ts")
 
     def __init__(self, head: Head, ts0: int) -> None:
         self.index = head.tree_size
         self.ts = ts0
-        self.link = head.chain_head
         self.leaves: list[tuple[bytes, bytes]] = []
-        self.leaf_hashes: list[bytes] = []
         self.history: list[tuple[bytes, bytes]] = []
         self.exceptions: list[tuple[bytes, bytes]] = []
         self.rulesets: list[tuple[int, bytes]] = []  # (deploy leaf index, canonical rule set)
@@ -58,12 +60,12 @@ class _Leaves:
         """The one leaf builder: log ``ev`` (and the ledger-written leaf that follows it); its index."""
         index = self.index
         ts = self.ts
-        leaf = encode_leaf(ev.kind, ev.result, index, ts, ev.body, ev.aux)
+        body = ev.body
+        aux = ev.aux
+        leaf = b"".join((pack_header(FORMAT_VERSION, ev.kind, ev.result, index, ts, len(body)), body,
+                         pack_aux(len(aux)), aux))  # encode_leaf (ledger/codec.py), inlined for speed
         key = index_key(index)
         self.leaves.append((key, leaf))
-        lh = leaf_hash(leaf)
-        self.leaf_hashes.append(lh)
-        self.link = chain_link(self.link, lh)
         for aid in ev.touched:
             self.history.append((history_key(aid, key), b""))
         if ev.ref is not None:
@@ -94,14 +96,14 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
             blocks[n] = ev.existing.block
         else:
             log_indexes[n] = numbering.add(ev)
+    leaf_hashes, link = hash_and_chain(head.chain_head, [leaf for _, leaf in numbering.leaves])
     new_range = tree.copy()
-    node_items = [(node_key(level, i), h) for level, i, h in
-                  new_range.append_many(numbering.leaf_hashes, min_level=1)]
+    node_items = [(node_key(level, i), h) for level, i, h in new_range.append_many(leaf_hashes, min_level=1)]
     changed = _changed_accounts(blk)
     header = BlockHeader(
         height=blk.height, timestamp_ns=blk.ts0, first_index=head.tree_size, leaf_count=len(numbering.leaves),
         tree_size=numbering.index, prev_block_hash=head.block_hash, merkle_root=new_range.root(),
-        chain_head=numbering.link, state_hash=state_hash(head.state_hash, changed),
+        chain_head=link, state_hash=state_hash(head.state_hash, changed),
         ruleset_hash=head.ruleset_hash,  # the rule set this block ran under
     )
     header_raw = header.encode()
@@ -109,7 +111,7 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
     last_ts = numbering.ts - 1 if numbering.leaves else blk.ts0
     new_rules = blk.side.new_rules
     next_ruleset = new_rules.hash if new_rules is not None else head.ruleset_hash
-    new_head = Head(blk.height, numbering.index, last_ts, bhash, numbering.link, header.state_hash, next_ruleset)
+    new_head = Head(blk.height, numbering.index, last_ts, bhash, link, header.state_hash, next_ruleset)
     _write_ledger(blk, numbering, node_items, changed)
     if blk.rules is not None or new_rules is not None:
         _write_side(blk, numbering)
@@ -178,6 +180,6 @@ def _changed_accounts(blk: Block) -> list[tuple[bytes, bytes]]:
     changed = []
     for aid in sorted(blk.accounts):
         a = blk.accounts[aid]
-        if saved.get(aid) != a.balances():  # new accounts have no saved entry
+        if saved.get(aid) != (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted):  # new: no entry
             changed.append((aid, a.encode()))
     return changed

@@ -78,6 +78,7 @@ def _apply_unlinked(blk: Block, recs: list[TransferRecord], records: bytes, sigs
     append = events.append
     kind = EventKind.CREATE_TRANSFER
     single = TransferStatus.SINGLE_PHASE
+    ok = Result.OK  # enum attribute lookups are slow in a hot loop
     rules = blk.rules
     build = rules.build if rules is not None and rules.active else None  # the rules hook
     evaluate = rules.evaluate if rules is not None else None
@@ -122,7 +123,7 @@ def _apply_unlinked(blk: Block, recs: list[TransferRecord], records: bytes, sigs
         if rules is not None:
             after_success(blk, rec, amount)
         hist = history_of(dr, dra, cr, cra) if (dra.flags | cra.flags) & HISTORY else ()
-        append(Event(kind, Result.OK, raw, aux, hist, ref, tid))
+        append(Event(kind, ok, raw, aux, hist, ref, tid))
 
 
 def _check_fields(rec: TransferRecord, kinds: int) -> Result:
