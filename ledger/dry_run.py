@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ledger.codec import T_CREDIT, T_DEBIT, TRANSFER_STRUCT
 from ledger.risk import RiskView, decode_state
-from ledger.rules.compiler import CompiledRuleSet
+from ledger.rules.compiler import NO_MATCH, CompiledRuleSet
 from ledger.rules.model import Action, Rule
 from ledger.schema import AccountState, Table
 from ledger.store import ReadTxn
@@ -50,11 +50,16 @@ def dry_run(txn: ReadTxn, rules: CompiledRuleSet, raw: bytes, timestamp_ns: int,
         if stored is None:
             return DryRun(Action.NONE, None, 0, {}, (f"{name} account {int.from_bytes(aid, 'little')} not found",))
         accts.append(AccountState.decode(stored))
-    activation = rules.build(rec, accts[0], accts[1], timestamp_ns, height, ReadRiskView(txn))
+    try:
+        activation = rules.build(rec, accts[0], accts[1], timestamp_ns, height, ReadRiskView(txn))
+    except MemoryError:
+        raise
+    except Exception as e:  # the state machine records rule_evaluation_failed here
+        return DryRun(Action.ERROR, None, Result.RULE_EVALUATION_FAILED, {}, (f"rule inputs could not be built: {e}",))
     if not rules.active:
         return DryRun(Action.NONE, None, 0, activation)
     idx, errored = rules.evaluate(activation)
-    if idx < 0:
+    if idx == NO_MATCH:
         return DryRun(Action.NONE, None, 0, activation)
     rule = rules.rules[idx]
     if errored:

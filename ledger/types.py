@@ -150,6 +150,7 @@ class Result(enum.IntEnum):
     RULE_REJECTED = 120  # a `reject` rule matched; the rule's own code and id are in the leaf's aux (tag 2)
     RULE_ERROR = 121  # the deciding rule failed at run time (type error, overflow, division by zero …)
     RULE_ADJUSTMENT_FAILED = 122  # an `adjust` rule matched but its adjustment transfer could not post
+    RULE_EVALUATION_FAILED = 123  # the rule set's inputs could not be built for this transfer; no rule named
     # rule set deployment
     RULESET_BAD_SIGNATURE = 130  # not signed by a configured operator key
     RULESET_INVALID = 131  # not canonical, does not compile/type-check, or references unknown fields

@@ -31,12 +31,11 @@ from ledger.hashing import derived_id
 from ledger.note import Verifier
 from ledger.reconcile import EXC_RULE_FLAG, EXC_RULE_HOLD, encode_exception
 from ledger.risk import KEY_IN, KEY_OUT, new_state, psp_key, record
-from ledger.rules.compiler import compile_ruleset
+from ledger.rules.compiler import EVALUATION_FAILED, NO_MATCH, Verdict, compile_ruleset
 from ledger.rules.model import Action, Rule, RuleSetError, parse_canonical, signing_message
 from ledger.schema import AccountState, Table, TransferRef
 from ledger.types import U64_MAX, U128_MAX, EventKind, Result, TransferFlags, TransferStatus
 
-Verdict = tuple[int, bool]  # (index of the deciding rule or -1, whether it erred)
 ORIGIN_ADJUSTMENT: Final = 1  # origin aux of ledger-written transfers (docs/formats.md)
 ORIGIN_RESIDUAL: Final = 2
 _PENDING: Final = int(TransferFlags.PENDING)
@@ -74,10 +73,12 @@ def rule_outcome(blk: Block, rec: TransferRecord, dra: AccountState, cra: Accoun
     rules = blk.rules
     assert rules is not None
     if verdict is None:
-        verdict = rules.evaluate(rules.build(rec, dra, cra, blk.ts0, blk.height, blk.side))
+        verdict = rules.decide(rec, dra, cra, blk.ts0, blk.height, blk.side)
     idx, errored = verdict
-    if idx < 0:
+    if idx == NO_MATCH:
         return RuleOutcome(kinds=kinds, expires=expires)
+    if idx == EVALUATION_FAILED:
+        return RuleOutcome(Result.RULE_EVALUATION_FAILED)
     rule = rules.rules[idx]
     rid = rule.id.encode()
     if errored:

@@ -14,7 +14,7 @@ from typing import Final
 
 from ledger.apply.accounts import CREDITS_MUST_NOT_EXCEED_DEBITS, DEBITS_MUST_NOT_EXCEED_CREDITS, HISTORY, history_of
 from ledger.apply.batches import apply_chains, failure_maker, signature_auxes
-from ledger.apply.effects import Verdict, after_success, apply_adjustment, rule_outcome
+from ledger.apply.effects import after_success, apply_adjustment, rule_outcome
 from ledger.apply.scratch import Block, Event, balance_restorer, popper
 from ledger.codec import (
     MAX16,
@@ -39,6 +39,7 @@ from ledger.codec import (
     TransferRecord,
 )
 from ledger.invariant import invariant
+from ledger.rules.compiler import NO_MATCH, Verdict
 from ledger.schema import AccountState, Table, TransferRef, expiry_key, id_key
 from ledger.types import TRANSFER_FLAGS_KNOWN, U64_MAX, U128_MAX, EventKind, Result, TransferFlags, TransferStatus
 
@@ -80,8 +81,7 @@ def _apply_unlinked(blk: Block, recs: list[TransferRecord], records: bytes, sigs
     single = TransferStatus.SINGLE_PHASE
     ok = Result.OK  # enum attribute lookups are slow in a hot loop
     rules = blk.rules
-    build = rules.build if rules is not None and rules.active else None  # the rules hook
-    evaluate = rules.evaluate if rules is not None else None
+    decide = rules.decide if rules is not None and rules.active else None  # the rules hook
     side = blk.side
     ts0 = blk.ts0
     for i, rec in enumerate(recs):
@@ -109,10 +109,9 @@ def _apply_unlinked(blk: Block, recs: list[TransferRecord], records: bytes, sigs
                     and credits_posted + cra.credits_pending > cra.debits_posted)):
             append(create_transfer(blk, rec, raw, aux))
             continue
-        if build is not None:
-            assert evaluate is not None
-            verdict = evaluate(build(rec, dra, cra, ts0, height, side))
-            if verdict[0] >= 0:  # a rule matched or erred: the general path applies its action
+        if decide is not None:
+            verdict = decide(rec, dra, cra, ts0, height, side)
+            if verdict[0] != NO_MATCH:  # a rule matched or failed: the general path applies the outcome
                 append(create_transfer(blk, rec, raw, aux, verdict))
                 continue
         dra.debits_posted = debits_posted

@@ -17,8 +17,9 @@ did not reach) is a deterministic outcome, `rule_error`, attributed to the first
 precedence order) that errs.
 
 Speed: field paths are rewritten to flat variables (``transfer.amount`` → ``transfer_amount``),
-the rules are folded into ONE program ``r0 ? 0 : (r1 ? 1 : … -1)`` (first match wins, same
-semantics as evaluating them in order), and the activation is a small flat dict holding only the
+the rules are folded into programs of up to GROUP_MAX rules each, ``r0 ? 0 : (r1 ? 1 : … -1)``
+(first match wins, same semantics as evaluating them in order; one program for all would not parse
+beyond ~47 rules), and the activation is a small flat dict holding only the
 fields the rule set references, built by a function generated from the fixed field table below.
 """
 
@@ -210,7 +211,7 @@ def _run(program: Any, values: dict[str, Any]) -> tuple[bool, Any]:
         return False, e
 
 
-def _compile_rule(rule: Rule) -> tuple[Any, set[str], list[str]]:
+def _compile_rule(rule: Rule) -> tuple[Any, set[str], str]:
     where = f"rule {rule.id!r}"
     try:
         text, used = rewrite(rule.expr)
@@ -241,7 +242,7 @@ def _compile_rule(rule: Rule) -> tuple[Any, set[str], list[str]]:
                 break
     if problems:
         raise RuleSetError(Result.RULESET_INVALID, problems)
-    return program, used, problems
+    return program, used, text
 
 
 def _sat(v: int) -> int:
@@ -269,6 +270,21 @@ def _builder(paths: list[str]) -> Callable[..., dict[str, Any]]:
     return fn
 
 
+NO_MATCH: Final = -1  # verdict index: no rule matched
+EVALUATION_FAILED: Final = -2  # verdict index: the rule inputs could not be built (result rule_evaluation_failed)
+Verdict = tuple[int, bool]  # (index of the deciding rule, NO_MATCH or EVALUATION_FAILED; whether the rule erred)
+GROUP_MAX: Final = 16  # rules folded into one CEL program (the CEL parser refuses deep nesting: ~48 levels)
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Rules ``start``..``stop - 1`` folded into one program: ``r_start ? start : (… : -1)``."""
+
+    start: int
+    stop: int
+    program: Any
+
+
 @dataclass(slots=True)
 class CompiledRuleSet:
     ruleset: RuleSet
@@ -276,7 +292,7 @@ class CompiledRuleSet:
     hash: bytes
     rules: tuple[Rule, ...]
     programs: tuple[Any, ...]
-    combined: Any
+    groups: tuple[_Group, ...]
     paths: tuple[str, ...]
     build: Callable[..., dict[str, Any]]
     track_out: bool = False
@@ -297,25 +313,73 @@ class CompiledRuleSet:
     def tolerance(self, ledger: int, psp_id: int) -> Tolerance | None:
         return self.tolerances.get((ledger, psp_id)) or self.tolerances.get((ledger, 0))
 
-    def evaluate(self, values: dict[str, Any]) -> tuple[int, bool]:
-        """(index of the deciding rule or -1, whether it erred). First match in precedence order wins."""
-        ok, got = _run(self.combined, values)
-        if ok and type(got) is int:
-            return got, False
-        for i, program in enumerate(self.programs):  # attribute the error: same order, same semantics
-            ok, got = _run(program, values)
+    def decide(self, rec: tuple[Any, ...], dra: Any, cra: Any, ts: int, height: int, view: Any) -> Verdict:
+        """The verdict on one transfer. Total: nothing the inputs can be makes it raise.
+
+        Building the inputs is deterministic Python over the log; should it fail (a bug, never a
+        rule), the verdict is EVALUATION_FAILED, on every replica alike."""
+        try:
+            values = self.build(rec, dra, cra, ts, height, view)
+        except MemoryError:
+            raise
+        except Exception:
+            return EVALUATION_FAILED, False
+        return self.evaluate(values)
+
+    def evaluate(self, values: dict[str, Any]) -> Verdict:
+        """(index of the deciding rule or NO_MATCH, whether it erred). First match in precedence order wins."""
+        for group in self.groups:
+            ok, got = _run(group.program, values)
+            if ok and type(got) is int:
+                if got >= 0:
+                    return got, False
+                continue
+            return self._attribute(values, group.start, group.stop)
+        return NO_MATCH, False
+
+    def _attribute(self, values: dict[str, Any], start: int, stop: int) -> Verdict:
+        """A group erred: evaluate its rules one by one (same order, same semantics) to name the rule."""
+        for i in range(start, stop):
+            ok, got = _run(self.programs[i], values)
             if not ok or type(got) is not bool:
                 return i, True
             if got:
                 return i, False
-        return -1, False  # unreachable with a deterministic engine; keeps the function total
+        return NO_MATCH, False  # unreachable with a deterministic engine; keeps the function total
+
+
+def _fold(texts: list[str], start: int, stop: int) -> str:
+    src = "-1"
+    for i in range(stop - 1, start - 1, -1):
+        src = f"({texts[i]}) ? {i} : ({src})"
+    return src
+
+
+def _groups(rules: tuple[Rule, ...], texts: list[str], size: int = GROUP_MAX) -> tuple[_Group, ...]:
+    """Fold the rules into programs of at most ``size`` rules; a group the parser refuses is split."""
+    groups: list[_Group] = []
+    pending = [(s, min(s + size, len(texts))) for s in range(0, len(texts), size)]
+    while pending:
+        start, stop = pending.pop(0)
+        try:
+            groups.append(_Group(start, stop, cel.compile(_fold(texts, start, stop))))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            if stop - start == 1:
+                raise RuleSetError(Result.RULESET_INVALID,
+                                   [f"rule {rules[start].id!r}: does not compile: {e}"]) from None
+            mid = (start + stop) // 2
+            pending[:0] = [(start, mid), (mid, stop)]
+    return tuple(groups)
 
 
 _CACHE: dict[bytes, CompiledRuleSet] = {}
 
 
 def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
-    """Compile and check every rule; raise RuleSetError listing the problems of all rules."""
+    """Compile and check every rule; raise RuleSetError (and nothing else) listing the problems of all
+    rules, each naming its rule. A pure function: safe to run in a worker thread."""
     canonical = rs.canonical()
     h = ruleset_hash(canonical)
     cached = _CACHE.get(h)
@@ -324,28 +388,25 @@ def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
     problems: list[str] = []
     result = Result.RULESET_INVALID
     programs: list[Any] = []
+    texts: list[str] = []
     used: set[str] = set()
     for rule in rs.rules:
         try:
-            program, rule_paths, _ = _compile_rule(rule)
+            program, rule_paths, text = _compile_rule(rule)
         except RuleSetError as e:
             problems += e.problems
             if e.result == Result.RULESET_TOO_LARGE:
                 result = Result.RULESET_TOO_LARGE
             continue
         programs.append(program)
+        texts.append(text)
         used |= rule_paths
     if problems:
         raise RuleSetError(result, problems)
-    combined_src = "-1"
-    for i in range(len(rs.rules) - 1, -1, -1):
-        text, _ = rewrite(rs.rules[i].expr)
-        combined_src = f"({text}) ? {i} : ({combined_src})"
-    combined = cel.compile(combined_src)
     paths = tuple(sorted(used))
     compiled = CompiledRuleSet(
-        ruleset=rs, canonical=canonical, hash=h, rules=rs.rules, programs=tuple(programs), combined=combined,
-        paths=paths, build=_builder(list(paths)),
+        ruleset=rs, canonical=canonical, hash=h, rules=rs.rules, programs=tuple(programs),
+        groups=_groups(rs.rules, texts), paths=paths, build=_builder(list(paths)),
         track_out=any(p.startswith(("risk.debit.", "risk.amount_", "risk.history")) for p in paths),
         track_in=any(p.startswith("risk.credit.") for p in paths),
         track_psp=any(p.startswith("risk.psp.") for p in paths),

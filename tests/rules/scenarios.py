@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,18 @@ def _exists_different() -> Result:
     return _cb(lg, transfer_id=1, observed_amount=11)
 
 
+def _evaluation_failed() -> Result:
+    """Fault injection: no real input makes the activation builder fail, so the builder is replaced."""
+    lg = _with({"id": "r", "expr": "transfer.amount > 5", "action": "flag"})
+    assert lg.state.rules is not None
+
+    def failing(*_: Any) -> dict[str, Any]:
+        raise ArithmeticError("injected")
+
+    lg.state.rules = dataclasses.replace(lg.state.rules, build=failing)
+    return lg.transfer(xfer(1))
+
+
 def _exists() -> Result:
     lg = _with()
     lg.transfer(xfer(1, amount=10))
@@ -72,6 +85,7 @@ def _exists() -> Result:
 RULE_SCENARIOS: dict[Result, Callable[[], Result]] = {
     R.RULE_REJECTED: lambda: _with({"id": "r", "expr": "true", "action": "reject", "code": 9}).transfer(xfer(1)),
     R.RULE_ERROR: lambda: _with({"id": "r", "expr": "transfer.amount / 0 > 0", "action": "flag"}).transfer(xfer(1)),
+    R.RULE_EVALUATION_FAILED: _evaluation_failed,
     R.RULE_ADJUSTMENT_FAILED: lambda: _with({"id": "r", "expr": "true", "action": "adjust", "adjust_account": 77,
                                              "adjust_code": 1, "adjust_fixed": 1}).transfer(xfer(1)),
     R.RULESET_BAD_SIGNATURE: lambda: RulesLedger().deploy(ruleset(), signer=STRANGER),
