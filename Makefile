@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.single_node
 	$(BIN)/python -m bench.region
+	$(BIN)/python -m bench.tls_cost
 	$(BIN)/python -m bench.peers
 	$(BIN)/python -m bench.plot
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 
+from clients.connect import ClientTls
+
 MAX_MESSAGE_BYTES = 3 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -21,14 +23,19 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """An asyncio channel to ``target`` (host:port) — the PSP SDK's."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def open_channel(target: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` (host:port) — the PSP SDK's. ``tls``: the client certificate
+    (clients.connect); None means plaintext, only for a node started with --insecure."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)
 
 
-def open_sync_channel(target: str) -> grpc.Channel:
-    """A blocking channel to ``target`` (host:port) — ``clients.client.LedgerClient``'s."""
-    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS[:2])
+def open_sync_channel(target: str, tls: ClientTls | None = None) -> grpc.Channel:
+    """A blocking channel to ``target`` (host:port) — ``clients.client.LedgerClient``'s, the CLIs'."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS[:2])
+    return grpc.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS[:2])
 
 
 __all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "open_channel", "open_sync_channel"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from clients.channels import open_sync_channel
+from clients.connect import ClientTls
 from ledger.codec import (
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
@@ -72,13 +73,15 @@ def encode_transfers(transfers: Sequence[Transfer]) -> bytes:
 
 
 class LedgerClient:
-    def __init__(self, target: str, timeout_s: float = 30.0, stale_reads: bool = False) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, stale_reads: bool = False,
+                 tls: ClientTls | None = None) -> None:
         """``stale_reads``: let a follower answer lookups from its local (possibly lagging) state;
-        by default lookups are linearizable and only the leader answers them."""
+        by default lookups are linearizable and only the leader answers them. ``tls``: the client
+        certificate (clients.connect); None only for a node started with --insecure."""
         self.target = target
         self.timeout_s = timeout_s
         self._read_md = (("sovledger-read", "stale"),) if stale_reads else ()
-        self.channel = open_sync_channel(target)
+        self.channel = open_sync_channel(target, tls)
         self.ledger = pb_grpc.LedgerStub(self.channel)
         self.audit = pb_grpc.AuditStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)

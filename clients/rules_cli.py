@@ -21,6 +21,8 @@ from typing import Any
 
 import grpc
 
+from clients.channels import open_sync_channel
+from clients.connect import TlsConfigError, add_tls_flags, tls_from_args
 from ledger.codec import encode_deploy, encode_transfer
 from ledger.note import Signer
 from ledger.rules import RuleSetError, signing_message, validate
@@ -39,8 +41,12 @@ def load_document(path: str) -> Any:
     return json.loads(text)
 
 
-def _channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target)
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """TLS with the caller's certificate (operator, or auditor for list/show/report); --insecure: plaintext."""
+    try:
+        return open_sync_channel(args.target, tls_from_args(args))
+    except TlsConfigError as e:
+        raise SystemExit(f"sovledger rules: {e}") from e
 
 
 def _problems(e: RuleSetError) -> int:
@@ -67,7 +73,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return _problems(e)
     signer = Signer.parse(Path(args.key).read_text())
     record = encode_deploy(signer.key_id, signer.sign(signing_message(compiled.canonical)), compiled.canonical)
-    stub = pb_grpc.LedgerStub(_channel(args.target))
+    stub = pb_grpc.LedgerStub(_channel(args))
     req = pb.SubmitRequest(batch_id=1, kind=pb.DEPLOY_RULESET, records=record)
     (resp,) = list(stub.Submit(iter([req]), timeout=args.timeout))
     if resp.status.code:
@@ -80,7 +86,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    resp = pb_grpc.RulesStub(_channel(args.target)).ListRuleSets(pb.ListRuleSetsRequest(), timeout=args.timeout)
+    resp = pb_grpc.RulesStub(_channel(args)).ListRuleSets(pb.ListRuleSetsRequest(), timeout=args.timeout)
     if args.json:
         print(json.dumps([{"hash": i.hash.hex(), "name": i.name, "version": i.version, "active": i.active,
                            "rules": i.rule_count, "deploy_index": i.deploy_index,
@@ -96,7 +102,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     want = b"" if args.hash == "active" else bytes.fromhex(args.hash)
     try:
-        resp = pb_grpc.RulesStub(_channel(args.target)).ShowRuleSet(pb.ShowRuleSetRequest(hash=want),
+        resp = pb_grpc.RulesStub(_channel(args)).ShowRuleSet(pb.ShowRuleSetRequest(hash=want),
                                                                    timeout=args.timeout)
     except grpc.RpcError as e:
         print(f"{e.code().name}: {e.details()}", file=sys.stderr)
@@ -125,7 +131,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as e:
         print(f"--transfer: {e}", file=sys.stderr)
         return EXIT_USAGE
-    resp = pb_grpc.RulesStub(_channel(args.target)).DryRun(pb.DryRunRequest(document=document, transfer=record),
+    resp = pb_grpc.RulesStub(_channel(args)).DryRun(pb.DryRunRequest(document=document, transfer=record),
                                                            timeout=args.timeout)
     if not resp.ok:
         print("dry run refused:", file=sys.stderr)
@@ -139,7 +145,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    resp = pb_grpc.RulesStub(_channel(args.target)).Report(pb.RulesReportRequest(), timeout=args.timeout)
+    resp = pb_grpc.RulesStub(_channel(args)).Report(pb.RulesReportRequest(), timeout=args.timeout)
     rep = json.loads(resp.json)
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -168,6 +174,7 @@ def register(subparsers: Any) -> None:
         if target:
             p.add_argument("--target", default=DEFAULT_TARGET, help="node HOST:PORT (default %(default)s)")
             p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+            add_tls_flags(p)
 
     p = sub.add_parser("deploy", help="validate, sign with an operator key and submit a rule set")
     p.add_argument("file")

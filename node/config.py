@@ -6,11 +6,14 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES
 from ledger.note import NoteError, Verifier
 from ledger.types import BATCH_ITEMS_MAX
+
+if TYPE_CHECKING:
+    from node.tls import TlsFiles
 
 GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 
@@ -63,6 +66,19 @@ class NodeConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     raft_log_keep_entries: int = 256  # Raft entries kept below the applied index; older ones → snapshots
+    # TLS (docs/security.md): mutual TLS on the one listener unless `insecure`; make the files with
+    # `sovledger ca`. tls_revoked: serials (hex, one per line) refused from the next call on.
+    insecure: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_revoked: str = ""
+    # fair share per PSP (node/fair_share.py): records/s, bucket size, batches in flight (0 = unlimited);
+    # psp_limits overrides them per psp_id: {"7" = {rate_per_s = 5000, burst = 8189, inflight_batches = 8}}
+    psp_rate_per_s: float = 0.0
+    psp_burst: int = 0
+    psp_inflight_batches: int = 0
+    psp_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     # observability
     metrics_listen: str = ""
     log_level: str = "INFO"
@@ -114,7 +130,37 @@ class NodeConfig:
             raise ConfigError("psp_require_signatures needs at least one key in psp_verifier_keys")
         if self.psp_verify_threads < 1:
             raise ConfigError("psp_verify_threads must be >= 1")
+        self._validate_tls()
         return self
+
+    def _validate_tls(self) -> None:
+        from node.fair_share import parse_limits
+
+        if self.psp_rate_per_s < 0 or self.psp_burst < 0 or self.psp_inflight_batches < 0:
+            raise ConfigError("psp_rate_per_s, psp_burst and psp_inflight_batches must be >= 0")
+        try:
+            parse_limits(self.psp_limits)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(str(e)) from e
+        if self.insecure:
+            return
+        missing = [k for k in ("tls_ca", "tls_cert", "tls_key") if not getattr(self, k)]
+        if missing:
+            raise ConfigError(f"TLS is on by default and needs {', '.join(missing)} (--tls-ca/--tls-cert/--tls-key, "
+                              "made by `sovledger ca init` and `sovledger ca issue --role node`); "
+                              "--insecure serves plaintext instead")
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            if not Path(getattr(self, key)).is_file():
+                raise ConfigError(f"{key}: no file at {getattr(self, key)}")
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The node's TLS files, None when it runs --insecure."""
+        from node.tls import TlsFiles
+
+        if self.insecure:
+            return None
+        return TlsFiles(self.tls_ca, self.tls_cert, self.tls_key, self.tls_revoked)
 
 
 def _addr(value: str, what: str) -> None:

@@ -72,6 +72,18 @@ class Unauthorised(NodeError, code=grpc.StatusCode.PERMISSION_DENIED, reason=pb.
     """The caller may not do this."""
 
 
+class Unauthenticated(NodeError, code=grpc.StatusCode.UNAUTHENTICATED, reason=pb.REASON_UNAUTHENTICATED):
+    """No valid client certificate, or a revoked one (docs/security.md)."""
+
+
+class RateLimited(NodeError, code=grpc.StatusCode.RESOURCE_EXHAUSTED, reason=pb.REASON_RATE_LIMITED):
+    """A PSP is over its fair share (node/fair_share.py); ``retry_after_ms`` says when to retry."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class Refused(NodeError, code=grpc.StatusCode.FAILED_PRECONDITION, reason=pb.REASON_REFUSED):
     """Refused in the node's current state."""
 
@@ -123,6 +135,8 @@ def _metadata(exc: BaseException, reason: Reason) -> tuple[tuple[str, str], ...]
     pairs = [(sovledger_pb.REASON_METADATA_KEY, pb.ErrorReason.Name(reason))]
     if isinstance(exc, NotLeader) and exc.leader_hint:
         pairs.append((sovledger_pb.LEADER_METADATA_KEY, exc.leader_hint))
+    if isinstance(exc, RateLimited):
+        pairs.append((sovledger_pb.RETRY_AFTER_METADATA_KEY, str(exc.retry_after_ms)))
     return tuple(pairs)
 
 

@@ -5,12 +5,15 @@ the Raft replicator when the region has peers), start ingest + checkpoints, serv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,17 +22,21 @@ from ledger.lmdb_store import LmdbStore
 from ledger.reader import LedgerReader
 from ledger.state import LedgerState
 from ledger.types import BATCH_ITEMS_MAX
+from node.authz import AuthzInterceptor
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
+from node.fair_share import FairShare, PspLimit, parse_limits
 from node.keys import load_or_create_node_key
 from node.metrics import start_metrics
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator
+from node.psp_guard import SubmitGate
 from node.replication import Replicator, node_number
 from node.rules_service import RulesService
 from node.service import AdminService, AuditService, LedgerService
 from node.signing import CheckpointService
 from node.snapshot_exchange import SnapshotExchange
+from node.tls import RevocationList, server_credentials
 from node.transport import PeerService, PeerTransport, RegionAdminService
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
@@ -99,7 +106,7 @@ class Node:
             heartbeat_ticks=cfg.heartbeat_ticks, on_block=self._sign_block,
             max_message_bytes=cfg.max_message_bytes - (64 << 10), log_keep_entries=cfg.raft_log_keep_entries,
             snapshot_installer=self.snapshots.install,
-            transport_factory=PeerTransport,
+            transport_factory=functools.partial(PeerTransport, tls=cfg.tls_files),
         )
 
     def _start_committer(self) -> None:
@@ -119,7 +126,7 @@ class Node:
                                          cfg.psp_verify_threads)
         pb_grpc.add_LedgerServicer_to_server(
             LedgerService(ingest, self.reader, cfg.stream_inflight_batches_max, self.committer.check_leader,
-                          self.committer.read_barrier, psp_auth=self.psp_auth),
+                          self.committer.read_barrier, psp_auth=self.psp_auth, gate=self._submit_gate()),
             server
         )
         if self.replicator is not None and self.snapshots is not None:
@@ -139,12 +146,40 @@ class Node:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=opts)
+        server = self._create_server(opts)
         self._add_services(server, self._ingest())
-        port = server.add_insecure_port(cfg.listen)
+        files = cfg.tls_files
+        if files is None:
+            port = server.add_insecure_port(cfg.listen)
+        else:
+            port = server.add_secure_port(cfg.listen, server_credentials(files))
         if port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
         return server
+
+    def _create_server(self, options: list[tuple[str, Any]]) -> grpc.aio.Server:
+        """The gRPC server: with TLS, every call first passes the authorization table (node/authz.py)."""
+        if self.config.insecure:
+            log.warning("INSECURE: plaintext gRPC without authentication on %s; anyone who reaches this port "
+                        "can reconfigure the region and read the whole ledger (docs/security.md)", self.config.listen)
+            print(f"WARNING: node {self.config.node_id} runs --insecure (plaintext, no authentication)",
+                  file=sys.stderr, flush=True)
+            return grpc.aio.server(options=options)
+
+        def is_member(name: str) -> bool:
+            r = self.replicator
+            try:
+                return r is not None and node_number(name) in (r.raw.voters | r.raw.learners)
+            except ValueError:
+                return False
+
+        interceptor = AuthzInterceptor(RevocationList(self.config.tls_revoked), is_member)
+        return grpc.aio.server(options=options, interceptors=[interceptor])
+
+    def _submit_gate(self) -> SubmitGate:
+        cfg = self.config
+        default = PspLimit(cfg.psp_rate_per_s, cfg.psp_burst, cfg.psp_inflight_batches)
+        return SubmitGate(self.reader, FairShare(default, parse_limits(cfg.psp_limits)))
 
     def _ingest(self) -> Ingest:
         assert self.ingest is not None, "the committer starts before the listener"

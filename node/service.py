@@ -17,6 +17,8 @@ from ledger.codec import LEAF_HEADER_SIZE, TRANSFER_SIZE, EncodingError, validat
 from ledger.invariant import InvariantViolation
 from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
 from ledger.types import BATCH_ITEMS_MAX
+from node import psp_guard
+from node.authz import caller
 from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, abort, batch_status
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
@@ -43,8 +45,9 @@ class LedgerService(pb_grpc.LedgerServicer):
     def __init__(self, ingest: Ingest, reader: LedgerReader, stream_inflight_max: int,
                  leader_check: Callable[[], None] | None = None,
                  read_barrier: Callable[[], Awaitable[None]] | None = None, *,
-                 psp_auth: PspAuthenticator) -> None:
+                 psp_auth: PspAuthenticator, gate: psp_guard.SubmitGate | None = None) -> None:
         self._ingest = ingest
+        self._gate = gate or psp_guard.SubmitGate(reader, None)
         # without configured keys a signed batch is refused (unknown key) rather than logged with
         # signatures nobody checked
         self._psp_auth = psp_auth
@@ -70,10 +73,11 @@ class LedgerService(pb_grpc.LedgerServicer):
         async def reader() -> None:
             try:
                 async for req in request_iterator:
-                    await inflight.put((req.batch_id, await self._accept(req)))
+                    await inflight.put((req.batch_id, await self._accept(req, who)))
             finally:
                 await inflight.put(None)
 
+        who = caller(context)
         task = asyncio.get_running_loop().create_task(reader())
         try:
             while True:
@@ -87,12 +91,13 @@ class LedgerService(pb_grpc.LedgerServicer):
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
 
-    async def _accept(self, req: pb.SubmitRequest) -> asyncio.Future[Any] | pb.BatchStatus:
+    async def _accept(self, req: pb.SubmitRequest, who: Any) -> asyncio.Future[Any] | pb.BatchStatus:
         try:
             self._leader_check()
             batch = validate_batch(req.kind, req.records, req.signatures, req.signer_key_id)
+            self._gate.check(who, batch)
             await self._psp_auth.verify_batch(batch)
-            return self._ingest.submit(batch)
+            return self._gate.submit(who, batch, self._ingest.submit)
         except (NodeError, EncodingError, PspAuthError) as e:
             return batch_status(e)
 
@@ -114,6 +119,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             await self._read_gate(context)
             ids = _ids(request.ids)
             found = self._reader.transfers(ids)
+            psp_guard.check_read_transfers(caller(context), ids, [f.leaf if f else None for f in found])
         except Exception as e:
             await abort(context, e)
         out = pb.LookupTransfersResponse()
@@ -133,6 +139,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         try:
             await self._read_gate(context)
             ids = _ids(request.ids)
+            psp_guard.check_read_accounts(caller(context), ids)
             states = self._reader.accounts(ids)
         except Exception as e:
             await abort(context, e)
@@ -146,6 +153,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         try:
             await self._read_gate(context)
             (aid,) = _ids([request.account_id])
+            psp_guard.check_read_accounts(caller(context), [aid])
             if request.limit > HISTORY_PAGE_MAX:
                 raise BadRequest(f"limit {request.limit} is above the page maximum {HISTORY_PAGE_MAX}")
             after = None if request.first_page else request.after_index

@@ -35,7 +35,7 @@ class SnapshotExchange:
     async def install(self, leader_id: int, index: int) -> int:
         """Follower: fetch the leader's store copy, verify it against its signed checkpoint, swap it in."""
         incoming = Path(self._config.data_dir) / "snapshot.incoming"
-        note, vkey = await snapshots.fetch(self._addresses.get(leader_id, ""), index, incoming)
+        note, vkey = await snapshots.fetch(self._addresses.get(leader_id, ""), index, incoming, self._config.tls_files)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._verify_install, incoming, note, vkey, index)
 

@@ -20,12 +20,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from ledger.lmdb_store import LmdbStore
 from ledger.note import Checkpoint, NoteError, Verifier, open_note
 from ledger.reader import LedgerReader
 from ledger.state import META_APPLIED
+from node.tls import TlsFiles, peer_channel
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 
@@ -60,13 +59,12 @@ async def stream_copy(directory: str, note: str, verifier_key: str) -> AsyncIter
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def fetch(leader_address: str, index: int, into: Path) -> tuple[str, str]:
+async def fetch(leader_address: str, index: int, into: Path, tls: TlsFiles | None = None) -> tuple[str, str]:
     """Download a leader's snapshot into ``into``; returns (checkpoint note, verifier key)."""
     shutil.rmtree(into, ignore_errors=True)
     into.mkdir(parents=True)
     note = vkey = ""
-    async with grpc.aio.insecure_channel(leader_address, options=[
-            ("grpc.max_receive_message_length", 8 << 20)]) as ch:
+    async with peer_channel(leader_address, tls, [("grpc.max_receive_message_length", 8 << 20)]) as ch:
         with open(into / "data.mdb", "wb") as f:
             async for chunk in ppb_grpc.PeerStub(ch).FetchSnapshot(ppb.SnapshotRequest(index=index)):
                 if chunk.data:

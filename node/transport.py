@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from consensus.types import ConfChange, ConfChangeType, NodeId
-from node.errors import BadRequest, abort
+from node.authz import caller
+from node.errors import BadRequest, Unauthorised, abort
 from node.replication import Replicator, node_number
+from node.tls import TlsFiles, peer_channel
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 
@@ -38,7 +41,9 @@ _CHANNEL_OPTIONS = [
 
 
 class _PeerLink:
-    def __init__(self, self_id: int, peer_id: int, address: str, on_unreachable: Callable[[int], None]) -> None:
+    def __init__(self, self_id: int, peer_id: int, address: str, on_unreachable: Callable[[int], None],
+                 tls: TlsFiles | None = None) -> None:
+        self.tls = tls
         self.self_id = self_id
         self.peer_id = peer_id
         self.address = address
@@ -81,7 +86,7 @@ class _PeerLink:
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
         while True:
-            channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            channel = peer_channel(self.address, self.tls, _CHANNEL_OPTIONS)
             try:
                 stub = ppb_grpc.PeerStub(channel)
                 await stub.Send(self._messages())
@@ -99,9 +104,11 @@ class _PeerLink:
 
 
 class PeerTransport:
-    def __init__(self, self_id: int, peers: dict[int, str], on_unreachable: Callable[[int], None]) -> None:
+    def __init__(self, self_id: int, peers: dict[int, str], on_unreachable: Callable[[int], None],
+                 tls: TlsFiles | None = None) -> None:
+        self._tls = tls
         self._self_id = self_id
-        self._links = {pid: _PeerLink(self_id, pid, addr, on_unreachable) for pid, addr in peers.items()}
+        self._links = {pid: _PeerLink(self_id, pid, addr, on_unreachable, tls) for pid, addr in peers.items()}
 
     def start(self) -> None:
         for link in self._links.values():
@@ -118,7 +125,7 @@ class PeerTransport:
 
     def add_peer(self, peer_id: int, address: str, on_unreachable: Callable[[int], None]) -> None:
         if peer_id not in self._links:
-            link = _PeerLink(self._self_id, peer_id, address, on_unreachable)
+            link = _PeerLink(self._self_id, peer_id, address, on_unreachable, self._tls)
             self._links[peer_id] = link
             link.start()
 
@@ -133,7 +140,13 @@ class PeerService(ppb_grpc.PeerServicer):
 
     async def Send(self, request_iterator: AsyncIterator[ppb.RaftEnvelope],
                    context: grpc.aio.ServicerContext[ppb.RaftEnvelope, ppb.PeerAck]) -> ppb.PeerAck:
+        who = caller(context)
+        sender = node_number(who.name) if who is not None else None
         async for env in request_iterator:
+            if sender is not None and _SENDER.unpack_from(env.message)[0] != sender:
+                await abort(context, Unauthorised(
+                    f"a Raft message from node {_SENDER.unpack_from(env.message)[0]} arrived on a connection "
+                    f"certified for node {sender}; peers speak only for themselves"))
             self._deliver(env.message)
         return ppb.PeerAck()
 
@@ -145,6 +158,9 @@ class PeerService(ppb_grpc.PeerServicer):
 
 
 Deliver = Callable[[bytes], Awaitable[None]]
+
+# the sender id in an encoded Raft message (consensus/codec.py: version u8, type u8, to u64, frm u64)
+_SENDER = struct.Struct("<10xQ")
 
 
 class RegionAdminService(ppb_grpc.RegionAdminServicer):

@@ -2,6 +2,7 @@
 
   node     run a ledger node (gRPC server over an LMDB data directory)
   keys     generate and show Ed25519 node keys (signed-note format)
+  ca       the region's certificate authority: init, issue (node, operator, psp, auditor), revoke
   demo     start a local 3-node region, stream 1M payments, deploy rules, kill the leader, audit
   bench    run the single-node benchmark from a source checkout (`make bench` runs them all)
   cluster  run a local region of nodes (launcher): up, status, down, kill, restart, member
@@ -36,6 +37,8 @@ def _node(args: argparse.Namespace) -> int:
         "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
         "psp_verifier_keys": args.psp_keys, "peer_keys": args.peer_keys,
         "psp_require_signatures": True if args.require_psp_signatures else None,
+        "insecure": True if args.insecure else None, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key, "tls_revoked": args.tls_revoked,
     }
     try:
         config = load_config(args.config, overrides)
@@ -130,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--map-size", type=int, default=None, help="LMDB map size in bytes (default 8 GiB)")
     n.add_argument("--metrics", default=None, help="HOST:PORT for Prometheus metrics (off by default)")
     n.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    n.add_argument("--tls-ca", default=None, help="region CA certificate (PEM) that client and peer certificates "
+                   "must chain to (`sovledger ca init`)")
+    n.add_argument("--tls-cert", default=None, help="this node's certificate (`sovledger ca issue --role node`)")
+    n.add_argument("--tls-key", default=None, help="this node's private key (PEM)")
+    n.add_argument("--tls-revoked", default=None, help="revocation list: certificate serials in hex, one per line "
+                   "(re-read when it changes; `sovledger ca revoke`)")
+    n.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no authentication "
+                   "(tests and local experiments only; warns at every start)")
     n.set_defaults(func=_node)
 
     k = sub.add_parser("keys", help="generate and show node keys",
@@ -164,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer transfers, for a smoke run")
     b.set_defaults(func=_bench)
 
+    from sovledger.ca import register as register_ca
+
+    register_ca(sub)
     from sovledger.cluster import register as register_cluster
 
     register_cluster(sub)

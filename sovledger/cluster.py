@@ -71,26 +71,71 @@ class Cluster:
         self.region = "local"
         self.nodes: list[NodeEntry] = []
         self.extra: list[str] = []  # node flags shared by every member (e.g. --operator-keys)
+        self.tls = False  # a region CA under DATA/ca and mTLS on every node (`cluster up` default)
         if self.state_file.exists():
             raw = json.loads(self.state_file.read_text())
             self.region = raw["region"]
             self.nodes = [NodeEntry(**n) for n in raw["nodes"]]
             self.extra = list(raw.get("extra", []))
+            self.tls = bool(raw.get("tls", False))
 
     def save(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps({"region": self.region, "extra": self.extra,
+        self.state_file.write_text(json.dumps({"region": self.region, "extra": self.extra, "tls": self.tls,
                                                "nodes": [asdict(n) for n in self.nodes]}, indent=2))
 
-    def create(self, count: int, region: str, extra: list[str]) -> None:
+    def create(self, count: int, region: str, extra: list[str], tls: bool = False) -> None:
+        """``tls``: make a region CA and certificates (node-N, operator, auditor, PSP 1) under DATA/ca."""
         self.region = region
         self.nodes = []
+        self.tls = tls
+        if tls:
+            from sovledger import ca
+
+            ca.init_ca(self.ca_dir, region, force=True)
+            for role, name in (("operator", "operator"), ("auditor", "auditor"), ("psp", "1")):
+                ca.issue(self.ca_dir, role, name)
         for i in range(1, count + 1):
-            d = self.data / f"node-{i}"
-            d.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(NodeEntry(f"node-{i}", _free_port(), str(d), str(self.data / f"node-{i}.log")))
+            self._add_entry(i)
         self.extra = list(extra)
         self.save()
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data / "ca"
+
+    def _add_entry(self, num: int) -> NodeEntry:
+        d = self.data / f"node-{num}"
+        d.mkdir(parents=True, exist_ok=True)
+        node = NodeEntry(f"node-{num}", _free_port(), str(d), str(self.data / f"node-{num}.log"))
+        if self.tls:
+            from sovledger import ca
+
+            ca.issue(self.ca_dir, "node", node.node_id)
+        self.nodes.append(node)
+        return node
+
+    def tls_flags(self, node_id: str) -> list[str]:
+        """The node's TLS flags (or --insecure for a region created without TLS)."""
+        if not self.tls:
+            return ["--insecure"]
+        c = self.ca_dir
+        return ["--tls-ca", str(c / "ca.pem"), "--tls-cert", str(c / f"node-{node_id}.pem"),
+                "--tls-key", str(c / f"node-{node_id}.key"), "--tls-revoked", str(c / "revoked.txt")]
+
+    def client_tls(self, role: str = "operator", name: str = "operator") -> Any:
+        """clients.connect.ClientTls for a certificate this launcher issued (None without TLS)."""
+        from clients.connect import ClientTls
+
+        if not self.tls:
+            return None
+        return ClientTls.from_file(str(self.ca_dir / f"{role}-{name}.toml"))
+
+    def channel(self, target: str) -> grpc.Channel:
+        """A channel with the operator's certificate (plaintext for an --insecure region)."""
+        from clients.channels import open_sync_channel as channel
+
+        return channel(target, self.client_tls())
 
     def peers_for(self, me: NodeEntry) -> str:
         return ",".join(f"{n.node_id}={n.target}" for n in self.nodes if n is not me)
@@ -100,7 +145,7 @@ class Cluster:
                "--node-id", node.node_id, "--region", self.region]
         if len(self.nodes) > 1:
             cmd += ["--peers", self.peers_for(node)]
-        cmd += self.extra + (extra or [])
+        cmd += self.tls_flags(node.node_id) + self.extra + (extra or [])
         path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT), str(ROOT / "proto"))))
         env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
         log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
@@ -109,13 +154,12 @@ class Cluster:
         node.pid = proc.pid
         self.save()
 
-    @staticmethod
-    def _ask(node: NodeEntry, call: Callable[[grpc.Channel], Any]) -> Any:
+    def _ask(self, node: NodeEntry, call: Callable[[grpc.Channel], Any]) -> Any:
         """One RPC to a node; None when it is down or does not answer."""
         if not _alive(node.pid):
             return None
         try:
-            with grpc.insecure_channel(node.target) as ch:
+            with self.channel(node.target) as ch:
                 return call(ch)
         except grpc.RpcError:
             return None
@@ -221,7 +265,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     psp = Signer.generate("local-psp")
     write_key_file(data / "psp.key", psp, overwrite=True)
-    cluster.create(args.nodes, args.region, ["--psp-keys", psp.verifier.to_string()])
+    cluster.create(args.nodes, args.region, ["--psp-keys", psp.verifier.to_string()], tls=not args.insecure)
     for n in cluster.nodes:
         cluster.start(n)
     try:
@@ -234,9 +278,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
                   f"targets: {','.join(n.target for n in cluster.nodes)}")
     console.print(f"logs: {data}/node-*.log   PSP signer key: {data}/psp.key   "
                   f"stop with: sovledger cluster down --data {data}")
+    if cluster.tls:
+        console.print(f"TLS: region CA {cluster.ca_dir}/ca.pem; client configs (--tls-config): "
+                      f"{cluster.ca_dir}/psp-1.toml, operator-operator.toml, auditor-auditor.toml")
+    else:
+        console.print("[yellow]WARNING: --insecure region: plaintext, no authentication[/yellow]")
     if args.json:
         print(json.dumps({"leader": leader.target, "targets": [n.target for n in cluster.nodes],
-                          "data": str(data)}))
+                          "data": str(data), "tls": cluster.tls,
+                          "ca_dir": str(cluster.ca_dir) if cluster.tls else None}))
     return 0
 
 
@@ -280,7 +330,7 @@ def _admin(cluster: Cluster) -> tuple[NodeEntry, Any]:
     from sovledger_pb import peer_pb2_grpc
 
     leader, _ = cluster.wait_leader(30)
-    return leader, peer_pb2_grpc.RegionAdminStub(grpc.insecure_channel(leader.target))
+    return leader, peer_pb2_grpc.RegionAdminStub(cluster.channel(leader.target))
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
@@ -305,10 +355,7 @@ def _cmd_member(args: argparse.Namespace) -> int:
     ops = peer_pb2.MembershipRequest
     if args.action == "add":
         num = max((int(n.node_id.rsplit("-", 1)[1]) for n in cluster.nodes), default=0) + 1
-        d = cluster.data / f"node-{num}"
-        d.mkdir(parents=True, exist_ok=True)
-        node = NodeEntry(f"node-{num}", _free_port(), str(d), str(cluster.data / f"node-{num}.log"))
-        cluster.nodes.append(node)
+        node = cluster._add_entry(num)
         cluster.start(node, ["--join"])
         _, admin = _admin(cluster)
         reply = admin.ChangeMembership(ops(op=ops.ADD_LEARNER, node_id=node.node_id, address=node.target),
@@ -337,6 +384,7 @@ def register(sub: Any) -> None:
     up.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
     up.add_argument("--region", default="local")
     up.add_argument("--timeout", type=float, default=30.0)
+    up.add_argument("--insecure", action="store_true", help="no CA, plaintext nodes (warns at every start)")
     up.set_defaults(func=_cmd_up)
     st = csub.add_parser("status", help="role, term, applied index, checkpoint size, lag per node")
     st.set_defaults(func=_cmd_status)

@@ -15,6 +15,8 @@ def test_compose_regions_are_self_contained() -> None:
     regions: dict[str, set[str]] = {}
     for name, svc in services.items():
         cmd = svc["command"]
+        if "--node-id" not in cmd:  # the per-region CA services (test below)
+            continue
         region = cmd[cmd.index("--region") + 1]
         node_id = cmd[cmd.index("--node-id") + 1]
         assert svc["volumes"] and svc["volumes"][0].endswith(":/data"), name
@@ -33,3 +35,22 @@ def test_dockerfile_runs_the_node_as_non_root_with_a_health_check() -> None:
     assert "USER sovledger" in text and "HEALTHCHECK" in text and 'VOLUME ["/data"]' in text
     for pkg in ("node", "consensus", "ledger", "clients", "sovledger", "proto"):
         assert f"COPY {pkg} {pkg}" in text
+
+
+def test_every_node_speaks_tls_with_certificates_from_its_own_regions_ca() -> None:
+    services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
+    for name, svc in services.items():
+        cmd = svc["command"]
+        if "--node-id" not in cmd:
+            continue
+        assert "--insecure" not in cmd, name
+        node_id = cmd[cmd.index("--node-id") + 1]
+        ca_service = "ca-" + name.split("-")[0]
+        assert cmd[cmd.index("--tls-cert") + 1] == f"/certs/node-{node_id}.pem", name
+        assert cmd[cmd.index("--tls-key") + 1] == f"/certs/node-{node_id}.key", name
+        certs_volume = next(v for v in svc["volumes"] if v.endswith(":/certs:ro"))
+        assert f"{certs_volume.split(':')[0]}:/certs" in services[ca_service]["volumes"], name
+        script = services[ca_service]["command"][0]
+        region = cmd[cmd.index("--region") + 1]
+        assert f"--region {region}" in script and f"--san {name.split('-')[0]}-$$n" in script, name
+        assert svc["depends_on"][ca_service]["condition"] == "service_completed_successfully"

@@ -39,6 +39,8 @@ class NodeProcess:
                *self.extra]
         if self.config:
             cmd += ["--config", str(self.config)]
+        if "--tls-ca" not in self.extra:  # tests not about security run plaintext (tests/security/ do not)
+            cmd.append("--insecure")
         env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", PYTHONUNBUFFERED="1")
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from clients.client import LedgerClient
+from clients.connect import ClientTls
 from clients.workload import account_records
+from ledger.ownership import account_id_for
 from ledger.types import EventKind
 from tests.integration.nodeproc import ROOT
 
@@ -51,9 +53,10 @@ def test_cluster_up_status_kill_restart_transfer_down(tmp_path: Path) -> None:
         info = json.loads(up.stdout.strip().splitlines()[-1])
         assert len(info["targets"]) == 3 and info["leader"] in info["targets"]
         assert (data / "psp.key").exists() and "leader node-" in up.stdout
-        with LedgerClient(info["leader"]) as c:
+        psp = ClientTls.from_file(str(data / "ca" / "psp-1.toml"))  # `cluster up` speaks TLS
+        with LedgerClient(info["leader"], tls=psp) as c:
             c.wait_ready()
-            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(10))
+            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(10, first_id=account_id_for(1, 1)))
 
         # every node up, one leader, same checkpoint once the followers applied
         assert wait_for(lambda: len({r["checkpoint"]["root"] for r in status(data) if r["checkpoint"]}) == 1
@@ -69,8 +72,8 @@ def test_cluster_up_status_kill_restart_transfer_down(tmp_path: Path) -> None:
         victim = next(r["node"] for r in rows if r["role"] == "follower")
         assert cli("kill", victim, "--data", str(data)).returncode == 0
         assert next(r for r in status(data) if r["node"] == victim)["up"] is False
-        with LedgerClient(info["leader"]) as c:
-            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(10, first_id=100))
+        with LedgerClient(info["leader"], tls=psp) as c:
+            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(10, first_id=account_id_for(1, 100)))
         restarted = cli("restart", victim, "--data", str(data))
         assert restarted.returncode == 0, restarted.stderr
         assert wait_for(lambda: all(r["up"] and r["lag"] == 0 for r in status(data)))

@@ -1,0 +1,172 @@
+"""Who may call what: THE table of RPC → roles, and the server interceptor that enforces it.
+
+Every RPC the node serves is a key of ``MATRIX``; a method missing from it is refused for everyone
+(a new RPC stays closed until someone decides who may call it). The interceptor runs before any
+servicer: it takes the caller's identity from the client certificate the TLS handshake verified
+(node.tls), refuses revoked serials, checks the role against the table and, for the peer service,
+that the calling node is a current member of the region. Finer checks that need the request
+(a PSP's own psp_id and accounts) live in node/psp_guard.py and ask ``caller()``.
+
+``docs/security.md`` prints this table; tests/security/test_docs.py keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import grpc
+
+from node.errors import NodeError, Unauthenticated, Unauthorised, abort
+from node.tls import Identity, IdentityCache, RevocationList
+
+log = logging.getLogger("sovledger.authz")
+
+NODE: Final = "node"
+OPERATOR: Final = "operator"
+PSP: Final = "psp"
+AUDITOR: Final = "auditor"
+EVERYONE: Final = frozenset({NODE, OPERATOR, PSP, AUDITOR})
+
+_L, _A, _R, _P, _RA = ("/sovledger.v1.Ledger/", "/sovledger.v1.Audit/", "/sovledger.v1.Rules/",
+                       "/sovledger.peer.v1.Peer/", "/sovledger.peer.v1.RegionAdmin/")
+
+#: RPC (full gRPC method path) → roles allowed to call it.
+MATRIX: Final[dict[str, frozenset[str]]] = {
+    # PSPs submit payments under their own psp_id; operators submit rule deploys (operator-signed too).
+    _L + "Submit": frozenset({PSP, OPERATOR}),
+    # PSPs read their own transfers and accounts (node/psp_guard.py); operators read everything.
+    _L + "LookupTransfers": frozenset({PSP, OPERATOR}),
+    _L + "LookupAccounts": frozenset({PSP, OPERATOR}),
+    _L + "AccountHistory": frozenset({PSP, OPERATOR}),
+    # the audit service: read only, the whole log
+    _A + "GetCheckpoint": frozenset({AUDITOR, OPERATOR}),
+    _A + "GetInclusionProof": frozenset({AUDITOR, OPERATOR}),
+    _A + "GetConsistencyProof": frozenset({AUDITOR, OPERATOR}),
+    _A + "StreamEntries": frozenset({AUDITOR, OPERATOR}),
+    _A + "StreamBlocks": frozenset({AUDITOR, OPERATOR}),
+    # role, term, leader: every certificate holder (SDKs use it to find the leader)
+    "/sovledger.v1.Admin/Status": EVERYONE,
+    "/grpc.health.v1.Health/Check": EVERYONE,
+    "/grpc.health.v1.Health/Watch": EVERYONE,
+    # rules: operators manage them; auditors may read what is deployed and the report
+    _R + "ListRuleSets": frozenset({OPERATOR, AUDITOR}),
+    _R + "ShowRuleSet": frozenset({OPERATOR, AUDITOR}),
+    _R + "ValidateRuleSet": frozenset({OPERATOR}),
+    _R + "DryRun": frozenset({OPERATOR}),
+    _R + "Report": frozenset({OPERATOR, AUDITOR}),
+    # Raft and snapshots: current members of the region only (membership checked per call)
+    _P + "Send": frozenset({NODE}),
+    _P + "FetchSnapshot": frozenset({NODE}),
+    # membership and leader transfer
+    _RA + "TransferLeader": frozenset({OPERATOR}),
+    _RA + "ChangeMembership": frozenset({OPERATOR}),
+}
+
+PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot"})
+
+
+def decide(method: str, who: Identity | None, revoked: Callable[[int], bool],
+           is_member: Callable[[str], bool]) -> NodeError | None:
+    """None when ``who`` may call ``method``; otherwise the error to answer with."""
+    if who is None:
+        return Unauthenticated("no valid client certificate: this node accepts certificates issued by "
+                               "its region CA whose subject names a role (OU) and a name (CN)")
+    if revoked(who.serial):
+        return Unauthenticated(f"certificate of {who} is revoked; ask the region operator for a new one")
+    allowed = MATRIX.get(method)
+    if allowed is None:
+        return Unauthorised(f"{method} is not in this node's authorization table")
+    if who.role not in allowed:
+        roles = ", ".join(sorted(allowed))
+        return Unauthorised(f"{method} is for {roles}; your certificate is {who}")
+    if method in PEER_METHODS and not is_member(who.name):
+        return Unauthorised(f"{who.name} is not a member of this region; peers must be current members")
+    return None
+
+
+def caller(context: Any) -> Identity | None:
+    """The verified identity of the caller of the current RPC (None on an --insecure node)."""
+    return _IDENTITIES.identity(context.auth_context())
+
+
+_IDENTITIES = IdentityCache()
+
+
+class AuthzInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, revocations: RevocationList, is_member: Callable[[str], bool]) -> None:
+        self._revocations = revocations
+        self._is_member = is_member
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def check(context: Any) -> NodeError | None:
+            who = _IDENTITIES.identity(context.auth_context())
+            err = decide(method, who, self._revocations.revoked, self._is_member)
+            if err is not None:
+                log.info("authz: refused %s for %s: %s", method, who, err)
+            return err
+
+        return _wrap(handler, check)
+
+
+def _wrap(handler: Any, check: Callable[[Any], NodeError | None]) -> Any:
+    """The same handler, with ``check`` run first (one wrapper per call shape)."""
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            err = check(context)
+            if err is not None:
+                await abort(context, err)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
+                                                   handler.response_serializer)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator: Any, context: Any) -> Any:
+            err = check(context)
+            if err is not None:
+                await abort(context, err)
+            return await inner_su(request_iterator, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
+                                                    handler.response_serializer)
+    streaming = handler.unary_stream or handler.stream_stream
+    make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    if not inspect.isasyncgenfunction(streaming):  # a coroutine that writes with context.write
+
+        async def written(request: Any, context: Any) -> Any:
+            err = check(context)
+            if err is not None:
+                await abort(context, err)
+            return await streaming(request, context)
+
+        return make(written, handler.request_deserializer, handler.response_serializer)
+
+    async def streamed(request: Any, context: Any) -> AsyncIterator[Any]:
+        err = check(context)
+        if err is not None:
+            await abort(context, err)
+        async for item in streaming(request, context):
+            yield item
+
+    return make(streamed, handler.request_deserializer, handler.response_serializer)
+
+
+def render_matrix() -> str:
+    """The table as Markdown (docs/security.md prints exactly this; a test keeps them equal)."""
+    roles = (OPERATOR, PSP, AUDITOR, NODE)
+    lines = ["| RPC | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    for method, allowed in MATRIX.items():
+        marks = " | ".join("yes" if r in allowed else "—" for r in roles)
+        lines.append(f"| `{method}` | {marks} |")
+    return "\n".join(lines) + "\n"
