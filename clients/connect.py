@@ -54,6 +54,22 @@ class ClientTls:
             raise TlsConfigError(f"TLS config {path} lacks {', '.join(missing)} under [tls]")
         return ClientTls(str(raw["ca"]), str(raw["cert"]), str(raw["key"]))
 
+    def identity(self) -> tuple[str, str]:
+        """(role, name) from this certificate's subject (OU, CN), as the node will read them."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        cert = x509.load_pem_x509_certificate(Path(self.cert).read_bytes())
+        ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return (str(ou[0].value) if ou else "", str(cn[0].value) if cn else "")
+
+    def psp_id(self) -> int:
+        role, name = self.identity()
+        if role != "psp" or not name.isdigit():
+            raise TlsConfigError(f"{self.cert} is a {role or 'role-less'} certificate, not a PSP's")
+        return int(name)
+
 
 def add_tls_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-config", default=None,
@@ -65,14 +81,21 @@ def add_tls_flags(parser: argparse.ArgumentParser) -> None:
                         help="plaintext, no certificate (only for nodes started with --insecure)")
 
 
-def tls_from_args(args: argparse.Namespace) -> ClientTls | None:
-    """The TLS settings named by ``add_tls_flags`` flags; None when --insecure."""
+#: where `sovledger cluster up` (default --data) leaves its client configs: the CLIs fall back to them
+LOCAL_CLUSTER_CA = Path(".sovledger/cluster/ca")
+
+
+def tls_from_args(args: argparse.Namespace, local_default: str = "") -> ClientTls | None:
+    """The TLS settings named by ``add_tls_flags`` flags; None when --insecure. Without flags:
+    ``$SOVLEDGER_TLS_CONFIG``, else the local cluster's ``LOCAL_CLUSTER_CA/<local_default>`` if it exists."""
     if getattr(args, "insecure", False):
         return None
     flags = (getattr(args, "tls_ca", None), getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
     if all(flags):
         return ClientTls(*flags)  # type: ignore[arg-type]
     path = getattr(args, "tls_config", None) or os.environ.get(TLS_CONFIG_ENV)
+    if not path and local_default and (LOCAL_CLUSTER_CA / local_default).exists():
+        path = str(LOCAL_CLUSTER_CA / local_default)
     if path:
         return ClientTls.from_file(path)
     raise TlsConfigError("nodes speak TLS: pass --tls-config FILE (from `sovledger ca issue`), or --tls-ca, "

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.connect import ClientTls, TlsConfigError, add_tls_flags, tls_from_args
 from clients.ids import new_id
 from clients.sdk import LedgerSDK, SdkConfig
 from clients.sdk_errors import SdkError
 from clients.sdk_types import TransferOutcome
 from clients.workload import ACCOUNT_CODE, LEDGER_USD, TRANSFER_CODE, micro_amount
 from ledger.note import Signer
+from ledger.ownership import account_id_for
 from ledger.types import BATCH_ITEMS_MAX, Account, Transfer
 
 DEFAULT_TARGET = "127.0.0.1:7100"
@@ -109,8 +111,12 @@ def _final_table(summary: dict[str, Any]) -> Any:
 
 def run_load(targets: list[str], rate: float, duration: float, accounts: int, *, batch: int = BATCH_ITEMS_MAX,
              sign: bool = False, key_file: str | None = None, psps: int = 4, journal: str | None = None,
-             first_account_id: int = 1, seed: int | None = None, live: bool = True) -> dict[str, Any]:
+             first_account_id: int = 1, seed: int | None = None, live: bool = True,
+             tls: ClientTls | None = None) -> dict[str, Any]:
+    """With ``tls`` the load speaks as the certificate's PSP: its psp_id on every transfer and
+    accounts it owns (ledger/ownership.py: the psp_id in the account id's top 32 bits)."""
     signer: Signer | None = None
+    own = tls.psp_id() if tls is not None else None
     if sign and not key_file and CLUSTER_PSP_KEY.exists():
         key_file = str(CLUSTER_PSP_KEY)
     if key_file:
@@ -127,10 +133,11 @@ def run_load(targets: list[str], rate: float, duration: float, accounts: int, *,
                               "batch": batch, "signed": signer is not None, "psps": psps}
     if signer is not None:
         report["psp_verifier_key"] = signer.verifier.to_string()
-    with LedgerSDK(targets, signer=signer, journal=journal, config=cfg) as sdk:
+    with LedgerSDK(targets, signer=signer, journal=journal, config=cfg, tls=tls) as sdk:
         if journal:
             report["recovered"] = len(sdk.recover())
-        ids = list(range(first_account_id, first_account_id + accounts))
+        base = first_account_id if own is None else account_id_for(own, first_account_id)
+        ids = list(range(base, base + accounts))
         for i in range(0, len(ids), BATCH_ITEMS_MAX):
             sdk.ensure_accounts([Account(id=a, ledger=LEDGER_USD, code=ACCOUNT_CODE)
                                  for a in ids[i : i + BATCH_ITEMS_MAX]])
@@ -158,7 +165,7 @@ def run_load(targets: list[str], rate: float, duration: float, accounts: int, *,
                         cr = cr + 1 if cr >= dr else cr
                         t = Transfer(id=new_id(), debit_account_id=ids[dr], credit_account_id=ids[cr],
                                      amount=micro_amount(rng), ledger=LEDGER_USD, code=TRANSFER_CODE,
-                                     psp_id=rng.randint(1, psps))
+                                     psp_id=own if own is not None else rng.randint(1, psps))
                         sent_at = time.monotonic()
                         s.send(t, callback=functools.partial(stats.on_outcome, sent_at))
                         stats.sent += 1
@@ -187,8 +194,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
         report = run_load(targets, args.rate, args.duration, args.accounts, batch=args.batch, sign=args.sign,
                           key_file=args.key, psps=args.psps, journal=args.journal,
                           first_account_id=args.first_account_id, seed=args.seed,
-                          live=not args.json and sys.stdout.isatty())
-    except SdkError as e:
+                          live=not args.json and sys.stdout.isatty(),
+                          tls=tls_from_args(args, "psp-1.toml"))
+    except (SdkError, TlsConfigError) as e:
         print(f"psp load: {e}", file=sys.stderr)
         return 1
     if args.json:
@@ -221,6 +229,7 @@ def register(subparsers: Any) -> None:
     ld.add_argument("--journal", default=None, help="local journal file (sqlite); recovered at start")
     ld.add_argument("--seed", type=int, default=None, help="random seed for accounts and amounts")
     ld.add_argument("--json", action="store_true", help="machine-readable report, no live display")
+    add_tls_flags(ld)
     ld.set_defaults(func=_cmd_load)
 
 

@@ -44,7 +44,7 @@ def load_document(path: str) -> Any:
 def _channel(args: argparse.Namespace) -> grpc.Channel:
     """TLS with the caller's certificate (operator, or auditor for list/show/report); --insecure: plaintext."""
     try:
-        return open_sync_channel(args.target, tls_from_args(args))
+        return open_sync_channel(args.target, tls_from_args(args, "operator-operator.toml"))
     except TlsConfigError as e:
         raise SystemExit(f"sovledger rules: {e}") from e
 

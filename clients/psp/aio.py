@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 
 from clients.channels import open_channel
+from clients.connect import ClientTls
 from clients.journal import Journal
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
 from clients.psp.driver import Engine, EngineContext
@@ -38,7 +39,9 @@ class AsyncLedgerSDK:
 
     def __init__(self, targets: str | Sequence[str], *, signer: Signer | None = None,
                  journal: Journal | str | os.PathLike[str] | None = None, retry: RetryPolicy | None = None,
-                 config: SdkConfig | None = None, clock: Clock = MONOTONIC) -> None:
+                 config: SdkConfig | None = None, clock: Clock = MONOTONIC, tls: ClientTls | None = None) -> None:
+        """``tls``: the PSP's client certificate (clients.connect); None only for --insecure nodes."""
+        self._tls = tls
         if isinstance(targets, str):
             targets = [t.strip() for t in targets.split(",") if t.strip()]
         self.router = Router(targets)
@@ -76,7 +79,7 @@ class AsyncLedgerSDK:
     def stub(self, target: str) -> pb_grpc.LedgerStub:
         ch = self._channels.get(target)
         if ch is None:
-            ch = self._channels[target] = open_channel(target)
+            ch = self._channels[target] = open_channel(target, self._tls)
         return pb_grpc.LedgerStub(ch)
 
     async def _unary(self, call: Callable[[pb_grpc.LedgerStub], Awaitable[T]]) -> T:

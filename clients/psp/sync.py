@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
+from clients.connect import ClientTls
 from clients.journal import Journal
 from clients.psp.aio import AsyncLedgerSDK
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
@@ -45,13 +46,14 @@ class LedgerSDK(_ClosedOnExit):
 
     def __init__(self, targets: str | Sequence[str], *, signer: Signer | None = None,
                  journal: Journal | str | os.PathLike[str] | None = None, retry: RetryPolicy | None = None,
-                 config: SdkConfig | None = None, clock: Clock = MONOTONIC) -> None:
+                 config: SdkConfig | None = None, clock: Clock = MONOTONIC, tls: ClientTls | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="sovledger-sdk", daemon=True)
         self._thread.start()
 
         async def make() -> AsyncLedgerSDK:
-            return AsyncLedgerSDK(targets, signer=signer, journal=journal, retry=retry, config=config, clock=clock)
+            return AsyncLedgerSDK(targets, signer=signer, journal=journal, retry=retry, config=config, clock=clock,
+                                  tls=tls)
 
         self.aio: AsyncLedgerSDK = self.run(make())
         self._closed = False

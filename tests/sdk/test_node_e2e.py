@@ -218,7 +218,7 @@ def test_psp_load_cli_json(signing_node: NodeProcess, psp_key: Signer, tmp_path:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}")
     out = subprocess.run([sys.executable, "-m", "sovledger", "psp", "load", "--target", node.target, "--rate", "3000",
                           "--duration", "1", "--accounts", "100", "--batch", "500", "--sign", "--key", str(key_file),
-                          "--json"],
+                          "--json", "--insecure"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     import json

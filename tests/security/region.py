@@ -22,8 +22,9 @@ from tests.integration.nodeproc import ROOT
 IDENTITIES = ("none", "other_ca", "psp_a", "psp_b", "auditor", "operator", "peer", "removed_peer", "revoked")
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", COLUMNS="200")
+def cli(*args: str, timeout: float = 120, env_extra: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", COLUMNS="200", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "sovledger", *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=timeout)
 
