@@ -26,6 +26,7 @@ from clients.auditor.compare import cmd_compare
 from clients.auditor.failures import AuditFailure
 from clients.auditor.output import Out
 from clients.auditor.verify import cmd_verify
+from clients.connect import TlsConfigError, add_tls_flags
 
 
 def _run(fn: Callable[[argparse.Namespace, Out], int]) -> Callable[[argparse.Namespace], int]:
@@ -35,6 +36,9 @@ def _run(fn: Callable[[argparse.Namespace, Out], int]) -> Callable[[argparse.Nam
             return fn(args, out)
         except AuditFailure as e:
             return out.failure(e)
+        except TlsConfigError as e:
+            print(f"sovledger audit: {e}", file=sys.stderr)
+            return 2
 
     return run
 
@@ -44,6 +48,7 @@ def _common(p: argparse.ArgumentParser, node: bool = True) -> None:
         p.add_argument("--node", help="HOST:PORT of a node")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=30.0, help="per-call timeout, seconds")
+    add_tls_flags(p)
 
 
 def _help_only(p: argparse.ArgumentParser) -> None:

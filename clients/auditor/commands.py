@@ -12,7 +12,7 @@ from clients.auditor.checks import checkpoint_block_height, describe_leaf, parse
 from clients.auditor.export import write_export
 from clients.auditor.failures import EXIT_OK, AuditFailure, CheckpointSignatureError, InconsistentLog, UsageError, ab
 from clients.auditor.output import Out
-from clients.auditor.remote import Node
+from clients.auditor.remote import Node, client_tls
 from clients.auditor.trust import TrustedCheckpoint, TrustStore
 from ledger.codec import BLOCK_HEADER, LEAF_HEADER_SIZE, decode_leaf
 from ledger.hashing import leaf_hash
@@ -23,7 +23,7 @@ from ledger.note import NoteError, Verifier, open_note
 def cmd_trust_init(args: argparse.Namespace, out: Out) -> int:
     if Path(args.trust).exists() and not args.force:
         raise UsageError(f"{args.trust} exists; refusing to replace a trust store (use --force)")
-    node = Node(args.node, args.timeout)
+    node = Node(args.node, args.timeout, client_tls(args))
     try:
         resp = node.checkpoint()
         if args.key:
@@ -80,7 +80,7 @@ def cmd_trust_add_key(args: argparse.Namespace, out: Out) -> int:
 def cmd_prove(args: argparse.Namespace, out: Out) -> int:
     tid = parse_u128(args.transfer_id)
     store = trustmod.load_or_usage(args.trust) if args.trust else None
-    node = Node(args.node, args.timeout)
+    node = Node(args.node, args.timeout, client_tls(args))
     try:
         resp = node.call("GetInclusionProof", lambda: node.client.inclusion_proof(transfer_id=tid))
         if store is not None:
@@ -124,7 +124,7 @@ def cmd_prove(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_export(args: argparse.Namespace, out: Out) -> int:
-    node = Node(args.node, args.timeout)
+    node = Node(args.node, args.timeout, client_tls(args))
     try:
         resp = node.checkpoint()
         store = trustmod.load_or_usage(args.trust) if args.trust else None

@@ -11,7 +11,7 @@ from clients.auditor import trust as trustmod
 from clients.auditor.checks import describe_leaf, verify_note
 from clients.auditor.failures import EXIT_OK, ForkDetected, UsageError, ab
 from clients.auditor.output import Out
-from clients.auditor.remote import Node, first_divergence, genuine_leaf, leaf_at, scan_divergence
+from clients.auditor.remote import Node, client_tls, first_divergence, genuine_leaf, leaf_at, scan_divergence
 from ledger.merkle import ProofError, verify_consistency
 from ledger.note import Checkpoint, Verifier
 
@@ -34,7 +34,8 @@ def cmd_compare(args: argparse.Namespace, out: Out) -> int:
     if len(targets) < 2:
         raise UsageError("--nodes needs at least two HOST:PORT entries")
     store = trustmod.load_or_usage(args.trust) if args.trust else None
-    nodes = [Node(t, args.timeout) for t in targets]
+    tls = client_tls(args)
+    nodes = [Node(t, args.timeout, tls) for t in targets]
     try:
         seen: list[tuple[Node, str, Checkpoint]] = []
         for n in nodes:

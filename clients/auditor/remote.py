@@ -15,6 +15,7 @@ import grpc
 from clients.auditor.failures import AuditFailure, LogTruncated, Unreachable
 from clients.auditor.replay import Locator
 from clients.client import LedgerClient
+from clients.connect import ClientTls, tls_from_args
 from ledger.hashing import leaf_hash
 from ledger.merkle import ProofError, root_from_inclusion, verify_inclusion
 from ledger.note import Checkpoint
@@ -23,17 +24,23 @@ LOOKUP_MAX = 8189
 LOCATE_MAX = 4096  # inclusion proofs fetched to name the bad leaf of a block
 
 
-def connect(target: str, timeout_s: float) -> LedgerClient:
-    """Open the auditor's connection to a node: the single place a channel is created (credentials go here)."""
-    return LedgerClient(target, timeout_s=timeout_s)
+def connect(target: str, timeout_s: float, tls: ClientTls | None = None) -> LedgerClient:
+    """Open the auditor's connection to a node: the single place a channel is created. ``tls``: the
+    auditor's client certificate (None only for a node started with --insecure)."""
+    return LedgerClient(target, timeout_s=timeout_s, tls=tls)
+
+
+def client_tls(args: Any) -> ClientTls | None:
+    """The auditor's certificate from its flags (``--tls-config`` …), or the local cluster's auditor one."""
+    return tls_from_args(args, "auditor-auditor.toml")
 
 
 class Node:
     """One node, with gRPC errors turned into typed audit failures that name it."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, tls: ClientTls | None = None) -> None:
         self.target = target
-        self.client = connect(target, timeout_s)
+        self.client = connect(target, timeout_s, tls)
 
     def close(self) -> None:
         self.client.close()

@@ -15,7 +15,7 @@ from clients.auditor.checks import check_against_trusted, checkpoint_block_heigh
 from clients.auditor.export import read_export
 from clients.auditor.failures import EXIT_OK, CheckpointSignatureError, LogTruncated, UsageError, ab
 from clients.auditor.output import Out
-from clients.auditor.remote import LOOKUP_MAX, Node, locator
+from clients.auditor.remote import LOOKUP_MAX, Node, client_tls, locator
 from clients.auditor.replay import LogVerifier, iter_blocks
 from clients.auditor.trust import TrustStore
 from ledger.note import Checkpoint, open_note
@@ -37,7 +37,7 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
         return _verify_file(args, out, store)
     if not args.node:
         raise UsageError("give --node HOST:PORT or --file EXPORT")
-    node = Node(args.node, args.timeout)
+    node = Node(args.node, args.timeout, client_tls(args))
     try:
         resp = node.checkpoint()
         note = resp.note

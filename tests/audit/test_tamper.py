@@ -37,7 +37,9 @@ U64BE = struct.Struct(">Q")
 
 def audit(*args: str) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", COLUMNS="200")
-    r = subprocess.run([sys.executable, "-m", "clients.auditor", *args], capture_output=True, text=True, cwd=ROOT,
+    plain = ["--insecure"] if {"--node", "--nodes"} & set(args) else []  # the harness's nodes run --insecure
+    r = subprocess.run([sys.executable, "-m", "clients.auditor", *args, *plain], capture_output=True, text=True,
+                       cwd=ROOT,
                        env=env, timeout=120)
     return r.returncode, r.stdout + r.stderr
 

@@ -33,3 +33,15 @@ def test_rules_cli_with_operator_and_auditor_certificates(region: Region) -> Non
     assert aud.returncode == 0, aud.stderr
     psp = cli("rules", "list", "--target", region.leader, "--tls-config", str(region.ca_dir / "psp-1.toml"))
     assert psp.returncode != 0 and "PERMISSION_DENIED" in psp.stderr + psp.stdout
+
+
+def test_auditor_cli_with_the_auditor_certificate(region: Region) -> None:
+    trust = region.data / "trust.json"
+    tls = ["--tls-config", str(region.ca_dir / "auditor-auditor.toml")]
+    init = cli("audit", "trust", "init", "--node", region.leader, "--trust", str(trust), *tls)
+    assert init.returncode == 0, init.stdout + init.stderr
+    verify = cli("audit", "verify", "--node", region.leader, "--trust", str(trust), "--full", *tls)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    as_psp = cli("audit", "verify", "--node", region.leader, "--trust", str(trust),
+                 "--tls-config", str(region.ca_dir / "psp-1.toml"))
+    assert as_psp.returncode != 0 and "PERMISSION_DENIED" in as_psp.stdout + as_psp.stderr
