@@ -37,10 +37,11 @@ _L, _A, _R, _P, _RA = ("/sovledger.v1.Ledger/", "/sovledger.v1.Audit/", "/sovled
 MATRIX: Final[dict[str, frozenset[str]]] = {
     # PSPs submit payments under their own psp_id; operators submit rule deploys (operator-signed too).
     _L + "Submit": frozenset({PSP, OPERATOR}),
-    # PSPs read their own transfers and accounts (node/psp_guard.py); operators read everything.
-    _L + "LookupTransfers": frozenset({PSP, OPERATOR}),
-    _L + "LookupAccounts": frozenset({PSP, OPERATOR}),
-    _L + "AccountHistory": frozenset({PSP, OPERATOR}),
+    # PSPs read their own transfers and accounts (node/psp_guard.py); operators and auditors read
+    # everything (the auditor checks replayed balances against the node's)
+    _L + "LookupTransfers": frozenset({PSP, OPERATOR, AUDITOR}),
+    _L + "LookupAccounts": frozenset({PSP, OPERATOR, AUDITOR}),
+    _L + "AccountHistory": frozenset({PSP, OPERATOR, AUDITOR}),
     # the audit service: read only, the whole log
     _A + "GetCheckpoint": frozenset({AUDITOR, OPERATOR}),
     _A + "GetInclusionProof": frozenset({AUDITOR, OPERATOR}),

@@ -30,12 +30,14 @@ from clients.client import BatchRefused, BatchResult, LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.codec import decode_leaf, encode_deploy
 from ledger.note import Signer, split_note
+from ledger.ownership import account_id_for
 from ledger.rules import signing_message, validate
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster
 
 BATCH = 4096
 INFLIGHT = 6
+PSP = "1"  # the demo streams as PSP 1 (certificate psp-1 from the region CA that `cluster` makes)
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -71,7 +73,7 @@ class FailoverStream:
                         on_batch_index(i)
                     yield (EventKind.CREATE_TRANSFER, self.batches[i], b"", b"")
 
-            client = LedgerClient(leader.target, timeout_s=10)
+            client = LedgerClient(leader.target, timeout_s=10, tls=self.cluster.client_tls("psp", PSP))
             broke_at = 0.0
             try:
                 for res in client.submit_stream(gen(), inflight=INFLIGHT):
@@ -108,7 +110,7 @@ def run_demo(transfers: int = 1_000_000, accounts: int = 10_000, data_dir: str =
     console.print(Panel.fit(f"[bold]sovledger demo[/bold] — a {nodes}-node region on 127.0.0.1, "
                             f"{transfers:,} micro-payments, a leader kill, an audit", border_style="cyan"))
     operator = Signer.generate("demo/operator")  # may deploy rule sets in this region
-    cluster.create(nodes, "demo", ["--operator-keys", operator.verifier.to_string()])
+    cluster.create(nodes, "demo", ["--operator-keys", operator.verifier.to_string()], tls=True)
     (data / "operator.key").write_text(operator.to_string() + "\n")
     with console.status("starting the region and electing a leader …"):
         for n in cluster.nodes:
@@ -140,7 +142,7 @@ def _deploy_rules(cluster: Cluster, operator: Signer) -> str:
             time.sleep(0.1)
             continue
         try:
-            with LedgerClient(leader.target, timeout_s=10) as c:
+            with LedgerClient(leader.target, timeout_s=10, tls=cluster.client_tls()) as c:  # the operator
                 r = c.submit_one(EventKind.DEPLOY_RULESET, record)
             return f"{Result(r.results[0]).name.lower()} (block {r.blocks[0]}, hash {compiled.hash.hex()[:12]}…)"
         except (BatchRefused, grpc.RpcError):
@@ -150,17 +152,18 @@ def _deploy_rules(cluster: Cluster, operator: Signer) -> str:
 
 def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep: bool, operator: Signer) -> int:
     leader, _ = cluster.wait_leader(30)
-    with LedgerClient(leader.target) as c:
+    first = account_id_for(int(PSP), 1)  # the demo PSP's accounts (docs/security.md: ownership)
+    with LedgerClient(leader.target, tls=cluster.client_tls("psp", PSP)) as c:
         c.wait_ready()
         for off in range(0, accounts, 8000):
-            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(min(8000, accounts - off), first_id=1 + off))
+            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(min(8000, accounts - off), first_id=first + off))
     console.print(f"created {accounts:,} accounts (merchants and PSP settlement accounts, USD, scale 2)")
     trust = cluster.data / "trust.json"
     keys = [k for n in cluster.nodes for k in ("--key", _verifier_key(Path(n.data_dir)))]
     _sovledger(console, "audit", "trust", "init", "--node", leader.target, "--trust", str(trust), *keys,
-               quiet=True)
+               *_auditor_tls(cluster), quiet=True)
     console.print(f"auditor trust store {trust}: the region's {len(cluster.nodes)} node keys and today's checkpoint")
-    gen = TransferGenerator(accounts, seed=int(time.time()))
+    gen = TransferGenerator(accounts, first_account_id=first, psps=1, seed=int(time.time()))
     with console.status("preparing payments …"):
         plan = [recs for recs, _ in gen.batches(transfers, BATCH)]
     stream = FailoverStream(cluster, plan)
@@ -175,7 +178,7 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         if i == kill_at and not killed:
             victim = cluster.leader()
             if victim is not None:
-                with LedgerClient(victim.target) as vc:
+                with LedgerClient(victim.target, tls=cluster.client_tls("auditor", "auditor")) as vc:
                     cp = vc.checkpoint()
                     killed.update(node=victim, note=cp.note, size=cp.tree_size, root=cp.root, vkey=cp.verifier_key,
                                   at=time.monotonic())
@@ -205,9 +208,10 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
     audit = _audit(console, cluster, transfers, killed)
     console.rule("the auditor's tool (sovledger audit)")
     leader, _ = cluster.wait_leader(30)
-    full = _sovledger(console, "audit", "verify", "--node", leader.target, "--trust", str(trust), "--full")
+    full = _sovledger(console, "audit", "verify", "--node", leader.target, "--trust", str(trust), "--full",
+                      *_auditor_tls(cluster))
     same = _sovledger(console, "audit", "compare", "--nodes", ",".join(n.target for n in cluster.nodes),
-                      "--trust", str(trust))
+                      "--trust", str(trust), *_auditor_tls(cluster))
     audit["sovledger audit verify --full (exit code)"] = f"{full}" + (" ok" if full == 0 else " [red]FAILED[/red]")
     audit["sovledger audit compare (exit code)"] = f"{same}" + (" ok" if same == 0 else " [red]FAILED[/red]")
     if full or same:
@@ -233,6 +237,10 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
                       f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
     return 0 if audit.get("audit", "").startswith("passed") else 1
+
+
+def _auditor_tls(cluster: Cluster) -> list[str]:
+    return ["--tls-config", str(cluster.ca_dir / "auditor-auditor.toml")]
 
 
 def _verifier_key(data_dir: Path) -> str:
@@ -264,7 +272,7 @@ def _open_exceptions(cluster: Cluster) -> str:
     leader = cluster.leader()
     if leader is None:
         return "—"
-    with grpc.insecure_channel(leader.target) as ch:
+    with cluster.channel(leader.target) as ch:  # the operator's certificate
         req = pb.RulesReportRequest(exceptions_limit=1_000_000)
         report = json.loads(pb_grpc.RulesStub(ch).Report(req, timeout=30).json)
     return f"{len(report.get('open_exceptions', [])):,}"
@@ -273,24 +281,25 @@ def _open_exceptions(cluster: Cluster) -> str:
 def _audit(console: Console, cluster: Cluster, transfers: int, killed: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     leader, _ = cluster.wait_leader(30)
-    with LedgerClient(leader.target) as c:
+    auditor = cluster.client_tls("auditor", "auditor")
+    with LedgerClient(leader.target, tls=auditor) as c:
         final = c.checkpoint()
     with console.status("audit: waiting for every replica to catch up …"):
         deadline = time.monotonic() + 120
         for n in cluster.nodes:
-            with LedgerClient(n.target) as c:
+            with LedgerClient(n.target, tls=auditor) as c:
                 c.wait_ready(30)
                 while c.checkpoint().tree_size < final.tree_size and time.monotonic() < deadline:
                     time.sleep(0.2)
     bodies = set()
     with console.status("audit: signatures, replicas, proofs, exactly-once …"):
         for n in cluster.nodes:
-            with LedgerClient(n.target) as c:
+            with LedgerClient(n.target, tls=auditor) as c:
                 cp = c.checkpoint()
                 verify_checkpoint_note(cp.note, cp.verifier_key)
                 if cp.tree_size == final.tree_size:
                     bodies.add(split_note(cp.note)[0])
-        with LedgerClient(leader.target) as c:
+        with LedgerClient(leader.target, tls=auditor) as c:
             idx = random.randrange(final.tree_size)
             verify_inclusion_response(c.inclusion_proof(index=idx, tree_size=final.tree_size), final.root)
             if killed:

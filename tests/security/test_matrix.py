@@ -25,9 +25,9 @@ pytestmark = pytest.mark.integration
 EXPECTED = """
 rpc                                              none other_ca psp_a psp_b auditor operator peer removed_peer revoked
 /sovledger.v1.Ledger/Submit                      U    U        OK    OK    PD      OK       PD   PD           UA
-/sovledger.v1.Ledger/LookupTransfers             U    U        OK    OK    PD      OK       PD   PD           UA
-/sovledger.v1.Ledger/LookupAccounts              U    U        OK    PD    PD      OK       PD   PD           UA
-/sovledger.v1.Ledger/AccountHistory              U    U        OK    PD    PD      OK       PD   PD           UA
+/sovledger.v1.Ledger/LookupTransfers             U    U        OK    OK    OK      OK       PD   PD           UA
+/sovledger.v1.Ledger/LookupAccounts              U    U        OK    PD    OK      OK       PD   PD           UA
+/sovledger.v1.Ledger/AccountHistory              U    U        OK    PD    OK      OK       PD   PD           UA
 /sovledger.v1.Audit/GetCheckpoint                U    U        PD    PD    OK      OK       PD   PD           UA
 /sovledger.v1.Audit/GetInclusionProof            U    U        PD    PD    OK      OK       PD   PD           UA
 /sovledger.v1.Audit/GetConsistencyProof          U    U        PD    PD    OK      OK       PD   PD           UA
