@@ -354,7 +354,11 @@ def _cmd_member(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data))
     ops = peer_pb2.MembershipRequest
     if args.action == "add":
-        num = max((int(n.node_id.rsplit("-", 1)[1]) for n in cluster.nodes), default=0) + 1
+        # never reuse a removed member's id: its old certificate (and Raft id) must stay a stranger's
+        used = [int(n.node_id.rsplit("-", 1)[1]) for n in cluster.nodes]
+        used += [int(p.stem.rsplit("-", 1)[1]) for p in cluster.ca_dir.glob("node-node-*.pem")]
+        used += [int(p.name.rsplit("-", 1)[1]) for p in cluster.data.glob("node-*") if p.is_dir()]
+        num = max(used, default=0) + 1
         node = cluster._add_entry(num)
         cluster.start(node, ["--join"])
         _, admin = _admin(cluster)

@@ -3,12 +3,18 @@ callers that are not current members are refused, and the region keeps its leade
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
 from clients.channels import open_sync_channel as channel
+from clients.client import LedgerClient
+from clients.workload import account_records
 from consensus.codec import encode_message
 from consensus.types import Index, Message, MessageType, NodeId, Term
+from ledger.ownership import account_id_for
+from ledger.types import EventKind
 from sovledger import ca
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
@@ -82,3 +88,31 @@ def test_a_plaintext_client_cannot_connect_to_a_cluster_up_node(region: Region) 
             pb_grpc.AdminStub(ch).Status(pb.StatusRequest(), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert _status(region).role == "leader"  # the same node answers a client with a certificate
+
+
+def test_a_new_member_joins_with_its_certificate_and_catches_up(region: Region) -> None:
+    from tests.security.region import cli, wait_for
+
+    added = cli("cluster", "member", "add", "--data", str(region.data))
+    assert added.returncode == 0, added.stdout + added.stderr
+    new_id = added.stdout.split(" at ")[0].split()[-1]
+    assert (region.ca_dir / f"node-{new_id}.pem").exists()  # the launcher issued its certificate
+    assert new_id not in (region.member, region.removed)  # a removed member's id is never reused
+
+    def promote() -> bool:  # the leader refuses until the learner has caught up
+        return cli("cluster", "member", "promote", new_id, "--data", str(region.data)).returncode == 0
+
+    assert wait_for(promote, 60)
+
+    rows = json.loads(cli("cluster", "status", "--data", str(region.data), "--json").stdout)
+    leader = next(r["target"] for r in rows if r["role"] == "leader")
+    with LedgerClient(leader, tls=region.tls["psp_b"]) as c:  # a block the new member must replicate
+        c.submit_one(EventKind.CREATE_ACCOUNT, account_records(1, first_id=account_id_for(2, 4242)))
+
+    def caught_up() -> bool:
+        rows = json.loads(cli("cluster", "status", "--data", str(region.data), "--json").stdout)
+        top = max(r["tree_size"] or 0 for r in rows)
+        mine = [r for r in rows if r["node"] == new_id]
+        return bool(mine) and mine[0]["up"] and top > 0 and mine[0]["tree_size"] == top
+
+    assert wait_for(caught_up, 60)
