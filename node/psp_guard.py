@@ -39,6 +39,8 @@ from node.tls import Identity
 # transfer: id, debit and credit account ids (16 bytes each), psp_id (u32 at 164), flags (u16 at 174)
 _TRANSFER_FIELDS: Final = struct.Struct("<16s16s16s116xI6xH")
 _PENDING_ID_AT: Final = 64
+_PSP_ID_AT: Final = 164
+_DEBIT_OWNER_AT: Final = 16 + 12  # the debit account id's top 32 bits
 _CALLBACK_PSP: Final = struct.Struct("<80xI12x")
 _ZERO_ID: Final = bytes(16)
 _SETTLE: Final = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
@@ -75,10 +77,20 @@ def _check_accounts(who: Identity, records: bytes) -> None:
                 f"top 32 bits; PSP {who.psp_id} creates ids from account_id_for({who.psp_id}, n)")
 
 
+def _all_own(records: bytes, own: bytes) -> bool:
+    """Fast path: every record's psp_id (bytes 164..167) and debit owner (bytes 28..31) are ``own``,
+    compared a byte column at a time (C-speed slicing instead of a Python loop per record)."""
+    n = len(records) // TRANSFER_SIZE
+    return all(records[at + k::TRANSFER_SIZE] == own[k:k + 1] * n
+               for at in (_PSP_ID_AT, _DEBIT_OWNER_AT) for k in range(4))
+
+
 def _check_transfers(who: Identity, records: bytes) -> list[bytes]:
     mine = who.psp_id
     own = mine.to_bytes(4, "little")
-    pendings: list[bytes] = []
+    if _all_own(records, own):
+        return []
+    pendings: list[bytes] = []  # the slow path names the first bad record, or collects post/voids
     for i, (tid, debit, _credit, psp, flags) in enumerate(_TRANSFER_FIELDS.iter_unpack(records)):
         if psp != mine:
             raise Unauthorised(f"transfer #{i} (id {int.from_bytes(tid, 'little')}) has psp_id {psp} "
