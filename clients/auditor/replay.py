@@ -15,12 +15,16 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Final
 
 import blake3
+import numpy as np
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from clients.auditor.balances import Balances, OutOfRange
+from clients.auditor.effects import CREDITS_POSTED, DEBITS_POSTED, TRANSFER_HEAD, Effects, unknown_account
 from clients.auditor.failures import (
     BalanceMismatch,
     BlockHeaderMismatch,
@@ -33,10 +37,10 @@ from clients.auditor.failures import (
     TreeMismatch,
     ab,
 )
+from clients.auditor.tree import extend
 from ledger.codec import (
     AUX_LEN,
     AUX_TAG_PSP_SIGNATURE,
-    AUX_TAG_RECONCILE,
     AUX_TAG_RULE_OUTCOME,
     BLOCK_HEADER,
     BLOCK_HEADER_SIZE,
@@ -60,25 +64,23 @@ from ledger.types import EventKind, Result, TransferFlags
 
 _b3 = blake3.blake3
 
-_F_PENDING: Final = int(TransferFlags.PENDING)
-_F_POST: Final = int(TransferFlags.POST_PENDING_TRANSFER)
-_F_VOID: Final = int(TransferFlags.VOID_PENDING_TRANSFER)
-_F_TWO_PHASE: Final = _F_PENDING | _F_POST | _F_VOID
+_F_TWO_PHASE: Final = int(TransferFlags.PENDING | TransferFlags.POST_PENDING_TRANSFER
+                          | TransferFlags.VOID_PENDING_TRANSFER)
 _ACTION_HOLD: Final = int(Action.HOLD)
 _PSP_TLV_SIZE: Final = KEY_ID_SIZE + SIGNATURE_SIZE
-# A compact range of a u64-sized tree never completes a level-64 subtree: append without listing any.
-_NO_SUBTREES: Final = 64
 
-# A transfer body (ledger.codec.TRANSFER_STRUCT) from its start: id, debit, credit, amount lo, amount hi,
-# pending id, then user data, timeout, ledger, code (94 bytes skipped), flags.
-_XFER: Final = struct.Struct("<16s16s16sQQ16s94xH")
 # The whole leaf of a create-transfer without aux, in one unpack: version|kind|result (LEAF_HEADER's first
 # three fields as one u32), index, timestamp, body_len, then the _XFER fields without id and pending id
 # (debit, credit, amount lo/hi, flags), then the aux length.
 _PLAIN: Final = struct.Struct("<IQQI16x16s16sQQ16x94xHH")
 _PLAIN_SIZE: Final = LEAF_HEADER_SIZE + TRANSFER_SIZE + AUX_LEN.size  # 202
 _PLAIN_TAG: Final = FORMAT_VERSION | EventKind.CREATE_TRANSFER << 8 | Result.OK << 16
-if _PLAIN.size != _PLAIN_SIZE or _XFER.size != TRANSFER_SIZE:  # the layouts above must follow ledger.codec
+# The same layout as a numpy record, for checking and applying a block of plain transfers at once.
+_PLAIN_NP: Final = np.dtype({
+    "names": ["tag", "idx", "ts", "blen", "dr", "cr", "lo", "hi", "flags", "aux"],
+    "formats": ["<u4", "<u8", "<u8", "<u4", "V16", "V16", "<u8", "<u8", "<u2", "<u2"],
+    "offsets": [0, 4, 12, 20, 40, 56, 72, 80, 198, 200], "itemsize": _PLAIN_SIZE})
+if _PLAIN.size != _PLAIN_SIZE or TRANSFER_HEAD.size != TRANSFER_SIZE:  # the layouts above must follow ledger.codec
     raise ImportError("clients.auditor.replay: leaf layouts disagree with ledger.codec")
 
 
@@ -119,13 +121,8 @@ class LogVerifier:
         self.ruleset_hash = ZERO32
         self.next_ruleset = ZERO32
         self.head_ts = 0
-        # replayed balances: id -> [balances, balances at the last state hash (None: new), id ‖ record, ts u64 LE].
-        # The four u128 balances live in ONE int, in account-state order: debits_pending (bits 0-127),
-        # debits_posted (128-255), credits_pending (256-383), credits_posted (384-511); so the state hash
-        # encodes them with one to_bytes(64) and the hot path adds ``amount << 128`` / ``amount << 384``.
-        self.accounts: dict[bytes, list[Any]] = {}
-        self.pending: dict[bytes, tuple[bytes, bytes, int]] = {}  # pending id -> (debit, credit, amount)
-        self._touched: set[bytes] = set()  # accounts whose balances the current block may have changed
+        self.balances = Balances()  # replayed from the recorded effects (clients.auditor.balances)
+        self.effects = Effects(self.balances)
         self.stats = VerifyStats()
 
     # -- tree ------------------------------------------------------------------------------------
@@ -228,81 +225,88 @@ class LogVerifier:
 
     def _state_hash(self) -> bytes:
         """BLAKE3(0x04 ‖ previous ‖ (id ‖ state) for accounts created or changed in the block, by id)."""
-        accts = self.accounts
-        changed = [a for a in map(accts.__getitem__, sorted(self._touched)) if a[0] != a[1]]
         try:
-            # id ‖ record, the four balances as one 64-byte little-endian int, creation timestamp. A
-            # negative total makes to_bytes raise; any other out-of-range field changes the state (the
-            # node's never are), so it surfaces as a state hash mismatch of this block
-            body = b"".join([x for a in changed for x in (a[2], a[0].to_bytes(64, "little"), a[3])])
-        except OverflowError:
-            self._range_problem()
-            raise
-        for a in changed:
-            a[1] = a[0]
-        self._touched = set()
+            body = self.balances.settle()
+        except OutOfRange as e:
+            acct = int.from_bytes(e.account, "little")
+            raise BalanceMismatch(
+                f"block {self.height + 1}: replaying the recorded effects takes account {acct} outside its u128 "
+                "balances (a release or post of more than was pending)", block=self.height + 1, account=acct) from None
         return _b3(STATE_DOMAIN + self.state_hash + body).digest()
-
-    def _range_problem(self) -> None:
-        for aid in sorted(self._touched):
-            bal = self.accounts[aid][0]
-            if bal < 0 or bal >> 512:
-                raise BalanceMismatch(
-                    f"block {self.height + 1}: replaying the recorded effects takes account "
-                    f"{int.from_bytes(aid, 'little')} outside its u128 balances (a release or post of more "
-                    "than was pending)",
-                    block=self.height + 1, account=int.from_bytes(aid, "little"))
 
     # -- leaves: the hot loop --------------------------------------------------------------------
 
     def _leaves(self, leaves: Sequence[bytes], ts_first: int) -> None:
-        """The inner loop, in passes over the block's leaves: (1) framing, sequence and effects —
-        when every leaf is a 202-byte create-transfer without aux, one ``struct.iter_unpack`` over the
-        joined bytes; any other leaf goes through ``_leaf``, which checks every field; (2) leaf hashes;
-        (3) the hash chain; (4) the compact range (RFC 6962 right edge)."""
+        """The inner loop, in passes over the block's leaves: (1) framing, sequence and effects — a run
+        of plain transfers (``_plain_run``) in bulk, anything else entry by entry (``_exact``); (2) leaf
+        hashes; (3) the hash chain; (4) the compact range (RFC 6962 right edge, ``ledger.merkle``)."""
         if not leaves:
             return
-        b3 = _b3
-        accts = self.accounts
-        touch = self._touched.add
         first = self.size
-        i = first
-        t = ts_want = ts_first
-        leaf = self._leaf
-        try:
-            joined = b"".join(leaves)
-            if len(joined) == _PLAIN_SIZE * len(leaves) and all(len(r) == _PLAIN_SIZE for r in leaves):
-                for vkr, idx, ts, blen, dr, cr, lo, hi, fl, auxlen in _PLAIN.iter_unpack(joined):
-                    # current format, create transfer, result ok, in sequence, no aux, single phase
-                    if vkr == _PLAIN_TAG and idx == i and ts == t and blen == TRANSFER_SIZE and not auxlen \
-                            and not fl & _F_TWO_PHASE:
-                        a = accts[dr]
-                        c = accts[cr]
-                        touch(dr)
-                        touch(cr)
-                        amt = lo | (hi << 64) if hi else lo
-                        a[0] += amt << 128  # debits_posted
-                        c[0] += amt << 384  # credits_posted
-                    else:
-                        leaf(leaves[i - first], i, t)
-                    i += 1
-                    t += 1
-            else:
-                for raw in leaves:
-                    leaf(raw, i, t)
-                    i += 1
-                    t += 1
-        except KeyError as e:
-            self._unknown_account(i, e.args[0])
-        ld, cd = LEAF_DOMAIN, CHAIN_DOMAIN
-        lhs = [b3(ld + r).digest() for r in leaves]
+        joined = b"".join(leaves)
+        plain = len(joined) == _PLAIN_SIZE * len(leaves) and all(map(_PLAIN_SIZE.__eq__, map(len, leaves)))
+        if not (plain and self._plain_run(joined, first, ts_first)):
+            self._exact(leaves, joined if plain else None, first, ts_first)
+        b3, digest, cd = _b3, _b3.digest, CHAIN_DOMAIN
+        lhs = list(map(digest, map(b3, map(LEAF_DOMAIN.__add__, leaves))))
         link = self.link
         for lh in lhs:
             link = b3(cd + link + lh).digest()
         self.link = link
-        self.range.append_many(lhs, min_level=_NO_SUBTREES)
-        self.last_ts = ts_want + len(leaves) - 1
+        extend(self.range, lhs)
+        self.last_ts = ts_first + len(leaves) - 1
         self.stats.leaves = self.range.size
+
+    def _plain_run(self, joined: bytes, first: int, ts_first: int) -> bool:
+        """Every leaf a plain transfer (current format, create transfer, result ok, in sequence, no aux,
+        single phase) between known accounts: apply them in bulk and return True. Otherwise change
+        nothing and return False (the exact path then names the first problem)."""
+        arr = np.frombuffer(joined, _PLAIN_NP)
+        n = len(arr)
+        seq = np.arange(n, dtype=np.uint64)
+        if not ((arr["tag"] == _PLAIN_TAG).all() and (arr["blen"] == TRANSFER_SIZE).all()
+                and not arr["aux"].any() and not (arr["flags"] & _F_TWO_PHASE).any()
+                and np.array_equal(arr["idx"], seq + np.uint64(first))
+                and np.array_equal(arr["ts"], seq + np.uint64(ts_first))):
+            return False
+        bal = self.balances
+        debit, credit = bal.rows_of(arr["dr"]), bal.rows_of(arr["cr"])
+        if debit is None or credit is None:
+            get = bal.index.__getitem__
+            try:
+                debit = np.fromiter(map(get, arr["dr"].tolist()), np.intp, n)
+                credit = np.fromiter(map(get, arr["cr"].tolist()), np.intp, n)
+            except KeyError:
+                return False
+        bal.add_posted(debit, credit, arr["lo"], arr["hi"])
+        return True
+
+    def _exact(self, leaves: Sequence[bytes], joined: bytes | None, first: int, ts_first: int) -> None:
+        """Entry by entry, in order; ``joined``: the leaves' bytes when all are 202 bytes long."""
+        i, t = first, ts_first
+        leaf = self._leaf
+        index = self.balances.index
+        add = self.balances.add_packed
+        try:
+            if joined is None:
+                for raw in leaves:
+                    leaf(raw, i, t)
+                    i += 1
+                    t += 1
+                return
+            for vkr, idx, ts, blen, dr, cr, lo, hi, fl, auxlen in _PLAIN.iter_unpack(joined):
+                if vkr == _PLAIN_TAG and idx == i and ts == t and blen == TRANSFER_SIZE and not auxlen \
+                        and not fl & _F_TWO_PHASE:
+                    d, c = index[dr], index[cr]
+                    amt = lo | hi << 64
+                    add(d, amt << DEBITS_POSTED)
+                    add(c, amt << CREDITS_POSTED)
+                else:
+                    leaf(leaves[i - first], i, t)
+                i += 1
+                t += 1
+        except KeyError as e:
+            raise unknown_account(i, e.args[0]) from None
 
     def _leaf(self, raw: bytes, index: int, ts_want: int) -> None:
         """Any leaf, checked field by field, and its effects when its result is ok."""
@@ -316,8 +320,11 @@ class LogVerifier:
         if exp != blen and (exp is not None or kind != EventKind.DEPLOY_RULESET or blen <= DEPLOY_HEADER_SIZE):
             self._body_problem(index, kind, blen, exp)
         held = self._aux(index, raw, kind, result, blen)
-        if result == 0:
-            self._effect(index, ts, kind, raw, blen, held)
+        if result == Result.OK:
+            if kind == EventKind.DEPLOY_RULESET:
+                self.next_ruleset = ruleset_hash(raw[LEAF_HEADER_SIZE + DEPLOY_HEADER_SIZE : LEAF_HEADER_SIZE + blen])
+            else:
+                self.effects.apply(index, ts, kind, raw, blen, held)
 
     # -- slow paths (rare kinds, aux, errors) ------------------------------------------------------
 
@@ -382,79 +389,6 @@ class LogVerifier:
                 signature=value[KEY_ID_SIZE:]) from None
         self.stats.psp_verified += 1
 
-    def _unknown_account(self, index: int, aid: bytes) -> None:
-        raise BalanceMismatch(
-            f"leaf {index}: result ok but account {int.from_bytes(aid, 'little')} was never created in the log",
-            index=index, account=int.from_bytes(aid, "little"))
-
-    def _touch(self, aid: bytes, index: int) -> list[Any]:
-        a = self.accounts.get(aid)
-        if a is None:
-            self._unknown_account(index, aid)
-        assert a is not None
-        self._touched.add(aid)
-        return a
-
-    def _effect(self, index: int, ts: int, kind: int, raw: bytes, blen: int, held: bool) -> None:
-        """Effects of an ok entry other than the plain single-phase transfer (the hot path)."""
-        body = raw[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + blen]
-        if kind == EventKind.CREATE_ACCOUNT:
-            if body[:16] in self.accounts:
-                raise BalanceMismatch(f"leaf {index}: account {int.from_bytes(body[:16], 'little')} created twice",
-                                      index=index)
-            self.accounts[body[:16]] = [0, None, body[:16] + body, struct.pack("<Q", ts)]
-            self._touched.add(body[:16])
-        elif kind == EventKind.CREATE_TRANSFER:
-            tid, dr, cr, lo, hi, pid, fl = _XFER.unpack_from(raw, LEAF_HEADER_SIZE)
-            amount = lo | hi << 64
-            if fl & (_F_POST | _F_VOID):
-                p = self.pending.pop(pid, None)
-                if p is None:
-                    raise BalanceMismatch(
-                        f"leaf {index}: result ok posts/voids pending transfer {int.from_bytes(pid, 'little')}, "
-                        "which the log does not show as pending", index=index, pending_id=pid)
-                pdr, pcr, pamt = p
-                a, c = self._touch(pdr, index), self._touch(pcr, index)
-                a[0] -= pamt
-                c[0] -= pamt << 256
-                if fl & _F_POST:
-                    amt = amount or pamt
-                    a[0] += amt << 128
-                    c[0] += amt << 384
-            elif fl & _F_PENDING or held:
-                a, c = self._touch(dr, index), self._touch(cr, index)
-                a[0] += amount
-                c[0] += amount << 256
-                self.pending[tid] = (dr, cr, amount)
-            else:
-                a, c = self._touch(dr, index), self._touch(cr, index)
-                a[0] += amount << 128
-                c[0] += amount << 384
-        elif kind == EventKind.LEDGER_TRANSFER:
-            tid, dr, cr, lo, hi, pid, fl = _XFER.unpack_from(raw, LEAF_HEADER_SIZE)
-            a, c = self._touch(dr, index), self._touch(cr, index)
-            a[0] += (lo | hi << 64) << 128
-            c[0] += (lo | hi << 64) << 384
-        elif kind == EventKind.EXPIRE_PENDING:
-            p = self.pending.pop(body, None)
-            if p is None:
-                raise BalanceMismatch(f"leaf {index}: expires transfer {int.from_bytes(body, 'little')}, which the "
-                                      "log does not show as pending", index=index, pending_id=body)
-            a, c = self._touch(p[0], index), self._touch(p[1], index)
-            a[0] -= p[2]
-            c[0] -= p[2] << 256
-        elif kind == EventKind.SETTLEMENT_CALLBACK:
-            aux = raw[LEAF_HEADER_SIZE + blen + AUX_LEN.size :]
-            for tag, value in iter_aux(aux):
-                if tag == AUX_TAG_RECONCILE and len(value) >= 17:
-                    p = self.pending.pop(value[1:17], None)
-                    if p is not None:  # settlement confirms a pending transfer: posted in full
-                        a, c = self._touch(p[0], index), self._touch(p[1], index)
-                        a[0] += (p[2] << 128) - p[2]  # pending → posted
-                        c[0] += (p[2] << 384) - (p[2] << 256)
-        elif kind == EventKind.DEPLOY_RULESET:
-            self.next_ruleset = ruleset_hash(body[DEPLOY_HEADER_SIZE:])
-
     # -- end of log ------------------------------------------------------------------------------
 
     def finish(self, cp: Checkpoint) -> None:
@@ -486,23 +420,11 @@ class LogVerifier:
 
     def account_states(self) -> dict[bytes, bytes]:
         """Replayed 136-byte account states by id (what LookupAccounts must return)."""
-        m = (1 << 512) - 1
-        out = {}
-        for aid, a in self.accounts.items():
-            out[aid] = a[2][16:] + (a[0] & m).to_bytes(64, "little") + a[3]
-        return out
+        return self.balances.states()
 
 
 def iter_blocks(headers: Iterable[bytes], leaves: Iterator[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:
     """Pair each header with its ``leaf_count`` leaves (fewer when the leaf stream ends early)."""
     for h in headers:
         count = BLOCK_HEADER.unpack_from(h)[4] if len(h) == BLOCK_HEADER_SIZE else 0
-        chunk: list[bytes] = []
-        for _ in range(count):
-            nxt = next(leaves, None)
-            if nxt is None:
-                break
-            chunk.append(nxt)
-        yield h, chunk
-
-
+        yield h, list(islice(leaves, count))

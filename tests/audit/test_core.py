@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from functools import cache
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ from clients.auditor.failures import (
 from clients.auditor.replay import LogVerifier, iter_blocks
 from clients.auditor.trust import TrustedCheckpoint, TrustStore
 from ledger.note import Checkpoint, Signer, open_note
-from tests.audit.memlog import MemLog, mixed_log
+from tests.audit.memlog import MemLog, mixed_log, xfer
 
 PSP = Signer.generate("psp-a")
 
@@ -76,17 +77,22 @@ def test_bad_psp_signature_names_the_leaf() -> None:
     assert e.value.exit_code == 15
 
 
+def flip_one_byte(data: st.DataObject, leaves: list[bytes], first: int) -> int:
+    """XOR one byte of one leaf at index >= ``first`` with a non-zero value; return the leaf's index."""
+    i = data.draw(st.integers(first, len(leaves) - 1), label="leaf")
+    pos = data.draw(st.integers(0, len(leaves[i]) - 1), label="byte")
+    raw = bytearray(leaves[i])
+    raw[pos] ^= data.draw(st.integers(1, 255), label="xor")
+    leaves[i] = bytes(raw)
+    return i
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_any_single_byte_flip_in_any_entry_is_detected(data: st.DataObject) -> None:
     log = signed_log()
     leaves = log.leaves()
-    i = data.draw(st.integers(0, len(leaves) - 1), label="leaf")
-    pos = data.draw(st.integers(0, len(leaves[i]) - 1), label="byte")
-    bit = data.draw(st.integers(1, 255), label="xor")
-    raw = bytearray(leaves[i])
-    raw[pos] ^= bit
-    leaves[i] = bytes(raw)
+    i = flip_one_byte(data, leaves, 0)
     with pytest.raises(AuditFailure) as e:
         run(log, leaves)
     assert e.value.exit_code in (12, 14, 15)
@@ -231,10 +237,66 @@ def test_replayed_balances_out_of_u128_range_name_the_account() -> None:
     the state hash step names the block and the account instead of crashing."""
     v = LogVerifier()
     aid = (42).to_bytes(16, "little")
-    v.accounts[aid] = [-5, None, aid + bytes(64), bytes(8)]
-    v._touched.add(aid)
+    assert v.balances.create(aid, bytes(64), 0)
+    v.balances.add_packed(v.balances.index[aid], -5)
     with pytest.raises(BalanceMismatch, match="account 42 outside its u128 balances"):
         v._state_hash()
-    v.accounts[aid][0] = 1 << 512  # a sum past 4 × u128 is out of range too
+    v = LogVerifier()
+    assert v.balances.create(aid, bytes(64), 0)
+    v.balances.add_packed(v.balances.index[aid], 1 << 512)  # a sum past 4 × u128 is out of range too
     with pytest.raises(BalanceMismatch, match="account 42"):
+        v._state_hash()
+
+
+@cache
+def plain_log() -> MemLog:
+    """Blocks of plain single-phase transfers only (the verifier's bulk path), with u128 amounts whose
+    per-account sums carry across every 32-bit limb."""
+    log = MemLog()
+    log.accounts(9)
+    for b in range(4):
+        log.transfers([xfer(1000 * (b + 1) + i, 1 + i % 9, 1 + (i * 4 + 1) % 9, (0xFFFF_FFFF << (32 * (i % 3))) + i)
+                       for i in range(300) if i % 9 != (i * 4 + 1) % 9])
+    return log
+
+
+def test_plain_blocks_replay_in_bulk_and_match_the_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = plain_log()
+    calls: list[bool] = []
+    bulk = LogVerifier._plain_run
+
+    def spy(self: LogVerifier, joined: bytes, first: int, ts_first: int) -> bool:
+        calls.append(bulk(self, joined, first, ts_first))
+        return calls[-1]
+
+    monkeypatch.setattr(LogVerifier, "_plain_run", spy)
+    fast = run(log, psp=())
+    assert calls == [True] * 4  # the four transfer blocks took the bulk path (the account block is not plain)
+    compare_accounts(fast.account_states(), log.account_states(), "mem")
+    monkeypatch.setattr(LogVerifier, "_plain_run", lambda *a: False)
+    exact = run(log, psp=())
+    assert exact.account_states() == fast.account_states() and exact.state_hash == fast.state_hash
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_single_byte_flip_in_a_plain_block_is_detected(data: st.DataObject) -> None:
+    log = plain_log()
+    leaves = log.leaves()
+    i = flip_one_byte(data, leaves, 9)  # after the accounts: a plain transfer
+    with pytest.raises(AuditFailure) as e:
+        run(log, leaves, psp=())
+    assert e.value.exit_code in (12, 14)
+    assert f"leaf {i}" in str(e.value) or "block" in str(e.value)
+
+
+def test_bulk_carry_out_of_u128_names_the_account() -> None:
+    v = LogVerifier()
+    aid = (7).to_bytes(16, "little")
+    assert v.balances.create(aid, bytes(64), 0)
+    v.balances.add_packed(0, ((1 << 128) - 1) << 128)  # debits_posted at its maximum
+    v._state_hash()
+    one = np.ones(1, np.uint64)
+    v.balances.add_posted(np.zeros(1, np.intp), np.zeros(1, np.intp), one, 0 * one)
+    with pytest.raises(BalanceMismatch, match="account 7 outside its u128 balances"):
         v._state_hash()
