@@ -1,9 +1,14 @@
-"""Speed of the node's PSP signature check (node/psp_auth.py): signatures verified per second.
+"""Speed of the node's PSP signature check (node/psp_auth.py), against this machine's Ed25519 ceiling.
 
-Signs full batches (8189 transfer records) with one PSP key, then times
-``PspAuthenticator.verify_batch`` for 1..N threads (PyNaCl releases the GIL, so threads use cores).
+In one run, over the same signed transfer records (batches of 8189, one PSP key, seed 3):
+- ceiling: PyNaCl verifying in 1 and in N bare threads (nothing else: what the library can do here);
+- ``PspAuthenticator.verify_batch`` with 1 and N threads: the node's check in isolation;
+- with ``--ingest``: the real ingest path. A node process started with ``--require-psp-signatures``
+  takes a stream of signed batches (verified at the edge while earlier blocks apply), and a second
+  node takes the same transfers unsigned; both are bounded in count and time.
+Reported as ratios: the target (issue 18) is ``verify_batch`` with N threads ≥ 0.8 × the N-thread ceiling.
 
-    .venv/bin/python bench/psp_verify.py [--batches 4] [--batch 8189] [--threads 1,2] [--json]
+    .venv/bin/python -m bench.psp_verify [--batches 4] [--threads 1,2] [--ingest] [--json]
 """
 
 from __future__ import annotations
@@ -13,25 +18,35 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
+from nacl.bindings import crypto_sign_open  # noqa: E402
 from nacl.signing import SigningKey  # noqa: E402
 
-from clients.workload import TransferGenerator  # noqa: E402
-from ledger.codec import TRANSFER_SIZE, Batch  # noqa: E402
+from clients.client import BatchRefused, LedgerClient  # noqa: E402
+from clients.workload import TransferGenerator, account_records  # noqa: E402
+from ledger.codec import SIGNATURE_SIZE, TRANSFER_SIZE, Batch  # noqa: E402
 from ledger.note import Signer  # noqa: E402
 from ledger.types import EventKind  # noqa: E402
 from node.psp_auth import PspAuthenticator  # noqa: E402
+
+TARGET_RATIO = 0.8
+ACCOUNTS = 1000
+SEED = 3
 
 
 def signed_batches(n_batches: int, batch: int) -> tuple[Signer, list[Batch]]:
     psp = Signer.generate("bench-psp")
     key = SigningKey(psp.seed)
-    gen = TransferGenerator(1000, seed=3)
+    gen = TransferGenerator(ACCOUNTS, seed=SEED)
     out = []
     for _ in range(n_batches):
         recs, _meta = gen.records(batch)
@@ -40,38 +55,112 @@ def signed_batches(n_batches: int, batch: int) -> tuple[Signer, list[Batch]]:
     return psp, out
 
 
-async def measure(auth: PspAuthenticator, batches: list[Batch]) -> float:
+def ceiling(public_key: bytes, batches: list[Batch], threads: int) -> float:
+    """Signatures/s of bare PyNaCl verification split over ``threads`` threads (one slice each)."""
+    signed = [b.signatures[i * SIGNATURE_SIZE : (i + 1) * SIGNATURE_SIZE] + b.records[i * TRANSFER_SIZE :
+              (i + 1) * TRANSFER_SIZE] for b in batches for i in range(b.count)]
+
+    def work(part: list[bytes]) -> None:
+        for sm in part:
+            crypto_sign_open(sm, public_key)
+
+    pool = [threading.Thread(target=work, args=(signed[k::threads],)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return len(signed) / (time.perf_counter() - t0)
+
+
+async def _verify_all(auth: PspAuthenticator, batches: list[Batch]) -> float:
     t0 = time.perf_counter()
     for b in batches:
         await auth.verify_batch(b)
     return time.perf_counter() - t0
 
 
+def isolated(psp: Signer, batches: list[Batch], threads: int) -> float:
+    auth = PspAuthenticator([psp.verifier.to_string()], require_signatures=True, threads=threads)
+    try:
+        asyncio.run(_verify_all(auth, batches[:1]))  # warm the pool
+        return sum(b.count for b in batches) / asyncio.run(_verify_all(auth, batches))
+    finally:
+        auth.close()
+
+
+def best(repeat: int, fn: Callable[[], float]) -> float:
+    return max(fn() for _ in range(repeat))
+
+
+def ingest(psp: Signer, batches: list[Batch], signed: bool, time_limit_s: float) -> dict[str, Any]:
+    """Stream the batches into a fresh node (with ``--require-psp-signatures`` when signed); acked tx/s."""
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.nodeproc import NodeProcess
+
+    extra = ["--psp-keys", psp.verifier.to_string()] + (["--require-psp-signatures"] if signed else [])
+    with tempfile.TemporaryDirectory(prefix="sovledger-pspbench-") as tmp:
+        node = NodeProcess(Path(tmp) / "node", extra=extra).start()
+        try:
+            with LedgerClient(node.target) as c:
+                c.wait_ready()
+                c.submit_one(EventKind.CREATE_ACCOUNT, account_records(ACCOUNTS))
+                deadline = time.monotonic() + time_limit_s
+                items = ((b.kind, b.records, b.signatures if signed else b"", b.signer_key_id if signed else b"")
+                         for b in batches if time.monotonic() < deadline)
+                acked = refused = 0
+                t0 = time.perf_counter()
+                for res in c.submit_stream(items, inflight=4):
+                    if isinstance(res, BatchRefused):
+                        refused += 1
+                    else:
+                        acked += len(res.results)
+                elapsed = time.perf_counter() - t0
+        finally:
+            node.stop()
+    return {"signed": signed, "acked": acked, "refused": refused, "seconds": round(elapsed, 3),
+            "tx_per_s": round(acked / elapsed) if elapsed else 0}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8189)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeat", type=int, default=2, help="best of this many rounds per figure")
+    ap.add_argument("--ingest", action="store_true", help="also measure the real ingest path (node processes)")
+    ap.add_argument("--ingest-batches", type=int, default=24)
+    ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per ingest run at most")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    psp, batches = signed_batches(args.batches, args.batch)
-    total = sum(b.count for b in batches)
+    psp, batches = signed_batches(max(args.batches, args.ingest_batches if args.ingest else 0), args.batch)
+    timed = batches[: args.batches]
+    pk = psp.verifier.public_key
     rows = []
     for threads in (int(x) for x in args.threads.split(",")):
-        auth = PspAuthenticator([psp.verifier.to_string()], require_signatures=True, threads=threads)
-        asyncio.run(measure(auth, batches[:1]))  # warm the pool
-        elapsed = asyncio.run(measure(auth, batches))
-        auth.close()
-        rows.append({"threads": threads, "signatures": total, "seconds": round(elapsed, 3),
-                     "signatures_per_s": round(total / elapsed)})
-    report = {"bench": "psp_verify", "cpus": os.cpu_count(), "batch": args.batch, "results": rows}
+        roof = best(args.repeat, lambda t=threads: ceiling(pk, timed, t))  # type: ignore[misc]
+        node = best(args.repeat, lambda t=threads: isolated(psp, timed, t))  # type: ignore[misc]
+        rows.append({"threads": threads, "ceiling_per_s": round(roof), "verify_batch_per_s": round(node),
+                     "ratio": round(node / roof, 3)})
+    report: dict[str, Any] = {"bench": "psp_verify", "cpus": os.cpu_count(), "batch": args.batch,
+                              "signatures": sum(b.count for b in timed), "target_ratio": TARGET_RATIO, "results": rows}
+    if args.ingest:
+        report["ingest"] = [ingest(psp, batches, s, args.time_limit) for s in (True, False)]
+        top = rows[-1]["ceiling_per_s"]
+        for r in report["ingest"]:
+            r["ratio_to_ceiling"] = round(r["tx_per_s"] / top, 3)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print(f"PSP signature verification ({os.cpu_count()} CPUs, batches of {args.batch})")
-        for r in rows:
-            print(f"  threads={r['threads']}: {r['signatures_per_s']:>8,} signatures/s "
-                  f"({r['signatures']} in {r['seconds']} s)")
+        return 0
+    print(f"PSP signature verification ({os.cpu_count()} CPUs, {report['signatures']:,} signatures in batches of "
+          f"{args.batch}; best of {args.repeat}); target: verify_batch ≥ {TARGET_RATIO}× the ceiling")
+    for r in rows:
+        print(f"  threads={r['threads']}: ceiling (bare PyNaCl) {r['ceiling_per_s']:>8,}/s   verify_batch "
+              f"{r['verify_batch_per_s']:>8,}/s   ratio {r['ratio']:.2f}×")
+    for r in report.get("ingest", []):
+        print(f"  ingest, node {'--require-psp-signatures' if r['signed'] else 'unsigned'}: {r['tx_per_s']:>8,} tx/s "
+              f"({r['acked']:,} acked, {r['refused']} refused, {r['seconds']} s) = {r['ratio_to_ceiling']:.2f}× "
+              "the ceiling")
     return 0
 
 

@@ -91,16 +91,18 @@ class PspKey:
         return PspKey(v, bound)
 
 
-def _verify_range(public_key: bytes, records: memoryview, signatures: memoryview, size: int,
-                  start: int, end: int) -> int:
-    """Index of the first record in [start, end) whose signature fails, or -1. Runs in a pool thread."""
+def _verify_range(public_key: bytes, records: bytes, signatures: bytes, size: int, start: int, end: int) -> int:
+    """Index of the first record in [start, end) whose signature fails, or -1. Runs in a pool thread,
+    once per chunk of a batch; per record only two slices and one libsodium call (which releases the GIL)."""
+    verify = crypto_sign_open
+    sig_at, rec_at = start * SIGNATURE_SIZE, start * size
     for i in range(start, end):
-        sig = signatures[i * SIGNATURE_SIZE : (i + 1) * SIGNATURE_SIZE]
-        rec = records[i * size : (i + 1) * size]
         try:
-            crypto_sign_open(bytes(sig) + bytes(rec), public_key)
+            verify(signatures[sig_at : sig_at + SIGNATURE_SIZE] + records[rec_at : rec_at + size], public_key)
         except (BadSignatureError, ValueError):
             return i
+        sig_at += SIGNATURE_SIZE
+        rec_at += size
     return -1
 
 
@@ -163,7 +165,7 @@ class PspAuthenticator:
         if size is None:  # variable-length kinds carry their own operator signature
             raise PspAuthError(f"{batch.kind.name} batches cannot carry PSP signatures")
         self._check_psp_ids(batch, key)
-        records, sigs = memoryview(batch.records), memoryview(batch.signatures)
+        records, sigs = bytes(batch.records), bytes(batch.signatures)
         loop = asyncio.get_running_loop()
         pk = key.verifier.public_key
         bad = await asyncio.gather(*(
