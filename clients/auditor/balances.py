@@ -22,6 +22,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from clients.auditor.idtable import IdTable
 from ledger.codec import ACCOUNT_SIZE
 
 ID_SIZE: Final = 16
@@ -54,10 +55,7 @@ class Balances:
         self.rows = np.zeros((0, ROW_SIZE), np.uint8)  # a row's bytes; ``bal`` views words 10-17 as u64
         self.bal = self.rows.view(np.uint64)[:, _BAL]
         self.rank = np.zeros(0, np.intp)  # each row's position in id (byte) order: the state hash order
-        # bulk id lookup: ids folded to one u64 (low half XOR high half), sorted, with their rows
-        self._folds = np.zeros(0, np.uint64)
-        self._fold_rows = np.zeros(0, np.intp)
-        self._folds_unique = True
+        self._table = IdTable(np.zeros((0, 2), np.uint64))  # bulk id -> row lookup
         self.settled = np.zeros((0, 8), np.uint64)  # balances at the last state hash
         self.count = 0
         self.index: dict[bytes, int] = {}
@@ -94,24 +92,13 @@ class Balances:
         be = ids.copy().view(">u8")  # an id's byte order is its big-endian order
         self.rank = np.empty(self.count, np.intp)
         self.rank[np.lexsort((be[:, 1], be[:, 0]))] = np.arange(self.count)
-        words = ids.copy().view("<u8")
-        folds = words[:, 0] ^ words[:, 1]
-        self._fold_rows = np.argsort(folds, kind="stable")
-        self._folds = folds[self._fold_rows]
-        self._folds_unique = not (self._folds[1:] == self._folds[:-1]).any()
+        self._table = IdTable(ids.copy().view("<u8"))
 
     def rows_of(self, ids: npt.NDArray[np.void]) -> IntArray | None:
-        """Rows of 16-byte ids in bulk; None when one is unknown or the folded lookup cannot decide
-        (then the caller asks ``index``, which names the unknown id)."""
+        """Rows of 16-byte ids in bulk; None when one is unknown (then ask ``index``, which names it)."""
         if self._new:
             self._flush()
-        if not self._folds_unique or not self.count:
-            return None
-        words = np.ascontiguousarray(ids).view("<u8").reshape(-1, 2)
-        pos = np.searchsorted(self._folds, words[:, 0] ^ words[:, 1])
-        rows = self._fold_rows[np.minimum(pos, self.count - 1)]
-        known = self.rows[rows, :ID_SIZE].view("<u8") == words
-        return rows if known.all() else None
+        return self._table.lookup(np.ascontiguousarray(ids).view("<u8").reshape(-1, 2))
 
     def states(self) -> dict[bytes, bytes]:
         """Replayed 136-byte account states by id (what LookupAccounts must return)."""
