@@ -1,7 +1,7 @@
 """Balances replayed from the log's recorded effects, in one table whose rows are state-hash entries.
 
-A row is exactly what the block's state hash covers for one account (docs/formats.md, "State
-hash"): ``id (16) ‖ account record (64) ‖ debits_pending, debits_posted, credits_pending,
+A row is exactly what the block's state hash covers for one account (docs/formats.md: state
+hash, account state): ``id (16) ‖ account record (64) ‖ debits_pending, debits_posted, credits_pending,
 credits_posted (4 × u128 LE) ‖ creation timestamp (u64 LE)`` — 152 bytes. So the state hash body of a
 block is the changed rows, sorted by id, as one ``tobytes()``; the account state the node serves is
 a row without its id.
