@@ -33,7 +33,7 @@ from clients.auditor.replay import LogVerifier, iter_blocks  # noqa: E402
 from clients.auditor.tree import extend  # noqa: E402
 from clients.workload import TransferGenerator, account_records  # noqa: E402
 from ledger.codec import Batch, Proposal  # noqa: E402
-from ledger.hashing import CHAIN_DOMAIN, GENESIS_LINK, LEAF_DOMAIN  # noqa: E402
+from ledger.hashing import GENESIS_LINK, LEAF_DOMAIN, hash_and_chain  # noqa: E402
 from ledger.merkle import CompactRange  # noqa: E402
 from ledger.note import Checkpoint as Cp  # noqa: E402
 from ledger.note import Signer, open_note, sign_note  # noqa: E402
@@ -95,10 +95,7 @@ def hash_floor(leaves: list[bytes]) -> tuple[Callable[[], object], Callable[[], 
         return [b3(LEAF_DOMAIN + r).digest() for r in leaves]
 
     def all_hashes() -> object:
-        lhs = [b3(LEAF_DOMAIN + r).digest() for r in leaves]
-        link = GENESIS_LINK
-        for lh in lhs:
-            link = b3(CHAIN_DOMAIN + link + lh).digest()
+        lhs, link = hash_and_chain(GENESIS_LINK, leaves)
         extend(CompactRange(), lhs)
         return link
 

@@ -56,10 +56,10 @@ from ledger.codec import (
     EncodingError,
     iter_aux,
 )
-from ledger.hashing import CHAIN_DOMAIN, GENESIS_LINK, LEAF_DOMAIN, STATE_DOMAIN, block_hash
+from ledger.hashing import GENESIS_LINK, LEAF_DOMAIN, STATE_DOMAIN, block_hash, hash_and_chain, ruleset_hash
 from ledger.merkle import CompactRange
 from ledger.note import Checkpoint, Verifier
-from ledger.rules.model import Action, ruleset_hash
+from ledger.rules.model import Action
 from ledger.types import EventKind, Result, TransferFlags
 
 _b3 = blake3.blake3
@@ -247,12 +247,7 @@ class LogVerifier:
         plain = len(joined) == _PLAIN_SIZE * len(leaves) and all(map(_PLAIN_SIZE.__eq__, map(len, leaves)))
         if not (plain and self._plain_run(joined, first, ts_first)):
             self._exact(leaves, joined if plain else None, first, ts_first)
-        b3, digest, cd = _b3, _b3.digest, CHAIN_DOMAIN
-        lhs = list(map(digest, map(b3, map(LEAF_DOMAIN.__add__, leaves))))
-        link = self.link
-        for lh in lhs:
-            link = b3(cd + link + lh).digest()
-        self.link = link
+        lhs, self.link = hash_and_chain(self.link, list(leaves))
         extend(self.range, lhs)
         self.last_ts = ts_first + len(leaves) - 1
         self.stats.leaves = self.range.size
