@@ -75,6 +75,7 @@ _PSP_TLV_SIZE: Final = KEY_ID_SIZE + SIGNATURE_SIZE
 _PLAIN: Final = struct.Struct("<IQQI16x16s16sQQ16x94xHH")
 _PLAIN_SIZE: Final = LEAF_HEADER_SIZE + TRANSFER_SIZE + AUX_LEN.size  # 202
 _PLAIN_TAG: Final = FORMAT_VERSION | EventKind.CREATE_TRANSFER << 8 | Result.OK << 16
+_NO_RESULT: Final = np.uint32(0xFFFF)  # the tag without its result (u16 at bits 16-31)
 # The same layout as a numpy record, for checking and applying a block of plain transfers at once.
 _PLAIN_NP: Final = np.dtype({
     "names": ["tag", "idx", "ts", "blen", "dr", "cr", "lo", "hi", "flags", "aux"],
@@ -253,24 +254,30 @@ class LogVerifier:
         self.stats.leaves = self.range.size
 
     def _plain_run(self, joined: bytes, first: int, ts_first: int) -> bool:
-        """Every leaf a plain transfer (current format, create transfer, result ok, in sequence, no aux,
-        single phase) between known accounts: apply them in bulk and return True. Otherwise change
-        nothing and return False (the exact path then names the first problem)."""
+        """Every leaf a create-transfer of the current format without aux, in sequence; those with
+        result ok single phase between known accounts (the others failed: no effect). Then apply them
+        in bulk and return True; otherwise change nothing and return False (the exact path then
+        names the first problem)."""
         arr = np.frombuffer(joined, _PLAIN_NP)
-        n = len(arr)
-        seq = np.arange(n, dtype=np.uint64)
-        if not ((arr["tag"] == _PLAIN_TAG).all() and (arr["blen"] == TRANSFER_SIZE).all()
-                and not arr["aux"].any() and not (arr["flags"] & _F_TWO_PHASE).any()
+        seq = np.arange(len(arr), dtype=np.uint64)
+        tag = arr["tag"]
+        ok = tag == _PLAIN_TAG
+        if not (((tag & _NO_RESULT) == _PLAIN_TAG).all() and (arr["blen"] == TRANSFER_SIZE).all()
+                and not arr["aux"].any() and not (arr["flags"][ok] & _F_TWO_PHASE).any()
                 and np.array_equal(arr["idx"], seq + np.uint64(first))
                 and np.array_equal(arr["ts"], seq + np.uint64(ts_first))):
             return False
+        if not ok.all():
+            arr = arr[ok]
+            if not len(arr):
+                return True
         bal = self.balances
         debit, credit = bal.rows_of(arr["dr"]), bal.rows_of(arr["cr"])
         if debit is None or credit is None:
             get = bal.index.__getitem__
             try:
-                debit = np.fromiter(map(get, arr["dr"].tolist()), np.intp, n)
-                credit = np.fromiter(map(get, arr["cr"].tolist()), np.intp, n)
+                debit = np.fromiter(map(get, arr["dr"].tolist()), np.intp, len(arr))
+                credit = np.fromiter(map(get, arr["cr"].tolist()), np.intp, len(arr))
             except KeyError:
                 return False
         bal.add_posted(debit, credit, arr["lo"], arr["hi"])

@@ -249,6 +249,17 @@ def test_replayed_balances_out_of_u128_range_name_the_account() -> None:
 
 
 @cache
+def plain_log_with_failures() -> MemLog:
+    """Plain transfers where every seventh fails (unknown account 99, or zero amount): no effect, same bulk path."""
+    log = MemLog()
+    log.accounts(9)
+    for b in range(4):
+        log.transfers([xfer(1000 * (b + 1) + i, 99 if i % 14 == 0 else 1 + i % 9, 1 + (i * 4 + 1) % 9,
+                            0 if i % 14 == 7 else 1 + i) for i in range(300) if i % 9 != (i * 4 + 1) % 9])
+    return log
+
+
+@cache
 def plain_log() -> MemLog:
     """Blocks of plain single-phase transfers only (the verifier's bulk path), with u128 amounts whose
     per-account sums carry across every 32-bit limb."""
@@ -260,8 +271,9 @@ def plain_log() -> MemLog:
     return log
 
 
-def test_plain_blocks_replay_in_bulk_and_match_the_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    log = plain_log()
+@pytest.mark.parametrize("failures", [False, True], ids=["all_ok", "with_failed_transfers"])
+def test_plain_blocks_replay_in_bulk_and_match_the_exact_path(monkeypatch: pytest.MonkeyPatch, failures: bool) -> None:
+    log = plain_log_with_failures() if failures else plain_log()
     calls: list[bool] = []
     bulk = LogVerifier._plain_run
 
@@ -281,9 +293,9 @@ def test_plain_blocks_replay_in_bulk_and_match_the_exact_path(monkeypatch: pytes
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_single_byte_flip_in_a_plain_block_is_detected(data: st.DataObject) -> None:
-    log = plain_log()
+    log = data.draw(st.sampled_from([plain_log, plain_log_with_failures]), label="log")()
     leaves = log.leaves()
-    i = flip_one_byte(data, leaves, 9)  # after the accounts: a plain transfer
+    i = flip_one_byte(data, leaves, 9)  # after the accounts: a plain (or failed) transfer
     with pytest.raises(AuditFailure) as e:
         run(log, leaves, psp=())
     assert e.value.exit_code in (12, 14)
