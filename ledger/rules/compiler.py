@@ -277,7 +277,7 @@ def _builder(paths: list[str]) -> Callable[..., dict[str, Any]]:
 NO_MATCH: Final = -1  # verdict index: no rule matched
 EVALUATION_FAILED: Final = -2  # verdict index: the rule inputs could not be built (result rule_evaluation_failed)
 Verdict = tuple[int, bool]  # (index of the deciding rule, NO_MATCH or EVALUATION_FAILED; whether the rule erred)
-GROUP_MAX: Final = 16  # rules folded into one CEL program (the CEL parser refuses deep nesting: ~48 levels)
+GROUP_MAX: Final = 32  # rules folded into one CEL program (the CEL parser refuses deep nesting: ~48 levels)
 
 
 @dataclass(frozen=True, slots=True)
