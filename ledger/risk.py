@@ -74,32 +74,32 @@ def psp_key(psp_id: int) -> bytes:
     return KEY_PSP + psp_id.to_bytes(4, "big")
 
 
+_BASES: Final = tuple((w * 5, size) for w, size in enumerate(WINDOWS_NS))  # (state offset, window size)
+
+
 def window_features(st: list[int] | None, ts: int) -> tuple[int, int, int, int, int, int]:
     """(count_1m, count_1h, count_24h, sum_1m, sum_1h, sum_24h) before the current event."""
     if st is None:
         return 0, 0, 0, 0, 0, 0
-    counts = [0, 0, 0]
-    sums = [0, 0, 0]
-    for w, size in enumerate(WINDOWS_NS):
-        base = w * 5
+    out = [0, 0, 0, 0, 0, 0]
+    for w, (base, size) in enumerate(_BASES):
         bucket = ts // size
         cur_b = st[base]
         if bucket == cur_b:
-            prev_c, prev_s, cur_c, cur_s = st[base + 1], st[base + 2], st[base + 3], st[base + 4]
-        elif bucket == cur_b + 1:
-            prev_c, prev_s, cur_c, cur_s = st[base + 3], st[base + 4], 0, 0
-        else:
-            continue
-        remaining = size - (ts - bucket * size)
-        counts[w] = prev_c * remaining // size + cur_c
-        sums[w] = prev_s * remaining // size + cur_s
-    return counts[0], counts[1], counts[2], sums[0], sums[1], sums[2]
+            remaining = size - (ts - bucket * size)
+            out[w] = st[base + 1] * remaining // size + st[base + 3]
+            out[w + 3] = st[base + 2] * remaining // size + st[base + 4]
+        elif bucket == cur_b + 1:  # the stored current bucket is now the previous one
+            remaining = size - (ts - bucket * size)
+            out[w] = st[base + 3] * remaining // size
+            out[w + 3] = st[base + 4] * remaining // size
+    return out[0], out[1], out[2], out[3], out[4], out[5]
 
 
 def record(st: list[int], ts: int, amount: int) -> None:
-    """Add one successful event of ``amount`` at block time ``ts`` (in place)."""
-    for w, size in enumerate(WINDOWS_NS):
-        base = w * 5
+    """Add one successful event of ``amount`` at block time ``ts`` (in place). Counters saturate at SUM_MAX."""
+    top = SUM_MAX
+    for base, size in _BASES:
         bucket = ts // size
         cur_b = st[base]
         if bucket != cur_b:
@@ -108,12 +108,15 @@ def record(st: list[int], ts: int, amount: int) -> None:
             else:
                 st[base + 1] = st[base + 2] = 0
             st[base], st[base + 3], st[base + 4] = bucket, 0, 0
-        st[base + 3] = min(st[base + 3] + 1, SUM_MAX)
-        st[base + 4] = min(st[base + 4] + amount, SUM_MAX)
+        count = st[base + 3] + 1
+        st[base + 3] = count if count < top else top
+        total = st[base + 4] + amount
+        st[base + 4] = total if total < top else top
     ewma, n = st[15], st[16]
-    amount = min(amount, SUM_MAX)
+    if amount > top:
+        amount = top
     st[15] = amount if n == 0 else max(0, ewma + ((amount - ewma) >> EWMA_SHIFT))
-    st[16] = min(n + 1, SUM_MAX)
+    st[16] = n + 1 if n + 1 < top else top
 
 
 def deviation_bps(st: list[int] | None, amount: int) -> tuple[int, int, int]:

@@ -33,7 +33,7 @@ from ledger.reconcile import EXC_RULE_FLAG, EXC_RULE_HOLD, encode_exception
 from ledger.risk import KEY_IN, KEY_OUT, new_state, psp_key, record
 from ledger.rules.compiler import EVALUATION_FAILED, NO_MATCH, Verdict, compile_ruleset
 from ledger.rules.model import Action, Rule, RuleSetError, parse_canonical, signing_message
-from ledger.schema import AccountState, Table, TransferRef
+from ledger.schema import AccountState, TransferRef
 from ledger.types import U64_MAX, U128_MAX, EventKind, Result, TransferFlags, TransferStatus
 
 ORIGIN_ADJUSTMENT: Final = 1  # origin aux of ledger-written transfers (docs/formats.md)
@@ -172,11 +172,10 @@ def after_success(blk: Block, rec: TransferRecord, amount: int) -> None:
     if rules.track_psp:
         _risk_add(blk, psp_key(rec[T_PSP]), ts, amount)
     side = blk.side
-    if rules.track_pairs:
+    if rules.track_pairs and not side.seen(rec[T_DEBIT], rec[T_CREDIT]):
         pk = rec[T_DEBIT] + rec[T_CREDIT]
-        if pk not in side.pairs and blk.txn.get(Table.RISK_PAIRS, pk) is None:
-            side.pairs.add(pk)
-            blk.on_undo(lambda: side.pairs.discard(pk))
+        side.pairs.add(pk)
+        blk.on_undo(lambda: side.pairs.discard(pk))
     if rec[T_EXTERNAL_REF] != ZERO32:
         key = rec[T_PSP].to_bytes(4, "big") + rec[T_EXTERNAL_REF]
         previous = side.extrefs.get(key)

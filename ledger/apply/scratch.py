@@ -58,7 +58,8 @@ class SideState(RiskView):
     committed: Committed
     new_rules: CompiledRuleSet | None = None  # deployed in this block: effective from the next block
     risk: dict[bytes, list[int]] = field(default_factory=dict)  # risk states changed in this block
-    pairs: set[bytes] = field(default_factory=set)
+    pairs: set[bytes] = field(default_factory=set)  # pairs first seen in this block
+    pairs_committed: dict[bytes, bool] = field(default_factory=dict)  # committed lookups of this block
     extrefs: dict[bytes, bytes] = field(default_factory=dict)
     callbacks: dict[bytes, TransferRef] = field(default_factory=dict)
     callback_bodies: dict[bytes, bytes] = field(default_factory=dict)
@@ -72,8 +73,14 @@ class SideState(RiskView):
         return _committed(self.committed.risk, self.txn, Table.RISK, key, decode_state)
 
     def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
+        """Whether the payer has paid this payee before (in this block or committed)."""
         pk = debit_id + credit_id
-        return pk in self.pairs or self.txn.get(Table.RISK_PAIRS, pk) is not None
+        if pk in self.pairs:
+            return True
+        known = self.pairs_committed.get(pk)
+        if known is None:  # read once per block: the rule inputs and the risk update both ask
+            known = self.pairs_committed[pk] = self.txn.get(Table.RISK_PAIRS, pk) is not None
+        return known
 
 
 @dataclass(slots=True)

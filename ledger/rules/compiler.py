@@ -77,11 +77,12 @@ for _group, _pre in (("debit", "_wo"), ("credit", "_wi"), ("psp", "_wp")):
         FIELDS[f"risk.{_group}.{_name}"] = ("int", f"_sat({_pre}[{_n}])")
 
 # prelude values computed once per activation when a field needs them
-_PRELUDE: Final = {
-    "_wo": "_wo = window_features(R.out(rec[1]), ts)",
+_PRELUDE: Final = {  # in this order; "_so" (the payer's state) is read once for both of its users
+    "_so": "_so = R.out(rec[1])",
+    "_wo": "_wo = window_features(_so, ts)",
     "_wi": "_wi = window_features(R.inc(rec[2]), ts)",
     "_wp": "_wp = window_features(R.psp(rec[10]), ts)",
-    "_dev": "_dev = deviation_bps(R.out(rec[1]), rec[3] | rec[4] << 64)",
+    "_dev": "_dev = deviation_bps(_so, rec[3] | rec[4] << 64)",
 }
 ROOTS: Final = frozenset(p.split(".")[0] for p in FIELDS)
 _PREFIXES: Final = frozenset(".".join(p.split(".")[:i]) for p in FIELDS for i in range(1, p.count(".") + 1))
@@ -257,7 +258,10 @@ def _builder(paths: list[str]) -> Callable[..., dict[str, Any]]:
     """Generate ``build(rec, dra, cra, ts, height, R) -> {flat name: value}`` for exactly these fields.
 
     Only names from the fixed FIELDS table reach the generated source (never rule text)."""
-    prelude = [line for name, line in _PRELUDE.items() if any(name in FIELDS[p][1] for p in paths)]
+    needed = {name for name in _PRELUDE if any(name in FIELDS[p][1] for p in paths)}
+    if needed & {"_wo", "_dev"}:
+        needed.add("_so")
+    prelude = [line for name, line in _PRELUDE.items() if name in needed]
     body = ", ".join(f"{flat(p)!r}: {FIELDS[p][1]}" for p in paths)
     src = "def build(rec, dra, cra, ts, height, R):\n"
     for line in prelude:
@@ -273,7 +277,7 @@ def _builder(paths: list[str]) -> Callable[..., dict[str, Any]]:
 NO_MATCH: Final = -1  # verdict index: no rule matched
 EVALUATION_FAILED: Final = -2  # verdict index: the rule inputs could not be built (result rule_evaluation_failed)
 Verdict = tuple[int, bool]  # (index of the deciding rule, NO_MATCH or EVALUATION_FAILED; whether the rule erred)
-GROUP_MAX: Final = 16  # rules folded into one CEL program (the CEL parser refuses deep nesting: ~48 levels)
+GROUP_MAX: Final = 32  # rules folded into one CEL program (the CEL parser refuses deep nesting: ~48 levels)
 
 
 @dataclass(frozen=True, slots=True)
