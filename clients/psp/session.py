@@ -12,11 +12,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from clients.psp.bulk import ArraySink, BulkOutcomes
 from clients.psp.config import SdkConfig
-from clients.psp.window import Deliver, EngineStats, Item, SealBatch, SessionAction, SessionWindow
+from clients.psp.outcomes import Deliver
+from clients.psp.window import Batch, EngineStats, SealBatch, SessionAction, SessionWindow
 from clients.sdk_errors import SdkError
 from clients.sdk_types import TransferOutcome
-from ledger.codec import encode_transfer
+from ledger.codec import TRANSFER_SIZE, encode_transfer
 from ledger.types import Transfer
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ class AsyncSession(WindowCounters):
     def __init__(self, sdk: AsyncLedgerSDK, config: SdkConfig) -> None:
         self.config = config
         self._clock = sdk.clock
+        self._cut = sdk.cut_batches
+        self._sizes = TRANSFER_SIZE
         self._journal = sdk.journal_writer
         self._engine = sdk.engine(config)
         self.stats = self._engine.stats
@@ -87,9 +91,9 @@ class AsyncSession(WindowCounters):
         """Buffer one payment (any thread; the caller made sure the window has room)."""
         if self._closed:
             raise SdkError("session is closed")
-        item = Item(transfer_id, record, self._counted(deliver))
+        counted = self._counted(deliver)
         with self._lock:
-            return self.window.add(item, self._clock())
+            return self.window.add(transfer_id, record, counted, self._clock())
 
     def dispatch(self, action: SessionAction | None) -> None:
         """Carry out a window action (loop thread)."""
@@ -99,6 +103,42 @@ class AsyncSession(WindowCounters):
             self._engine.put(action.batch)
         else:
             self._loop.call_later(action.delay_s, self._on_timer)
+
+    # -- the bulk path ------------------------------------------------------------------------------
+
+    async def send_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b""
+                           ) -> asyncio.Future[BulkOutcomes]:
+        """Queue a packed buffer of transfer records (n × 176 bytes) on this session's stream; the
+        future gives their outcome arrays. Waits while the window cannot take them (a buffer larger
+        than the whole window goes alone)."""
+        n = len(records) // self._sizes
+        await self._wait_until(lambda: self.window.unacked == 0 or self.window.unacked + n <= self.window.window_items)
+        fut: asyncio.Future[BulkOutcomes] = self._loop.create_future()
+        self.put_batches(self.admit_records(records, signatures, key_id, _set_result(fut)))
+        return fut
+
+    def admit_records(self, records: bytes, signatures: bytes, key_id: bytes,
+                      on_complete: Callable[[BulkOutcomes], None]) -> list[Batch]:
+        """Count a bulk buffer in the window and cut it into batches (any thread; no I/O)."""
+        if self._closed:
+            raise SdkError("session is closed")
+        out = BulkOutcomes.empty(records)
+        batches = self._cut(out, ArraySink(out, self._bulk_progress, on_complete), signatures, key_id)
+        with self._lock:
+            self.window.admit_bulk(len(out))
+        return batches
+
+    def put_batches(self, batches: list[Batch]) -> None:
+        """Hand batches to the engine (loop thread)."""
+        for b in batches:
+            self._engine.put(b)
+
+    def _bulk_progress(self, k: int) -> None:
+        with self._lock:
+            self.window.on_outcome(k)
+        self._acked_event.set()
+        for listener in self._ack_listeners:
+            listener()
 
     def on_ack(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the loop thread) after every outcome."""
@@ -148,6 +188,14 @@ class AsyncSession(WindowCounters):
             await self._engine.close()
         finally:
             await self._engine.abort()
+
+
+def _set_result(fut: asyncio.Future[BulkOutcomes]) -> Callable[[BulkOutcomes], None]:
+    def done(out: BulkOutcomes) -> None:
+        if not fut.done():
+            fut.set_result(out)
+
+    return done
 
 
 def future_deliver(fut: asyncio.Future[TransferOutcome]) -> Deliver:
