@@ -10,6 +10,7 @@ the journal can settle the batch in one write. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -119,32 +120,41 @@ class Deliver(Protocol):
 
 
 class ObjectSink:
-    """The per-payment API: one callback per position, given a ``TransferOutcome`` or an exception."""
+    """The per-payment API: one callback per position, given a ``TransferOutcome`` or an exception;
+    ``on_progress(k)`` once per group of ``k`` outcomes (window accounting, not per payment)."""
 
-    def __init__(self, ids: list[int], delivers: list[Deliver]) -> None:
+    def __init__(self, ids: list[int], delivers: list[Deliver], on_progress: Callable[[int], None] | None = None
+                 ) -> None:
         self.ids = ids
         self.delivers = delivers
+        self.on_progress = on_progress
         self._done = bytearray(len(ids))
 
     def settled(self, positions: Rows, cols: Columns) -> None:
         rows = zip(positions.tolist(), cols.results.tolist(), cols.log_indexes.tolist(), cols.blocks.tolist(),
                    cols.timestamps_ns.tolist(), cols.how.tolist(), strict=True)
+        k = 0
         for p, result, idx, blk, ts, how in rows:
-            self._deliver(p, TransferOutcome(self.ids[p], Result(result), idx, blk, ts, cols.attempts,
-                                             RESOLUTIONS[how]))
+            k += self._deliver(p, TransferOutcome(self.ids[p], Result(result), idx, blk, ts, cols.attempts,
+                                                  RESOLUTIONS[how]))
+        self._progress(k)
 
     def failed(self, positions: Rows, error: BaseException) -> None:
-        for p in positions.tolist():
-            self._deliver(p, error)
+        self._progress(sum(self._deliver(p, error) for p in positions.tolist()))
 
-    def _deliver(self, p: int, value: TransferOutcome | BaseException) -> None:
+    def _progress(self, k: int) -> None:
+        if k and self.on_progress is not None:
+            self.on_progress(k)
+
+    def _deliver(self, p: int, value: TransferOutcome | BaseException) -> int:
         if self._done[p]:
-            return
+            return 0
         self._done[p] = 1
         try:
             self.delivers[p](value)
         except Exception:  # a caller's callback must not kill the engine
             log.exception("payment outcome callback raised")
+        return 1
 
 
 __all__ = [

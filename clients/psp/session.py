@@ -60,7 +60,7 @@ class AsyncSession(WindowCounters):
         self._engine = sdk.engine(config)
         self.stats = self._engine.stats
         self._loop = asyncio.get_running_loop()
-        self.window = SessionWindow(config.batch_size_max, config.batch_delay_s, config.window_items)
+        self.window = SessionWindow(config.batch_size_max, config.batch_delay_s, config.window_items, self._progress)
         self._lock = threading.Lock()  # the window is shared with a threaded adapter's callers
         self._acked_event = asyncio.Event()  # set whenever an outcome arrives
         self._ack_listeners: list[Callable[[], None]] = []
@@ -91,9 +91,17 @@ class AsyncSession(WindowCounters):
         """Buffer one payment (any thread; the caller made sure the window has room)."""
         if self._closed:
             raise SdkError("session is closed")
-        counted = self._counted(deliver)
         with self._lock:
-            return self.window.add(transfer_id, record, counted, self._clock())
+            return self.window.add(transfer_id, record, deliver, self._clock())
+
+    def try_admit(self, transfer_id: int, record: bytes, deliver: Deliver) -> tuple[bool, SessionAction | None]:
+        """``admit`` if the window has room (any thread): (admitted, action) — one lock, checked and counted."""
+        if self._closed:
+            raise SdkError("session is closed")
+        with self._lock:
+            if not self.window.has_room():
+                return False, None
+            return True, self.window.add(transfer_id, record, deliver, self._clock())
 
     def dispatch(self, action: SessionAction | None) -> None:
         """Carry out a window action (loop thread)."""
@@ -123,7 +131,7 @@ class AsyncSession(WindowCounters):
         if self._closed:
             raise SdkError("session is closed")
         out = BulkOutcomes.empty(records)
-        batches = self._cut(out, ArraySink(out, self._bulk_progress, on_complete), signatures, key_id)
+        batches = self._cut(out, ArraySink(out, self._progress, on_complete), signatures, key_id)
         with self._lock:
             self.window.admit_bulk(len(out))
         return batches
@@ -133,7 +141,8 @@ class AsyncSession(WindowCounters):
         for b in batches:
             self._engine.put(b)
 
-    def _bulk_progress(self, k: int) -> None:
+    def _progress(self, k: int) -> None:
+        """``k`` payments got their outcome (loop thread): room in the window."""
         with self._lock:
             self.window.on_outcome(k)
         self._acked_event.set()
@@ -154,17 +163,6 @@ class AsyncSession(WindowCounters):
         with self._lock:
             action = self.window.on_timer(self._clock())
         self.dispatch(action)
-
-    def _counted(self, inner: Deliver) -> Deliver:
-        def deliver(value: TransferOutcome | BaseException) -> None:
-            with self._lock:
-                self.window.on_outcome()
-            inner(value)
-            self._acked_event.set()
-            for listener in self._ack_listeners:
-                listener()
-
-        return deliver
 
     async def _wait_until(self, ready: Callable[[], bool]) -> None:
         while not ready():

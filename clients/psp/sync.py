@@ -144,13 +144,15 @@ class Session(WindowCounters, _ClosedOnExit):
             raise SdkError("session is closed")
         record = encode_transfer(transfer)
         fut: concurrent.futures.Future[TransferOutcome] = concurrent.futures.Future()
-        fut.set_running_or_notify_cancel()
         if callback is not None:
             fut.add_done_callback(callback)
-        with self._cond:
-            if not self._cond.wait_for(self.window.has_room, timeout_s):
-                raise TimeoutError(f"window of {self.config.window_items} payments stayed full for {timeout_s}s")
-            action = self._aio.admit(transfer.id, record, _concurrent_deliver(fut))
+        deliver = _concurrent_deliver(fut)
+        admitted, action = self._aio.try_admit(transfer.id, record, deliver)  # the common case: one lock
+        if not admitted:
+            with self._cond:
+                if not self._cond.wait_for(self.window.has_room, timeout_s):
+                    raise TimeoutError(f"window of {self.config.window_items} payments stayed full for {timeout_s}s")
+                action = self._aio.admit(transfer.id, record, deliver)
         if action is not None:
             self._sdk.loop.call_soon_threadsafe(self._aio.dispatch, action)
         return fut
@@ -191,11 +193,16 @@ class Session(WindowCounters, _ClosedOnExit):
 
 
 def _concurrent_deliver(fut: concurrent.futures.Future[TransferOutcome]) -> Deliver:
+    """Sets the future (cancelling it does not stop the payment; its outcome is then dropped)."""
+
     def deliver(value: TransferOutcome | BaseException) -> None:
-        if isinstance(value, BaseException):
-            fut.set_exception(value)
-        else:
-            fut.set_result(value)
+        try:
+            if isinstance(value, BaseException):
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # the caller cancelled the future
 
     return deliver
 

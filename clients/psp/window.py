@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -137,8 +137,10 @@ class SessionWindow:
     """Buffer of one session plus its count of unacknowledged payments. Not thread-safe by itself:
     the threaded session calls it under its lock."""
 
-    def __init__(self, batch_size_max: int, batch_delay_s: float, window_items: int) -> None:
+    def __init__(self, batch_size_max: int, batch_delay_s: float, window_items: int,
+                 on_progress: Callable[[int], None] | None = None) -> None:
         self.batch_size_max = batch_size_max
+        self.on_progress = on_progress  # told how many of a sealed batch's payments got their outcome
         self.batch_delay_s = batch_delay_s
         self.window_items = window_items
         self.unacked = 0
@@ -199,7 +201,7 @@ class SessionWindow:
     def _seal(self) -> SealBatch:
         ids, records, delivers = self._ids, self._records, self._delivers
         self._ids, self._records, self._delivers = [], [], []
-        origin = Origin(ObjectSink(ids, delivers), 0, len(ids))
+        origin = Origin(ObjectSink(ids, delivers, self.on_progress), 0, len(ids))
         return SealBatch(Batch.of(EventKind.CREATE_TRANSFER, b"".join(records), origin))
 
 
