@@ -129,7 +129,7 @@ def _count_ok(futs: list[Any]) -> int:
 def sdk_run(target: str, path: str, mode: str, total: int, batch: int, time_limit_s: float, tmp: Path,
             signer: Signer) -> dict[str, Any]:
     """``total`` transfers (at most ``time_limit_s``) through one SDK session; tx/s and client CPU."""
-    cfg = SdkConfig(batch_size_max=batch, batch_delay_s=0.005, window_items=8 * batch, window_batches=8)
+    cfg = SdkConfig(batch_size_max=batch, batch_delay_s=0.005, window_items=4 * batch, window_batches=4)
     journal = tmp / f"journal-{path}-{mode}-{time.monotonic_ns()}.sqlite" if mode == "journal" else None
     gen = ColumnarPayments(ACCOUNTS, seed=11)
     send = _send_objects if path == "objects" else _send_bulk

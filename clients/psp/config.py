@@ -21,7 +21,7 @@ class SdkConfig:
     batch_delay_s: float = 0.005  # … or this long after its first item
     window_items: int = 4 * BATCH_ITEMS_MAX  # unacknowledged payments per session (back-pressure)
     window_batches: int = 8  # batches in flight on the stream (the node allows 32 per stream)
-    response_timeout_s: float = 15.0  # no response for a sent batch this long → the stream is broken
+    response_timeout_s: float = 15.0  # no answer on the stream this long while batches wait → broken
     call_timeout_s: float = 10.0  # unary calls (lookups)
 
     def validate(self) -> SdkConfig:

@@ -192,7 +192,7 @@ class Engine:
 
     async def _read_responses(self, rnd: _Round, wtask: asyncio.Task[None]) -> None:
         while (resp := await self._read_one(rnd, wtask)) is not None:
-            b = self.window.on_response(resp.batch_id)
+            b = self.window.on_response(resp.batch_id, self.ctx.clock())
             self._poke.set()
             if resp.status.code == 0:
                 self.ctx.router.succeeded(rnd.target)

@@ -261,6 +261,7 @@ class SendWindow:
         self.inflight: deque[Batch] = deque()
         self.round_failures = 0
         self.stats = EngineStats()
+        self._last_answer = float("-inf")
 
     def enqueue(self, batch: Batch) -> None:
         self.ready.append(batch)
@@ -285,11 +286,18 @@ class SendWindow:
         return b
 
     def overdue(self, now: float) -> bool:
-        return bool(self.inflight) and now - self.inflight[0].sent_at > self.response_timeout_s
+        """No answer for ``response_timeout_s`` while batches wait: the stream is treated as broken.
 
-    def on_response(self, batch_id: int) -> Batch:
+        Measured from the oldest batch's send or the last answer, whichever is later: a node that
+        answers batch after batch is slow, not dead, however long its queue."""
+        if not self.inflight:
+            return False
+        return now - max(self.inflight[0].sent_at, self._last_answer) > self.response_timeout_s
+
+    def on_response(self, batch_id: int, now: float) -> Batch:
         if not self.inflight or batch_id != self.inflight[0].batch_id:
             raise UnexpectedResponse(f"response for unexpected batch {batch_id}")
+        self._last_answer = now
         return self.inflight.popleft()
 
     def on_accepted(self) -> None:

@@ -98,9 +98,11 @@ def test_send_window_limits_batches_in_flight_and_stamps_sends() -> None:
     assert (a.batch_id, a.attempts, a.first_sent, a.sent_at) == (101, 1, 1.0, 1.0)
     assert not sw.overdue(6.0) and sw.overdue(6.5)
     with pytest.raises(UnexpectedResponse):
-        sw.on_response(102)  # answers must come in order
-    assert sw.on_response(101) is a and sw.can_send()
-    assert sw.on_response(102) is b
+        sw.on_response(102, now=6.0)  # answers must come in order
+    assert sw.on_response(101, now=6.0) is a and sw.can_send()
+    # a slow node answering batch after batch is not a broken stream: the clock restarts at each answer
+    assert not sw.overdue(10.9) and sw.overdue(11.1)
+    assert sw.on_response(102, now=11.0) is b and not sw.overdue(100.0)
     assert sw.stats.batches_sent == 2 and list(sw.stats.recent_batch_sizes) == [1, 1]
 
 
@@ -108,7 +110,7 @@ def test_refusals_become_retry_or_fail_actions() -> None:
     sw = SendWindow(1, POLICY, 5.0)
     sw.enqueue(batch(1))
     b = sw.next_send(1, now=0.0)
-    sw.on_response(1)
+    sw.on_response(1, now=0.0)
     hinted = sw.on_refusal(b, E.NotLeaderError("h:2"), now=0.1)
     assert isinstance(hinted, Retry) and hinted.backoff_s == 0.0  # follow the leader at once
     overloaded = sw.on_refusal(b, E.OverloadedError("busy", retry_after_s=3.0), now=0.1)
@@ -124,7 +126,7 @@ def test_give_up_by_attempts_and_by_deadline_on_the_given_clock() -> None:
     b = batch(1)
     sw.enqueue(b)
     sw.next_send(1, now=100.0)
-    sw.on_response(1)
+    sw.on_response(1, now=0.0)
     assert not sw.give_up(b, now=130.0)
     assert sw.give_up(b, now=130.1)  # 30 s after the first send
     assert isinstance(sw.on_refusal(b, E.UnavailableError(), now=131.0), Fail)
