@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,20 +26,6 @@ from tests.sdk.fakes import FakeLedger, Step
 
 FAST = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=10)
 UNAV = grpc.StatusCode.UNAVAILABLE
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def fake2() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
 
 
 def records(n: int, seed: int = 3) -> bytes:

@@ -8,7 +8,6 @@ following, indeterminate-outcome resolution (never a failure, never a duplicate)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -30,20 +29,6 @@ UNAV = grpc.StatusCode.UNAVAILABLE
 def transfers(n: int) -> list[Transfer]:
     return [Transfer(id=new_id(), debit_account_id=1, credit_account_id=2, amount=1 + i, ledger=840, code=1)
             for i in range(n)]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def fake2() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
 
 
 def assert_exactly_once(fake: FakeLedger, ts: list[Transfer]) -> None:
