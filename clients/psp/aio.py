@@ -75,15 +75,27 @@ class AsyncLedgerSDK:
     def engine(self, config: SdkConfig | None = None) -> Engine:
         """A new send engine (one per session or submit call) over this SDK's region, journal and signer."""
         return Engine(EngineContext(self.router, self.retry, config or self.config, self.clock, self.stub,
-                                    self._prepare, self.lookup_transfers, self.journal_writer, self._batch_ids))
+                                    self._prepare, self.connected, self.lookup_transfers, self.journal_writer,
+                                    self._batch_ids))
 
     # -- channels and unary calls ----------------------------------------------------------------
 
-    def stub(self, target: str) -> pb_grpc.LedgerStub:
+    def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
         if ch is None:
             ch = self._channels[target] = open_channel(target, self._tls)
-        return pb_grpc.LedgerStub(ch)
+        return ch
+
+    def stub(self, target: str) -> pb_grpc.LedgerStub:
+        return pb_grpc.LedgerStub(self._channel(target))
+
+    async def connected(self, target: str) -> bool:
+        """Whether a connection to ``target`` is up, waiting for it at most ``connect_timeout_s``."""
+        try:
+            await asyncio.wait_for(self._channel(target).channel_ready(), self.config.connect_timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _unary(self, call: Callable[[pb_grpc.LedgerStub], Awaitable[T]]) -> T:
         """A unary call at the current target, retried across the region on transient errors."""

@@ -64,6 +64,7 @@ class EngineContext:
     clock: Clock
     stub: Callable[[str], pb_grpc.LedgerStub]
     prepare: Callable[[Batch], Awaitable[None]]
+    connect: Callable[[str], Awaitable[bool]]  # is a connection to the target up (waits briefly)?
     lookup: Callable[[Sequence[int]], Awaitable[list[pb.TransferInfo]]]
     journal: JournalWriter
     batch_ids: Iterator[int]
@@ -142,7 +143,7 @@ class Engine:
                 log.error("could not prepare a batch: %s", e)
                 batch.fail_all(SdkError(f"payment not sent: preparing the batch failed: {e}"), final=False)
                 continue
-            self.window.enqueue(batch)
+            self.window.enqueue(batch, self.ctx.clock())
             self._poke.set()
 
     def _finished_feeding(self) -> bool:
@@ -158,9 +159,21 @@ class Engine:
                 self._poke.clear()
                 await self._poke.wait()
                 continue
-            backoff_s = await self._round(self.ctx.router.current())
+            target = self.ctx.router.current()
+            backoff_s = await self._round(target) if await self.ctx.connect(target) else await self._unreachable(target)
             if backoff_s > 0:
                 await asyncio.sleep(backoff_s)
+
+    async def _unreachable(self, target: str) -> float:
+        """No connection to ``target``: nothing was sent, so nothing is uncertain; try the next node."""
+        log.warning("cannot connect to %s; trying the region's next node", target)
+        self.ctx.router.failed(target)
+        expired, backoff_s = self.window.on_unreachable(self.ctx.clock())
+        for b in expired:
+            err = UnavailableError(f"no node of the region reachable within {self.ctx.retry.deadline_s}s",
+                                   target=target)
+            await self._fail(b, err)
+        return backoff_s
 
     async def _round(self, target: str) -> float:
         """One Submit stream to ``target``. Returns the back-off to sleep before the next round."""

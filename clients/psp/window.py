@@ -77,6 +77,7 @@ class Batch:
     attempts: int = 0
     uncertain: bool = False  # a send of it may have been applied (indeterminate once)
     first_sent: float | None = None
+    queued_at: float | None = None
     sent_at: float = 0.0
     batch_id: int = 0
 
@@ -263,8 +264,19 @@ class SendWindow:
         self.stats = EngineStats()
         self._last_answer = float("-inf")
 
-    def enqueue(self, batch: Batch) -> None:
+    def enqueue(self, batch: Batch, now: float) -> None:
+        batch.queued_at = now
         self.ready.append(batch)
+
+    def on_unreachable(self, now: float) -> tuple[list[Batch], float]:
+        """No connection to the target (nothing was sent): no attempt is counted, but ready batches
+        whose retry deadline (since they were queued) has passed are taken out and returned to be
+        failed. Returns them and the back-off before the next round."""
+        self.round_failures += 1
+        expired = [b for b in self.ready if self.give_up(b, now)]
+        if expired:
+            self.ready = deque(b for b in self.ready if not self.give_up(b, now))
+        return expired, self.retry.delay_s(self.round_failures)
 
     def requeue(self, batches: Sequence[Batch]) -> None:
         """Batches to send again keep their place: everything ready is sorted by first submission."""
@@ -331,8 +343,11 @@ class SendWindow:
         return out
 
     def give_up(self, b: Batch, now: float) -> bool:
+        """The retry budget of a batch is spent: ``max_attempts`` sends, or ``deadline_s`` since its
+        first send (since it was queued, when it could not be sent at all)."""
         r = self.retry
-        return b.attempts >= r.max_attempts or (b.first_sent is not None and now - b.first_sent > r.deadline_s)
+        since = b.first_sent if b.first_sent is not None else b.queued_at
+        return b.attempts >= r.max_attempts or (since is not None and now - since > r.deadline_s)
 
 
 # -- reading answers ---------------------------------------------------------------------------------

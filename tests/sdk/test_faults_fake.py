@@ -155,6 +155,17 @@ def test_rotates_through_the_region_when_a_node_is_down(fake: FakeLedger) -> Non
     assert_exactly_once(fake, ts)
 
 
+def test_a_region_that_cannot_be_reached_fails_after_the_deadline_without_sending(fake: FakeLedger) -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    cfg = SdkConfig(connect_timeout_s=0.05)
+    # every clock read moves time 1 s on: the 10 s deadline passes after a few unreachable rounds
+    with LedgerSDK(dead, retry=FAST, config=cfg, clock=ManualClock(step_per_read=1.0)) as sdk, \
+            pytest.raises(E.UnavailableError) as info:
+        sdk.submit(transfers(3))
+    assert "no node of the region reachable" in str(info.value)
+    assert not isinstance(info.value, E.OutcomeUnknownError)  # nothing was sent: not uncertain
+
+
 # -- indeterminate outcomes ------------------------------------------------------------------------------
 
 

@@ -91,7 +91,7 @@ def test_session_window_back_pressure_counts_until_outcomes() -> None:
 def test_send_window_limits_batches_in_flight_and_stamps_sends() -> None:
     sw = SendWindow(window_batches=2, retry=POLICY, response_timeout_s=5.0)
     for i in (1, 2, 3):
-        sw.enqueue(batch(i))
+        sw.enqueue(batch(i), 0.0)
     a = sw.next_send(101, now=1.0)
     b = sw.next_send(102, now=2.0)
     assert not sw.can_send()  # two in flight
@@ -108,7 +108,7 @@ def test_send_window_limits_batches_in_flight_and_stamps_sends() -> None:
 
 def test_refusals_become_retry_or_fail_actions() -> None:
     sw = SendWindow(1, POLICY, 5.0)
-    sw.enqueue(batch(1))
+    sw.enqueue(batch(1), 0.0)
     b = sw.next_send(1, now=0.0)
     sw.on_response(1, now=0.0)
     hinted = sw.on_refusal(b, E.NotLeaderError("h:2"), now=0.1)
@@ -124,7 +124,7 @@ def test_refusals_become_retry_or_fail_actions() -> None:
 def test_give_up_by_attempts_and_by_deadline_on_the_given_clock() -> None:
     sw = SendWindow(1, POLICY, 5.0)
     b = batch(1)
-    sw.enqueue(b)
+    sw.enqueue(b, 0.0)
     sw.next_send(1, now=100.0)
     sw.on_response(1, now=0.0)
     assert not sw.give_up(b, now=130.0)
@@ -134,11 +134,22 @@ def test_give_up_by_attempts_and_by_deadline_on_the_given_clock() -> None:
     assert sw.give_up(b, now=100.0)
 
 
+def test_an_unreachable_node_costs_no_attempt_but_the_deadline_still_holds() -> None:
+    sw = SendWindow(2, POLICY, 5.0)
+    queued, later = batch(1), batch(2)
+    sw.enqueue(queued, now=0.0)
+    sw.enqueue(later, now=20.0)
+    expired, backoff = sw.on_unreachable(now=10.0)
+    assert expired == [] and 0.05 <= backoff <= 0.1 and queued.attempts == 0 and not queued.uncertain
+    expired, _ = sw.on_unreachable(now=30.5)  # 30 s since the first was queued, never sent
+    assert expired == [queued] and list(sw.ready) == [later]
+
+
 def test_broken_stream_makes_batches_uncertain_and_requeue_keeps_order() -> None:
     sw = SendWindow(4, POLICY, 5.0)
     first, second, third = batch(1), batch(2), batch(3)
     for b in (first, second, third):
-        sw.enqueue(b)
+        sw.enqueue(b, 0.0)
     sw.next_send(1, 0.0)
     sw.next_send(2, 0.0)
     unanswered, backoff = sw.on_broken()
