@@ -117,7 +117,11 @@ class ColumnarPayments:
         dr = rng.integers(0, self.accounts, n)
         cr = rng.integers(0, self.accounts - 1, n)
         cr += cr >= dr  # never the debit account
-        return encode_transfers(id_lo=lo, id_hi=hi, debit_account_id=dr + self.first_account_id,
-                                credit_account_id=cr + self.first_account_id, amount=micro_amounts(rng, n),
+        first_lo, first_hi = self.first_account_id & ((1 << 64) - 1), self.first_account_id >> 64
+        if first_lo + self.accounts > 1 << 64:
+            raise ValueError("the account range must not cross a 64-bit word boundary")
+        return encode_transfers(id_lo=lo, id_hi=hi, debit_account_id=dr.astype(np.uint64) + np.uint64(first_lo),
+                                credit_account_id=cr.astype(np.uint64) + np.uint64(first_lo), account_id_hi=first_hi,
+                                amount=micro_amounts(rng, n),
                                 ledger=self.ledger, code=TRANSFER_CODE,
                                 psp_id=self.psp_id if self.psp_id is not None else rng.integers(1, self.psps + 1, n))

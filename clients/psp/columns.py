@@ -53,10 +53,12 @@ def id_columns(first: int, n: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[
 
 def encode_transfers(*, id_lo: Column, id_hi: Column = 0, debit_account_id: Column, credit_account_id: Column,
                      amount: Column, ledger: Column, code: Column, psp_id: Column = 0, flags: Column = 0,
-                     timeout_s: Column = 0, user_data: Column = 0, n: int | None = None) -> bytes:
+                     timeout_s: Column = 0, user_data: Column = 0, account_id_hi: Column = 0,
+                     n: int | None = None) -> bytes:
     """Packed canonical transfer records (n × 176 bytes) from columns; scalars apply to every row.
 
-    Account ids, amounts and ``user_data`` are given as u64 here (their high words are zero);
+    Account ids are given as their low u64 word plus ``account_id_hi``, the high word of both
+    accounts (e.g. a PSP's own accounts, ``ledger.ownership``); amounts and ``user_data`` as u64;
     ``pending_id``, ``external_ref`` and ``pii_commitment`` are zero. For anything else build
     ``Transfer`` objects or fill a ``TRANSFER_DTYPE`` array directly.
     """
@@ -67,6 +69,9 @@ def encode_transfers(*, id_lo: Column, id_hi: Column = 0, debit_account_id: Colu
     rec["id"][:, 1] = _column(id_hi, n, _U64_MAX, "id_hi")
     rec["debit_account_id"][:, 0] = _column(debit_account_id, n, _U64_MAX, "debit_account_id")
     rec["credit_account_id"][:, 0] = _column(credit_account_id, n, _U64_MAX, "credit_account_id")
+    hi = _column(account_id_hi, n, _U64_MAX, "account_id_hi")
+    rec["debit_account_id"][:, 1] = hi
+    rec["credit_account_id"][:, 1] = hi
     rec["amount"][:, 0] = _column(amount, n, _U64_MAX, "amount")
     rec["user_data"][:, 0] = _column(user_data, n, _U64_MAX, "user_data")
     rec["ledger"] = _column(ledger, n, 0xFFFF_FFFF, "ledger")

@@ -68,6 +68,16 @@ def test_columns_refuse_values_out_of_range(field: str, value: object) -> None:
         encode_transfers(**cols)  # type: ignore[arg-type]
 
 
+def test_a_psps_own_accounts_use_the_high_word() -> None:
+    from ledger.ownership import account_id_for
+
+    first = account_id_for(7, 1)
+    recs = ColumnarPayments(10, first_account_id=first, psp_id=7, seed=2).records(50)
+    rec = np.frombuffer(recs, dtype=TRANSFER_DTYPE)
+    debits = [lo | hi << 64 for lo, hi in rec["debit_account_id"].tolist()]
+    assert all(first <= d < first + 10 for d in debits) and set(rec["psp_id"].tolist()) == {7}
+
+
 def test_reserved_id_blocks_are_consecutive_unique_and_stay_monotonic() -> None:
     clock = itertools.chain([1000, 1000, 1000], itertools.repeat(1001))
     g = IdGenerator(lambda: next(clock))
