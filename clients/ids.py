@@ -47,18 +47,36 @@ class IdGenerator:
 
     def new(self) -> int:
         with self._lock:
-            now = int(self._clock())
-            if not 0 <= now <= TIME_MAX_MS:
-                raise ValueError(f"clock {now} ms does not fit 48 bits")
-            if now > self._last_ms:
-                self._last_ms = now
+            return self._next()
+
+    def reserve(self, n: int) -> int:
+        """Reserve ``n`` consecutive ids (the bulk path): returns the first; ``first + n - 1`` is the
+        last, and every id handed out later is greater."""
+        if n < 1:
+            raise ValueError("reserve at least one id")
+        with self._lock:
+            first = self._next()
+            if self._low + n - 1 > LOW_MASK:  # the block would overflow this millisecond: take the next
+                self._last_ms += 1
                 self._low = secrets.randbits(_START_BITS)
-            else:  # same millisecond, or the clock stepped back: keep counting
-                self._low += 1
-                if self._low > LOW_MASK:  # 2^79 ids in one ms: borrow the next millisecond
-                    self._last_ms += 1
-                    self._low = secrets.randbits(_START_BITS)
-            return (self._last_ms << LOW_BITS) | self._low
+                first = (self._last_ms << LOW_BITS) | self._low
+            self._low += n - 1
+            return first
+
+    def _next(self) -> int:
+        """The next id; the caller holds the lock."""
+        now = int(self._clock())
+        if not 0 <= now <= TIME_MAX_MS:
+            raise ValueError(f"clock {now} ms does not fit 48 bits")
+        if now > self._last_ms:
+            self._last_ms = now
+            self._low = secrets.randbits(_START_BITS)
+        else:  # same millisecond, or the clock stepped back: keep counting
+            self._low += 1
+            if self._low > LOW_MASK:  # 2^79 ids in one ms: borrow the next millisecond
+                self._last_ms += 1
+                self._low = secrets.randbits(_START_BITS)
+        return (self._last_ms << LOW_BITS) | self._low
 
     def many(self, n: int) -> list[int]:
         return [self.new() for _ in range(n)]
@@ -78,6 +96,11 @@ def new_ids(n: int) -> list[int]:
     return _default.many(n)
 
 
+def reserve_ids(n: int) -> int:
+    """The first of ``n`` consecutive new ids from the process-wide generator (the bulk path)."""
+    return _default.reserve(n)
+
+
 def id_time_ms(value: int) -> int:
     """Milliseconds since the epoch encoded in an id's high 48 bits."""
     return value >> LOW_BITS
@@ -88,4 +111,4 @@ def id_bytes_be(value: int) -> bytes:
     return value.to_bytes(16, "big")
 
 
-__all__ = ["IdGenerator", "id_bytes_be", "id_time_ms", "new_id", "new_ids"]
+__all__ = ["IdGenerator", "id_bytes_be", "id_time_ms", "new_id", "new_ids", "reserve_ids"]

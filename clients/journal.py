@@ -6,7 +6,11 @@ the SAME canonical bytes (and signature), so the ledger's idempotency (``transfe
 every possible duplicate into the original entry: the payment is in the ledger exactly once.
 
 Durability: WAL mode with ``synchronous=FULL`` — each commit is fsynced before the SDK sends the
-batch. Ids are stored as big-endian bytes (time-ordered ids stay in insertion order).
+batch. The SDK journals a whole batch as ONE row (``batches``: the records' bytes exactly as sent,
+the signatures, and — once every payment of it is final — its outcomes as one packed column), so
+a batch costs one insert and one update, whatever its size. ``payments`` holds single payments
+journaled one row each (``record_pending``); ids there are big-endian bytes (time order).
+Reads (``unresolved``, ``entries``, ``counts``, ``get``) see both tables as one list of payments.
 
 States: PENDING (journaled; the outcome is not known yet), DONE (a final result code, success or
 failure, with log index and block), REFUSED (the node refused the batch with a non-retryable status
@@ -24,7 +28,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from clients.sdk_types import PreparedTransfer, TransferOutcome
+from ledger.codec import SIGNATURE_SIZE, TRANSFER_SIZE
 from ledger.types import Result
 
 _SCHEMA = """
@@ -42,7 +50,22 @@ CREATE TABLE IF NOT EXISTS payments (
     resolved_ns INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS payments_pending ON payments(state) WHERE state = 0;
+CREATE TABLE IF NOT EXISTS batches (
+    key         INTEGER PRIMARY KEY,
+    records     BLOB NOT NULL,           -- n canonical 176-byte transfer records, exactly as sent
+    signatures  BLOB NOT NULL,           -- n x 64-byte Ed25519 signatures over the records, or empty
+    key_id      BLOB NOT NULL,           -- 4-byte PSP key id, or empty
+    state       INTEGER NOT NULL,        -- 0 pending (some outcome unknown), 1 every payment final
+    outcomes    BLOB,                    -- state 1: n x (u32 result, u64 log index, u64 block), little-endian;
+                                         -- result 0xFFFFFFFF: refused before anything of it could apply
+    created_ns  INTEGER NOT NULL,
+    resolved_ns INTEGER
+);
+CREATE INDEX IF NOT EXISTS batches_pending ON batches(state) WHERE state = 0;
 """
+#: one outcome in ``batches.outcomes``
+OUTCOME_DTYPE = np.dtype([("result", "<u4"), ("log_index", "<u8"), ("block", "<u8")])
+REFUSED_RESULT = 0xFFFF_FFFF
 
 
 class EntryState(enum.IntEnum):
@@ -65,6 +88,19 @@ class JournalEntry:
 
     def prepared(self) -> PreparedTransfer:
         return PreparedTransfer(self.transfer_id, self.record, self.signature, self.key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A journaled batch some payment of which has no known outcome: re-send it whole."""
+
+    key: int
+    records: bytes
+    signatures: bytes
+    key_id: bytes
+
+    def __len__(self) -> int:
+        return len(self.records) // TRANSFER_SIZE
 
 
 def _key(transfer_id: int) -> bytes:
@@ -130,28 +166,74 @@ class Journal:
                 "UPDATE payments SET state = 2, detail = ?, resolved_ns = ? WHERE id = ? AND state = 0", rows)
             self._db.execute("COMMIT")
 
+    def record_batch(self, records: bytes, signatures: bytes = b"", key_id: bytes = b"") -> int:
+        """Journal a whole batch of transfer records before it is sent (one fsynced insert); its key."""
+        if not records or len(records) % TRANSFER_SIZE or (
+                signatures and len(signatures) != len(records) // TRANSFER_SIZE * SIGNATURE_SIZE):
+            raise ValueError("records must be n x 176 bytes, signatures empty or n x 64 bytes")
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO batches (records, signatures, key_id, state, created_ns) VALUES (?, ?, ?, 0, ?)",
+                (records, signatures, key_id, time.time_ns()))
+            return int(cur.lastrowid or 0)
+
+    def settle_batch(self, key: int, results: npt.NDArray[np.uint32], log_indexes: npt.NDArray[np.uint64],
+                     blocks: npt.NDArray[np.uint64]) -> None:
+        """Every payment of the batch is final (``REFUSED_RESULT`` for refused ones): one update."""
+        out = np.empty(len(results), dtype=OUTCOME_DTYPE)
+        out["result"], out["log_index"], out["block"] = results, log_indexes, blocks
+        with self._lock:
+            self._db.execute("UPDATE batches SET state = 1, outcomes = ?, resolved_ns = ? WHERE key = ?",
+                             (out.tobytes(), time.time_ns(), key))
+
+    def pending_batches(self) -> list[PendingBatch]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, records, signatures, key_id FROM batches WHERE state = 0 ORDER BY key").fetchall()
+        return [PendingBatch(k, r, s, kid) for k, r, s, kid in rows]
+
     # -- reads ----------------------------------------------------------------------------------
 
+    def unresolved_payments(self) -> list[JournalEntry]:
+        """Pending single payments (not those of batches), in id order."""
+        return self._select("SELECT * FROM payments WHERE state = 0 ORDER BY id")
+
     def unresolved(self, limit: int | None = None) -> list[JournalEntry]:
-        """Pending entries in id order (time order)."""
-        sql = "SELECT * FROM payments WHERE state = 0 ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self._select(sql)
+        """Pending payments: single ones in id order (time order), then those of pending batches."""
+        out = self.unresolved_payments()
+        for b in self.pending_batches():
+            out += _batch_entries(b.records, b.signatures, b.key_id, None)
+        return out if limit is None else out[: int(limit)]
 
     def entries(self) -> list[JournalEntry]:
-        return self._select("SELECT * FROM payments ORDER BY id")
+        out = self._select("SELECT * FROM payments ORDER BY id")
+        with self._lock:
+            rows = self._db.execute("SELECT records, signatures, key_id, outcomes FROM batches ORDER BY key").fetchall()
+        for records, sigs, key_id, outcomes in rows:
+            out += _batch_entries(records, sigs, key_id, outcomes)
+        return out
 
     def get(self, transfer_id: int) -> JournalEntry | None:
         rows = self._select("SELECT * FROM payments WHERE id = ?", (_key(transfer_id),))
-        return rows[0] if rows else None
+        if rows:
+            return rows[0]
+        want = transfer_id.to_bytes(16, "little")
+        return next((e for e in self.entries() if e.record[:16] == want), None)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, count(*) FROM payments GROUP BY state").fetchall()
+            batches = self._db.execute("SELECT length(records), outcomes FROM batches").fetchall()
         out = {s.name.lower(): 0 for s in EntryState}
         for state, n in rows:
             out[EntryState(state).name.lower()] = n
+        for size, outcomes in batches:
+            if outcomes is None:
+                out["pending"] += size // TRANSFER_SIZE
+                continue
+            refused = int((np.frombuffer(outcomes, dtype=OUTCOME_DTYPE)["result"] == REFUSED_RESULT).sum())
+            out["refused"] += refused
+            out["done"] += size // TRANSFER_SIZE - refused
         return out
 
     def _select(self, sql: str, args: tuple[object, ...] = ()) -> list[JournalEntry]:
@@ -164,4 +246,21 @@ class Journal:
         ]
 
 
-__all__ = ["EntryState", "Journal", "JournalEntry"]
+def _batch_entries(records: bytes, sigs: bytes, key_id: bytes, outcomes: bytes | None) -> list[JournalEntry]:
+    n = len(records) // TRANSFER_SIZE
+    outs = np.frombuffer(outcomes, dtype=OUTCOME_DTYPE).tolist() if outcomes is not None else [None] * n
+    entries = []
+    for k, o in enumerate(outs):
+        rec = records[k * TRANSFER_SIZE : (k + 1) * TRANSFER_SIZE]
+        sig = sigs[k * SIGNATURE_SIZE : (k + 1) * SIGNATURE_SIZE]
+        tid = int.from_bytes(rec[:16], "little")
+        if o is None:
+            entries.append(JournalEntry(tid, rec, sig, key_id, EntryState.PENDING, None, None, None, None))
+        elif o[0] == REFUSED_RESULT:
+            entries.append(JournalEntry(tid, rec, sig, key_id, EntryState.REFUSED, None, None, None, "refused"))
+        else:
+            entries.append(JournalEntry(tid, rec, sig, key_id, EntryState.DONE, Result(o[0]), o[1], o[2], None))
+    return entries
+
+
+__all__ = ["OUTCOME_DTYPE", "REFUSED_RESULT", "EntryState", "Journal", "JournalEntry", "PendingBatch"]

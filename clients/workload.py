@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
+from clients.ids import reserve_ids
+from clients.psp.columns import encode_transfers, id_columns
 from ledger.codec import ACCOUNT_STRUCT, TRANSFER_STRUCT
 
 LEDGER_USD = 840
@@ -79,3 +84,44 @@ class TransferGenerator:
             n = min(per_batch, total - sent)
             yield self.records(n)
             sent += n
+
+
+def micro_amounts(rng: np.random.Generator, n: int) -> npt.NDArray[np.int64]:
+    """``micro_amount``'s mix, n at a time: 70% 1–99, 25% 100–499, 5% 500–2000 cents."""
+    x = rng.random(n)
+    return np.where(x < 0.70, rng.integers(1, 100, n), np.where(x < 0.95, rng.integers(100, 500, n),
+                                                               rng.integers(500, 2001, n)))
+
+
+@dataclass
+class ColumnarPayments:
+    """Micro-payments as packed canonical records, built from numpy columns (no object per payment):
+    fresh time-ordered ids (``clients.ids``), uniform distinct accounts, ``psps`` PSP ids."""
+
+    accounts: int
+    first_account_id: int = 1
+    psps: int = 4
+    seed: int | None = None
+    ledger: int = LEDGER_USD
+    psp_id: int | None = None  # every payment from this one PSP id (a TLS client's own), else 1..psps
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.accounts < 2:
+            raise ValueError("at least two accounts are needed")
+        self.rng = np.random.default_rng(self.seed)
+
+    def records(self, n: int) -> bytes:
+        rng = self.rng
+        lo, hi = id_columns(reserve_ids(n), n)
+        dr = rng.integers(0, self.accounts, n)
+        cr = rng.integers(0, self.accounts - 1, n)
+        cr += cr >= dr  # never the debit account
+        first_lo, first_hi = self.first_account_id & ((1 << 64) - 1), self.first_account_id >> 64
+        if first_lo + self.accounts > 1 << 64:
+            raise ValueError("the account range must not cross a 64-bit word boundary")
+        return encode_transfers(id_lo=lo, id_hi=hi, debit_account_id=dr.astype(np.uint64) + np.uint64(first_lo),
+                                credit_account_id=cr.astype(np.uint64) + np.uint64(first_lo), account_id_hi=first_hi,
+                                amount=micro_amounts(rng, n),
+                                ledger=self.ledger, code=TRANSFER_CODE,
+                                psp_id=self.psp_id if self.psp_id is not None else rng.integers(1, self.psps + 1, n))

@@ -15,15 +15,17 @@ import grpc.aio
 from clients.channels import open_channel
 from clients.connect import ClientTls
 from clients.journal import Journal
+from clients.psp.bulk import ArraySink, BulkOutcomes
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
 from clients.psp.driver import Engine, EngineContext
 from clients.psp.durable import JournalWriter, Preparer
+from clients.psp.outcomes import ObjectSink, Origin
 from clients.psp.routing import Router
 from clients.psp.session import AsyncSession, future_deliver
-from clients.psp.window import Batch, Item
+from clients.psp.window import Batch
 from clients.sdk_errors import NotLeaderError, error_for_rpc
 from clients.sdk_types import PreparedTransfer, RetryPolicy, TransferOutcome
-from ledger.codec import decode_account_state, encode_account, encode_transfer, u128_bytes
+from ledger.codec import RECORD_SIZE, SIGNATURE_SIZE, decode_account_state, encode_account, encode_transfer, u128_bytes
 from ledger.note import Signer
 from ledger.types import BATCH_ITEMS_MAX, Account, AccountBalance, EventKind, Transfer
 from sovledger_pb import ledger_pb2 as pb
@@ -68,19 +70,32 @@ class AsyncLedgerSDK:
             await ch.close()
         self._channels.clear()
         await self.journal_writer.close()
+        self._prepare.close()
 
     def engine(self, config: SdkConfig | None = None) -> Engine:
         """A new send engine (one per session or submit call) over this SDK's region, journal and signer."""
         return Engine(EngineContext(self.router, self.retry, config or self.config, self.clock, self.stub,
-                                    self._prepare, self.lookup_transfers, self.journal_writer, self._batch_ids))
+                                    self._prepare, self.connected, self.lookup_transfers, self.journal_writer,
+                                    self._batch_ids))
 
     # -- channels and unary calls ----------------------------------------------------------------
 
-    def stub(self, target: str) -> pb_grpc.LedgerStub:
+    def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
         if ch is None:
             ch = self._channels[target] = open_channel(target, self._tls)
-        return pb_grpc.LedgerStub(ch)
+        return ch
+
+    def stub(self, target: str) -> pb_grpc.LedgerStub:
+        return pb_grpc.LedgerStub(self._channel(target))
+
+    async def connected(self, target: str) -> bool:
+        """Whether a connection to ``target`` is up, waiting for it at most ``connect_timeout_s``."""
+        try:
+            await asyncio.wait_for(self._channel(target).channel_ready(), self.config.connect_timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _unary(self, call: Callable[[pb_grpc.LedgerStub], Awaitable[T]]) -> T:
         """A unary call at the current target, retried across the region on transient errors."""
@@ -167,17 +182,58 @@ class AsyncLedgerSDK:
         loop = asyncio.get_running_loop()
         engine = self.engine()
         futs: list[asyncio.Future[TransferOutcome]] = []
-        by_key: dict[bytes, list[Item]] = {}
+        by_key: dict[bytes, list[tuple[int, bytes, bytes, asyncio.Future[TransferOutcome]]]] = {}
         for tid, record, signature, key_id in rows:
             fut: asyncio.Future[TransferOutcome] = loop.create_future()
             futs.append(fut)
-            by_key.setdefault(key_id, []).append(Item(tid, record, future_deliver(fut), signature, key_id))
+            by_key.setdefault(key_id, []).append((tid, record, signature, fut))
         step = self.config.batch_size_max
-        for key_id, items in by_key.items():
-            for i in range(0, len(items), step):
-                engine.put(Batch(kind, items[i : i + step], recovering=recovering,
-                                 signed=bool(key_id) or self.signer is None))
+        for key_id, group in by_key.items():
+            for i in range(0, len(group), step):
+                chunk = group[i : i + step]
+                origin = Origin(ObjectSink([r[0] for r in chunk], [future_deliver(r[3]) for r in chunk]), 0, len(chunk))
+                engine.put(Batch.of(kind, b"".join(r[1] for r in chunk), origin,
+                                    signatures=b"".join(r[2] for r in chunk), key_id=key_id, recovering=recovering,
+                                    signed=bool(key_id) or self.signer is None))
         return await _gather_outcomes(engine, futs, raise_on_failure=raise_on_failure)
+
+    async def submit_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b"",
+                             kind: EventKind = EventKind.CREATE_TRANSFER, raise_errors: bool = True,
+                             journal_key: int | None = None) -> BulkOutcomes:
+        """The bulk path: a packed buffer of canonical records (n × 176 bytes for transfers) in, outcome
+        arrays out — no Python object per payment. Same batching, retries, journal and signing as
+        ``submit``; ``signatures`` (n × 64) and ``key_id`` when the records are signed already.
+
+        Raises the first batch's error (like ``submit``) unless ``raise_errors`` is False, in which
+        case rows without a result have ``NO_RESULT`` and their exceptions are in ``.errors``.
+        """
+        out = BulkOutcomes.empty(records, kind)
+        engine = self.engine()
+        for batch in self.cut_batches(out, ArraySink(out), signatures, key_id, recovering=journal_key is not None):
+            batch.origin.journal_key = journal_key
+            engine.put(batch)
+        try:
+            await engine.close()
+        finally:
+            await engine.abort()
+        return out.raise_for_errors() if raise_errors else out
+
+    def cut_batches(self, out: BulkOutcomes, sink: ArraySink, signatures: bytes, key_id: bytes, *,
+                    recovering: bool = False) -> list[Batch]:
+        """Batches of ≤ ``batch_size_max`` records of a bulk buffer, each row's outcome going to ``sink``."""
+        size, records, n = RECORD_SIZE[out.kind], out.records, len(out)
+        if n == 0 or len(records) != n * size or (signatures and len(signatures) != n * SIGNATURE_SIZE):
+            raise ValueError(f"records must be a non-empty multiple of {size} bytes; signatures empty or "
+                             f"{SIGNATURE_SIZE} bytes per record")
+        step = self.config.batch_size_max
+        batches = []
+        for first in range(0, n, step):
+            m = min(step, n - first)
+            sigs = signatures[first * SIGNATURE_SIZE : (first + m) * SIGNATURE_SIZE]
+            batches.append(Batch.of(out.kind, records[first * size : (first + m) * size], Origin(sink, first, m),
+                                    signatures=sigs, key_id=key_id if sigs else b"", recovering=recovering,
+                                    signed=bool(sigs) or self.signer is None))
+        return batches
 
     async def recover(self) -> list[TransferOutcome]:
         """Re-send every unresolved journal entry with its original id, bytes and signature.
@@ -186,10 +242,15 @@ class AsyncLedgerSDK:
         an entry that had committed comes back as ``transfer_exists`` (reported and journaled as OK).
         """
         pending = await self.journal_writer.unresolved()
-        if not pending:
+        batches = await self.journal_writer.pending_batches()
+        if not pending and not batches:
             return []
-        log.info("journal: recovering %d unresolved payment(s)", len(pending))
-        outcomes = await self.submit_prepared([e.prepared() for e in pending], recovering=True)
+        log.info("journal: recovering %d unresolved payment(s) and %d batch(es)", len(pending), len(batches))
+        outcomes = await self.submit_prepared([e.prepared() for e in pending], recovering=True) if pending else []
+        await self.journal_writer.payments_settled(outcomes)
+        for b in batches:  # each settles its own journal row
+            bulk = await self.submit_records(b.records, signatures=b.signatures, key_id=b.key_id, journal_key=b.key)
+            outcomes += bulk.outcomes()
         await self.journal_writer.barrier()
         return outcomes
 

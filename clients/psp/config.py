@@ -21,14 +21,17 @@ class SdkConfig:
     batch_delay_s: float = 0.005  # … or this long after its first item
     window_items: int = 4 * BATCH_ITEMS_MAX  # unacknowledged payments per session (back-pressure)
     window_batches: int = 8  # batches in flight on the stream (the node allows 32 per stream)
-    response_timeout_s: float = 15.0  # no response for a sent batch this long → the stream is broken
+    response_timeout_s: float = 15.0  # no answer on the stream this long while batches wait → broken
     call_timeout_s: float = 10.0  # unary calls (lookups)
+    connect_timeout_s: float = 1.0  # a node not connected this long → try the next one (nothing sent)
 
     def validate(self) -> SdkConfig:
         if not 1 <= self.batch_size_max <= BATCH_ITEMS_MAX:
             raise ValueError(f"batch_size_max must be in 1..{BATCH_ITEMS_MAX}")
         if not 0 < self.batch_delay_s <= 10:
             raise ValueError("batch_delay_s must be in (0, 10]")
+        if self.connect_timeout_s <= 0:
+            raise ValueError("connect_timeout_s must be > 0")
         if self.window_items < 1 or self.window_batches < 1:
             raise ValueError("window_items and window_batches must be >= 1")
         return self

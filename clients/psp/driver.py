@@ -17,9 +17,11 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import numpy as np
 
 from clients.psp.config import Clock, SdkConfig
 from clients.psp.durable import JournalWriter
+from clients.psp.outcomes import Columns, Origin
 from clients.psp.routing import Router
 from clients.psp.window import (
     DELIBERATE_REFUSALS,
@@ -27,7 +29,6 @@ from clients.psp.window import (
     EngineStats,
     Fail,
     Found,
-    Item,
     SendWindow,
     UnexpectedResponse,
     outcomes_of_response,
@@ -43,7 +44,7 @@ from clients.sdk_errors import (
     error_for_status,
     error_for_trailers,
 )
-from clients.sdk_types import RetryPolicy, TransferOutcome
+from clients.sdk_types import RetryPolicy
 from ledger.types import EventKind
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
@@ -63,16 +64,16 @@ class EngineContext:
     clock: Clock
     stub: Callable[[str], pb_grpc.LedgerStub]
     prepare: Callable[[Batch], Awaitable[None]]
+    connect: Callable[[str], Awaitable[bool]]  # is a connection to the target up (waits briefly)?
     lookup: Callable[[Sequence[int]], Awaitable[list[pb.TransferInfo]]]
     journal: JournalWriter
     batch_ids: Iterator[int]
 
 
 def submit_request(b: Batch) -> pb.SubmitRequest:
-    sigs = b"".join(i.signature for i in b.items)
-    key_id = b.items[0].key_id if sigs else b""
     return pb.SubmitRequest(batch_id=b.batch_id, kind=int(b.kind),  # type: ignore[arg-type]
-                            records=b"".join(i.record for i in b.items), signatures=sigs, signer_key_id=key_id)
+                            records=b.records, signatures=b.signatures,
+                            signer_key_id=b.key_id if b.signatures else b"")
 
 
 class _RoundEnd(Exception):
@@ -140,9 +141,9 @@ class Engine:
                 await self.ctx.prepare(batch)
             except Exception as e:  # journal or signing failed: nothing was sent
                 log.error("could not prepare a batch: %s", e)
-                batch.finish_all(SdkError(f"payment not sent: preparing the batch failed: {e}"))
+                batch.fail_all(SdkError(f"payment not sent: preparing the batch failed: {e}"), final=False)
                 continue
-            self.window.enqueue(batch)
+            self.window.enqueue(batch, self.ctx.clock())
             self._poke.set()
 
     def _finished_feeding(self) -> bool:
@@ -158,9 +159,21 @@ class Engine:
                 self._poke.clear()
                 await self._poke.wait()
                 continue
-            backoff_s = await self._round(self.ctx.router.current())
+            target = self.ctx.router.current()
+            backoff_s = await self._round(target) if await self.ctx.connect(target) else await self._unreachable(target)
             if backoff_s > 0:
                 await asyncio.sleep(backoff_s)
+
+    async def _unreachable(self, target: str) -> float:
+        """No connection to ``target``: nothing was sent, so nothing is uncertain; try the next node."""
+        log.warning("cannot connect to %s; trying the region's next node", target)
+        self.ctx.router.failed(target)
+        expired, backoff_s = self.window.on_unreachable(self.ctx.clock())
+        for b in expired:
+            err = UnavailableError(f"no node of the region reachable within {self.ctx.retry.deadline_s}s",
+                                   target=target)
+            await self._fail(b, err)
+        return backoff_s
 
     async def _round(self, target: str) -> float:
         """One Submit stream to ``target``. Returns the back-off to sleep before the next round."""
@@ -192,7 +205,7 @@ class Engine:
 
     async def _read_responses(self, rnd: _Round, wtask: asyncio.Task[None]) -> None:
         while (resp := await self._read_one(rnd, wtask)) is not None:
-            b = self.window.on_response(resp.batch_id)
+            b = self.window.on_response(resp.batch_id, self.ctx.clock())
             self._poke.set()
             if resp.status.code == 0:
                 self.ctx.router.succeeded(rnd.target)
@@ -263,37 +276,42 @@ class Engine:
 
     # -- settling ---------------------------------------------------------------------------------
 
+    async def _settled(self, origin: Origin, cols: Columns) -> None:
+        if origin.settle(cols):
+            await self.ctx.journal.batch_done(origin)
+
+    async def _failed(self, b: Batch, error: BaseException, *, final: bool) -> None:
+        if b.fail_all(error, final=final) and b.kind == EventKind.CREATE_TRANSFER:
+            await self.ctx.journal.batch_done(b.origin)
+
     async def _settle(self, b: Batch, resp: pb.SubmitResponse) -> None:
         final, confirm = outcomes_of_response(b, resp.results, resp.log_indexes, resp.blocks, resp.timestamp_ns)
-        if confirm:
-            final += await self._confirm_failures(confirm)
-        if b.kind == EventKind.CREATE_TRANSFER:
-            await self.ctx.journal.outcomes(final)
+        if len(final.rows):
+            await self._settled(b.origin, final)
+        if confirm is not None:
+            await self._confirm_failures(b, confirm)
 
-    async def _confirm_failures(self, pairs: list[tuple[Item, TransferOutcome]]) -> list[TransferOutcome]:
+    async def _confirm_failures(self, b: Batch, failing: Columns) -> None:
         """Failing codes for a batch an earlier send of which may have committed: look them up first."""
-        items = [it for it, _ in pairs]
+        positions = np.searchsorted(b.rows, failing.rows).tolist()
         try:
-            found = await self._lookup(items)
+            found = await self._lookup(b, positions)
         except LedgerStatusError:
-            found = [None] * len(items)
-        settled, rest = settle_by_lookup(items, found, pairs[0][1].attempts)
-        failed = {id(it): o for it, o in pairs}
-        for it in rest:
-            it.finish(failed[id(it)])
-        return settled + [failed[id(it)] for it in rest]
+            found = [None] * len(positions)
+        committed = settle_by_lookup(b, positions, found)
+        if len(committed.rows):
+            await self._settled(b.origin, committed)
+        await self._settled(b.origin, failing)  # rows settled by the lookup above are skipped
 
     async def _fail(self, b: Batch, err: LedgerStatusError) -> None:
         """A batch refused for good. If an earlier send may have applied it, it is not a failure."""
         if b.uncertain:
-            b.finish_all(OutcomeUnknownError(b.ids, err))
+            await self._failed(b, OutcomeUnknownError(b.ids, err), final=False)
             return
-        if b.kind == EventKind.CREATE_TRANSFER:
-            await self.ctx.journal.refused(b.ids, str(err))
-        b.finish_all(err)
+        await self._failed(b, err, final=True)
 
-    async def _lookup(self, items: Sequence[Item]) -> list[Found | None]:
-        infos = await self.ctx.lookup([i.transfer_id for i in items])
+    async def _lookup(self, b: Batch, positions: Sequence[int]) -> list[Found | None]:
+        infos = await self.ctx.lookup([int.from_bytes(b.record(k)[:16], "little") for k in positions])
         return [Found(i.record, i.log_index, i.block, i.timestamp_ns) if i.found else None for i in infos]
 
     async def _resolve_uncertain(self, batches: list[Batch], cause: LedgerStatusError | None) -> list[Batch]:
@@ -302,32 +320,34 @@ class Engine:
         for b in batches:
             if b.kind != EventKind.CREATE_TRANSFER:
                 out.append(b)  # accounts: re-sending is idempotent (`exists` is success)
-            elif (rest := await self._resolve_one(b, cause)) is not None:
-                out.append(rest)
+            elif await self._resolve_one(b, cause):
+                out.append(b)
         return out
 
-    async def _resolve_one(self, b: Batch, cause: LedgerStatusError | None) -> Batch | None:
+    async def _resolve_one(self, b: Batch, cause: LedgerStatusError | None) -> bool:
+        """Settle the rows of ``b`` that committed; True when the rest of it is to be sent again."""
         if self.window.give_up(b, self.ctx.clock()):
-            b.finish_all(OutcomeUnknownError(b.ids, cause))
-            return None
+            await self._failed(b, OutcomeUnknownError(b.ids, cause), final=False)
+            return False
         try:
-            found = await self._lookup(b.items)
+            found = await self._lookup(b, range(len(b)))
         except LedgerStatusError as e:
             log.warning("lookup after a broken stream failed: %s", e)
-            b.finish_all(OutcomeUnknownError(b.ids, e))
-            return None
-        settled, rest = settle_by_lookup(b.items, found, b.attempts)
-        self.window.stats.resolved_by_lookup += len(settled)
-        await self.ctx.journal.outcomes(settled)
-        if not rest:
-            return None
-        b.items = rest
+            await self._failed(b, OutcomeUnknownError(b.ids, e), final=False)
+            return False
+        committed = settle_by_lookup(b, range(len(b)), found)
+        self.window.stats.resolved_by_lookup += len(committed.rows)
+        if len(committed.rows):
+            await self._settled(b.origin, committed)
+        rest = ~np.isin(b.rows, committed.rows)
+        if not rest.any():
+            return False
+        b.keep(rest)
         if cause is not None and cause.code in DELIBERATE_REFUSALS:
             # the node deliberately refused the stream (not a crash) and these are not in the ledger
-            await self.ctx.journal.refused(b.ids, str(cause))
-            b.finish_all(cause)
-            return None
-        return b
+            await self._failed(b, cause, final=True)
+            return False
+        return True
 
 
 async def _final_status(call: Any, target: str) -> LedgerStatusError | None:

@@ -11,9 +11,11 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from clients.journal import Journal, JournalEntry
-from clients.psp.window import Batch, Item
-from clients.sdk_types import PreparedTransfer, TransferOutcome
+from clients.journal import Journal, JournalEntry, PendingBatch
+from clients.psp.outcomes import Origin
+from clients.psp.window import Batch
+from clients.sdk_types import TransferOutcome
+from ledger.codec import TRANSFER_SIZE
 from ledger.note import Signer
 from ledger.types import EventKind
 
@@ -37,24 +39,36 @@ class JournalWriter:
         else:
             fut.add_done_callback(_log_journal_error)
 
-    async def pending(self, prepared: Sequence[PreparedTransfer]) -> None:
-        """Journaled (fsynced) before the batch is sent: waits for the write."""
-        if self.journal is not None:
-            await self._write(self.journal.record_pending, prepared, wait=True)
+    async def pending(self, batch: Batch) -> None:
+        """Journal (fsync) a batch before it is sent: waits for the write; remembers the journal row."""
+        if self.journal is None:
+            return
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._pool, self.journal.record_batch, batch.records, batch.signatures, batch.key_id)
+        self._tail = fut
+        batch.origin.journal_key = await fut
 
-    async def outcomes(self, outcomes: Sequence[TransferOutcome]) -> None:
+    async def batch_done(self, origin: Origin) -> None:
+        """Every payment of a journaled batch is final: one write of its outcomes (not waited for)."""
+        if self.journal is not None and origin.journal_key is not None:
+            await self._write(self.journal.settle_batch, origin.journal_key, origin.results.copy(),
+                              origin.log_indexes.copy(), origin.blocks.copy(), wait=False)
+
+    async def payments_settled(self, outcomes: Sequence[TransferOutcome]) -> None:
+        """Outcomes of single payments (journaled one by one, by ``Journal.record_pending``)."""
         if self.journal is not None and outcomes:
             await self._write(self.journal.record_outcomes, outcomes, wait=False)
 
-    async def refused(self, transfer_ids: Sequence[int], detail: str) -> None:
-        """Reported to the caller as not applied: recover() must never send these later."""
-        if self.journal is not None and transfer_ids:
-            await self._write(self.journal.record_refused, transfer_ids, detail, wait=False)
-
     async def unresolved(self) -> list[JournalEntry]:
+        """Pending single payments (journaled one by one, not in batches)."""
         if self.journal is None:
             return []
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.journal.unresolved)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.journal.unresolved_payments)
+
+    async def pending_batches(self) -> list[PendingBatch]:
+        if self.journal is None:
+            return []
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.journal.pending_batches)
 
     async def barrier(self) -> None:
         """Return when every write issued so far is done."""
@@ -74,31 +88,42 @@ def _log_journal_error(fut: asyncio.Future[Any]) -> None:
 
 
 class Preparer:
-    """Sign (off the loop: PyNaCl releases the GIL) and journal a batch before its first send."""
+    """Sign (in a thread pool: PyNaCl releases the GIL) and journal a batch before its first send."""
 
-    def __init__(self, signer: Signer | None, journal: JournalWriter) -> None:
+    def __init__(self, signer: Signer | None, journal: JournalWriter, threads: int = 2) -> None:
         self.signing_key = SigningKey(signer.seed) if signer else None
         self.key_id = signer.key_id if signer else b""
         self.journal = journal
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="sdk-sign") if signer else None
+        self._threads = threads
 
-    def _sign_items(self, items: Sequence[Item]) -> None:
-        key = self.signing_key
-        if key is None:
-            return
-        for it in items:
-            it.signature = key.sign(it.record).signature
-            it.key_id = self.key_id
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _sign(self, records: bytes) -> bytes:
+        sign = self.signing_key.sign  # type: ignore[union-attr]
+        return b"".join(sign(records[k : k + TRANSFER_SIZE]).signature for k in range(0, len(records), TRANSFER_SIZE))
+
+    async def sign(self, records: bytes) -> bytes:
+        """Ed25519 signatures of every record, concatenated; the rows are cut into one chunk per thread."""
+        n = len(records) // TRANSFER_SIZE
+        step = -(-n // self._threads) * TRANSFER_SIZE
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, self._sign, records[k : k + step])
+                                       for k in range(0, len(records), step)))
+        return b"".join(parts)
 
     async def __call__(self, batch: Batch) -> None:
         if batch.kind != EventKind.CREATE_TRANSFER:
             return
         if not batch.signed:
             if self.signing_key is not None:
-                await asyncio.get_running_loop().run_in_executor(None, self._sign_items, batch.items)
+                batch.signatures = await self.sign(batch.records)
+                batch.key_id = self.key_id
             batch.signed = True
         if not batch.recovering:
-            await self.journal.pending(
-                [PreparedTransfer(i.transfer_id, i.record, i.signature, i.key_id) for i in batch.items])
+            await self.journal.pending(batch)
 
 
 __all__ = ["JournalWriter", "Preparer"]

@@ -12,11 +12,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from clients.psp.bulk import ArraySink, BulkOutcomes
 from clients.psp.config import SdkConfig
-from clients.psp.window import Deliver, EngineStats, Item, SealBatch, SessionAction, SessionWindow
+from clients.psp.outcomes import Deliver
+from clients.psp.window import Batch, EngineStats, SealBatch, SessionAction, SessionWindow
 from clients.sdk_errors import SdkError
 from clients.sdk_types import TransferOutcome
-from ledger.codec import encode_transfer
+from ledger.codec import TRANSFER_SIZE, encode_transfer
 from ledger.types import Transfer
 
 if TYPE_CHECKING:
@@ -52,11 +54,13 @@ class AsyncSession(WindowCounters):
     def __init__(self, sdk: AsyncLedgerSDK, config: SdkConfig) -> None:
         self.config = config
         self._clock = sdk.clock
+        self._cut = sdk.cut_batches
+        self._sizes = TRANSFER_SIZE
         self._journal = sdk.journal_writer
         self._engine = sdk.engine(config)
         self.stats = self._engine.stats
         self._loop = asyncio.get_running_loop()
-        self.window = SessionWindow(config.batch_size_max, config.batch_delay_s, config.window_items)
+        self.window = SessionWindow(config.batch_size_max, config.batch_delay_s, config.window_items, self._progress)
         self._lock = threading.Lock()  # the window is shared with a threaded adapter's callers
         self._acked_event = asyncio.Event()  # set whenever an outcome arrives
         self._ack_listeners: list[Callable[[], None]] = []
@@ -87,9 +91,17 @@ class AsyncSession(WindowCounters):
         """Buffer one payment (any thread; the caller made sure the window has room)."""
         if self._closed:
             raise SdkError("session is closed")
-        item = Item(transfer_id, record, self._counted(deliver))
         with self._lock:
-            return self.window.add(item, self._clock())
+            return self.window.add(transfer_id, record, deliver, self._clock())
+
+    def try_admit(self, transfer_id: int, record: bytes, deliver: Deliver) -> tuple[bool, SessionAction | None]:
+        """``admit`` if the window has room (any thread): (admitted, action) — one lock, checked and counted."""
+        if self._closed:
+            raise SdkError("session is closed")
+        with self._lock:
+            if not self.window.has_room():
+                return False, None
+            return True, self.window.add(transfer_id, record, deliver, self._clock())
 
     def dispatch(self, action: SessionAction | None) -> None:
         """Carry out a window action (loop thread)."""
@@ -99,6 +111,43 @@ class AsyncSession(WindowCounters):
             self._engine.put(action.batch)
         else:
             self._loop.call_later(action.delay_s, self._on_timer)
+
+    # -- the bulk path ------------------------------------------------------------------------------
+
+    async def send_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b""
+                           ) -> asyncio.Future[BulkOutcomes]:
+        """Queue a packed buffer of transfer records (n × 176 bytes) on this session's stream; the
+        future gives their outcome arrays. Waits while the window cannot take them (a buffer larger
+        than the whole window goes alone)."""
+        n = len(records) // self._sizes
+        await self._wait_until(lambda: self.window.unacked == 0 or self.window.unacked + n <= self.window.window_items)
+        fut: asyncio.Future[BulkOutcomes] = self._loop.create_future()
+        self.put_batches(self.admit_records(records, signatures, key_id, _set_result(fut)))
+        return fut
+
+    def admit_records(self, records: bytes, signatures: bytes, key_id: bytes,
+                      on_complete: Callable[[BulkOutcomes], None]) -> list[Batch]:
+        """Count a bulk buffer in the window and cut it into batches (any thread; no I/O)."""
+        if self._closed:
+            raise SdkError("session is closed")
+        out = BulkOutcomes.empty(records)
+        batches = self._cut(out, ArraySink(out, self._progress, on_complete), signatures, key_id)
+        with self._lock:
+            self.window.admit_bulk(len(out))
+        return batches
+
+    def put_batches(self, batches: list[Batch]) -> None:
+        """Hand batches to the engine (loop thread)."""
+        for b in batches:
+            self._engine.put(b)
+
+    def _progress(self, k: int) -> None:
+        """``k`` payments got their outcome (loop thread): room in the window."""
+        with self._lock:
+            self.window.on_outcome(k)
+        self._acked_event.set()
+        for listener in self._ack_listeners:
+            listener()
 
     def on_ack(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the loop thread) after every outcome."""
@@ -114,17 +163,6 @@ class AsyncSession(WindowCounters):
         with self._lock:
             action = self.window.on_timer(self._clock())
         self.dispatch(action)
-
-    def _counted(self, inner: Deliver) -> Deliver:
-        def deliver(value: TransferOutcome | BaseException) -> None:
-            with self._lock:
-                self.window.on_outcome()
-            inner(value)
-            self._acked_event.set()
-            for listener in self._ack_listeners:
-                listener()
-
-        return deliver
 
     async def _wait_until(self, ready: Callable[[], bool]) -> None:
         while not ready():
@@ -148,6 +186,14 @@ class AsyncSession(WindowCounters):
             await self._engine.close()
         finally:
             await self._engine.abort()
+
+
+def _set_result(fut: asyncio.Future[BulkOutcomes]) -> Callable[[BulkOutcomes], None]:
+    def done(out: BulkOutcomes) -> None:
+        if not fut.done():
+            fut.set_result(out)
+
+    return done
 
 
 def future_deliver(fut: asyncio.Future[TransferOutcome]) -> Deliver:

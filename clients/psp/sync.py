@@ -13,12 +13,13 @@ from typing import Any, Self, TypeVar
 from clients.connect import ClientTls
 from clients.journal import Journal
 from clients.psp.aio import AsyncLedgerSDK
+from clients.psp.bulk import BulkOutcomes
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
+from clients.psp.outcomes import Deliver
 from clients.psp.session import AsyncSession, WindowCounters
-from clients.psp.window import Deliver
 from clients.sdk_errors import SdkError
 from clients.sdk_types import PreparedTransfer, RetryPolicy, TransferOutcome
-from ledger.codec import encode_transfer
+from ledger.codec import TRANSFER_SIZE, encode_transfer
 from ledger.note import Signer
 from ledger.types import Account, AccountBalance, Transfer
 from sovledger_pb import ledger_pb2 as pb
@@ -84,6 +85,12 @@ class LedgerSDK(_ClosedOnExit):
     def submit(self, transfers: Sequence[Transfer], *, raise_on_failure: bool = False) -> list[TransferOutcome]:
         return self.run(self.aio.submit(transfers, raise_on_failure=raise_on_failure))
 
+    def submit_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b"",
+                       raise_errors: bool = True) -> BulkOutcomes:
+        """The bulk path (``AsyncLedgerSDK.submit_records``): packed records in, outcome arrays out."""
+        return self.run(self.aio.submit_records(records, signatures=signatures, key_id=key_id,
+                                                raise_errors=raise_errors))
+
     def submit_prepared(self, prepared: Sequence[PreparedTransfer]) -> list[TransferOutcome]:
         return self.run(self.aio.submit_prepared(prepared))
 
@@ -137,15 +144,34 @@ class Session(WindowCounters, _ClosedOnExit):
             raise SdkError("session is closed")
         record = encode_transfer(transfer)
         fut: concurrent.futures.Future[TransferOutcome] = concurrent.futures.Future()
-        fut.set_running_or_notify_cancel()
         if callback is not None:
             fut.add_done_callback(callback)
-        with self._cond:
-            if not self._cond.wait_for(self.window.has_room, timeout_s):
-                raise TimeoutError(f"window of {self.config.window_items} payments stayed full for {timeout_s}s")
-            action = self._aio.admit(transfer.id, record, _concurrent_deliver(fut))
+        deliver = _concurrent_deliver(fut)
+        admitted, action = self._aio.try_admit(transfer.id, record, deliver)  # the common case: one lock
+        if not admitted:
+            with self._cond:
+                if not self._cond.wait_for(self.window.has_room, timeout_s):
+                    raise TimeoutError(f"window of {self.config.window_items} payments stayed full for {timeout_s}s")
+                action = self._aio.admit(transfer.id, record, deliver)
         if action is not None:
             self._sdk.loop.call_soon_threadsafe(self._aio.dispatch, action)
+        return fut
+
+    def send_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b"",
+                     timeout_s: float | None = None) -> concurrent.futures.Future[BulkOutcomes]:
+        """The bulk path: queue a packed buffer of transfer records (n × 176 bytes); the future gives
+        their outcome arrays. Blocks while the window cannot take them."""
+        if self._closed:
+            raise SdkError("session is closed")
+        n = len(records) // TRANSFER_SIZE
+        fut: concurrent.futures.Future[BulkOutcomes] = concurrent.futures.Future()
+        fut.set_running_or_notify_cancel()
+        w = self.window
+        with self._cond:
+            if not self._cond.wait_for(lambda: w.unacked == 0 or w.unacked + n <= w.window_items, timeout_s):
+                raise TimeoutError(f"window of {w.window_items} payments stayed full for {timeout_s}s")
+            batches = self._aio.admit_records(records, signatures, key_id, fut.set_result)
+        self._sdk.loop.call_soon_threadsafe(self._aio.put_batches, batches)
         return fut
 
     def send_many(self, transfers: Iterable[Transfer]) -> list[concurrent.futures.Future[TransferOutcome]]:
@@ -167,11 +193,16 @@ class Session(WindowCounters, _ClosedOnExit):
 
 
 def _concurrent_deliver(fut: concurrent.futures.Future[TransferOutcome]) -> Deliver:
+    """Sets the future (cancelling it does not stop the payment; its outcome is then dropped)."""
+
     def deliver(value: TransferOutcome | BaseException) -> None:
-        if isinstance(value, BaseException):
-            fut.set_exception(value)
-        else:
-            fut.set_result(value)
+        try:
+            if isinstance(value, BaseException):
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # the caller cancelled the future
 
     return deliver
 

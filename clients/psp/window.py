@@ -17,20 +17,30 @@ Two machines:
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
+from clients.psp.outcomes import (
+    HOW_LOOKUP,
+    HOW_RECOVERED,
+    HOW_RESEND_EXISTS,
+    HOW_RESPONSE,
+    Columns,
+    Deliver,
+    ObjectSink,
+    Origin,
+    Rows,
+    is_success,
+)
 from clients.sdk_errors import LedgerStatusError, NotLeaderError
-from clients.sdk_types import Resolution, RetryPolicy, TransferOutcome
+from clients.sdk_types import RetryPolicy
+from ledger.codec import RECORD_SIZE
 from ledger.types import EventKind, Result
-
-log = logging.getLogger("sovledger.sdk")
-
-Deliver = Callable[[TransferOutcome | BaseException], None]
 
 # A stream that ends with one of these was refused on purpose by the node (not a crash or a transport
 # failure): payments the lookup did not find are reported as refused. Any other status on a broken
@@ -43,28 +53,7 @@ DELIBERATE_REFUSALS = frozenset({
 _EXISTS = frozenset({Result.TRANSFER_EXISTS, Result.EXISTS})
 
 
-# -- items and batches ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class Item:
-    """One payment (or account) on its way: canonical bytes plus how to report its outcome."""
-
-    transfer_id: int
-    record: bytes
-    deliver: Deliver
-    signature: bytes = b""
-    key_id: bytes = b""
-    done: bool = False
-
-    def finish(self, value: TransferOutcome | BaseException) -> None:
-        if self.done:
-            return
-        self.done = True
-        try:
-            self.deliver(value)
-        except Exception:  # a caller's callback must not kill the engine
-            log.exception("payment outcome callback raised")
+# -- batches -------------------------------------------------------------------------------------------
 
 
 _seqs = itertools.count(1)
@@ -72,24 +61,57 @@ _seqs = itertools.count(1)
 
 @dataclass(slots=True, eq=False)
 class Batch:
+    """Rows on their way as one SubmitRequest: canonical records (and signatures) as bytes, no
+    object per row. ``rows`` are the positions of these records in ``origin`` (a re-send of the
+    undecided rest of a batch carries a subset)."""
+
     kind: EventKind
-    items: list[Item]
+    records: bytes
+    origin: Origin
+    rows: Rows
+    signatures: bytes = b""
+    key_id: bytes = b""
     recovering: bool = False  # re-sent from the journal: exists means OK
     signed: bool = False  # signatures already attached (journal/recovery)
     seq: int = field(default_factory=lambda: next(_seqs))
     attempts: int = 0
     uncertain: bool = False  # a send of it may have been applied (indeterminate once)
     first_sent: float | None = None
+    queued_at: float | None = None
     sent_at: float = 0.0
     batch_id: int = 0
 
+    @classmethod
+    def of(cls, kind: EventKind, records: bytes, origin: Origin, *, signatures: bytes = b"", key_id: bytes = b"",
+           recovering: bool = False, signed: bool = False) -> Batch:
+        return cls(kind, records, origin, np.arange(origin.n, dtype=np.int64), signatures, key_id,
+                   recovering, signed)
+
+    @property
+    def size(self) -> int:
+        return RECORD_SIZE[self.kind]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, k: int) -> bytes:
+        return self.records[k * self.size : (k + 1) * self.size]
+
     @property
     def ids(self) -> list[int]:
-        return [i.transfer_id for i in self.items]
+        size = self.size
+        return [int.from_bytes(self.records[k : k + 16], "little") for k in range(0, len(self.records), size)]
 
-    def finish_all(self, value: TransferOutcome | BaseException) -> None:
-        for it in self.items:
-            it.finish(value)
+    def keep(self, mask: npt.NDArray[np.bool_]) -> None:
+        """Only the rows where ``mask`` is set stay in this batch (to be sent again)."""
+        keep = np.flatnonzero(mask)
+        self.records = b"".join(self.record(int(k)) for k in keep)
+        if self.signatures:
+            self.signatures = b"".join(self.signatures[k * 64 : (k + 1) * 64] for k in keep.tolist())
+        self.rows = self.rows[keep]
+
+    def fail_all(self, error: BaseException, *, final: bool) -> bool:
+        return self.origin.fail(self.rows, error, final=final)
 
 
 # -- session window: buffering and back-pressure -------------------------------------------------------
@@ -116,14 +138,18 @@ class SessionWindow:
     """Buffer of one session plus its count of unacknowledged payments. Not thread-safe by itself:
     the threaded session calls it under its lock."""
 
-    def __init__(self, batch_size_max: int, batch_delay_s: float, window_items: int) -> None:
+    def __init__(self, batch_size_max: int, batch_delay_s: float, window_items: int,
+                 on_progress: Callable[[int], None] | None = None) -> None:
         self.batch_size_max = batch_size_max
+        self.on_progress = on_progress  # told how many of a sealed batch's payments got their outcome
         self.batch_delay_s = batch_delay_s
         self.window_items = window_items
         self.unacked = 0
         self.sent = 0
         self.acked = 0
-        self._buf: list[Item] = []
+        self._ids: list[int] = []
+        self._records: list[bytes] = []
+        self._delivers: list[Deliver] = []
         self._opened_at = 0.0
         self._timer_armed = False  # at most one timer per session, whatever the number of batches
 
@@ -133,14 +159,16 @@ class SessionWindow:
     def idle(self) -> bool:
         return self.unacked == 0
 
-    def add(self, item: Item, now: float) -> SessionAction | None:
+    def add(self, transfer_id: int, record: bytes, deliver: Deliver, now: float) -> SessionAction | None:
         """A payment was admitted (the caller checked ``has_room``)."""
         self.unacked += 1
         self.sent += 1
-        self._buf.append(item)
-        if len(self._buf) >= self.batch_size_max:
+        self._ids.append(transfer_id)
+        self._records.append(record)
+        self._delivers.append(deliver)
+        if len(self._ids) >= self.batch_size_max:
             return self._seal()
-        if len(self._buf) == 1:
+        if len(self._ids) == 1:
             self._opened_at = now
             return self._arm(self.batch_delay_s)
         return None
@@ -148,7 +176,7 @@ class SessionWindow:
     def on_timer(self, now: float) -> SessionAction | None:
         """The batch-delay timer fired: seal when the open batch is old enough, else wait the rest."""
         self._timer_armed = False
-        if not self._buf:
+        if not self._ids:
             return None
         left = self._opened_at + self.batch_delay_s - now
         return self._arm(left) if left > 0 else self._seal()
@@ -160,15 +188,22 @@ class SessionWindow:
         return ArmTimer(delay_s)
 
     def flush(self) -> SessionAction | None:
-        return self._seal() if self._buf else None
+        return self._seal() if self._ids else None
 
-    def on_outcome(self) -> None:
-        self.unacked -= 1
-        self.acked += 1
+    def admit_bulk(self, n: int) -> None:
+        """``n`` payments sealed by the caller as their own batches (the bulk path) now count too."""
+        self.unacked += n
+        self.sent += n
+
+    def on_outcome(self, n: int = 1) -> None:
+        self.unacked -= n
+        self.acked += n
 
     def _seal(self) -> SealBatch:
-        items, self._buf = self._buf, []
-        return SealBatch(Batch(EventKind.CREATE_TRANSFER, items))
+        ids, records, delivers = self._ids, self._records, self._delivers
+        self._ids, self._records, self._delivers = [], [], []
+        origin = Origin(ObjectSink(ids, delivers, self.on_progress), 0, len(ids))
+        return SealBatch(Batch.of(EventKind.CREATE_TRANSFER, b"".join(records), origin))
 
 
 # -- send window: in flight, retries, broken streams ---------------------------------------------------
@@ -188,7 +223,7 @@ class EngineStats:
     def on_send(self, b: Batch) -> None:
         if b.attempts == 1:
             self.batches_sent += 1
-            self.recent_batch_sizes.append(len(b.items))
+            self.recent_batch_sizes.append(len(b))
         else:
             self.resends += 1
 
@@ -227,9 +262,21 @@ class SendWindow:
         self.inflight: deque[Batch] = deque()
         self.round_failures = 0
         self.stats = EngineStats()
+        self._last_answer = float("-inf")
 
-    def enqueue(self, batch: Batch) -> None:
+    def enqueue(self, batch: Batch, now: float) -> None:
+        batch.queued_at = now
         self.ready.append(batch)
+
+    def on_unreachable(self, now: float) -> tuple[list[Batch], float]:
+        """No connection to the target (nothing was sent): no attempt is counted, but ready batches
+        whose retry deadline (since they were queued) has passed are taken out and returned to be
+        failed. Returns them and the back-off before the next round."""
+        self.round_failures += 1
+        expired = [b for b in self.ready if self.give_up(b, now)]
+        if expired:
+            self.ready = deque(b for b in self.ready if not self.give_up(b, now))
+        return expired, self.retry.delay_s(self.round_failures)
 
     def requeue(self, batches: Sequence[Batch]) -> None:
         """Batches to send again keep their place: everything ready is sorted by first submission."""
@@ -251,11 +298,18 @@ class SendWindow:
         return b
 
     def overdue(self, now: float) -> bool:
-        return bool(self.inflight) and now - self.inflight[0].sent_at > self.response_timeout_s
+        """No answer for ``response_timeout_s`` while batches wait: the stream is treated as broken.
 
-    def on_response(self, batch_id: int) -> Batch:
+        Measured from the oldest batch's send or the last answer, whichever is later: a node that
+        answers batch after batch is slow, not dead, however long its queue."""
+        if not self.inflight:
+            return False
+        return now - max(self.inflight[0].sent_at, self._last_answer) > self.response_timeout_s
+
+    def on_response(self, batch_id: int, now: float) -> Batch:
         if not self.inflight or batch_id != self.inflight[0].batch_id:
             raise UnexpectedResponse(f"response for unexpected batch {batch_id}")
+        self._last_answer = now
         return self.inflight.popleft()
 
     def on_accepted(self) -> None:
@@ -289,35 +343,42 @@ class SendWindow:
         return out
 
     def give_up(self, b: Batch, now: float) -> bool:
+        """The retry budget of a batch is spent: ``max_attempts`` sends, or ``deadline_s`` since its
+        first send (since it was queued, when it could not be sent at all)."""
         r = self.retry
-        return b.attempts >= r.max_attempts or (b.first_sent is not None and now - b.first_sent > r.deadline_s)
+        since = b.first_sent if b.first_sent is not None else b.queued_at
+        return b.attempts >= r.max_attempts or (since is not None and now - since > r.deadline_s)
 
 
 # -- reading answers ---------------------------------------------------------------------------------
 
+_EXISTS_CODES = np.array(sorted(int(r) for r in _EXISTS), dtype=np.uint32)
+
 
 def outcomes_of_response(b: Batch, results: Sequence[int], log_indexes: Sequence[int], blocks: Sequence[int],
-                         timestamp_ns: int) -> tuple[list[TransferOutcome], list[tuple[Item, TransferOutcome]]]:
-    """Per-item outcomes of an accepted batch: (final ones, failures to confirm by lookup first).
+                         timestamp_ns: int) -> tuple[Columns, Columns | None]:
+    """Outcomes of an accepted batch as columns: (final ones, failures to confirm by lookup first).
 
     A re-sent payment answered ``exists`` is in the ledger exactly once: OK. A failing code for a
     batch an earlier send of which may still commit is not final until a lookup confirms it.
     """
-    final: list[TransferOutcome] = []
-    confirm: list[tuple[Item, TransferOutcome]] = []
-    resent = b.attempts > 1 or b.uncertain or b.recovering
-    base: Resolution = "recovered" if b.recovering else "response"
-    for it, code, idx, blk in zip(b.items, results, log_indexes, blocks, strict=True):
-        result, resolution = Result(code), base
-        if resent and result in _EXISTS:
-            result, resolution = Result.OK, "resend_exists"
-        o = TransferOutcome(it.transfer_id, result, idx, blk, timestamp_ns, b.attempts, resolution)
-        if b.uncertain and not result.is_success and b.kind == EventKind.CREATE_TRANSFER:
-            confirm.append((it, o))
-            continue
-        final.append(o)
-        it.finish(o)
-    return final, confirm
+    res = np.array(results, dtype=np.uint32)
+    n = len(b)
+    if len(res) != n or len(log_indexes) != n or len(blocks) != n:
+        raise UnexpectedResponse(f"a response with {len(res)} results for a batch of {n}")
+    how = np.full(n, HOW_RECOVERED if b.recovering else HOW_RESPONSE, dtype=np.uint8)
+    if b.attempts > 1 or b.uncertain or b.recovering:
+        exists = np.isin(res, _EXISTS_CODES)
+        res[exists] = int(Result.OK)
+        how[exists] = HOW_RESEND_EXISTS
+    cols = Columns(b.rows, res, np.array(log_indexes, dtype=np.uint64), np.array(blocks, dtype=np.uint64),
+                   np.full(n, timestamp_ns, dtype=np.uint64), how, b.attempts)
+    if not b.uncertain or b.kind != EventKind.CREATE_TRANSFER:
+        return cols, None
+    failing = ~is_success(res)
+    if not failing.any():
+        return cols, None
+    return cols.take(~failing), cols.take(failing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,25 +391,22 @@ class Found:
     timestamp_ns: int
 
 
-def settle_by_lookup(items: Sequence[Item], found: Sequence[Found | None], attempts: int
-                     ) -> tuple[list[TransferOutcome], list[Item]]:
-    """Items whose very record is in the ledger are settled OK ("lookup"); the rest are returned.
+def settle_by_lookup(b: Batch, positions: Sequence[int], found: Sequence[Found | None]) -> Columns:
+    """Rows (batch positions ``positions``) whose very record is in the ledger, as OK outcomes ("lookup").
 
-    Not found, or another record under this id (a re-send then reports ``exists_with_different_*``).
+    Not found, or another record under this id (a re-send then reports ``exists_with_different_*``),
+    is left out.
     """
-    settled: list[TransferOutcome] = []
-    rest: list[Item] = []
-    for it, f in zip(items, found, strict=True):
-        if f is not None and f.record == it.record:
-            o = TransferOutcome(it.transfer_id, Result.OK, f.log_index, f.block, f.timestamp_ns, attempts, "lookup")
-            settled.append(o)
-            it.finish(o)
-        else:
-            rest.append(it)
-    return settled, rest
+    hits = [(k, f) for k, f in zip(positions, found, strict=True) if f is not None and f.record == b.record(k)]
+    ks = np.array([k for k, _ in hits], dtype=np.int64)
+    return Columns(b.rows[ks], np.zeros(len(hits), dtype=np.uint32),
+                   np.array([f.log_index for _, f in hits], dtype=np.uint64),
+                   np.array([f.block for _, f in hits], dtype=np.uint64),
+                   np.array([f.timestamp_ns for _, f in hits], dtype=np.uint64),
+                   np.full(len(hits), HOW_LOOKUP, dtype=np.uint8), b.attempts)
 
 
 __all__ = [
-    "DELIBERATE_REFUSALS", "ArmTimer", "Batch", "Deliver", "EngineStats", "Fail", "Found", "Item", "Retry",
-    "SealBatch", "SendWindow", "SessionWindow", "UnexpectedResponse", "outcomes_of_response", "settle_by_lookup",
+    "DELIBERATE_REFUSALS", "ArmTimer", "Batch", "EngineStats", "Fail", "Found", "Retry", "SealBatch", "SendWindow",
+    "SessionWindow", "UnexpectedResponse", "outcomes_of_response", "settle_by_lookup",
 ]

@@ -15,6 +15,7 @@ import blake3
 import pytest
 
 from bench import peers, plot, region, report, scale
+from bench import sdk as sdk_bench
 from ledger.codec import TRANSFER_SIZE
 
 pytestmark = pytest.mark.integration
@@ -82,6 +83,20 @@ def test_region_peers_plot_scale_end_to_end(tmp_path: Path) -> None:
     assert sorted(out.glob("scale-*.png"))[0].read_bytes()[:8] == PNG
 
     assert "### region" in report.summarize(out) and "### scale" in report.summarize(out)
+
+
+@pytest.mark.timeout(180)
+def test_sdk_bench_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert sdk_bench.main(["--quick", "--time-limit", "20", "--results-dir", str(out)]) == 0
+    data = _strict_json(_one(out, "sdk"))
+    assert data["node_capacity"]["tx_per_s"] > 0 and set(data["node_capacity"]["results"]) == {"ok"}
+    rows = data["rows"]
+    assert {(r["against"], r["path"], r["mode"]) for r in rows} == {
+        (a, p, m) for a in ("node", "null") for p in sdk_bench.PATHS for m in sdk_bench.MODES}
+    for r in rows:  # every payment of every row acknowledged OK, CPU measured
+        assert r["transfers"] > 0 and r["ok"] == r["transfers"], r
+        assert r["client_cpu_us"] > 0 and r["tx_per_s"] > 0
 
 
 def test_postgres_copy_payload_and_hash_chain() -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 import sys
 import threading
+from concurrent.futures import Future
 
 from clients.ids import new_id
+from clients.psp.bulk import BulkOutcomes
 from clients.sdk import LedgerSDK, SdkConfig
-from clients.workload import micro_amount
+from clients.workload import ColumnarPayments, micro_amount
 from ledger.types import Transfer
 
 
@@ -38,6 +40,21 @@ def main(argv: list[str]) -> int:
                 if acked % 500 == 0:
                     print(f"ACKED {acked}", flush=True)
 
+        if "--bulk" in argv:  # the bulk path: packed records from columns, outcome arrays
+            gen = ColumnarPayments(accounts, first_account_id=1)
+
+            def on_bulk(f: Future[BulkOutcomes]) -> None:
+                nonlocal acked
+                with lock:
+                    before, acked = acked, acked + len(f.result())
+                    if acked // 500 > before // 500:
+                        print(f"ACKED {acked}", flush=True)
+
+            with sdk.session() as s:
+                for _ in range(count // 250):
+                    s.send_records(gen.records(250)).add_done_callback(on_bulk)
+            print(f"DONE {acked}", flush=True)
+            return 0
         with sdk.session() as s:
             for _ in range(count):
                 dr = rng.randrange(1, accounts + 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from tests.sdk.fakes import FakeLedger, Step
 from tests.sdk.test_faults_fake import assert_exactly_once, transfers
 
 FAST = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=10)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
 
 
 def test_async_session_back_pressure_and_results(fake: FakeLedger) -> None:

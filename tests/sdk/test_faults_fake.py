@@ -8,7 +8,6 @@ following, indeterminate-outcome resolution (never a failure, never a duplicate)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -30,20 +29,6 @@ UNAV = grpc.StatusCode.UNAVAILABLE
 def transfers(n: int) -> list[Transfer]:
     return [Transfer(id=new_id(), debit_account_id=1, credit_account_id=2, amount=1 + i, ledger=840, code=1)
             for i in range(n)]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def fake2() -> Iterator[FakeLedger]:
-    f = FakeLedger().start()
-    yield f
-    f.stop()
 
 
 def assert_exactly_once(fake: FakeLedger, ts: list[Transfer]) -> None:
@@ -168,6 +153,17 @@ def test_rotates_through_the_region_when_a_node_is_down(fake: FakeLedger) -> Non
         assert sdk.router_leader == fake.target
         assert len(sdk.lookup_transfers([t.id for t in ts])) == 3
     assert_exactly_once(fake, ts)
+
+
+def test_a_region_that_cannot_be_reached_fails_after_the_deadline_without_sending(fake: FakeLedger) -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    cfg = SdkConfig(connect_timeout_s=0.05)
+    # every clock read moves time 1 s on: the 10 s deadline passes after a few unreachable rounds
+    with LedgerSDK(dead, retry=FAST, config=cfg, clock=ManualClock(step_per_read=1.0)) as sdk, \
+            pytest.raises(E.UnavailableError) as info:
+        sdk.submit(transfers(3))
+    assert "no node of the region reachable" in str(info.value)
+    assert not isinstance(info.value, E.OutcomeUnknownError)  # nothing was sent: not uncertain
 
 
 # -- indeterminate outcomes ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from clients.ids import new_id
 from clients.journal import Journal
 from clients.sdk import LedgerSDK, SdkConfig
 from clients.sdk_errors import PermissionDeniedError
-from ledger.codec import decode_leaf, decode_transfer, encode_transfer, u128_from
+from ledger.codec import TRANSFER_SIZE, decode_leaf, decode_transfer, encode_transfer, u128_from
 from ledger.note import Signer
 from ledger.types import Account, EventKind, Result, Transfer
 from tests.integration.nodeproc import ROOT, NodeProcess
@@ -83,16 +84,22 @@ def test_stream_and_submit_against_a_real_node(node: NodeProcess) -> None:
     assert len(counts) == len(ts) and set(counts.values()) == {1}
 
 
-def test_node_kill9_mid_stream_is_never_a_failure_and_never_a_duplicate(node: NodeProcess) -> None:
+@pytest.mark.parametrize("path", ["objects", "bulk"])
+def test_node_kill9_mid_stream_is_never_a_failure_and_never_a_duplicate(node: NodeProcess, path: str) -> None:
     cfg = SdkConfig(batch_size_max=1000, batch_delay_s=0.005, window_items=8000, window_batches=8)
     ts = transfers(60_000)
-    futs = []
+    futs: list[Any] = []
     with LedgerSDK([node.target], config=cfg) as sdk:
         sdk.create_accounts(accounts())
         s = sdk.session()
 
         def stream() -> None:
-            futs.extend(s.send(t) for t in ts)
+            if path == "bulk":  # the same payments as packed records, 1000 per send_records
+                records = b"".join(encode_transfer(t) for t in ts)
+                step = 1000 * TRANSFER_SIZE
+                futs.extend(s.send_records(records[k : k + step]) for k in range(0, len(records), step))
+            else:
+                futs.extend(s.send(t) for t in ts)
             s.flush()
 
         th = threading.Thread(target=stream)
@@ -105,7 +112,9 @@ def test_node_kill9_mid_stream_is_never_a_failure_and_never_a_duplicate(node: No
         node.start()
         th.join(60)
         s.close()
-        outs = [f.result(0) for f in futs]  # raises if any payment got an error
+        # raises if any payment got an error
+        outs = [o for f in futs for o in (f.result(0).outcomes() if path == "bulk" else [f.result(0)])]
+        assert len(outs) == len(ts) and [o.transfer_id for o in outs] == [t.id for t in ts]
         assert all(o.result == Result.OK for o in outs), Counter(o.result for o in outs)
         assert s.stats.broken_streams >= 1 and s.stats.indeterminate_batches >= 1
         print(f"\nkill -9: {s.stats.indeterminate_batches} indeterminate batches, "
@@ -122,11 +131,12 @@ def run_worker(target: str, journal: Path, count: int, *extra: str) -> subproces
                              str(ACCOUNTS), *extra], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
 
 
-def test_psp_kill9_and_journal_recovery_creates_no_duplicates(node: NodeProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["objects", "bulk"])
+def test_psp_kill9_and_journal_recovery_creates_no_duplicates(node: NodeProcess, tmp_path: Path, path: str) -> None:
     journal_path = tmp_path / "psp-journal.sqlite"
     with LedgerSDK([node.target]) as sdk:
         sdk.ensure_accounts(accounts())
-    worker = run_worker(node.target, journal_path, 200_000)
+    worker = run_worker(node.target, journal_path, 200_000, *(["--bulk"] if path == "bulk" else []))
     assert worker.stdout is not None
     acked = 0
     deadline = time.monotonic() + 30
