@@ -29,7 +29,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from consensus.codec import decode_message, encode_message
 from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode
@@ -46,6 +46,9 @@ from node.raft_storage import LmdbRaftStorage
 log = logging.getLogger("sovledger.raft")
 
 ENTRY_HEADER: Final = struct.Struct("<QQQ32s")
+STORE_RETRY_MIN_S: Final = 0.2
+STORE_RETRY_MAX_S: Final = 5.0
+_T = TypeVar("_T")
 
 
 def node_number(node_id: str) -> int:
@@ -92,8 +95,11 @@ class Replicator:
         self.term = 0
         self.leader_id = 0
         self.last_leader_change = time.monotonic()
-        self._fatal: BaseException | None = None
+        self.store_full: StoreFull | None = None  # while a store write keeps failing (retried)
+        # health: a region without a leader this long (3 election timeouts) cannot commit
+        self._no_leader_grace_s = 3 * election_ticks * self._tick_s
         self._last_applied_raft = state.applied_index  # includes empty and conf-change entries
+        self._conf_applied = 0  # last conf-change entry handed out (not in the ledger's applied index)
         self._log_keep = log_keep_entries
         self._install_snapshot = snapshot_installer
         self.snapshots_installed = 0
@@ -137,8 +143,8 @@ class Replicator:
             raise NotLeader(self.leader_address())
 
     async def propose(self, proposal: Proposal) -> BlockOutcome:
-        if self._fatal is not None:
-            raise StoreUnavailable(f"node stopped applying: {self._fatal}")
+        if self.store_full is not None:
+            raise StoreUnavailable(str(self.store_full))
         self.check_leader()
         req = next(self._requests)
         head = self.state.head
@@ -227,6 +233,14 @@ class Replicator:
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(self.role, self.term, self.leader_id, self.state.applied_index)
 
+    def cannot_commit(self) -> str:
+        if self.store_full is not None:
+            return f"the store is full; committed entries wait to be applied: {self.store_full}"
+        leaderless = self.leader_id == 0 or self.role in ("candidate", "pre-candidate")
+        if leaderless and time.monotonic() - self.last_leader_change > self._no_leader_grace_s:
+            return f"no leader for {time.monotonic() - self.last_leader_change:.0f}s (no quorum reachable?)"
+        return ""
+
     # -- the loop -------------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
@@ -236,7 +250,6 @@ class Replicator:
             self._wake.set()
 
     async def _ready_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -248,8 +261,7 @@ class Replicator:
                     self.term = rd.hard_state.term
                 if rd.snapshot is not None:
                     await self._adopt_snapshot(rd.snapshot.metadata)
-                await loop.run_in_executor(self._pool, self.storage.persist, rd.hard_state, list(rd.entries),
-                                           rd.snapshot)
+                await self._store_call(self.storage.persist, rd.hard_state, list(rd.entries), rd.snapshot)
                 for m in rd.messages:
                     self.transport.send(m.to, encode_message(m))
                 if rd.committed_entries:
@@ -269,8 +281,7 @@ class Replicator:
         upto = self._last_applied_raft - self._log_keep
         if upto - self.storage.first_index() < self._log_keep:
             return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, lambda: self.storage.compact(upto, self.storage.term(upto)))
+        await self._store_call(lambda: self.storage.compact(upto, self.storage.term(upto)))
 
     async def _adopt_snapshot(self, meta: SnapshotMetadata) -> None:
         if self._install_snapshot is None:
@@ -305,19 +316,34 @@ class Replicator:
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def _apply(self, entries: list[Entry]) -> None:
+    async def _store_call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a store write on the store thread; while the store is full (map or disk), retry with
+        back-off instead of dying: what Raft committed stays committed and is applied once space
+        is back, and health says NOT_SERVING meanwhile (``cannot_commit``)."""
         loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self._pool, self._apply_entries, entries)
-        except StoreFull as e:
-            self._fatal = e
-            log.critical("cannot apply committed entries: %s — stopping", e)
-            self._fail_waiting(StoreUnavailable(str(e)))
-            raise
+        backoff = STORE_RETRY_MIN_S
+        while True:
+            try:
+                result = await loop.run_in_executor(self._pool, fn, *args)
+            except StoreFull as e:
+                if self.store_full is None:
+                    log.error("store write failed, retrying until space is freed: %s", e)
+                self.store_full = e
+                await asyncio.sleep(backoff)
+                backoff = min(STORE_RETRY_MAX_S, backoff * 2)
+                continue
+            if self.store_full is not None:
+                log.info("the store takes writes again")
+                self.store_full = None
+            return result
+
+    async def _apply(self, entries: list[Entry]) -> None:
+        results: list[tuple[str, Any]] = []  # kept across retries: entries applied before a failure
+        await self._store_call(self._apply_entries, entries, results)
         for kind, value in results:
             if kind == "conf":
                 cs = self.raw.apply_conf_change(value)
-                await loop.run_in_executor(self._pool, self.storage.set_conf_state, cs)
+                await self._store_call(self.storage.set_conf_state, cs)
                 self._on_conf_applied(value)
             elif kind == "done":
                 req, outcome = value
@@ -325,15 +351,15 @@ class Replicator:
                 if fut is not None and not fut.done():
                     fut.set_result(outcome)
 
-    def _apply_entries(self, entries: list[Entry]) -> list[tuple[str, Any]]:
-        """Store thread: apply each committed entry exactly once, in log order."""
-        out: list[tuple[str, Any]] = []
+    def _apply_entries(self, entries: list[Entry], out: list[tuple[str, Any]]) -> None:
+        """Store thread: apply each committed entry exactly once, in log order (appending to ``out``)."""
         state = self.state
         for e in entries:
-            if e.index <= state.applied_index:
-                continue  # already applied before a restart
+            if e.index <= max(state.applied_index, self._conf_applied):
+                continue  # already applied (before a restart, or before a store-full retry)
             if e.type == EntryType.CONF_CHANGE:
                 out.append(("conf", ConfChange.decode(e.data)))
+                self._conf_applied = e.index
                 continue
             if not e.data:
                 continue  # the new leader's empty entry
@@ -343,7 +369,6 @@ class Replicator:
             self._on_block(state)
             if proposer == self.self_id:
                 out.append(("done", (req, outcome)))
-        return out
 
     def _check_divergence(self, index: int, height: int, expected: bytes) -> None:
         if height == 0 or height > self.state.head.height:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from ledger.lmdb_store import LmdbStore
 from ledger.reader import LedgerReader
@@ -26,6 +26,7 @@ from node.authz import AuthzInterceptor
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
 from node.fair_share import FairShare, PspLimit, parse_limits
+from node.health import HealthWatch
 from node.keys import load_or_create_node_key
 from node.metrics import start_metrics
 from node.pipeline import Ingest
@@ -61,25 +62,18 @@ class Node:
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.ingest: Ingest | None = None
-        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.listen, self._sign_block,
-                                                   lambda: self._set_serving(False))
+        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.listen, self._sign_block)
         self.replicator: Replicator | None = None  # when the region has peers (then also the committer)
         self.snapshots: SnapshotExchange | None = None
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = HealthWatch(lambda: self.committer, lambda: self.ingest, self.checkpoints, self.state,
+                                  self._apply_pool)
         self.started_ns = time.time_ns()
 
     def _sign_block(self, state: LedgerState) -> None:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
         self.checkpoints.on_block(state.head)
-
-    async def _set_serving(self, ok: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", "sovledger.v1.Ledger"):
-            res = self.health.set(service, status)
-            if asyncio.iscoroutine(res):
-                await res
 
     def status(self) -> pb.StatusResponse:
         head = self.state.head
@@ -136,7 +130,7 @@ class Node:
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), server)
         pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
 
     def _listen(self) -> grpc.aio.Server:
         """Create the gRPC server and bind its listener (the one place that opens the port)."""
@@ -193,7 +187,8 @@ class Node:
         self.server = self._listen()
         await self.server.start()
         self.committer.start()
-        await self._set_serving(True)
+        await self.health.set(True)
+        self.health.start()
         if cfg.metrics_listen:
             start_metrics(cfg.metrics_listen, self)
         head = self.state.head
@@ -201,7 +196,7 @@ class Node:
                  cfg.node_id, cfg.region, cfg.listen, head.height, head.tree_size, os.getpid())
 
     async def stop(self) -> None:
-        await self._set_serving(False)
+        await self.health.stop()
         if self.server:
             await self.server.stop(grace=2.0)
         await self.committer.stop()
