@@ -34,6 +34,10 @@ class ReplicaStatus:
 class Committer(Protocol):
     def start(self) -> None: ...
 
+    async def hand_over(self) -> None:
+        """Before a clean stop: pass leadership on, if there is anyone to pass it to."""
+        ...
+
     async def stop(self) -> None: ...
 
     async def propose(self, proposal: Proposal) -> BlockOutcome:
@@ -67,6 +71,9 @@ class LocalCommitter:
     _on_block: Callable[[LedgerState], None]  # after each applied block, in the store thread
 
     def start(self) -> None:
+        return None
+
+    async def hand_over(self) -> None:
         return None
 
     async def stop(self) -> None:

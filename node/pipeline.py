@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ledger.codec import Batch, Proposal
 from ledger.state import BatchOutcome, BlockOutcome
-from node.errors import Indeterminate, Overloaded, StoreUnavailable
+from node.errors import Indeterminate, Overloaded, StoreUnavailable, fail_future
 
 log = logging.getLogger("sovledger.ingest")
 
@@ -77,9 +77,7 @@ class Ingest:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while self._queue:
-            p = self._queue.popleft()
-            if not p.future.done():
-                p.future.set_exception(Indeterminate("node is shutting down; retry on another node"))
+            fail_future(self._queue.popleft().future, Indeterminate("node is shutting down; retry on another node"))
 
     @property
     def store_full(self) -> bool:
@@ -155,8 +153,7 @@ class Ingest:
                 self._refusal, self._refused_at = e, time.monotonic()
             log.error("block commit failed: %s", e)
             for p in taken:
-                if not p.future.done():
-                    p.future.set_exception(e)
+                fail_future(p.future, e)
             return
         finally:
             self._inflight.release()

@@ -219,6 +219,7 @@ class Node:
 
     async def stop(self) -> None:
         await self.health.stop()
+        await self.committer.hand_over()  # while the listener still carries the peers' answers
         if self.server:
             await self.server.stop(grace=2.0)
         await self.committer.stop()
