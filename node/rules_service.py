@@ -21,6 +21,7 @@ from ledger.state import LedgerState, dry_run
 from ledger.store import Store
 from node.errors import BadRequest, NotFound, abort
 from node.offload import Offload
+from node.rule_check import load_document, validate_serialized
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -74,7 +75,11 @@ class RulesService(pb_grpc.RulesServicer):
 
     async def ValidateRuleSet(self, request: pb.ValidateRuleSetRequest,
                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.ValidateRuleSetResponse:
-        return await self._run(context, _validate, request.document)
+        try:  # compiling holds the GIL for long: in a worker process, not a thread
+            answer = await self._offload.run_isolated(validate_serialized, request.document)
+        except Exception as e:
+            await abort(context, e)
+        return pb.ValidateRuleSetResponse.FromString(answer)
 
     async def DryRun(self, request: pb.DryRunRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> pb.DryRunResponse:
@@ -84,7 +89,7 @@ class RulesService(pb_grpc.RulesServicer):
         rules: CompiledRuleSet | None
         if document:
             try:
-                rules = validate(_load(document))
+                rules = validate(load_document(document))
             except RuleSetError as e:
                 return pb.DryRunResponse(ok=False, problems=e.problems, result=e.result)
             except ValueError as e:
@@ -116,22 +121,3 @@ class RulesService(pb_grpc.RulesServicer):
         with self._store.read() as txn:
             rep = report(txn, limit)
         return pb.RulesReportResponse(json=json.dumps(rep, sort_keys=True))
-
-
-def _load(document: bytes) -> Any:
-    """Parse a client's JSON document; a document nested too deeply is a clear INVALID_ARGUMENT."""
-    try:
-        return json.loads(document)
-    except RecursionError:
-        raise BadRequest("the rule-set document nests too deeply to be a rule set (JSON arrays/objects "
-                         "inside each other thousands of levels deep)") from None
-
-
-def _validate(document: bytes) -> pb.ValidateRuleSetResponse:
-    try:
-        compiled = validate(_load(document))
-    except RuleSetError as e:
-        return pb.ValidateRuleSetResponse(ok=False, result=e.result, problems=e.problems)
-    except ValueError as e:
-        return pb.ValidateRuleSetResponse(ok=False, result=131, problems=[f"not JSON: {e}"])
-    return pb.ValidateRuleSetResponse(ok=True, canonical=compiled.canonical, hash=compiled.hash)

@@ -20,6 +20,7 @@ from tests.integration.nodeproc import start_region
 
 pytestmark = pytest.mark.integration
 
+CLIENTS = 4
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "ruleset.json"
 
 
@@ -45,7 +46,10 @@ def _terms(cluster: Cluster) -> dict[str, tuple[int, str]]:
 
 
 def test_concurrent_rule_validations_do_not_cause_an_election(tmp_path: Path) -> None:
-    cluster = start_region(tmp_path / "region")
+    # a short election timeout (200–400 ms): a loop blocked by one validation would miss it
+    config = tmp_path / "fast-elections.toml"
+    config.write_text("tick_ms = 40\nelection_ticks = 5\n")
+    cluster = start_region(tmp_path / "region", extra=["--config", str(config)])
     try:
         leader, _ = cluster.wait_leader(30)
         time.sleep(1.0)  # let every follower hear from the leader
@@ -67,7 +71,7 @@ def test_concurrent_rule_validations_do_not_cause_an_election(tmp_path: Path) ->
                     except grpc.RpcError as e:
                         errors.append(e.code())
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
+        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
         for t in threads:
             t.start()
         for t in threads:
