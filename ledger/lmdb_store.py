@@ -94,6 +94,9 @@ def _full_errors(map_size: int) -> Iterator[None]:
     except lmdb.Error as e:
         if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
             raise StoreFull("no space left on device") from None
+        if getattr(e, "errno", None) == errno.EIO or "Input/output error" in str(e):
+            # what a full disk looks like when the flush fails: nothing of the transaction is kept
+            raise StoreFull(f"the disk refused the write ({e}); is it full?") from None
         raise StoreError(f"LMDB error: {e}") from e
 
 

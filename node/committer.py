@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +34,10 @@ class ReplicaStatus:
 class Committer(Protocol):
     def start(self) -> None: ...
 
+    async def hand_over(self) -> None:
+        """Before a clean stop: pass leadership on, if there is anyone to pass it to."""
+        ...
+
     async def stop(self) -> None: ...
 
     async def propose(self, proposal: Proposal) -> BlockOutcome:
@@ -52,6 +56,10 @@ class Committer(Protocol):
 
     def leader_address(self) -> str: ...
 
+    def cannot_commit(self) -> str:
+        """Why new blocks cannot commit right now (no leader or quorum, store full); '' if they can."""
+        ...
+
 
 @dataclass(eq=False)
 class LocalCommitter:
@@ -61,9 +69,11 @@ class LocalCommitter:
     _pool: ThreadPoolExecutor
     _address: str
     _on_block: Callable[[LedgerState], None]  # after each applied block, in the store thread
-    _on_store_full: Callable[[], Awaitable[None]]
 
     def start(self) -> None:
+        return None
+
+    async def hand_over(self) -> None:
         return None
 
     async def stop(self) -> None:
@@ -73,9 +83,8 @@ class LocalCommitter:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, self._apply, proposal)
-        except StoreFull as e:
+        except StoreFull as e:  # nothing of the block was applied; ingest refuses new work a while
             log.error("%s", e)
-            await self._on_store_full()
             raise StoreUnavailable(str(e)) from e
 
     def _apply(self, proposal: Proposal) -> BlockOutcome:
@@ -94,3 +103,6 @@ class LocalCommitter:
 
     def leader_address(self) -> str:
         return self._address
+
+    def cannot_commit(self) -> str:
+        return ""  # alone it is its own quorum; a full store shows in ingest

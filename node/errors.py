@@ -12,6 +12,7 @@ Broken invariants are never mapped: they stop the process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, NoReturn, TypeAlias
 
@@ -148,6 +149,14 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
     context.set_trailing_metadata(_metadata(exc, reason))
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def fail_future(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    """Settle ``fut`` with ``exc`` for whoever awaits it; if nobody does any more (its RPC ended),
+    that is expected, not a "Future exception was never retrieved" traceback at exit."""
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # marks it retrieved; an awaiting task still gets the exception
 
 
 def batch_status(exc: BaseException) -> pb.BatchStatus:

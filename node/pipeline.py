@@ -7,6 +7,10 @@ fills up, so the fsync cost is shared by everything that arrived meanwhile (grou
 Bounded everywhere: the queue holds at most ``queue_items_max`` items; beyond that a batch is
 refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED) instead of growing memory.
 
+A full store (map or disk) refuses a block as a whole (nothing of it is applied). New work is then
+refused with ``StoreUnavailable`` for ``STORE_RETRY_S``; after that the next block tries again, and
+the first one that commits ends the refusal — space freed on the disk needs no restart.
+
 A batch's future resolves only after its block is durably committed — the single-node committer
 fsyncs; the replicated committer waits for a quorum's fsync and the local apply.
 """
@@ -23,11 +27,13 @@ from dataclasses import dataclass
 
 from ledger.codec import Batch, Proposal
 from ledger.state import BatchOutcome, BlockOutcome
-from node.errors import Overloaded, StoreUnavailable
+from node.errors import Indeterminate, Overloaded, StoreUnavailable, fail_future
 
 log = logging.getLogger("sovledger.ingest")
 
 Committer = Callable[[Proposal], Awaitable[BlockOutcome]]
+
+STORE_RETRY_S = 1.0  # after a store-full refusal, how long new work is refused before a block retries
 
 
 @dataclass(slots=True)
@@ -51,7 +57,10 @@ class Ingest:
         self._task: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(inflight_blocks_max)
         self._commits: set[asyncio.Task[None]] = set()
-        self._refusal: Exception | None = None  # set when the store is full: refuse new work
+        # set when the store is full: refuse new work for store_retry_s, then let one block try again
+        self._refusal: Exception | None = None
+        self._refused_at = 0.0
+        self.store_retry_s = STORE_RETRY_S
         self.blocks_committed = 0
         self.items_committed = 0
 
@@ -68,16 +77,16 @@ class Ingest:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while self._queue:
-            p = self._queue.popleft()
-            if not p.future.done():
-                p.future.set_exception(StoreUnavailable("node is shutting down; retry on another node"))
+            fail_future(self._queue.popleft().future, Indeterminate("node is shutting down; retry on another node"))
 
-    def refuse_with(self, exc: Exception) -> None:
-        self._refusal = exc
+    @property
+    def store_full(self) -> bool:
+        """True from a block refused by a full store until a block commits again."""
+        return self._refusal is not None
 
     def submit(self, batch: Batch) -> asyncio.Future[tuple[BatchOutcome, BlockOutcome]]:
         """Queue a batch; the future yields its outcome once its block is durable."""
-        if self._refusal is not None:
+        if self._refusal is not None and time.monotonic() - self._refused_at < self.store_retry_s:
             raise self._refusal
         n = batch.count
         if self._queued_items + n > self._queue_items_max:
@@ -141,14 +150,16 @@ class Ingest:
             outcome = await self._commit(proposal)
         except Exception as e:  # nothing of this block is durable: every batch gets the error
             if isinstance(e, StoreUnavailable):
-                self._refusal = e
+                self._refusal, self._refused_at = e, time.monotonic()
             log.error("block commit failed: %s", e)
             for p in taken:
-                if not p.future.done():
-                    p.future.set_exception(e)
+                fail_future(p.future, e)
             return
         finally:
             self._inflight.release()
+        if self._refusal is not None:
+            log.info("the store takes writes again: accepting new work")
+            self._refusal = None
         self.blocks_committed += 1
         self.items_committed += proposal.item_count
         for p, batch_outcome in zip(taken, outcome.batches, strict=True):

@@ -29,7 +29,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from consensus.codec import decode_message, encode_message
 from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode
@@ -40,12 +40,15 @@ from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import Store, StoreFull
 from node.committer import ReplicaStatus
-from node.errors import Indeterminate, NotLeader, Refused, StoreUnavailable, TransferTimeout
+from node.errors import Indeterminate, NodeError, NotLeader, Refused, StoreUnavailable, TransferTimeout, fail_future
 from node.raft_storage import LmdbRaftStorage
 
 log = logging.getLogger("sovledger.raft")
 
 ENTRY_HEADER: Final = struct.Struct("<QQQ32s")
+STORE_RETRY_MIN_S: Final = 0.2
+STORE_RETRY_MAX_S: Final = 5.0
+_T = TypeVar("_T")
 
 
 def node_number(node_id: str) -> int:
@@ -92,8 +95,11 @@ class Replicator:
         self.term = 0
         self.leader_id = 0
         self.last_leader_change = time.monotonic()
-        self._fatal: BaseException | None = None
+        self.store_full: StoreFull | None = None  # while a store write keeps failing (retried)
+        # health: a region without a leader this long (3 election timeouts) cannot commit
+        self._no_leader_grace_s = 3 * election_ticks * self._tick_s
         self._last_applied_raft = state.applied_index  # includes empty and conf-change entries
+        self._conf_applied = 0  # last conf-change entry handed out (not in the ledger's applied index)
         self._log_keep = log_keep_entries
         self._install_snapshot = snapshot_installer
         self.snapshots_installed = 0
@@ -105,6 +111,25 @@ class Replicator:
         self.transport.start()
         self._tasks = [loop.create_task(self._ticker(), name="raft-tick"),
                        loop.create_task(self._ready_loop(), name="raft-ready")]
+
+    async def hand_over(self, timeout_s: float = 3.0) -> None:
+        """Before a clean stop: a leader hands leadership to its most caught-up active voter, so
+        the region does not wait an election timeout. Best effort; stopping goes on either way."""
+        if self.role != "leader":
+            return
+        st = self.raw.status()
+        candidates = [(p.match, n) for n, p in st.progress
+                      if n != self.self_id and n in st.conf_state.voters and p.recent_active and not p.learner]
+        if not candidates:
+            log.info("raft: stopping as leader with no active follower to hand over to")
+            return
+        target = max(candidates)[1]
+        try:
+            took = await self.transfer_leadership(target, timeout_s)
+        except NodeError as e:
+            log.warning("raft: could not hand leadership over before stopping: %s", e)
+            return
+        log.info("raft: handed leadership to node %d before stopping (%.2fs)", target, took)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -137,8 +162,8 @@ class Replicator:
             raise NotLeader(self.leader_address())
 
     async def propose(self, proposal: Proposal) -> BlockOutcome:
-        if self._fatal is not None:
-            raise StoreUnavailable(f"node stopped applying: {self._fatal}")
+        if self.store_full is not None:
+            raise StoreUnavailable(str(self.store_full))
         self.check_leader()
         req = next(self._requests)
         head = self.state.head
@@ -222,10 +247,21 @@ class Replicator:
             self.addresses[cc.node_id] = address
             if cc.node_id != self.self_id:
                 self.transport.add_peer(cc.node_id, address, self._unreachable)
+        elif cc.type == ConfChangeType.REMOVE_VOTER and cc.node_id != self.self_id:
+            self.transport.remove_peer(cc.node_id)  # a removed member is no longer dialled
+            self.addresses.pop(cc.node_id, None)
         log.info("raft: membership change applied: %s node %d %s", cc.type.name, cc.node_id, address)
 
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(self.role, self.term, self.leader_id, self.state.applied_index)
+
+    def cannot_commit(self) -> str:
+        if self.store_full is not None:
+            return f"the store is full; committed entries wait to be applied: {self.store_full}"
+        leaderless = self.leader_id == 0 or self.role in ("candidate", "pre-candidate")
+        if leaderless and time.monotonic() - self.last_leader_change > self._no_leader_grace_s:
+            return f"no leader for {time.monotonic() - self.last_leader_change:.0f}s (no quorum reachable?)"
+        return ""
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -236,7 +272,6 @@ class Replicator:
             self._wake.set()
 
     async def _ready_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -248,8 +283,7 @@ class Replicator:
                     self.term = rd.hard_state.term
                 if rd.snapshot is not None:
                     await self._adopt_snapshot(rd.snapshot.metadata)
-                await loop.run_in_executor(self._pool, self.storage.persist, rd.hard_state, list(rd.entries),
-                                           rd.snapshot)
+                await self._store_call(self.storage.persist, rd.hard_state, list(rd.entries), rd.snapshot)
                 for m in rd.messages:
                     self.transport.send(m.to, encode_message(m))
                 if rd.committed_entries:
@@ -269,8 +303,7 @@ class Replicator:
         upto = self._last_applied_raft - self._log_keep
         if upto - self.storage.first_index() < self._log_keep:
             return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, lambda: self.storage.compact(upto, self.storage.term(upto)))
+        await self._store_call(lambda: self.storage.compact(upto, self.storage.term(upto)))
 
     async def _adopt_snapshot(self, meta: SnapshotMetadata) -> None:
         if self._install_snapshot is None:
@@ -302,22 +335,36 @@ class Replicator:
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
         for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(exc)
+            fail_future(fut, exc)
+
+    async def _store_call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a store write on the store thread; while the store is full (map or disk), retry with
+        back-off instead of dying: what Raft committed stays committed and is applied once space
+        is back, and health says NOT_SERVING meanwhile (``cannot_commit``)."""
+        loop = asyncio.get_running_loop()
+        backoff = STORE_RETRY_MIN_S
+        while True:
+            try:
+                result = await loop.run_in_executor(self._pool, fn, *args)
+            except StoreFull as e:
+                if self.store_full is None:
+                    log.error("store write failed, retrying until space is freed: %s", e)
+                self.store_full = e
+                await asyncio.sleep(backoff)
+                backoff = min(STORE_RETRY_MAX_S, backoff * 2)
+                continue
+            if self.store_full is not None:
+                log.info("the store takes writes again")
+                self.store_full = None
+            return result
 
     async def _apply(self, entries: list[Entry]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self._pool, self._apply_entries, entries)
-        except StoreFull as e:
-            self._fatal = e
-            log.critical("cannot apply committed entries: %s — stopping", e)
-            self._fail_waiting(StoreUnavailable(str(e)))
-            raise
+        results: list[tuple[str, Any]] = []  # kept across retries: entries applied before a failure
+        await self._store_call(self._apply_entries, entries, results)
         for kind, value in results:
             if kind == "conf":
                 cs = self.raw.apply_conf_change(value)
-                await loop.run_in_executor(self._pool, self.storage.set_conf_state, cs)
+                await self._store_call(self.storage.set_conf_state, cs)
                 self._on_conf_applied(value)
             elif kind == "done":
                 req, outcome = value
@@ -325,15 +372,15 @@ class Replicator:
                 if fut is not None and not fut.done():
                     fut.set_result(outcome)
 
-    def _apply_entries(self, entries: list[Entry]) -> list[tuple[str, Any]]:
-        """Store thread: apply each committed entry exactly once, in log order."""
-        out: list[tuple[str, Any]] = []
+    def _apply_entries(self, entries: list[Entry], out: list[tuple[str, Any]]) -> None:
+        """Store thread: apply each committed entry exactly once, in log order (appending to ``out``)."""
         state = self.state
         for e in entries:
-            if e.index <= state.applied_index:
-                continue  # already applied before a restart
+            if e.index <= max(state.applied_index, self._conf_applied):
+                continue  # already applied (before a restart, or before a store-full retry)
             if e.type == EntryType.CONF_CHANGE:
                 out.append(("conf", ConfChange.decode(e.data)))
+                self._conf_applied = e.index
                 continue
             if not e.data:
                 continue  # the new leader's empty entry
@@ -343,7 +390,6 @@ class Replicator:
             self._on_block(state)
             if proposer == self.self_id:
                 out.append(("done", (req, outcome)))
-        return out
 
     def _check_divergence(self, index: int, height: int, expected: bytes) -> None:
         if height == 0 or height > self.state.head.height:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from ledger.lmdb_store import LmdbStore
 from ledger.reader import LedgerReader
@@ -26,8 +26,10 @@ from node.authz import AuthzInterceptor
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
 from node.fair_share import FairShare, PspLimit, parse_limits
+from node.health import HealthWatch
 from node.keys import load_or_create_node_key
 from node.metrics import start_metrics
+from node.offload import Offload
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator
 from node.psp_guard import SubmitGate
@@ -43,6 +45,30 @@ from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import peer_pb2_grpc
 
 log = logging.getLogger("sovledger.node")
+
+HANDSHAKE_TIMEOUT_MS = 5_000  # a connection that does not finish its handshake by then is closed
+CONNECTION_IDLE_MS = 300_000  # a connection without calls this long is closed (clients reconnect)
+CONNECTIONS_MAX = 1024  # beyond this, new connections are refused
+STREAMS_PER_CONNECTION_MAX = 256
+PEER_PING_MIN_MS = 5_000  # pings are allowed this often: below the peer links' keepalive (10 s)
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Listener options: bounded connections and streams, half-open connections closed, keepalive
+    pings of peers and clients accepted (no GOAWAY too_many_pings)."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.max_connection_idle_ms", CONNECTION_IDLE_MS),
+        ("grpc.max_allowed_incoming_connections", CONNECTIONS_MAX),
+        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION_MAX),
+        ("grpc.keepalive_time_ms", 60_000),  # the server pings idle clients: dead ones are dropped
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", PEER_PING_MIN_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 class Node:
@@ -61,25 +87,19 @@ class Node:
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.ingest: Ingest | None = None
-        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.listen, self._sign_block,
-                                                   lambda: self._set_serving(False))
+        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.listen, self._sign_block)
         self.replicator: Replicator | None = None  # when the region has peers (then also the committer)
         self.snapshots: SnapshotExchange | None = None
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.offload = Offload()  # client-triggered heavy reads, off the loop that drives Raft
+        self.health = HealthWatch(lambda: self.committer, lambda: self.ingest, self.checkpoints, self.state,
+                                  self._apply_pool)
         self.started_ns = time.time_ns()
 
     def _sign_block(self, state: LedgerState) -> None:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
         self.checkpoints.on_block(state.head)
-
-    async def _set_serving(self, ok: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", "sovledger.v1.Ledger"):
-            res = self.health.set(service, status)
-            if asyncio.iscoroutine(res):
-                await res
 
     def status(self) -> pb.StatusResponse:
         head = self.state.head
@@ -126,27 +146,23 @@ class Node:
                                          cfg.psp_verify_threads)
         pb_grpc.add_LedgerServicer_to_server(
             LedgerService(ingest, self.reader, cfg.stream_inflight_batches_max, self.committer.check_leader,
-                          self.committer.read_barrier, psp_auth=self.psp_auth, gate=self._submit_gate()),
+                          self.committer.read_barrier, psp_auth=self.psp_auth, gate=self._submit_gate(),
+                          offload=self.offload),
             server
         )
         if self.replicator is not None and self.snapshots is not None:
             peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver, self.snapshots.source),
                                                      server)
             peer_pb2_grpc.add_RegionAdminServicer_to_server(RegionAdminService(self.replicator), server)
-        pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints), server)
+        pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints, self.offload), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), server)
-        pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state, self.offload), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
 
     def _listen(self) -> grpc.aio.Server:
         """Create the gRPC server and bind its listener (the one place that opens the port)."""
         cfg = self.config
-        opts = [
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        server = self._create_server(opts)
+        server = self._create_server(server_options(cfg.max_message_bytes))
         self._add_services(server, self._ingest())
         files = cfg.tls_files
         if files is None:
@@ -193,7 +209,8 @@ class Node:
         self.server = self._listen()
         await self.server.start()
         self.committer.start()
-        await self._set_serving(True)
+        await self.health.set(True)
+        self.health.start()
         if cfg.metrics_listen:
             start_metrics(cfg.metrics_listen, self)
         head = self.state.head
@@ -201,7 +218,8 @@ class Node:
                  cfg.node_id, cfg.region, cfg.listen, head.height, head.tree_size, os.getpid())
 
     async def stop(self) -> None:
-        await self._set_serving(False)
+        await self.health.stop()
+        await self.committer.hand_over()  # while the listener still carries the peers' answers
         if self.server:
             await self.server.stop(grace=2.0)
         await self.committer.stop()
@@ -209,6 +227,7 @@ class Node:
             await self.ingest.stop()
         if self.psp_auth is not None:
             self.psp_auth.close()
+        self.offload.close()
         self._apply_pool.shutdown(wait=True)
         self.store.close()
 

@@ -20,6 +20,7 @@ from ledger.types import BATCH_ITEMS_MAX
 from node import psp_guard
 from node.authz import caller
 from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, abort, batch_status
+from node.offload import Offload
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
 from node.signing import CheckpointService
@@ -45,9 +46,11 @@ class LedgerService(pb_grpc.LedgerServicer):
     def __init__(self, ingest: Ingest, reader: LedgerReader, stream_inflight_max: int,
                  leader_check: Callable[[], None] | None = None,
                  read_barrier: Callable[[], Awaitable[None]] | None = None, *,
-                 psp_auth: PspAuthenticator, gate: psp_guard.SubmitGate | None = None) -> None:
+                 psp_auth: PspAuthenticator, gate: psp_guard.SubmitGate | None = None,
+                 offload: Offload | None = None) -> None:
         self._ingest = ingest
         self._gate = gate or psp_guard.SubmitGate(reader, None)
+        self._offload = offload or Offload()
         # without configured keys a signed batch is refused (unknown key) rather than logged with
         # signatures nobody checked
         self._psp_auth = psp_auth
@@ -118,7 +121,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         try:
             await self._read_gate(context)
             ids = _ids(request.ids)
-            found = self._reader.transfers(ids)
+            found = await self._offload.run(self._reader.transfers, ids)
             psp_guard.check_read_transfers(caller(context), ids, [f.leaf if f else None for f in found])
         except Exception as e:
             await abort(context, e)
@@ -140,7 +143,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             await self._read_gate(context)
             ids = _ids(request.ids)
             psp_guard.check_read_accounts(caller(context), ids)
-            states = self._reader.accounts(ids)
+            states = await self._offload.run(self._reader.accounts, ids)
         except Exception as e:
             await abort(context, e)
         out = pb.LookupAccountsResponse()
@@ -157,7 +160,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             if request.limit > HISTORY_PAGE_MAX:
                 raise BadRequest(f"limit {request.limit} is above the page maximum {HISTORY_PAGE_MAX}")
             after = None if request.first_page else request.after_index
-            entries, more = self._reader.history(aid, after, request.limit or 100)
+            entries, more = await self._offload.run(self._reader.history, aid, after, request.limit or 100)
         except Exception as e:
             await abort(context, e)
         return pb.HistoryResponse(entries=[pb.Entry(index=i, leaf=leaf) for i, leaf in entries], more=more)
@@ -174,9 +177,10 @@ def _ids(raw: Any) -> list[bytes]:
 
 
 class AuditService(pb_grpc.AuditServicer):
-    def __init__(self, reader: LedgerReader, checkpoints: CheckpointService) -> None:
+    def __init__(self, reader: LedgerReader, checkpoints: CheckpointService, offload: Offload | None = None) -> None:
         self._reader = reader
         self._checkpoints = checkpoints
+        self._offload = offload or Offload()
 
     async def GetCheckpoint(self, request: pb.CheckpointRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> pb.CheckpointResponse:
@@ -199,7 +203,7 @@ class AuditService(pb_grpc.AuditServicer):
                 index = request.index
             else:
                 raise BadRequest("set either index or transfer_id")
-            leaf, proof = self._reader.inclusion_proof(index, size)
+            leaf, proof = await self._offload.run(self._reader.inclusion_proof, index, size)
         except Exception as e:
             await abort(context, e)
         return pb.InclusionResponse(index=index, tree_size=size, leaf=leaf, proof=proof, note=note)
@@ -208,7 +212,7 @@ class AuditService(pb_grpc.AuditServicer):
                                   context: grpc.aio.ServicerContext[Any, Any]) -> pb.ConsistencyResponse:
         try:
             second = request.second or self._checkpoints.latest().size
-            proof = self._reader.consistency_proof(request.first, second)
+            proof = await self._offload.run(self._reader.consistency_proof, request.first, second)
         except Exception as e:
             await abort(context, e)
         return pb.ConsistencyResponse(first=request.first, second=second, proof=proof)
@@ -231,11 +235,16 @@ class AuditService(pb_grpc.AuditServicer):
 
     async def StreamBlocks(self, request: pb.BlocksRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.BlocksChunk]:
-        end = request.end or self._reader.head().height + 1
+        top = self._reader.head().height + 1  # a range past the head ends at the head (no endless stream)
+        end = min(request.end or top, top)
         pos = max(1, request.start)
         while pos < end:
             stop = min(end, pos + ENTRIES_CHUNK)
-            yield pb.BlocksChunk(headers=self._reader.blocks(pos, stop))
+            try:
+                headers = await self._offload.run(self._reader.blocks, pos, stop)
+            except Exception as e:
+                await abort(context, e)
+            yield pb.BlocksChunk(headers=headers)
             pos = stop
 
 

@@ -11,6 +11,7 @@ rolled back, truncated or forked can never get this key to sign an inconsistent 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ class CheckpointService:
         self._latest: SignedCheckpoint | None = None
         self._guard = self._load_guard()
         self.verifier_key = signer.verifier.to_string()
+        self.failure: Exception | None = None  # the last signing error, until a signature succeeds
 
     def _load_guard(self) -> tuple[int, bytes] | None:
         if not self._guard_path.exists():
@@ -58,6 +60,7 @@ class CheckpointService:
         return int(data["size"]), base64.b64decode(data["root"])
 
     def _store_guard(self, size: int, root: bytes) -> None:
+        _injected_fault()
         tmp = self._guard_path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump({"size": size, "root": base64.b64encode(root).decode(), "origin": self._origin}, f)
@@ -75,8 +78,30 @@ class CheckpointService:
         self._sign(head)
 
     def on_block(self, head: Head) -> None:
-        if head.height % self._every == 0:
+        """After a committed block (store thread). Never raises: the block is committed whatever
+        happens here, and its outcome goes to the client as committed. A failed signature (disk
+        full writing the guard, an inconsistency refusal) is logged, shown by ``failure`` (health),
+        and retried with the next block or by ``retry``."""
+        if head.height % self._every == 0 or self.failure is not None:
+            self._try_sign(head)
+
+    def retry(self, head: Head) -> None:
+        """Store thread: sign ``head`` again if the last attempt failed (a no-op otherwise)."""
+        if self.failure is not None:
+            self._try_sign(head)
+
+    def _try_sign(self, head: Head) -> None:
+        try:
             self._sign(head)
+        except Exception as e:
+            if self.failure is None or str(self.failure) != str(e):
+                log.error("checkpoint signing failed at block %d (the block is committed; retrying): %s",
+                          head.height, e)
+            self.failure = e
+            return
+        if self.failure is not None:
+            log.info("checkpoint signing works again (signed block %d)", head.height)
+        self.failure = None
 
     def latest(self) -> SignedCheckpoint:
         cp = self._latest
@@ -116,6 +141,17 @@ class CheckpointService:
             cp = SignedCheckpoint(note, head.tree_size, root, head.height)
             self._latest = cp
             return cp
+
+
+#: Fault injection for tests: while the file this variable names exists, writing the guard fails
+#: like a full disk would (ENOSPC). Unset in production.
+FAULT_ENV = "SOVLEDGER_FAULT_SIGNER_GUARD"
+
+
+def _injected_fault() -> None:
+    path = os.environ.get(FAULT_ENV)
+    if path and os.path.exists(path):
+        raise OSError(errno.ENOSPC, f"No space left on device (injected by {FAULT_ENV})")
 
 
 def _empty_root() -> bytes:

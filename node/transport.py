@@ -51,6 +51,7 @@ class _PeerLink:
         self.queued_bytes = 0
         self._on_unreachable = on_unreachable
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.dropped = 0
 
     def start(self) -> None:
@@ -61,6 +62,14 @@ class _PeerLink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def cancel(self) -> None:
+        """Stop dialling: the open stream ends its request side, the call finishes and the link
+        closes its channel without reconnecting. (Cancelling a pending gRPC call instead leaves
+        gRPC reconnecting to the address in the background.)"""
+        self._closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(b"")  # wakes the request iterator
 
     def send(self, payload: bytes) -> None:
         if self.queued_bytes + len(payload) > QUEUE_BYTES_MAX and not self.queue.empty():
@@ -77,30 +86,38 @@ class _PeerLink:
         self.dropped += 1
         self._on_unreachable(self.peer_id)
 
-    async def _messages(self) -> AsyncIterator[ppb.RaftEnvelope]:
-        while True:
-            payload = await self.queue.get()
-            self.queued_bytes -= len(payload)
-            yield ppb.RaftEnvelope(from_id=self.self_id, message=payload)
-
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
-        while True:
+        while not self._closing:
             channel = peer_channel(self.address, self.tls, _CHANNEL_OPTIONS)
             try:
-                stub = ppb_grpc.PeerStub(channel)
-                await stub.Send(self._messages())
+                await self._stream(channel)
                 backoff = BACKOFF_MIN_S
-            except asyncio.CancelledError:
-                await channel.close()
-                raise
-            except grpc.RpcError as e:
-                log.debug("peer %d at %s: %s", self.peer_id, self.address, e.code())
+            except (grpc.RpcError, asyncio.InvalidStateError) as e:
+                log.debug("peer %d at %s: %s", self.peer_id, self.address, e)
                 self._on_unreachable(self.peer_id)
             finally:
-                await channel.close()
+                # shielded: a link stopped mid-close must still close its channel
+                await asyncio.shield(channel.close())
+            if self._closing:
+                return
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _stream(self, channel: grpc.aio.Channel) -> None:
+        """One ``Peer.Send`` stream, written message by message from the queue. Writing ourselves
+        (rather than handing gRPC an iterator) leaves nothing blocked on the queue once the call
+        ends; a request iterator left waiting keeps its call, and gRPC keeps re-dialling the peer."""
+        call = ppb_grpc.PeerStub(channel).Send()
+        try:
+            while True:
+                payload = await self.queue.get()
+                if self._closing:
+                    return
+                self.queued_bytes -= len(payload)
+                await call.write(ppb.RaftEnvelope(from_id=self.self_id, message=payload))
+        finally:
+            call.cancel()
 
 
 class PeerTransport:
@@ -122,6 +139,12 @@ class PeerTransport:
         link = self._links.get(to)
         if link is not None:
             link.send(payload)
+
+    def remove_peer(self, peer_id: int) -> None:
+        link = self._links.pop(peer_id, None)
+        if link is not None:
+            link.cancel()
+            log.info("peer %d at %s removed from the region: no longer dialled", peer_id, link.address)
 
     def add_peer(self, peer_id: int, address: str, on_unreachable: Callable[[int], None]) -> None:
         if peer_id not in self._links:

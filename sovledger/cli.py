@@ -85,6 +85,11 @@ def _demo(args: argparse.Namespace) -> int:
                     keep=not args.stop, nodes=args.nodes)
 
 
+_BENCH_HELP = ("Single-node throughput and latency against a bare-components baseline; writes "
+               "bench/results/*.json. Needs a source checkout (bench/ is not part of the installed "
+               "package); `make bench` runs every benchmark.")
+
+
 def _bench(args: argparse.Namespace) -> int:
     """Run ``python -m bench.single_node`` from a source checkout (bench/ is not installed)."""
     root = Path(__file__).resolve().parent.parent
@@ -168,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stop", action="store_true", help="stop the region at the end (default: leave it running)")
     d.set_defaults(func=_demo)
 
-    b = sub.add_parser("bench", help="run benchmarks", description="Single-node throughput and latency "
-                       "against a bare-components baseline; writes bench/results/*.json. Needs a source "
-                       "checkout (bench/ is not part of the installed package); `make bench` runs every "
-                       "benchmark.")
+    b = sub.add_parser("bench", help="run the single-node benchmark", description=_BENCH_HELP)
     b.add_argument("--quick", action="store_true", help="fewer transfers, for a smoke run")
     b.set_defaults(func=_bench)
 
