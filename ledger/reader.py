@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from ledger.codec import BlockHeader
-from ledger.hashing import leaf_hash
-from ledger.invariant import invariant
-from ledger.merkle import consistency_proof, inclusion_proof, root_at
+from ledger.codec import LEAF_HEADER_SIZE, BlockHeader
+from ledger.hashing import leaf_hash, node_hash
+from ledger.invariant import InvariantViolation, invariant
+from ledger.merkle import CompactRange, consistency_proof, inclusion_proof, root_at
 from ledger.schema import (
     META_HEAD,
+    META_RANGE,
     Head,
     Table,
     TransferRef,
@@ -38,6 +39,60 @@ class RangeError(ValueError):
     """A requested index/size is outside the tree (mapped to OUT_OF_RANGE / INVALID_ARGUMENT)."""
 
 
+class DamagedEntry(InvariantViolation):
+    """A stored leaf no longer matches the hash committed for it (mapped to DATA_LOSS at the edge).
+
+    An InvariantViolation: this replica's store is damaged and must not serve the entry."""
+
+    def __init__(self, index: int, detail: str, or_index: int | None = None) -> None:
+        self.index = index
+        which = f"entry {index}" if or_index is None else f"entry {index} or {or_index}"
+        super().__init__(f"stored {which} is damaged ({detail}); this node serves nothing unverified: "
+                         "read from another replica and restore this node's data directory")
+
+
+def verified_leaves(txn: ReadTxn, start: int, stop: int) -> list[bytes]:
+    """Leaves [start, stop), each checked against the hash committed for it, else ``DamagedEntry``.
+
+    Level 0 hashes are not stored: a leaf pair (2k, 2k+1) is checked against the stored level-1
+    node k; the last leaf of an odd-sized tree against the compact range's lone leaf hash."""
+    if start >= stop:
+        return []
+    raw_head = txn.get(Table.META, META_HEAD)
+    size = Head.decode(raw_head).tree_size if raw_head else 0
+    if stop > size:
+        raise RangeError(f"entries up to {stop} requested, the tree holds {size}")
+    lo, hi = start & ~1, min(size, (stop + 1) & ~1)
+    leaves = {decode_index(k): v for k, v in txn.range(Table.LEAVES, index_key(lo), index_key(hi))}
+    for i in range(lo, hi, 2):
+        if i + 1 < size:
+            _check_pair(txn, leaves, i)
+        else:
+            _check_lone(txn, leaves, i, size)
+    return [leaves[i] for i in range(start, stop)]
+
+
+def _check_pair(txn: ReadTxn, leaves: dict[int, bytes], i: int) -> None:
+    left, right = leaves.get(i), leaves.get(i + 1)
+    if left is None or right is None:
+        raise DamagedEntry(i if left is None else i + 1, "missing from the store")
+    stored = txn.get(Table.NODES, node_key(1, i >> 1))
+    if stored is None:
+        raise DamagedEntry(i, "the tree node over the pair is missing", or_index=i + 1)
+    if node_hash(leaf_hash(left), leaf_hash(right)) != stored:
+        raise DamagedEntry(i, "the pair does not hash to its committed tree node", or_index=i + 1)
+
+
+def _check_lone(txn: ReadTxn, leaves: dict[int, bytes], i: int, size: int) -> None:
+    leaf = leaves.get(i)
+    if leaf is None:
+        raise DamagedEntry(i, "missing from the store")
+    raw = txn.get(Table.META, META_RANGE)
+    rng = CompactRange.from_bytes(raw) if raw else None
+    if rng is None or rng.size != size or leaf_hash(leaf) != rng.hashes[-1]:
+        raise DamagedEntry(i, "does not hash to the committed tree edge")
+
+
 @dataclass(frozen=True, slots=True)
 class TransferLookup:
     ref: TransferRef
@@ -52,10 +107,7 @@ class _TxnNodes:
 
     def get_node(self, level: int, index: int) -> bytes:
         if level == 0:
-            leaf = self._txn.get(Table.LEAVES, index_key(index))
-            invariant(leaf is not None, f"leaf {index} missing while building a proof")
-            assert leaf is not None
-            return leaf_hash(leaf)
+            return leaf_hash(verified_leaves(self._txn, index, index + 1)[0])
         h = self._txn.get(Table.NODES, node_key(level, index))
         invariant(h is not None, f"tree node ({level}, {index}) missing while building a proof")
         assert h is not None
@@ -79,9 +131,10 @@ class LedgerReader:
                     out.append(None)
                     continue
                 ref = TransferRef.decode(raw)
-                leaf = txn.get(Table.LEAVES, index_key(ref.leaf_index))
-                invariant(leaf is not None, f"transfer {tid.hex()} points at missing leaf {ref.leaf_index}")
-                assert leaf is not None
+                leaf = verified_leaves(txn, ref.leaf_index, ref.leaf_index + 1)[0]
+                if leaf[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + 16] != tid:  # a damaged index row
+                    raise DamagedEntry(ref.leaf_index, f"the index row of transfer {tid[::-1].hex()} points at "
+                                                       "another transfer's entry")
                 out.append(TransferLookup(ref, leaf))
         return out
 
@@ -98,9 +151,8 @@ class LedgerReader:
         with self.store.read() as txn:
             keys = [k for k, _ in txn.range(Table.HISTORY, start, end, limit + 1)]
             for k in keys[:limit]:
-                leaf = txn.get(Table.LEAVES, history_leaf_key(k))
-                assert leaf is not None
-                out.append((decode_index(history_leaf_key(k)), leaf))
+                index = decode_index(history_leaf_key(k))
+                out.append((index, verified_leaves(txn, index, index + 1)[0]))
         return out, len(keys) > limit
 
     def leaves(self, start: int, end: int, chunk: int = 1000) -> Iterator[list[bytes]]:
@@ -108,17 +160,15 @@ class LedgerReader:
         while pos < end:
             stop = min(end, pos + chunk)
             with self.store.read() as txn:
-                batch = [v for _, v in txn.range(Table.LEAVES, index_key(pos), index_key(stop))]
-            invariant(len(batch) == stop - pos, f"leaves {pos}..{stop} incomplete in store")
+                batch = verified_leaves(txn, pos, stop)
             yield batch
             pos = stop
 
     def leaf(self, index: int) -> bytes:
         with self.store.read() as txn:
-            raw = txn.get(Table.LEAVES, index_key(index))
-        if raw is None:
-            raise LookupError_(f"no leaf at index {index}")
-        return raw
+            if index >= self._tree_size(txn):
+                raise LookupError_(f"no leaf at index {index}")
+            return verified_leaves(txn, index, index + 1)[0]
 
     def blocks(self, start: int, end: int) -> list[bytes]:
         with self.store.read() as txn:
@@ -141,8 +191,7 @@ class LedgerReader:
             self._check_size(txn, size)
             if not 0 <= index < size:
                 raise RangeError(f"leaf index {index} is not inside a tree of size {size}")
-            leaf = txn.get(Table.LEAVES, index_key(index))
-            assert leaf is not None
+            leaf = verified_leaves(txn, index, index + 1)[0]
             return leaf, inclusion_proof(_TxnNodes(txn), index, size)
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
@@ -160,8 +209,12 @@ class LedgerReader:
         return TransferRef.decode(raw).leaf_index
 
     @staticmethod
-    def _check_size(txn: ReadTxn, size: int) -> None:
+    def _tree_size(txn: ReadTxn) -> int:
         raw = txn.get(Table.META, META_HEAD)
-        current = Head.decode(raw).tree_size if raw else 0
+        return Head.decode(raw).tree_size if raw else 0
+
+    @staticmethod
+    def _check_size(txn: ReadTxn, size: int) -> None:
+        current = LedgerReader._tree_size(txn)
         if size > current:
             raise RangeError(f"tree size {size} is beyond the current tree ({current} leaves)")

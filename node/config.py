@@ -40,6 +40,10 @@ class NodeConfig:
     region: str = "local"
     peers: tuple[PeerConfig, ...] = ()
     join: bool = False  # start as a learner of an existing region (new or wiped node)
+    # a wiped voter: ask the leader to demote this node to a learner, start as one (node/startup.py)
+    rejoin: bool = False
+    # at start, verify every block of the store (not only the tail) before serving
+    verify_full: bool = False
     # rules: verifier keys (C2SP "name+keyid+base64") allowed to deploy rule sets; identical on all replicas
     operator_keys: tuple[str, ...] = ()
     # verifier keys of the region's nodes: when set, a snapshot must be signed by one of them

@@ -20,7 +20,7 @@ import grpc
 
 import sovledger_pb
 from ledger.codec import EncodingError
-from ledger.reader import LookupError_, RangeError
+from ledger.reader import DamagedEntry, LookupError_, RangeError
 from ledger.store import StoreFull
 from node.psp_auth import PspAuthError
 from sovledger_pb import ledger_pb2 as pb
@@ -108,6 +108,7 @@ class DataLoss(NodeError, code=grpc.StatusCode.DATA_LOSS, reason=pb.REASON_DATA_
 # expected errors raised below the node layer (ledger/, psp_auth): code, reason, message prefix
 _FOREIGN: tuple[tuple[type[BaseException], grpc.StatusCode, Reason, str], ...] = (
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.REASON_STORE_FULL, ""),
+    (DamagedEntry, grpc.StatusCode.DATA_LOSS, pb.REASON_DATA_LOSS, ""),
     (EncodingError, grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_MALFORMED, "malformed request: "),
     (RangeError, grpc.StatusCode.OUT_OF_RANGE, pb.REASON_OUT_OF_RANGE, ""),
     (PspAuthError, grpc.StatusCode.PERMISSION_DENIED, pb.REASON_PERMISSION_DENIED, ""),

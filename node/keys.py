@@ -32,21 +32,6 @@ def load_key_file(path: Path) -> Signer:
         raise KeyFileError(f"cannot read key {path}: {e}") from e
 
 
-def load_or_create_node_key(path: Path, name: str) -> Signer:
-    """The node's signing key; created on first start (logged by the caller)."""
-    if path.exists():
-        signer = load_key_file(path)
-        if signer.name != name:
-            raise KeyFileError(
-                f"{path} holds key {signer.name!r} but this node is {name!r}; "
-                "fix --region/--node-id or move the key"
-            )
-        return signer
-    signer = Signer.generate(name)
-    write_key_file(path, signer)
-    return signer
-
-
 def describe(signer: Signer) -> dict[str, object]:
     v = signer.verifier
     return {"name": signer.name, "key_id": v.key_id.hex(), "verifier_key": v.to_string(),

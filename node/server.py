@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
-from node.keys import load_or_create_node_key
 from node.metrics import start_metrics
 from node.offload import Offload
 from node.pipeline import Ingest
@@ -38,6 +38,7 @@ from node.rules_service import RulesService
 from node.service import AdminService, AuditService, LedgerService
 from node.signing import CheckpointService
 from node.snapshot_exchange import SnapshotExchange
+from node.startup import check_store, lock_data_dir, peer_checkpoint_floor
 from node.tls import RevocationList, server_credentials
 from node.transport import PeerService, PeerTransport, RegionAdminService
 from sovledger_pb import ledger_pb2 as pb
@@ -74,14 +75,15 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class Node:
     """Wires store, state machine, ingest, checkpoints and the gRPC server together."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, full_check: Callable[[LedgerReader], None] | None = None) -> None:
         self.config = config
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        self._data_lock = lock_data_dir(data)  # one process per data directory (node/startup.py)
         self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
-        self.key = load_or_create_node_key(data / "node.key", config.key_name)
+        self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
         self.checkpoints = CheckpointService(
             self.reader, self.key, config.origin, data / "signer-guard.json", config.checkpoint_every_blocks
         )
@@ -203,6 +205,8 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.peers:  # never sign below what the region already signed (an old data directory)
+            self.checkpoints.floor, self.checkpoints.floor_source = peer_checkpoint_floor(cfg)
         self.checkpoints.on_start(self.state.head)
         self._start_committer()
         self._ingest().start()
@@ -230,10 +234,11 @@ class Node:
         self.offload.close()
         self._apply_pool.shutdown(wait=True)
         self.store.close()
+        self._data_lock.close()
 
 
-async def serve(config: NodeConfig) -> None:
-    node = Node(config)
+async def serve(config: NodeConfig, full_check: Callable[[LedgerReader], None] | None = None) -> None:
+    node = Node(config, full_check)
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

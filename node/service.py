@@ -23,7 +23,7 @@ from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, abort, batc
 from node.offload import Offload
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
-from node.signing import CheckpointService
+from node.signing import CheckpointService, InconsistentCheckpoint
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -184,7 +184,12 @@ class AuditService(pb_grpc.AuditServicer):
 
     async def GetCheckpoint(self, request: pb.CheckpointRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> pb.CheckpointResponse:
-        cp = self._checkpoints.latest()
+        try:
+            cp = self._checkpoints.latest()
+        except InconsistentCheckpoint as e:  # below the peers' newest checkpoint: catching up first
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"this node has no checkpoint to serve yet: {e}; "
+                                "ask another node or retry shortly")
+            raise
         return pb.CheckpointResponse(note=cp.note, tree_size=cp.size, root=cp.root, block=cp.block,
                                      verifier_key=self._checkpoints.verifier_key)
 

@@ -31,6 +31,10 @@ class InconsistentCheckpoint(Exception):
     """Refused: the tree to sign does not extend the last signed one."""
 
 
+class BelowPeerCheckpoint(InconsistentCheckpoint):
+    """Refused: a peer already holds a newer checkpoint of this origin (an old data directory?)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SignedCheckpoint:
     note: str
@@ -50,6 +54,10 @@ class CheckpointService:
         self._lock = threading.Lock()
         self._latest: SignedCheckpoint | None = None
         self._guard = self._load_guard()
+        # the newest tree size of this origin a peer holds (learned at start, node/startup.py): the
+        # key never signs below it, so an old copy of the data directory cannot sign old state again
+        self.floor = 0
+        self.floor_source = ""
         self.verifier_key = signer.verifier.to_string()
         self.failure: Exception | None = None  # the last signing error, until a signature succeeds
 
@@ -74,20 +82,29 @@ class CheckpointService:
             os.close(dfd)
 
     def on_start(self, head: Head) -> None:
-        """Sign the current head at start (refusing loudly if the store went backwards)."""
+        """Sign the current head at start (refusing loudly if the store went backwards).
+
+        Below the peers' floor the node signs nothing yet: it catches up through Raft first."""
+        if head.tree_size < self.floor:
+            log.warning("not signing tree size %d at start: %s holds a checkpoint of size %d; catching up first",
+                        head.tree_size, self.floor_source, self.floor)
+            return
         self._sign(head)
 
     def on_block(self, head: Head) -> None:
         """After a committed block (store thread). Never raises: the block is committed whatever
         happens here, and its outcome goes to the client as committed. A failed signature (disk
         full writing the guard, an inconsistency refusal) is logged, shown by ``failure`` (health),
-        and retried with the next block or by ``retry``."""
-        if head.height % self._every == 0 or self.failure is not None:
+        and retried with the next block or by ``retry``. Below the peers' floor nothing is signed:
+        the node is still catching up to what the region already signed."""
+        if head.tree_size < self.floor:
+            return
+        if head.height % self._every == 0 or self.failure is not None or self._latest is None:
             self._try_sign(head)
 
     def retry(self, head: Head) -> None:
         """Store thread: sign ``head`` again if the last attempt failed (a no-op otherwise)."""
-        if self.failure is not None:
+        if self.failure is not None and head.tree_size >= self.floor:
             self._try_sign(head)
 
     def _try_sign(self, head: Head) -> None:
@@ -110,6 +127,10 @@ class CheckpointService:
         return cp
 
     def _check_consistent(self, size: int, root: bytes) -> None:
+        if size < self.floor:
+            raise BelowPeerCheckpoint(
+                f"refusing to sign tree size {size}: {self.floor_source or 'a peer'} holds a checkpoint of this "
+                f"origin at size {self.floor} (was an old copy of the data directory restored?)")
         if self._guard is None:
             return
         old_size, old_root = self._guard

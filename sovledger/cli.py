@@ -33,7 +33,8 @@ def _node(args: argparse.Namespace) -> int:
     overrides = {
         "data_dir": args.data, "listen": args.listen, "node_id": args.node_id, "region": args.region,
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
-        "log_level": args.log_level, "join": True if args.join else None,
+        "log_level": args.log_level, "join": True if args.join or args.rejoin else None,
+        "rejoin": True if args.rejoin else None, "verify_full": True if args.verify_full else None,
         "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
         "psp_verifier_keys": args.psp_keys, "peer_keys": args.peer_keys,
         "psp_require_signatures": True if args.require_psp_signatures else None,
@@ -46,8 +47,10 @@ def _node(args: argparse.Namespace) -> int:
         print(f"sovledger node: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sovledger.selfcheck import replay_balances
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, replay_balances if config.verify_full else None))
     return 0
 
 
@@ -135,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--join", action="store_true",
                    help="join an existing region as a non-voting learner (new or wiped node); promote it "
                         "with `sovledger cluster member promote` once caught up")
+    n.add_argument("--rejoin", action="store_true",
+                   help="this node's store was lost but the region lists it as a voter: ask the leader to demote "
+                        "it to a learner, catch up, then promote it with `sovledger cluster member promote`")
+    n.add_argument("--verify-full", action="store_true",
+                   help="at start, verify every block, leaf, tree node and replayed balance before serving "
+                        "(default: only the tail is checked)")
     n.add_argument("--map-size", type=int, default=None, help="LMDB map size in bytes (default 8 GiB)")
     n.add_argument("--metrics", default=None, help="HOST:PORT for Prometheus metrics (off by default)")
     n.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")

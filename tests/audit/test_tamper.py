@@ -7,6 +7,7 @@ data directory (LMDB files + node.key + signer-guard.json) started as a second p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +25,10 @@ from clients.auditor.export import read_export, write_export
 from clients.auditor.failures import EXIT_BAD_SIGNATURE, EXIT_INCONSISTENT, EXIT_LOG_MISMATCH, EXIT_OK
 from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
+from ledger.codec import BlockHeader
+from ledger.hashing import block_hash
 from ledger.merkle import CompactRange
+from ledger.state import Head
 from ledger.types import EventKind
 from tests.integration.nodeproc import ROOT, NodeProcess
 
@@ -102,13 +106,21 @@ def env_of(data: Path) -> lmdb.Environment:
     return lmdb.open(str(data / "ledger"), max_dbs=32, subdir=True, map_size=1 << 30)
 
 
-def flip_leaf_byte(data: Path, index: int, offset: int) -> bytes:
+def flip_leaf_byte(data: Path, index: int, offset: int, fix_parent: bool = False) -> bytes:
+    """Flip one byte of a stored leaf. ``fix_parent`` also rewrites the level-1 tree node over it,
+    so the node's own read check (leaf pair vs stored node) passes: a replica that lies, which
+    only the auditor's recomputation against the signed root can catch."""
     env = env_of(data)
     with env.begin(write=True) as txn:
         db = env.open_db(b"leaves", txn=txn, create=False)
         raw = bytearray(txn.get(U64BE.pack(index), db=db))
         raw[offset] ^= 0x01
         txn.put(U64BE.pack(index), bytes(raw), db=db)
+        if fix_parent:
+            nodes = env.open_db(b"nodes", txn=txn, create=False)
+            pair = [txn.get(U64BE.pack(i), db=db) for i in (index & ~1, index | 1)]
+            h = [blake3.blake3(b"\x00" + leaf).digest() for leaf in pair]
+            txn.put(NODE_KEY.pack(1, index >> 1), blake3.blake3(b"\x01" + h[0] + h[1]).digest(), db=nodes)
     env.close()
     return bytes(raw)
 
@@ -127,7 +139,7 @@ def trust_init(tmp_path: Path, target: str) -> Path:
 def test_flipped_byte_on_one_replica(base: Path, tmp_path: Path, nodes: list[NodeProcess]) -> None:
     good = start(nodes, replica(base, tmp_path, "a"))
     bad_dir = replica(base, tmp_path, "b")
-    flip_leaf_byte(bad_dir, 1234, 24 + 48)  # the amount of transfer leaf 1234
+    flip_leaf_byte(bad_dir, 1234, 24 + 48, fix_parent=True)  # the amount of transfer leaf 1234
     bad = start(nodes, bad_dir)
     trust = trust_init(tmp_path, good.target)
     code, text = audit("verify", "--node", good.target, "--trust", str(trust), "--full")
@@ -153,22 +165,30 @@ def test_flipped_byte_on_one_replica(base: Path, tmp_path: Path, nodes: list[Nod
 
 
 def test_truncated_log(base: Path, tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    tail = replica(base, tmp_path, "tail")
+    _delete_leaves(tail, (2048, 2049))  # the last two leaves: the node's start check refuses
+    with pytest.raises(RuntimeError, match="refusing to start: block 9: stored entry 2048"):
+        NodeProcess(tail).start(timeout_s=20)
     data = replica(base, tmp_path, "t")
-    env = env_of(data)
-    with env.begin(write=True) as txn:
-        db = env.open_db(b"leaves", txn=txn, create=False)
-        for i in (2048, 2049):  # the last two leaves (their parent node stays, so the node still signs)
-            assert txn.delete(U64BE.pack(i), db=db)
-    env.close()
+    _delete_leaves(data, (1000, 1001))  # inside the log: the start check (tail only) does not see it
     n = start(nodes, data)
     trust = trust_init(tmp_path, n.target)
     code, text = audit("verify", "--node", n.target, "--trust", str(trust))
     assert code == EXIT_OK, text  # the checkpoint alone cannot see it …
     code, out = audit_json("verify", "--node", n.target, "--trust", str(trust), "--full")
-    assert code == EXIT_LOG_MISMATCH, out  # … streaming every entry does
+    assert code == EXIT_LOG_MISMATCH, out  # … streaming every entry does (the node answers DATA_LOSS there)
     assert out["error"]["kind"] == "truncated"
-    assert out["error"]["index"] <= 2048 and out["error"]["expected"] == 2050
+    assert out["error"]["index"] <= 1000 and out["error"]["expected"] == 2050
     assert n.target in out["error"]["message"]
+
+
+def _delete_leaves(data: Path, indexes: tuple[int, ...]) -> None:
+    env = env_of(data)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"leaves", txn=txn, create=False)
+        for i in indexes:
+            assert txn.delete(U64BE.pack(i), db=db)
+    env.close()
 
 
 # -- (3) rollback to an older copy of the data directory ----------------------------------------------
@@ -243,8 +263,8 @@ def test_fork_same_key_different_histories(base: Path, tmp_path: Path, nodes: li
 
 
 def _rehash_tree(data: Path, index: int, size: int) -> None:
-    """Recompute the stored Merkle nodes above ``index`` and the compact range, so the tree is
-    self-consistent with the altered leaf (the headers, chain head and guard are left as they were)."""
+    """Recompute the stored Merkle nodes above ``index``, the compact range and the last block header,
+    so the tree is self-consistent with the altered leaf (older headers, chain and guard left as they were)."""
     env = env_of(data)
     with env.begin(write=True) as txn:
         leaves = env.open_db(b"leaves", txn=txn, create=False)
@@ -266,7 +286,17 @@ def _rehash_tree(data: Path, index: int, size: int) -> None:
             if size & (1 << lvl):
                 hashes.append(get(lvl, start >> lvl))
                 start += 1 << lvl
-        txn.put(b"range", CompactRange(size, hashes).to_bytes(), db=meta)
+        rng = CompactRange(size, hashes)
+        txn.put(b"range", rng.to_bytes(), db=meta)
+        # … and the last block header's root and the head's block hash, so the node's start check
+        # (tail only) passes: only the older headers and the signed checkpoints still hold the truth
+        blocks = env.open_db(b"blocks", txn=txn, create=False)
+        head = Head.decode(txn.get(b"head", db=meta))
+        key = U64BE.pack(head.height)
+        header = dataclasses.replace(BlockHeader.decode(txn.get(key, db=blocks)), merkle_root=rng.root())
+        txn.put(key, header.encode(), db=blocks)
+        head = dataclasses.replace(head, block_hash=block_hash(header.encode()))
+        txn.put(b"head", head.encode(), db=meta)
     env.close()
 
 

@@ -74,6 +74,8 @@ class NodeProcess:
 
 def wait_tree_size(target: str, size: int, timeout_s: float = 60) -> int:
     """Poll a node's own checkpoint (stale read: it may be a follower) until it reaches ``size``."""
+    import grpc
+
     from clients.client import LedgerClient
 
     deadline = time.monotonic() + timeout_s
@@ -81,7 +83,10 @@ def wait_tree_size(target: str, size: int, timeout_s: float = 60) -> int:
     with LedgerClient(target, stale_reads=True) as c:
         c.wait_ready(timeout_s)
         while time.monotonic() < deadline:
-            got = int(c.checkpoint().tree_size)
+            try:
+                got = int(c.checkpoint().tree_size)
+            except grpc.RpcError:  # a restarted replica signs nothing until it caught up with its peers
+                got = 0
             if got >= size:
                 break
             time.sleep(0.1)
