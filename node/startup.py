@@ -64,13 +64,19 @@ def check_store(config: NodeConfig, reader: LedgerReader,
     head = reader.head()
     holds_ledger = head.height > 0 or head.tree_size > 0
     key = node_key(data, config.key_name, holds_ledger)
-    verify_tail(reader, _load_guard(data / "signer-guard.json"))
-    if config.verify_full:
-        log.info("verifying every block of the store (--verify-full) …")
-        verify_full(reader)
-        if full_check is not None:
-            full_check(reader)  # the balance replay (sovledger/selfcheck.py)
-        log.info("store verified: %d blocks, %d entries", head.height, head.tree_size)
+    try:
+        verify_tail(reader, _load_guard(data / "signer-guard.json"))
+        if config.verify_full:
+            log.info("verifying every block of the store (--verify-full) …")
+            verify_full(reader)
+            if full_check is not None:
+                full_check(reader)  # the balance replay (sovledger/selfcheck.py)
+            log.info("store verified: %d blocks, %d entries", head.height, head.tree_size)
+    except StartupRefused:
+        raise
+    except Exception as e:  # the store itself is unreadable (e.g. a damaged LMDB page)
+        raise StartupRefused(f"the store in {data} is unreadable near block {head.height}: "
+                             f"{type(e).__name__}: {e}; restore this data directory") from e
     check_membership(config, holds_ledger)
     return key
 
