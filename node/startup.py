@@ -63,6 +63,7 @@ def check_store(config: NodeConfig, reader: LedgerReader,
     data = Path(config.data_dir)
     head = reader.head()
     holds_ledger = head.height > 0 or head.tree_size > 0
+    check_membership(config, holds_ledger)
     key = node_key(data, config.key_name, holds_ledger)
     try:
         verify_tail(reader, _load_guard(data / "signer-guard.json"))
@@ -77,7 +78,6 @@ def check_store(config: NodeConfig, reader: LedgerReader,
     except Exception as e:  # the store itself is unreadable (e.g. a damaged LMDB page)
         raise StartupRefused(f"the store in {data} is unreadable near block {head.height}: "
                              f"{type(e).__name__}: {e}; restore this data directory") from e
-    check_membership(config, holds_ledger)
     return key
 
 
@@ -257,19 +257,34 @@ def _peer_status(address: str) -> pb.StatusResponse | None:
 
 
 def _demote_self(config: NodeConfig, leader: str) -> None:
+    """Remove this node from the region, then add it back as a learner with fresh progress.
+
+    A plain demotion would keep the leader's memory of what this node had matched before it lost
+    its state, and the leader would never send it what it no longer has."""
+    import time
+
     import grpc
 
     from sovledger_pb import peer_pb2, peer_pb2_grpc
 
-    req = peer_pb2.MembershipRequest(op=peer_pb2.MembershipRequest.ADD_LEARNER, node_id=config.node_id,
-                                     address=config.listen)
-    try:
-        with grpc.insecure_channel(leader) as ch:
-            reply = peer_pb2_grpc.RegionAdminStub(ch).ChangeMembership(req, timeout=10)
-    except grpc.RpcError as e:
-        raise StartupRefused(f"--rejoin: the leader at {leader or '(unknown)'} did not demote "
-                             f"{config.node_id} to a learner: {e.details()}") from e
-    log.warning("rejoining: %s; promote once caught up", reply.message)
+    ops = peer_pb2.MembershipRequest
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(leader) as ch:
+        admin = peer_pb2_grpc.RegionAdminStub(ch)
+        for op in (ops.REMOVE_VOTER, ops.ADD_LEARNER):
+            while True:  # one membership change at a time: retry while the previous one applies
+                try:
+                    reply = admin.ChangeMembership(ops(op=op, node_id=config.node_id, address=config.listen),
+                                                   timeout=10)
+                    break
+                except grpc.RpcError as e:
+                    if time.monotonic() > deadline:
+                        raise StartupRefused(f"--rejoin: the leader at {leader or '(unknown)'} did not re-add "
+                                             f"{config.node_id} as a learner: {e.details()}") from e
+                    time.sleep(0.3)
+            log.warning("rejoining: %s", reply.message)
+    log.warning("rejoining as a learner; promote once caught up: sovledger cluster member promote %s",
+                config.node_id)
 
 
 # -- 5. the newest checkpoint the peers hold ---------------------------------------------------
