@@ -185,6 +185,7 @@ class SimNode:
     up: bool = True
     incarnation: int = 0
     reads: list[tuple[int, bytes]] = field(default_factory=list)
+    wiped: bool = False  # lost its whole state; the guard keeps it from starting as a voter again
 
 
 @dataclass
@@ -204,6 +205,16 @@ class Options:
     crash_in_window: float = 0.002  # crash probability between write and fsync, and between fsync and send
     ledger: bool = False  # the real ledger as the state machine, and a client proposing real blocks
     bug_ledger_clock_node: int = 0  # this node's ledger applies blocks with its own clock (a planted bug)
+    # a voter loses its whole state (storage and application) at most once per run, with this
+    # probability per step; the guard (node/startup.py) keeps it down instead of letting it vote with
+    # no memory; ``bug_wiped_voter_rejoins`` removes the guard: it restarts at once as an empty voter
+    wipe: float = 0.0
+    bug_wiped_voter_rejoins: bool = False
+    # an apply step raises (disk error, a bug) on one node with this probability: the node stops
+    # before the apply commits and restarts from durable state; ``bug_apply_poison``: every replica
+    # raises on entries holding these bytes (a poison entry), which halts the region
+    apply_raises: float = 0.0
+    bug_apply_poison: bytes = b""
 
 
 class Simulator:
@@ -236,6 +247,7 @@ class Simulator:
         self.events: deque[tuple[object, ...]] = deque(maxlen=60)
         self.proposed = 0
         self.client_paused = False
+        self.wiped_once = False
         self.read_seq = 0
         # checker state
         self.leaders: dict[int, NodeId] = {}  # term -> leader
@@ -279,7 +291,20 @@ class Simulator:
         self.stats["crashes"] += 1
         self.event("crash", n.id)
 
+    def wipe(self, n: SimNode) -> None:
+        """The node loses everything: storage, Raft hard state and application state."""
+        if n.up:
+            self.crash(n)
+        cs = ConfState(tuple(self.ids))
+        n.storage, n.app, n.wiped = SimStorage(cs), self._new_app(n.id, cs), True
+        self.event("wipe", n.id)
+        if self.opts.bug_wiped_voter_rejoins:  # no guard: back at once, term 0, no vote record
+            n.wiped = False
+            self.restart(n)
+
     def restart(self, n: SimNode) -> None:
+        if n.wiped:
+            return  # the guard: an empty store the region lists as a voter refuses to start
         n.app.recover()
         fresh = self._boot(n.id, n.storage, n.app, n.incarnation + 1)
         self.nodes[n.id] = fresh
@@ -387,6 +412,10 @@ class Simulator:
             self.fail(f"state machine safety: node {n.id} applies {e.data!r} at {e.index}, another node applied "
                       f"{seen[1]!r}")
         first = e.index not in self.head_at
+        if (self.opts.bug_apply_poison and self.opts.bug_apply_poison in e.data) or (
+                self.faults and self.fault_rng.random() < self.opts.apply_raises):
+            self.event("apply-raises", n.id, e.index)
+            raise Crash()  # nothing of this entry was applied; the node stops and restarts
         n.app.apply(e.index, e.data, normal=e.type == EntryType.NORMAL)
         head = self.head_at.setdefault(e.index, n.app.head)
         if head != n.app.head:
@@ -528,6 +557,9 @@ class Simulator:
         elif x < 0.024:
             self.cut.clear()
             self.event("heal")
+        elif x < 0.024 + self.opts.wipe and not self.wiped_once:
+            self.wiped_once = True
+            self.wipe(self.nodes[rng.choice(self.ids)])
 
     def _partition(self, rng: random.Random) -> None:
         kind = rng.randrange(4)
@@ -689,8 +721,9 @@ class Simulator:
         return log.slice(index, Index(index + 1))[0].data == data
 
     def _members(self, leader: SimNode) -> list[NodeId]:
+        """Members that must make progress (a wiped one waits for its operator: it refused to start)."""
         cs = leader.raw.status().conf_state
-        return [*cs.voters, *cs.learners]
+        return [i for i in (*cs.voters, *cs.learners) if not self.nodes[i].wiped]
 
     def final_checks(self) -> None:
         self.check_logs()
