@@ -5,6 +5,7 @@ restored; a voter that lost its whole data directory."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import time
@@ -149,10 +150,8 @@ def _signed_sizes(target: str, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     with LedgerClient(target, timeout_s=2, stale_reads=True) as c:
         while time.monotonic() < deadline and len(sizes) < 20:
-            try:
+            with contextlib.suppress(grpc.RpcError):  # not started yet, or nothing signed while catching up
                 sizes.append(int(c.checkpoint().tree_size))
-            except grpc.RpcError:
-                pass  # not started yet, or nothing signed while catching up
             time.sleep(0.05)
     return sizes
 

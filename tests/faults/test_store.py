@@ -144,7 +144,7 @@ def test_tampered_header_is_refused_at_start(base: tuple[Path, Ledger], tmp_path
 
 def test_tampered_balance_is_refused_by_verify_full(base: tuple[Path, Ledger], tmp_path: Path) -> None:
     data = copy_of(base[0], tmp_path, "balance")
-    key, state = read_value(data, "accounts", (7).to_bytes(16, "little"))
+    _, state = read_value(data, "accounts", (7).to_bytes(16, "little"))
     flip_in_file(data, state, 64 + 17)  # debits_posted, second byte
     line = refused_start(data, "--verify-full")
     assert "account 7" in line, line
