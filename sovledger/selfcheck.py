@@ -8,7 +8,9 @@ auditor and the replay is the one the auditor trusts.
 
 from __future__ import annotations
 
-from clients.audit_core import AuditFailure, LogVerifier, compare_accounts
+from clients.auditor.checks import compare_accounts
+from clients.auditor.failures import AuditFailure
+from clients.auditor.replay import LogVerifier
 from ledger.reader import LedgerReader
 from node.startup import StartupRefused
 

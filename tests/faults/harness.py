@@ -242,7 +242,7 @@ def audit_full(target: str, all_targets: list[str]) -> None:
 
 def run_audit(*args: str) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", COLUMNS="200")
-    r = subprocess.run([sys.executable, "-m", "clients.audit", *args], capture_output=True, text=True, cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "clients.auditor", *args], capture_output=True, text=True, cwd=ROOT,
                        env=env, timeout=180)
     return r.returncode, r.stdout + r.stderr
 
