@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/sovledger_pb/*.proto)
 PB     := proto/sovledger_pb/ledger_pb2.py
 SEEDS  ?= 10000
 
-.PHONY: all setup proto demo test test-fast lint bench bench-scale sim clean distclean
+.PHONY: all setup proto demo test test-fast test-faults lint bench bench-scale sim clean distclean
 
 all: test
 
@@ -32,8 +32,15 @@ proto: $(PB)
 demo: setup
 	$(BIN)/python -m sovledger demo
 
+# the fault suite's fast part (tests/faults without the faults_slow marker) runs inside `make test`
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not faults_slow"
+
+# the whole fault matrix (docs/reliability.md): kills, pauses, partitions, full disk, damaged stores …
+# mount(8) for the tmpfs is a Debian package; installed here only where missing (as root)
+test-faults: setup
+	@command -v mount >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q mount)
+	$(BIN)/python -m pytest -q -s tests/faults tests/sim/test_scenarios.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not slow"

@@ -225,9 +225,16 @@ def _verify_guard(reader: LedgerReader, head: Head, guard: tuple[int, bytes] | N
 # -- 4. a wiped voter does not vote again with no memory ---------------------------------------
 
 
+BOOTSTRAP_MARKER = "BOOTSTRAP"  # written by the launcher into a new region's fresh directories
+
+
 def check_membership(config: NodeConfig, holds_ledger: bool) -> None:
-    if holds_ledger or not config.peers:
+    marker = Path(config.data_dir) / BOOTSTRAP_MARKER
+    if holds_ledger:
+        marker.unlink(missing_ok=True)  # this node holds entries now: it is no longer new
         return
+    if not config.peers or marker.exists():
+        return  # a single node, or a member of a region being created (peers may already commit)
     busy = [(p.node_id, st) for p in config.peers if (st := _peer_status(p.address)) is not None
             and st.tree_size > 0]
     if not busy:

@@ -178,3 +178,11 @@ def test_flipped_byte_in_every_table(table: str, base: tuple[Path, Ledger], tmp_
     # the node serves: whatever it serves from the log must still pass the one checker
     OUTCOMES[table] = "served; log verified"
     check({"node-1": node.target}, base[1], scenario=f"flipped byte in {table}")
+
+
+def test_missing_node_key_is_an_error_not_a_new_identity(base: tuple[Path, Ledger], tmp_path: Path) -> None:
+    data = copy_of(base[0], tmp_path, "nokey")
+    (data / "node.key").unlink()
+    line = refused_start(data)
+    assert "node.key is missing" in line and "restore the key" in line, line
+    assert not (data / "node.key").exists(), "a new identity was created"
