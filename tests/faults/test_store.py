@@ -111,7 +111,7 @@ def test_tampered_leaf_in_the_tail_is_refused_at_start(base: tuple[Path, Ledger]
     _, leaf = read_value(data, "leaves", U64BE.pack(hdr.first_index))
     flip_in_file(data, leaf, 24 + 48)  # the amount of the last block's first transfer
     line = refused_start(data)
-    assert f"block {head.height}" in line and f"entry {hdr.first_index}" in line, line
+    assert f"block {head.height}" in line and str(hdr.first_index) in line and "damaged" in line, line
 
 
 def test_tampered_old_leaf_answers_data_loss_and_verify_full_refuses(
@@ -121,7 +121,7 @@ def test_tampered_old_leaf_answers_data_loss_and_verify_full_refuses(
     tid = int.from_bytes(leaf[24:40], "little")
     flip_in_file(data, leaf, 24 + 48)
     line = refused_start(data, "--verify-full")
-    assert "entry 1234" in line and "block" in line, line
+    assert "1234" in line and "damaged" in line and "block" in line, line
     node = NodeProcess(data).start()  # the tail is intact: the node serves, but nothing unverified
     nodes.append(node)
     with LedgerClient(node.target) as c:
@@ -130,7 +130,7 @@ def test_tampered_old_leaf_answers_data_loss_and_verify_full_refuses(
             with pytest.raises(grpc.RpcError) as e:
                 read()
             assert e.value.code() == grpc.StatusCode.DATA_LOSS, e.value
-            assert "entry 1234" in (e.value.details() or ""), e.value.details()
+            assert "entry 1234 or 1235" in (e.value.details() or ""), e.value.details()
         assert c.lookup_transfers([tid + 5000])  # other entries still answer
 
 
