@@ -137,19 +137,21 @@ def test_old_data_directory_restored_never_signs_old_state(region: ShimCluster, 
     shutil.rmtree(victim.data_dir)
     shutil.copytree(backup, victim.data_dir)
     region.start(victim)
-    sizes = _signed_sizes(victim.target, 10)  # every checkpoint the restored node serves, from its start
-    assert sizes and min(sizes) >= floor, f"the restored node signed {min(sizes)} below the region's {floor}"
+    sizes = _signed_sizes(victim.target, floor, 90)  # every checkpoint the restored node serves, from its start
+    assert sizes, "the restored node never served a checkpoint"
+    assert min(sizes) >= floor, f"the restored node signed size {min(sizes)}, below the region's {floor}"
     log = Path(victim.log).read_text()
     assert "not signing tree size" in log and "catching up first" in log, log[-2000:]
     load.wait_acked(400)
     finish(region, load, "old data directory restored")
 
 
-def _signed_sizes(target: str, timeout_s: float) -> list[int]:
+def _signed_sizes(target: str, floor: int, timeout_s: float) -> list[int]:
+    """Checkpoint sizes the node serves from its start until it signed at or above ``floor``."""
     sizes: list[int] = []
     deadline = time.monotonic() + timeout_s
     with LedgerClient(target, timeout_s=2, stale_reads=True) as c:
-        while time.monotonic() < deadline and len(sizes) < 20:
+        while time.monotonic() < deadline and not (sizes and sizes[-1] >= floor):
             with contextlib.suppress(grpc.RpcError):  # not started yet, or nothing signed while catching up
                 sizes.append(int(c.checkpoint().tree_size))
             time.sleep(0.05)
