@@ -3,16 +3,16 @@
 In order, before the node opens its gRPC port:
   1. an exclusive lock on the data directory (``DATA/LOCK``, flock) — a second process exits,
      naming the pid that holds it;
-  2. the node key: ``node.key`` is created only on first-time init of an empty directory; a
+  2. membership: an empty store that the region still lists as a voter (its peers hold entries)
+     refuses to start unless told ``--rejoin``; a rejoining node asks the leader to remove it and
+     add it back as a learner, catches up, and the operator promotes it again;
+  3. the node key: ``node.key`` is created only on first-time init of an empty directory; a
      directory that already holds a ledger or a signer guard but no key is an error, never a new
      identity;
-  3. the store's tail: chain head, the last block's header hash, Merkle root, chain and state hash
+  4. the store's tail: chain head, the last block's header hash, Merkle root, chain and state hash
      against the head record, the last block's leaves against their committed hashes, and the
      tree against the last checkpoint this key signed (the guard); ``verify_full`` scans every
      block the same way. A mismatch refuses the start with a message naming the block;
-  4. membership: an empty store that the region still lists as a voter (its peers hold entries)
-     refuses to start unless told ``--rejoin``; a rejoining node asks the leader to demote it to a
-     learner first, then catches up, and the operator promotes it again;
   5. the newest checkpoint of this origin that the peers hold: the signer refuses to sign a tree
      below it (an old copy of the data directory must not get this key to sign old state again).
 """
