@@ -80,6 +80,8 @@ class Load:
         deadline = time.monotonic() + timeout_s
         while len(self.ledger.acked) < want and time.monotonic() < deadline and self.thread.is_alive():
             time.sleep(0.02)
+        assert self.thread.is_alive() or len(self.ledger.acked) >= want, (
+            f"the load ended (its count or time bound) at {len(self.ledger.acked)} acked, before {want}")
         assert len(self.ledger.acked) >= want, f"no progress: {len(self.ledger.acked)} acked, wanted {want}"
 
     def _run(self) -> None:

@@ -67,7 +67,7 @@ def follower(cluster: Cluster) -> NodeEntry:
 
 @pytest.mark.faults_slow
 def test_process_faults_of_leader_and_followers_and_all_down(region: ShimCluster) -> None:
-    load = Load(lambda: leader_target(region), seed=11, batches_max=2000, seconds_max=150).start()
+    load = Load(lambda: leader_target(region), seed=11, batches_max=2000, seconds_max=400).start()
     load.wait_acked(600)
     for who in ("leader", "follower"):
         for sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM):
@@ -103,7 +103,7 @@ def _wait_dead(cluster: Cluster, node: NodeEntry, timeout_s: float = 20) -> None
 
 @pytest.mark.faults_slow
 def test_partition_isolating_the_leader_then_healed(region: ShimCluster) -> None:
-    load = Load(lambda: leader_target(region), seed=12, batches_max=2000, seconds_max=120).start()
+    load = Load(lambda: leader_target(region), seed=12, batches_max=2000, seconds_max=300).start()
     load.wait_acked(600)
     old, _ = region.wait_leader(30)
     region.shim.isolate(old.node_id)
@@ -122,7 +122,7 @@ def test_partition_isolating_the_leader_then_healed(region: ShimCluster) -> None
 
 
 def test_old_data_directory_restored_never_signs_old_state(region: ShimCluster, tmp_path: Path) -> None:
-    load = Load(lambda: leader_target(region), seed=13, batches_max=2000, seconds_max=120).start()
+    load = Load(lambda: leader_target(region), seed=13, batches_max=2000, seconds_max=300).start()
     load.wait_acked(600)
     victim = follower(region)
     region.stop([victim])
@@ -159,7 +159,7 @@ def _signed_sizes(target: str, floor: int, timeout_s: float) -> list[int]:
 
 
 def test_wiped_voter_refuses_then_rejoins_as_learner_and_is_promoted(region: ShimCluster) -> None:
-    load = Load(lambda: leader_target(region), seed=14, batches_max=2000, seconds_max=120).start()
+    load = Load(lambda: leader_target(region), seed=14, batches_max=2000, seconds_max=300).start()
     load.wait_acked(600)
     victim = follower(region)
     region.kill(victim, signal.SIGKILL)
