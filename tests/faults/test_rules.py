@@ -46,8 +46,6 @@ def region(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.mark.faults_slow
-@pytest.mark.xfail(strict=True, reason="issue #12 item 2 (another engineer fixes the compiler): from 48 rules the "
-                                       "folded CEL expression fails to compile at apply and the region halts")
 def test_rule_set_of_50_rules_never_halts_the_region(region: Cluster) -> None:
     leader, _ = region.wait_leader(30)
     with LedgerClient(leader.target, timeout_s=20) as c:
