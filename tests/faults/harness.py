@@ -34,9 +34,10 @@ BATCH = 200
 # UNAVAILABLE while leadership moves) leaves the outcome unknown: the load re-sends the same ids
 DEFINITIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
-# the ids behind a RESOURCE_EXHAUSTED are given up on, but counted as unknown, not refused: a
-# commit that outran its answer (issue #12 item 1) must not make the checker lie
-GIVE_UP = {grpc.StatusCode.RESOURCE_EXHAUSTED}
+# RESOURCE_EXHAUSTED (overload, store full, or an outcome left unknown by a leader change) is
+# re-sent with the same ids, slowly, until definitive; after ``resend_s`` the ids count as unknown,
+# never as refused: a commit that outran its answer (issue #12 item 1) must not make the checker lie
+RETRY_SLOWLY = {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 @dataclass
@@ -107,11 +108,7 @@ class Load:
                 if e.code in DEFINITIVE:
                     led.refused.update(ids)
                     return
-                if e.code in GIVE_UP:
-                    led.unknown.update(ids)
-                    time.sleep(0.2)
-                    return
-                time.sleep(0.05)
+                time.sleep(0.2 if e.code in RETRY_SLOWLY else 0.05)
                 continue
             except grpc.RpcError:
                 time.sleep(0.05)
