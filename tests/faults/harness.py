@@ -241,8 +241,9 @@ def audit_full(target: str, all_targets: list[str]) -> None:
 
 def run_audit(*args: str) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'proto'}", COLUMNS="200")
-    r = subprocess.run([sys.executable, "-m", "clients.auditor", *args], capture_output=True, text=True, cwd=ROOT,
-                       env=env, timeout=180)
+    plain = ["--insecure"] if "--node" in args else []  # the suite's nodes run --insecure
+    r = subprocess.run([sys.executable, "-m", "clients.auditor", *args, *plain], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=180)
     return r.returncode, r.stdout + r.stderr
 
 
