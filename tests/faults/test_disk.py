@@ -36,8 +36,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.faults_slow
-@pytest.mark.xfail(strict=True, reason="issue #12 item 4 (the node engineer's): ENOSPC at commit reaches clients as "
-                                       "INTERNAL 'mdb_txn_commit: Input/output error', not RESOURCE_EXHAUSTED")
 def test_disk_full_refuses_cleanly_and_loses_nothing(small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a store-full refusal is a definitive "nothing applied" here: that is the promise under test
     monkeypatch.setattr(harness, "DEFINITIVE", harness.DEFINITIVE | {grpc.StatusCode.RESOURCE_EXHAUSTED})
