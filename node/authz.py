@@ -42,8 +42,9 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
     _L + "LookupTransfers": frozenset({PSP, OPERATOR, AUDITOR}),
     _L + "LookupAccounts": frozenset({PSP, OPERATOR, AUDITOR}),
     _L + "AccountHistory": frozenset({PSP, OPERATOR, AUDITOR}),
-    # the audit service: read only, the whole log
-    _A + "GetCheckpoint": frozenset({AUDITOR, OPERATOR}),
+    # the audit service: read only, the whole log. Members also read each other's newest checkpoint
+    # at start, so that a node restored from an old copy never signs below it (node/startup.py).
+    _A + "GetCheckpoint": frozenset({AUDITOR, OPERATOR, NODE}),
     _A + "GetInclusionProof": frozenset({AUDITOR, OPERATOR}),
     _A + "GetConsistencyProof": frozenset({AUDITOR, OPERATOR}),
     _A + "StreamEntries": frozenset({AUDITOR, OPERATOR}),
@@ -67,6 +68,8 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
 }
 
 PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot"})
+#: Open to every certificate holder, members or not (finding the leader, health).
+OPEN_METHODS: Final = frozenset(m for m, roles in MATRIX.items() if roles == EVERYONE)
 
 
 def decide(method: str, who: Identity | None, revoked: Callable[[int], bool],
@@ -83,7 +86,8 @@ def decide(method: str, who: Identity | None, revoked: Callable[[int], bool],
     if who.role not in allowed:
         roles = ", ".join(sorted(allowed))
         return Unauthorised(f"{method} is for {roles}; your certificate is {who}")
-    if method in PEER_METHODS and not is_member(who.name):
+    member_only = method in PEER_METHODS or (who.role == NODE and method not in OPEN_METHODS)
+    if member_only and not is_member(who.name):
         return Unauthorised(f"{who.name} is not a member of this region; peers must be current members")
     return None
 

@@ -42,6 +42,7 @@ class NodeConfig:
     join: bool = False  # start as a learner of an existing region (new or wiped node)
     # a wiped voter: ask the leader to demote this node to a learner, start as one (node/startup.py)
     rejoin: bool = False
+    rejoin_tls_config: str = ""  # an operator's client TLS config, used once by --rejoin on a TLS node
     # at start, verify every block of the store (not only the tail) before serving
     verify_full: bool = False
     # rules: verifier keys (C2SP "name+keyid+base64") allowed to deploy rule sets; identical on all replicas

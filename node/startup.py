@@ -34,6 +34,7 @@ from ledger.reader import DamagedEntry, LedgerReader, RangeError
 from ledger.state import Head
 from node.config import NodeConfig
 from node.keys import KeyFileError, load_key_file, write_key_file
+from node.tls import TlsFiles, blocking_channel, client_files
 from sovledger_pb import ledger_pb2 as pb
 
 log = logging.getLogger("sovledger.startup")
@@ -235,7 +236,7 @@ def check_membership(config: NodeConfig, holds_ledger: bool) -> None:
         return
     if not config.peers or marker.exists():
         return  # a single node, or a member of a region being created (peers may already commit)
-    busy = [(p.node_id, st) for p in config.peers if (st := _peer_status(p.address)) is not None
+    busy = [(p.node_id, st) for p in config.peers if (st := _peer_status(p.address, config.tls_files)) is not None
             and st.tree_size > 0]
     if not busy:
         return  # a new region (every store empty), or no peer reachable to tell
@@ -250,13 +251,13 @@ def check_membership(config: NodeConfig, holds_ledger: bool) -> None:
         _demote_self(config, st.leader)
 
 
-def _peer_status(address: str) -> pb.StatusResponse | None:
+def _peer_status(address: str, files: TlsFiles | None) -> pb.StatusResponse | None:
     import grpc
 
     from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
     try:
-        with grpc.insecure_channel(address) as ch:
+        with blocking_channel(address, files) as ch:
             st: pb.StatusResponse = pb_grpc.AdminStub(ch).Status(pb.StatusRequest(), timeout=PEER_TIMEOUT_S)
             return st
     except grpc.RpcError:
@@ -276,7 +277,7 @@ def _demote_self(config: NodeConfig, leader: str) -> None:
 
     ops = peer_pb2.MembershipRequest
     deadline = time.monotonic() + 30
-    with grpc.insecure_channel(leader) as ch:
+    with blocking_channel(leader, _operator_files(config)) as ch:
         admin = peer_pb2_grpc.RegionAdminStub(ch)
         for op in (ops.REMOVE_VOTER, ops.ADD_LEARNER):
             while True:  # one membership change at a time: retry while the previous one applies
@@ -294,6 +295,21 @@ def _demote_self(config: NodeConfig, leader: str) -> None:
                 config.node_id)
 
 
+def _operator_files(config: NodeConfig) -> TlsFiles | None:
+    """Membership is an operator's RPC: on a TLS node --rejoin needs an operator's client config
+    (never the node's own certificate, which would let a removed member re-admit itself)."""
+    if config.tls_files is None:
+        return None
+    if not config.rejoin_tls_config:
+        raise StartupRefused("--rejoin on a TLS node needs an operator's client config to change the membership: "
+                             "add --rejoin-tls-config FILE (operator-NAME.toml from `sovledger ca issue --role "
+                             "operator`), or have the operator remove this node and add it back as a learner")
+    try:
+        return client_files(config.rejoin_tls_config)
+    except (OSError, ValueError) as e:
+        raise StartupRefused(f"--rejoin-tls-config: {e}") from e
+
+
 # -- 5. the newest checkpoint the peers hold ---------------------------------------------------
 
 
@@ -307,7 +323,7 @@ def peer_checkpoint_floor(config: NodeConfig) -> tuple[int, str]:
     trusted = [Verifier.parse(k) for k in config.peer_keys]
     for p in config.peers:
         try:
-            with grpc.insecure_channel(p.address) as ch:
+            with blocking_channel(p.address, config.tls_files) as ch:
                 cp = pb_grpc.AuditStub(ch).GetCheckpoint(pb.CheckpointRequest(), timeout=PEER_TIMEOUT_S)
             size = _checked_size(cp.note, config.origin, trusted or [Verifier.parse(cp.verifier_key)])
         except (grpc.RpcError, NoteError, ValueError) as e:

@@ -160,6 +160,26 @@ def identity_from_pem(pem: bytes) -> Identity | None:
     return Identity(str(roles[0].value), str(names[0].value), cert.serial_number)
 
 
+def blocking_channel(address: str, files: TlsFiles | None) -> grpc.Channel:
+    """A blocking channel for the few start-up calls a node makes to its peers (status, checkpoint
+    floor, --rejoin): mTLS with ``files``; plaintext when the node runs --insecure (files None)."""
+    if files is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, channel_credentials(files))
+
+
+def client_files(config_path: str) -> TlsFiles:
+    """The CA/cert/key paths of a client TLS config file (``ROLE-NAME.toml`` from `sovledger ca issue`)."""
+    import tomllib
+
+    with open(config_path, "rb") as f:
+        tls = tomllib.load(f).get("tls", {})
+    missing = [k for k in ("ca", "cert", "key") if not tls.get(k)]
+    if missing:
+        raise ValueError(f"{config_path}: [tls] lacks {', '.join(missing)}")
+    return TlsFiles(str(tls["ca"]), str(tls["cert"]), str(tls["key"]))
+
+
 def peer_channel(address: str, files: TlsFiles | None, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
     """An outbound channel to another region member: mTLS with this node's certificate (files are
     read now, so a reconnect after rotation presents the new certificate); plaintext when --insecure."""

@@ -34,7 +34,8 @@ def _node(args: argparse.Namespace) -> int:
         "data_dir": args.data, "listen": args.listen, "node_id": args.node_id, "region": args.region,
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
         "log_level": args.log_level, "join": True if args.join or args.rejoin else None,
-        "rejoin": True if args.rejoin else None, "verify_full": True if args.verify_full else None,
+        "rejoin": True if args.rejoin else None,
+        "rejoin_tls_config": args.rejoin_tls_config, "verify_full": True if args.verify_full else None,
         "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
         "psp_verifier_keys": args.psp_keys, "peer_keys": args.peer_keys,
         "psp_require_signatures": True if args.require_psp_signatures else None,
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--rejoin", action="store_true",
                    help="this node's store was lost but the region lists it as a voter: ask the leader to demote "
                         "it to a learner, catch up, then promote it with `sovledger cluster member promote`")
+    n.add_argument("--rejoin-tls-config", default=None, metavar="FILE",
+                   help="with --rejoin on a TLS node: an operator's client config (operator-NAME.toml) used once "
+                        "to demote this node; membership is an operator's RPC")
     n.add_argument("--verify-full", action="store_true",
                    help="at start, verify every block, leaf, tree node and replayed balance before serving "
                         "(default: only the tail is checked)")
