@@ -100,6 +100,7 @@ def screen_records(kind: int, records: bytes, config: ScreeningConfig) -> Findin
     """The first suspicious field in a batch of canonical records, or None. Unknown kinds pass."""
     if not config.enabled:
         return None
+    fields: tuple[tuple[str, slice, bool], ...]
     if kind == EventKind.CREATE_TRANSFER:
         fields = (("external_ref", _TRANSFER_EXTERNAL_REF, False), ("user_data", _TRANSFER_USER_DATA, True))
         size = TRANSFER_SIZE
