@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.pii import SALT_SIZE, PiiRecord, commit, decode_canonical_pii
+from ledger.pii import SALT_SIZE, PiiError, PiiRecord, commit, decode_canonical_pii
 from node.vault_store import (
     KEY_SIZE,
     KeyStore,
@@ -91,7 +91,7 @@ class Vault:
                 return sealed, key, False
             salt = salt if salt is not None else os.urandom(SALT_SIZE)
             if len(salt) != SALT_SIZE:
-                raise ValueError(f"salt must be {SALT_SIZE} bytes")
+                raise PiiError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
             key = os.urandom(KEY_SIZE)
             sealed = seal(key, subject_id, commit(record, salt), psp_id, salt + canonical)
             self._store(sealed, key)
