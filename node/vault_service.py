@@ -24,6 +24,7 @@ import grpc
 from ledger.pii import ErasureReason, PiiError
 from node.vault import NotYourSubject, SubjectExists, Vault
 from node.vault_store import SealedRecord, SubjectErased, SubjectUnknown, VaultCorrupt, VaultError
+from sovledger_pb import LEADER_METADATA_KEY
 from sovledger_pb import vault_pb2 as vpb
 from sovledger_pb import vault_pb2_grpc as vpb_grpc
 
@@ -43,6 +44,14 @@ VAULT_ROLES: Final = {
 class Caller:
     role: str  # "insecure" when no certificates are configured
     psp_id: int | None = None
+
+
+class ProposalFailed(Exception):
+    """The node could not propose the erasure (not leader, overloaded …): status, message, leader hint."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, leader: str) -> None:
+        self.code, self.leader = code, leader
+        super().__init__(message)
 
 
 def insecure_caller(context: Any, rpc: str) -> Caller:
@@ -192,8 +201,14 @@ class VaultService(vpb_grpc.VaultServicer):
         except (VaultError, PiiError) as e:
             await _abort(context, e)
             raise
-        # the log entry is the erasure: every replica shreds when it applies it (node/server.py)
-        result, index, block = await self._propose(commitment, reason)
+        # the log entry is the erasure: every replica shreds when it applies it (node/vault_node.py)
+        try:
+            result, index, block = await self._propose(commitment, reason)
+        except ProposalFailed as e:
+            if e.leader:
+                context.set_trailing_metadata(((LEADER_METADATA_KEY, e.leader),))
+            await context.abort(e.code, str(e))
+            raise
         return vpb.EraseResponse(commitment=commitment, log_index=index, block=block, result=result)
 
 
