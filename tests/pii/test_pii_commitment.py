@@ -109,3 +109,19 @@ def test_erasure_record_layout() -> None:
         encode_erasure(c, 99)
     with pytest.raises(PiiError, match="reserved"):
         decode_erasure(c + b"\x01\x00" + b"\x01" + bytes(13))
+
+
+def test_worked_example_in_formats_md() -> None:
+    from pathlib import Path
+
+    from ledger.pii import commitment_key
+
+    rec = PiiRecord(7, {"country": "DE", "name": "Alice Müller"})
+    canonical = rec.canonical().hex()
+    key = commitment_key(SALT).hex()
+    c = commit(rec, SALT).hex()
+    doc = Path(__file__).resolve().parents[2].joinpath("docs", "formats.md").read_text()
+    section = doc[doc.index("### 11.2 Commitment"):doc.index("### 11.3")]
+    squashed = "".join(section.split())
+    assert canonical in squashed and key in squashed and c in squashed
+    assert c == "267f06cdab30a1c0760c136656384edafa1655f378b7f64e84943a66bb79049b"
