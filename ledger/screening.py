@@ -52,7 +52,8 @@ class Finding:
     what: str  # "card number" | "e-mail address"
 
     def message(self, kind_name: str) -> str:
-        return (f"{kind_name} record #{self.record_index}: field {self.field} looks like a {self.what}; "
+        article = "an" if self.what[0] in "aeiou" else "a"
+        return (f"{kind_name} record #{self.record_index}: field {self.field} looks like {article} {self.what}; "
                 "personal data must not enter the append-only log — keep it in the PII vault and put "
                 "its pii_commitment in the transfer instead")
 
