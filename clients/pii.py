@@ -19,7 +19,7 @@ from typing import Any, Final
 import grpc
 
 from ledger.pii import SALT_SIZE, ErasureReason, PiiRecord, commit, decode_canonical_pii, verify_commitment
-from sovledger_pb import LEADER_METADATA_KEY
+from sovledger_pb import LEADER_METADATA_KEY, REASON_METADATA_KEY
 from sovledger_pb import vault_pb2 as vpb
 from sovledger_pb import vault_pb2_grpc as vpb_grpc
 
@@ -100,8 +100,9 @@ def read_pii_file(path: Path) -> tuple[PiiRecord, bytes]:
 def _error(e: grpc.RpcError) -> VaultCallError:
     code, message = e.code(), e.details() or str(e)
     trailing: Any = e.trailing_metadata() if hasattr(e, "trailing_metadata") else ()
-    leader = next((str(v) for k, v in trailing or () if k == LEADER_METADATA_KEY), "")
-    if code == grpc.StatusCode.FAILED_PRECONDITION and "erased" in message:
+    meta = {k: str(v) for k, v in trailing or ()}
+    leader = meta.get(LEADER_METADATA_KEY, "")
+    if meta.get(REASON_METADATA_KEY) == "REASON_SUBJECT_ERASED":  # branch on the reason, never the text
         return SubjectErasedError(code, message)
     if code == grpc.StatusCode.NOT_FOUND:
         return SubjectNotFoundError(code, message)

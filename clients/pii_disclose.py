@@ -115,9 +115,10 @@ def cmd_disclose(args: argparse.Namespace) -> int:
 
 def _verifiers(args: argparse.Namespace, client: Any) -> list[Verifier]:
     if args.trust:
-        from clients.trust import load
+        from clients.auditor.trust import load
 
-        return load(args.trust).node_verifiers
+        verifiers: list[Verifier] = load(args.trust).node_verifiers
+        return verifiers
     vkey = client.checkpoint().verifier_key
     print(f"warning: no --trust: checking the checkpoint against the key the node advertises ({vkey})",
           file=sys.stderr)

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from typing import Final
 
+import grpc
+
 from ledger.codec import Batch
 from ledger.screening import ScreeningConfig, screen_records
 from ledger.types import EventKind
-from node.errors import BadRequest
+from node.errors import NodeError
+from sovledger_pb import ledger_pb2 as pb
 
 #: words accepted in the ``pii_screening`` config value (comma-separated); "off" disables the screen
 SCREENING_WORDS: Final = ("cards", "emails", "numeric", "off")
 DEFAULT_SCREENING: Final = "cards,emails"
 
 
-class PersonalDataRefused(BadRequest):
-    """INVALID_ARGUMENT: the batch carries something that looks like personal data in a free field."""
-
-    reason = "REASON_PERSONAL_DATA"
+class PersonalDataRefused(NodeError, code=grpc.StatusCode.INVALID_ARGUMENT, reason=pb.REASON_PERSONAL_DATA):
+    """The batch carries something that looks like personal data in a free-form field."""
 
 
 def parse_screening(spec: str) -> ScreeningConfig:

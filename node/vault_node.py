@@ -19,10 +19,10 @@ from ledger.pii import encode_erasure
 from ledger.store import Store
 from ledger.types import EventKind
 from node.config import NodeConfig
-from node.errors import NodeError, NotLeader, status_for
+from node.errors import NotLeader
 from node.pipeline import Ingest
 from node.vault import Vault
-from node.vault_service import PeerCopies, ProposalFailed, VaultPeerService, VaultService
+from node.vault_service import PeerCopies, VaultPeerService, VaultService
 from sovledger_pb import vault_pb2_grpc as vpb_grpc
 
 
@@ -53,17 +53,13 @@ class NodeVault:
     def add_to(self, server: grpc.aio.Server, ingest: Callable[[], Ingest | None],
                leader_check: Callable[[], None] | None) -> None:
         async def propose(commitment: bytes, reason: int) -> tuple[int, int, int]:
-            try:
-                if leader_check is not None:
-                    leader_check()
-                pipeline = ingest()
-                if pipeline is None:
-                    raise NotLeader("")
-                batch_outcome, _block = await pipeline.submit(
-                    Batch(EventKind.ERASE_SUBJECT, encode_erasure(commitment, reason)))
-            except NodeError as e:
-                code, message = status_for(e)
-                raise ProposalFailed(code, message, e.leader_hint if isinstance(e, NotLeader) else "") from e
+            if leader_check is not None:
+                leader_check()  # NotLeader names the leader: the CLI prints it
+            pipeline = ingest()
+            if pipeline is None:
+                raise NotLeader("")
+            batch_outcome, _block = await pipeline.submit(
+                Batch(EventKind.ERASE_SUBJECT, encode_erasure(commitment, reason)))
             return batch_outcome.results[0], batch_outcome.log_indexes[0], batch_outcome.blocks[0]
 
         if self._peers:

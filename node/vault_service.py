@@ -17,14 +17,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import grpc
 
 from ledger.pii import ErasureReason, PiiError
+from node.errors import BadRequest, DataLoss, NodeError, NotFound, abort
 from node.vault import NotYourSubject, SubjectExists, Vault
 from node.vault_store import SealedRecord, SubjectErased, SubjectUnknown, VaultCorrupt, VaultError
-from sovledger_pb import LEADER_METADATA_KEY
+from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import vault_pb2 as vpb
 from sovledger_pb import vault_pb2_grpc as vpb_grpc
 
@@ -46,14 +47,6 @@ class Caller:
     psp_id: int | None = None
 
 
-class ProposalFailed(Exception):
-    """The node could not propose the erasure (not leader, overloaded …): status, message, leader hint."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, leader: str) -> None:
-        self.code, self.leader = code, leader
-        super().__init__(message)
-
-
 def insecure_caller(context: Any, rpc: str) -> Caller:
     return Caller("insecure")
 
@@ -62,18 +55,27 @@ Authorise = Callable[[Any, str], Caller]
 #: (commitment, reason) -> (result code, leaf index, block) once the erasure event is committed
 ProposeErasure = Callable[[bytes, int], Awaitable[tuple[int, int, int]]]
 
-_STATUS: Final = (
-    (SubjectErased, grpc.StatusCode.FAILED_PRECONDITION), (SubjectUnknown, grpc.StatusCode.NOT_FOUND),
-    (NotYourSubject, grpc.StatusCode.NOT_FOUND), (SubjectExists, grpc.StatusCode.ALREADY_EXISTS),
-    (PiiError, grpc.StatusCode.INVALID_ARGUMENT), (VaultCorrupt, grpc.StatusCode.DATA_LOSS),
+class SubjectErasedRefused(NodeError, code=grpc.StatusCode.FAILED_PRECONDITION,
+                           reason=pb.REASON_SUBJECT_ERASED):
+    """The subject was erased: its key and records are destroyed in the whole region."""
+
+
+class SubjectConflict(NodeError, code=grpc.StatusCode.ALREADY_EXISTS, reason=pb.REASON_REFUSED):
+    """The subject id already holds different data."""
+
+
+_EDGE: Final[tuple[tuple[type[Exception], type[NodeError]], ...]] = (
+    (SubjectErased, SubjectErasedRefused), (SubjectUnknown, NotFound), (NotYourSubject, NotFound),
+    (SubjectExists, SubjectConflict), (PiiError, BadRequest), (VaultCorrupt, DataLoss),
 )
 
 
-async def _abort(context: Any, exc: BaseException) -> None:
-    for kind, code in _STATUS:
+async def _abort(context: Any, exc: Exception) -> NoReturn:
+    """The vault's errors as node errors: one status code and reason each (node/errors.py)."""
+    for kind, edge in _EDGE:
         if isinstance(exc, kind):
-            await context.abort(code, str(exc))
-    raise exc
+            await abort(context, edge(str(exc)))
+    await abort(context, exc)
 
 
 def subject_from(raw: bytes) -> int:
@@ -168,7 +170,6 @@ class VaultService(vpb_grpc.VaultServicer):
             copies = await self._copies.push(sealed, key) if self._copies else 1
         except (VaultError, PiiError) as e:
             await _abort(context, e)
-            raise
         if self._copies and copies < self._copies.quorum:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"only {copies} of the region's members stored the record; a majority "
@@ -183,7 +184,6 @@ class VaultService(vpb_grpc.VaultServicer):
             d = self._vault.disclose(subject_from(request.subject_id), psp)
         except (VaultError, PiiError) as e:
             await _abort(context, e)
-            raise
         return vpb.GetResponse(canonical=d.record.canonical(), salt=d.salt, commitment=d.commitment,
                                psp_id=d.psp_id)
 
@@ -200,15 +200,11 @@ class VaultService(vpb_grpc.VaultServicer):
                 commitment = self._vault.commitment_of(subject)
         except (VaultError, PiiError) as e:
             await _abort(context, e)
-            raise
         # the log entry is the erasure: every replica shreds when it applies it (node/vault_node.py)
         try:
             result, index, block = await self._propose(commitment, reason)
-        except ProposalFailed as e:
-            if e.leader:
-                context.set_trailing_metadata(((LEADER_METADATA_KEY, e.leader),))
-            await context.abort(e.code, str(e))
-            raise
+        except NodeError as e:  # not leader (with its address), overloaded, store full …
+            await abort(context, e)
         return vpb.EraseResponse(commitment=commitment, log_index=index, block=block, result=result)
 
 
@@ -230,8 +226,7 @@ class VaultPeerService(vpb_grpc.VaultPeerServicer):
         try:
             stored = self._vault.accept(SealedRecord.decode(request.sealed), request.key)
         except VaultCorrupt as e:
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
-            raise
+            await _abort(context, e)
         return vpb.CopyAck(stored=stored)
 
     async def Inventory(self, request: vpb.InventoryRequest, context: Any) -> vpb.InventoryResponse:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from clients.audit_core import LogVerifier, compare_accounts, iter_blocks
+from clients.auditor.checks import compare_accounts
+from clients.auditor.replay import LogVerifier, iter_blocks
 from ledger.codec import Batch
 from ledger.note import Checkpoint, open_note
 from ledger.pii import ErasureReason, encode_erasure

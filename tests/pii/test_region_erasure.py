@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import audit
+from clients.auditor import cli as audit
 from clients.client import LedgerClient
 from clients.pii import PiiVault, SubjectErasedError, write_pii_file
 from clients.pii_disclose import add_disclose_parser, cmd_disclose
