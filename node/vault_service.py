@@ -64,6 +64,10 @@ class SubjectConflict(NodeError, code=grpc.StatusCode.ALREADY_EXISTS, reason=pb.
     """The subject id already holds different data."""
 
 
+class TooFewCopies(NodeError, code=grpc.StatusCode.UNAVAILABLE, reason=pb.REASON_OVERLOADED):
+    """Fewer than a majority of the region's members stored a put: not acknowledged, retry."""
+
+
 _EDGE: Final[tuple[tuple[type[Exception], type[NodeError]], ...]] = (
     (SubjectErased, SubjectErasedRefused), (SubjectUnknown, NotFound), (NotYourSubject, NotFound),
     (SubjectExists, SubjectConflict), (PiiError, BadRequest), (VaultCorrupt, DataLoss),
@@ -171,9 +175,9 @@ class VaultService(vpb_grpc.VaultServicer):
         except (VaultError, PiiError) as e:
             await _abort(context, e)
         if self._copies and copies < self._copies.quorum:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"only {copies} of the region's members stored the record; a majority "
-                                f"({self._copies.quorum}) is needed — retry (the put is idempotent)")
+            await abort(context, TooFewCopies(
+                f"only {copies} of the region's members stored the record; a majority ({self._copies.quorum}) "
+                "is needed — retry (the put is idempotent)"))
         disclosure = self._vault.disclose(sealed.subject_id)
         return vpb.PutResponse(commitment=sealed.commitment, salt=disclosure.salt, created=created, copies=copies)
 
