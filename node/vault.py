@@ -30,7 +30,7 @@ from node.vault_store import (
     unseal,
 )
 
-#: commitment -> (leaf index, reason) of its erasure event, from the ledger's applied state
+#: commitment -> (block height, reason) of its erasure event, from the ledger's applied state
 ErasedLookup = Callable[[bytes], "tuple[int, int] | None"]
 
 
@@ -117,20 +117,20 @@ class Vault:
         self._keys.put(sealed.subject_id, key)
         self._by_commitment[sealed.commitment] = sealed.subject_id
 
-    def shred(self, commitment: bytes, reason: int, index: int) -> int | None:
+    def shred(self, commitment: bytes, reason: int, block: int) -> int | None:
         """Apply an erasure event: destroy key and record of the subject with this commitment."""
         with self._lock:
             subject = self._by_commitment.pop(commitment, None)
             if subject is None:
                 return None
-            self._tombs.add(subject, commitment, reason, index)
+            self._tombs.add(subject, commitment, reason, block)
             self._keys.destroy(subject)
             self._records.shred(subject)
             return subject
 
     def shred_all(self, erasures: Iterable[tuple[int, bytes, int]]) -> list[int]:
-        """(leaf index, commitment, reason) events from the log, applied idempotently."""
-        return [s for index, c, reason in erasures if (s := self.shred(c, reason, index)) is not None]
+        """(block height, commitment, reason) events from the log, applied idempotently."""
+        return [s for block, c, reason in erasures if (s := self.shred(c, reason, block)) is not None]
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -88,6 +88,11 @@ def subject_from(raw: bytes) -> int:
     return int.from_bytes(raw, "little")
 
 
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("vault copy to a peer failed late: %s", fut.exception())
+
+
 class PeerCopies:
     """Pushes copies to the region's other members and pulls what this one missed."""
 
@@ -111,6 +116,8 @@ class PeerCopies:
         """Copies stored, this replica included; returns as soon as a majority has one."""
         copy = vpb.SealedCopy(sealed=sealed.encode(), key=key)
         calls = [asyncio.ensure_future(self._stub(a).Replicate(copy, timeout=PEER_TIMEOUT_S)) for a in self._peers]
+        for call in calls:  # copies still in flight after the majority answered finish on their own
+            call.add_done_callback(_consume)
         stored = 1
         for done in asyncio.as_completed(calls):
             try:

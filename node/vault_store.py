@@ -8,7 +8,7 @@ Layout under ``DATA/vault/`` (docs/privacy.md, docs/formats.md "Personal data"):
 - ``records/<subject hex>.rec``: one file per subject: header (tag, subject id, commitment, psp
   id, nonce) then the AEAD ciphertext of salt ‖ canonical PII, the header as associated data.
   Erasure overwrites the file with zeros, fsyncs, unlinks it.
-- ``erased.bin``: tombstones (subject id 16, commitment 32, reason u16, leaf index u64), so a
+- ``erased.bin``: tombstones (subject id 16, commitment 32, reason u16, block height u64), so a
   vault answers "erased" rather than "unknown" and never takes the subject back from a peer.
 
 Not a database on purpose: LMDB and every log-structured store keep freed pages with old bytes
@@ -26,6 +26,8 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ledger.pii import ErasureReason
+
 KEY_SIZE: Final = 32
 NONCE_SIZE: Final = 12
 SLOT: Final = struct.Struct("<B15s16s32s")  # state, reserved, subject id, data key
@@ -33,7 +35,7 @@ SLOT_SIZE: Final = SLOT.size  # 64
 SLOT_USED: Final = 1
 RECORD_TAG: Final = b"SLVR\x01"
 RECORD_HEADER: Final = struct.Struct("<5s16s32sI12s")  # tag, subject id, commitment, psp id, nonce
-TOMBSTONE: Final = struct.Struct("<16s32sHQ")  # subject id, commitment, reason, leaf index
+TOMBSTONE: Final = struct.Struct("<16s32sHQ")  # subject id, commitment, reason, block height of the erasure
 RECORD_FILE_MAX: Final = 64 << 10
 
 
@@ -47,9 +49,10 @@ class SubjectUnknown(VaultError):
 
 
 class SubjectErased(VaultError):
-    def __init__(self, subject_id: int, reason: int, index: int) -> None:
-        self.reason, self.index = reason, index
-        super().__init__(f"subject {subject_id:#x} was erased (reason {reason}, erasure event at log entry {index}); "
+    def __init__(self, subject_id: int, reason: int, block: int) -> None:
+        self.reason, self.block = reason, block
+        name = ErasureReason(reason).name.lower() if reason in ErasureReason._value2member_map_ else str(reason)
+        super().__init__(f"subject {subject_id:#x} was erased (reason {name}, erasure event in block {block}); "
                          "its data key and records are destroyed and cannot be disclosed")
 
 
@@ -212,19 +215,19 @@ class Tombstones:
         self._by_subject: dict[int, tuple[bytes, int, int]] = {}
         raw = path.read_bytes() if path.exists() else b""
         for off in range(0, len(raw) - len(raw) % TOMBSTONE.size, TOMBSTONE.size):
-            subject, commitment, reason, index = TOMBSTONE.unpack_from(raw, off)
-            self._by_subject[int.from_bytes(subject, "little")] = (commitment, reason, index)
+            subject, commitment, reason, block = TOMBSTONE.unpack_from(raw, off)
+            self._by_subject[int.from_bytes(subject, "little")] = (commitment, reason, block)
         self._lock = threading.Lock()
 
     def get(self, subject_id: int) -> tuple[bytes, int, int] | None:
         return self._by_subject.get(subject_id)
 
-    def add(self, subject_id: int, commitment: bytes, reason: int, index: int) -> None:
+    def add(self, subject_id: int, commitment: bytes, reason: int, block: int) -> None:
         with self._lock:
             if subject_id in self._by_subject:
                 return
             with open(self._path, "ab") as f:
-                f.write(TOMBSTONE.pack(subject_id.to_bytes(16, "little"), commitment, reason, index))
+                f.write(TOMBSTONE.pack(subject_id.to_bytes(16, "little"), commitment, reason, block))
                 f.flush()
                 os.fsync(f.fileno())
-            self._by_subject[subject_id] = (commitment, reason, index)
+            self._by_subject[subject_id] = (commitment, reason, block)

@@ -34,7 +34,7 @@ def _has(target: str, subject: int, timeout_s: float = 30) -> bool:
 def test_copies_survive_node_loss_and_reach_a_node_that_was_down(tmp_path: Path) -> None:
     cluster = start_region(tmp_path / "region")
     try:
-        leader, _ = cluster.wait_leader(30)
+        cluster.wait_leader(30)
         a, b, c = cluster.nodes
         cluster.kill(c, signal.SIGKILL)
         with PiiVault(a.target) as v:
