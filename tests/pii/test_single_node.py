@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
 from clients.client import LedgerClient
 from clients.pii import PiiVault, SubjectErasedError, commitment_for, write_pii_file
 from clients.pii_disclose import WrongData, check_disclosure
-from ledger.codec import EncodingError
 from ledger.note import Verifier
 from ledger.pii import ErasureReason, PiiRecord
 from ledger.types import Account, EventKind, Result, Transfer
@@ -55,7 +53,7 @@ def test_vault_commitment_disclosure_erasure_and_screening(tmp_path: Path) -> No
             assert "record #0" in str(e.value) and "external_ref" in str(e.value) and "e-mail" in str(e.value)
             assert c.checkpoint().tree_size == size
             # clients cannot submit erasures themselves
-            with pytest.raises((EncodingError, grpc.RpcError, Exception)):
+            with pytest.raises(Exception, match="cannot be submitted by clients"):
                 c.submit_one(EventKind.ERASE_SUBJECT, bytes(48))
             # erasure
             er = v.erase(5, ErasureReason.SUBJECT_REQUEST)
