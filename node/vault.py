@@ -25,6 +25,7 @@ from node.vault_store import (
     SubjectErased,
     SubjectUnknown,
     Tombstones,
+    VaultCorrupt,
     VaultError,
     seal,
     unseal,
@@ -99,7 +100,9 @@ class Vault:
 
     def accept(self, sealed: SealedRecord, key: bytes) -> bool:
         """A peer's copy (replication or catch-up). Refused (False) if the subject was erased."""
-        unseal(key, sealed)  # authenticates: a damaged copy is never stored
+        plain = unseal(key, sealed)  # authenticates: a damaged copy is never stored
+        if commit(decode_canonical_pii(plain[SALT_SIZE:]), plain[:SALT_SIZE]) != sealed.commitment:
+            raise VaultCorrupt(f"copy of subject {sealed.subject_id:#x} does not match its commitment")
         with self._lock:
             if self._tombs.get(sealed.subject_id) is not None:
                 return False

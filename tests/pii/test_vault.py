@@ -84,6 +84,11 @@ def test_shred_leaves_no_key_and_no_record_and_answers_erased(tmp_path: Path) ->
     _ = other_key
 
 
+def v_plain(v: Vault) -> bytes:
+    d = v.disclose(11)
+    return d.salt + d.record.canonical()
+
+
 def test_accept_peer_copy_and_refuse_damage_or_erased(tmp_path: Path) -> None:
     a, b = vault(tmp_path / "a"), vault(tmp_path / "b")
     sealed, key, _ = a.put(11, FIELDS, 3)
@@ -93,6 +98,11 @@ def test_accept_peer_copy_and_refuse_damage_or_erased(tmp_path: Path) -> None:
     c = vault(tmp_path / "c")
     with pytest.raises(VaultCorrupt):
         c.accept(damaged, key)
+    from node.vault_store import seal
+
+    forged = seal(key, 11, b"\x01" * 32, 3, v_plain(a))  # authentic under the key, wrong commitment
+    with pytest.raises(VaultCorrupt, match="commitment"):
+        c.accept(forged, key)
     ERASED[sealed.commitment] = (7, 1)
     try:
         assert c.accept(sealed, key) is False  # the log already erased it: never stored
