@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from ledger.apply.erasure import erasure_of, erasures_after
 from ledger.codec import Batch
-from ledger.erasure import erasure_of, erasures_after
 from ledger.pii import encode_erasure
 from ledger.store import Store
 from ledger.types import EventKind
