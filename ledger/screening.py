@@ -28,9 +28,9 @@ _CARD_RE: Final = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 _EMAIL_RE: Final = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}")
 
 # byte offsets of the screened fields inside the canonical records (docs/formats.md)
-_TRANSFER_USER_DATA: Final = slice(80, 96)
-_TRANSFER_EXTERNAL_REF: Final = slice(96, 128)
-_ACCOUNT_USER_DATA: Final = slice(16, 32)
+_TRANSFER_USER_DATA: Final = (80, 96)
+_TRANSFER_EXTERNAL_REF: Final = (96, 128)
+_ACCOUNT_USER_DATA: Final = (16, 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +101,35 @@ def screen_records(kind: int, records: bytes, config: ScreeningConfig) -> Findin
     """The first suspicious field in a batch of canonical records, or None. Unknown kinds pass."""
     if not config.enabled:
         return None
-    fields: tuple[tuple[str, slice, bool], ...]
+    fields: tuple[tuple[str, int, int, bool], ...]
     if kind == EventKind.CREATE_TRANSFER:
-        fields = (("external_ref", _TRANSFER_EXTERNAL_REF, False), ("user_data", _TRANSFER_USER_DATA, True))
+        fields = (("external_ref", *_TRANSFER_EXTERNAL_REF, False), ("user_data", *_TRANSFER_USER_DATA, True))
         size = TRANSFER_SIZE
     elif kind == EventKind.CREATE_ACCOUNT:
-        fields = (("user_data", _ACCOUNT_USER_DATA, True),)
+        fields = (("user_data", *_ACCOUNT_USER_DATA, True),)
         size = ACCOUNT_SIZE
     else:
         return None
-    for i in range(len(records) // size):
-        rec = records[i * size : (i + 1) * size]
-        for name, where, numeric in fields:
-            raw = rec[where]
-            if not any(raw):
+    for _name, start, stop, numeric in fields:  # hot path: most fields are all zero, skipped by one compare
+        zero = bytes(stop - start)
+        for off in range(0, len(records) - size + 1, size):
+            raw = records[off + start : off + stop]
+            if raw == zero:
                 continue
-            text = _field_text(raw, numeric and config.numeric_user_data)
-            what = screen_text(text, config)
+            what = screen_text(_field_text(raw, numeric and config.numeric_user_data), config)
             if what is not None:
-                return Finding(i, name, what)
+                return _first(kind, records, size, config, fields, off // size)
     return None
+
+
+def _first(kind: int, records: bytes, size: int, config: ScreeningConfig,
+           fields: tuple[tuple[str, int, int, bool], ...], upto: int) -> Finding:
+    """The finding with the lowest record index (fields were scanned one at a time)."""
+    for i in range(upto + 1):
+        for name, start, stop, numeric in fields:
+            raw = records[i * size + start : i * size + stop]
+            if any(raw):
+                what = screen_text(_field_text(raw, numeric and config.numeric_user_data), config)
+                if what is not None:
+                    return Finding(i, name, what)
+    raise AssertionError("unreachable: record upto has a finding")  # pragma: no cover
