@@ -31,6 +31,7 @@ class NodeVault:
         self._store = store
         self.vault = Vault(Path(config.data_dir) / "vault", self._erased)
         self._peers = [p.address for p in config.peers]
+        self._tls = config.tls_files
         self.copies: PeerCopies | None = None
         self._height = 0  # erasures of blocks up to here are shredded
         self._lock = threading.Lock()
@@ -63,7 +64,7 @@ class NodeVault:
             return batch_outcome.results[0], batch_outcome.log_indexes[0], batch_outcome.blocks[0]
 
         if self._peers:
-            self.copies = PeerCopies(self.vault, self._peers)
+            self.copies = PeerCopies(self.vault, self._peers, self._tls)
         vpb_grpc.add_VaultServicer_to_server(VaultService(self.vault, self.copies, propose), server)
         vpb_grpc.add_VaultPeerServicer_to_server(VaultPeerService(self.vault), server)
 

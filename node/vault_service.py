@@ -23,6 +23,7 @@ import grpc
 
 from ledger.pii import ErasureReason, PiiError
 from node.errors import BadRequest, DataLoss, NodeError, NotFound, abort
+from node.tls import TlsFiles, peer_channel
 from node.vault import NotYourSubject, SubjectExists, Vault
 from node.vault_store import SealedRecord, SubjectErased, SubjectUnknown, VaultCorrupt, VaultError
 from sovledger_pb import ledger_pb2 as pb
@@ -96,16 +97,17 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 class PeerCopies:
     """Pushes copies to the region's other members and pulls what this one missed."""
 
-    def __init__(self, vault: Vault, peers: list[str]) -> None:
+    def __init__(self, vault: Vault, peers: list[str], tls: TlsFiles | None = None) -> None:
         self._vault = vault
+        self._tls = tls
         self._peers = peers
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._task: asyncio.Task[None] | None = None
 
     def _stub(self, address: str) -> Any:  # an aio stub: the generated stubs are typed for sync calls
         ch = self._channels.get(address)
-        if ch is None:  # region members only: addresses come from the node's peer config
-            ch = self._channels[address] = grpc.aio.insecure_channel(address)
+        if ch is None:  # region members only: addresses come from the node's peer config; mTLS as for Raft
+            ch = self._channels[address] = peer_channel(address, self._tls, [])
         return vpb_grpc.VaultPeerStub(ch)
 
     @property

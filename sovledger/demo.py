@@ -247,6 +247,8 @@ def _auditor_tls(cluster: Cluster) -> list[str]:
 def _pii_erasure(console: Console, cluster: Cluster) -> str:
     """Put a subject into the region's vault, erase it, show that it is gone; the full audit runs after."""
     console.rule("personal data: vault, erasure (sovledger pii, docs/privacy.md)")
+    if cluster.tls:  # the vault's RPCs are not yet in the TLS authorization table (node/authz.py)
+        return "skipped: Vault RPCs not yet in node/authz.py MATRIX (TLS region)"
     leader, _ = cluster.wait_leader(30)
     put = _sovledger(console, "pii", "put", "0x5eed", "--node", leader.target, "--psp-id", "1",
                      "--field", "name=Demo Person", "--field", "email=demo.person@example.org", "--field", "country=FR")

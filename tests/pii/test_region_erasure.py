@@ -56,9 +56,9 @@ def _transfers(first_id: int, commitments: list[bytes], n: int) -> list[Transfer
 
 def _audit_full(tmp: Path, target: str, keys: list[str]) -> int:
     trust = tmp / f"trust-{target.rsplit(':', 1)[1]}.json"
-    assert audit.main(["trust", "init", "--node", target, "--trust", str(trust),
+    assert audit.main(["trust", "init", "--node", target, "--trust", str(trust), "--insecure",
                        *[a for k in keys for a in ("--key", k)]]) == 0
-    return audit.main(["verify", "--node", target, "--trust", str(trust), "--full", "--no-psp"])
+    return audit.main(["verify", "--node", target, "--trust", str(trust), "--full", "--no-psp", "--insecure"])
 
 
 def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
