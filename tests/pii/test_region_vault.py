@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from clients.client import LedgerClient
 from clients.pii import PiiVault, VaultCallError
 from sovledger.cluster import Cluster
 from tests.integration.nodeproc import start_region
@@ -35,6 +36,9 @@ def test_copies_survive_node_loss_and_reach_a_node_that_was_down(tmp_path: Path)
     cluster = start_region(tmp_path / "region")
     try:
         cluster.wait_leader(30)
+        for n in cluster.nodes:  # every member listening before the put
+            with LedgerClient(n.target, stale_reads=True) as lc:
+                lc.wait_ready(30)
         a, b, c = cluster.nodes
         cluster.kill(c, signal.SIGKILL)
         with PiiVault(a.target) as v:
