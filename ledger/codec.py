@@ -60,11 +60,16 @@ ACCOUNT_STATE_SIZE: Final = ACCOUNT_STATE_STRUCT.size  # 136
 CALLBACK_STRUCT: Final = struct.Struct("<16s16s32sQQI12s")
 CALLBACK_SIZE: Final = CALLBACK_STRUCT.size  # 96
 
+ERASURE_SIZE: Final = 48  # commitment 32, reason u16, reserved 14 (ledger/pii.py)
+
 RECORD_SIZE: Final = {
     EventKind.CREATE_ACCOUNT: ACCOUNT_SIZE,
     EventKind.CREATE_TRANSFER: TRANSFER_SIZE,
     EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
+    EventKind.ERASE_SUBJECT: ERASURE_SIZE,
 }
+# kinds only the node itself proposes (after checking the caller's role), never accepted from Submit
+NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT})
 
 # Variable-length records (one per batch): a rule set deployment. On the wire of a proposal the
 # batch header's count is 1 and the record is preceded by its length (u32 LE).
@@ -314,6 +319,7 @@ _BODY_SIZE: Final = {
     EventKind.EXPIRE_PENDING: 16,
     EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
     EventKind.LEDGER_TRANSFER: TRANSFER_SIZE,
+    EventKind.ERASE_SUBJECT: ERASURE_SIZE,
 }
 LEAF_BODY_SIZE: Final = _BODY_SIZE  # fixed body length per event kind (DEPLOY_RULESET varies); the auditor checks it
 
@@ -415,12 +421,16 @@ class Proposal:
         return sum(b.count for b in self.batches)
 
 
-def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: bytes) -> Batch:
-    """Check a batch's framing (not its business content); raise EncodingError with the reason."""
+def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: bytes,
+                   node_proposed: bool = False) -> Batch:
+    """Check a batch's framing (not its business content); raise EncodingError with the reason.
+    ``node_proposed``: also accept the kinds only a node proposes (a proposal being decoded)."""
     try:
         event = EventKind(kind)
     except ValueError:
         raise EncodingError(f"unknown event kind {kind}; use CREATE_ACCOUNTS or CREATE_TRANSFERS") from None
+    if event in NODE_ONLY_KINDS and not node_proposed:
+        raise EncodingError(f"event kind {event.name} cannot be submitted by clients (use the Vault service)")
     if event in VARIABLE_KINDS:
         if signatures or signer_key_id:
             raise EncodingError("a DEPLOY_RULESET record carries its operator signature inside the record")
@@ -501,7 +511,7 @@ def decode_proposal(raw: bytes) -> Proposal:
             pos += count * SIGNATURE_SIZE
         if pos > len(raw):
             raise EncodingError("proposal truncated in batch records")
-        batches.append(validate_batch(kind, records, sigs, key_id if signed else b""))
+        batches.append(validate_batch(kind, records, sigs, key_id if signed else b"", node_proposed=True))
     if pos != len(raw):
         raise EncodingError(f"proposal has {len(raw) - pos} trailing bytes")
     return Proposal(ts, tuple(batches))

@@ -37,12 +37,16 @@ class Table:
     RECONCILED: Final = "reconciled"  # id_key(transfer id) -> index_key(callback leaf index)
     EXCEPTIONS: Final = "exceptions"  # index_key(leaf index) -> exception record for review
     ROUNDING: Final = "rounding"  # rounding account id (16) || day (u64 BE) -> debits ‖ credits ‖ count
+    # personal data erasure (ledger/apply/erasure.py, docs/privacy.md)
+    PII_ERASED: Final = "pii_erased"  # commitment (32) -> block height (u64 BE) ‖ reason (u16 BE)
+    PII_ERASURES: Final = "pii_erasures"  # index_key(block height) ‖ commitment (32) -> reason (u16 LE)
 
 
 TABLES: Final = (
     Table.META, Table.ACCOUNTS, Table.TRANSFERS, Table.ACCOUNT_REFS, Table.LEAVES, Table.NODES, Table.HISTORY,
     Table.BLOCKS, Table.EXPIRY, Table.RAFT, Table.RAFTLOG, Table.RULESETS, Table.RISK, Table.RISK_PAIRS,
     Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
+    Table.PII_ERASED, Table.PII_ERASURES,
 )
 
 # -- keys in the meta table ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ class EventKind(enum.IntEnum):
     DEPLOY_RULESET = 4  # an operator-signed rule set (docs/rules.md); effective from the next block
     SETTLEMENT_CALLBACK = 5  # a PSP's settlement confirmation, matched against a transfer (reconciliation)
     LEDGER_TRANSFER = 6  # a transfer written by the ledger: rule adjustment or reconciliation residual
+    ERASE_SUBJECT = 7  # PII erasure: a subject's commitment + reason (ledger/pii.py); operator only, via the vault
 
 
 class AccountFlags(enum.IntFlag):
@@ -159,6 +160,9 @@ class Result(enum.IntEnum):
     # settlement callbacks (reconciliation)
     CALLBACK_EXISTS = 140  # identical retry of a callback id: no new leaf, original entry returned
     CALLBACK_EXISTS_WITH_DIFFERENT_FIELDS = 141
+    # personal data erasure (docs/privacy.md)
+    SUBJECT_ALREADY_ERASED = 160  # the commitment was erased by an earlier entry; this one changes nothing
+    ERASURE_REASON_UNKNOWN = 161
     CALLBACK_TARGET_MISSING = 142  # neither transfer id nor external ref given
     RECONCILE_TRANSFER_NOT_FOUND = 143
     RECONCILE_PSP_MISMATCH = 144

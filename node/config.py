@@ -55,6 +55,8 @@ class NodeConfig:
     psp_verifier_keys: tuple[str, ...] = ()
     psp_require_signatures: bool = False
     psp_verify_threads: int = 2  # Ed25519 verification releases the GIL: one thread per core
+    # personal data: free-form fields screened at the edge (node/pii_edge.py): cards,emails[,numeric] or off
+    pii_screening: str = "cards,emails"
     # storage
     map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES
     # blocks: a block closes when it holds block_items_max items or block_delay_ms has passed
@@ -133,6 +135,12 @@ class NodeConfig:
                     raise ConfigError(f"{name}: {e}") from e
         if self.psp_require_signatures and not self.psp_verifier_keys:
             raise ConfigError("psp_require_signatures needs at least one key in psp_verifier_keys")
+        from node.pii_edge import parse_screening
+
+        try:
+            parse_screening(self.pii_screening)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         if self.psp_verify_threads < 1:
             raise ConfigError("psp_verify_threads must be >= 1")
         self._validate_tls()

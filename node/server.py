@@ -30,6 +30,7 @@ from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
 from node.metrics import start_metrics
 from node.offload import Offload
+from node.pii_edge import parse_screening
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator
 from node.psp_guard import SubmitGate
@@ -41,6 +42,7 @@ from node.snapshot_exchange import SnapshotExchange
 from node.startup import check_store, lock_data_dir, peer_checkpoint_floor
 from node.tls import RevocationList, server_credentials
 from node.transport import PeerService, PeerTransport, RegionAdminService
+from node.vault_node import NodeVault
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import peer_pb2_grpc
@@ -94,6 +96,7 @@ class Node:
         self.snapshots: SnapshotExchange | None = None
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
+        self.vault = NodeVault(config, self.store)  # PII vault (docs/privacy.md)
         self.offload = Offload()  # client-triggered heavy reads, off the loop that drives Raft
         self.health = HealthWatch(lambda: self.committer, lambda: self.ingest, self.checkpoints, self.state,
                                   self._apply_pool)
@@ -101,6 +104,7 @@ class Node:
 
     def _sign_block(self, state: LedgerState) -> None:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
+        self.vault.after_block()  # shred subjects erased in this block (or a snapshot) before announcing it
         self.checkpoints.on_block(state.head)
 
     def status(self) -> pb.StatusResponse:
@@ -149,7 +153,8 @@ class Node:
         pb_grpc.add_LedgerServicer_to_server(
             LedgerService(ingest, self.reader, cfg.stream_inflight_batches_max, self.committer.check_leader,
                           self.committer.read_barrier, psp_auth=self.psp_auth, gate=self._submit_gate(),
-                          offload=self.offload),
+                          offload=self.offload,
+                          screening=parse_screening(cfg.pii_screening)),
             server
         )
         if self.replicator is not None and self.snapshots is not None:
@@ -159,6 +164,7 @@ class Node:
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints, self.offload), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), server)
         pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state, self.offload), server)
+        self.vault.add_to(server, lambda: self.ingest, self.committer.check_leader)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
 
     def _listen(self) -> grpc.aio.Server:
@@ -213,6 +219,7 @@ class Node:
         self.server = self._listen()
         await self.server.start()
         self.committer.start()
+        self.vault.start()
         await self.health.set(True)
         self.health.start()
         if cfg.metrics_listen:
@@ -231,6 +238,7 @@ class Node:
             await self.ingest.stop()
         if self.psp_auth is not None:
             self.psp_auth.close()
+        await self.vault.stop()
         self.offload.close()
         self._apply_pool.shutdown(wait=True)
         self.store.close()

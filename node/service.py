@@ -16,11 +16,13 @@ import grpc
 from ledger.codec import LEAF_HEADER_SIZE, TRANSFER_SIZE, EncodingError, validate_batch
 from ledger.invariant import InvariantViolation
 from ledger.reader import HISTORY_PAGE_MAX, LedgerReader
+from ledger.screening import ScreeningConfig
 from ledger.types import BATCH_ITEMS_MAX
 from node import psp_guard
 from node.authz import caller
 from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, abort, batch_status
 from node.offload import Offload
+from node.pii_edge import screen_batch
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
 from node.signing import CheckpointService, InconsistentCheckpoint
@@ -47,7 +49,8 @@ class LedgerService(pb_grpc.LedgerServicer):
                  leader_check: Callable[[], None] | None = None,
                  read_barrier: Callable[[], Awaitable[None]] | None = None, *,
                  psp_auth: PspAuthenticator, gate: psp_guard.SubmitGate | None = None,
-                 offload: Offload | None = None) -> None:
+                 offload: Offload | None = None, screening: ScreeningConfig | None = None) -> None:
+        self._screening = screening or ScreeningConfig()  # personal data never reaches the log
         self._ingest = ingest
         self._gate = gate or psp_guard.SubmitGate(reader, None)
         self._offload = offload or Offload()
@@ -99,6 +102,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             self._leader_check()
             batch = validate_batch(req.kind, req.records, req.signatures, req.signer_key_id)
             self._gate.check(who, batch)
+            screen_batch(batch, self._screening)
             await self._psp_auth.verify_batch(batch)
             return self._gate.submit(who, batch, self._ingest.submit)
         except (NodeError, EncodingError, PspAuthError) as e:

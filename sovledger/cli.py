@@ -9,6 +9,7 @@
   psp      PSP load generator (`psp load`); the SDK itself is clients/sdk.py (docs/sdk.md)
   audit    verify checkpoints, proofs and the whole log; export, compare, prove
   rules    deploy, list, show, dry-run reconciliation rules; report
+  pii      the region's personal data vault: put, get, erase (docs/privacy.md)
 """
 
 from __future__ import annotations
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.psp_load import register as register_psp
 
     register_psp(sub)
+    from clients.pii_cli import register as register_pii
+
+    register_pii(sub)
     return p
 
 

@@ -125,7 +125,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "rollback, 12 leaf/chain/tree mismatch, 13 block header mismatch, 14 balance "
         "mismatch, 15 PSP signature invalid (docs/auditor.md).")
     sub = a.add_subparsers(dest="audit_command", metavar="ACTION")
-    for add in (_add_verify, _add_trust, _add_node_commands):
+    from clients.pii_disclose import add_disclose_parser  # `audit disclose` (docs/privacy.md)
+
+    for add in (_add_verify, _add_trust, _add_node_commands, add_disclose_parser):
         add(sub)
     _help_only(a)
     return a

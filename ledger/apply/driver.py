@@ -22,6 +22,7 @@ from typing import Final
 from ledger.apply.accounts import apply_accounts, history_of
 from ledger.apply.callbacks import apply_callbacks, expiry_exception
 from ledger.apply.effects import deploy, operator_map
+from ledger.apply.erasure import apply_erasures
 from ledger.apply.scratch import Block, Committed, Event, SideState
 from ledger.apply.seal import BlockOutcome, seal
 from ledger.apply.transfers import apply_transfers
@@ -52,6 +53,7 @@ APPLIERS: Final[dict[int, Applier]] = {
     EventKind.CREATE_TRANSFER: apply_transfers,
     EventKind.CREATE_ACCOUNT: apply_accounts,
     EventKind.SETTLEMENT_CALLBACK: apply_callbacks,
+    EventKind.ERASE_SUBJECT: apply_erasures,  # PII erasure (docs/privacy.md)
 }
 DEPLOY_OFFSET: Final = 16  # a stored rule set: deploy leaf index (u64) ‖ effective height (u64) ‖ canonical
 

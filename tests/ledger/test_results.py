@@ -153,6 +153,10 @@ from tests.rules.scenarios import RULE_SCENARIOS  # noqa: E402 - codes added by 
 
 SCENARIOS.update(RULE_SCENARIOS)
 
+from tests.pii.scenarios import PII_SCENARIOS  # noqa: E402 - codes added by PII erasure (issue 14)
+
+SCENARIOS.update(PII_SCENARIOS)
+
 
 def _post_after(first: Transfer, second: Transfer) -> Result:
     lg = ledger_with_accounts()

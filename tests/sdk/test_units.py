@@ -92,6 +92,11 @@ STATUS_CASES = [
     (grpc.StatusCode.INTERNAL, "", "", R.REASON_INTERNAL, E.InternalError),
     (grpc.StatusCode.DATA_LOSS, "", "", R.REASON_DATA_LOSS, E.DataLossError),
     (grpc.StatusCode.UNKNOWN, "", "", R.REASON_UNSPECIFIED, E.UnknownStatusError),
+    # personal data (docs/privacy.md): a screened batch can never succeed; an erased subject stays erased
+    (grpc.StatusCode.INVALID_ARGUMENT, "record #0: field external_ref looks like an e-mail address", "",
+     R.REASON_PERSONAL_DATA, E.InvalidBatchError),
+    (grpc.StatusCode.FAILED_PRECONDITION, "subject 0x5 was erased", "", R.REASON_SUBJECT_ERASED,
+     E.PreconditionFailedError),
 ]
 
 
