@@ -22,9 +22,12 @@ from ledger.lmdb_store import LmdbStore
 from ledger.reader import LedgerReader
 from ledger.state import LedgerState
 from ledger.types import BATCH_ITEMS_MAX
+from node import metrics
 from node.authz import AuthzInterceptor
+from node.backup import add_operations_service
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
+from node.expiry import ExpiryTimer
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.keys import load_or_create_node_key
 from node.metrics import start_metrics
@@ -53,6 +56,7 @@ class Node:
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
+        self.store.commit_observer = metrics.FSYNC.observe
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = load_or_create_node_key(data / "node.key", config.key_name)
@@ -61,10 +65,11 @@ class Node:
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.ingest: Ingest | None = None
-        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.listen, self._sign_block,
+        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.own_address, self._sign_block,
                                                    lambda: self._set_serving(False))
         self.replicator: Replicator | None = None  # when the region has peers (then also the committer)
         self.snapshots: SnapshotExchange | None = None
+        self.expiry: ExpiryTimer | None = None
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -95,7 +100,7 @@ class Node:
         cfg = self.config
         me = node_number(cfg.node_id)
         addresses = {node_number(p.node_id): p.address for p in cfg.peers}
-        addresses[me] = cfg.listen
+        addresses[me] = cfg.own_address
         voters = sorted(a for a in addresses if not (cfg.join and a == me))
         self.snapshots = SnapshotExchange(cfg, self.store, self.state, self.checkpoints, self._apply_pool,
                                           self._sign_block, addresses)
@@ -137,6 +142,7 @@ class Node:
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status), server)
         pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_operations_service(server, self)
 
     def _listen(self) -> grpc.aio.Server:
         """Create the gRPC server and bind its listener (the one place that opens the port)."""
@@ -190,18 +196,29 @@ class Node:
         self.checkpoints.on_start(self.state.head)
         self._start_committer()
         self._ingest().start()
+        self.expiry = ExpiryTimer(self.store, self.committer.propose,
+                                  lambda: self.committer.status().role == "leader")
+        self.expiry.start()
         self.server = self._listen()
         await self.server.start()
         self.committer.start()
         await self._set_serving(True)
         if cfg.metrics_listen:
             start_metrics(cfg.metrics_listen, self)
+        from node import logs
+
+        logs.set_context(self._log_context)
         head = self.state.head
         log.info("node %s of region %s serving on %s (block %d, %d entries) pid %d",
                  cfg.node_id, cfg.region, cfg.listen, head.height, head.tree_size, os.getpid())
 
+    def _log_context(self) -> dict[str, Any]:
+        return {"term": self.committer.status().term, "block": self.state.head.height}
+
     async def stop(self) -> None:
         await self._set_serving(False)
+        if self.expiry is not None:
+            await self.expiry.stop()
         if self.server:
             await self.server.stop(grace=2.0)
         await self.committer.stop()
