@@ -59,20 +59,29 @@ class ExpiryTimer:
                 await self._task
 
     async def _run(self) -> None:
+        last_due: int | None = None  # the timeout our last committed empty block was for
         while True:
             due = earliest_expiry_ns(self._store)  # one short read transaction
             now = self._clock_ns()
-            if due is None or due > now or not self._is_leader():
-                wait_s = POLL_MAX_S if due is None else min(POLL_MAX_S, max(0.0, (due - now) / 1e9))
-                await asyncio.sleep(max(wait_s, 0.01))
+            if due is not None and due <= now and self._is_leader():
+                if due == last_due:
+                    # our block for it committed, yet it is still indexed (a block ahead of ours is
+                    # being applied): never spin on empty blocks; one more try after a pause
+                    last_due = None
+                    await asyncio.sleep(POLL_MAX_S)
+                elif await self._propose_empty():
+                    last_due = due
                 continue
-            await self._propose_empty()
+            wait_s = POLL_MAX_S if due is None or due <= now else min(POLL_MAX_S, (due - now) / 1e9)
+            await asyncio.sleep(max(wait_s, 0.01))
 
-    async def _propose_empty(self) -> None:
+    async def _propose_empty(self) -> bool:
         try:
             await self._commit(Proposal(self._clock_ns(), ()))
-            self.blocks_proposed += 1
-            metrics.EXPIRY_BLOCKS.inc()
         except Exception as e:  # not leader any more, store full, shutting down: try again later
             log.info("expiry block not committed (%s); retrying in %.1fs", e, RETRY_S)
             await asyncio.sleep(RETRY_S)
+            return False
+        self.blocks_proposed += 1
+        metrics.EXPIRY_BLOCKS.inc()
+        return True

@@ -37,7 +37,7 @@ SKIP = {
     "make test": "the test suite this test belongs to",
     "sovledger node --data DIR": "synopsis with placeholders (DIR, HOST:PORT)",
     "sovledger psp load --target 127.0.0.1:7100[,…]": "synopsis with optional parts in brackets",
-    "python -m tests.sim": "simulator swarms of minutes; tests/sim runs seeds of the same code in `make test`",
+    "python -m tests.sim": "the Raft simulator (seconds to minutes a line); tests/sim runs it in `make test`",
     "PYTHONPATH=.:proto .venv/bin/python -m pytest": "runs test suites that `make test` runs",
     ".venv/bin/python bench/": "a benchmark (minutes); tests/bench runs every benchmark at a tiny size",
 }
