@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from clients.channels import open_sync_channel
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -44,10 +45,6 @@ class FollowedEntry:
     leaf: bytes
 
 
-def _insecure(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
-
-
 def parse_targets(spec: str | Sequence[str]) -> list[str]:
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     targets = [t.strip() for t in items if t.strip()]
@@ -57,7 +54,7 @@ def parse_targets(spec: str | Sequence[str]) -> list[str]:
 
 
 def follow(targets: str | Sequence[str], start: int = 0, *, end: int = 0, give_up_after_s: float = 60.0,
-           retry_delay_s: float = 0.2, channel_factory: ChannelFactory = _insecure) -> Iterator[FollowedEntry]:
+           retry_delay_s: float = 0.2, channel_factory: ChannelFactory = open_sync_channel) -> Iterator[FollowedEntry]:
     """Yield entries ``start``, ``start+1``, … (up to ``end`` exclusive; 0 = for ever)."""
     nodes = parse_targets(targets)
     pos = start

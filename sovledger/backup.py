@@ -27,6 +27,7 @@ from typing import Any, Final
 import blake3
 import grpc
 
+from clients.channels import open_sync_channel
 from ledger.hashing import leaf_hash
 from ledger.invariant import InvariantViolation
 from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES, LmdbStore
@@ -78,7 +79,7 @@ def backup_from_node(target: str, out: Path, timeout_s: float = 600.0) -> dict[s
     """Hot backup over gRPC: the node copies its store in one read transaction and streams it."""
     _fresh_out(out)
     note = vkey = ""
-    with (grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)]) as ch,
+    with (open_sync_channel(target) as ch,
           open(out / DATA_FILE, "wb") as f):
         for chunk in pb_grpc.OperationsStub(ch).Backup(pb.BackupRequest(), timeout=timeout_s):
             f.write(chunk.data)
