@@ -122,7 +122,9 @@ def run_demo(transfers: int = 1_000_000, accounts: int = 10_000, data_dir: str =
     console.print("metrics (Prometheus): " + "  ".join(
         f"{n.node_id} http://127.0.0.1:{n.metrics_port}/metrics" for n in cluster.nodes))
     try:
-        return _run(console, cluster, transfers, accounts, keep, operator)
+        code = _run(console, cluster, transfers, accounts, keep, operator)
+        _show_tail(console, cluster)
+        return code
     finally:
         if not keep:
             cluster.stop_all()
@@ -236,7 +238,6 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
     for k, v in audit.items():
         table.add_row(k, v)
     console.print(table)
-    _show_tail(console, cluster)
     if keep:
         console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
                       f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
