@@ -67,7 +67,9 @@ def follow(targets: str | Sequence[str], start: int = 0, *, end: int = 0, give_u
                 pos = entry.index + 1
                 last_progress = time.monotonic()
                 yield entry
-            return  # the node closed the stream at ``end``
+            if end and pos >= end:
+                return
+            log.info("follow: %s closed the stream at %d; resuming on the next node", target, pos)
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
             if code not in _RETRYABLE:
