@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from clients.channels import open_sync_channel
+from clients.connect import TlsConfigError, add_tls_flags, tls_from_args
 from clients.follow import FollowError, follow
 from clients.targets import default_targets
 from ledger.codec import ACCOUNT_SIZE, TRANSFER_SIZE, EncodingError, decode_account, decode_leaf, decode_transfer
@@ -52,7 +54,13 @@ def _text(d: dict[str, Any]) -> str:
 def run_tail(args: argparse.Namespace) -> int:
     end = args.start + args.count if args.count else 0
     try:
-        for entry in follow(args.target, args.start, end=end, give_up_after_s=args.give_up):
+        tls = tls_from_args(args, "auditor-auditor.toml")
+    except TlsConfigError as e:
+        print(f"sovledger tail: {e}", file=sys.stderr)
+        return 2
+    try:
+        for entry in follow(args.target, args.start, end=end, give_up_after_s=args.give_up,
+                            channel_factory=lambda target: open_sync_channel(target, tls)):
             d = describe_leaf(entry.index, entry.leaf)
             print(json.dumps(d, sort_keys=True) if args.json else _text(d), flush=True)
     except FollowError as e:
@@ -75,4 +83,5 @@ def register(sub: Any) -> None:
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--give-up", type=float, default=60.0,
                    help="seconds without any reachable node before giving up (default %(default)s)")
+    add_tls_flags(t)
     t.set_defaults(func=run_tail)

@@ -14,6 +14,7 @@ unresolved (kill -9 it mid-way to see that nothing is ever duplicated).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
+from clients.connect import ClientTls  # noqa: E402
 from clients.ids import new_id  # noqa: E402
 from clients.sdk import LedgerSDK, SdkConfig  # noqa: E402
 from clients.sdk_errors import OutcomeUnknownError, TransferFailed  # noqa: E402
@@ -56,7 +58,10 @@ def main() -> int:
             return 2
         signer = Signer.parse(key.read_text())
     config = SdkConfig(batch_size_max=2000, batch_delay_s=0.005, window_items=10_000)
-    with LedgerSDK(args.target.split(","), journal=args.journal, signer=signer, config=config) as sdk:
+    # TLS: the local cluster's PSP certificate when `sovledger cluster up` made one (or $SOVLEDGER_TLS_CONFIG)
+    tls_file = os.environ.get("SOVLEDGER_TLS_CONFIG") or ".sovledger/cluster/ca/psp-1.toml"
+    tls = ClientTls.from_file(tls_file) if Path(tls_file).exists() else None
+    with LedgerSDK(args.target.split(","), journal=args.journal, signer=signer, config=config, tls=tls) as sdk:
         # 1. settle what a previous (crashed) run left unresolved, with the same ids
         recovered = sdk.recover()
         print(f"recovered {len(recovered)} payment(s) from the journal")

@@ -28,6 +28,7 @@ import blake3
 import grpc
 
 from clients.channels import open_sync_channel
+from clients.connect import ClientTls, TlsConfigError, add_tls_flags, tls_from_args
 from ledger.hashing import leaf_hash
 from ledger.invariant import InvariantViolation
 from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES, LmdbStore
@@ -75,11 +76,12 @@ def _fresh_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def backup_from_node(target: str, out: Path, timeout_s: float = 600.0) -> dict[str, Any]:
+def backup_from_node(target: str, out: Path, tls: ClientTls | None = None,
+                     timeout_s: float = 600.0) -> dict[str, Any]:
     """Hot backup over gRPC: the node copies its store in one read transaction and streams it."""
     _fresh_out(out)
     note = vkey = ""
-    with (open_sync_channel(target) as ch,
+    with (open_sync_channel(target, tls) as ch,
           open(out / DATA_FILE, "wb") as f):
         for chunk in pb_grpc.OperationsStub(ch).Backup(pb.BackupRequest(), timeout=timeout_s):
             f.write(chunk.data)
@@ -204,8 +206,11 @@ def _cmd_backup(args: argparse.Namespace) -> int:
         if bool(args.node) == bool(args.data):
             raise BackupError("give exactly one of --node HOST:PORT (hot) or --data NODE_DIR (stopped node)")
         out = Path(args.out)
-        m = backup_from_node(args.node, out) if args.node else backup_from_data(Path(args.data), out, args.region)
-    except (BackupError, OSError) as e:
+        if args.node:
+            m = backup_from_node(args.node, out, tls_from_args(args, "operator-operator.toml"))
+        else:
+            m = backup_from_data(Path(args.data), out, args.region)
+    except (BackupError, OSError, TlsConfigError) as e:
         print(f"sovledger backup: {e}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:
@@ -238,6 +243,7 @@ def register(sub: Any) -> None:
     b.add_argument("--out", required=True, help="new, empty backup directory")
     b.add_argument("--region", default=None, help="with --data: region name (default: from the node key's name)")
     b.add_argument("--json", action="store_true", help="print the manifest")
+    add_tls_flags(b)
     b.set_defaults(func=_cmd_backup)
     r = sub.add_parser("restore", help="verify a backup and install it as a node's store",
                        description="Checks manifest hashes, the checkpoint signature and the Merkle root "

@@ -40,6 +40,12 @@ SKIP = {
     "python -m tests.sim": "the Raft simulator (seconds to minutes a line); tests/sim runs it in `make test`",
     "PYTHONPATH=.:proto .venv/bin/python -m pytest": "runs test suites that `make test` runs",
     ".venv/bin/python bench/": "a benchmark (minutes); tests/bench runs every benchmark at a tiny size",
+    # README "run a node by hand": a foreground server over a CA in /tmp; `cluster up` (TLS) runs the same
+    # steps in the other files' region, and tests/security covers `sovledger ca`
+    "sovledger ca ": "CA files for hand-run nodes; tests/security runs `sovledger ca` (cluster up uses it too)",
+    "sovledger node --data /tmp/n1": "a foreground server (its flags continue on the next line)",
+    "sovledger psp load --target 127.0.0.1:7100 --duration 5 --tls-config": "needs the hand-run node above",
+    "sovledger keys show --data /tmp/n1": "needs the hand-run node above",
 }
 
 REGION_SETUP = [".venv/bin/sovledger cluster up --nodes 3 --port 7100", ".venv/bin/sovledger cluster transfer node-1"]

@@ -33,9 +33,9 @@ def test_full_audit_against_a_follower_passes(tmp_path: Path) -> None:
         follower = next(n for n in cluster.nodes if n is not leader)
         wait_tree_size(follower.target, size)
         trust = tmp_path / "trust.json"
-        init = cli("audit", "trust", "init", "--node", follower.target, "--trust", str(trust))
+        init = cli("audit", "trust", "init", "--node", follower.target, "--trust", str(trust), "--insecure")
         assert init.returncode == 0, init.stderr
-        r = cli("audit", "verify", "--node", follower.target, "--trust", str(trust), "--full")
+        r = cli("audit", "verify", "--node", follower.target, "--trust", str(trust), "--full", "--insecure")
         assert r.returncode == 0, r.stdout + r.stderr
         assert "own state" in r.stdout
     finally:

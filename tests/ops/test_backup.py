@@ -39,9 +39,9 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def audit_full(target: str, trust: Path) -> subprocess.CompletedProcess[str]:
     with LedgerClient(target) as c:
         key = c.checkpoint().verifier_key
-    init = cli("audit", "trust", "init", "--node", target, "--trust", str(trust), "--key", key)
+    init = cli("audit", "trust", "init", "--node", target, "--trust", str(trust), "--key", key, "--insecure")
     assert init.returncode == 0, init.stdout + init.stderr
-    return cli("audit", "verify", "--node", target, "--trust", str(trust), "--full")
+    return cli("audit", "verify", "--node", target, "--trust", str(trust), "--full", "--insecure")
 
 
 def test_hot_backup_under_load_restores_and_audits(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_hot_backup_under_load_restores_and_audits(tmp_path: Path) -> None:
         wait_progress(load, 4 * BATCH)
         out = tmp_path / "backup-1"
         acked_before_backup = len(load.acked)  # all of it must be in the backup
-        r = cli("backup", "--node", leader.target, "--out", str(out))
+        r = cli("backup", "--node", leader.target, "--out", str(out), "--insecure")
         assert r.returncode == 0, r.stderr
         wait_progress(load, 2 * BATCH)  # the load went on during and after the backup
         load.stop.set()
