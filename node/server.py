@@ -168,8 +168,9 @@ class Node:
         if self.config.insecure:
             log.warning("INSECURE: plaintext gRPC without authentication on %s; anyone who reaches this port "
                         "can reconfigure the region and read the whole ledger (docs/security.md)", self.config.listen)
-            print(f"WARNING: node {self.config.node_id} runs --insecure (plaintext, no authentication)",
-                  file=sys.stderr, flush=True)
+            if self.config.log_format != "json":  # json: the log line above is the warning (one object a line)
+                print(f"WARNING: node {self.config.node_id} runs --insecure (plaintext, no authentication)",
+                      file=sys.stderr, flush=True)
             return grpc.aio.server(options=options)
 
         def is_member(name: str) -> bool:
