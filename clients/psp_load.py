@@ -37,6 +37,7 @@ from clients.psp.outcomes import NO_RESULT
 from clients.sdk import LedgerSDK, SdkConfig, Session
 from clients.sdk_errors import SdkError
 from clients.sdk_types import TransferOutcome
+from clients.targets import default_targets
 from clients.workload import ACCOUNT_CODE, LEDGER_USD, TRANSFER_CODE, ColumnarPayments, micro_amount
 from ledger.note import Signer
 from ledger.ownership import account_id_for
@@ -293,7 +294,9 @@ def register(subparsers: Any) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="psp_command", metavar="ACTION", required=True)
     ld = sub.add_parser("load", help="stream rate-limited micro-payments through the SDK")
-    ld.add_argument("--target", default=DEFAULT_TARGET, help="region nodes HOST:PORT[,HOST:PORT…] (any order)")
+    ld.add_argument("--target", default=default_targets(),
+                    help="region nodes HOST:PORT[,HOST:PORT…] (any order; default: the `sovledger cluster up` "
+                         "region run from this directory, else 127.0.0.1:7100)")
     ld.add_argument("--rate", type=float, default=10_000, help="payments per second (default %(default)s)")
     ld.add_argument("--duration", type=float, default=10.0, help="seconds of load (default %(default)s)")
     ld.add_argument("--accounts", type=int, default=10_000, help="accounts (created if needed, ids from 1)")

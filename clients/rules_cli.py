@@ -23,6 +23,7 @@ import grpc
 
 from clients.channels import open_sync_channel
 from clients.connect import TlsConfigError, add_tls_flags, tls_from_args
+from clients.targets import default_targets
 from ledger.codec import encode_deploy, encode_transfer
 from ledger.note import Signer
 from ledger.rules import RuleSetError, signing_message, validate
@@ -34,6 +35,10 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_TARGET = "127.0.0.1:7100"
 
 
+def _first(targets: str) -> str:
+    return targets.split(",")[0]
+
+
 def load_document(path: str) -> Any:
     text = Path(path).read_text(encoding="utf-8")
     if path.endswith(".toml"):
@@ -41,10 +46,11 @@ def load_document(path: str) -> Any:
     return json.loads(text)
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    """TLS with the caller's certificate (operator, or auditor for list/show/report); --insecure: plaintext."""
+def _channel(args: argparse.Namespace, target: str | None = None) -> grpc.Channel:
+    """TLS with the caller's certificate (operator, or auditor for list/show/report); --insecure: plaintext.
+    ``target``: one node; default the first of ``--target``."""
     try:
-        return open_sync_channel(args.target, tls_from_args(args, "operator-operator.toml"))
+        return open_sync_channel(target or _first(args.target), tls_from_args(args, "operator-operator.toml"))
     except TlsConfigError as e:
         raise SystemExit(f"sovledger rules: {e}") from e
 
@@ -66,6 +72,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _submit_to_leader(args: argparse.Namespace, req: pb.SubmitRequest) -> pb.SubmitResponse:
+    """Submit one batch to the first of ``--target`` (comma-separated) that leads, following leader hints."""
+    queue = [t for t in args.target.split(",") if t]
+    tried: set[str] = set()
+    resp = pb.SubmitResponse()
+    while queue:
+        target = queue.pop(0)
+        if target in tried:
+            continue
+        tried.add(target)
+        try:
+            (resp,) = list(pb_grpc.LedgerStub(_channel(args, target)).Submit(iter([req]), timeout=args.timeout))
+        except grpc.RpcError:
+            if not queue:
+                raise
+            continue
+        if resp.status.code and resp.status.leader_hint:
+            queue.insert(0, resp.status.leader_hint)
+            continue
+        return resp
+    return resp
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         compiled = validate(load_document(args.file))
@@ -73,9 +102,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return _problems(e)
     signer = Signer.parse(Path(args.key).read_text())
     record = encode_deploy(signer.key_id, signer.sign(signing_message(compiled.canonical)), compiled.canonical)
-    stub = pb_grpc.LedgerStub(_channel(args))
-    req = pb.SubmitRequest(batch_id=1, kind=pb.DEPLOY_RULESET, records=record)
-    (resp,) = list(stub.Submit(iter([req]), timeout=args.timeout))
+    resp = _submit_to_leader(args, pb.SubmitRequest(batch_id=1, kind=pb.DEPLOY_RULESET, records=record))
     if resp.status.code:
         print(f"batch refused: {resp.status.message}", file=sys.stderr)
         return EXIT_FAIL
@@ -172,7 +199,9 @@ def register(subparsers: Any) -> None:
 
     def common(p: argparse.ArgumentParser, target: bool = True) -> None:
         if target:
-            p.add_argument("--target", default=DEFAULT_TARGET, help="node HOST:PORT (default %(default)s)")
+            p.add_argument("--target", default=default_targets(),
+                           help="node HOST:PORT[,…] (default: the nodes of `sovledger cluster up` run from this "
+                                "directory, else 127.0.0.1:7100; now %(default)s)")
             p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
             add_tls_flags(p)
 

@@ -14,6 +14,7 @@ import errno
 import functools
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -105,6 +106,8 @@ class LmdbStore:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.map_size_bytes = map_size_bytes
+        # observability hook (node/metrics.py): seconds per durable commit (write + fsync)
+        self.commit_observer: Callable[[float], None] | None = None
         self._open(readonly)
 
     def _open(self, readonly: bool) -> None:
@@ -129,12 +132,15 @@ class LmdbStore:
         except BaseException:
             txn.abort()
             raise
+        t0 = time.perf_counter()
         with _full_errors(self.map_size_bytes):
             try:
                 txn.commit()
             except BaseException:
                 txn.abort()
                 raise
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - t0)
 
     def close(self) -> None:
         self._env.close()

@@ -65,6 +65,8 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
     # membership and leader transfer
     _RA + "TransferLeader": frozenset({OPERATOR}),
     _RA + "ChangeMembership": frozenset({OPERATOR}),
+    # a hot backup of the whole store (docs/operations.md): operators only
+    "/sovledger.v1.Operations/Backup": frozenset({OPERATOR}),
 }
 
 PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot"})

@@ -18,6 +18,7 @@ from typing import Protocol
 from ledger.codec import Proposal
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import StoreFull
+from node import metrics
 from node.errors import StoreUnavailable
 
 log = logging.getLogger("sovledger.node")
@@ -88,7 +89,8 @@ class LocalCommitter:
             raise StoreUnavailable(str(e)) from e
 
     def _apply(self, proposal: Proposal) -> BlockOutcome:
-        outcome = self._state.apply_block(proposal)
+        with metrics.BLOCK_APPLY.time():
+            outcome = self._state.apply_block(proposal)
         self._on_block(self._state)
         return outcome
 

@@ -36,6 +36,7 @@ class PeerConfig:
 class NodeConfig:
     data_dir: str
     listen: str = "127.0.0.1:7100"
+    advertise: str = ""  # HOST:PORT others reach this node at (leader hints, membership); default: listen
     node_id: str = "node-1"
     region: str = "local"
     peers: tuple[PeerConfig, ...] = ()
@@ -89,11 +90,17 @@ class NodeConfig:
     # observability
     metrics_listen: str = ""
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json" (node/logs.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def operator_verifiers(self) -> tuple[Verifier, ...]:
         return tuple(Verifier.parse(k) for k in self.operator_keys)
+
+    @property
+    def own_address(self) -> str:
+        """Where clients and peers reach this node (a wildcard listen address is not reachable)."""
+        return self.advertise or self.listen
 
     @property
     def origin(self) -> str:
@@ -108,6 +115,8 @@ class NodeConfig:
         if not self.data_dir:
             raise ConfigError("data_dir is required (--data DIR)")
         _addr(self.listen, "listen")
+        if self.advertise:
+            _addr(self.advertise, "advertise")
         if self.map_size_bytes < 1 << 20:
             raise ConfigError(f"map_size_bytes={self.map_size_bytes} is below 1 MiB")
         if self.block_items_max < BATCH_ITEMS_MAX:
@@ -141,6 +150,8 @@ class NodeConfig:
             parse_screening(self.pii_screening)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format {self.log_format!r} must be text or json")
         if self.psp_verify_threads < 1:
             raise ConfigError("psp_verify_threads must be >= 1")
         self._validate_tls()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ledger.codec import Batch, Proposal
 from ledger.state import BatchOutcome, BlockOutcome
+from node import metrics
 from node.errors import Indeterminate, Overloaded, StoreUnavailable, fail_future
 
 log = logging.getLogger("sovledger.ingest")
@@ -95,6 +96,7 @@ class Ingest:
                 "retry with backoff or slow down"
             )
         fut: asyncio.Future[tuple[BatchOutcome, BlockOutcome]] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(metrics.ack_timer())
         self._queue.append(_Pending(batch, fut))
         self._queued_items += n
         self._wakeup.set()
@@ -163,5 +165,6 @@ class Ingest:
         self.blocks_committed += 1
         self.items_committed += proposal.item_count
         for p, batch_outcome in zip(taken, outcome.batches, strict=True):
+            metrics.count_results(p.batch, batch_outcome.results)
             if not p.future.done():
                 p.future.set_result((batch_outcome, outcome))

@@ -39,6 +39,7 @@ from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import Store, StoreFull
+from node import metrics
 from node.committer import ReplicaStatus
 from node.errors import Indeterminate, NodeError, NotLeader, Refused, StoreUnavailable, TransferTimeout, fail_future
 from node.raft_storage import LmdbRaftStorage
@@ -176,7 +177,8 @@ class Replicator:
             self._waiting.pop(req, None)
             raise NotLeader(self.leader_address()) from e
         self._wake.set()
-        return await fut
+        with metrics.RAFT_COMMIT.time():
+            return await fut
 
     async def read_barrier(self, timeout_s: float = 5.0) -> None:
         """Linearizable read gate (ReadIndex): returns once this node is confirmed leader by a quorum
@@ -386,7 +388,8 @@ class Replicator:
                 continue  # the new leader's empty entry
             proposer, req, check_height, check_hash = ENTRY_HEADER.unpack_from(e.data)
             self._check_divergence(e.index, check_height, check_hash)
-            outcome = state.apply_block(decode_proposal(e.data[ENTRY_HEADER.size :]), applied_index=e.index)
+            with metrics.BLOCK_APPLY.time():
+                outcome = state.apply_block(decode_proposal(e.data[ENTRY_HEADER.size :]), applied_index=e.index)
             self._on_block(state)
             if proposer == self.self_id:
                 out.append(("done", (req, outcome)))

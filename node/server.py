@@ -23,9 +23,12 @@ from ledger.lmdb_store import LmdbStore
 from ledger.reader import LedgerReader
 from ledger.state import LedgerState
 from ledger.types import BATCH_ITEMS_MAX
+from node import logs, metrics
 from node.authz import AuthzInterceptor
+from node.backup import add_operations_service
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
+from node.expiry import ExpiryTimer
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
 from node.metrics import start_metrics
@@ -83,6 +86,7 @@ class Node:
         data.mkdir(parents=True, exist_ok=True)
         self._data_lock = lock_data_dir(data)  # one process per data directory (node/startup.py)
         self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
+        self.store.commit_observer = metrics.FSYNC.observe
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
@@ -91,9 +95,10 @@ class Node:
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.ingest: Ingest | None = None
-        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.listen, self._sign_block)
+        self.committer: Committer = LocalCommitter(self.state, self._apply_pool, config.own_address, self._sign_block)
         self.replicator: Replicator | None = None  # when the region has peers (then also the committer)
         self.snapshots: SnapshotExchange | None = None
+        self.expiry: ExpiryTimer | None = None
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
         self.vault = NodeVault(config, self.store)  # PII vault (docs/privacy.md)
@@ -121,7 +126,7 @@ class Node:
         cfg = self.config
         me = node_number(cfg.node_id)
         addresses = {node_number(p.node_id): p.address for p in cfg.peers}
-        addresses[me] = cfg.listen
+        addresses[me] = cfg.own_address
         voters = sorted(a for a in addresses if not (cfg.join and a == me))
         self.snapshots = SnapshotExchange(cfg, self.store, self.state, self.checkpoints, self._apply_pool,
                                           self._sign_block, addresses)
@@ -166,6 +171,7 @@ class Node:
         pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state, self.offload), server)
         self.vault.add_to(server, lambda: self.ingest, self.committer.check_leader)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        add_operations_service(server, self)
 
     def _listen(self) -> grpc.aio.Server:
         """Create the gRPC server and bind its listener (the one place that opens the port)."""
@@ -186,8 +192,9 @@ class Node:
         if self.config.insecure:
             log.warning("INSECURE: plaintext gRPC without authentication on %s; anyone who reaches this port "
                         "can reconfigure the region and read the whole ledger (docs/security.md)", self.config.listen)
-            print(f"WARNING: node {self.config.node_id} runs --insecure (plaintext, no authentication)",
-                  file=sys.stderr, flush=True)
+            if self.config.log_format != "json":  # json: the log line above is the warning (one object a line)
+                print(f"WARNING: node {self.config.node_id} runs --insecure (plaintext, no authentication)",
+                      file=sys.stderr, flush=True)
             return grpc.aio.server(options=options)
 
         def is_member(name: str) -> bool:
@@ -216,6 +223,9 @@ class Node:
         self.checkpoints.on_start(self.state.head)
         self._start_committer()
         self._ingest().start()
+        self.expiry = ExpiryTimer(self.store, self.committer.propose,
+                                  lambda: self.committer.status().role == "leader")
+        self.expiry.start()
         self.server = self._listen()
         await self.server.start()
         self.committer.start()
@@ -224,13 +234,19 @@ class Node:
         self.health.start()
         if cfg.metrics_listen:
             start_metrics(cfg.metrics_listen, self)
+        logs.set_context(self._log_context)
         head = self.state.head
         log.info("node %s of region %s serving on %s (block %d, %d entries) pid %d",
                  cfg.node_id, cfg.region, cfg.listen, head.height, head.tree_size, os.getpid())
 
+    def _log_context(self) -> dict[str, Any]:
+        return {"term": self.committer.status().term, "block": self.state.head.height}
+
     async def stop(self) -> None:
         await self.health.stop()
         await self.committer.hand_over()  # while the listener still carries the peers' answers
+        if self.expiry is not None:
+            await self.expiry.stop()
         if self.server:
             await self.server.stop(grace=2.0)
         await self.committer.stop()

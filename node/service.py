@@ -32,6 +32,7 @@ from sovledger_pb import ledger_pb2_grpc as pb_grpc
 log = logging.getLogger("sovledger.service")
 
 ENTRIES_CHUNK = 1000
+FOLLOW_POLL_S = 0.05  # how often an idle follow stream looks for newly signed entries
 
 
 STALE_READ_KEY = "sovledger-read"
@@ -228,6 +229,10 @@ class AuditService(pb_grpc.AuditServicer):
 
     async def StreamEntries(self, request: pb.EntriesRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.EntriesChunk]:
+        if request.follow:
+            async for followed in self._follow(request.start, request.end, context):
+                yield followed
+            return
         end = request.end or self._checkpoints.latest().size
         tree = self._reader.head().tree_size
         if request.start > end or end > tree:
@@ -241,6 +246,25 @@ class AuditService(pb_grpc.AuditServicer):
         except InvariantViolation as e:  # this replica's store lost entries: say so plainly
             log.critical("serving entries: %s", e)
             await abort(context, DataLoss(f"this node's log is damaged near entry {pos}: {e}"))
+
+    async def _follow(self, start: int, end: int,
+                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.EntriesChunk]:
+        """Entries from ``start`` on, as they are signed; ends at ``end`` (0 = never). One chunk at a
+        time: ``yield`` waits for HTTP/2 flow control, so a slow reader bounds what the node holds."""
+        pos = start
+        while not end or pos < end:
+            size = self._checkpoints.latest().size
+            stop = min(size, end) if end else size
+            if pos >= stop:
+                await asyncio.sleep(FOLLOW_POLL_S)
+                continue
+            try:
+                (chunk,) = self._reader.leaves(pos, min(stop, pos + ENTRIES_CHUNK), ENTRIES_CHUNK)
+            except InvariantViolation as e:
+                log.critical("following entries: %s", e)
+                await context.abort(grpc.StatusCode.DATA_LOSS, f"this node's log is damaged near entry {pos}: {e}")
+            yield pb.EntriesChunk(start=pos, leaves=chunk)
+            pos += len(chunk)
 
     async def StreamBlocks(self, request: pb.BlocksRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.BlocksChunk]:

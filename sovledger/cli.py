@@ -10,6 +10,8 @@
   audit    verify checkpoints, proofs and the whole log; export, compare, prove
   rules    deploy, list, show, dry-run reconciliation rules; report
   pii      the region's personal data vault: put, get, erase (docs/privacy.md)
+  backup   back up a node's store with its signed checkpoint (hot or from a stopped node); restore
+  tail     print log entries as they are signed (follow stream, resumes across nodes)
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,10 +33,11 @@ def _node(args: argparse.Namespace) -> int:
     from node.server import serve
 
     overrides = {
-        "data_dir": args.data, "listen": args.listen, "node_id": args.node_id, "region": args.region,
+        "data_dir": args.data, "listen": args.listen, "advertise": args.advertise, "node_id": args.node_id,
+        "region": args.region,
         "peers": args.peers, "map_size_bytes": args.map_size, "metrics_listen": args.metrics,
-        "log_level": args.log_level, "join": True if args.join or args.rejoin else None,
-        "rejoin": True if args.rejoin else None,
+        "log_level": args.log_level, "log_format": args.log_format,
+        "join": True if args.join or args.rejoin else None, "rejoin": True if args.rejoin else None,
         "rejoin_tls_config": args.rejoin_tls_config, "verify_full": True if args.verify_full else None,
         "operator_keys": args.operator_keys, "raft_log_keep_entries": args.raft_log_keep,
         "psp_verifier_keys": args.psp_keys, "peer_keys": args.peer_keys,
@@ -48,9 +50,10 @@ def _node(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"sovledger node: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from node import logs
     from sovledger.selfcheck import replay_balances
 
+    logs.setup(config.log_level, config.log_format, config.node_id, config.region)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, replay_balances if config.verify_full else None))
     return 0
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "keeping the region's hash-chained, signed log in LMDB under --data.")
     n.add_argument("--data", required=True, help="data directory (LMDB files, node key, signer guard)")
     n.add_argument("--listen", default=None, help="HOST:PORT to serve gRPC on (default 127.0.0.1:7100)")
+    n.add_argument("--advertise", default=None,
+                   help="HOST:PORT other nodes and clients reach this node at, when --listen is a wildcard "
+                        "(e.g. the docker service name); default: --listen")
     n.add_argument("--config", default=None, help="TOML config file (keys as in node/config.py)")
     n.add_argument("--node-id", default=None, help="this node's id within the region (default node-1)")
     n.add_argument("--region", default=None, help="region name; the checkpoint origin is sovledger/REGION")
@@ -160,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(re-read when it changes; `sovledger ca revoke`)")
     n.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no authentication "
                    "(tests and local experiments only; warns at every start)")
+    n.add_argument("--log-format", default=None, choices=("text", "json"),
+                   help="text (default) or json: one object per line with node, region, term, block")
     n.set_defaults(func=_node)
 
     k = sub.add_parser("keys", help="generate and show node keys",
@@ -209,10 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.pii_cli import register as register_pii
 
     register_pii(sub)
+    from clients.tail import register as register_tail
+
+    register_tail(sub)
+    from sovledger.backup import register as register_backup
+
+    register_backup(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:2] if argv is None else argv[:1]) == ["node"]:
+        from node.logs import quiet_grpc_core
+
+        quiet_grpc_core()  # before build_parser imports gRPC: its core reads the variable once
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

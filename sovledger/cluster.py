@@ -38,6 +38,7 @@ class NodeEntry:
     data_dir: str
     log: str
     pid: int = 0
+    metrics_port: int = 0  # Prometheus endpoint on 127.0.0.1 (0: none)
 
     @property
     def target(self) -> str:
@@ -66,7 +67,8 @@ def _alive(pid: int) -> bool:
 
 class Cluster:
     def __init__(self, data: Path) -> None:
-        self.data = data
+        # absolute against the caller's directory: nodes run with cwd = the package root
+        self.data = data.absolute()
         self.state_file = data / "cluster.json"
         self.region = "local"
         self.nodes: list[NodeEntry] = []
@@ -84,8 +86,9 @@ class Cluster:
         self.state_file.write_text(json.dumps({"region": self.region, "extra": self.extra, "tls": self.tls,
                                                "nodes": [asdict(n) for n in self.nodes]}, indent=2))
 
-    def create(self, count: int, region: str, extra: list[str], tls: bool = False) -> None:
-        """``tls``: make a region CA and certificates (node-N, operator, auditor, PSP 1) under DATA/ca."""
+    def create(self, count: int, region: str, extra: list[str], tls: bool = False, first_port: int = 0) -> None:
+        """``tls``: make a region CA and certificates (node-N, operator, auditor, PSP 1) under DATA/ca.
+        ``first_port``: node-1 listens there, node-2 on the next port, …; 0 = any free ports."""
         self.region = region
         self.nodes = []
         self.tls = tls
@@ -96,7 +99,7 @@ class Cluster:
             for role, name in (("operator", "operator"), ("auditor", "auditor"), ("psp", "1")):
                 ca.issue(self.ca_dir, role, name)
         for i in range(1, count + 1):  # a new region's members: node/startup.py skips the wiped-voter check
-            (Path(self._add_entry(i).data_dir) / "BOOTSTRAP").touch()
+            (Path(self._add_entry(i, first_port + i - 1 if first_port else 0).data_dir) / "BOOTSTRAP").touch()
         self.extra = list(extra)
         self.save()
 
@@ -104,10 +107,10 @@ class Cluster:
     def ca_dir(self) -> Path:
         return self.data / "ca"
 
-    def _add_entry(self, num: int) -> NodeEntry:
+    def _add_entry(self, num: int, port: int = 0) -> NodeEntry:
         d = self.data / f"node-{num}"
         d.mkdir(parents=True, exist_ok=True)
-        node = NodeEntry(f"node-{num}", _free_port(), str(d), str(self.data / f"node-{num}.log"))
+        node = NodeEntry(f"node-{num}", port or _free_port(), str(d), str(self.data / f"node-{num}.log"))
         if self.tls:
             from sovledger import ca
 
@@ -145,6 +148,8 @@ class Cluster:
                "--node-id", node.node_id, "--region", self.region]
         if len(self.nodes) > 1:
             cmd += ["--peers", self.peers_for(node)]
+        if node.metrics_port:
+            cmd += ["--metrics", f"127.0.0.1:{node.metrics_port}"]
         cmd += self.tls_flags(node.node_id) + self.extra + (extra or [])
         path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT), str(ROOT / "proto"))))
         env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
@@ -265,8 +270,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     psp = Signer.generate("local-psp")
     write_key_file(data / "psp.key", psp, overwrite=True)
-    cluster.create(args.nodes, args.region, ["--psp-keys", psp.verifier.to_string()], tls=not args.insecure)
+    # an operator key for `sovledger rules deploy FILE --key DATA/operator.key`: every node accepts it
+    operator = Signer.generate("local-operator")
+    write_key_file(data / "operator.key", operator, overwrite=True)
+    cluster.create(args.nodes, args.region, ["--psp-keys", psp.verifier.to_string(),
+                                             "--operator-keys", operator.verifier.to_string()],
+                   tls=not args.insecure, first_port=args.port)
     for n in cluster.nodes:
+        n.metrics_port = _free_port()
         cluster.start(n)
     try:
         leader, took = cluster.wait_leader(args.timeout)
@@ -276,8 +287,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     console.print(_status_table(cluster))
     console.print(f"leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
                   f"targets: {','.join(n.target for n in cluster.nodes)}")
-    console.print(f"logs: {data}/node-*.log   PSP signer key: {data}/psp.key   "
-                  f"stop with: sovledger cluster down --data {data}")
+    console.print(f"logs: {data}/node-*.log   PSP signer key: {data}/psp.key   operator key: {data}/operator.key")
+    console.print("metrics: " + "  ".join(f"http://127.0.0.1:{n.metrics_port}/metrics" for n in cluster.nodes))
+    console.print(f"stop with: sovledger cluster down --data {data}")
     if cluster.tls:
         console.print(f"TLS: region CA {cluster.ca_dir}/ca.pem; client configs (--tls-config): "
                       f"{cluster.ca_dir}/psp-1.toml, operator-operator.toml, auditor-auditor.toml")
@@ -389,6 +401,8 @@ def register(sub: Any) -> None:
     up.add_argument("--region", default="local")
     up.add_argument("--timeout", type=float, default=30.0)
     up.add_argument("--insecure", action="store_true", help="no CA, plaintext nodes (warns at every start)")
+    up.add_argument("--port", type=int, default=0,
+                    help="node-1 listens on 127.0.0.1:PORT, node-2 on PORT+1, … (default: free ports)")
     up.set_defaults(func=_cmd_up)
     st = csub.add_parser("status", help="role, term, applied index, checkpoint size, lag per node")
     st.set_defaults(func=_cmd_status)

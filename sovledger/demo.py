@@ -33,7 +33,7 @@ from ledger.note import Signer, split_note
 from ledger.ownership import account_id_for
 from ledger.rules import signing_message, validate
 from ledger.types import EventKind, Result
-from sovledger.cluster import Cluster
+from sovledger.cluster import Cluster, _free_port
 
 BATCH = 4096
 INFLIGHT = 6
@@ -114,12 +114,17 @@ def run_demo(transfers: int = 1_000_000, accounts: int = 10_000, data_dir: str =
     (data / "operator.key").write_text(operator.to_string() + "\n")
     with console.status("starting the region and electing a leader …"):
         for n in cluster.nodes:
+            n.metrics_port = _free_port()
             cluster.start(n)
         leader, took = cluster.wait_leader(60)
     console.print(f"region up: leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
                   f"logs under {data}")
+    console.print("metrics (Prometheus): " + "  ".join(
+        f"{n.node_id} http://127.0.0.1:{n.metrics_port}/metrics" for n in cluster.nodes))
     try:
-        return _run(console, cluster, transfers, accounts, keep, operator)
+        code = _run(console, cluster, transfers, accounts, keep, operator)
+        _show_tail(console, cluster)
+        return code
     finally:
         if not keep:
             cluster.stop_all()
@@ -257,6 +262,15 @@ def _pii_erasure(console: Console, cluster: Cluster) -> str:
     if put or erase or not gone:
         return "[red]FAILED[/red]"
     return "1 subject: erasure entry logged, key and record shredded on every replica"
+
+
+def _show_tail(console: Console, cluster: Cluster) -> None:
+    """The follow stream, as a downstream system would consume it: the newest entry, as JSON."""
+    leader, _ = cluster.wait_leader(30)
+    with LedgerClient(leader.target) as c:
+        last = c.checkpoint().tree_size - 1
+    targets = ",".join(n.target for n in cluster.nodes)
+    _sovledger(console, "tail", "--target", targets, "--from", str(max(0, last)), "--count", "1")
 
 
 def _verifier_key(data_dir: Path) -> str:

@@ -54,3 +54,23 @@ def test_every_node_speaks_tls_with_certificates_from_its_own_regions_ca() -> No
         region = cmd[cmd.index("--region") + 1]
         assert f"--region {region}" in script and f"--san {name.split('-')[0]}-$$n" in script, name
         assert svc["depends_on"][ca_service]["condition"] == "service_completed_successfully"
+
+
+def test_every_node_advertises_its_service_name_and_is_published() -> None:
+    services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
+    host_ports: list[str] = []
+    for name, svc in services.items():
+        cmd = svc["command"]
+        if "--node-id" not in cmd:
+            continue  # the CA services
+        assert cmd[cmd.index("--advertise") + 1] == f"{name}:7100", f"{name} must advertise its service name"
+        ports = svc.get("ports", [])
+        assert any(p.endswith(":7100") for p in ports), f"{name} is not published"
+        host_ports += [p.split(":")[0] for p in ports]
+    assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv", ".git", ".sovledger", "**/node.key"):
+        assert entry in ignored

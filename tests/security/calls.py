@@ -66,6 +66,8 @@ CALLS: dict[str, Callable[[grpc.Channel], Any]] = {
         ppb.TransferLeaderRequest(node_id="not-a-node"), timeout=T),
     "/sovledger.peer.v1.RegionAdmin/ChangeMembership": lambda ch: ppb_grpc.RegionAdminStub(ch).ChangeMembership(
         ppb.MembershipRequest(op=ppb.MembershipRequest.REMOVE_VOTER, node_id="not-a-node"), timeout=T),
+    "/sovledger.v1.Operations/Backup": lambda ch: _drain(pb_grpc.OperationsStub(ch).Backup(
+        pb.BackupRequest(), timeout=T)),
 }
 
 

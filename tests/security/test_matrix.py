@@ -45,6 +45,7 @@ rpc                                              none other_ca psp_a psp_b audit
 /sovledger.peer.v1.Peer/FetchSnapshot            U    U        PD    PD    PD      PD       OK   PD           UA
 /sovledger.peer.v1.RegionAdmin/TransferLeader    U    U        PD    PD    PD      IA       PD   PD           UA
 /sovledger.peer.v1.RegionAdmin/ChangeMembership  U    U        PD    PD    PD      IA       PD   PD           UA
+/sovledger.v1.Operations/Backup                  U    U        PD    PD    PD      OK       PD   PD           UA
 """
 
 CODES = {"U": grpc.StatusCode.UNAVAILABLE, "UA": grpc.StatusCode.UNAUTHENTICATED, "OK": grpc.StatusCode.OK,
