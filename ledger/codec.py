@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from ledger.keyrotation import ROTATION_SIZE
 from ledger.types import (
     BATCH_ITEMS_MAX,
     U32_MAX,
@@ -67,9 +68,10 @@ RECORD_SIZE: Final = {
     EventKind.CREATE_TRANSFER: TRANSFER_SIZE,
     EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
     EventKind.ERASE_SUBJECT: ERASURE_SIZE,
+    EventKind.KEY_ROTATION: ROTATION_SIZE,
 }
 # kinds only the node itself proposes (after checking the caller's role), never accepted from Submit
-NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT})
+NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT, EventKind.KEY_ROTATION})
 
 # Variable-length records (one per batch): a rule set deployment. On the wire of a proposal the
 # batch header's count is 1 and the record is preceded by its length (u32 LE).
@@ -320,6 +322,7 @@ _BODY_SIZE: Final = {
     EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
     EventKind.LEDGER_TRANSFER: TRANSFER_SIZE,
     EventKind.ERASE_SUBJECT: ERASURE_SIZE,
+    EventKind.KEY_ROTATION: ROTATION_SIZE,
 }
 LEAF_BODY_SIZE: Final = _BODY_SIZE  # fixed body length per event kind (DEPLOY_RULESET varies); the auditor checks it
 
@@ -430,7 +433,8 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
     except ValueError:
         raise EncodingError(f"unknown event kind {kind}; use CREATE_ACCOUNTS or CREATE_TRANSFERS") from None
     if event in NODE_ONLY_KINDS and not node_proposed:
-        raise EncodingError(f"event kind {event.name} cannot be submitted by clients (use the Vault service)")
+        raise EncodingError(f"event kind {event.name} cannot be submitted by clients (the node proposes it: "
+                            "ERASE_SUBJECT through the Vault service, KEY_ROTATION on `sovledger keys rotate`)")
     if event in VARIABLE_KINDS:
         if signatures or signer_key_id:
             raise EncodingError("a DEPLOY_RULESET record carries its operator signature inside the record")

@@ -26,6 +26,7 @@ class EventKind(enum.IntEnum):
     SETTLEMENT_CALLBACK = 5  # a PSP's settlement confirmation, matched against a transfer (reconciliation)
     LEDGER_TRANSFER = 6  # a transfer written by the ledger: rule adjustment or reconciliation residual
     ERASE_SUBJECT = 7  # PII erasure: a subject's commitment + reason (ledger/pii.py); operator only, via the vault
+    KEY_ROTATION = 8  # a node's next checkpoint key, signed by its current key (ledger/keyrotation.py)
 
 
 class AccountFlags(enum.IntFlag):
@@ -171,6 +172,10 @@ class Result(enum.IntEnum):
     RECONCILE_ALREADY_RECONCILED = 147
     RECONCILE_NOT_RECONCILABLE = 148  # exception: the transfer was voided or is a post/void record
     RECONCILE_RESIDUAL_FAILED = 149  # exception: the residual posting to the rounding account failed
+    # checkpoint key rotation (docs/security.md)
+    KEY_ROTATION_MALFORMED = 170  # the record does not decode (lengths, key ids, text fields)
+    KEY_ROTATION_BAD_SIGNATURE = 171  # the signature does not verify under the old key named in the record
+    KEY_ROTATION_NOT_CURRENT_KEY = 172  # signed by a key that is not the node's current key in this log
 
     @property
     def is_success(self) -> bool:

@@ -51,6 +51,8 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
     _A + "StreamBlocks": frozenset({AUDITOR, OPERATOR}),
     # role, term, leader: every certificate holder (SDKs use it to find the leader)
     "/sovledger.v1.Admin/Status": EVERYONE,
+    # checkpoint signing-key rotation: a KEY_ROTATION entry signed by the node's current key
+    "/sovledger.v1.Admin/RotateKey": frozenset({OPERATOR}),
     "/grpc.health.v1.Health/Check": EVERYONE,
     "/grpc.health.v1.Health/Watch": EVERYONE,
     # rules: operators manage them; auditors may read what is deployed and the report

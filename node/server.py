@@ -19,18 +19,23 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from ledger.codec import Batch
+from ledger.keyrotation import make_rotation
 from ledger.lmdb_store import LmdbStore
+from ledger.note import Signer
 from ledger.reader import LedgerReader
 from ledger.state import LedgerState
-from ledger.types import BATCH_ITEMS_MAX
+from ledger.types import BATCH_ITEMS_MAX, EventKind, Result
 from node import logs, metrics
 from node.authz import AuthzInterceptor
 from node.backup import add_operations_service
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
 from node.expiry import ExpiryTimer
+from node.errors import BadRequest
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
+from node.key_rotation import KeyRing
 from node.metrics import start_metrics
 from node.offload import Offload
 from node.pii_edge import parse_screening
@@ -90,8 +95,10 @@ class Node:
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
+        self.keyring = KeyRing(data, self.key)
         self.checkpoints = CheckpointService(
-            self.reader, self.key, config.origin, data / "signer-guard.json", config.checkpoint_every_blocks
+            self.reader, self.key, config.origin, data / "signer-guard.json", config.checkpoint_every_blocks,
+            choose_signer=self._checkpoint_signer,
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.ingest: Ingest | None = None
@@ -106,6 +113,33 @@ class Node:
         self.health = HealthWatch(lambda: self.committer, lambda: self.ingest, self.checkpoints, self.state,
                                   self._apply_pool)
         self.started_ns = time.time_ns()
+
+    def _checkpoint_signer(self, tree_size: int) -> Signer:
+        """The key for a checkpoint of ``tree_size``: follows this node's KEY_ROTATION entries in the log."""
+        return self.keyring.signer_for(tree_size, self.state.node_key(self._node_number()))
+
+    def _node_number(self) -> int:
+        try:
+            return node_number(self.config.node_id)
+        except ValueError:
+            return 0  # a single node named without a number: rotations are recorded under node 0
+
+    async def rotate_key(self, request: pb.RotateKeyRequest) -> pb.RotateKeyResponse:
+        """Announce a new checkpoint key under the current one (a KEY_ROTATION entry); the switch follows the log."""
+        if request.node_id and request.node_id != self.config.node_id:
+            raise BadRequest(f"this is {self.config.node_id}, not {request.node_id}: "
+                             "connect to the node whose key you want to rotate")
+        self.committer.check_leader()
+        effective_size = request.effective_size
+        new = self.keyring.prepare_next()
+        rot = make_rotation(self.config.origin, self._node_number(), self.keyring.current, new, effective_size)
+        outcome, _block = await self._ingest().submit(Batch(EventKind.KEY_ROTATION, rot.encode()))
+        result, index = outcome.results[0], outcome.log_indexes[0]
+        log.info("key rotation entry %d: %s (%s -> %s)", index, Result(result).name.lower(),
+                 rot.old.key_id.hex(), rot.new.key_id.hex())
+        return pb.RotateKeyResponse(result=result, result_name=Result(result).name.lower(), leaf_index=index,
+                                    takeover_size=rot.takeover(index) if result == Result.OK else 0,
+                                    old_verifier_key=rot.old.to_string(), new_verifier_key=rot.new.to_string())
 
     def _sign_block(self, state: LedgerState) -> None:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
@@ -167,7 +201,7 @@ class Node:
                                                      server)
             peer_pb2_grpc.add_RegionAdminServicer_to_server(RegionAdminService(self.replicator), server)
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints, self.offload), server)
-        pb_grpc.add_AdminServicer_to_server(AdminService(self.status), server)
+        pb_grpc.add_AdminServicer_to_server(AdminService(self.status, self.rotate_key), server)
         pb_grpc.add_RulesServicer_to_server(RulesService(self.store, self.state, self.offload), server)
         self.vault.add_to(server, lambda: self.ingest, self.committer.check_leader)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)

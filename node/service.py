@@ -282,8 +282,22 @@ class AuditService(pb_grpc.AuditServicer):
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, status: Callable[[], pb.StatusResponse]) -> None:
+    def __init__(self, status: Callable[[], pb.StatusResponse],
+                 rotate_key: Callable[[pb.RotateKeyRequest], Awaitable[pb.RotateKeyResponse]] | None = None) -> None:
         self._status = status
+        self._rotate_key = rotate_key
+        self._rotating = asyncio.Lock()  # one rotation at a time: each is signed by the key in force
+
+    async def RotateKey(self, request: pb.RotateKeyRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.RotateKeyResponse:
+        if self._rotate_key is None:
+            await abort(context, BadRequest("this node cannot rotate its key"))
+        assert self._rotate_key is not None
+        async with self._rotating:
+            try:
+                return await self._rotate_key(request)
+            except Exception as e:
+                await abort(context, e)
 
     async def Status(self, request: pb.StatusRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,11 @@ class SignedCheckpoint:
 
 class CheckpointService:
     def __init__(self, reader: LedgerReader, signer: Signer, origin: str, guard_path: Path,
-                 every_blocks: int = 1) -> None:
+                 every_blocks: int = 1, choose_signer: Callable[[int], Signer] | None = None) -> None:
+        """``choose_signer(tree_size)``: the key for a checkpoint of that size (key rotation, node/key_rotation.py)."""
         self._reader = reader
         self._signer = signer
+        self._choose = choose_signer
         self._origin = origin
         self._guard_path = guard_path
         self._every = every_blocks
@@ -150,6 +153,11 @@ class CheckpointService:
         with self._lock:
             root = self._reader.root_at(head.tree_size) if head.tree_size else _empty_root()
             self._check_consistent(head.tree_size, root)
+            if self._choose is not None:
+                signer = self._choose(head.tree_size)
+                if signer is not self._signer:
+                    self._signer = signer
+                    self.verifier_key = signer.verifier.to_string()
             body = Checkpoint(self._origin, head.tree_size, root, (
                 f"block {head.height} {head.block_hash.hex()}",
                 f"chain {head.chain_head.hex()}",

@@ -1,7 +1,7 @@
 """The ``sovledger`` command: one entry point, a subcommand per role.
 
   node     run a ledger node (gRPC server over an LMDB data directory)
-  keys     generate and show Ed25519 node keys (signed-note format)
+  keys     generate, show and rotate Ed25519 node keys (signed-note format)
   ca       the region's certificate authority: init, issue (node, operator, psp, auditor), revoke
   demo     start a local 3-node region, stream 1M payments, deploy rules, kill the leader, audit
   bench    run the single-node benchmark from a source checkout (`make bench` runs them all)
@@ -24,6 +24,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from clients.connect import add_tls_flags
 
 EXIT_USAGE = 2
 
@@ -84,6 +86,37 @@ def _keys_show(args: argparse.Namespace) -> int:
     _emit(args, info, f"name:         {info['name']}\nkey id:       {info['key_id']}\n"
                       f"verifier key: {info['verifier_key']}")
     return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    """Ask a node (its leader role) to announce a new checkpoint key under its current one."""
+    import grpc
+
+    from clients.channels import open_sync_channel
+    from clients.connect import TlsConfigError, tls_from_args
+    from sovledger_pb import ledger_pb2 as pb
+    from sovledger_pb import ledger_pb2_grpc as pb_grpc
+
+    try:
+        tls = tls_from_args(args, "operator-operator.toml")
+    except TlsConfigError as e:
+        print(f"sovledger keys rotate: {e}", file=sys.stderr)
+        return 2
+    with open_sync_channel(args.node, tls) as ch:
+        try:
+            resp = pb_grpc.AdminStub(ch).RotateKey(
+                pb.RotateKeyRequest(effective_size=args.effective_size, node_id=args.node_id or ""),
+                timeout=args.timeout)
+        except grpc.RpcError as e:
+            print(f"sovledger keys rotate: {args.node}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    info = {"result": resp.result_name, "leaf_index": resp.leaf_index, "takeover_size": resp.takeover_size,
+            "old_verifier_key": resp.old_verifier_key, "new_verifier_key": resp.new_verifier_key}
+    _emit(args, info, f"KEY_ROTATION entry {resp.leaf_index}: {resp.result_name}\n"
+                      f"old key:      {resp.old_verifier_key}\nnew key:      {resp.new_verifier_key}\n"
+                      f"checkpoints of tree size >= {resp.takeover_size} are signed by the new key; auditors "
+                      "follow it from the log (`audit verify --full`)")
+    return 0 if resp.result == 0 else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -184,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--key", default=None, help="key file (instead of --data)")
     ks.add_argument("--json", action="store_true", help="machine-readable output")
     ks.set_defaults(func=_keys_show)
+    kr = ksub.add_parser("rotate", help="rotate a node's checkpoint signing key (operator certificate)",
+                         description="The node announces a new checkpoint key in the log, signed by its current "
+                         "key (a KEY_ROTATION entry); checkpoints after it are signed by the new key and auditors "
+                         "follow the chain. Call the region's leader.")
+    kr.add_argument("--node", required=True, help="HOST:PORT of the node (the leader) whose key to rotate")
+    kr.add_argument("--node-id", default=None, help="refuse unless the node at --node is this node id")
+    kr.add_argument("--effective-size", type=int, default=0,
+                    help="earliest tree size the new key signs (default: right after the announcement)")
+    kr.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    kr.add_argument("--json", action="store_true", help="machine-readable output")
+    add_tls_flags(kr)
+    kr.set_defaults(func=_keys_rotate)
 
     d = sub.add_parser("demo", help="local end-to-end demo",
                        description="Start a local 3-node region, stream 1M payments with a progress bar, "

@@ -22,6 +22,7 @@ from clients.auditor.failures import (
 from clients.auditor.trust import TrustedCheckpoint
 from ledger.codec import EncodingError, decode_account_state, decode_leaf, decode_transfer
 from ledger.hashing import leaf_hash
+from ledger.keyrotation import KeyChain, RotationError, UntrustedCheckpointKey, decode_rotation
 from ledger.merkle import ProofError, verify_consistency, verify_leaf_inclusion
 from ledger.note import (
     BadSignature,
@@ -53,7 +54,9 @@ def verify_note(note: str, verifiers: list[Verifier], origin: str | None, source
         trusted = [f"{v.name} ({v.key_id.hex()})" for v in verifiers]
         raise CheckpointSignatureError(
             f"{source}: checkpoint is signed by {', '.join(names) or 'nobody'}, none of them trusted "
-            f"(trusted: {', '.join(trusted)})", node=source, signers=names, trusted=trusted, note=note) from None
+            f"(trusted: {', '.join(trusted)}); if the node rotated its checkpoint key, `audit verify --full` follows "
+            "the KEY_ROTATION entries from the trusted keys", node=source, signers=names, trusted=trusted,
+            note=note) from None
     except NoteError as e:
         raise CheckpointSignatureError(f"{source}: checkpoint note is malformed: {e}", node=source, note=note) from None
     try:
@@ -64,6 +67,36 @@ def verify_note(note: str, verifiers: list[Verifier], origin: str | None, source
         raise CheckpointSignatureError(f"{source}: checkpoint origin {cp.origin!r}, the trust store is for "
                                        f"{origin!r}", node=source, expected=origin, got=cp.origin)
     return cp
+
+
+def checkpoint_unverified(note: str, origin: str, source: str) -> Checkpoint:
+    """The checkpoint a note carries, its signatures not checked yet (``verify_chained`` does, after the replay)."""
+    try:
+        cp = Checkpoint.parse(split_note(note)[0])
+    except NoteError as e:
+        raise CheckpointSignatureError(f"{source}: checkpoint note is malformed: {e}", node=source, note=note) from None
+    if cp.origin != origin:
+        raise CheckpointSignatureError(f"{source}: checkpoint origin {cp.origin!r}, the trust store is for "
+                                       f"{origin!r}", node=source, expected=origin, got=cp.origin)
+    return cp
+
+
+def verify_chained(note: str, cp: Checkpoint, trusted: list[Verifier], rotations: list[tuple[int, bytes]],
+                   source: str) -> KeyChain:
+    """Follow the log's KEY_ROTATION entries (leaf index, body) from the trusted keys, in log order, and
+    require the checkpoint to be signed by a key of that chain valid at its size. Returns the chain."""
+    chain = KeyChain.from_trusted(cp.origin, trusted)
+    for index, body in rotations:
+        try:
+            chain.feed(index, decode_rotation(body))
+        except RotationError as e:
+            raise CheckpointSignatureError(f"{source}: leaf {index}: KEY_ROTATION entry with result ok does not "
+                                           f"decode: {e}", node=source, index=index) from None
+    try:
+        chain.check_checkpoint(note, cp.size, source)
+    except UntrustedCheckpointKey as e:
+        raise CheckpointSignatureError(str(e), node=source, note=note) from None
+    return chain
 
 
 def check_against_trusted(cp: Checkpoint, note: str, trusted: TrustedCheckpoint | None, source: str,

@@ -125,6 +125,7 @@ class LogVerifier:
         self.balances = Balances()  # replayed from the recorded effects (clients.auditor.balances)
         self.effects = Effects(self.balances)
         self.stats = VerifyStats()
+        self.rotations: list[tuple[int, bytes]] = []  # KEY_ROTATION entries with result ok: (leaf index, body)
 
     # -- tree ------------------------------------------------------------------------------------
 
@@ -325,6 +326,8 @@ class LogVerifier:
         if result == Result.OK:
             if kind == EventKind.DEPLOY_RULESET:
                 self.next_ruleset = ruleset_hash(raw[LEAF_HEADER_SIZE + DEPLOY_HEADER_SIZE : LEAF_HEADER_SIZE + blen])
+            elif kind == EventKind.KEY_ROTATION:  # the chain of checkpoint keys (checks.verify_chained)
+                self.rotations.append((index, raw[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + blen]))
             else:
                 self.effects.apply(index, ts, kind, raw, blen, held)
 

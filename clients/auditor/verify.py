@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from clients.auditor import trust as trustmod
-from clients.auditor.checks import check_against_trusted, checkpoint_block_height, compare_accounts, verify_note
+from clients.auditor.checks import (
+    check_against_trusted,
+    checkpoint_block_height,
+    checkpoint_unverified,
+    compare_accounts,
+    verify_chained,
+    verify_note,
+)
 from clients.auditor.export import read_export
 from clients.auditor.failures import EXIT_OK, CheckpointSignatureError, LogTruncated, UsageError, ab
 from clients.auditor.output import Out
@@ -43,7 +50,9 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     try:
         resp = node.checkpoint()
         note = resp.note
-        cp = verify_note(note, store.node_verifiers, store.origin, node.target)
+        # --full replays the log first: a rotated key is trusted only through the log's KEY_ROTATION entries
+        cp = (checkpoint_unverified(note, store.origin, node.target) if args.full
+              else verify_note(note, store.node_verifiers, store.origin, node.target))
         if resp.tree_size != cp.size or bytes(resp.root) != cp.root:
             raise CheckpointSignatureError(
                 f"{node.target}: response fields (size {resp.tree_size}, root {ab(bytes(resp.root))}) differ from "
@@ -53,15 +62,19 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
             resp = node.call("GetConsistencyProof", lambda: node.client.consistency_proof(first, second))
             return [bytes(h) for h in resp.proof]
 
-        signed_by = ", ".join(s.name for s in open_note(note, store.node_verifiers).verified)
         rows = [("node", node.target), ("origin", cp.origin),
-                ("checkpoint", f"size {cp.size}, root {ab(cp.root, 32)}"),
-                ("signature", f"✓ signed by {signed_by}"),
-                ("append-only", "✓ " + check_against_trusted(cp, note, store.checkpoint, node.target, consistency))]
+                ("checkpoint", f"size {cp.size}, root {ab(cp.root, 32)}")]
         data: dict[str, Any] = {"node": node.target, "origin": cp.origin, "size": cp.size, "root": cp.root.hex(),
                                 "full": bool(args.full)}
         if args.full:
-            rows += _verify_full_online(args, out, node, store, cp, data)
+            full_rows, rotations = _verify_full_online(args, out, node, store, cp, data)
+            rows.append(("signature", _chained_signature(args, store, note, cp, rotations, node.target, data)))
+            rows += full_rows
+        else:
+            signed_by = ", ".join(s.name for s in open_note(note, store.node_verifiers).verified)
+            rows.append(("signature", f"✓ signed by {signed_by}"))
+        rows.insert(4, ("append-only", "✓ " + check_against_trusted(cp, note, store.checkpoint, node.target,
+                                                                       consistency)))
         rows.append(("trust store", trustmod.advance(args.trust, store, cp, note, not args.no_update)))
         out.result("audit verify" + (" --full" if args.full else ""), rows, data)
         return EXIT_OK
@@ -69,8 +82,29 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
         node.close()
 
 
+def _chained_signature(args: argparse.Namespace, store: TrustStore, note: str, cp: Checkpoint,
+                       rotations: list[tuple[int, bytes]], source: str, data: dict[str, Any]) -> str:
+    """Check the checkpoint's signer through the chain of keys; the trust store learns the chained keys."""
+    chain = verify_chained(note, cp, store.node_verifiers, rotations, source)
+    signed_by = ", ".join(chain.check_checkpoint(note, cp.size, source))
+    learned = [w.verifier.to_string() for w in chain.learned()]
+    new = [k for k in learned if k not in store.node_keys]
+    if new and not args.no_update:
+        store.node_keys.extend(new)
+        trustmod.save(args.trust, store)
+    data.update(key_rotations=len(rotations), keys_learned=new, keys_unchained=[k for _, k in chain.unchained])
+    text = f"✓ signed by {signed_by}"
+    if rotations:
+        text += (f"; {len(rotations)} key rotation(s) in the log, {len(learned)} key(s) chained to the trust store"
+                 + (f", {len(new)} added to it" if new and not args.no_update else ""))
+    if chain.unchained:
+        text += f"; {len(chain.unchained)} rotation(s) announced by keys outside the trust store (not trusted)"
+    return text
+
+
 def _verify_full_online(args: argparse.Namespace, out: Out, node: Node, store: TrustStore, cp: Checkpoint,
-                        data: dict[str, Any]) -> list[tuple[str, str]]:
+                        data: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[int, bytes]]]:
+    """Replay the whole log; the rows to print and the log's KEY_ROTATION entries (leaf index, body)."""
     height = checkpoint_block_height(cp)
     trusted = store.checkpoint
     verifier = LogVerifier(psp_keys=store.psp_verifiers, verify_psp=not args.no_psp,
@@ -115,7 +149,7 @@ def _verify_full_online(args: argparse.Namespace, out: Out, node: Node, store: T
     rows.append(("speed", f"{verifier.size / elapsed:,.0f} entries/s (network included)" if elapsed > 0 else "-"))
     data.update(leaves=verifier.size, blocks=verifier.height, accounts=len(states), chain_head=verifier.link.hex(),
                 psp_verified=st.psp_verified, psp_unknown=dict(st.psp_unknown), seconds=round(elapsed, 3))
-    return rows
+    return rows, verifier.rotations
 
 
 def _verify_file(args: argparse.Namespace, out: Out, store: TrustStore) -> int:

@@ -23,6 +23,7 @@ from ledger.apply.accounts import apply_accounts, history_of
 from ledger.apply.callbacks import apply_callbacks, expiry_exception
 from ledger.apply.effects import deploy, operator_map
 from ledger.apply.erasure import apply_erasures
+from ledger.apply.rotation import apply_rotations, decode_node_key, node_key_meta
 from ledger.apply.scratch import Block, Committed, Event, SideState
 from ledger.apply.seal import BlockOutcome, seal
 from ledger.apply.transfers import apply_transfers
@@ -54,6 +55,7 @@ APPLIERS: Final[dict[int, Applier]] = {
     EventKind.CREATE_ACCOUNT: apply_accounts,
     EventKind.SETTLEMENT_CALLBACK: apply_callbacks,
     EventKind.ERASE_SUBJECT: apply_erasures,  # PII erasure (docs/privacy.md)
+    EventKind.KEY_ROTATION: apply_rotations,  # checkpoint key rotation (docs/security.md)
 }
 DEPLOY_OFFSET: Final = 16  # a stored rule set: deploy leaf index (u64) ‖ effective height (u64) ‖ canonical
 
@@ -97,7 +99,8 @@ class LedgerState:
         blk: Block | None = None
         try:
             with self.store.write() as txn:
-                blk = Block(txn, head.height + 1, ts0, self._committed, self.rules, SideState(txn, self._committed))
+                blk = Block(txn, head.height + 1, ts0, self._committed, self.rules, SideState(txn, self._committed),
+                            first_index=head.tree_size)
                 events: list[Event] = []
                 self._expire_pending(blk, events)
                 spans: list[tuple[int, int]] = []
@@ -137,6 +140,12 @@ class LedgerState:
         self.range = new_range
         if applied_index:
             self.applied_index = applied_index
+
+    def node_key(self, node: int) -> tuple[bytes, bytes, int, int] | None:
+        """A node's last announced checkpoint key: (key id, public key, takeover size, rotation leaf index)."""
+        with self.store.read() as txn:
+            raw = txn.get(Table.META, node_key_meta(node))
+        return decode_node_key(raw) if raw is not None else None
 
     def account(self, account_id: bytes) -> AccountState | None:
         a = self._committed.accounts.get(account_id)

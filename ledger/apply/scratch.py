@@ -103,6 +103,18 @@ class Block:
     scales: dict[int, int] = field(default_factory=dict)
     bodies: dict[bytes, bytes] = field(default_factory=dict)  # records of transfers created in this block
     undo: list[Callable[[], None]] | None = None  # set while inside a linked chain
+    first_index: int = 0  # tree size before the block: the first leaf index it numbers
+
+    def next_leaf_index(self, events: list[Event]) -> int:
+        """The index the next event appended to ``events`` will get (seal numbers them in this order)."""
+        n = self.first_index
+        for ev in events:
+            if ev.existing is None:
+                e: Event | None = ev
+                while e is not None:
+                    n += 1
+                    e = e.follow
+        return n
 
     def account(self, aid: bytes) -> AccountState | None:
         a = self.accounts.get(aid)

@@ -46,6 +46,8 @@ CALLS: dict[str, Callable[[grpc.Channel], Any]] = {
     "/sovledger.v1.Audit/StreamBlocks": lambda ch: _drain(pb_grpc.AuditStub(ch).StreamBlocks(
         pb.BlocksRequest(start=1, end=2), timeout=T)),
     "/sovledger.v1.Admin/Status": lambda ch: pb_grpc.AdminStub(ch).Status(pb.StatusRequest(), timeout=T),
+    "/sovledger.v1.Admin/RotateKey": lambda ch: pb_grpc.AdminStub(ch).RotateKey(
+        pb.RotateKeyRequest(node_id="not-a-node"), timeout=T),
     "/grpc.health.v1.Health/Check": lambda ch: health_pb2_grpc.HealthStub(ch).Check(
         health_pb2.HealthCheckRequest(), timeout=T),
     "/grpc.health.v1.Health/Watch": lambda ch: next(iter(health_pb2_grpc.HealthStub(ch).Watch(

@@ -34,6 +34,7 @@ rpc                                              none other_ca psp_a psp_b audit
 /sovledger.v1.Audit/StreamEntries                U    U        PD    PD    OK      OK       PD   PD           UA
 /sovledger.v1.Audit/StreamBlocks                 U    U        PD    PD    OK      OK       PD   PD           UA
 /sovledger.v1.Admin/Status                       U    U        OK    OK    OK      OK       OK   OK           UA
+/sovledger.v1.Admin/RotateKey                    U    U        PD    PD    PD      IA       PD   PD           UA
 /grpc.health.v1.Health/Check                     U    U        OK    OK    OK      OK       OK   OK           UA
 /grpc.health.v1.Health/Watch                     U    U        OK    OK    OK      OK       OK   OK           UA
 /sovledger.v1.Rules/ListRuleSets                 U    U        PD    PD    OK      OK       PD   PD           UA
