@@ -157,6 +157,10 @@ from tests.pii.scenarios import PII_SCENARIOS  # noqa: E402 - codes added by PII
 
 SCENARIOS.update(PII_SCENARIOS)
 
+from tests.ledger.rotation_scenarios import ROTATION_SCENARIOS  # noqa: E402 - checkpoint key rotation (issue 11)
+
+SCENARIOS.update(ROTATION_SCENARIOS)
+
 
 def _post_after(first: Transfer, second: Transfer) -> Result:
     lg = ledger_with_accounts()
