@@ -42,6 +42,7 @@ class SignedCheckpoint:
     size: int
     root: bytes
     block: int
+    verifier_key: str = ""  # the key that signed ``note`` (it changes when the key is rotated)
 
 
 class CheckpointService:
@@ -167,7 +168,7 @@ class CheckpointService:
             if self._guard is None or self._guard != (head.tree_size, root):
                 self._store_guard(head.tree_size, root)
                 self._guard = (head.tree_size, root)
-            cp = SignedCheckpoint(note, head.tree_size, root, head.height)
+            cp = SignedCheckpoint(note, head.tree_size, root, head.height, self.verifier_key)
             self._latest = cp
             return cp
 

@@ -57,4 +57,5 @@ class SnapshotExchange:
             yield chunk
 
     def _copy(self) -> tuple[str, str, str]:  # store thread: the copy and its checkpoint match
-        return snapshots.make_copy(self._store, self._checkpoints.latest().note, self._checkpoints.verifier_key)
+        latest = self._checkpoints.latest()  # note and key as one pair (a key rotation may switch between them)
+        return snapshots.make_copy(self._store, latest.note, latest.verifier_key)
