@@ -76,7 +76,7 @@ def test_leaf_round_trip(kind: EventKind, result: int, index: int, ts: int, body
              EventKind.DEPLOY_RULESET: 100, EventKind.SETTLEMENT_CALLBACK: 96, EventKind.LEDGER_TRANSFER: 176,
              EventKind.ERASE_SUBJECT: 48,
              EventKind.KEY_ROTATION: 276}
-    body = (body * 200)[: sizes[kind]] if body else bytes(sizes[kind])
+    body = (body * 300)[: sizes[kind]] if body else bytes(sizes[kind])
     aux = psp_signature_aux(b"abcd", b"s" * 64)
     for a in (b"", aux):
         leaf = Leaf(kind, result, index, ts, body, a)
