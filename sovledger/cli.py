@@ -147,6 +147,22 @@ def _emit(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
 
 
+def _add_keys_rotate(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``sovledger keys rotate``: an operator asks the leader to announce its next checkpoint key."""
+    kr = ksub.add_parser("rotate", help="rotate a node's checkpoint signing key (operator certificate)",
+                         description="The node announces a new checkpoint key in the log, signed by its current "
+                         "key (a KEY_ROTATION entry); checkpoints after it are signed by the new key and auditors "
+                         "follow the chain. Call the region's leader.")
+    kr.add_argument("--node", required=True, help="HOST:PORT of the node (the leader) whose key to rotate")
+    kr.add_argument("--node-id", default=None, help="refuse unless the node at --node is this node id")
+    kr.add_argument("--effective-size", type=int, default=0,
+                    help="earliest tree size the new key signs (default: right after the announcement)")
+    kr.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    kr.add_argument("--json", action="store_true", help="machine-readable output")
+    add_tls_flags(kr)
+    kr.set_defaults(func=_keys_rotate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sovledger", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,18 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--key", default=None, help="key file (instead of --data)")
     ks.add_argument("--json", action="store_true", help="machine-readable output")
     ks.set_defaults(func=_keys_show)
-    kr = ksub.add_parser("rotate", help="rotate a node's checkpoint signing key (operator certificate)",
-                         description="The node announces a new checkpoint key in the log, signed by its current "
-                         "key (a KEY_ROTATION entry); checkpoints after it are signed by the new key and auditors "
-                         "follow the chain. Call the region's leader.")
-    kr.add_argument("--node", required=True, help="HOST:PORT of the node (the leader) whose key to rotate")
-    kr.add_argument("--node-id", default=None, help="refuse unless the node at --node is this node id")
-    kr.add_argument("--effective-size", type=int, default=0,
-                    help="earliest tree size the new key signs (default: right after the announcement)")
-    kr.add_argument("--timeout", type=float, default=10.0, help="seconds")
-    kr.add_argument("--json", action="store_true", help="machine-readable output")
-    add_tls_flags(kr)
-    kr.set_defaults(func=_keys_rotate)
+    _add_keys_rotate(ksub)
 
     d = sub.add_parser("demo", help="local end-to-end demo",
                        description="Start a local 3-node region, stream 1M payments with a progress bar, "
