@@ -31,8 +31,8 @@ from node.authz import AuthzInterceptor
 from node.backup import add_operations_service
 from node.committer import Committer, LocalCommitter
 from node.config import NodeConfig
-from node.expiry import ExpiryTimer
 from node.errors import BadRequest
+from node.expiry import ExpiryTimer
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
 from node.key_rotation import KeyRing
