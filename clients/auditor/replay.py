@@ -26,6 +26,7 @@ from nacl.signing import VerifyKey
 from clients.auditor.balances import Balances, OutOfRange
 from clients.auditor.effects import CREDITS_POSTED, DEBITS_POSTED, TRANSFER_HEAD, Effects, unknown_account
 from clients.auditor.failures import (
+    AuditFailure,
     BalanceMismatch,
     BlockHeaderMismatch,
     ChainMismatch,
@@ -174,7 +175,23 @@ class LogVerifier:
         if ruleset != self.next_ruleset:
             raise hdr("ruleset_hash", self.next_ruleset, ruleset, " (rule set deployed in the log differs)")
         self.ruleset_hash = ruleset
-        # leaves, split where a trusted checkpoint's size falls inside this block
+        range_before = self.range.copy()
+        try:
+            self._block_leaves(first, tree_size, ts0, leaves)
+        except _NAMES_ITS_LEAF:
+            raise  # the failure already names the leaf whose own bytes are wrong
+        except AuditFailure as semantic:  # an odd effect is often a changed byte: blame the changed leaf first
+            self._blame_changed_leaf(height, first, leaves, mroot, range_before, semantic)
+            raise
+        self._check_recomputed(height, first, leaves, mroot, chain, state)
+        self.state_hash = state
+        self.block_hash = block_hash(header_raw)
+        self.height = height
+        self.head_ts = self.last_ts if count else ts0
+        self.stats.blocks += 1
+
+    def _block_leaves(self, first: int, tree_size: int, ts0: int, leaves: Sequence[bytes]) -> None:
+        """The block's leaves, split where a trusted checkpoint's size falls inside the block."""
         pos = 0
         for target in sorted(t for t in self.targets if first < t <= tree_size):
             self._leaves(leaves[pos : target - first], ts0 + pos)
@@ -183,12 +200,24 @@ class LogVerifier:
         self._leaves(leaves[pos:], ts0 + pos)
         if first == tree_size and tree_size in self.targets:
             self._check_target(tree_size)
-        self._check_recomputed(height, first, leaves, mroot, chain, state)
-        self.state_hash = state
-        self.block_hash = block_hash(header_raw)
-        self.height = height
-        self.head_ts = self.last_ts if count else ts0
-        self.stats.blocks += 1
+
+    def _blame_changed_leaf(self, height: int, first: int, leaves: Sequence[bytes], mroot: bytes,
+                            range_before: CompactRange, semantic: AuditFailure) -> None:
+        """When replaying a block's effects failed, check first whether its leaves are the ones the header
+        committed to: a changed leaf is the cause to report (named by the locator), not its consequence."""
+        tree = range_before.copy()
+        tree.append_many([_b3(LEAF_DOMAIN + leaf).digest() for leaf in leaves])
+        if tree.root() == mroot:
+            return
+        lhs = [_b3(LEAF_DOMAIN + leaf).digest() for leaf in leaves]
+        suspects = self.locator(first, lhs) if self.locator and lhs else []
+        where = f"; leaf {suspects[0]} does not verify against the signed tree" if suspects else ""
+        raise TreeMismatch(
+            f"block {height}: Merkle root at tree size {first + len(leaves)} recomputed from the leaves is "
+            f"{ab(tree.root())}, header says {ab(mroot)} (a leaf in [{first}, {first + len(leaves)}) differs from "
+            f"what was committed{where}; replaying it failed too: {semantic})",
+            block=height, index=suspects[0] if suspects else None, suspects=suspects, first_index=first,
+            tree_size=first + len(leaves), expected=mroot, got=tree.root()) from semantic
 
     def _check_recomputed(self, height: int, first: int, leaves: Sequence[bytes], mroot: bytes, chain: bytes,
                           state: bytes) -> None:
@@ -426,6 +455,10 @@ class LogVerifier:
     def account_states(self) -> dict[bytes, bytes]:
         """Replayed 136-byte account states by id (what LookupAccounts must return)."""
         return self.balances.states()
+
+
+#: Failures about one leaf's own bytes (framing, its PSP signature): reported as they are.
+_NAMES_ITS_LEAF: Final = (LeafMalformed, LeafMismatch, PspSignatureInvalid, ForkDetected)
 
 
 def iter_blocks(headers: Iterable[bytes], leaves: Iterator[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:

@@ -312,3 +312,23 @@ def test_bulk_carry_out_of_u128_names_the_account() -> None:
     v.balances.add_posted(np.zeros(1, np.intp), np.zeros(1, np.intp), one, 0 * one)
     with pytest.raises(BalanceMismatch, match="account 7 outside its u128 balances"):
         v._state_hash()
+
+
+def test_a_changed_leaf_is_named_before_what_replaying_it_breaks() -> None:
+    """Rewrite leaf 0's account id to the id a later leaf creates: replaying the block would fail at
+    the later leaf ("created twice"), but the cause to report is the changed leaf 0, which no longer
+    matches the block's Merkle root."""
+    from ledger.codec import LEAF_HEADER_SIZE
+    from ledger.types import EventKind
+
+    log = signed_log()
+    leaves = log.leaves()
+    creates = [k for k, raw in enumerate(leaves) if raw[1] == EventKind.CREATE_ACCOUNT]
+    first, later = creates[0], creates[2]
+    raw = bytearray(leaves[first])
+    raw[LEAF_HEADER_SIZE:LEAF_HEADER_SIZE + 16] = leaves[later][LEAF_HEADER_SIZE:LEAF_HEADER_SIZE + 16]
+    leaves[first] = bytes(raw)
+    with pytest.raises(TreeMismatch) as e:
+        run(log, leaves)
+    assert e.value.exit_code == 12 and "differs from what was committed" in str(e.value)
+    assert e.value.data["first_index"] <= first < e.value.data["tree_size"]
