@@ -163,11 +163,8 @@ def _add_keys_rotate(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     kr.set_defaults(func=_keys_rotate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sovledger", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``sovledger node``: the flags of a ledger node (each one a key of node/config.py)."""
     n = sub.add_parser("node", help="run a ledger node", description="Run a ledger node: a gRPC server "
                        "keeping the region's hash-chained, signed log in LMDB under --data.")
     n.add_argument("--data", required=True, help="data directory (LMDB files, node key, signer guard)")
@@ -219,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text (default) or json: one object per line with node, region, term, block")
     n.set_defaults(func=_node)
 
+
+def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``sovledger keys gen|show|rotate``."""
     k = sub.add_parser("keys", help="generate and show node keys",
                        description="Ed25519 node keys in C2SP signed-note format.")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
@@ -234,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--json", action="store_true", help="machine-readable output")
     ks.set_defaults(func=_keys_show)
     _add_keys_rotate(ksub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sovledger", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_node(sub)
+    _add_keys(sub)
 
     d = sub.add_parser("demo", help="local end-to-end demo",
                        description="Start a local 3-node region, stream 1M payments with a progress bar, "
