@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from ledger.apply.scratch import Block, Event
 from ledger.codec import AUX_LEN, FORMAT_VERSION, LEAF_HEADER, BlockHeader
-from ledger.hashing import block_hash, hash_and_chain, ruleset_hash, state_hash
+from ledger import native
+from ledger.hashing import block_hash, ruleset_hash, state_hash
 from ledger.merkle import CompactRange
 from ledger.reconcile import decode_rounding, encode_rounding
 from ledger.risk import encode_state
@@ -96,9 +97,10 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
             blocks[n] = ev.existing.block
         else:
             log_indexes[n] = numbering.add(ev)
-    leaf_hashes, link = hash_and_chain(head.chain_head, [leaf for _, leaf in numbering.leaves])
+    # the engine hook (ledger/native.py): leaf hashes, chain and tree nodes, in C when built
+    leaf_hashes, link = native.hash_and_chain(head.chain_head, [leaf for _, leaf in numbering.leaves])
     new_range = tree.copy()
-    node_items = [(node_key(level, i), h) for level, i, h in new_range.append_many(leaf_hashes, min_level=1)]
+    node_items = [(node_key(level, i), h) for level, i, h in native.append_many(new_range, leaf_hashes, min_level=1)]
     changed = _changed_accounts(blk)
     header = BlockHeader(
         height=blk.height, timestamp_ns=blk.ts0, first_index=head.tree_size, leaf_count=len(numbering.leaves),

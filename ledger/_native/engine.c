@@ -1,0 +1,280 @@
+/* sovledger native engine: BLAKE3 (written from the public BLAKE3 specification), the block's
+ * leaf-hash chain and the Merkle compact-range append, byte-identical to ledger/hashing.py and
+ * ledger/merkle.py. The long loops run with the GIL released. See docs/ARCHITECTURE.md. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK_LEN 1024
+#define BLOCK_LEN 64
+#define OUT_LEN 32
+#define F_CHUNK_START 1u
+#define F_CHUNK_END 2u
+#define F_PARENT 4u
+#define F_ROOT 8u
+#define MAX_DEPTH 54 /* 2^54 chunks is far beyond any buffer */
+
+static const uint32_t IV[8] = {0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
+                               0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
+static const uint8_t PERM[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};
+
+static inline uint32_t rotr(uint32_t w, unsigned c) { return (w >> c) | (w << (32 - c)); }
+
+static inline void mix(uint32_t *s, int a, int b, int c, int d, uint32_t x, uint32_t y) {
+    s[a] = s[a] + s[b] + x; s[d] = rotr(s[d] ^ s[a], 16);
+    s[c] = s[c] + s[d];     s[b] = rotr(s[b] ^ s[c], 12);
+    s[a] = s[a] + s[b] + y; s[d] = rotr(s[d] ^ s[a], 8);
+    s[c] = s[c] + s[d];     s[b] = rotr(s[b] ^ s[c], 7);
+}
+
+/* The compression function; writes the 8 output words (the chaining value) to out. */
+static void compress(const uint32_t cv[8], const uint8_t block[BLOCK_LEN], uint64_t counter,
+                     uint32_t block_len, uint32_t flags, uint32_t out[8]) {
+    uint32_t m[16], t[16], s[16];
+    for (int i = 0; i < 16; i++)
+        m[i] = (uint32_t)block[4 * i] | ((uint32_t)block[4 * i + 1] << 8) |
+               ((uint32_t)block[4 * i + 2] << 16) | ((uint32_t)block[4 * i + 3] << 24);
+    for (int i = 0; i < 8; i++) s[i] = cv[i];
+    for (int i = 0; i < 4; i++) s[8 + i] = IV[i];
+    s[12] = (uint32_t)counter; s[13] = (uint32_t)(counter >> 32); s[14] = block_len; s[15] = flags;
+    for (int r = 0; r < 7; r++) {
+        mix(s, 0, 4, 8, 12, m[0], m[1]);   mix(s, 1, 5, 9, 13, m[2], m[3]);
+        mix(s, 2, 6, 10, 14, m[4], m[5]);  mix(s, 3, 7, 11, 15, m[6], m[7]);
+        mix(s, 0, 5, 10, 15, m[8], m[9]);  mix(s, 1, 6, 11, 12, m[10], m[11]);
+        mix(s, 2, 7, 8, 13, m[12], m[13]); mix(s, 3, 4, 9, 14, m[14], m[15]);
+        for (int i = 0; i < 16; i++) t[i] = m[PERM[i]];
+        memcpy(m, t, sizeof m);
+    }
+    for (int i = 0; i < 8; i++) out[i] = s[i] ^ s[i + 8];
+}
+
+/* A whole input laid out as up to three segments (domain byte, then up to two buffers). */
+typedef struct { const uint8_t *p[3]; size_t n[3]; size_t total; } segs_t;
+
+static void seg_copy(const segs_t *g, size_t off, uint8_t *dst, size_t len) {
+    for (int k = 0; k < 3 && len; k++) {
+        if (off >= g->n[k]) { off -= g->n[k]; continue; }
+        size_t take = g->n[k] - off < len ? g->n[k] - off : len;
+        memcpy(dst, g->p[k] + off, take);
+        dst += take; len -= take; off = 0;
+    }
+}
+
+/* Chaining value of one chunk (bytes [start, start+len) of the input); ROOT on its last block if root. */
+static void chunk_cv(const segs_t *g, size_t start, size_t len, uint64_t index, int root, uint32_t out[8]) {
+    uint32_t cv[8];
+    uint8_t block[BLOCK_LEN];
+    memcpy(cv, IV, sizeof cv);
+    size_t nblocks = len == 0 ? 1 : (len + BLOCK_LEN - 1) / BLOCK_LEN;
+    for (size_t b = 0; b < nblocks; b++) {
+        size_t blen = len - b * BLOCK_LEN < BLOCK_LEN ? len - b * BLOCK_LEN : BLOCK_LEN;
+        memset(block, 0, sizeof block);
+        seg_copy(g, start + b * BLOCK_LEN, block, blen);
+        uint32_t flags = (b == 0 ? F_CHUNK_START : 0) | (b == nblocks - 1 ? F_CHUNK_END : 0);
+        if (root && b == nblocks - 1) flags |= F_ROOT;
+        compress(cv, block, index, (uint32_t)blen, flags, cv);
+    }
+    memcpy(out, cv, sizeof cv);
+}
+
+static void parent_cv(const uint32_t l[8], const uint32_t r[8], uint32_t flags, uint32_t out[8]) {
+    uint8_t block[BLOCK_LEN];
+    for (int i = 0; i < 8; i++) {
+        for (int j = 0; j < 4; j++) {
+            block[4 * i + j] = (uint8_t)(l[i] >> (8 * j));
+            block[32 + 4 * i + j] = (uint8_t)(r[i] >> (8 * j));
+        }
+    }
+    compress(IV, block, 0, BLOCK_LEN, F_PARENT | flags, out);
+}
+
+static void words_out(const uint32_t w[8], uint8_t out[OUT_LEN]) {
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 4; j++) out[4 * i + j] = (uint8_t)(w[i] >> (8 * j));
+}
+
+/* BLAKE3 (32-byte output) of the concatenated segments. */
+static void b3_segs(const segs_t *g, uint8_t out[OUT_LEN]) {
+    size_t n = g->total;
+    uint64_t chunks = n == 0 ? 1 : (n + CHUNK_LEN - 1) / CHUNK_LEN;
+    uint32_t cv[8];
+    if (chunks == 1) {
+        chunk_cv(g, 0, n, 0, 1, cv);
+        words_out(cv, out);
+        return;
+    }
+    uint32_t stack[MAX_DEPTH][8];
+    int depth = 0;
+    for (uint64_t c = 0; c + 1 < chunks; c++) { /* every chunk but the last, merged as subtrees complete */
+        chunk_cv(g, c * CHUNK_LEN, CHUNK_LEN, c, 0, cv);
+        uint64_t total = c + 1;
+        while ((total & 1) == 0) {
+            parent_cv(stack[--depth], cv, 0, cv);
+            total >>= 1;
+        }
+        memcpy(stack[depth++], cv, sizeof cv);
+    }
+    uint64_t last = chunks - 1;
+    chunk_cv(g, last * CHUNK_LEN, n - last * CHUNK_LEN, last, 0, cv);
+    while (depth > 0) {
+        depth--;
+        parent_cv(stack[depth], cv, depth == 0 ? F_ROOT : 0, cv);
+    }
+    words_out(cv, out);
+}
+
+static void b3_3(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const uint8_t *c, size_t nc,
+                 uint8_t out[OUT_LEN]) {
+    segs_t g = {{a, b, c}, {na, nb, nc}, na + nb + nc};
+    b3_segs(&g, out);
+}
+
+static const uint8_t D_LEAF = 0x00, D_NODE = 0x01, D_CHAIN = 0x02;
+
+/* blake3(data) -> 32 bytes */
+static PyObject *py_blake3(PyObject *self, PyObject *arg) {
+    Py_buffer v;
+    uint8_t out[OUT_LEN];
+    if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    b3_3(v.buf, (size_t)v.len, NULL, 0, NULL, 0, out);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    return PyBytes_FromStringAndSize((const char *)out, OUT_LEN);
+}
+
+static int need_hash(PyObject *o, const char *what) {
+    if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) != OUT_LEN) {
+        PyErr_Format(PyExc_ValueError, "%s must be 32 bytes", what);
+        return 0;
+    }
+    return 1;
+}
+
+/* hash_and_chain(prev_link, leaves) -> (leaf hashes, link): ledger.hashing.hash_and_chain */
+static PyObject *py_hash_and_chain(PyObject *self, PyObject *args) {
+    PyObject *prev, *leaves_in;
+    if (!PyArg_ParseTuple(args, "OO", &prev, &leaves_in) || !need_hash(prev, "prev_link")) return NULL;
+    PyObject *leaves = PySequence_Fast(leaves_in, "leaves must be a sequence of bytes");
+    if (leaves == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(leaves);
+    PyObject **items = PySequence_Fast_ITEMS(leaves);
+    const uint8_t **ptr = PyMem_Malloc(sizeof(*ptr) * (size_t)(n ? n : 1));
+    size_t *len = PyMem_Malloc(sizeof(*len) * (size_t)(n ? n : 1));
+    uint8_t *hashes = PyMem_Malloc((size_t)OUT_LEN * (size_t)(n ? n : 1));
+    PyObject *result = NULL;
+    if (ptr == NULL || len == NULL || hashes == NULL) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_Check(items[i])) { PyErr_SetString(PyExc_TypeError, "every leaf must be bytes"); goto done; }
+        ptr[i] = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+        len[i] = (size_t)PyBytes_GET_SIZE(items[i]);
+    }
+    uint8_t link[OUT_LEN];
+    memcpy(link, PyBytes_AS_STRING(prev), OUT_LEN);
+    Py_BEGIN_ALLOW_THREADS /* the sequence holds every leaf alive; bytes are immutable */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *h = hashes + (size_t)i * OUT_LEN;
+        b3_3(&D_LEAF, 1, ptr[i], len[i], NULL, 0, h);
+        b3_3(&D_CHAIN, 1, link, OUT_LEN, h, OUT_LEN, link);
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *list = PyList_New(n);
+    if (list == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)hashes + (size_t)i * OUT_LEN, OUT_LEN);
+        if (h == NULL) { Py_DECREF(list); goto done; }
+        PyList_SET_ITEM(list, i, h);
+    }
+    result = Py_BuildValue("(Ny#)", list, (const char *)link, (Py_ssize_t)OUT_LEN);
+done:
+    PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(hashes);
+    Py_DECREF(leaves);
+    return result;
+}
+
+/* merkle_append(stack, size, leaf_hashes, min_level) -> (stack, size, [(level, index, hash)]):
+ * ledger.merkle.CompactRange.append_many on a copy of the stack. */
+static PyObject *py_merkle_append(PyObject *self, PyObject *args) {
+    PyObject *stack_in, *leaves_in;
+    unsigned long long size;
+    int min_level;
+    if (!PyArg_ParseTuple(args, "OKOi", &stack_in, &size, &leaves_in, &min_level)) return NULL;
+    PyObject *stack = PySequence_Fast(stack_in, "stack must be a sequence of hashes");
+    if (stack == NULL) return NULL;
+    PyObject *leaves = PySequence_Fast(leaves_in, "leaf hashes must be a sequence");
+    if (leaves == NULL) { Py_DECREF(stack); return NULL; }
+    Py_ssize_t depth0 = PySequence_Fast_GET_SIZE(stack), n = PySequence_Fast_GET_SIZE(leaves);
+    PyObject *result = NULL, *out = NULL;
+    uint8_t (*st)[OUT_LEN] = PyMem_Malloc((size_t)(depth0 + 66) * OUT_LEN);
+    /* every leaf completes at most 64 subtrees: (level u8, index u64, hash) records */
+    size_t cap = (size_t)(n ? n : 1) * 2 + 64;
+    uint8_t *recs = PyMem_Malloc(cap * (1 + 8 + OUT_LEN));
+    if (st == NULL || recs == NULL) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < depth0; i++) {
+        PyObject *h = PySequence_Fast_GET_ITEM(stack, i);
+        if (!need_hash(h, "a compact range hash")) goto done;
+        memcpy(st[i], PyBytes_AS_STRING(h), OUT_LEN);
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!need_hash(PySequence_Fast_GET_ITEM(leaves, i), "a leaf hash")) goto done;
+    size_t depth = (size_t)depth0, nrec = 0;
+    PyObject **lv = PySequence_Fast_ITEMS(leaves);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *lh = (const uint8_t *)PyBytes_AS_STRING(lv[i]);
+        if (min_level == 0) {
+            uint8_t *r = recs + nrec++ * (1 + 8 + OUT_LEN);
+            r[0] = 0; memcpy(r + 1, &size, 8); memcpy(r + 9, lh, OUT_LEN);
+        }
+        memcpy(st[depth++], lh, OUT_LEN);
+        unsigned long long idx = size;
+        int level = 0;
+        size++;
+        while (idx & 1) {
+            uint8_t h[OUT_LEN];
+            b3_3(&D_NODE, 1, st[depth - 2], OUT_LEN, st[depth - 1], OUT_LEN, h);
+            depth -= 2;
+            memcpy(st[depth++], h, OUT_LEN);
+            level++;
+            idx >>= 1;
+            if (level >= min_level) {
+                uint8_t *r = recs + nrec++ * (1 + 8 + OUT_LEN);
+                r[0] = (uint8_t)level; memcpy(r + 1, &idx, 8); memcpy(r + 9, h, OUT_LEN);
+            }
+        }
+    }
+    PyObject *new_stack = PyList_New((Py_ssize_t)depth);
+    if (new_stack == NULL) goto done;
+    for (size_t i = 0; i < depth; i++) {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)st[i], OUT_LEN);
+        if (h == NULL) { Py_DECREF(new_stack); goto done; }
+        PyList_SET_ITEM(new_stack, (Py_ssize_t)i, h);
+    }
+    out = PyList_New((Py_ssize_t)nrec);
+    if (out == NULL) { Py_DECREF(new_stack); goto done; }
+    for (size_t i = 0; i < nrec; i++) {
+        const uint8_t *r = recs + i * (1 + 8 + OUT_LEN);
+        unsigned long long ix;
+        memcpy(&ix, r + 1, 8);
+        PyObject *t = Py_BuildValue("(iKy#)", (int)r[0], ix, (const char *)r + 9, (Py_ssize_t)OUT_LEN);
+        if (t == NULL) { Py_DECREF(new_stack); Py_CLEAR(out); goto done; }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+    }
+    result = Py_BuildValue("(NKN)", new_stack, size, out);
+done:
+    PyMem_Free(st); PyMem_Free(recs);
+    Py_DECREF(stack); Py_DECREF(leaves);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"blake3", py_blake3, METH_O, "BLAKE3-256 of a bytes-like object."},
+    {"hash_and_chain", py_hash_and_chain, METH_VARARGS, "Leaf hashes and the chain link after the last."},
+    {"merkle_append", py_merkle_append, METH_VARARGS, "Compact-range append of leaf hashes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_engine", "sovledger native engine", -1, methods};
+
+PyMODINIT_FUNC PyInit__engine(void) { return PyModule_Create(&module); }

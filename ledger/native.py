@@ -1,0 +1,79 @@
+"""Engine selection: the compiled engine (ledger/_native/engine.c) or the Python reference.
+
+``SOVLEDGER_ENGINE=python|native`` (default ``native``). The native engine computes the block's
+leaf hashes, hash chain and Merkle compact-range append in C with the GIL released; everything
+else (record decode, checks, balances, leaf bytes, store writes) is the Python reference in
+``ledger/apply/``. Both engines produce byte-identical results (tests/engine/). If the extension
+was not built (no C compiler at install time), ``native`` falls back to ``python`` with a warning,
+so a missing compiler never stops a node; ``active()`` says which engine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Final
+
+from ledger import hashing
+from ledger.merkle import CompactRange
+
+ENV: Final = "SOVLEDGER_ENGINE"
+ENGINES: Final = ("python", "native")
+log = logging.getLogger(__name__)
+
+
+def _load_extension() -> ModuleType | None:
+    try:
+        from ledger._native import _engine
+    except ImportError:
+        return None
+    return _engine
+
+
+_EXT: Final = _load_extension()
+
+
+def available() -> bool:
+    """Whether the compiled extension is importable."""
+    return _EXT is not None
+
+
+def _choose(requested: str) -> str:
+    if requested not in ENGINES:
+        raise ValueError(f"{ENV}={requested!r} is not an engine; use one of {', '.join(ENGINES)}")
+    if requested == "native" and _EXT is None:
+        log.warning("%s=native but the compiled engine is not built (no C compiler at install?): using python", ENV)
+        return "python"
+    return requested
+
+
+_active = _choose(os.environ.get(ENV, "native").strip().lower() or "native")
+
+
+def active() -> str:
+    """The engine in use: ``"native"`` or ``"python"``."""
+    return _active
+
+
+def select(name: str) -> str:
+    """Switch engines in this process (tests, benchmarks); returns the engine now active."""
+    global _active
+    _active = _choose(name)
+    return _active
+
+
+def hash_and_chain(prev_link: bytes, leaves: list[bytes]) -> tuple[list[bytes], bytes]:
+    """``ledger.hashing.hash_and_chain`` on the active engine."""
+    if _active == "native" and _EXT is not None:
+        return _EXT.hash_and_chain(prev_link, leaves)
+    return hashing.hash_and_chain(prev_link, leaves)
+
+
+def append_many(tree: CompactRange, leaf_hashes: Sequence[bytes], min_level: int = 0) -> list[tuple[int, int, bytes]]:
+    """``CompactRange.append_many`` on the active engine (mutates ``tree`` the same way)."""
+    if _active == "native" and _EXT is not None:
+        tree.hashes, tree.size, out = _EXT.merkle_append(tree.hashes, tree.size, leaf_hashes, min_level)
+        return out
+    return tree.append_many(leaf_hashes, min_level)

@@ -1,0 +1,19 @@
+"""Build the optional native apply engine (ledger/_native/engine.c) with the machine's C compiler.
+
+Everything else about the package lives in pyproject.toml. The extension is ``optional``: if there is
+no compiler or the build fails, ``pip install -e .`` still succeeds and the ledger runs on the Python
+engine (ledger/native.py reports which engine is active).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "ledger._native._engine",
+            sources=["ledger/_native/engine.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall"],
+            optional=True,
+        )
+    ]
+)
