@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Final
 
 from ledger import hashing
@@ -24,26 +23,23 @@ ENGINES: Final = ("python", "native")
 log = logging.getLogger(__name__)
 
 
-def _load_extension() -> ModuleType | None:
-    try:
-        from ledger._native import _engine
-    except ImportError:
-        return None
-    return _engine
+try:
+    from ledger._native import _engine
 
-
-_EXT: Final = _load_extension()
+    _BUILT = True
+except ImportError:  # not compiled (no C compiler when the package was installed)
+    _BUILT = False
 
 
 def available() -> bool:
     """Whether the compiled extension is importable."""
-    return _EXT is not None
+    return _BUILT
 
 
 def _choose(requested: str) -> str:
     if requested not in ENGINES:
         raise ValueError(f"{ENV}={requested!r} is not an engine; use one of {', '.join(ENGINES)}")
-    if requested == "native" and _EXT is None:
+    if requested == "native" and not _BUILT:
         log.warning("%s=native but the compiled engine is not built (no C compiler at install?): using python", ENV)
         return "python"
     return requested
@@ -66,14 +62,14 @@ def select(name: str) -> str:
 
 def hash_and_chain(prev_link: bytes, leaves: list[bytes]) -> tuple[list[bytes], bytes]:
     """``ledger.hashing.hash_and_chain`` on the active engine."""
-    if _active == "native" and _EXT is not None:
-        return _EXT.hash_and_chain(prev_link, leaves)
+    if _active == "native":
+        return _engine.hash_and_chain(prev_link, leaves)
     return hashing.hash_and_chain(prev_link, leaves)
 
 
 def append_many(tree: CompactRange, leaf_hashes: Sequence[bytes], min_level: int = 0) -> list[tuple[int, int, bytes]]:
     """``CompactRange.append_many`` on the active engine (mutates ``tree`` the same way)."""
-    if _active == "native" and _EXT is not None:
-        tree.hashes, tree.size, out = _EXT.merkle_append(tree.hashes, tree.size, leaf_hashes, min_level)
+    if _active == "native":
+        tree.hashes, tree.size, out = _engine.merkle_append(tree.hashes, tree.size, leaf_hashes, min_level)
         return out
     return tree.append_many(leaf_hashes, min_level)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger import native
 from ledger.apply.scratch import Block, Event
 from ledger.codec import AUX_LEN, FORMAT_VERSION, LEAF_HEADER, BlockHeader
-from ledger import native
 from ledger.hashing import block_hash, ruleset_hash, state_hash
 from ledger.merkle import CompactRange
 from ledger.reconcile import decode_rounding, encode_rounding
