@@ -53,6 +53,7 @@ lint: setup
 bench: setup
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.single_node
+	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.region
 	$(BIN)/python -m bench.tls_cost
 	$(BIN)/python -m bench.peers

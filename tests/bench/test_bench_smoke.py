@@ -14,8 +14,9 @@ from typing import Any
 import blake3
 import pytest
 
-from bench import peers, plot, region, report, scale
+from bench import engine, peers, plot, region, report, scale
 from bench import sdk as sdk_bench
+from ledger import native
 from ledger.codec import TRANSFER_SIZE
 
 pytestmark = pytest.mark.integration
@@ -133,3 +134,15 @@ def test_missing_peer_is_skipped_without_install(monkeypatch: pytest.MonkeyPatch
         pass
     with pytest.raises(peers.Skip, match="not installed"), peers.etcd_cluster(Console(), install=False):
         pass
+
+
+@pytest.mark.timeout(120)
+def test_engine_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    if not native.available():
+        pytest.skip("native engine not built (no C compiler)")
+    before = native.active()
+    assert engine.main(["--transfers", "600", "--block", "200", "--json"]) == 0
+    assert native.active() == before  # the bench puts the engine setting back
+    row = json.loads(capsys.readouterr().out)
+    assert row["transfers"] == 600
+    assert set(row["apply_us_per_transfer"]) == {"python", "native"}
