@@ -1,7 +1,7 @@
 """Engine selection: the compiled engine (ledger/_native/engine.c) or the Python reference.
 
 ``SOVLEDGER_ENGINE=python|native`` (default ``native``). The native engine computes the block's
-leaf hashes, hash chain and Merkle compact-range append in C with the GIL released; everything
+leaf hashes, hash chain, Merkle compact-range append and state hash in C with the GIL released; everything
 else (record decode, checks, balances, leaf bytes, store writes) is the Python reference in
 ``ledger/apply/``. Both engines produce byte-identical results (tests/engine/). If the extension
 was not built (no C compiler at install time), ``native`` falls back to ``python`` with a warning,
@@ -65,6 +65,13 @@ def hash_and_chain(prev_link: bytes, leaves: list[bytes]) -> tuple[list[bytes], 
     if _active == "native":
         return _engine.hash_and_chain(prev_link, leaves)
     return hashing.hash_and_chain(prev_link, leaves)
+
+
+def state_hash(previous: bytes, changed: list[tuple[bytes, bytes]]) -> bytes:
+    """``ledger.hashing.state_hash`` on the active engine."""
+    if _active == "native":
+        return _engine.state_hash(previous, changed)
+    return hashing.state_hash(previous, changed)
 
 
 def append_many(tree: CompactRange, leaf_hashes: Sequence[bytes], min_level: int = 0) -> list[tuple[int, int, bytes]]:

@@ -268,7 +268,48 @@ done:
     return result;
 }
 
+/* state_hash(previous, changed) -> 32 bytes: ledger.hashing.state_hash over (id, state) pairs */
+static PyObject *py_state_hash(PyObject *self, PyObject *args) {
+    PyObject *prev, *changed_in;
+    if (!PyArg_ParseTuple(args, "OO", &prev, &changed_in) || !need_hash(prev, "previous")) return NULL;
+    PyObject *changed = PySequence_Fast(changed_in, "changed must be a sequence of (id, state) pairs");
+    if (changed == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(changed);
+    PyObject **items = PySequence_Fast_ITEMS(changed);
+    size_t total = 1 + OUT_LEN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = items[i];
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+            Py_DECREF(changed);
+            PyErr_SetString(PyExc_TypeError, "every changed account must be an (id bytes, state bytes) pair");
+            return NULL;
+        }
+        total += (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) + (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
+    }
+    uint8_t *buf = PyMem_Malloc(total);
+    if (buf == NULL) { Py_DECREF(changed); return PyErr_NoMemory(); }
+    buf[0] = 0x04;
+    memcpy(buf + 1, PyBytes_AS_STRING(prev), OUT_LEN);
+    size_t off = 1 + OUT_LEN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (int k = 0; k < 2; k++) {
+            PyObject *b = PyTuple_GET_ITEM(items[i], k);
+            memcpy(buf + off, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+            off += (size_t)PyBytes_GET_SIZE(b);
+        }
+    }
+    Py_DECREF(changed);
+    uint8_t out[OUT_LEN];
+    Py_BEGIN_ALLOW_THREADS
+    b3_3(buf, total, NULL, 0, NULL, 0, out);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(buf);
+    return PyBytes_FromStringAndSize((const char *)out, OUT_LEN);
+}
+
 static PyMethodDef methods[] = {
+    {"state_hash", py_state_hash, METH_VARARGS, "State hash chaining the changed accounts."},
     {"blake3", py_blake3, METH_O, "BLAKE3-256 of a bytes-like object."},
     {"hash_and_chain", py_hash_and_chain, METH_VARARGS, "Leaf hashes and the chain link after the last."},
     {"merkle_append", py_merkle_append, METH_VARARGS, "Compact-range append of leaf hashes."},

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ledger import native
 from ledger.apply.scratch import Block, Event
 from ledger.codec import AUX_LEN, FORMAT_VERSION, LEAF_HEADER, BlockHeader
-from ledger.hashing import block_hash, ruleset_hash, state_hash
+from ledger.hashing import block_hash, ruleset_hash
 from ledger.merkle import CompactRange
 from ledger.reconcile import decode_rounding, encode_rounding
 from ledger.risk import encode_state
@@ -97,7 +97,7 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
             blocks[n] = ev.existing.block
         else:
             log_indexes[n] = numbering.add(ev)
-    # the engine hook (ledger/native.py): leaf hashes, chain and tree nodes, in C when built
+    # the engine hook (ledger/native.py): leaf hashes, chain, tree nodes, state hash in C when built
     leaf_hashes, link = native.hash_and_chain(head.chain_head, [leaf for _, leaf in numbering.leaves])
     new_range = tree.copy()
     node_items = [(node_key(level, i), h) for level, i, h in native.append_many(new_range, leaf_hashes, min_level=1)]
@@ -105,7 +105,7 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
     header = BlockHeader(
         height=blk.height, timestamp_ns=blk.ts0, first_index=head.tree_size, leaf_count=len(numbering.leaves),
         tree_size=numbering.index, prev_block_hash=head.block_hash, merkle_root=new_range.root(),
-        chain_head=link, state_hash=state_hash(head.state_hash, changed),
+        chain_head=link, state_hash=native.state_hash(head.state_hash, changed),
         ruleset_hash=head.ruleset_hash,  # the rule set this block ran under
     )
     header_raw = header.encode()

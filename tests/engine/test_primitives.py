@@ -59,6 +59,12 @@ def test_merkle_append(start: int, leaf_hashes: list[bytes], min_level: int, see
     assert (nat.size, nat.hashes, nat.root()) == (py.size, py.hashes, py.root())
 
 
+@given(st.binary(min_size=32, max_size=32),
+       st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=136, max_size=136)), max_size=30))
+def test_state_hash(previous: bytes, changed: list[tuple[bytes, bytes]]) -> None:
+    assert _engine.state_hash(previous, changed) == hashing.state_hash(previous, changed)
+
+
 def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="prev_link must be 32 bytes"):
         _engine.hash_and_chain(b"short", [])
@@ -66,6 +72,8 @@ def test_bad_input_is_a_clear_error() -> None:
         _engine.hash_and_chain(bytes(32), ["text"])
     with pytest.raises(ValueError, match="a leaf hash must be 32 bytes"):
         _engine.merkle_append([], 0, [b"x"], 0)
+    with pytest.raises(TypeError, match=r"\(id bytes, state bytes\) pair"):
+        _engine.state_hash(bytes(32), [b"not a pair"])
 
 
 def test_engine_setting_is_validated() -> None:
