@@ -157,7 +157,8 @@ static int need_hash(PyObject *o, const char *what) {
 static PyObject *py_hash_and_chain(PyObject *self, PyObject *args) {
     PyObject *prev, *leaves_in;
     if (!PyArg_ParseTuple(args, "OO", &prev, &leaves_in) || !need_hash(prev, "prev_link")) return NULL;
-    PyObject *leaves = PySequence_Fast(leaves_in, "leaves must be a sequence of bytes");
+    /* a private tuple holds every leaf alive while the GIL is released, whatever other threads do */
+    PyObject *leaves = PySequence_Tuple(leaves_in);
     if (leaves == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(leaves);
     PyObject **items = PySequence_Fast_ITEMS(leaves);
@@ -173,7 +174,7 @@ static PyObject *py_hash_and_chain(PyObject *self, PyObject *args) {
     }
     uint8_t link[OUT_LEN];
     memcpy(link, PyBytes_AS_STRING(prev), OUT_LEN);
-    Py_BEGIN_ALLOW_THREADS /* the sequence holds every leaf alive; bytes are immutable */
+    Py_BEGIN_ALLOW_THREADS /* bytes are immutable and the tuple owns them */
     for (Py_ssize_t i = 0; i < n; i++) {
         uint8_t *h = hashes + (size_t)i * OUT_LEN;
         b3_3(&D_LEAF, 1, ptr[i], len[i], NULL, 0, h);
