@@ -18,6 +18,8 @@ from typing import Any, Final
 
 import grpc
 
+from clients.channels import open_sync_channel
+from clients.connect import ClientTls
 from ledger.pii import SALT_SIZE, ErasureReason, PiiRecord, commit, decode_canonical_pii, verify_commitment
 from sovledger_pb import LEADER_METADATA_KEY, REASON_METADATA_KEY
 from sovledger_pb import vault_pb2 as vpb
@@ -110,11 +112,15 @@ def _error(e: grpc.RpcError) -> VaultCallError:
 
 
 class PiiVault:
-    """Client of one node's Vault service (any member of the region; erase goes to the leader)."""
+    """Client of one node's Vault service (any member of the region; erase goes to the leader).
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    ``tls``: the caller's certificate (clients.connect); it decides the role — a PSP certificate puts
+    and reads its own subjects, an auditor or operator certificate reads any, an operator erases.
+    None: plaintext, only for a node started with --insecure."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0, tls: ClientTls | None = None) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target)
+        self._channel = open_sync_channel(target, tls)
         self._stub = vpb_grpc.VaultStub(self._channel)
         self._timeout = timeout_s
 
@@ -127,7 +133,9 @@ class PiiVault:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put(self, subject_id: int, fields: Mapping[str, str], psp_id: int, salt: bytes | None = None) -> PutReceipt:
+    def put(self, subject_id: int, fields: Mapping[str, str], psp_id: int = 0,
+            salt: bytes | None = None) -> PutReceipt:
+        """``psp_id``: 0 takes the PSP from the certificate (TLS); an --insecure node needs it."""
         record = PiiRecord(subject_id, dict(fields))
         record.canonical()  # refuse bad fields before anything leaves the process
         req = vpb.PutRequest(subject_id=subject_id.to_bytes(16, "little"), fields=dict(fields), psp_id=psp_id,

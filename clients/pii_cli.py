@@ -1,8 +1,13 @@
 """`sovledger pii put|get|erase`: the region's personal data vault from the command line.
 
-  put SUBJECT --field name=VALUE … --psp-id N     store a subject; prints the commitment and salt
-  get SUBJECT [--psp-id N] [--out FILE]           disclose (writes a file for `audit disclose --pii`)
+  put SUBJECT --field name=VALUE …                PSP: store a subject; prints the commitment and salt
+  get SUBJECT [--out FILE]                        PSP (own subjects), auditor, operator: disclose
+                                                  (writes a file for `audit disclose --pii`)
   erase SUBJECT --reason CODE                     operator: log an erasure, shred every replica's copy
+
+TLS as for every client (--tls-config FILE, --tls-ca/--tls-cert/--tls-key, $SOVLEDGER_TLS_CONFIG,
+--insecure): the certificate is the role, and a PSP's psp_id comes from its certificate. Where
+`sovledger cluster up` ran, put/get default to the local PSP 1 certificate, erase to the operator's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clients.connect import TlsConfigError, add_tls_flags, tls_from_args
 from clients.pii import PiiVault, VaultCallError, write_pii_file
 from ledger.pii import ErasureReason, PiiError
 
@@ -49,8 +55,16 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else text)
 
 
+#: the local cluster's certificate each action falls back to (clients.connect.tls_from_args)
+_LOCAL_DEFAULT = {"put": "psp-1.toml", "get": "psp-1.toml", "erase": "operator-operator.toml"}
+
+
+def _vault(args: argparse.Namespace) -> PiiVault:
+    return PiiVault(args.node, args.timeout, tls_from_args(args, _LOCAL_DEFAULT[args.pii_command]))
+
+
 def cmd_put(args: argparse.Namespace) -> int:
-    with PiiVault(args.node, args.timeout) as v:
+    with _vault(args) as v:
         r = v.put(args.subject, _fields(args.field or []), args.psp_id)
     _emit(args, {"subject_id": str(args.subject), "commitment": r.commitment.hex(), "salt": r.salt.hex(),
                  "created": r.created, "copies": r.copies},
@@ -60,7 +74,7 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    with PiiVault(args.node, args.timeout) as v:
+    with _vault(args) as v:
         d = v.get(args.subject, args.psp_id)
     if args.out:
         write_pii_file(Path(args.out), d)
@@ -72,7 +86,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    with PiiVault(args.node, args.timeout) as v:
+    with _vault(args) as v:
         r = v.erase(args.subject, args.reason)
     _emit(args, {"subject_id": str(args.subject), "commitment": r.commitment.hex(), "log_index": r.log_index,
                  "block": r.block, "result": r.result, "reason": args.reason.name.lower()},
@@ -89,7 +103,7 @@ def _guarded(fn: Any) -> Any:
             hint = f" (leader: {e.leader})" if e.leader else ""
             print(f"sovledger pii {args.pii_command}: {e.code.name}: {e}{hint}", file=sys.stderr)
             return 1
-        except PiiError as e:
+        except (PiiError, TlsConfigError) as e:
             print(f"sovledger pii {args.pii_command}: {e}", file=sys.stderr)
             return 2
     return run
@@ -106,15 +120,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         q.add_argument("--node", default="127.0.0.1:7100", help="HOST:PORT of a node of the region")
         q.add_argument("--json", action="store_true", help="machine-readable output")
         q.add_argument("--timeout", type=float, default=30.0)
+        add_tls_flags(q)
 
     put = sub.add_parser("put", help="store a subject's personal data (PSP)")
     common(put)
     put.add_argument("--field", action="append", help="NAME=VALUE (repeatable): name, email, country …")
-    put.add_argument("--psp-id", type=int, required=True, help="the PSP that owns the subject")
+    put.add_argument("--psp-id", type=int, default=0,
+                     help="the PSP that owns the subject: with TLS it is your certificate's (default); "
+                          "an --insecure node needs it")
     put.set_defaults(func=_guarded(cmd_put))
     get = sub.add_parser("get", help="disclose a subject's data and salt (PSP: own subjects; auditor)")
     common(get)
-    get.add_argument("--psp-id", type=int, default=0, help="only if the subject belongs to this PSP")
+    get.add_argument("--psp-id", type=int, default=0,
+                     help="only if the subject belongs to this PSP (a PSP certificate always reads its own only)")
     get.add_argument("--out", help="write a disclosure file (mode 0600) for `sovledger audit disclose --pii`")
     get.set_defaults(func=_guarded(cmd_get))
     er = sub.add_parser("erase", help="erase a subject in the whole region (operator)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clients.connect import add_tls_flags
 from ledger.codec import LEAF_HEADER_SIZE, EncodingError, decode_leaf
 from ledger.hashing import leaf_hash
 from ledger.merkle import ProofError, verify_inclusion
@@ -88,21 +89,23 @@ def check_disclosure(index: int, leaf: bytes, proof: list[bytes], note: str, ver
 def cmd_disclose(args: argparse.Namespace) -> int:
     """Fetch the entry's proof from --node, the data from --pii FILE (or the vault), and check it."""
     from clients.client import LedgerClient
+    from clients.connect import TlsConfigError, tls_from_args
     from clients.pii import PiiVault, VaultCallError, read_pii_file
 
     try:
+        tls = tls_from_args(args, "auditor-auditor.toml")  # proofs and (with --subject) the vault, as auditor
         if args.pii:
             record, salt = read_pii_file(Path(args.pii))
         else:
-            with PiiVault(args.node, args.timeout) as vault:
+            with PiiVault(args.node, args.timeout, tls) as vault:
                 d = vault.get(int(args.subject, 0))
             record, salt = d.record, d.salt
-        with LedgerClient(args.node, args.timeout) as client:
+        with LedgerClient(args.node, args.timeout, tls=tls) as client:
             resp = client.inclusion_proof(index=args.entry)
             verifiers = _verifiers(args, client)
         verdict = check_disclosure(args.entry, bytes(resp.leaf), [bytes(h) for h in resp.proof], resp.note,
                                    verifiers, record, salt)
-    except (DisclosureFailed, VaultCallError, ValueError) as e:
+    except (DisclosureFailed, VaultCallError, TlsConfigError, ValueError) as e:
         _print(args, {"ok": False, "error": type(e).__name__, "message": str(e)}, f"✗ {e}")
         return 1
     _print(args, {"ok": True, "index": verdict.index, "tree_size": verdict.tree_size, "root": verdict.root.hex(),
@@ -140,4 +143,5 @@ def add_disclose_parser(sub: Any) -> None:
     d.add_argument("--trust", help="trust store (default: the node's advertised key, with a warning)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--timeout", type=float, default=30.0)
+    add_tls_flags(d)
     d.set_defaults(func=cmd_disclose)

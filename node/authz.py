@@ -32,6 +32,7 @@ EVERYONE: Final = frozenset({NODE, OPERATOR, PSP, AUDITOR})
 
 _L, _A, _R, _P, _RA = ("/sovledger.v1.Ledger/", "/sovledger.v1.Audit/", "/sovledger.v1.Rules/",
                        "/sovledger.peer.v1.Peer/", "/sovledger.peer.v1.RegionAdmin/")
+_V, _VP = "/sovledger.vault.v1.Vault/", "/sovledger.vault.v1.VaultPeer/"
 
 #: RPC (full gRPC method path) → roles allowed to call it.
 MATRIX: Final[dict[str, frozenset[str]]] = {
@@ -69,9 +70,20 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
     _RA + "ChangeMembership": frozenset({OPERATOR}),
     # a hot backup of the whole store (docs/operations.md): operators only
     "/sovledger.v1.Operations/Backup": frozenset({OPERATOR}),
+    # the PII vault (docs/privacy.md): a PSP puts and reads its OWN subjects only — the owner is the
+    # psp_id of its certificate, never a request field (node/vault_service.py); auditors and operators
+    # read any subject (disclosure under a legal basis); only the operator erases
+    _V + "Put": frozenset({PSP}),
+    _V + "Get": frozenset({PSP, AUDITOR, OPERATOR}),
+    _V + "Erase": frozenset({OPERATOR}),
+    # sealed records and their data keys travel between current members of the region only
+    _VP + "Replicate": frozenset({NODE}),
+    _VP + "Inventory": frozenset({NODE}),
+    _VP + "Fetch": frozenset({NODE}),
 }
 
-PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot"})
+PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot", _VP + "Replicate", _VP + "Inventory",
+                                 _VP + "Fetch"})
 #: Open to every certificate holder, members or not (finding the leader, health).
 OPEN_METHODS: Final = frozenset(m for m, roles in MATRIX.items() if roles == EVERYONE)
 

@@ -6,9 +6,11 @@ the configured region members only — never through Raft, so no data key ever s
 or in a snapshot. A member that missed copies (down, partitioned) pulls them on start and every
 ``SYNC_EVERY_S`` (inventory + fetch), except for subjects the log has erased.
 
-Roles: ``authorise(context, rpc)`` is the one hook the certificate layer fills in (operator for
-Erase, a PSP for Put/Get of its own subjects, region members for the peer service). Without
-certificates (``--insecure``) every caller is trusted and a PSP's id is the one in the request.
+Who may call what is decided by the one authorization table (node/authz.py ``MATRIX``: PSP puts,
+PSP/auditor/operator gets, operator erases, current region members for the peer service). What needs
+the request is checked here: a PSP puts and reads only its OWN subjects, and its psp_id is the one in
+its certificate (``node.authz.caller``), never the request's. Without certificates (``--insecure``)
+every caller is trusted and a PSP's id is the one in the request.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 import grpc
 
 from ledger.pii import ErasureReason, PiiError
-from node.errors import BadRequest, DataLoss, NodeError, NotFound, abort
+from node.authz import PSP, caller
+from node.errors import BadRequest, DataLoss, NodeError, NotFound, Unauthorised, abort
 from node.tls import TlsFiles, peer_channel
 from node.vault import NotYourSubject, SubjectExists, Vault
 from node.vault_store import SealedRecord, SubjectErased, SubjectUnknown, VaultCorrupt, VaultError
@@ -35,24 +37,18 @@ log = logging.getLogger("sovledger.vault")
 SYNC_EVERY_S: Final = 5.0
 PEER_TIMEOUT_S: Final = 5.0
 
-#: RPC -> roles allowed once certificates exist (docs/privacy.md prints this table)
-VAULT_ROLES: Final = {
-    "Put": ("psp",), "Get": ("psp", "auditor", "operator"), "Erase": ("operator",),
-    "Replicate": ("node",), "Inventory": ("node",), "Fetch": ("node",),
-}
 
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    role: str  # "insecure" when no certificates are configured
-    psp_id: int | None = None
-
-
-def insecure_caller(context: Any, rpc: str) -> Caller:
-    return Caller("insecure")
-
-
-Authorise = Callable[[Any, str], Caller]
+def owner_for(context: Any, requested: int) -> int | None:
+    """The PSP a put or get is restricted to. A PSP certificate: its own psp_id (a request naming
+    another PSP is refused). An auditor or operator certificate, or an --insecure node: the
+    request's psp_id (0: any PSP)."""
+    who = caller(context)
+    if who is None or who.role != PSP:
+        return requested or None
+    if requested and requested != who.psp_id:
+        raise Unauthorised(f"psp_id {requested} in the request is not yours; your certificate is {who} "
+                           "(leave psp_id 0: the vault takes it from the certificate)")
+    return who.psp_id
 #: (commitment, reason) -> (result code, leaf index, block) once the erasure event is committed
 ProposeErasure = Callable[[bytes, int], Awaitable[tuple[int, int, int]]]
 
@@ -167,21 +163,18 @@ class PeerCopies:
 
 
 class VaultService(vpb_grpc.VaultServicer):
-    def __init__(self, vault: Vault, copies: PeerCopies | None, propose_erasure: ProposeErasure,
-                 authorise: Authorise = insecure_caller) -> None:
+    def __init__(self, vault: Vault, copies: PeerCopies | None, propose_erasure: ProposeErasure) -> None:
         self._vault = vault
         self._copies = copies
         self._propose = propose_erasure
-        self._authorise = authorise
 
     async def Put(self, request: vpb.PutRequest, context: Any) -> vpb.PutResponse:
         try:
-            caller = self._authorise(context, "Put")
-            psp = caller.psp_id if caller.psp_id is not None else request.psp_id
+            psp = owner_for(context, request.psp_id) or 0
             sealed, key, created = self._vault.put(subject_from(request.subject_id), dict(request.fields), psp,
                                                    request.salt or None)
             copies = await self._copies.push(sealed, key) if self._copies else 1
-        except (VaultError, PiiError) as e:
+        except (VaultError, PiiError, NodeError) as e:
             await _abort(context, e)
         if self._copies and copies < self._copies.quorum:
             await abort(context, TooFewCopies(
@@ -192,17 +185,14 @@ class VaultService(vpb_grpc.VaultServicer):
 
     async def Get(self, request: vpb.GetRequest, context: Any) -> vpb.GetResponse:
         try:
-            caller = self._authorise(context, "Get")
-            psp = caller.psp_id if caller.role == "psp" else (request.psp_id or None)
-            d = self._vault.disclose(subject_from(request.subject_id), psp)
-        except (VaultError, PiiError) as e:
+            d = self._vault.disclose(subject_from(request.subject_id), owner_for(context, request.psp_id))
+        except (VaultError, PiiError, NodeError) as e:
             await _abort(context, e)
         return vpb.GetResponse(canonical=d.record.canonical(), salt=d.salt, commitment=d.commitment,
                                psp_id=d.psp_id)
 
     async def Erase(self, request: vpb.EraseRequest, context: Any) -> vpb.EraseResponse:
         try:
-            self._authorise(context, "Erase")
             reason = _reason(request.reason)
             subject = subject_from(request.subject_id)
             try:
@@ -230,12 +220,10 @@ def _reason(value: int) -> ErasureReason:
 
 
 class VaultPeerService(vpb_grpc.VaultPeerServicer):
-    def __init__(self, vault: Vault, authorise: Authorise = insecure_caller) -> None:
+    def __init__(self, vault: Vault) -> None:
         self._vault = vault
-        self._authorise = authorise
 
     async def Replicate(self, request: vpb.SealedCopy, context: Any) -> vpb.CopyAck:
-        self._authorise(context, "Replicate")
         try:
             stored = self._vault.accept(SealedRecord.decode(request.sealed), request.key)
         except VaultCorrupt as e:
@@ -243,11 +231,9 @@ class VaultPeerService(vpb_grpc.VaultPeerServicer):
         return vpb.CopyAck(stored=stored)
 
     async def Inventory(self, request: vpb.InventoryRequest, context: Any) -> vpb.InventoryResponse:
-        self._authorise(context, "Inventory")
         return vpb.InventoryResponse(subject_ids=[s.to_bytes(16, "little") for s in self._vault.inventory()])
 
     async def Fetch(self, request: vpb.FetchRequest, context: Any) -> vpb.SealedCopy:
-        self._authorise(context, "Fetch")
         found = self._vault.export(subject_from(request.subject_id))
         if found is None:
             return vpb.SealedCopy()

@@ -250,15 +250,22 @@ def _auditor_tls(cluster: Cluster) -> list[str]:
 
 
 def _pii_erasure(console: Console, cluster: Cluster) -> str:
-    """Put a subject into the region's vault, erase it, show that it is gone; the full audit runs after."""
+    """Put a subject into the region's vault, erase it, show that it is gone; the full audit runs after.
+    Each step with the certificate of the role that may take it (docs/security.md): PSP 1 puts,
+    the operator erases, the auditor's disclosure then answers "erased"."""
     console.rule("personal data: vault, erasure (sovledger pii, docs/privacy.md)")
-    if cluster.tls:  # the vault's RPCs are not yet in the TLS authorization table (node/authz.py)
-        return "skipped: Vault RPCs not yet in node/authz.py MATRIX (TLS region)"
     leader, _ = cluster.wait_leader(30)
-    put = _sovledger(console, "pii", "put", "0x5eed", "--node", leader.target, "--psp-id", "1",
+
+    def as_role(toml: str) -> list[str]:
+        return ["--tls-config", str(cluster.ca_dir / toml)] if cluster.tls else ["--insecure"]
+
+    put = _sovledger(console, "pii", "put", "0x5eed", "--node", leader.target, *as_role("psp-1.toml"),
+                     *([] if cluster.tls else ["--psp-id", "1"]),
                      "--field", "name=Demo Person", "--field", "email=demo.person@example.org", "--field", "country=FR")
-    erase = _sovledger(console, "pii", "erase", "0x5eed", "--node", leader.target, "--reason", "subject_request")
-    gone = _sovledger(console, "pii", "get", "0x5eed", "--node", leader.target)  # fails: "erased"
+    erase = _sovledger(console, "pii", "erase", "0x5eed", "--node", leader.target, "--reason", "subject_request",
+                       *as_role("operator-operator.toml"))
+    gone = _sovledger(console, "pii", "get", "0x5eed", "--node", leader.target,
+                      *as_role("auditor-auditor.toml"))  # fails: "erased"
     if put or erase or not gone:
         return "[red]FAILED[/red]"
     return "1 subject: erasure entry logged, key and record shredded on every replica"

@@ -72,15 +72,16 @@ class NodeProcess:
         return self.proc.returncode if self.proc else None
 
 
-def wait_tree_size(target: str, size: int, timeout_s: float = 60) -> int:
-    """Poll a node's own checkpoint (stale read: it may be a follower) until it reaches ``size``."""
+def wait_tree_size(target: str, size: int, timeout_s: float = 60, tls: Any = None) -> int:
+    """Poll a node's own checkpoint (stale read: it may be a follower) until it reaches ``size``.
+    ``tls``: a clients.connect.ClientTls allowed to read checkpoints (auditor, operator) on a TLS region."""
     import grpc
 
     from clients.client import LedgerClient
 
     deadline = time.monotonic() + timeout_s
     got = 0
-    with LedgerClient(target, stale_reads=True) as c:
+    with LedgerClient(target, stale_reads=True, tls=tls) as c:
         c.wait_ready(timeout_s)
         while time.monotonic() < deadline:
             try:

@@ -1,4 +1,6 @@
-"""Issue 14 end to end on a real 3-node region.
+"""Issue 14 end to end on a real 3-node TLS region (region CA and certificates as `sovledger cluster
+up` makes them; every client call with the certificate of the role that may make it: PSP 1 puts and
+pays, the operator erases, the auditor discloses and audits).
 
 Put subjects, stream payments carrying their commitments, disclose and verify one, erase one while a
 follower is down, bring the follower back by snapshot, scan every file of every replica for the
@@ -22,7 +24,8 @@ from clients.workload import LEDGER_USD, account_records
 from ledger.pii import ErasureReason
 from ledger.types import EventKind, Result, Transfer
 from sovledger.cluster import Cluster
-from tests.integration.nodeproc import start_region, wait_tree_size
+from ledger.ownership import account_id_for
+from tests.integration.nodeproc import wait_tree_size
 from tests.pii.helpers import files_containing, vault_key
 
 pytestmark = pytest.mark.integration
@@ -36,9 +39,21 @@ SUBJECTS = {
 }
 
 
-def _wait_vault(target: str, subject: int, timeout_s: float = 30) -> None:
+PSP = 1
+A1 = account_id_for(PSP, 1)  # PSP 1's accounts A1 .. A1+19 (a PSP debits only its own)
+
+
+def _tls_region(root: Path) -> Cluster:
+    cluster = Cluster(root)
+    cluster.create(3, "eu-west", [], tls=True)
+    for n in cluster.nodes:
+        cluster.start(n, KEEP)
+    return cluster
+
+
+def _wait_vault(cluster: Cluster, target: str, subject: int, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
-    with PiiVault(target, 5) as v:
+    with PiiVault(target, 5, tls=cluster.client_tls("auditor", "auditor")) as v:
         while True:
             try:
                 v.get(subject)
@@ -50,27 +65,31 @@ def _wait_vault(target: str, subject: int, timeout_s: float = 30) -> None:
 
 
 def _transfers(first_id: int, commitments: list[bytes], n: int) -> list[Transfer]:
-    return [Transfer(id=first_id + i, debit_account_id=1 + i % 10, credit_account_id=11 + i % 10, amount=1 + i,
-                     ledger=LEDGER_USD, code=1, pii_commitment=commitments[i % len(commitments)]) for i in range(n)]
+    return [Transfer(id=first_id + i, debit_account_id=A1 + i % 10, credit_account_id=A1 + 10 + i % 10, amount=1 + i,
+                     ledger=LEDGER_USD, code=1, psp_id=PSP, pii_commitment=commitments[i % len(commitments)])
+            for i in range(n)]
 
 
-def _audit_full(tmp: Path, target: str, keys: list[str]) -> int:
+def _audit_full(tmp: Path, target: str, keys: list[str], as_auditor: list[str]) -> int:
     trust = tmp / f"trust-{target.rsplit(':', 1)[1]}.json"
-    assert audit.main(["trust", "init", "--node", target, "--trust", str(trust), "--insecure",
+    assert audit.main(["trust", "init", "--node", target, "--trust", str(trust), *as_auditor,
                        *[a for k in keys for a in ("--key", k)]]) == 0
-    return audit.main(["verify", "--node", target, "--trust", str(trust), "--full", "--no-psp", "--insecure"])
+    return audit.main(["verify", "--node", target, "--trust", str(trust), "--full", "--no-psp", *as_auditor])
 
 
 def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    cluster = start_region(tmp_path / "region", extra=KEEP)
+    cluster = _tls_region(tmp_path / "region")
+    psp, operator, auditor = (cluster.client_tls("psp", str(PSP)), cluster.client_tls(),
+                              cluster.client_tls("auditor", "auditor"))
+    as_auditor = ["--tls-config", str(cluster.ca_dir / "auditor-auditor.toml")]
     try:
         leader, _ = cluster.wait_leader(30)
-        with LedgerClient(leader.target, timeout_s=15) as c, PiiVault(leader.target) as v:
+        with LedgerClient(leader.target, timeout_s=15, tls=psp) as c, PiiVault(leader.target, tls=psp) as v:
             c.wait_ready()
-            receipts = {s: v.put(s, f, psp_id=1) for s, f in SUBJECTS.items()}
+            receipts = {s: v.put(s, f) for s, f in SUBJECTS.items()}  # owner: the certificate's psp_id
             assert all(r.copies >= 2 for r in receipts.values())  # a majority stored record and key
-            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(20))
+            c.submit_one(EventKind.CREATE_ACCOUNT, account_records(20, first_id=A1))
             commitments = [r.commitment for r in receipts.values()]
             results = c.create_transfers(_transfers(1000, commitments, 300))
             assert {r.result for r in results} == {Result.OK}
@@ -79,12 +98,12 @@ def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
             write_pii_file(tmp_path / "erin.json", v.get(101))
         parser = _disclose_parser()
         args = parser.parse_args(["disclose", str(erin_entry), "--pii", str(tmp_path / "erin.json"),
-                                  "--node", leader.target])
+                                  "--node", leader.target, *as_auditor])
         assert cmd_disclose(args) == 0
         assert "commits to the disclosed data" in capsys.readouterr().out
 
         for n in cluster.nodes:
-            _wait_vault(n.target, 101)  # every replica holds a copy (pushed or pulled)
+            _wait_vault(cluster, n.target, 101)  # every replica holds a copy (pushed or pulled)
         erin_keys = {vault_key(Path(n.data_dir), 101) for n in cluster.nodes}
         assert len(erin_keys) == 1 and None not in erin_keys
         erin_salt = receipts[101].salt
@@ -93,16 +112,18 @@ def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
         follower = next(n for n in cluster.nodes if n is not leader)
         cluster.kill(follower, signal.SIGKILL)
         leader, _ = cluster.wait_leader(30)
-        with LedgerClient(leader.target, timeout_s=15) as c, PiiVault(leader.target) as v:
+        with PiiVault(leader.target, tls=operator) as v:
             er = v.erase(101, ErasureReason.SUBJECT_REQUEST)
+        with LedgerClient(leader.target, timeout_s=15, tls=psp) as c:
             assert er.result == Result.OK and er.commitment == receipts[101].commitment
             for k in range(30):
                 assert {r.result for r in c.create_transfers(_transfers(5000 + 50 * k, commitments[1:], 50))} \
                     == {Result.OK}
+        with LedgerClient(leader.target, timeout_s=15, tls=auditor) as c:
             size = int(c.checkpoint().tree_size)
         cluster.start(follower, KEEP)
         for n in cluster.nodes:
-            assert wait_tree_size(n.target, size, 90) >= size
+            assert wait_tree_size(n.target, size, 90, tls=auditor) >= size
         assert "snapshot installed" in Path(follower.log).read_text(), "the follower caught up without a snapshot"
         # the revived follower shredded on applying the snapshot, before anyone asked it for the subject
         assert vault_key(Path(follower.data_dir), 101) is None
@@ -110,11 +131,15 @@ def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
 
         # disclosure of the erased subject fails with "erased" on every replica; the others remain
         for n in cluster.nodes:
-            with PiiVault(n.target) as v:
+            with PiiVault(n.target, tls=auditor) as v:
                 with pytest.raises(SubjectErasedError, match="erased"):
                     v.get(101)
                 assert v.get(102).commitment == receipts[102].commitment
-        args = parser.parse_args(["disclose", str(erin_entry), "--subject", "101", "--node", follower.target])
+            with PiiVault(n.target, tls=psp) as v:  # the owner too: gone for everyone
+                with pytest.raises(SubjectErasedError, match="erased"):
+                    v.get(101)
+        args = parser.parse_args(["disclose", str(erin_entry), "--subject", "101", "--node", follower.target,
+                                  *as_auditor])
         assert cmd_disclose(args) == 1
         assert "erased" in capsys.readouterr().out
 
@@ -133,10 +158,10 @@ def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
         leader, _ = cluster.wait_leader(30)
         keys = []
         for n in cluster.nodes:
-            assert wait_tree_size(n.target, size, 60) >= size
-            with LedgerClient(n.target, stale_reads=True) as c:
+            assert wait_tree_size(n.target, size, 60, tls=auditor) >= size
+            with LedgerClient(n.target, stale_reads=True, tls=auditor) as c:
                 keys.append(c.checkpoint().verifier_key)
-        assert _audit_full(tmp_path, leader.target, keys) == 0
+        assert _audit_full(tmp_path, leader.target, keys, as_auditor) == 0
     finally:
         Cluster(cluster.data).stop_all()
 

@@ -13,9 +13,14 @@ from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
+from sovledger_pb import vault_pb2 as vpb
+from sovledger_pb import vault_pb2_grpc as vpb_grpc
 
 T = 10.0
 ACCOUNT_OF_A = account_id_for(1, 1).to_bytes(16, "little")
+#: the first identity allowed to put it owns it (PSP A: the matrix walks identities in order)
+SUBJECT = (0x5EC0).to_bytes(16, "little")
+NO_SUBJECT = (0x5EC1).to_bytes(16, "little")  # never put: erase/fetch find nothing (harmless)
 
 
 def _none() -> Iterator[Any]:
@@ -70,6 +75,20 @@ CALLS: dict[str, Callable[[grpc.Channel], Any]] = {
         ppb.MembershipRequest(op=ppb.MembershipRequest.REMOVE_VOTER, node_id="not-a-node"), timeout=T),
     "/sovledger.v1.Operations/Backup": lambda ch: _drain(pb_grpc.OperationsStub(ch).Backup(
         pb.BackupRequest(), timeout=T)),
+    # Put before Get: PSP A stores SUBJECT under its certificate's psp_id; PSP B may neither
+    # overwrite it (ALREADY_EXISTS) nor read it (NOT_FOUND), though the request names no PSP
+    "/sovledger.vault.v1.Vault/Put": lambda ch: vpb_grpc.VaultStub(ch).Put(
+        vpb.PutRequest(subject_id=SUBJECT, fields={"name": "Matrix Person"}), timeout=T),
+    "/sovledger.vault.v1.Vault/Get": lambda ch: vpb_grpc.VaultStub(ch).Get(
+        vpb.GetRequest(subject_id=SUBJECT), timeout=T),
+    "/sovledger.vault.v1.Vault/Erase": lambda ch: vpb_grpc.VaultStub(ch).Erase(
+        vpb.EraseRequest(subject_id=NO_SUBJECT, reason=1), timeout=T),
+    "/sovledger.vault.v1.VaultPeer/Replicate": lambda ch: vpb_grpc.VaultPeerStub(ch).Replicate(
+        vpb.SealedCopy(), timeout=T),  # an empty copy: refused as damaged, nothing stored
+    "/sovledger.vault.v1.VaultPeer/Inventory": lambda ch: vpb_grpc.VaultPeerStub(ch).Inventory(
+        vpb.InventoryRequest(), timeout=T),
+    "/sovledger.vault.v1.VaultPeer/Fetch": lambda ch: vpb_grpc.VaultPeerStub(ch).Fetch(
+        vpb.FetchRequest(subject_id=NO_SUBJECT), timeout=T),
 }
 
 

@@ -21,7 +21,8 @@ from tests.security.region import IDENTITIES, Region
 pytestmark = pytest.mark.integration
 
 # U = refused at the TLS handshake (UNAVAILABLE), UA = UNAUTHENTICATED (revoked), PD = PERMISSION_DENIED,
-# NF = NOT_FOUND, IA = INVALID_ARGUMENT (allowed, but the harmless request names no real node)
+# NF = NOT_FOUND, IA = INVALID_ARGUMENT (allowed, but the harmless request names no real node),
+# AE = ALREADY_EXISTS (PSP B puts a subject PSP A owns), DL = DATA_LOSS (a peer's empty copy is refused)
 EXPECTED = """
 rpc                                              none other_ca psp_a psp_b auditor operator peer removed_peer revoked
 /sovledger.v1.Ledger/Submit                      U    U        OK    OK    PD      OK       PD   PD           UA
@@ -47,11 +48,18 @@ rpc                                              none other_ca psp_a psp_b audit
 /sovledger.peer.v1.RegionAdmin/TransferLeader    U    U        PD    PD    PD      IA       PD   PD           UA
 /sovledger.peer.v1.RegionAdmin/ChangeMembership  U    U        PD    PD    PD      IA       PD   PD           UA
 /sovledger.v1.Operations/Backup                  U    U        PD    PD    PD      OK       PD   PD           UA
+/sovledger.vault.v1.Vault/Put                    U    U        OK    AE    PD      PD       PD   PD           UA
+/sovledger.vault.v1.Vault/Get                    U    U        OK    NF    OK      OK       PD   PD           UA
+/sovledger.vault.v1.Vault/Erase                  U    U        PD    PD    PD      NF       PD   PD           UA
+/sovledger.vault.v1.VaultPeer/Replicate          U    U        PD    PD    PD      PD       DL   PD           UA
+/sovledger.vault.v1.VaultPeer/Inventory          U    U        PD    PD    PD      PD       OK   PD           UA
+/sovledger.vault.v1.VaultPeer/Fetch              U    U        PD    PD    PD      PD       OK   PD           UA
 """
 
 CODES = {"U": grpc.StatusCode.UNAVAILABLE, "UA": grpc.StatusCode.UNAUTHENTICATED, "OK": grpc.StatusCode.OK,
          "PD": grpc.StatusCode.PERMISSION_DENIED, "NF": grpc.StatusCode.NOT_FOUND,
-         "IA": grpc.StatusCode.INVALID_ARGUMENT}
+         "IA": grpc.StatusCode.INVALID_ARGUMENT, "AE": grpc.StatusCode.ALREADY_EXISTS,
+         "DL": grpc.StatusCode.DATA_LOSS}
 
 
 def _expected() -> dict[str, dict[str, grpc.StatusCode]]:
