@@ -21,10 +21,10 @@ from clients.client import LedgerClient
 from clients.pii import PiiVault, SubjectErasedError, write_pii_file
 from clients.pii_disclose import add_disclose_parser, cmd_disclose
 from clients.workload import LEDGER_USD, account_records
+from ledger.ownership import account_id_for
 from ledger.pii import ErasureReason
 from ledger.types import EventKind, Result, Transfer
 from sovledger.cluster import Cluster
-from ledger.ownership import account_id_for
 from tests.integration.nodeproc import wait_tree_size
 from tests.pii.helpers import files_containing, vault_key
 
@@ -135,9 +135,8 @@ def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
                 with pytest.raises(SubjectErasedError, match="erased"):
                     v.get(101)
                 assert v.get(102).commitment == receipts[102].commitment
-            with PiiVault(n.target, tls=psp) as v:  # the owner too: gone for everyone
-                with pytest.raises(SubjectErasedError, match="erased"):
-                    v.get(101)
+            with PiiVault(n.target, tls=psp) as v, pytest.raises(SubjectErasedError, match="erased"):
+                v.get(101)  # the owner too: gone for everyone
         args = parser.parse_args(["disclose", str(erin_entry), "--subject", "101", "--node", follower.target,
                                   *as_auditor])
         assert cmd_disclose(args) == 1
