@@ -315,6 +315,14 @@ def _open_exceptions(cluster: Cluster) -> str:
     return f"{len(report.get('open_exceptions', [])):,}"
 
 
+def _tree_size(c: LedgerClient) -> int:
+    """The node's signed tree size; 0 while a restarted replica has signed nothing yet (UNAVAILABLE)."""
+    try:
+        return int(c.checkpoint().tree_size)
+    except grpc.RpcError:
+        return 0
+
+
 def _audit(console: Console, cluster: Cluster, transfers: int, killed: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     leader, _ = cluster.wait_leader(30)
@@ -326,7 +334,7 @@ def _audit(console: Console, cluster: Cluster, transfers: int, killed: dict[str,
         for n in cluster.nodes:
             with LedgerClient(n.target, tls=auditor) as c:
                 c.wait_ready(30)
-                while c.checkpoint().tree_size < final.tree_size and time.monotonic() < deadline:
+                while _tree_size(c) < final.tree_size and time.monotonic() < deadline:
                     time.sleep(0.2)
     bodies = set()
     with console.status("audit: signatures, replicas, proofs, exactly-once …"):
