@@ -274,10 +274,11 @@ def _pii_erasure(console: Console, cluster: Cluster) -> str:
 def _show_tail(console: Console, cluster: Cluster) -> None:
     """The follow stream, as a downstream system would consume it: the newest entry, as JSON."""
     leader, _ = cluster.wait_leader(30)
-    with LedgerClient(leader.target) as c:
+    with LedgerClient(leader.target, tls=cluster.client_tls("auditor", "auditor")) as c:  # TLS region
         last = c.checkpoint().tree_size - 1
     targets = ",".join(n.target for n in cluster.nodes)
-    _sovledger(console, "tail", "--target", targets, "--from", str(max(0, last)), "--count", "1")
+    _sovledger(console, "tail", "--target", targets, "--from", str(max(0, last)), "--count", "1",
+               *_auditor_tls(cluster))
 
 
 def _verifier_key(data_dir: Path) -> str:
