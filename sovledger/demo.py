@@ -212,6 +212,16 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
         cluster.start(killed["node"])
     audit = _audit(console, cluster, transfers, killed)
     audit["personal data erased (sovledger pii erase)"] = _pii_erasure(console, cluster)
+    _auditor_tool(console, cluster, trust, audit)
+    _summary(console, stream, elapsed, deployed, audit, cluster)
+    if keep:
+        console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
+                      f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
+    return 0 if audit.get("audit", "").startswith("passed") else 1
+
+
+def _auditor_tool(console: Console, cluster: Cluster, trust: Path, audit: dict[str, str]) -> None:
+    """The auditor's own CLI over the whole log and across the replicas; exit codes go in the summary."""
     console.rule("the auditor's tool (sovledger audit)")
     leader, _ = cluster.wait_leader(30)
     full = _sovledger(console, "audit", "verify", "--node", leader.target, "--trust", str(trust), "--full",
@@ -222,6 +232,10 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
     audit["sovledger audit compare (exit code)"] = f"{same}" + (" ok" if same == 0 else " [red]FAILED[/red]")
     if full or same:
         audit["audit"] = "[red]FAILED[/red]"
+
+
+def _summary(console: Console, stream: FailoverStream, elapsed: float, deployed: dict[str, str],
+             audit: dict[str, str], cluster: Cluster) -> None:
     table = Table(title="summary")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -239,10 +253,6 @@ def _run(console: Console, cluster: Cluster, transfers: int, accounts: int, keep
     for k, v in audit.items():
         table.add_row(k, v)
     console.print(table)
-    if keep:
-        console.print(f"The region keeps running: [bold]sovledger cluster status --data {cluster.data}[/bold]; "
-                      f"stop it with [bold]sovledger cluster down --data {cluster.data}[/bold]")
-    return 0 if audit.get("audit", "").startswith("passed") else 1
 
 
 def _auditor_tls(cluster: Cluster) -> list[str]:
