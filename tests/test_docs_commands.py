@@ -39,7 +39,9 @@ SKIP = {
     "sovledger psp load --target 127.0.0.1:7100[,…]": "synopsis with optional parts in brackets",
     "python -m tests.sim": "the Raft simulator (seconds to minutes a line); tests/sim runs it in `make test`",
     "PYTHONPATH=.:proto .venv/bin/python -m pytest": "runs test suites that `make test` runs",
-    ".venv/bin/python bench/": "a benchmark (minutes); tests/bench runs every benchmark at a tiny size",
+    ".venv/bin/python -m pytest -q -s tests/faults": "the fault suite: `make test` runs its fast part, "
+                                                     "`make test-faults` all of it",
+    "sovledger audit disclose ENTRY": "synopsis with placeholders (ENTRY, FILE, ID, HOST:PORT); tests/pii runs it",
     # README "run a node by hand": a foreground server over a CA in /tmp; `cluster up` (TLS) runs the same
     # steps in the other files' region, and tests/security covers `sovledger ca`
     "sovledger ca ": "CA files for hand-run nodes; tests/security runs `sovledger ca` (cluster up uses it too)",
