@@ -103,8 +103,9 @@ def test_hostile_rpc_inputs_get_clear_errors_and_change_nothing(node: NodeProces
 
 
 def test_connection_flood_is_bounded_and_the_node_keeps_serving(node: NodeProcess) -> None:
-    """300 half-open TCP connections and 100 idle gRPC channels (bounded count, held ≤ 5 s)."""
-    load = Load(lambda: node.target, seed=7, batches_max=15).start()
+    """300 half-open TCP connections and 100 idle gRPC channels (bounded count, held ≤ 5 s); payments
+    sent while the flood is held are served."""
+    load = Load(lambda: node.target, seed=7, batches_max=15)
     socks: list[socket.socket] = []
     channels: list[grpc.Channel] = []
     try:
@@ -117,6 +118,7 @@ def test_connection_flood_is_bounded_and_the_node_keeps_serving(node: NodeProces
             grpc.channel_ready_future(ch).result(timeout=10)
             channels.append(ch)
         t_end = time.monotonic() + 5
+        load.start()  # after the flood is in place, so every payment is served while it is held
         load.wait_acked(200, timeout_s=60)
         time.sleep(max(0.0, t_end - time.monotonic()))
     finally:
