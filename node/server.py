@@ -177,8 +177,10 @@ class Node:
     def _start_committer(self) -> None:
         cfg = self.config
         if cfg.peers:  # otherwise the LocalCommitter made in __init__ stays
-            self.replicator = self._start_replication()
-            self.committer = self.replicator
+            replicator = self.replicator = self._start_replication()
+            self.committer = replicator
+            self.vault.peer_addresses = lambda: [a for pid, a in replicator.addresses.items()
+                                                 if pid != replicator.self_id and a]
         # In a region a block is one Raft entry and must fit one peer message (max_message_bytes):
         # cap it at one full batch (8189 signed transfers ≈ 2 MB).
         block_items = min(cfg.block_items_max, BATCH_ITEMS_MAX) if cfg.peers else cfg.block_items_max

@@ -30,7 +30,10 @@ class NodeVault:
     def __init__(self, config: NodeConfig, store: Store) -> None:
         self._store = store
         self.vault = Vault(Path(config.data_dir) / "vault", self._erased)
-        self._peers = [p.address for p in config.peers]
+        configured = [p.address for p in config.peers]
+        #: the other members' addresses; server.py points it at the Raft membership once replication runs
+        self.peer_addresses: Callable[[], list[str]] = lambda: configured
+        self._has_peers = bool(configured)
         self._tls = config.tls_files
         self.copies: PeerCopies | None = None
         self._height = 0  # erasures of blocks up to here are shredded
@@ -63,8 +66,8 @@ class NodeVault:
                 Batch(EventKind.ERASE_SUBJECT, encode_erasure(commitment, reason)))
             return batch_outcome.results[0], batch_outcome.log_indexes[0], batch_outcome.blocks[0]
 
-        if self._peers:
-            self.copies = PeerCopies(self.vault, self._peers, self._tls)
+        if self._has_peers:
+            self.copies = PeerCopies(self.vault, lambda: self.peer_addresses(), self._tls)
         vpb_grpc.add_VaultServicer_to_server(VaultService(self.vault, self.copies, propose), server)
         vpb_grpc.add_VaultPeerServicer_to_server(VaultPeerService(self.vault), server)
 

@@ -93,10 +93,11 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 class PeerCopies:
     """Pushes copies to the region's other members and pulls what this one missed."""
 
-    def __init__(self, vault: Vault, peers: list[str], tls: TlsFiles | None = None) -> None:
+    def __init__(self, vault: Vault, peers: Callable[[], list[str]], tls: TlsFiles | None = None) -> None:
         self._vault = vault
         self._tls = tls
-        self._peers = peers
+        self._members = peers  # the other members' addresses now (membership changes follow Raft)
+        self._closing: set[asyncio.Future[None]] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -107,13 +108,24 @@ class PeerCopies:
         return vpb_grpc.VaultPeerStub(ch)
 
     @property
+    def _peers(self) -> list[str]:
+        current = self._members()
+        for gone in [a for a in self._channels if a not in current]:  # a removed member is not dialled again
+            closing = asyncio.ensure_future(self._channels.pop(gone).close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        return current
+
+    @property
     def quorum(self) -> int:
         return (len(self._peers) + 1) // 2 + 1
 
     async def push(self, sealed: SealedRecord, key: bytes) -> int:
         """Copies stored, this replica included; returns as soon as a majority has one."""
         copy = vpb.SealedCopy(sealed=sealed.encode(), key=key)
-        calls = [asyncio.ensure_future(self._stub(a).Replicate(copy, timeout=PEER_TIMEOUT_S)) for a in self._peers]
+        peers = self._peers
+        quorum = (len(peers) + 1) // 2 + 1
+        calls = [asyncio.ensure_future(self._stub(a).Replicate(copy, timeout=PEER_TIMEOUT_S)) for a in peers]
         for call in calls:  # copies still in flight after the majority answered finish on their own
             call.add_done_callback(_consume)
         stored = 1
@@ -123,7 +135,7 @@ class PeerCopies:
                     stored += 1
             except grpc.RpcError as e:
                 log.warning("vault copy to a peer failed: %s", e.code())
-            if stored >= self.quorum:
+            if stored >= quorum:
                 break
         return stored
 
