@@ -47,6 +47,7 @@ class DamagedEntry(InvariantViolation):
     def __init__(self, index: int, detail: str, or_index: int | None = None) -> None:
         self.index = index
         which = f"entry {index}" if or_index is None else f"entry {index} or {or_index}"
+        self.which, self.detail = which, detail
         super().__init__(f"stored {which} is damaged ({detail}); this node serves nothing unverified: "
                          "read from another replica and restore this node's data directory")
 

@@ -121,14 +121,17 @@ def lock_data_dir(data: Path) -> IO[str]:
 
 def node_key(data: Path, name: str, holds_ledger: bool) -> Signer:
     path = data / "node.key"
+    restored = data / RESTORED_MARKER
     if not path.exists():
-        if holds_ledger or (data / "signer-guard.json").exists():
+        if (holds_ledger or (data / "signer-guard.json").exists()) and not restored.exists():
             raise StartupRefused(
                 f"{path} is missing but {data} already holds a ledger signed by this node: restore the key "
                 "file from your backup (a new key would be a new identity the region does not know)")
-        signer = Signer.generate(name)  # first-time init of an empty data directory
+        signer = Signer.generate(name)  # first-time init of an empty or freshly restored data directory
         write_key_file(path, signer)
-        log.warning("first start: created node key %s (%s)", path, signer.verifier.to_string())
+        restored.unlink(missing_ok=True)
+        log.warning("first start: created node key %s (%s)%s", path, signer.verifier.to_string(),
+                    " for a restored ledger: give auditors this verifier key" if holds_ledger else "")
         return signer
     try:
         signer = load_key_file(path)
@@ -221,6 +224,11 @@ def _verify_guard(reader: LedgerReader, head: Head, guard: tuple[int, bytes] | N
     if reader.root_at(guard[0]) != guard[1]:
         raise StartupRefused(f"the stored tree at size {guard[0]} differs from the checkpoint this key signed "
                              "(signer-guard.json): history was rewritten on disk")
+
+
+#: Left by `sovledger restore` (sovledger/backup.py) in a keyless directory it restored into: the
+#: node's first start makes a new key — a new identity auditors are told about — instead of refusing.
+RESTORED_MARKER = "RESTORED"
 
 
 # -- 4. a wiped voter does not vote again with no memory ---------------------------------------

@@ -34,7 +34,7 @@ from ledger.invariant import InvariantViolation
 from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES, LmdbStore
 from ledger.merkle import CompactRange
 from ledger.note import Checkpoint, Verifier, open_note
-from ledger.reader import LedgerReader
+from ledger.reader import DamagedEntry, LedgerReader
 from node.keys import load_key_file
 from node.signing import CheckpointService
 from node.snapshots import SnapshotRejected, verify_and_prepare
@@ -164,6 +164,10 @@ def restore(backup: Path, data: Path, trusted_keys: list[str], force: bool = Fal
         shutil.rmtree(old, ignore_errors=True)
         ledger_dir.rename(old)
     incoming.rename(ledger_dir)
+    if not (data / "node.key").exists():  # a verified restore is the one place a ledger may get a new key
+        from node.startup import RESTORED_MARKER
+
+        (data / RESTORED_MARKER).write_text(json.dumps({"tree_size": manifest["tree_size"]}) + "\n")
     return manifest
 
 
@@ -176,6 +180,9 @@ def _check_every_leaf(directory: Path, manifest: dict[str, Any]) -> None:
         for chunk in LedgerReader(copy).leaves(0, size, 4096):
             tree.append_many([leaf_hash(leaf) for leaf in chunk], min_level=64)
         root = tree.root()
+    except DamagedEntry as e:
+        raise BackupError(f"the copy's stored {e.which} does not match the tree it was committed under "
+                          f"({e.detail}): a leaf was altered") from e
     except InvariantViolation as e:
         raise BackupError(f"backup copy is damaged: {e}") from e
     finally:
