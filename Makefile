@@ -34,7 +34,7 @@ demo: setup
 
 # the fault suite's fast part (tests/faults without the faults_slow marker) runs inside `make test`
 test: setup
-	$(BIN)/python -m pytest -q -m "not faults_slow"
+	$(BIN)/python -m pytest -q -m "not faults_slow" --durations=15
 
 # the whole fault matrix (docs/reliability.md): kills, pauses, partitions, full disk, damaged stores …
 # mount(8) for the tmpfs is a Debian package; installed here only where missing (as root)
