@@ -91,6 +91,9 @@ class NodeConfig:
     metrics_listen: str = ""
     log_level: str = "INFO"
     log_format: str = "text"  # or "json" (node/logs.py)
+    # regions together (docs/federation.md): the federation config file naming every region, its nodes
+    # and keys; "" = a region on its own (no witnessing)
+    federation: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -155,7 +158,21 @@ class NodeConfig:
         if self.psp_verify_threads < 1:
             raise ConfigError("psp_verify_threads must be >= 1")
         self._validate_tls()
+        self._validate_federation()
         return self
+
+    def _validate_federation(self) -> None:
+        if not self.federation:
+            return
+        from ledger.federation import FederationError, parse_federation
+
+        try:
+            fed = parse_federation(Path(self.federation).read_bytes())
+            fed.region(self.region)
+        except OSError as e:
+            raise ConfigError(f"federation: cannot read {self.federation}: {e}") from e
+        except FederationError as e:
+            raise ConfigError(f"federation {self.federation}: {e}") from e
 
     def _validate_tls(self) -> None:
         from node.fair_share import parse_limits

@@ -45,7 +45,7 @@ def _node(args: argparse.Namespace) -> int:
         "psp_verifier_keys": args.psp_keys, "peer_keys": args.peer_keys,
         "psp_require_signatures": True if args.require_psp_signatures else None,
         "insecure": True if args.insecure else None, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key, "tls_revoked": args.tls_revoked,
+        "tls_key": args.tls_key, "tls_revoked": args.tls_revoked, "federation": args.federation,
     }
     try:
         config = load_config(args.config, overrides)
@@ -212,6 +212,8 @@ def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "(re-read when it changes; `sovledger ca revoke`)")
     n.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no authentication "
                    "(tests and local experiments only; warns at every start)")
+    n.add_argument("--federation", default=None, metavar="FILE",
+                   help="federation config (docs/federation.md): the other regions this node witnesses")
     n.add_argument("--log-format", default=None, choices=("text", "json"),
                    help="text (default) or json: one object per line with node, region, term, block")
     n.set_defaults(func=_node)

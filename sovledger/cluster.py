@@ -257,13 +257,9 @@ def _status_table(cluster: Cluster) -> Table:
     return t
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    console = Console()
-    data = Path(args.data)
-    cluster = Cluster(data)
-    if any(_alive(n.pid) for n in cluster.nodes):
-        console.print(f"[yellow]a cluster is already running under {data}; `sovledger cluster down` first[/yellow]")
-        return 1
+def prepare_region(data: Path, region: str, nodes: int, tls: bool, first_port: int = 0,
+                   extra: tuple[str, ...] = ()) -> Cluster:
+    """A new region's directory: PSP and operator keys, CA and certificates, node entries (not started)."""
     # a PSP signer key for `sovledger psp load --sign`: every node accepts batches it signs
     from ledger.note import Signer
     from node.keys import write_key_file
@@ -273,28 +269,53 @@ def _cmd_up(args: argparse.Namespace) -> int:
     # an operator key for `sovledger rules deploy FILE --key DATA/operator.key`: every node accepts it
     operator = Signer.generate("local-operator")
     write_key_file(data / "operator.key", operator, overwrite=True)
-    cluster.create(args.nodes, args.region, ["--psp-keys", psp.verifier.to_string(),
-                                             "--operator-keys", operator.verifier.to_string()],
-                   tls=not args.insecure, first_port=args.port)
+    cluster = Cluster(data)
+    cluster.create(nodes, region, ["--psp-keys", psp.verifier.to_string(),
+                                   "--operator-keys", operator.verifier.to_string(), *extra],
+                   tls=tls, first_port=first_port)
+    return cluster
+
+
+def start_all(cluster: Cluster) -> None:
     for n in cluster.nodes:
         n.metrics_port = _free_port()
         cluster.start(n)
-    try:
-        leader, took = cluster.wait_leader(args.timeout)
-    except TimeoutError as e:
-        console.print(f"[red]{e}[/red]")
-        return 1
+
+
+def print_started(console: Console, cluster: Cluster, leader: NodeEntry, took: float) -> None:
+    data = cluster.data
     console.print(_status_table(cluster))
     console.print(f"leader [bold]{leader.node_id}[/bold] at {leader.target} (elected in {took:.2f}s); "
                   f"targets: {','.join(n.target for n in cluster.nodes)}")
     console.print(f"logs: {data}/node-*.log   PSP signer key: {data}/psp.key   operator key: {data}/operator.key")
     console.print("metrics: " + "  ".join(f"http://127.0.0.1:{n.metrics_port}/metrics" for n in cluster.nodes))
-    console.print(f"stop with: sovledger cluster down --data {data}")
     if cluster.tls:
         console.print(f"TLS: region CA {cluster.ca_dir}/ca.pem; client configs (--tls-config): "
                       f"{cluster.ca_dir}/psp-1.toml, operator-operator.toml, auditor-auditor.toml")
     else:
         console.print("[yellow]WARNING: --insecure region: plaintext, no authentication[/yellow]")
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    console = Console()
+    data = Path(args.data)
+    if args.regions:
+        from sovledger.regions import up_regions
+
+        return up_regions(args, console)
+    cluster = Cluster(data)
+    if any(_alive(n.pid) for n in cluster.nodes):
+        console.print(f"[yellow]a cluster is already running under {data}; `sovledger cluster down` first[/yellow]")
+        return 1
+    cluster = prepare_region(data, args.region, args.nodes, tls=not args.insecure, first_port=args.port)
+    start_all(cluster)
+    try:
+        leader, took = cluster.wait_leader(args.timeout)
+    except TimeoutError as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    print_started(console, cluster, leader, took)
+    console.print(f"stop with: sovledger cluster down --data {data}")
     if args.json:
         print(json.dumps({"leader": leader.target, "targets": [n.target for n in cluster.nodes],
                           "data": str(data), "tls": cluster.tls,
@@ -303,6 +324,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from sovledger import regions
+
+    if regions.is_federation(Path(args.data)):
+        return regions.status_regions(args)
     cluster = Cluster(Path(args.data))
     if not cluster.nodes:
         print(f"no cluster under {args.data}", file=sys.stderr)
@@ -315,6 +340,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    from sovledger import regions
+
+    if regions.is_federation(Path(args.data)):
+        return regions.down_regions(args)
     cluster = Cluster(Path(args.data))
     cluster.stop_all()
     print(f"stopped {len(cluster.nodes)} node(s); data kept under {args.data}")
@@ -322,20 +351,36 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_kill(args: argparse.Namespace) -> int:
-    cluster = Cluster(Path(args.data))
-    node = cluster.find(args.node)
+    cluster, node = _resolve(args)
     cluster.kill(node)
     print(f"killed {node.node_id} (pid {node.pid}) with SIGKILL")
     return 0
 
 
 def _cmd_restart(args: argparse.Namespace) -> int:
-    cluster = Cluster(Path(args.data))
-    node = cluster.find(args.node)
+    cluster, node = _resolve(args)
     cluster.stop([node])
     cluster.start(node)
     print(f"restarted {node.node_id} (pid {node.pid})")
     return 0
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Cluster, NodeEntry]:
+    """The cluster and node a command names: NODE in a region, REGION/NODE in a federation."""
+    from sovledger import regions
+
+    data = Path(args.data)
+    if regions.is_federation(data):
+        region, sep, name = str(args.node).partition("/")
+        if not sep:
+            raise SystemExit(f"{data} holds a federation: name the node as REGION/NODE (eu-west/node-1)")
+        data = data / region
+        if not (data / "cluster.json").exists():
+            raise SystemExit(f"no region {region!r} under {args.data}")
+        cluster = Cluster(data)
+        return cluster, cluster.find(name)
+    cluster = Cluster(data)
+    return cluster, cluster.find(args.node)
 
 
 def _admin(cluster: Cluster) -> tuple[NodeEntry, Any]:
@@ -399,16 +444,20 @@ def register(sub: Any) -> None:
     up = csub.add_parser("up", help="start a region and wait for a leader")
     up.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
     up.add_argument("--region", default="local")
+    up.add_argument("--regions", default="", metavar="A,B,C",
+                    help="start a federation: one region per name (each with --nodes nodes and its own CA) under "
+                    "DATA/NAME, and DATA/federation.json naming them all (docs/federation.md)")
     up.add_argument("--timeout", type=float, default=30.0)
     up.add_argument("--insecure", action="store_true", help="no CA, plaintext nodes (warns at every start)")
     up.add_argument("--port", type=int, default=0,
                     help="node-1 listens on 127.0.0.1:PORT, node-2 on PORT+1, … (default: free ports)")
     up.set_defaults(func=_cmd_up)
-    st = csub.add_parser("status", help="role, term, applied index, checkpoint size, lag per node")
+    st = csub.add_parser("status", help="role, term, applied index, checkpoint size, lag per node "
+                         "(grouped by region in a federation)")
     st.set_defaults(func=_cmd_status)
     dn = csub.add_parser("down", help="stop every node cleanly (data is kept)")
     dn.set_defaults(func=_cmd_down)
-    k = csub.add_parser("kill", help="SIGKILL one node (drills)")
+    k = csub.add_parser("kill", help="SIGKILL one node (drills; REGION/NODE in a federation)")
     k.add_argument("node")
     k.set_defaults(func=_cmd_kill)
     r = csub.add_parser("restart", help="restart one node")
