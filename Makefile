@@ -13,7 +13,7 @@ SEEDS  ?= 10000
 
 all: test
 
-$(STAMP): pyproject.toml setup.py ledger/_native/engine.c
+$(STAMP): pyproject.toml setup.py $(wildcard ledger/_native/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

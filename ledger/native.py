@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from ledger import hashing
 from ledger.merkle import CompactRange
@@ -29,6 +29,23 @@ try:
     _BUILT = True
 except ImportError:  # not compiled (no C compiler when the package was installed)
     _BUILT = False
+
+
+def _codes_match() -> bool:
+    """Whether the result codes compiled into the engine are those of ``ledger.types.Result``."""
+    from ledger.types import Result
+
+    if not _BUILT:
+        return False
+    compiled = _engine.result_codes()
+    wrong = sorted(name for name, value in compiled.items() if Result.__members__.get(name) != value)
+    if wrong:
+        log.warning("the compiled engine's result codes differ from ledger.types.Result (%s): transfers on python; "
+                    "rebuild it (pip install -e .)", ", ".join(wrong))
+    return not wrong
+
+
+_CODES_MATCH = _codes_match()
 
 
 def available() -> bool:
@@ -58,6 +75,16 @@ def select(name: str) -> str:
     global _active
     _active = _choose(name)
     return _active
+
+
+def transfers_native() -> bool:
+    """Whether transfer batches run on the compiled engine (ledger/apply/native_transfers.py)."""
+    return _active == "native" and _CODES_MATCH
+
+
+def engine() -> Any:
+    """The compiled module (only when ``available()``)."""
+    return _engine
 
 
 def hash_and_chain(prev_link: bytes, leaves: list[bytes]) -> tuple[list[bytes], bytes]:

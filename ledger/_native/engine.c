@@ -319,4 +319,10 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_engine", "sovledger native engine", -1, methods};
 
-PyMODINIT_FUNC PyInit__engine(void) { return PyModule_Create(&module); }
+extern PyMethodDef apply_methods[];  /* ledger/_native/apply.c: the transfer apply engine */
+
+PyMODINIT_FUNC PyInit__engine(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddFunctions(m, apply_methods) < 0) Py_CLEAR(m);
+    return m;
+}

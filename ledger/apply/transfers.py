@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from ledger.apply import native_transfers
 from ledger.apply.accounts import CREDITS_MUST_NOT_EXCEED_DEBITS, DEBITS_MUST_NOT_EXCEED_CREDITS, HISTORY, history_of
 from ledger.apply.batches import apply_chains, failure_maker, signature_auxes
 from ledger.apply.effects import after_success, apply_adjustment, rule_outcome
@@ -52,6 +53,9 @@ NS: Final = 1_000_000_000
 
 
 def apply_transfers(blk: Block, batch: Batch, events: list[Event]) -> None:
+    if native_transfers.takes(blk):  # the compiled engine (ledger/apply/native_transfers.py)
+        native_transfers.apply(blk, batch, events)
+        return
     records = batch.records
     recs = list(TRANSFER_STRUCT.iter_unpack(records))
     sigs = signature_auxes(batch)

@@ -1,0 +1,71 @@
+"""The compiled transfer engine's side of ``apply_transfers`` (ledger/_native/apply.c).
+
+``takes(blk)`` is the one place that decides, per batch, whether the native engine applies a
+transfer batch: the native engine is active and the block runs under no rule set (rules,
+reconciliation and risk tracking stay on the Python reference). Everything else about transfers —
+plain, pending, post, void, linked chains, every result code — is native and byte-identical.
+
+``apply(blk, batch, events)`` gathers what the batch refers to in one pass (accounts through
+``blk.account``, transfers already in the block or the store with their records), hands it to one C
+call that decides every record with the GIL released, and lets that call write the outcome into the
+block's scratch state exactly as ``ledger/apply/transfers.py`` would (events, transfer refs, bodies,
+expiry keys, balances).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ledger import native
+from ledger.apply.batches import signature_auxes
+from ledger.apply.scratch import Block, Event
+from ledger.codec import Batch
+from ledger.invariant import fail
+from ledger.schema import AccountState, Table, TransferRef
+from ledger.types import EventKind, Result
+
+_RESULTS: Final[list[Result | None]] = [None] * 256
+for _r in Result:
+    if _r.value < 256:
+        _RESULTS[_r.value] = _r
+_DR: Final = slice(16, 32)
+_CR: Final = slice(32, 48)
+
+
+def takes(blk: Block) -> bool:
+    """Whether the native engine applies this block's transfer batches (no rule set: see the module doc)."""
+    return blk.rules is None and native.transfers_native()
+
+
+def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
+    records = batch.records
+    engine = native.engine()
+    xids, aids = engine.transfer_ids(records)
+    known: list[tuple[bytes, TransferRef, bytes]] = []
+    in_block = blk.transfers.get
+    stored = blk.txn.getter(Table.TRANSFERS)
+    for tid in xids:
+        ref = in_block(tid)
+        if ref is None:
+            raw = stored(tid[::-1])  # schema.id_key
+            if raw is None:
+                continue
+            ref = TransferRef.decode(raw)
+        body = blk.leaf_body(tid, ref)
+        known.append((tid, ref, body))
+        aids.append(body[_DR])  # a pending transfer's accounts: a post or void settles them
+        aids.append(body[_CR])
+    accounts: dict[bytes, AccountState] = {}
+    get_account = blk.account
+    for aid in aids:
+        if aid not in accounts:
+            a = get_account(aid)
+            if a is not None:
+                accounts[aid] = a
+    sigs = signature_auxes(batch)
+    broken = engine.apply_transfers(
+        records, list(accounts.items()), known, blk.ts0, blk.height, sigs or None, events, blk.transfers,
+        blk.bodies, blk.expiry_puts, blk.expiry_dels, Event, TransferRef, EventKind.CREATE_TRANSFER, _RESULTS,
+    )
+    if broken is not None:
+        fail(broken)
