@@ -11,7 +11,7 @@ setup(
     ext_modules=[
         Extension(
             "ledger._native._engine",
-            sources=["ledger/_native/engine.c", "ledger/_native/apply.c"],
+            sources=["ledger/_native/engine.c", "ledger/_native/apply.c", "ledger/_native/seal.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall"],
             optional=True,
         )

@@ -320,9 +320,11 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_engine", "sovledger native engine", -1, methods};
 
 extern PyMethodDef apply_methods[];  /* ledger/_native/apply.c: the transfer apply engine */
+extern PyMethodDef seal_methods[];   /* ledger/_native/seal.c: leaf numbering, account and ref rows */
 
 PyMODINIT_FUNC PyInit__engine(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddFunctions(m, apply_methods) < 0) Py_CLEAR(m);
+    if (m != NULL && (PyModule_AddFunctions(m, apply_methods) < 0 || PyModule_AddFunctions(m, seal_methods) < 0))
+        Py_CLEAR(m);
     return m;
 }

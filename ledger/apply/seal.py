@@ -88,15 +88,7 @@ class _Leaves:
 def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans: list[tuple[int, int]],
          applied_index: int) -> tuple[BlockOutcome, Head, CompactRange]:
     """Number, hash and write the block; returns its outcome, the new head and the new compact range."""
-    numbering = _Leaves(head, blk.ts0)
-    log_indexes = [0] * len(events)
-    blocks = [blk.height] * len(events)
-    for n, ev in enumerate(events):
-        if ev.existing is not None:  # an exact retry: the original entry, no new leaf
-            log_indexes[n] = ev.existing.leaf_index
-            blocks[n] = ev.existing.block
-        else:
-            log_indexes[n] = numbering.add(ev)
+    numbering, log_indexes, blocks = _number(blk, head, events)
     # the engine hook (ledger/native.py): leaf hashes, chain, tree nodes, state hash in C when built
     leaf_hashes, link = native.hash_and_chain(head.chain_head, [leaf for _, leaf in numbering.leaves])
     new_range = tree.copy()
@@ -130,6 +122,26 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
     return BlockOutcome(header, bhash, outcomes), new_head, new_range
 
 
+def _number(blk: Block, head: Head, events: list[Event]) -> tuple[_Leaves, list[int], list[int]]:
+    """Number the events into leaves: in C when the native engine is active (``None`` back: an event
+    needs the Python numbering — a follow-up leaf, an exception record or a rule set)."""
+    numbering = _Leaves(head, blk.ts0)
+    if native.transfers_native():
+        done = native.engine().number_leaves(events, numbering.index, numbering.ts, blk.height, FORMAT_VERSION)
+        if done is not None:
+            numbering.leaves, numbering.history, log_indexes, blocks, numbering.index, numbering.ts = done
+            return numbering, log_indexes, blocks
+    log_indexes = [0] * len(events)
+    blocks = [blk.height] * len(events)
+    for n, ev in enumerate(events):
+        if ev.existing is not None:  # an exact retry: the original entry, no new leaf
+            log_indexes[n] = ev.existing.leaf_index
+            blocks[n] = ev.existing.block
+        else:
+            log_indexes[n] = numbering.add(ev)
+    return numbering, log_indexes, blocks
+
+
 def _write_ledger(blk: Block, numbering: _Leaves, node_items: list[tuple[bytes, bytes]],
                   changed: list[tuple[bytes, bytes]]) -> None:
     txn = blk.txn
@@ -139,7 +151,10 @@ def _write_ledger(blk: Block, numbering: _Leaves, node_items: list[tuple[bytes, 
     if numbering.history:
         txn.put_many(Table.HISTORY, sorted(numbering.history))
     txn.put_many(Table.ACCOUNTS, changed)
-    txn.put_many(Table.TRANSFERS, sorted((id_key(tid), ref.encode()) for tid, ref in blk.transfers.items()))
+    if native.transfers_native():
+        txn.put_many(Table.TRANSFERS, native.engine().transfer_rows(blk.transfers))
+    else:
+        txn.put_many(Table.TRANSFERS, sorted((id_key(tid), ref.encode()) for tid, ref in blk.transfers.items()))
     if blk.account_refs:
         txn.put_many(Table.ACCOUNT_REFS, sorted((aid, ref.encode()) for aid, ref in blk.account_refs.items()))
     for key in blk.expiry_dels:
@@ -178,6 +193,9 @@ def _write_side(blk: Block, numbering: _Leaves) -> None:
 
 def _changed_accounts(blk: Block) -> list[tuple[bytes, bytes]]:
     """(id, encoded state) of accounts this block created or changed, sorted by id."""
+    if native.transfers_native():
+        changed: list[tuple[bytes, bytes]] = native.engine().changed_accounts(blk.accounts, blk.saved)
+        return changed
     saved = blk.saved
     changed = []
     for aid in sorted(blk.accounts):

@@ -1,0 +1,234 @@
+/* sovledger native engine, block sealing: leaf numbering and leaf bytes (ledger/apply/seal.py
+ * _Leaves), and the store values of a block's changed accounts and transfer refs
+ * (ledger/schema.py AccountState.encode, TransferRef.encode), byte-identical to the Python reference.
+ * These read the block's Python objects, so they hold the GIL; they replace per-event Python loops. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static PyObject *N_existing, *N_kind, *N_result, *N_body, *N_aux, *N_touched, *N_ref, *N_account, *N_exception,
+    *N_ruleset, *N_follow, *N_leaf_index, *N_block, *N_timestamp_ns, *N_ts, *N_status, *N_expires, *N_record,
+    *N_bal[4];
+
+static int seal_names(void) {
+    if (N_existing) return 1;
+#define I(v, s) v = PyUnicode_InternFromString(s); if (v == NULL) return 0;
+    I(N_existing, "existing") I(N_kind, "kind") I(N_result, "result") I(N_body, "body") I(N_aux, "aux")
+    I(N_touched, "touched") I(N_ref, "ref") I(N_account, "account") I(N_exception, "exception")
+    I(N_ruleset, "ruleset") I(N_follow, "follow") I(N_leaf_index, "leaf_index") I(N_block, "block")
+    I(N_timestamp_ns, "timestamp_ns") I(N_ts, "ts") I(N_status, "status") I(N_expires, "expires_at_ns")
+    I(N_record, "record") I(N_bal[0], "debits_pending") I(N_bal[1], "debits_posted") I(N_bal[2], "credits_pending")
+    I(N_bal[3], "credits_posted")
+#undef I
+    return 1;
+}
+
+static void put_le(uint8_t *p, uint64_t v, int n) { for (int k = 0; k < n; k++) p[k] = (uint8_t)(v >> (8 * k)); }
+static void put_be(uint8_t *p, uint64_t v) { for (int k = 0; k < 8; k++) p[k] = (uint8_t)(v >> (56 - 8 * k)); }
+
+/* an attribute as u64 (-1 and an exception on failure) */
+static int get_u64(PyObject *o, PyObject *name, uint64_t *v) {
+    PyObject *a = PyObject_GetAttr(o, name);
+    if (a == NULL) return 0;
+    *v = PyLong_AsUnsignedLongLong(a);
+    Py_DECREF(a);
+    return !(*v == (uint64_t)-1 && PyErr_Occurred());
+}
+
+static int is_none_attr(PyObject *o, PyObject *name, int *none) {
+    PyObject *a = PyObject_GetAttr(o, name);
+    if (a == NULL) return 0;
+    *none = a == Py_None;
+    Py_DECREF(a);
+    return 1;
+}
+
+static int set_u64(PyObject *o, PyObject *name, uint64_t v) {
+    PyObject *x = PyLong_FromUnsignedLongLong(v);
+    int ok = x != NULL && PyObject_SetAttr(o, name, x) == 0;
+    Py_XDECREF(x);
+    return ok;
+}
+
+static int append_pair(PyObject *list, PyObject *a, PyObject *b) {
+    PyObject *t = (a && b) ? PyTuple_Pack(2, a, b) : NULL;
+    int ok = t != NULL && PyList_Append(list, t) == 0;
+    Py_XDECREF(t); Py_XDECREF(a); Py_XDECREF(b);
+    return ok;
+}
+
+static PyObject *concat2(PyObject *a, PyObject *b) {
+    if (!PyBytes_Check(a)) { PyErr_SetString(PyExc_TypeError, "a touched account id must be bytes"); return NULL; }
+    Py_ssize_t na = PyBytes_GET_SIZE(a), nb = PyBytes_GET_SIZE(b);
+    PyObject *o = PyBytes_FromStringAndSize(NULL, na + nb);
+    if (o == NULL) return NULL;
+    memcpy(PyBytes_AS_STRING(o), PyBytes_AS_STRING(a), (size_t)na);
+    memcpy(PyBytes_AS_STRING(o) + na, PyBytes_AS_STRING(b), (size_t)nb);
+    return o;
+}
+
+/* One event's leaf: header ‖ body ‖ aux length ‖ aux (docs/formats.md), its history keys, its ref/account times. */
+static int leaf_of(PyObject *ev, int version, uint64_t index, uint64_t ts, PyObject *leaves, PyObject *history) {
+    uint64_t kind, result;
+    PyObject *body = NULL, *aux = NULL, *touched = NULL, *leaf = NULL, *key = NULL;
+    int ok = 0;
+    if (!get_u64(ev, N_kind, &kind) || !get_u64(ev, N_result, &result)) return 0;
+    body = PyObject_GetAttr(ev, N_body); aux = PyObject_GetAttr(ev, N_aux); touched = PyObject_GetAttr(ev, N_touched);
+    if (!body || !aux || !touched || !PyBytes_Check(body) || !PyBytes_Check(aux) || !PyTuple_Check(touched)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an event needs bytes body/aux and a touched tuple");
+        goto done;
+    }
+    Py_ssize_t nb = PyBytes_GET_SIZE(body), na = PyBytes_GET_SIZE(aux);
+    leaf = PyBytes_FromStringAndSize(NULL, 24 + nb + 2 + na);
+    uint8_t kb[8];
+    put_be(kb, index);
+    key = PyBytes_FromStringAndSize((const char *)kb, 8);
+    if (leaf == NULL || key == NULL) goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(leaf);
+    p[0] = (uint8_t)version; p[1] = (uint8_t)kind; put_le(p + 2, result, 2); put_le(p + 4, index, 8);
+    put_le(p + 12, ts, 8); put_le(p + 20, (uint64_t)nb, 4);
+    memcpy(p + 24, PyBytes_AS_STRING(body), (size_t)nb);
+    put_le(p + 24 + nb, (uint64_t)na, 2);
+    memcpy(p + 26 + nb, PyBytes_AS_STRING(aux), (size_t)na);
+    for (Py_ssize_t t = 0; t < PyTuple_GET_SIZE(touched); t++) {
+        PyObject *hk = concat2(PyTuple_GET_ITEM(touched, t), key);
+        if (hk == NULL || !append_pair(history, hk, PyBytes_FromStringAndSize("", 0))) goto done;
+    }
+    ok = append_pair(leaves, Py_NewRef(key), Py_NewRef(leaf));
+done:
+    Py_XDECREF(body); Py_XDECREF(aux); Py_XDECREF(touched); Py_XDECREF(leaf); Py_XDECREF(key);
+    return ok;
+}
+
+/* number_leaves(events, index, ts, height, version) -> (leaves, history, log_indexes, blocks, index, ts), or
+ * None when an event needs the Python numbering (a follow-up leaf, an exception record, a rule set) */
+static PyObject *py_number_leaves(PyObject *self, PyObject *args) {
+    PyObject *events;
+    unsigned long long index, ts, height;
+    int version;
+    if (!seal_names() || !PyArg_ParseTuple(args, "O!KKKi", &PyList_Type, &events, &index, &ts, &height, &version))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    PyObject *leaves = PyList_New(0), *history = PyList_New(0), *logs = PyList_New(n), *blocks = PyList_New(n);
+    if (!leaves || !history || !logs || !blocks) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ev = PyList_GET_ITEM(events, i), *existing = PyObject_GetAttr(ev, N_existing);
+        if (existing == NULL) goto fail;
+        if (existing != Py_None) {  /* an exact retry: the original entry, no new leaf */
+            PyObject *li = PyObject_GetAttr(existing, N_leaf_index), *bl = PyObject_GetAttr(existing, N_block);
+            Py_DECREF(existing);
+            if (li == NULL || bl == NULL) { Py_XDECREF(li); Py_XDECREF(bl); goto fail; }
+            PyList_SET_ITEM(logs, i, li); PyList_SET_ITEM(blocks, i, bl);
+            continue;
+        }
+        Py_DECREF(existing);
+        int f, x, r;
+        if (!is_none_attr(ev, N_follow, &f) || !is_none_attr(ev, N_exception, &x) || !is_none_attr(ev, N_ruleset, &r))
+            goto fail;
+        if (!(f && x && r)) {
+            Py_DECREF(leaves); Py_DECREF(history); Py_DECREF(logs); Py_DECREF(blocks);
+            Py_RETURN_NONE;
+        }
+        if (!leaf_of(ev, version, index, ts, leaves, history)) goto fail;
+        PyObject *ref = PyObject_GetAttr(ev, N_ref), *acct = ref ? PyObject_GetAttr(ev, N_account) : NULL;
+        int ok = ref != NULL && acct != NULL;
+        if (ok && ref != Py_None) ok = set_u64(ref, N_leaf_index, index) && set_u64(ref, N_timestamp_ns, ts);
+        if (ok && acct != Py_None) ok = set_u64(acct, N_ts, ts);
+        Py_XDECREF(ref); Py_XDECREF(acct);
+        if (!ok) goto fail;
+        PyList_SET_ITEM(logs, i, PyLong_FromUnsignedLongLong(index));
+        PyList_SET_ITEM(blocks, i, PyLong_FromUnsignedLongLong(height));
+        index++; ts++;
+    }
+    return Py_BuildValue("(NNNNKK)", leaves, history, logs, blocks, index, ts);
+fail:
+    Py_XDECREF(leaves); Py_XDECREF(history); Py_XDECREF(logs); Py_XDECREF(blocks);
+    return NULL;
+}
+
+/* an int attribute as a little-endian u128 */
+static int get_u128(PyObject *o, PyObject *name, uint8_t out[16], PyObject **keep) {
+    PyObject *a = PyObject_GetAttr(o, name);
+    if (a == NULL) return 0;
+    int ok = PyLong_Check(a) && _PyLong_AsByteArray((PyLongObject *)a, out, 16, 1, 0) == 0;
+    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a balance must be an int");
+    *keep = a;  /* the caller compares it with the saved balance, then drops it */
+    return ok;
+}
+
+/* changed_accounts(accounts, saved) -> [(id, AccountState.encode())] of accounts created or changed, by id */
+static PyObject *py_changed_accounts(PyObject *self, PyObject *args) {
+    PyObject *accounts, *saved;
+    if (!seal_names() || !PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &accounts, &PyDict_Type, &saved)) return NULL;
+    PyObject *ids = PyDict_Keys(accounts), *out = PyList_New(0);
+    if (ids == NULL || out == NULL || PyList_Sort(ids) < 0) goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
+        PyObject *aid = PyList_GET_ITEM(ids, i), *a = PyDict_GetItemWithError(accounts, aid);
+        PyObject *was = a ? PyDict_GetItemWithError(saved, aid) : NULL, *bal[4] = {NULL, NULL, NULL, NULL};
+        if (a == NULL || PyErr_Occurred()) goto fail;
+        uint8_t v[136];
+        int ok = 1, same = was != NULL && PyTuple_Check(was) && PyTuple_GET_SIZE(was) == 4;
+        for (int q = 0; q < 4 && ok; q++) {
+            ok = get_u128(a, N_bal[q], v + 64 + 16 * q, &bal[q]);
+            if (ok && same) {
+                int eq = PyObject_RichCompareBool(bal[q], PyTuple_GET_ITEM(was, q), Py_EQ);
+                ok = eq >= 0;
+                same = eq == 1;
+            }
+        }
+        for (int q = 0; q < 4; q++) Py_XDECREF(bal[q]);
+        if (!ok) goto fail;
+        if (same) continue;
+        uint64_t ts;
+        PyObject *rec = PyObject_GetAttr(a, N_record);
+        ok = rec != NULL && PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) == 64 && get_u64(a, N_ts, &ts);
+        if (ok) { memcpy(v, PyBytes_AS_STRING(rec), 64); put_le(v + 128, ts, 8); }
+        Py_XDECREF(rec);
+        if (!ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an account record is 64 bytes"); goto fail; }
+        if (!append_pair(out, Py_NewRef(aid), PyBytes_FromStringAndSize((const char *)v, 136))) goto fail;
+    }
+    Py_DECREF(ids);
+    return out;
+fail:
+    Py_XDECREF(ids); Py_XDECREF(out);
+    return NULL;
+}
+
+/* transfer_rows(transfers) -> [(id_key(id), TransferRef.encode())] sorted by key */
+static PyObject *py_transfer_rows(PyObject *self, PyObject *arg) {
+    if (!seal_names()) return NULL;
+    if (!PyDict_Check(arg)) { PyErr_SetString(PyExc_TypeError, "transfers must be a dict"); return NULL; }
+    PyObject *out = PyList_New(0), *tid, *ref;
+    Py_ssize_t pos = 0;
+    if (out == NULL) return NULL;
+    while (PyDict_Next(arg, &pos, &tid, &ref)) {
+        uint64_t li, bl, ts, st, ex;
+        if (!PyBytes_Check(tid) || PyBytes_GET_SIZE(tid) != 16) {
+            PyErr_SetString(PyExc_TypeError, "a transfer id is 16 bytes");
+            goto fail;
+        }
+        if (!get_u64(ref, N_leaf_index, &li) || !get_u64(ref, N_block, &bl) || !get_u64(ref, N_timestamp_ns, &ts) ||
+            !get_u64(ref, N_status, &st) || !get_u64(ref, N_expires, &ex))
+            goto fail;
+        uint8_t k[16], v[33];
+        for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];
+        put_le(v, li, 8); put_le(v + 8, bl, 8); put_le(v + 16, ts, 8); v[24] = (uint8_t)st; put_le(v + 25, ex, 8);
+        if (st > 255) { PyErr_SetString(PyExc_OverflowError, "a transfer status is one byte"); goto fail; }
+        if (!append_pair(out, PyBytes_FromStringAndSize((const char *)k, 16),
+                         PyBytes_FromStringAndSize((const char *)v, 33)))
+            goto fail;
+    }
+    if (PyList_Sort(out) < 0) goto fail;
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+PyMethodDef seal_methods[] = {
+    {"number_leaves", py_number_leaves, METH_VARARGS, "Number a block's events into leaves (None: use Python)."},
+    {"changed_accounts", py_changed_accounts, METH_VARARGS, "Encoded states of created or changed accounts."},
+    {"transfer_rows", py_transfer_rows, METH_O, "Sorted (key, value) rows of a block's transfer refs."},
+    {NULL, NULL, 0, NULL},
+};
