@@ -1,11 +1,14 @@
-"""Engine selection: the compiled engine (ledger/_native/engine.c) or the Python reference.
+"""Engine selection: the compiled engine (ledger/_native/) or the Python reference.
 
-``SOVLEDGER_ENGINE=python|native`` (default ``native``). The native engine computes the block's
-leaf hashes, hash chain, Merkle compact-range append and state hash in C with the GIL released; everything
-else (record decode, checks, balances, leaf bytes, store writes) is the Python reference in
-``ledger/apply/``. Both engines produce byte-identical results (tests/engine/). If the extension
-was not built (no C compiler at install time), ``native`` falls back to ``python`` with a warning,
-so a missing compiler never stops a node; ``active()`` says which engine runs.
+``SOVLEDGER_ENGINE=python|native`` (default ``native``). The native engine applies transfer batches
+(``ledger/_native/apply.c`` through ``ledger/apply/native_transfers.py``: checks, u128 balances,
+linked chains, two-phase), numbers the block's leaves and encodes the changed accounts and transfer
+refs (``seal.c``), and computes the leaf hashes, hash chain, Merkle compact-range append and state
+hash (``engine.c``), the long loops with the GIL released. Everything else (account creation, rules,
+reconciliation, other record kinds, the store writes) is the Python reference in ``ledger/apply/``.
+Both engines produce byte-identical results (tests/engine/). If the extension was not built (no C
+compiler at install time), ``native`` falls back to ``python`` with a warning, so a missing compiler
+never stops a node; ``active()`` says which engine runs.
 """
 
 from __future__ import annotations

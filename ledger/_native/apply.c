@@ -396,7 +396,7 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
 }
 
 typedef struct {
-    PyObject *event_t, *ref_t, *kind, *results, *sigs, *events, *transfers, *bodies, *puts, *dels, *known;
+    PyObject *event_t, *ref_t, *kind, *results, *sigs, *events, *transfers, *bodies, *puts, *dels, *known, *empty;
     unsigned long long height;
 } sink_t;
 
@@ -412,7 +412,7 @@ static PyObject *id_obj(const uint8_t *id) { return PyBytes_FromStringAndSize((c
 static PyObject *hist_tuple(const out_t *o, const uint8_t *body) {
     if (o->hist == 3) return Py_BuildValue("(NN)", id_obj(body + O_DR), id_obj(body + O_CR));
     if (o->hist) return Py_BuildValue("(N)", id_obj(body + (o->hist == 1 ? O_DR : O_CR)));
-    return PyTuple_New(0);
+    return PyTuple_New(0);  /* the shared empty tuple */
 }
 
 /* The TransferRef object an earlier outcome refers to (gathered, or created by an earlier record). */
@@ -421,7 +421,20 @@ static PyObject *ref_of(const sink_t *k, PyObject **created, int32_t src) {
 }
 
 static PyObject *make_ref(const sink_t *k, int status, uint64_t expires) {
-    return PyObject_CallFunction(k->ref_t, "iKiiK", 0, k->height, 0, status, (unsigned long long)expires);
+    PyObject *h = PyLong_FromUnsignedLongLong(k->height), *st = PyLong_FromLong(status);
+    PyObject *ex = PyLong_FromUnsignedLongLong(expires), *zero = PyLong_FromLong(0), *ref = NULL;
+    if (h && st && ex && zero) {
+        PyObject *a[5] = {zero, h, zero, st, ex};
+        ref = PyObject_Vectorcall(k->ref_t, a, 5, NULL);
+    }
+    Py_XDECREF(h); Py_XDECREF(st); Py_XDECREF(ex); Py_XDECREF(zero);
+    return ref;
+}
+
+static PyObject *make_event(const sink_t *k, PyObject *res, PyObject *body, PyObject *aux, PyObject *hist,
+                            PyObject *ref, PyObject *tid) {
+    PyObject *a[7] = {k->kind, res, body, aux, hist, ref, tid};
+    return PyObject_Vectorcall(k->event_t, a, ref ? 7 : 5, NULL);
 }
 
 /* phase 3 for one record: the Event, and the transfer, body and expiry entries it adds */
@@ -432,7 +445,7 @@ static PyObject *emit_one(const eng_t *e, const sink_t *k, PyObject **created, P
     PyObject *res = PyList_GET_ITEM(k->results, o->result), *ev = NULL, *tid = NULL, *ref = NULL, *hist = NULL;
     if (aux == NULL) return NULL;
     if (o->effect == E_NONE || o->effect == E_EXISTS) {
-        ev = PyObject_CallFunction(k->event_t, "OOOO()", k->kind, res, body, aux);
+        ev = make_event(k, res, body, aux, k->empty, NULL, NULL);
         if (ev && o->effect == E_EXISTS && PyObject_SetAttr(ev, S_existing, ref_of(k, created, o->xsrc)) < 0)
             Py_CLEAR(ev);
         Py_DECREF(aux);
@@ -463,7 +476,7 @@ static PyObject *emit_one(const eng_t *e, const sink_t *k, PyObject **created, P
         Py_XDECREF(pid); Py_XDECREF(st);
         if (bad) goto fail;
     }
-    ev = PyObject_CallFunction(k->event_t, "OOOOOOO", k->kind, res, body, aux, hist, ref, tid);
+    ev = make_event(k, res, body, aux, hist, ref, tid);
 fail:
     Py_DECREF(aux); Py_XDECREF(ref); Py_XDECREF(tid); Py_XDECREF(hist);
     return ev;
@@ -510,6 +523,7 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
                           &k.ref_t, &k.kind, &PyList_Type, &k.results))
         return NULL;
     k.known = known;
+    k.empty = PyTuple_New(0);
     eng_t e = {0};
     e.recs = recs.buf; e.n = recs.len / REC; e.ts0 = ts0;
     PyObject *result = NULL;
@@ -536,6 +550,7 @@ done:
     PyMem_Free(e.acct); PyMem_Free(e.aslot); PyMem_Free(e.x); PyMem_Free(e.xslot); PyMem_Free(e.out);
     PyMem_Free(e.undo);
     PyBuffer_Release(&recs);
+    Py_XDECREF(k.empty);
     return result;
 }
 
