@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
+from ledger.hashing import EMPTY_ROOT
+from ledger.merkle import ProofError, verify_consistency
 from ledger.note import (
     ALG_COSIGNATURE_V1,
     Checkpoint,

@@ -20,7 +20,7 @@ from typing import Any, Final
 import grpc
 
 from node.errors import NodeError, Unauthenticated, Unauthorised, abort
-from node.tls import Identity, IdentityCache, RevocationList
+from node.tls import FEDERATION_ROLE, Identity, IdentityCache, RevocationList, TlsFiles
 
 log = logging.getLogger("sovledger.authz")
 
@@ -28,11 +28,13 @@ NODE: Final = "node"
 OPERATOR: Final = "operator"
 PSP: Final = "psp"
 AUDITOR: Final = "auditor"
+FEDERATION: Final = FEDERATION_ROLE  # a certificate of another region's CA (docs/federation.md)
 EVERYONE: Final = frozenset({NODE, OPERATOR, PSP, AUDITOR})
 
 _L, _A, _R, _P, _RA = ("/sovledger.v1.Ledger/", "/sovledger.v1.Audit/", "/sovledger.v1.Rules/",
                        "/sovledger.peer.v1.Peer/", "/sovledger.peer.v1.RegionAdmin/")
 _V, _VP = "/sovledger.vault.v1.Vault/", "/sovledger.vault.v1.VaultPeer/"
+_W = "/sovledger.witness.v1.Witness/"
 
 #: RPC (full gRPC method path) → roles allowed to call it.
 MATRIX: Final[dict[str, frozenset[str]]] = {
@@ -80,6 +82,14 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
     _VP + "Replicate": frozenset({NODE}),
     _VP + "Inventory": frozenset({NODE}),
     _VP + "Fetch": frozenset({NODE}),
+    # regions together (docs/federation.md): only nodes of other regions hand in checkpoints to
+    # cosign; what a witness cosigned, its split-view evidence, the region's cosigned checkpoint and
+    # its aggregates (no account ids, no personal data) are readable by other regions and auditors
+    _W + "AddCheckpoint": frozenset({FEDERATION}),
+    _W + "GetCosigned": frozenset({FEDERATION, AUDITOR, OPERATOR}),
+    _W + "GetEvidence": frozenset({FEDERATION, AUDITOR, OPERATOR}),
+    _W + "GetRegionCheckpoint": frozenset({FEDERATION, AUDITOR, OPERATOR}),
+    _W + "GetAggregates": frozenset({FEDERATION, AUDITOR, OPERATOR}),
 }
 
 PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot", _VP + "Replicate", _VP + "Inventory",
@@ -114,6 +124,11 @@ def caller(context: Any) -> Identity | None:
 
 
 _IDENTITIES = IdentityCache()
+
+
+def trust_federation(files: TlsFiles) -> None:
+    """Certificates of the other regions' CAs (``files.federation_cas``) become the federation role."""
+    _IDENTITIES.trust_federation(files)
 
 
 class AuthzInterceptor(grpc.aio.ServerInterceptor):
@@ -185,7 +200,7 @@ def _wrap(handler: Any, check: Callable[[Any], NodeError | None]) -> Any:
 
 def render_matrix() -> str:
     """The table as Markdown (docs/security.md prints exactly this; a test keeps them equal)."""
-    roles = (OPERATOR, PSP, AUDITOR, NODE)
+    roles = (OPERATOR, PSP, AUDITOR, NODE, FEDERATION)
     lines = ["| RPC | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for method, allowed in MATRIX.items():
         marks = " | ".join("yes" if r in allowed else "—" for r in roles)

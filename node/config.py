@@ -94,6 +94,7 @@ class NodeConfig:
     # regions together (docs/federation.md): the federation config file naming every region, its nodes
     # and keys; "" = a region on its own (no witnessing)
     federation: str = ""
+    witness_interval_ms: int = 1000  # the leader offers its newest checkpoint to the other regions' witnesses
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,6 +163,8 @@ class NodeConfig:
         return self
 
     def _validate_federation(self) -> None:
+        if self.witness_interval_ms < 10:
+            raise ConfigError("witness_interval_ms must be >= 10")
         if not self.federation:
             return
         from ledger.federation import FederationError, parse_federation
@@ -201,7 +204,17 @@ class NodeConfig:
 
         if self.insecure:
             return None
-        return TlsFiles(self.tls_ca, self.tls_cert, self.tls_key, self.tls_revoked)
+        return TlsFiles(self.tls_ca, self.tls_cert, self.tls_key, self.tls_revoked, self.federation_cas())
+
+    def federation_cas(self) -> tuple[tuple[str, str], ...]:
+        """(region, CA file) of every other region of the federation that names a CA."""
+        if not self.federation:
+            return ()
+        from ledger.federation import parse_federation
+
+        path = Path(self.federation)
+        fed = parse_federation(path.read_bytes())
+        return tuple((r.name, str(path.parent / r.ca)) for r in fed.others(self.region) if r.ca)
 
 
 def _addr(value: str, what: str) -> None:

@@ -51,6 +51,7 @@ from node.startup import check_store, lock_data_dir, peer_checkpoint_floor
 from node.tls import RevocationList, server_credentials
 from node.transport import PeerService, PeerTransport, RegionAdminService
 from node.vault_node import NodeVault
+from node.witness import FederationPeer
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import peer_pb2_grpc
@@ -109,6 +110,8 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
         self.vault = NodeVault(config, self.store)  # PII vault (docs/privacy.md)
+        self.federation = FederationPeer(config, self.checkpoints, self.reader,
+                                         lambda: self.committer.status().role == "leader")  # docs/federation.md
         self.offload = Offload()  # client-triggered heavy reads, off the loop that drives Raft
         self.health = HealthWatch(lambda: self.committer, lambda: self.ingest, self.checkpoints, self.state,
                                   self._apply_pool)
@@ -208,6 +211,7 @@ class Node:
         self.vault.add_to(server, lambda: self.ingest, self.committer.check_leader)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         add_operations_service(server, self)
+        self.federation.add_to(server)
 
     def _listen(self) -> grpc.aio.Server:
         """Create the gRPC server and bind its listener (the one place that opens the port)."""
@@ -266,6 +270,7 @@ class Node:
         await self.server.start()
         self.committer.start()
         self.vault.start()
+        self.federation.start()
         await self.health.set(True)
         self.health.start()
         if cfg.metrics_listen:
@@ -291,6 +296,7 @@ class Node:
         if self.psp_auth is not None:
             self.psp_auth.close()
         await self.vault.stop()
+        await self.federation.stop()
         self.offload.close()
         self._apply_pool.shutdown(wait=True)
         self.store.close()

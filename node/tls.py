@@ -23,11 +23,13 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 log = logging.getLogger("sovledger.tls")
 
 ROLES = ("node", "operator", "psp", "auditor")
+FEDERATION_ROLE = "federation"  # any certificate issued by another region's CA (node/authz.py)
 _IDENTITY_CACHE_MAX = 1024
 
 
@@ -39,6 +41,13 @@ class TlsFiles:
     cert: str
     key: str
     revoked: str = ""
+    # other regions' CA certificates (region name, PEM path): trusted at the handshake, and a
+    # certificate they issued is the `federation` role whatever its subject says (docs/federation.md)
+    federation_cas: tuple[tuple[str, str], ...] = ()
+
+    def roots(self) -> bytes:
+        """The root certificates a server accepts client certificates from: own CA first."""
+        return b"".join([_read(self.ca), *(_read(path) for _, path in self.federation_cas)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +81,7 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
 
     def config() -> Any:
         return grpc.ssl_server_certificate_configuration(
-            [(_read(files.key), _read(files.cert))], root_certificates=_read(files.ca))
+            [(_read(files.key), _read(files.cert))], root_certificates=files.roots())
 
     def fetch() -> Any:
         with lock:
@@ -133,6 +142,16 @@ class IdentityCache:
     def __init__(self) -> None:
         self._cache: OrderedDict[bytes, Identity | None] = OrderedDict()
         self._lock = threading.Lock()
+        self._own_ca: x509.Certificate | None = None
+        self._foreign: tuple[tuple[str, x509.Certificate], ...] = ()
+
+    def trust_federation(self, files: TlsFiles) -> None:
+        """Tell own-region certificates from other regions' (which only ever get the federation role)."""
+        self._own_ca = x509.load_pem_x509_certificate(_read(files.ca))
+        self._foreign = tuple((region, x509.load_pem_x509_certificate(_read(path)))
+                              for region, path in files.federation_cas)
+        with self._lock:
+            self._cache.clear()
 
     def identity(self, auth_context: dict[str, list[bytes]]) -> Identity | None:
         pems = auth_context.get("x509_pem_cert") or []
@@ -143,7 +162,7 @@ class IdentityCache:
             if pem in self._cache:
                 self._cache.move_to_end(pem)
                 return self._cache[pem]
-        ident = identity_from_pem(pem)
+        ident = identity_from_pem(pem, self._own_ca, self._foreign)
         with self._lock:
             self._cache[pem] = ident
             while len(self._cache) > _IDENTITY_CACHE_MAX:
@@ -151,8 +170,27 @@ class IdentityCache:
         return ident
 
 
-def identity_from_pem(pem: bytes) -> Identity | None:
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def identity_from_pem(pem: bytes, own_ca: x509.Certificate | None = None,
+                      foreign: tuple[tuple[str, x509.Certificate], ...] = ()) -> Identity | None:
+    """The caller's identity. With federation CAs configured, a certificate not issued by the own
+    CA is ``federation REGION/ROLE-NAME`` when another region's CA issued it, else nobody."""
     cert = x509.load_pem_x509_certificate(pem)
+    if own_ca is not None and foreign and not _issued_by(cert, own_ca):
+        region = next((r for r, ca in foreign if _issued_by(cert, ca)), None)
+        if region is None:
+            return None
+        ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        label = "-".join(str(a[0].value) for a in (ou, cn) if a)
+        return Identity(FEDERATION_ROLE, f"{region}/{label}", cert.serial_number)
     roles = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(roles) != 1 or len(names) != 1 or roles[0].value not in ROLES:
