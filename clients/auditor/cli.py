@@ -7,6 +7,7 @@
     audit prove        TRANSFER_ID --node HOST:PORT [--trust FILE] [--json]
     audit compare      --nodes A,B,C [--trust FILE] [--json]
     audit export       --node HOST:PORT --out FILE [--trust FILE]
+    audit witness      --federation FILE --region NAME --witnesses K-of-N [--evidence-out FILE]
 
 Verification is local: the node only supplies bytes (signed notes, proofs, leaves, headers); every
 hash, proof and balance is recomputed here with the pure ledger modules. Each failure class has its
@@ -123,12 +124,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "local trust store, inclusion proofs, and the whole log offline or online. Exit "
         "codes: 0 ok, 2 usage, 3 unreachable, 10 bad signature, 11 inconsistent/fork/"
         "rollback, 12 leaf/chain/tree mismatch, 13 block header mismatch, 14 balance "
-        "mismatch, 15 PSP signature invalid (docs/auditor.md).")
+        "mismatch, 15 PSP signature invalid, 16 witness policy unmet, 17 split view "
+        "(evidence file written) (docs/auditor.md).")
     sub = a.add_subparsers(dest="audit_command", metavar="ACTION")
     from clients.pii_disclose import add_disclose_parser  # `audit disclose` (docs/privacy.md)
 
     for add in (_add_verify, _add_trust, _add_node_commands, add_disclose_parser):
         add(sub)
+    from clients.auditor.witnessed import add_witness_parser, cmd_witness  # docs/federation.md
+
+    add_witness_parser(sub)
+    sub.choices["witness"].set_defaults(func=_run(cmd_witness))
     _help_only(a)
     return a
 

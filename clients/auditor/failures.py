@@ -17,6 +17,8 @@ EXIT_LOG_MISMATCH: Final = 12
 EXIT_BLOCK_MISMATCH: Final = 13
 EXIT_BALANCE_MISMATCH: Final = 14
 EXIT_PSP_SIGNATURE: Final = 15
+EXIT_WITNESS_POLICY: Final = 16
+EXIT_SPLIT_VIEW: Final = 17
 
 
 def ab(raw: bytes | None, n: int = 16) -> str:
@@ -127,3 +129,16 @@ class BalanceMismatch(AuditFailure):
 
 class PspSignatureInvalid(AuditFailure):
     exit_code, kind = EXIT_PSP_SIGNATURE, "psp_signature_invalid"  # a trusted PSP key, a bad signature
+
+
+class WitnessPolicyUnmet(AuditFailure):
+    """The checkpoint lacks the cosignatures the witness policy (``--witnesses K-of-N``) demands."""
+
+    exit_code, kind = EXIT_WITNESS_POLICY, "witness_policy"
+
+
+class SplitViewDetected(AuditFailure):
+    """Two checkpoints of one origin, each signed by the log's keys, that cannot both be true: the
+    log showed different histories to different parties. ``evidence_file`` holds both notes."""
+
+    exit_code, kind = EXIT_SPLIT_VIEW, "split_view"

@@ -15,6 +15,8 @@ from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 from sovledger_pb import vault_pb2 as vpb
 from sovledger_pb import vault_pb2_grpc as vpb_grpc
+from sovledger_pb import witness_pb2 as wpb
+from sovledger_pb import witness_pb2_grpc as wpb_grpc
 
 T = 10.0
 ACCOUNT_OF_A = account_id_for(1, 1).to_bytes(16, "little")
@@ -89,6 +91,17 @@ CALLS: dict[str, Callable[[grpc.Channel], Any]] = {
         vpb.InventoryRequest(), timeout=T),
     "/sovledger.vault.v1.VaultPeer/Fetch": lambda ch: vpb_grpc.VaultPeerStub(ch).Fetch(
         vpb.FetchRequest(subject_id=NO_SUBJECT), timeout=T),
+    # regions together (docs/federation.md); the test region has no federation: nothing to witness
+    "/sovledger.witness.v1.Witness/AddCheckpoint": lambda ch: wpb_grpc.WitnessStub(ch).AddCheckpoint(
+        wpb.AddCheckpointRequest(body=b"old 0\n\n"), timeout=T),
+    "/sovledger.witness.v1.Witness/GetCosigned": lambda ch: wpb_grpc.WitnessStub(ch).GetCosigned(
+        wpb.OriginRequest(origin="sovledger/elsewhere"), timeout=T),
+    "/sovledger.witness.v1.Witness/GetEvidence": lambda ch: wpb_grpc.WitnessStub(ch).GetEvidence(
+        wpb.OriginRequest(origin="sovledger/elsewhere"), timeout=T),
+    "/sovledger.witness.v1.Witness/GetRegionCheckpoint": lambda ch: wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(
+        wpb.RegionCheckpointRequest(), timeout=T),
+    "/sovledger.witness.v1.Witness/GetAggregates": lambda ch: wpb_grpc.WitnessStub(ch).GetAggregates(
+        wpb.AggregatesRequest(), timeout=T),
 }
 
 

@@ -54,6 +54,11 @@ rpc                                              none other_ca psp_a psp_b audit
 /sovledger.vault.v1.VaultPeer/Replicate          U    U        PD    PD    PD      PD       DL   PD           UA
 /sovledger.vault.v1.VaultPeer/Inventory          U    U        PD    PD    PD      PD       OK   PD           UA
 /sovledger.vault.v1.VaultPeer/Fetch              U    U        PD    PD    PD      PD       OK   PD           UA
+/sovledger.witness.v1.Witness/AddCheckpoint      U    U        PD    PD    PD      PD       PD   PD           UA
+/sovledger.witness.v1.Witness/GetCosigned        U    U        PD    PD    OK      OK       PD   PD           UA
+/sovledger.witness.v1.Witness/GetEvidence        U    U        PD    PD    OK      OK       PD   PD           UA
+/sovledger.witness.v1.Witness/GetRegionCheckpoint U   U        PD    PD    OK      OK       PD   PD           UA
+/sovledger.witness.v1.Witness/GetAggregates      U    U        PD    PD    OK      OK       PD   PD           UA
 """
 
 CODES = {"U": grpc.StatusCode.UNAVAILABLE, "UA": grpc.StatusCode.UNAUTHENTICATED, "OK": grpc.StatusCode.OK,
