@@ -71,11 +71,12 @@ RECORD_SIZE: Final = {
     EventKind.KEY_ROTATION: ROTATION_SIZE,
 }
 # kinds only the node itself proposes (after checking the caller's role), never accepted from Submit
-NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT, EventKind.KEY_ROTATION})
+NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT, EventKind.KEY_ROTATION, EventKind.AGGREGATE})
 
 # Variable-length records (one per batch): a rule set deployment. On the wire of a proposal the
 # batch header's count is 1 and the record is preceded by its length (u32 LE).
-VARIABLE_KINDS: Final = frozenset({EventKind.DEPLOY_RULESET})
+VARIABLE_KINDS: Final = frozenset({EventKind.DEPLOY_RULESET, EventKind.AGGREGATE})
+AGGREGATE_BYTES_MAX: Final = 64 << 10  # one AGGREGATE record (docs/formats.md §15)
 DEPLOY_HEADER_SIZE: Final = 4 + 64  # operator key id, Ed25519 signature; then the canonical rule set
 RULESET_BYTES_MAX: Final = 64 << 10
 RULESET_SIGN_PREFIX: Final = b"sovledger/ruleset/v1\n"
@@ -435,6 +436,10 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
     if event in NODE_ONLY_KINDS and not node_proposed:
         raise EncodingError(f"event kind {event.name} cannot be submitted by clients (the node proposes it: "
                             "ERASE_SUBJECT through the Vault service, KEY_ROTATION on `sovledger keys rotate`)")
+    if event == EventKind.AGGREGATE:
+        if signatures or signer_key_id or not 0 < len(records) <= AGGREGATE_BYTES_MAX:
+            raise EncodingError(f"an AGGREGATE batch is one unsigned record of 1..{AGGREGATE_BYTES_MAX} bytes")
+        return Batch(event, records)
     if event in VARIABLE_KINDS:
         if signatures or signer_key_id:
             raise EncodingError("a DEPLOY_RULESET record carries its operator signature inside the record")

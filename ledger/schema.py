@@ -54,6 +54,7 @@ META_HEAD: Final = b"head"
 META_RANGE: Final = b"range"
 META_APPLIED: Final = b"applied"
 META_SCALE_PREFIX: Final = b"scale:"  # + ledger (u32 BE) -> asset scale (1 byte)
+META_AGGREGATE: Final = b"aggregate"  # -> to_index u64 LE ‖ leaf index u64 LE of the last ok AGGREGATE
 META_NODE_KEY_PREFIX: Final = b"nodekey:"  # + node (u32 BE) -> the node's last KEY_ROTATION (ledger/apply/rotation.py)
 
 # -- key codecs ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class EventKind(enum.IntEnum):
     LEDGER_TRANSFER = 6  # a transfer written by the ledger: rule adjustment or reconciliation residual
     ERASE_SUBJECT = 7  # PII erasure: a subject's commitment + reason (ledger/pii.py); operator only, via the vault
     KEY_ROTATION = 8  # a node's next checkpoint key, signed by its current key (ledger/keyrotation.py)
+    AGGREGATE = 11  # running totals per (ledger, psp) proposed by the leader (ledger/aggregates.py)
 
 
 class AccountFlags(enum.IntFlag):
@@ -176,6 +177,9 @@ class Result(enum.IntEnum):
     KEY_ROTATION_MALFORMED = 170  # the record does not decode (lengths, key ids, text fields)
     KEY_ROTATION_BAD_SIGNATURE = 171  # the signature does not verify under the old key named in the record
     KEY_ROTATION_NOT_CURRENT_KEY = 172  # signed by a key that is not the node's current key in this log
+    # regional aggregates (docs/federation.md)
+    AGGREGATE_MALFORMED = 200  # the record does not decode (version, lengths, row order)
+    AGGREGATE_OUT_OF_ORDER = 201  # window does not start where the previous aggregate ended, or reaches past itself
 
     @property
     def is_success(self) -> bool:

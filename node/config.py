@@ -95,6 +95,7 @@ class NodeConfig:
     # and keys; "" = a region on its own (no witnessing)
     federation: str = ""
     witness_interval_ms: int = 1000  # the leader offers its newest checkpoint to the other regions' witnesses
+    aggregate_every_ms: int = 10_000  # the leader appends an AGGREGATE entry this often (with a federation; 0 = off)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -165,6 +166,8 @@ class NodeConfig:
     def _validate_federation(self) -> None:
         if self.witness_interval_ms < 10:
             raise ConfigError("witness_interval_ms must be >= 10")
+        if self.aggregate_every_ms != 0 and self.aggregate_every_ms < 100:
+            raise ConfigError("aggregate_every_ms must be 0 (off) or >= 100")
         if not self.federation:
             return
         from ledger.federation import FederationError, parse_federation

@@ -110,8 +110,8 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
         self.vault = NodeVault(config, self.store)  # PII vault (docs/privacy.md)
-        self.federation = FederationPeer(config, self.checkpoints, self.reader,
-                                         lambda: self.committer.status().role == "leader")  # docs/federation.md
+        self.federation = FederationPeer(config, self.checkpoints, self.reader,  # docs/federation.md
+                                         lambda: self.committer.status().role == "leader", lambda: self.ingest)
         self.offload = Offload()  # client-triggered heavy reads, off the loop that drives Raft
         self.health = HealthWatch(lambda: self.committer, lambda: self.ingest, self.checkpoints, self.state,
                                   self._apply_pool)

@@ -29,10 +29,12 @@ from ledger.federation import Federation, FederationNode, Region, parse_federati
 from ledger.note import Signer, cosign
 from ledger.reader import LedgerReader
 from ledger.witness import AddCheckpoint, Cosigned, Outcome, Policy, WitnessFormatError, check_policy, decide
+from node.aggregator import Aggregator
 from node.authz import trust_federation
 from node.config import NodeConfig
 from node.errors import BadRequest, abort
 from node.keys import load_key_file, write_key_file
+from node.pipeline import Ingest
 from node.signing import CheckpointService
 from node.tls import TlsFiles, peer_channel
 from node.witness_store import WitnessStore
@@ -60,7 +62,7 @@ class FederationPeer:
     """The witness service, the gatherer task and their durable state, for one node."""
 
     def __init__(self, config: NodeConfig, checkpoints: CheckpointService, reader: LedgerReader,
-                 is_leader: Callable[[], bool]) -> None:
+                 is_leader: Callable[[], bool], ingest: Callable[[], Ingest | None]) -> None:
         data = Path(config.data_dir)
         self.config = config
         self.fed: Federation | None = (parse_federation(Path(config.federation).read_bytes())
@@ -77,6 +79,7 @@ class FederationPeer:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._task: asyncio.Task[None] | None = None
         self._gathered = (-1, 0)  # (size, cosignatures) of the stored region note
+        self.aggregator = Aggregator(reader, config.aggregate_every_ms if self.fed else 0, ingest, is_leader)
         files = config.tls_files
         if files is not None and files.federation_cas:
             trust_federation(files)
@@ -85,10 +88,12 @@ class FederationPeer:
         wpb_grpc.add_WitnessServicer_to_server(WitnessService(self), server)
 
     def start(self) -> None:
+        self.aggregator.start()
         if self.fed is not None and self.fed.others(self.config.region):
             self._task = asyncio.create_task(self._gather_loop(), name="witness-gather")
 
     async def stop(self) -> None:
+        await self.aggregator.stop()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -124,6 +129,15 @@ class FederationPeer:
             return self.checkpoints.latest().note
         except Exception:  # nothing signed yet: an empty answer
             return ""
+
+    def aggregates_in(self, note: str) -> wpb.AggregatesResponse:
+        size = int(note.split("\n")[1])
+        index = self.aggregator.newest_below(size)
+        if index is None:
+            return wpb.AggregatesResponse(note=note)
+        leaf, proof = self.reader.inclusion_proof(index, size)
+        return wpb.AggregatesResponse(note=note, entries=[wpb.AggregateEntry(leaf_index=index, leaf=leaf,
+                                                                             proof=proof)])
 
     # -- gatherer side --------------------------------------------------------------------------
 
@@ -221,4 +235,11 @@ class WitnessService(wpb_grpc.WitnessServicer):
 
     async def GetAggregates(self, request: wpb.AggregatesRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> wpb.AggregatesResponse:
-        return wpb.AggregatesResponse(note=self._peer.region_note())
+        """The newest aggregate entry inside the region's cosigned checkpoint, with its inclusion proof."""
+        note = self._peer.region_note()
+        if not note:
+            return wpb.AggregatesResponse()
+        try:
+            return await asyncio.to_thread(self._peer.aggregates_in, note)
+        except Exception as e:
+            await abort(context, e)

@@ -46,6 +46,7 @@ def _node(args: argparse.Namespace) -> int:
         "psp_require_signatures": True if args.require_psp_signatures else None,
         "insecure": True if args.insecure else None, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
         "tls_key": args.tls_key, "tls_revoked": args.tls_revoked, "federation": args.federation,
+        "witness_interval_ms": args.witness_interval_ms, "aggregate_every_ms": args.aggregate_every_ms,
     }
     try:
         config = load_config(args.config, overrides)
@@ -214,6 +215,10 @@ def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "(tests and local experiments only; warns at every start)")
     n.add_argument("--federation", default=None, metavar="FILE",
                    help="federation config (docs/federation.md): the other regions this node witnesses")
+    n.add_argument("--witness-interval-ms", type=int, default=None,
+                   help="with --federation: how often the leader gathers cosignatures (default 1000)")
+    n.add_argument("--aggregate-every-ms", type=int, default=None,
+                   help="with --federation: how often the leader appends an AGGREGATE entry (default 10000; 0 off)")
     n.add_argument("--log-format", default=None, choices=("text", "json"),
                    help="text (default) or json: one object per line with node, region, term, block")
     n.set_defaults(func=_node)
@@ -284,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sovledger.backup import register as register_backup
 
     register_backup(sub)
+    from clients.global_view import register as register_global
+
+    register_global(sub)
     return p
 
 

@@ -447,6 +447,8 @@ def register(sub: Any) -> None:
     up.add_argument("--regions", default="", metavar="A,B,C",
                     help="start a federation: one region per name (each with --nodes nodes and its own CA) under "
                     "DATA/NAME, and DATA/federation.json naming them all (docs/federation.md)")
+    up.add_argument("--aggregate-every-ms", type=int, default=5000,
+                    help="with --regions: each leader appends an AGGREGATE entry this often (default 5000)")
     up.add_argument("--timeout", type=float, default=30.0)
     up.add_argument("--insecure", action="store_true", help="no CA, plaintext nodes (warns at every start)")
     up.add_argument("--port", type=int, default=0,

@@ -80,13 +80,15 @@ def _region_entry(cluster: Cluster, data: Path) -> dict[str, object]:
     return entry
 
 
-def create_federation(data: Path, names: list[str], nodes: int, tls: bool, first_port: int = 0) -> list[Cluster]:
+def create_federation(data: Path, names: list[str], nodes: int, tls: bool, first_port: int = 0,
+                      aggregate_every_ms: int = 5000) -> list[Cluster]:
     """Prepare every region and write ``DATA/federation.json`` (nothing started yet)."""
     fed_path = (data / FEDERATION_FILE).absolute()
+    flags = ("--federation", str(fed_path), "--aggregate-every-ms", str(aggregate_every_ms))
     clusters, entries = [], []
     for i, name in enumerate(names):
         port = first_port + REGION_PORT_STRIDE * i if first_port else 0
-        c = prepare_region(data / name, name, nodes, tls, port, ("--federation", str(fed_path)))
+        c = prepare_region(data / name, name, nodes, tls, port, flags)
         entries.append(_region_entry(c, data))
         clusters.append(c)
     raw = json.dumps({"format": "sovledger-federation/1", "regions": entries}).encode()
@@ -106,7 +108,8 @@ def up_regions(args: argparse.Namespace, console: Console) -> int:
     except FederationError as e:
         console.print(f"[red]{e}[/red]")
         return 2
-    clusters = create_federation(data, names, args.nodes, tls=not args.insecure, first_port=args.port)
+    clusters = create_federation(data, names, args.nodes, tls=not args.insecure, first_port=args.port,
+                                 aggregate_every_ms=args.aggregate_every_ms)
     for c in clusters:
         start_all(c)
     leaders: dict[str, str] = {}

@@ -40,6 +40,7 @@ from clients.auditor.failures import (
 )
 from clients.auditor.tree import extend
 from ledger.codec import (
+    AGGREGATE_BYTES_MAX,
     AUX_LEN,
     AUX_TAG_PSP_SIGNATURE,
     AUX_TAG_RULE_OUTCOME,
@@ -349,7 +350,7 @@ class LogVerifier:
         if idx != index or ts != ts_want or ver != FORMAT_VERSION:
             self._header_problem(index, raw, ts_want)
         exp = LEAF_BODY_SIZE.get(kind)
-        if exp != blen and (exp is not None or kind != EventKind.DEPLOY_RULESET or blen <= DEPLOY_HEADER_SIZE):
+        if exp != blen and (exp is not None or not _variable_body_ok(kind, blen)):
             self._body_problem(index, kind, blen, exp)
         held = self._aux(index, raw, kind, result, blen)
         if result == Result.OK:
@@ -378,7 +379,7 @@ class LogVerifier:
             f"strictly increasing)", index=index, field="timestamp_ns", expected=ts_want, got=ts)
 
     def _body_problem(self, index: int, kind: int, blen: int, exp: int | None) -> None:
-        if exp is None and kind != EventKind.DEPLOY_RULESET:
+        if exp is None and kind not in (EventKind.DEPLOY_RULESET, EventKind.AGGREGATE):
             raise LeafMismatch(f"leaf {index}: unknown event kind {kind}", index=index, field="kind", got=kind)
         raise LeafMismatch(f"leaf {index}: {EventKind(kind).name} body is {blen} bytes, "
                            f"expected {exp or f'> {DEPLOY_HEADER_SIZE}'}",
@@ -466,3 +467,10 @@ def iter_blocks(headers: Iterable[bytes], leaves: Iterator[bytes]) -> Iterator[t
     for h in headers:
         count = BLOCK_HEADER.unpack_from(h)[4] if len(h) == BLOCK_HEADER_SIZE else 0
         yield h, list(islice(leaves, count))
+
+
+def _variable_body_ok(kind: int, blen: int) -> bool:
+    """Body length of a variable-length kind: a rule set deploy, or an aggregate (ledger/aggregates.py)."""
+    if kind == EventKind.DEPLOY_RULESET:
+        return blen > DEPLOY_HEADER_SIZE
+    return kind == EventKind.AGGREGATE and 0 < blen <= AGGREGATE_BYTES_MAX

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ledger.apply.accounts import apply_accounts, history_of
+from ledger.apply.aggregates import apply_aggregates
 from ledger.apply.callbacks import apply_callbacks, expiry_exception
 from ledger.apply.effects import deploy, operator_map
 from ledger.apply.erasure import apply_erasures
@@ -56,6 +57,7 @@ APPLIERS: Final[dict[int, Applier]] = {
     EventKind.SETTLEMENT_CALLBACK: apply_callbacks,
     EventKind.ERASE_SUBJECT: apply_erasures,  # PII erasure (docs/privacy.md)
     EventKind.KEY_ROTATION: apply_rotations,  # checkpoint key rotation (docs/security.md)
+    EventKind.AGGREGATE: apply_aggregates,  # regional aggregates (docs/federation.md)
 }
 DEPLOY_OFFSET: Final = 16  # a stored rule set: deploy leaf index (u64) ‖ effective height (u64) ‖ canonical
 

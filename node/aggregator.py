@@ -1,0 +1,95 @@
+"""The leader's periodic AGGREGATE entries (ledger/aggregates.py, docs/federation.md).
+
+Every ``aggregate_every_ms`` the leader reads the leaves committed since the newest aggregate, folds
+them into its totals (off the event loop) and proposes the next AGGREGATE record through the normal
+ingest path: it is committed by the region's quorum like any entry. A follower does nothing; a new
+leader continues the chain from the log (the window must start where the last one ended, or the
+entry is refused with AGGREGATE_OUT_OF_ORDER and the next round starts again from the log).
+Serving: the newest aggregate below a tree size, with its inclusion proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ledger.aggregates import Aggregate, fold
+from ledger.apply.aggregates import last_aggregate
+from ledger.codec import Batch, decode_leaf
+from ledger.reader import LedgerReader
+from ledger.types import EventKind, Result
+from node.pipeline import Ingest
+
+log = logging.getLogger("sovledger.aggregates")
+
+
+class Aggregator:
+    def __init__(self, reader: LedgerReader, every_ms: int, ingest: Callable[[], Ingest | None],
+                 is_leader: Callable[[], bool]) -> None:
+        self.reader = reader
+        self.every_ms = every_ms
+        self._ingest = ingest
+        self._is_leader = is_leader
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.every_ms > 0:
+            self._task = asyncio.create_task(self._loop(), name="aggregates")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_ms / 1000)
+            if not self._is_leader():
+                continue
+            try:
+                await self.aggregate_once()
+            except Exception as e:  # a failed round is retried at the next period
+                log.warning("aggregates: round failed: %s", e)
+
+    def _previous(self) -> tuple[Aggregate | None, int]:
+        """The newest aggregate and the index right after its leaf (0 without one)."""
+        with self.reader.store.read() as txn:
+            last = last_aggregate(txn)
+        if last is None:
+            return None, 0
+        return Aggregate.decode(decode_leaf(self.reader.leaf(last[1])).body), last[1] + 1
+
+    def next_aggregate(self) -> Aggregate | None:
+        """Fold the leaves since the newest aggregate (None when nothing but aggregates was added)."""
+        previous, after = self._previous()
+        size = self.reader.head().tree_size
+        if size <= after:
+            return None
+        start = previous.to_index if previous else 0
+        leaves = (decode_leaf(raw) for chunk in self.reader.leaves(start, size) for raw in chunk)
+        return fold(previous, leaves, size, after - 1 if previous else None)
+
+    async def aggregate_once(self) -> int | None:
+        """Propose the next aggregate; returns its leaf index when the log accepted it."""
+        agg = await asyncio.to_thread(self.next_aggregate)
+        ingest = self._ingest()
+        if agg is None or ingest is None:
+            return None
+        outcome, _block = await ingest.submit(Batch(EventKind.AGGREGATE, agg.encode()))
+        result, index = outcome.results[0], outcome.log_indexes[0]
+        if result != Result.OK:
+            log.warning("aggregates: entry %d refused: %s", index, Result(result).name.lower())
+            return None
+        log.info("aggregates: entry %d covers leaves [%d, %d), %d rows", index, agg.from_index, agg.to_index,
+                 len(agg.rows))
+        return int(index)
+
+    def newest_below(self, size: int) -> int | None:
+        """Leaf index of the newest ok aggregate inside a tree of ``size`` (walks the chain back)."""
+        with self.reader.store.read() as txn:
+            last = last_aggregate(txn)
+        index = last[1] if last else None
+        while index is not None and index >= size:
+            index = Aggregate.decode(decode_leaf(self.reader.leaf(index)).body).previous_leaf
+        return index
