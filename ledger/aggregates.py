@@ -52,8 +52,8 @@ class AggregateError(ValueError):
 class AggregateRow:
     ledger: int
     psp_id: int
-    transfers: int = 0  # OK CREATE_TRANSFER leaves (single-phase, pending, post and void)
-    volume: int = 0  # Σ amount of OK single-phase and pending transfers (posts/voids move no new money)
+    transfers: int = 0  # OK CREATE_TRANSFER leaves that start a payment (single-phase or pending)
+    volume: int = 0  # Σ amount of those (a post or void settles an earlier one: neither is counted)
     fees: int = 0  # Σ amount of rule adjustments (LEDGER_TRANSFER, origin 1)
     residuals: int = 0  # Σ amount of reconciliation residuals (LEDGER_TRANSFER, origin 2)
     exceptions: int = 0  # reconciliation exceptions (callback leaves with status 3; ledger 0: a callback names none)
@@ -104,8 +104,8 @@ def _add(totals: dict[tuple[int, int], list[int]], key: tuple[int, int], column:
 def _fold_leaf(totals: dict[tuple[int, int], list[int]], leaf: Leaf) -> None:
     if leaf.kind == EventKind.CREATE_TRANSFER and leaf.result == Result.OK:
         t = decode_transfer(leaf.body)
-        _add(totals, (t.ledger, t.psp_id), 0, 1)
         if not t.flags & (TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER):
+            _add(totals, (t.ledger, t.psp_id), 0, 1)  # posts and voids settle an earlier transfer: not new money
             _add(totals, (t.ledger, t.psp_id), 1, t.amount)
     elif leaf.kind == EventKind.LEDGER_TRANSFER and leaf.result == Result.OK:
         t = decode_transfer(leaf.body)

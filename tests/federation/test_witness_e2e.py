@@ -125,3 +125,47 @@ def test_without_a_witness_the_policy_is_not_met(fed: Fed) -> None:
         south.start(south.nodes[0])
         south.wait_leader(30)
     assert os.path.exists(fed.config)
+
+
+def test_global_revenue_from_three_regions(fed: Fed) -> None:
+    """Each region's newest aggregate, proven against its cosigned checkpoint, in one table; every
+    row equals what an auditor of that region folds from the region's own log."""
+    from clients.client import LedgerClient
+    from ledger.aggregates import Aggregate, fold
+    from ledger.codec import decode_leaf
+    from sovledger_pb import witness_pb2_grpc as wg
+
+    fed.load("ap-south", seed=3)
+
+    def aggregated(region: str) -> Aggregate | None:
+        ch, stub = fed.witness(region)
+        with ch:
+            resp = wg.WitnessStub(ch).GetAggregates(wpb.AggregatesRequest(), timeout=10)
+        return Aggregate.decode(decode_leaf(resp.entries[0].leaf).body) if resp.entries else None
+
+    for region in ("eu-west", "us-east", "ap-south"):
+        wait_for(f"{region}'s aggregate of its transfers inside a cosigned checkpoint",
+                 lambda r=region: (a := aggregated(r)) is not None and any(row.transfers for row in a.rows), 40)
+    r = cli_json("global", "revenue", "--federation", fed.config, "--witnesses", "2-of-2",
+                 "--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml"))
+    assert r["code"] == 0, r
+    views = {v["region"]: v for v in r["out"]["regions"]}
+    assert set(views) == {"eu-west", "us-east", "ap-south"} and all(v["ok"] for v in views.values())
+    for region, v in views.items():
+        with LedgerClient(fed.target(region), tls=fed.tls(region, "auditor", "auditor")) as c:
+            leaves = [decode_leaf(raw) for raw in c.entries(0, v["covers_leaves"])]
+        expected = fold(None, leaves, v["covers_leaves"])
+        assert [tuple(row.values()) for row in v["rows"]] == [
+            (x.ledger, x.psp_id, x.transfers, x.volume, x.fees, x.residuals, x.exceptions) for x in expected.rows]
+        assert v["rows"] and not any(k.endswith("account_id") for row in v["rows"] for k in row)
+    totals = {t["ledger"]: t for t in r["out"]["totals"]}
+    assert totals[840]["transfers"] == sum(row["transfers"] for v in views.values() for row in v["rows"]
+                                           if row["ledger"] == 840)
+
+
+def cli_json(*args: str) -> dict:  # type: ignore[type-arg]
+    from tests.security.region import cli
+
+    r = cli(*args, "--json")
+    out = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {"raw": r.stdout + r.stderr}
+    return {"code": r.returncode, "out": out}

@@ -161,6 +161,10 @@ from tests.ledger.rotation_scenarios import ROTATION_SCENARIOS  # noqa: E402 - c
 
 SCENARIOS.update(ROTATION_SCENARIOS)
 
+from tests.federation.aggregate_scenarios import AGGREGATE_SCENARIOS  # noqa: E402 - aggregates (issue 15)
+
+SCENARIOS.update(AGGREGATE_SCENARIOS)
+
 
 def _post_after(first: Transfer, second: Transfer) -> Result:
     lg = ledger_with_accounts()
