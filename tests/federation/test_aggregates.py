@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.aggregates import Aggregate, AggregateError, AggregateRow, check, fold
-from ledger.codec import Batch, Proposal, decode_leaf, decode_proposal, encode_proposal, validate_batch
-from ledger.codec import EncodingError
+from ledger.codec import Batch, EncodingError, Proposal, decode_leaf, decode_proposal, encode_proposal, validate_batch
 from ledger.reader import LedgerReader
 from ledger.types import Account, EventKind, Result, Transfer, TransferFlags
 from tests.federation.aggregate_scenarios import ok_then

@@ -25,6 +25,7 @@ from node.keys import load_key_file
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import witness_pb2 as wpb
+from sovledger_pb import witness_pb2_grpc as wpb_grpc
 from tests.federation.harness import Fed, cosignatures, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
@@ -67,8 +68,7 @@ def test_federation_role_opens_only_the_witness_service(fed: Fed) -> None:
             pb_grpc.AuditStub(ch).GetCheckpoint(pb.CheckpointRequest(), timeout=10)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as e:
-            from sovledger_pb import witness_pb2_grpc as wg
-            wg.WitnessStub(ch).AddCheckpoint(wpb.AddCheckpointRequest(body=b"old x\n\n"), timeout=10)
+            wpb_grpc.WitnessStub(ch).AddCheckpoint(wpb.AddCheckpointRequest(body=b"old x\n\n"), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "old N" in (e.value.details() or "")
     # the region's own operator may not hand in checkpoints to cosign
     ch, stub = fed.witness("us-east", fed.tls("us-east"))
@@ -133,14 +133,12 @@ def test_global_revenue_from_three_regions(fed: Fed) -> None:
     from clients.client import LedgerClient
     from ledger.aggregates import Aggregate, fold
     from ledger.codec import decode_leaf
-    from sovledger_pb import witness_pb2_grpc as wg
-
     fed.load("ap-south", seed=3)
 
     def aggregated(region: str) -> Aggregate | None:
         ch, stub = fed.witness(region)
         with ch:
-            resp = wg.WitnessStub(ch).GetAggregates(wpb.AggregatesRequest(), timeout=10)
+            resp = stub.GetAggregates(wpb.AggregatesRequest(), timeout=10)
         return Aggregate.decode(decode_leaf(resp.entries[0].leaf).body) if resp.entries else None
 
     for region in ("eu-west", "us-east", "ap-south"):
