@@ -123,8 +123,13 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sovledger.demo import run_demo
 
-    return run_demo(transfers=args.transfers, accounts=args.accounts, data_dir=args.data,
+    code = run_demo(transfers=args.transfers, accounts=args.accounts, data_dir=args.data,
                     keep=not args.stop, nodes=args.nodes)
+    if args.no_federation:
+        return code
+    from sovledger.demo_federation import run_federation_demo  # docs/federation.md
+
+    return code | run_federation_demo(data_dir=str(Path(args.data) / "federation"))
 
 
 _BENCH_HELP = ("Single-node throughput and latency against a bare-components baseline; writes "
@@ -259,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
     d.add_argument("--data", default="demo-data", help="data directory for the demo region")
     d.add_argument("--stop", action="store_true", help="stop the region at the end (default: leave it running)")
+    d.add_argument("--no-federation", action="store_true",
+                   help="skip the federation part (three small regions witnessing each other, global revenue)")
     d.set_defaults(func=_demo)
 
     b = sub.add_parser("bench", help="run the single-node benchmark", description=_BENCH_HELP)
