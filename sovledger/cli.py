@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.global_view import register as register_global
 
     register_global(sub)
+    from sovledger.regions import register as register_federation
+
+    register_federation(sub)
     return p
 
 

@@ -149,3 +149,76 @@ def down_regions(args: argparse.Namespace) -> int:
     print(f"stopped {sum(len(c.nodes) for c in clusters)} node(s) in {len(clusters)} region(s); "
           f"data kept under {args.data}")
     return 0
+
+
+# -- `sovledger federation add-region`: the config for hand-made or container deployments --------
+
+
+def _node_spec(spec: str) -> tuple[str, str, Path]:
+    node_id, address, data = [*spec.split("=", 2), "", ""][:3]
+    if not node_id or not address or not data:
+        raise FederationError(f"--node {spec!r} must be NODE_ID=HOST:PORT=DATA_DIR")
+    return node_id, address, Path(data)
+
+
+def _key_of(path: Path, name: str) -> Signer:
+    from node.keys import load_key_file
+
+    if not path.exists():
+        write_key_file(path, Signer.generate(name))
+    signer = load_key_file(path)
+    if signer.name != name:
+        raise FederationError(f"{path} holds key {signer.name!r}, expected {name!r}")
+    return signer
+
+
+def add_region(config: Path, region: str, node_specs: list[str], ca: str = "") -> Federation:
+    """Add (or replace) ``region`` in the config file: each node's checkpoint and witness keys are read
+    from its data directory (made there first if missing, as the node itself would)."""
+    nodes: list[dict[str, str]] = []
+    ckeys: list[str] = []
+    wkeys: list[str] = []
+    for spec in node_specs:
+        node_id, address, data = _node_spec(spec)
+        data.mkdir(parents=True, exist_ok=True)
+        nodes.append({"id": node_id, "address": address})
+        ckeys.append(_key_of(data / "node.key", f"{region}/{node_id}").verifier.to_string())
+        witness = _key_of(data / WITNESS_KEY_FILE, witness_key_name(region, node_id))
+        wkeys.append(cosigner_verifier(witness).to_string())
+    entry: dict[str, object] = {"name": region, "nodes": nodes, "checkpoint_keys": ckeys, "witness_keys": wkeys}
+    if ca:
+        entry["ca"] = ca
+    regions = json.loads(dump_federation(parse_federation(config.read_bytes())))["regions"] if config.exists() else []
+    regions = [r for r in regions if r["name"] != region] + [entry]
+    fed = parse_federation(json.dumps({"format": "sovledger-federation/1", "regions": regions}).encode())
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_bytes(dump_federation(fed))
+    return fed
+
+
+def _cmd_add_region(args: argparse.Namespace) -> int:
+    try:
+        fed = add_region(Path(args.config), args.region, args.node, args.ca)
+    except (FederationError, OSError) as e:
+        print(f"sovledger federation add-region: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: regions {', '.join(fed.names)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    f = sub.add_parser("federation", help="the federation config (docs/federation.md)")
+    fsub = f.add_subparsers(dest="federation_command", metavar="ACTION")
+    a = fsub.add_parser("add-region", help="add a region to a federation config, reading its nodes' keys")
+    a.add_argument("--config", required=True, help="federation.json to create or update")
+    a.add_argument("--region", required=True)
+    a.add_argument("--node", action="append", required=True, metavar="NODE_ID=HOST:PORT=DATA_DIR",
+                   help="a node of the region and its data directory (keys are read, or made, there); repeat")
+    a.add_argument("--ca", default="", help="the region CA certificate, relative to the config's directory")
+    a.set_defaults(func=_cmd_add_region)
+
+    def usage(args: argparse.Namespace) -> int:
+        f.print_help()
+        return 2
+
+    f.set_defaults(func=usage)

@@ -74,3 +74,21 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", ".git", ".sovledger", "**/node.key"):
         assert entry in ignored
+
+
+def test_both_regions_are_federated_from_one_config() -> None:
+    services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
+    script = services["federation"]["command"][0]
+    regions = set()
+    for name, svc in services.items():
+        cmd = svc["command"]
+        if "--node-id" not in cmd:
+            continue
+        region, node_id = cmd[cmd.index("--region") + 1], cmd[cmd.index("--node-id") + 1]
+        regions.add(region)
+        assert cmd[cmd.index("--federation") + 1] == "/federation/federation.json", name
+        assert "federation:/federation:ro" in svc["volumes"], name
+        assert svc["depends_on"]["federation"]["condition"] == "service_completed_successfully", name
+        assert f"--node {node_id}={name}:7100=/nodes/{name}" in script, f"{name} missing from the federation config"
+        assert f"{name}:/nodes/{name}" in services["federation"]["volumes"], name
+    assert all(f"--region {r}" in script and f"--ca {r}-ca.pem" in script for r in regions) and len(regions) == 2

@@ -140,3 +140,24 @@ def test_node_config_checks_the_federation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="format"):
         load_config(None, {"data_dir": str(tmp_path), "region": "us-east", "insecure": True,
                            "federation": str(path)})
+
+
+def test_add_region_reads_or_makes_the_nodes_keys(tmp_path: Path) -> None:
+    from sovledger.regions import add_region
+
+    config = tmp_path / "fed" / "federation.json"
+    (tmp_path / "eu-1").mkdir()
+    made = Signer.generate("eu-west/node-1")
+    from node.keys import write_key_file
+
+    write_key_file(tmp_path / "eu-1" / "node.key", made)  # a node that already started keeps its key
+    add_region(config, "eu-west", [f"node-1=eu-1:7100={tmp_path / 'eu-1'}"], "eu-west-ca.pem")
+    fed = add_region(config, "ap-south", [f"node-{i}=ap-{i}:7100={tmp_path / f'ap-{i}'}" for i in (1, 2, 3)])
+    assert fed.names == ("eu-west", "ap-south")
+    assert fed.region("eu-west").checkpoint_keys == (made.verifier,) and fed.region("eu-west").ca == "eu-west-ca.pem"
+    again = add_region(config, "ap-south", [f"node-{i}=ap-{i}:7100={tmp_path / f'ap-{i}'}" for i in (1, 2, 3)])
+    assert again == fed  # idempotent: the keys made the first time are read back
+    wk = load_key_file(tmp_path / "ap-2" / "witness.key")
+    assert cosigner_verifier(wk) == fed.region("ap-south").witness_keys[1]
+    with pytest.raises(FederationError, match="NODE_ID=HOST:PORT=DATA_DIR"):
+        add_region(config, "us-east", ["node-1=127.0.0.1:7000"])
