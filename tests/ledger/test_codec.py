@@ -75,7 +75,7 @@ def test_leaf_round_trip(kind: EventKind, result: int, index: int, ts: int, body
     sizes = {EventKind.CREATE_ACCOUNT: 64, EventKind.CREATE_TRANSFER: 176, EventKind.EXPIRE_PENDING: 16,
              EventKind.DEPLOY_RULESET: 100, EventKind.SETTLEMENT_CALLBACK: 96, EventKind.LEDGER_TRANSFER: 176,
              EventKind.ERASE_SUBJECT: 48,
-             EventKind.KEY_ROTATION: 276}
+             EventKind.KEY_ROTATION: 276, EventKind.AGGREGATE: 35}
     body = (body * 300)[: sizes[kind]] if body else bytes(sizes[kind])
     aux = psp_signature_aux(b"abcd", b"s" * 64)
     for a in (b"", aux):
