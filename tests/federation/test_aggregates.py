@@ -113,3 +113,21 @@ def test_apply_chain_and_proposal_framing() -> None:
         Result.AGGREGATE_OUT_OF_ORDER
     with pytest.raises(EncodingError, match="cannot be submitted by clients"):
         validate_batch(EventKind.AGGREGATE, raw, b"", b"")
+
+
+def test_the_auditor_replays_a_log_with_aggregate_entries() -> None:
+    """AGGREGATE leaves are part of the log every auditor replays (variable body, no balance effect)."""
+    from clients.auditor.replay import LogVerifier, iter_blocks
+    from ledger.note import Checkpoint, open_note
+    from tests.audit.memlog import mixed_log
+
+    log = mixed_log()
+    reader = LedgerReader(log.store)
+    leaves = [decode_leaf(raw) for chunk in reader.leaves(0, reader.head().tree_size) for raw in chunk]
+    agg = fold(None, leaves, len(leaves))
+    log.block(Batch(EventKind.AGGREGATE, agg.encode()))
+    v = LogVerifier(psp_keys=[])
+    for h, ls in iter_blocks(log.headers(), iter(log.leaves())):
+        v.feed_block(h, ls)
+    v.finish(Checkpoint.parse(open_note(log.note(), [log.signer.verifier]).body))
+    assert v.size == len(leaves) + 1 and decode_leaf(log.leaves()[-1]).result == Result.OK
