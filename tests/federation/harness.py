@@ -55,8 +55,9 @@ class Fed:
         with ch:
             return str(stub.GetRegionCheckpoint(wpb.RegionCheckpointRequest(), timeout=10).note)
 
-    def load(self, region: str, seconds: float = 1.0, seed: int = 1) -> None:
-        r = cli("psp", "load", "--target", self.target(region), "--rate", "500", "--duration", str(seconds),
+    def load(self, region: str, seconds: float = 1.0, seed: int = 1, target: str = "") -> None:
+        targets = target or ",".join(self.fed.region(region).addresses)
+        r = cli("psp", "load", "--target", targets, "--rate", "500", "--duration", str(seconds),
                 "--accounts", "50", "--psps", "1", "--seed", str(seed), "--json",
                 "--tls-config", str(self.data / region / "ca" / "psp-1.toml"))
         assert r.returncode == 0, r.stdout + r.stderr

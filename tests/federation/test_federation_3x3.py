@@ -1,0 +1,76 @@
+"""Three regions of three nodes each (nine processes; `faults_slow`: run by `make test-faults`).
+
+Every checkpoint is offered to the six witnesses of the other two regions; the auditor demands
+5-of-6. Then eu-west's leader is killed: the new leader continues the aggregate chain from the log
+and resumes gathering (the witnesses answer its first offer with the size they hold, it proves
+consistency from there), so a newer checkpoint again meets 5-of-6 and `global revenue` still
+proves every region's aggregates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.note import Checkpoint, split_note
+from sovledger.cluster import Cluster
+from sovledger.regions import load
+from tests.federation.harness import REGIONS, Fed, cosignatures, stop, wait_for
+from tests.security.region import cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults_slow]
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    data = tmp_path_factory.mktemp("fed3x3") / "fed"
+    up = cli("cluster", "up", "--regions", ",".join(REGIONS), "--nodes", "3", "--data", str(data),
+             "--aggregate-every-ms", "1000", "--json", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    f = Fed(data, load(data))
+    try:
+        yield f
+    finally:
+        stop(f)
+
+
+def _leader(fed: Fed, region: str) -> Cluster:
+    return Cluster(fed.data / region)
+
+
+def _note(fed: Fed, region: str) -> str:
+    """The region's best cosigned checkpoint over all its nodes."""
+    from clients.federation import FederationClient
+
+    tls = fed.tls(region, "auditor", "auditor")
+    return FederationClient(fed.config, tls).region_checkpoint(fed.fed.region(region))
+
+
+def _size(note: str) -> int:
+    return Checkpoint.parse(split_note(note)[0]).size if note else 0
+
+
+def test_witness_quorum_survives_a_leader_change(fed: Fed) -> None:
+    c = _leader(fed, "eu-west")
+    leader, _ = c.wait_leader(30)
+    fed.load("eu-west", target=leader.target)
+    wait_for("eu-west checkpoint cosigned by all six witnesses",
+             lambda: cosignatures(_note(fed, "eu-west")) == 6, 60)
+    rc, out = fed.audit("eu-west", "--witnesses", "5-of-6")
+    assert rc == 0, out
+    before = _size(_note(fed, "eu-west"))
+    c.kill(leader)
+    new, _ = c.wait_leader(30)
+    assert new.node_id != leader.node_id
+    fed.load("eu-west", seed=5, target=new.target)
+    wait_for("a newer eu-west checkpoint from the new leader cosigned by five or more witnesses",
+             lambda: _size(n := _note(fed, "eu-west")) > before and cosignatures(n) >= 5, 60)
+    rc, out = fed.audit("eu-west", "--witnesses", "5-of-6")
+    assert rc == 0, out
+    c.start(leader)
+    r = cli("global", "revenue", "--federation", fed.config, "--json",
+            "--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml"))
+    view = {v["region"]: v for v in json.loads(r.stdout)["regions"]}
+    assert r.returncode == 0 and view["eu-west"]["ok"] and view["eu-west"]["rows"], r.stdout + r.stderr
