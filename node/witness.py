@@ -67,8 +67,9 @@ class FederationPeer:
         self.config = config
         self.fed: Federation | None = (parse_federation(Path(config.federation).read_bytes())
                                        if config.federation else None)
-        self.store = WitnessStore(data / "witness")
-        self.signer = witness_signer(data, config.region, config.node_id)
+        # a lone region (no --federation) witnesses nobody: no witness key, no witness store
+        self.store = WitnessStore(data / "witness") if self.fed else None
+        self.signer = witness_signer(data, config.region, config.node_id) if self.fed else None
         self.checkpoints = checkpoints
         self.reader = reader
         self.is_leader = is_leader
@@ -99,21 +100,27 @@ class FederationPeer:
             await asyncio.gather(self._task, return_exceptions=True)
         for ch in self._channels.values():
             await ch.close()
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     # -- witness side ---------------------------------------------------------------------------
+
+    def last(self, origin: str) -> Cosigned | None:
+        return self.store.last(origin) if self.store is not None else None
 
     async def add_checkpoint(self, body: bytes) -> wpb.AddCheckpointResponse:
         req = AddCheckpoint.parse(body)  # WitnessFormatError → INVALID_ARGUMENT
         async with self._lock:  # one decision at a time: each reads what the previous one stored
-            verdict = decide(req, self.keys_by_origin, self.store.last)
+            verdict = decide(req, self.keys_by_origin, self.last)
             line = ""
             if verdict.outcome == Outcome.SPLIT_VIEW and verdict.evidence is not None:
+                assert self.store is not None, "a split view needs a known origin: a federation"
                 if await asyncio.to_thread(self.store.add_evidence, verdict.evidence):
                     log.error("witness: SPLIT VIEW of %s kept as evidence: %s", verdict.evidence.origin,
                               verdict.reason)
             elif verdict.outcome == Outcome.COSIGNED and verdict.checkpoint is not None:
                 cp = verdict.checkpoint
+                assert self.store is not None and self.signer is not None, "cosigned only in a federation"
                 line = cosign(cp.to_body(), self.signer, int(time.time()))
                 # durable before the cosignature leaves: never cosign anything inconsistent with it
                 await asyncio.to_thread(self.store.put_cosigned,
@@ -122,7 +129,7 @@ class FederationPeer:
                                          witness_size=verdict.witness_size, message=verdict.reason)
 
     def region_note(self) -> str:
-        note = self.store.region_note()
+        note = self.store.region_note() if self.store is not None else ""
         if note:
             return note
         try:
@@ -162,6 +169,7 @@ class FederationPeer:
         lines = [line for line in await asyncio.gather(*(self._ask(r, n, cp.note, cp.size) for r, n in witnesses))
                  if line]
         if lines and (cp.size, len(lines)) > self._gathered:
+            assert self.store is not None
             await asyncio.to_thread(self.store.put_region_note, cp.note + "".join(lines))
             self._gathered = (cp.size, len(lines))
         return len(lines)
@@ -220,12 +228,13 @@ class WitnessService(wpb_grpc.WitnessServicer):
 
     async def GetCosigned(self, request: wpb.OriginRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> wpb.CosignedResponse:
-        last = self._peer.store.last(request.origin)
+        last = self._peer.last(request.origin)
         return wpb.CosignedResponse(note=last.note if last else "", tree_size=last.size if last else 0)
 
     async def GetEvidence(self, request: wpb.OriginRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> wpb.EvidenceResponse:
-        return wpb.EvidenceResponse(evidence=self._peer.store.evidence(request.origin))
+        store = self._peer.store
+        return wpb.EvidenceResponse(evidence=store.evidence(request.origin) if store is not None else [])
 
     async def GetRegionCheckpoint(self, request: wpb.RegionCheckpointRequest,
                                   context: grpc.aio.ServicerContext[Any, Any]) -> wpb.CosignedResponse:

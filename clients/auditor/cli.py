@@ -70,6 +70,10 @@ def _add_verify(sub: Any) -> None:
     v.add_argument("--full", action="store_true", help="stream and re-verify every entry and block header")
     v.add_argument("--no-update", action="store_true", help="do not advance the trust store")
     v.add_argument("--no-psp", action="store_true", help="skip PSP signature verification")
+    v.add_argument("--witnesses", default="", metavar="K-of-N",
+                   help="verify the region's cosigned checkpoint and refuse it (exit 16) unless K distinct "
+                   "witnesses of other regions cosigned it (needs --federation; docs/federation.md)")
+    v.add_argument("--federation", default="", help="federation config naming the witness keys")
     v.set_defaults(func=_run(cmd_verify))
 
 

@@ -15,7 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clients.auditor.failures import CheckpointSignatureError, SplitViewDetected, UsageError, WitnessPolicyUnmet
+import grpc
+
+from clients.auditor.failures import (
+    CheckpointSignatureError,
+    SplitViewDetected,
+    Unreachable,
+    UsageError,
+    WitnessPolicyUnmet,
+)
 from clients.auditor.output import Out
 from clients.connect import TlsConfigError, tls_from_args
 from clients.federation import FederationClient
@@ -95,6 +103,35 @@ def cmd_witness(args: argparse.Namespace, out: Out) -> int:
         ("split views", f"none among {compared} witness views and evidence records"),
     ], data)
     return 0
+
+
+def witnessed_note(args: argparse.Namespace, origin: str) -> str:
+    """``audit verify --witnesses K-of-N --federation FILE``: the node's cosigned checkpoint of its
+    region, refused (exit 16) unless K distinct witnesses of other regions cosigned it."""
+    from clients.channels import open_sync_channel
+    from sovledger_pb import witness_pb2 as wpb
+    from sovledger_pb import witness_pb2_grpc as wpb_grpc
+
+    if not args.federation:
+        raise UsageError("--witnesses needs --federation FILE (the witness keys are listed there)")
+    client = _client(args)
+    try:
+        policy = Policy.parse(args.witnesses)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    try:
+        with open_sync_channel(args.node, client.tls) as ch:
+            note = str(wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(wpb.RegionCheckpointRequest(),
+                                                                   timeout=args.timeout).note)
+    except grpc.RpcError as e:
+        raise Unreachable(f"{args.node}: GetRegionCheckpoint failed: {e.code().name}", node=args.node) from e
+    if not note:
+        raise Unreachable(f"{args.node} serves no checkpoint yet", node=args.node)
+    verdict = check_policy(note, client.fed.witnesses_of(origin), policy)
+    if not verdict.met:
+        raise WitnessPolicyUnmet(f"{args.node}: checkpoint of {origin}: {verdict.reason}", note=note,
+                                 policy=args.witnesses)
+    return note
 
 
 def add_witness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

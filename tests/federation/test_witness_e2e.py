@@ -61,6 +61,21 @@ def test_a_checkpoint_cosigned_by_a_witness_quorum(fed: Fed) -> None:
     assert rc == 16, out  # the federation lists only two witnesses for eu-west
 
 
+def test_audit_verify_takes_a_witness_policy(fed: Fed, tmp_path: Path) -> None:
+    from tests.security.region import cli
+
+    trust, tls = str(tmp_path / "trust.json"), ["--tls-config", str(fed.data / "eu-west" / "ca" /
+                                                                   "auditor-auditor.toml")]
+    key = fed.fed.region("eu-west").checkpoint_keys[0].to_string()
+    r = cli("audit", "trust", "init", "--node", fed.target("eu-west"), "--trust", trust, "--key", key, *tls)
+    assert r.returncode == 0, r.stdout + r.stderr
+    verify = ("audit", "verify", "--node", fed.target("eu-west"), "--trust", trust, "--federation", fed.config)
+    r = cli(*verify, "--witnesses", "2-of-2", *tls)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli(*verify, "--witnesses", "3-of-3", *tls)
+    assert r.returncode == 16, r.stdout + r.stderr
+
+
 def test_federation_role_opens_only_the_witness_service(fed: Fed) -> None:
     foreign = fed.foreign_tls("eu-west", towards="us-east")
     with open_sync_channel(fed.target("us-east"), foreign) as ch:
