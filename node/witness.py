@@ -205,14 +205,20 @@ class FederationPeer:
     def _channel(self, region: Region, node: FederationNode) -> grpc.aio.Channel:
         ch = self._channels.get(node.address)
         if ch is None:
-            files = self.config.tls_files
-            foreign = None
-            if files is not None:
-                assert self.fed is not None and region.ca, f"region {region.name} has no CA in the federation"
-                ca = str(Path(self.config.federation).parent / region.ca)
-                foreign = TlsFiles(ca, files.cert, files.key)
-            ch = self._channels[node.address] = peer_channel(node.address, foreign, [])
+            ch = self._channels[node.address] = foreign_channel(self.config, region, node.address)
         return ch
+
+
+def foreign_channel(config: NodeConfig, region: Region, address: str) -> grpc.aio.Channel:
+    """A channel from this node to a node of another region: this node's certificate, and only that
+    region's CA (from the federation config) for the server; plaintext when the node runs --insecure."""
+    files = config.tls_files
+    if files is None:
+        return peer_channel(address, None, [])
+    if not region.ca:
+        raise ValueError(f"region {region.name} names no CA in the federation config {config.federation}")
+    ca = str(Path(config.federation).parent / region.ca)
+    return peer_channel(address, TlsFiles(ca, files.cert, files.key), [])
 
 
 class WitnessService(wpb_grpc.WitnessServicer):
