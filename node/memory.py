@@ -16,16 +16,12 @@ ever dirty in this process: dropping the mapping of a page never loses a write.
 The budget, in bytes (each bound lives beside its code; the sum is what a node may hold beyond
 its ~100 MB baseline of code, libraries and the interpreter):
 
-==========================================  ========  ==========================================
-bound                                       bytes     where
-==========================================  ========  ==========================================
-Raft entry tail cache                       64 MiB    ``node.raft_storage.CACHE_BYTES_MAX``
-send queue per peer                         48 MiB    ``node.transport.QUEUE_BYTES_MAX``
-ingest queue (records + per-batch cost)     64 MiB    ``node.pipeline.QUEUE_BYTES_MAX``
-requests held by all Submit streams         128 MiB   ``node.service.WINDOW_BYTES_MAX``
-LMDB map resident (file-backed)             256 MiB   ``MAP_RESIDENT_BYTES_MAX`` (here)
-result metric label sets                    ~1 MiB    ``node.metrics.PSP_LABELS_MAX``
-==========================================  ========  ==========================================
+- Raft entry tail cache: 64 MiB (``node.raft_storage.CACHE_BYTES_MAX``)
+- send queue per peer: 48 MiB (``node.transport.QUEUE_BYTES_MAX``)
+- ingest queue, records plus a per-batch cost: 64 MiB (``node.pipeline.QUEUE_BYTES_MAX``)
+- requests held by all Submit streams together: 256 MiB (``node.service.WINDOW_BYTES_MAX``)
+- file-backed RSS, the map plus ~55 MB of libraries: 256 MiB (``MAP_RESIDENT_BYTES_MAX``, here)
+- label sets of the per-PSP result metric: 512 (``node.metrics.PSP_LABELS_MAX``)
 """
 
 from __future__ import annotations

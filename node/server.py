@@ -93,7 +93,8 @@ class Node:
         self._data_lock = lock_data_dir(data)  # one process per data directory (node/startup.py)
         self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
         self.store.commit_observer = metrics.FSYNC.observe
-        self.map_trimmer = MapTrimmer(str(data / "ledger" / "data.mdb"))  # file-backed RSS (node/memory.py)
+        # file-backed RSS of the LMDB map (node/memory.py)
+        self.map_trimmer = MapTrimmer(str(data / "ledger" / "data.mdb"), config.map_resident_bytes_max)
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
