@@ -49,7 +49,7 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
         assert set(r["results"]) == {"ok"}, r["results"]  # funded, debit-limited accounts: all succeed
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_region_peers_plot_scale_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results"
     assert region.main(["--scale", "0", "--half-rate-seconds", "0.3", "--time-limit", "20",
