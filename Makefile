@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python -m bench.tls_cost
 	$(BIN)/python -m bench.peers
 	$(BIN)/python -m bench.plot
+	$(BIN)/python -m bench.report --issue
 
 bench-scale: setup
 	$(BIN)/python -m bench.scale

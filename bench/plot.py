@@ -8,7 +8,7 @@
 * ratios sovledger ÷ peer per batch size.
 
 ``plot_scale`` draws the scale run (bench/scale.py calls it): transfers/s per chunk (raw and
-probe-normalised), p99 per chunk, disk bytes per transfer.
+probe-normalised), p99 per chunk, disk bytes per transfer, node RSS (total/anonymous/file-backed).
 """
 
 from __future__ import annotations
@@ -126,10 +126,22 @@ def plot_bench(region: dict[str, Any] | None, peers: dict[str, Any] | None, out_
     return out_png
 
 
+def _plot_rss(ax: Any, x: list[float], rows: list[dict[str, Any]]) -> None:
+    """Resident memory of the node after each chunk: total, anonymous, file-backed (the LMDB map)."""
+    pts = [(xx, r["rss_mib"]) for xx, r in zip(x, rows, strict=True) if r.get("rss_mib")]
+    for key, style, label in (("rss", "o-", "RSS"), ("anon", "s--", "anonymous"), ("file", "x:", "file-backed")):
+        ax.plot([p[0] for p in pts], [p[1][key] for p in pts], style, label=label)
+    ax.axhline(1024, color="crimson", ls=":", lw=1, label="1 GiB")
+    ax.set(xlabel="transfers in the ledger (millions)", ylabel="MiB", title="Node memory after each chunk")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def plot_scale(scale: dict[str, Any], out_png: Path) -> Path:
     rows = scale["chunks"]
     x = [r["total"] / 1e6 for r in rows]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 5))
+    fig, (a, b, c, d) = plt.subplots(1, 4, figsize=(22, 5))
     a.plot(x, [r["tx_per_s"] for r in rows], "o-", color=COLORS["sovledger-1"], label="transfers/s (raw)")
     a.set(xlabel="transfers in the ledger (millions)", ylabel="transfers/s", title="Throughput per chunk")
     a.set_ylim(bottom=0)
@@ -162,6 +174,7 @@ def plot_scale(scale: dict[str, Any], out_png: Path) -> Path:
                    textcoords="offset points", ha="center", fontsize=7)
     c.legend(fontsize=8, loc="lower right")
     c.grid(alpha=0.3)
+    _plot_rss(d, x, rows)
     fig.suptitle(f"sovledger scale: one node, {rows[-1]['total']:,} transfers — degradation first→last chunk: "
                  f"raw {scale['degradation_raw_pct']:.1f}%, probe-normalised "
                  f"{scale['degradation_normalised_pct']:.1f}% (target ≤ 10%; negative = faster)", fontsize=12)

@@ -256,6 +256,31 @@ def cpu_report(before: dict[str, float], after: dict[str, float], row: dict[str,
             "total_cores": round(sum(used.values()) / secs, 2)}
 
 
+def rss_snapshot(pids: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Resident memory per node process in MiB (/proc/PID/status): total, anonymous, file-backed."""
+    from node.memory import proc_memory
+
+    out = {}
+    for name, pid in pids.items():
+        m = proc_memory(pid)
+        if m:
+            out[name] = {"rss": round(m.get("VmRSS", 0) / 2**20, 1), "anon": round(m.get("RssAnon", 0) / 2**20, 1),
+                         "file": round(m.get("RssFile", 0) / 2**20, 1)}
+    return out
+
+
+def streams_step(target: str, scale: float, time_limit_s: float, pids: dict[str, int], seed: int) -> dict[str, Any]:
+    """64 concurrent streams x one payment per request (group commit), bounded in count and time."""
+    from bench.streams import STREAMS, WINDOW, run_streams
+
+    recs = transfer_stream(max(2_000, int(100_000 * scale)), seed=seed, first_id=(1 << 64) + (1 << 41) + (seed << 36))
+    before = cpu_snapshot(pids)
+    row = run_streams(target, recs, STREAMS, WINDOW, min(time_limit_s, 30.0))
+    row["cpu"] = cpu_report(before, cpu_snapshot(pids), row)
+    row["rss_mib"] = rss_snapshot(pids)
+    return row
+
+
 def run_plan(client: LedgerClient, records: bytes, plan: list[tuple[int, int, int]], time_limit_s: float,
              console: Console, label: str, pids: dict[str, int] | None = None) -> list[dict[str, Any]]:
     feed = Feed(records)
@@ -265,6 +290,7 @@ def run_plan(client: LedgerClient, records: bytes, plan: list[tuple[int, int, in
             before = cpu_snapshot(pids or {})
             row = run_stream(client, split(feed.take(total), batch), inflight, time_limit_s)
             row["cpu"] = cpu_report(before, cpu_snapshot(pids or {}), row)
+            row["rss_mib"] = rss_snapshot(pids or {})
             rows.append(row)
     return rows
 
@@ -284,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     with console.status("generating transfers …"):
         records = transfer_stream(sum(t for _, t, _ in plan), seed=7)
     out: dict[str, Any] = {"machine": machine(), "workload": workload_description(), "plan": plan,
-                           "single": [], "region": [], "half_rate": []}
+                           "single": [], "region": [], "half_rate": [], "streams": []}
     with tempfile.TemporaryDirectory(prefix="sovledger-bench-region-") as tmp_s:
         tmp = Path(tmp_s)
         pids: dict[str, int] = {}
@@ -300,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_stream(client, split(feed.take(int(half * half_s) + batch), batch), 64,
                                    half_s + 30, rate=half)
                 out["half_rate"].append(dict(r, setup="region"))
+            with console.status("3-node region: 64 streams x 1 payment per request …"):
+                out["streams"].append(dict(streams_step(target, scale, args.time_limit, pids, 9), setup="region"))
         pids = {}
         with single_node(tmp, pids=pids) as target, connect(target) as client:
             setup_ledger(client)
@@ -310,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_stream(client, split(feed.take(int(half * half_s) + batch), batch), 64,
                                    half_s + 30, rate=half)
                 out["half_rate"].append(dict(r, setup="single"))
+            with console.status("single node: 64 streams x 1 payment per request …"):
+                out["streams"].append(dict(streams_step(target, scale, args.time_limit, pids, 10), setup="single"))
     out["ratios"] = {str(s["batch"]): r["tx_per_s"] / s["tx_per_s"] if s["tx_per_s"] else None
                      for s, r in zip(out["single"], out["region"], strict=True)}
     out["targets"] = {"region_tx_per_s_at_8189": {"target": 60_000, "reached": out["region"][-1]["tx_per_s"]},
@@ -347,6 +377,14 @@ def render(out: dict[str, Any]) -> Table:
                       f"{fmt_ms(s['p50_ms'])} / {fmt_ms(s['p99_ms'])}", fmt_rate(r["tx_per_s"]),
                       f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}",
                       f"p99 {ratio(r['p99_ms'], s['p99_ms'])}")
+    streams = {h["setup"]: h for h in out.get("streams", [])}
+    if streams:
+        s, r = streams.get("single"), streams.get("region")
+        table.add_row("64 streams × 1", fmt_rate(s["tx_per_s"]) if s else "–",
+                      f"{fmt_ms(s['p50_ms'])} / {fmt_ms(s['p99_ms'])}" if s else "–",
+                      fmt_rate(r["tx_per_s"]) if r else "–",
+                      f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}" if r else "–",
+                      ratio(r["tx_per_s"], s["tx_per_s"]) if s and r else "–")
     cpu = []
     for key, label in (("single", "1 node"), ("region", "region")):
         r = out[key][-1] if out[key] else None
@@ -354,7 +392,7 @@ def render(out: dict[str, Any]) -> Table:
             cpu.append(f"{label} @ {r['batch']}: cores busy " + ", ".join(
                 f"{k} {v:.2f}" for k, v in r["cpu"]["cores"].items()) + f" (total {r['cpu']['total_cores']:.2f})")
     table.caption = "CPU — " + "; ".join(cpu) if cpu else None
-    bad = {k: v for rows in (out["single"], out["region"], out["half_rate"]) for row in rows
+    bad = {k: v for rows in (out["single"], out["region"], out["half_rate"], out.get("streams", [])) for row in rows
            for k, v in row["results"].items() if k != "ok"}
     if bad:
         table.caption = f"{table.caption or ''}\nnon-ok results: {bad}"

@@ -1,8 +1,9 @@
 """Shared bench helpers (machine description, percentiles, result files) and a summary printer.
 
 ``python -m bench.report [--dir bench/results]`` prints the latest region, peers and scale results
-as Markdown tables (what bench/README.md quotes). The helpers here are used by bench/region.py,
-bench/peers.py, bench/scale.py and bench/plot.py.
+as Markdown tables (what bench/README.md quotes); ``--issue`` prints the one table of issue #13 —
+every target beside this run's figure (the last thing ``make bench`` prints). The helpers here are
+used by bench/region.py, bench/peers.py, bench/scale.py and bench/plot.py.
 """
 
 from __future__ import annotations
@@ -143,20 +144,85 @@ def summarize(directory: str | Path | None = None) -> str:
     sc = load(latest("scale", directory))
     if sc:
         rows = [[str(m["million"]), f"{m['transfers']:,}", fmt_rate(m["tx_per_s"]), fmt_ms(m["p99_ms"]),
-                 f"{m['disk_bytes_per_transfer']:.0f}", f"{m.get('probe_ratio') or 0:.3f}"] for m in sc["chunks"]]
+                 f"{m['disk_bytes_per_transfer']:.0f}", f"{m.get('probe_ratio') or 0:.3f}",
+                 _rss({"node": m["rss_mib"]}) if m.get("rss_mib") else "–"] for m in sc["chunks"]]
         parts.append("### scale\n\n" + _md(["chunk", "transfers", "tx/s", "p99 ms", "disk B/transfer",
-                                             "tx/s ÷ probe"], rows)
+                                             "tx/s ÷ probe", "RSS"], rows)
                      + f"\n\ndegradation first→last (negative = faster): raw {sc['degradation_raw_pct']:.1f}%, "
                        f"probe-normalised {sc['degradation_normalised_pct']:.1f}%, "
                        f"linear trend {sc.get('trend_pct_per_million', 0):+.2f}% per million")
     return "\n\n".join(parts) if parts else "no results found"
 
 
+# -- the issue #13 table: one row per target, from the latest single_node, region and peers results -----
+
+
+def _us(cpu: dict[str, Any] | None) -> str:
+    if not cpu:
+        return "–"
+    per = {k: v for k, v in cpu["us_per_transfer"].items() if k != "client"}
+    return " / ".join(f"{k} {v:.0f}" for k, v in per.items()) + f" (Σ {sum(per.values()):.0f}) µs"
+
+
+def _rss(rss: dict[str, Any] | None) -> str:
+    if not rss:
+        return "–"
+    return " / ".join(f"{k} {v['rss']:.0f} (anon {v['anon']:.0f})" for k, v in rss.items()) + " MiB"
+
+
+def _issue_rows(single: dict[str, Any] | None, reg: dict[str, Any] | None,
+                peers: dict[str, Any] | None) -> list[list[str]]:
+    rows: list[list[str]] = []
+    if single:
+        top, bare = single["rows"][-1], single["bare_baseline"]
+        rows.append([f"1 node, batch {top['batch']}", f"{fmt_rate(top['tx_per_s'])} tx/s, "
+                     f"{ratio(top['tx_per_s'], bare['tx_per_s'])} the bare baseline ({fmt_rate(bare['tx_per_s'])})",
+                     "≥ 250k tx/s, ≥ 0.3× bare"])
+    if reg:
+        by = {r["batch"]: r for r in reg["region"]}
+        rows.append(["region (3 nodes), batch 8189 / 1000 / 100",
+                     " / ".join(fmt_rate(by[b]["tx_per_s"]) if b in by else "–" for b in (8189, 1000, 100)),
+                     "≥ 80k / 70k / 35k"])
+        st = {h["setup"]: h for h in reg.get("streams", [])}
+        r = st.get("region")
+        rows.append(["region, 64 streams × 1 payment per request",
+                     f"{fmt_rate(r['tx_per_s'])} payments/s (p99 {fmt_ms(r['p99_ms'])} ms)" if r else "–",
+                     "≥ 5k payments/s"])
+        half = {(h["setup"], h["batch"]): h for h in reg.get("half_rate", [])}
+        h = half.get(("region", 1000))
+        rows.append([f"region p99 ack at half the max rate ({fmt_rate(reg.get('half_rate_target'))}/s), batch 1000",
+                     f"{fmt_ms(h['p99_ms'])} ms" if h else "–", "≤ 50 ms"])
+        last = reg["region"][-1] if reg["region"] else {}
+        rows.append([f"region CPU per transfer per replica (batch {last.get('batch', '–')})", _us(last.get("cpu")),
+                     "3 replicas fit 2 cores"])
+        rows.append(["RSS per node after the region steps", _rss(last.get("rss_mib")), "≤ 1 GiB, flat"])
+        s_last = reg["single"][-1] if reg["single"] else {}
+        rows.append(["RSS, single node after its steps", _rss(s_last.get("rss_mib")), "≤ 1 GiB, flat"])
+    if peers:
+        cells = [f"{b}: {peers['ratios'][b]['sovledger-1/postgres']:.2f}×" for b in peers.get("ratios", {})
+                 if peers["ratios"][b].get("sovledger-1/postgres")]
+        rows.append(["1 node ÷ PostgreSQL DIY ledger, per batch size", ", ".join(cells) or "– (skipped)", "≥ 5×"])
+    return rows
+
+
+def issue_table(directory: str | Path | None = None) -> str:
+    """The table of issue #13 ("where it stands") from the newest results: `make bench` prints it last."""
+    single, reg, peers = (load(latest(k, directory)) for k in ("single_node", "region", "peers"))
+    rows = _issue_rows(single, reg, peers)
+    if not rows:
+        return "no results found"
+    when = {k: (d or {}).get("machine", {}).get("when", "–") for k, d in
+            (("single_node", single), ("region", reg), ("peers", peers))}
+    return ("| | this run | target |\n|---|---:|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+            + "\n\nfrom: " + ", ".join(f"{k} {v}" for k, v in when.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=None, help="results directory (default bench/results)")
+    ap.add_argument("--issue", action="store_true", help="the issue #13 table (targets) instead of the summaries")
     args = ap.parse_args(argv)
-    print(summarize(args.dir))
+    print(issue_table(args.dir) if args.issue else summarize(args.dir))
     return 0
 
 

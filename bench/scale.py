@@ -5,8 +5,9 @@ Run: ``make bench-scale`` (10M transfers) or ``python -m bench.scale --transfers
 One real node process (durable LMDB) on 127.0.0.1, the workload of bench/region.py (10k funded,
 debit-limited accounts, uniform random transfers, unique ids), streamed in batches of 8189, one
 chunk (default one million transfers) at a time. Each chunk's transfers are generated before it is
-timed. Per chunk: transfers/s, p50/p99 batch acknowledgement latency, and the disk bytes per
-transfer (allocated blocks of the data directory ÷ transfers so far, and the chunk's increment).
+timed. Per chunk: transfers/s, p50/p99 batch acknowledgement latency, the disk bytes per
+transfer (allocated blocks of the data directory ÷ transfers so far, and the chunk's increment), and
+the node's resident memory after the chunk (/proc/PID/status: RSS, anonymous, file-backed; peak RSS).
 
 Noise control: the machine is shared, so after every chunk a fixed *probe* runs — BLAKE3 + LMDB put
 of the same 100k records into a fresh durable LMDB, one commit per 8189 — and each chunk's rate is
@@ -32,7 +33,7 @@ import blake3
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.region import ACCOUNTS, connect, run_stream, setup_ledger, single_node, split, wide_console
+from bench.region import ACCOUNTS, connect, rss_snapshot, run_stream, setup_ledger, single_node, split, wide_console
 from bench.report import fmt_ms, fmt_rate, machine, write_results
 from clients.workload import TransferGenerator
 from ledger.codec import TRANSFER_SIZE
@@ -105,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         probe = Probe(tmp)
         out["probe_before"] = probe.run()
-        with single_node(tmp, extra=["--map-size", str(args.map_size)]) as target, connect(target) as client:
+        pids: dict[str, int] = {}
+        with single_node(tmp, extra=["--map-size", str(args.map_size)], pids=pids) as target, \
+                connect(target) as client:
             setup_ledger(client)
+            out["rss_mib_after_setup"] = rss_snapshot(pids).get("node")
             data_dir = tmp / "single"
             base_disk = disk_bytes(data_dir)
             out["disk_bytes_after_setup"] = base_disk
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                            "chunk_disk_bytes_per_transfer": (disk - prev_disk) / row["transfers"]
                            if row["transfers"] else 0.0,
                            "probe_tx_per_s": p, "probe_ratio": row["tx_per_s"] / p if p else None,
+                           "rss_mib": rss_snapshot(pids).get("node"),
                            "loadavg": list(os.getloadavg())}
                     prev_disk = disk
                     out["chunks"].append(rec)

@@ -60,6 +60,8 @@ class NodeConfig:
     pii_screening: str = "cards,emails"
     # storage
     map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES
+    # resident pages of the LMDB map kept before they are dropped from the process (node/memory.py)
+    map_resident_bytes_max: int = 256 << 20
     # blocks: a block closes when it holds block_items_max items or block_delay_ms has passed
     block_items_max: int = 32768
     block_delay_ms: float = 2.0

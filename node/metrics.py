@@ -42,6 +42,21 @@ RESULTS = Counter("sovledger_results", "Events applied, by kind, result code nam
 EXPIRY_BLOCKS = Counter("sovledger_expiry_blocks", "Empty blocks proposed by the pending-expiry timer")
 
 _RESULT_NAMES: Final = {r.value: r.name.lower() for r in Result}
+# Distinct psp label values kept. psp_id is a u32 the client writes into each record (checked
+# against the certificate with TLS, not at all with --insecure), so the label set would otherwise
+# grow with whatever ids clients send; each label set costs ~1-2 KiB in the registry. Beyond
+# this many, further PSPs are counted under psp="other". 512 is far above a region's PSPs.
+PSP_LABELS_MAX: Final = 512
+_psp_labels: set[int] = set()
+
+
+def psp_label(psp: int) -> str:
+    if psp in _psp_labels:
+        return str(psp)
+    if len(_psp_labels) >= PSP_LABELS_MAX:
+        return "other"
+    _psp_labels.add(psp)
+    return str(psp)
 
 
 def ack_timer() -> Callable[[Any], None]:
@@ -61,7 +76,7 @@ def count_results(batch: Batch, results: Any) -> None:
     else:
         tally = Tally((r, 0) for r in results)
     for (code, psp), n in tally.items():
-        RESULTS.labels(kind, _RESULT_NAMES.get(code, str(code)), str(psp)).inc(n)
+        RESULTS.labels(kind, _RESULT_NAMES.get(code, str(code)), psp_label(psp)).inc(n)
 
 
 def rss_bytes() -> int:

@@ -36,6 +36,7 @@ from node.expiry import ExpiryTimer
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
 from node.key_rotation import KeyRing
+from node.memory import MapTrimmer
 from node.metrics import start_metrics
 from node.offload import Offload
 from node.pii_edge import parse_screening
@@ -93,6 +94,8 @@ class Node:
         self._data_lock = lock_data_dir(data)  # one process per data directory (node/startup.py)
         self.store = LmdbStore(str(data / "ledger"), config.map_size_bytes)
         self.store.commit_observer = metrics.FSYNC.observe
+        # file-backed RSS of the LMDB map (node/memory.py)
+        self.map_trimmer = MapTrimmer(str(data / "ledger" / "data.mdb"), config.map_resident_bytes_max)
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
@@ -148,6 +151,7 @@ class Node:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
         self.vault.after_block()  # shred subjects erased in this block (or a snapshot) before announcing it
         self.checkpoints.on_block(state.head)
+        self.map_trimmer.maybe_trim()
 
     def status(self) -> pb.StatusResponse:
         head = self.state.head

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
@@ -20,10 +20,10 @@ from ledger.screening import ScreeningConfig
 from ledger.types import BATCH_ITEMS_MAX
 from node import psp_guard
 from node.authz import caller
-from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, abort, batch_status
+from node.errors import BadRequest, DataLoss, NodeError, OutOfRange, Overloaded, abort, batch_status
 from node.offload import Offload
 from node.pii_edge import screen_batch
-from node.pipeline import Ingest
+from node.pipeline import BATCH_OVERHEAD_BYTES, Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
 from node.signing import CheckpointService, InconsistentCheckpoint
 from sovledger_pb import ledger_pb2 as pb
@@ -36,6 +36,32 @@ FOLLOW_POLL_S = 0.05  # how often an idle follow stream looks for newly signed e
 
 
 STALE_READ_KEY = "sovledger-read"
+# Request bytes all Submit streams together may hold until answered (queued, in a block being
+# committed, or waiting for a slow reader). Each stream's window is bounded in batches, but the
+# number of streams is not: without this, N streams x 32 batches x 3 MiB. 256 MiB lets five
+# streams keep full windows of the largest batches; beyond it a batch is refused (RESOURCE_EXHAUSTED).
+WINDOW_BYTES_MAX: Final = 256 << 20
+
+
+class WindowBudget:
+    """Bytes held by every stream's in-flight window, against one node-wide limit (event loop only)."""
+
+    def __init__(self, limit_bytes: int = WINDOW_BYTES_MAX) -> None:
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+
+    def take(self, n: int) -> bool:
+        if self.held_bytes + n > self.limit_bytes and self.held_bytes:
+            return False
+        self.held_bytes += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.held_bytes -= n
+
+
+def request_bytes(req: pb.SubmitRequest) -> int:
+    return len(req.records) + len(req.signatures) + BATCH_OVERHEAD_BYTES
 
 
 async def _no_barrier() -> None:
@@ -50,7 +76,9 @@ class LedgerService(pb_grpc.LedgerServicer):
                  leader_check: Callable[[], None] | None = None,
                  read_barrier: Callable[[], Awaitable[None]] | None = None, *,
                  psp_auth: PspAuthenticator, gate: psp_guard.SubmitGate | None = None,
-                 offload: Offload | None = None, screening: ScreeningConfig | None = None) -> None:
+                 offload: Offload | None = None, screening: ScreeningConfig | None = None,
+                 window: WindowBudget | None = None) -> None:
+        self.window = window or WindowBudget()
         self._screening = screening or ScreeningConfig()  # personal data never reaches the log
         self._ingest = ingest
         self._gate = gate or psp_guard.SubmitGate(reader, None)
@@ -73,14 +101,21 @@ class LedgerService(pb_grpc.LedgerServicer):
                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.SubmitResponse]:
         # Responses go out in request order. The bounded queue is the per-stream in-flight window:
         # when it is full we stop reading, and HTTP/2 flow control pushes back on the client.
-        inflight: asyncio.Queue[tuple[int, asyncio.Future[Any] | pb.BatchStatus] | None] = (
+        inflight: asyncio.Queue[tuple[int, asyncio.Future[Any] | pb.BatchStatus, int] | None] = (
             asyncio.Queue(self._inflight_max)
         )
+        held = 0  # bytes of this stream's requests not yet answered (node-wide budget: self.window)
 
         async def reader() -> None:
+            nonlocal held
             try:
                 async for req in request_iterator:
-                    await inflight.put((req.batch_id, await self._accept(req, who)))
+                    size = request_bytes(req)
+                    if not self.window.take(size):
+                        await inflight.put((req.batch_id, self._window_full(), 0))
+                        continue
+                    held += size
+                    await inflight.put((req.batch_id, await self._accept(req, who), size))
             finally:
                 await inflight.put(None)
 
@@ -91,12 +126,21 @@ class LedgerService(pb_grpc.LedgerServicer):
                 item = await inflight.get()
                 if item is None:
                     break
-                batch_id, pending = item
-                yield await self._response(batch_id, pending)
+                batch_id, pending, size = item
+                response = await self._response(batch_id, pending)
+                held -= size
+                self.window.release(size)
+                yield response
         finally:
             task.cancel()
+            self.window.release(held)
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+    def _window_full(self) -> pb.BatchStatus:
+        return batch_status(Overloaded(
+            f"the node holds {self.window.held_bytes} bytes of unanswered batches from all streams "
+            f"(limit {self.window.limit_bytes}); retry with backoff or keep fewer batches in flight"))
 
     async def _accept(self, req: pb.SubmitRequest, who: Any) -> asyncio.Future[Any] | pb.BatchStatus:
         try:

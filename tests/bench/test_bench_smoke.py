@@ -49,7 +49,7 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
         assert set(r["results"]) == {"ok"}, r["results"]  # funded, debit-limited accounts: all succeed
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_region_peers_plot_scale_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results"
     assert region.main(["--scale", "0", "--half-rate-seconds", "0.3", "--time-limit", "20",
@@ -61,6 +61,12 @@ def test_region_peers_plot_scale_end_to_end(tmp_path: Path) -> None:
     assert {(h["setup"], h["batch"]) for h in reg["half_rate"]} == {("single", 100), ("single", 1000),
                                                                      ("region", 100), ("region", 1000)}
     assert set(reg["ratios"]) == {"100", "1000", "8189"}
+    streams = {h["setup"]: h for h in reg["streams"]}
+    assert set(streams) == {"single", "region"}
+    _check_rows(list(streams.values()))
+    assert all(h["streams"] == 64 and h["payments_per_request"] == 1 for h in streams.values())
+    assert set(reg["region"][-1]["rss_mib"]) == {"leader", "follower-1", "follower-2"}
+    assert all(v["rss"] > 0 for v in reg["region"][-1]["rss_mib"].values())
 
     assert peers.main(["--scale", "0", "--skip", "sovledger-3,postgres,etcd", "--no-install", "--time-limit", "20",
                        "--results-dir", str(out)]) == 0
@@ -80,10 +86,13 @@ def test_region_peers_plot_scale_end_to_end(tmp_path: Path) -> None:
     assert [c["million"] for c in sc["chunks"]] == [1, 2]
     assert sc["chunks"][-1]["total"] == 20000
     assert all(c["disk_bytes_per_transfer"] > 0 for c in sc["chunks"])
+    assert all(c["rss_mib"]["rss"] > 0 and c["rss_mib"]["anon"] > 0 for c in sc["chunks"])
     assert math.isfinite(sc["degradation_raw_pct"]) and math.isfinite(sc["degradation_normalised_pct"])
     assert sorted(out.glob("scale-*.png"))[0].read_bytes()[:8] == PNG
 
     assert "### region" in report.summarize(out) and "### scale" in report.summarize(out)
+    issue = report.issue_table(out)
+    assert "64 streams × 1 payment" in issue and "RSS per node" in issue and "PostgreSQL" in issue
 
 
 @pytest.mark.timeout(180)

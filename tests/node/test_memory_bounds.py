@@ -5,11 +5,20 @@ queue is exercised without a server (the peer is down, which is exactly when a q
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from consensus.types import ConfState, Entry, EntryType, Index, NodeId, Term
+from ledger.codec import TRANSFER_SIZE, Batch, Proposal
 from ledger.lmdb_store import LmdbStore
-from node import raft_storage, transport
+from ledger.schema import Table
+from ledger.types import BATCH_ITEMS_MAX, EventKind
+from node import memory, metrics, pipeline, raft_storage, service, transport
+from node.errors import Overloaded
+from node.pipeline import Ingest
 from node.raft_storage import LmdbRaftStorage
 
 BLOCK = 1 << 20  # one entry's payload: a block of ~6000 transfer records
@@ -62,3 +71,82 @@ def test_one_message_larger_than_the_budget_still_goes_when_the_queue_is_empty()
 
     link = asyncio.run(run())
     assert link.queue.qsize() == 1 and link.dropped == 0
+
+
+def _mapped_rss(path: str) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    real, total, inside = os.path.realpath(path), 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                inside = len(head) == 6 and head[5] == real
+            elif inside and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
+
+
+def test_the_map_trimmer_drops_the_store_maps_resident_pages_and_reads_stay_correct(tmp_path: Path) -> None:
+    store = LmdbStore(str(tmp_path / "db"), 1 << 30)
+    rows = [(i.to_bytes(8, "big"), bytes([i % 251]) * 4000) for i in range(8000)]  # ~32 MB of pages
+    with store.write() as txn:
+        txn.put_many(Table.RAFTLOG, rows)
+    with store.read() as txn:
+        assert [txn.get(Table.RAFTLOG, k) for k, _ in rows] == [v for _, v in rows]  # touches every page
+    data_file = str(tmp_path / "db" / "data.mdb")
+    touched = _mapped_rss(data_file)
+    assert touched >= 24 << 20
+    trimmer = memory.MapTrimmer(data_file, budget_bytes=0, interval_s=0.0)
+    assert trimmer.maybe_trim() and trimmer.trims == 1
+    assert _mapped_rss(data_file) < touched // 8
+    with store.read() as txn:  # the pages come back from the page cache, unchanged
+        assert [txn.get(Table.RAFTLOG, k) for k, _ in rows[::97]] == [v for _, v in rows[::97]]
+    store.close()
+
+
+def test_the_trimmer_leaves_the_map_alone_below_its_budget(tmp_path: Path) -> None:
+    store = LmdbStore(str(tmp_path / "db"), 1 << 30)
+    trimmer = memory.MapTrimmer(str(tmp_path / "db" / "data.mdb"), budget_bytes=1 << 50, interval_s=0.0)
+    assert not trimmer.maybe_trim() and trimmer.trims == 0
+    store.close()
+
+
+def test_the_ingest_queue_is_bounded_in_bytes_for_tiny_batches() -> None:
+    async def never(_p: Proposal) -> Any:
+        await asyncio.Event().wait()
+
+    async def run() -> tuple[Ingest, int]:
+        ingest = Ingest(never, BATCH_ITEMS_MAX, 2.0, 1 << 30, queue_bytes_max=1 << 20)  # never started
+        one = Batch(EventKind.CREATE_TRANSFER, bytes(TRANSFER_SIZE))
+        accepted = 0
+        with pytest.raises(Overloaded, match="bytes waiting"):
+            for _ in range(1 << 20):
+                ingest.submit(one)
+                accepted += 1
+        return ingest, accepted
+
+    ingest, accepted = asyncio.run(run())
+    assert ingest.queued_bytes <= 1 << 20
+    assert accepted == (1 << 20) // (TRANSFER_SIZE + pipeline.BATCH_OVERHEAD_BYTES)
+
+
+def test_the_window_budget_is_shared_by_all_streams_and_returns_what_was_released() -> None:
+    budget = service.WindowBudget(limit_bytes=1000)
+    assert budget.take(600) and not budget.take(600) and budget.take(400)
+    budget.release(600)
+    assert budget.held_bytes == 400 and budget.take(600) and not budget.take(1)
+    # one request larger than the whole budget still passes when nothing else is held
+    empty = service.WindowBudget(limit_bytes=10)
+    assert empty.take(11)
+
+
+def test_result_metric_psp_labels_are_capped() -> None:
+    saved = set(metrics._psp_labels)
+    try:
+        metrics._psp_labels.clear()
+        labels = {metrics.psp_label(p) for p in range(metrics.PSP_LABELS_MAX + 50)}
+        assert len(labels) == metrics.PSP_LABELS_MAX + 1 and "other" in labels
+        assert metrics.psp_label(3) == "3"  # a PSP seen before keeps its own label
+    finally:
+        metrics._psp_labels.clear()
+        metrics._psp_labels.update(saved)

@@ -1,0 +1,111 @@
+"""Many small requests: N concurrent PSP streams, each sending one payment per request.
+
+The node groups batches from all streams into shared blocks (group commit, node/pipeline.py), so
+what this measures is the per-request cost on the node (gRPC message, validation, a queue entry, a
+future, a response) and on the client, not one fsync per payment. Used by ``bench.region`` (the
+"64 streams × 1 payment" row of ``make bench``); run alone against a running node with
+``python -m bench.streams --target HOST:PORT [--streams 64] [--seconds 10]`` (its accounts must exist:
+the bench's workload, ``bench.region.setup_ledger``).
+
+The client is one asyncio loop with ``streams`` grpc.aio Submit calls on one channel; each stream
+keeps ``window`` requests unanswered. Records are generated before timing; the run is bounded in
+count (the records given) and in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from bench.report import percentile
+from ledger.codec import TRANSFER_SIZE
+from ledger.types import Result
+from sovledger_pb import ledger_pb2 as pb
+from sovledger_pb import ledger_pb2_grpc as pb_grpc
+
+STREAMS = 64
+WINDOW = 8  # unanswered one-payment requests per stream: 512 in flight over 64 streams
+
+
+async def _one_stream(stub: pb_grpc.LedgerStub, records: list[bytes], window: int, deadline: float,
+                      latencies: list[float], codes: Counter[int], refused: Counter[str]) -> None:
+    slots = asyncio.Semaphore(window)
+    sent_at: dict[int, float] = {}
+
+    async def requests() -> AsyncIterator[pb.SubmitRequest]:
+        for i, rec in enumerate(records, 1):
+            await slots.acquire()
+            if time.monotonic() > deadline:
+                return
+            sent_at[i] = time.perf_counter()
+            yield pb.SubmitRequest(batch_id=i, kind=pb.CREATE_TRANSFERS, records=rec)
+
+    call = stub.Submit(requests(), timeout=max(1.0, deadline - time.monotonic()) + 30)
+    try:
+        async for resp in call:
+            latencies.append(time.perf_counter() - sent_at.pop(resp.batch_id))
+            slots.release()
+            if resp.status.code:
+                refused[resp.status.message[:60]] += 1
+            else:
+                codes.update(resp.results)
+            if not sent_at and time.monotonic() > deadline:
+                break
+    finally:
+        call.cancel()
+
+
+async def run_streams_async(target: str, records: bytes, streams: int = STREAMS, window: int = WINDOW,
+                            time_limit_s: float = 10.0) -> dict[str, Any]:
+    """Spread ``records`` (one payment each) over ``streams`` concurrent Submit streams."""
+    n = len(records) // TRANSFER_SIZE
+    per = [[records[i * TRANSFER_SIZE:(i + 1) * TRANSFER_SIZE] for i in range(s, n, streams)]
+           for s in range(streams)]
+    latencies: list[float] = []
+    codes: Counter[int] = Counter()
+    refused: Counter[str] = Counter()
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        stub = pb_grpc.LedgerStub(channel)
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + time_limit_s
+        await asyncio.gather(*(_one_stream(stub, p, window, deadline, latencies, codes, refused) for p in per))
+        elapsed = time.perf_counter() - t0
+    acked = sum(codes.values())
+    return {"streams": streams, "window": window, "payments_per_request": 1, "transfers": acked,
+            "ok": codes.get(int(Result.OK), 0), "seconds": elapsed, "tx_per_s": acked / elapsed if elapsed else 0.0,
+            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+            "results": {Result(c).name.lower(): k for c, k in codes.items()}, "refused_batches": dict(refused)}
+
+
+def run_streams(target: str, records: bytes, streams: int = STREAMS, window: int = WINDOW,
+                time_limit_s: float = 10.0) -> dict[str, Any]:
+    return asyncio.run(run_streams_async(target, records, streams, window, time_limit_s))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.region import transfer_stream
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", required=True, help="node HOST:PORT (plaintext; the leader of a region)")
+    ap.add_argument("--streams", type=int, default=STREAMS)
+    ap.add_argument("--window", type=int, default=WINDOW)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--payments", type=int, default=100_000, help="at most this many payments")
+    ap.add_argument("--seed", type=int, default=21)
+    args = ap.parse_args(argv)
+    recs = transfer_stream(args.payments, seed=args.seed, first_id=(1 << 64) + (1 << 44))
+    print(json.dumps(run_streams(args.target, recs, args.streams, args.window, args.seconds), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
