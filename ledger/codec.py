@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ledger.keyrotation import ROTATION_SIZE
+from ledger.netting import OBLIGATION_RECORD_SIZE, SETTLEMENT_BYTES_MAX, SETTLEMENT_MAGIC
 from ledger.types import (
     BATCH_ITEMS_MAX,
     U32_MAX,
@@ -69,13 +70,16 @@ RECORD_SIZE: Final = {
     EventKind.SETTLEMENT_CALLBACK: CALLBACK_SIZE,
     EventKind.ERASE_SUBJECT: ERASURE_SIZE,
     EventKind.KEY_ROTATION: ROTATION_SIZE,
+    EventKind.OBLIGATION: OBLIGATION_RECORD_SIZE,
 }
 # kinds only the node itself proposes (after checking the caller's role), never accepted from Submit
-NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT, EventKind.KEY_ROTATION, EventKind.AGGREGATE})
+NODE_ONLY_KINDS: Final = frozenset({EventKind.ERASE_SUBJECT, EventKind.KEY_ROTATION, EventKind.AGGREGATE,
+                                    EventKind.SETTLEMENT})
+OBLIGATION_ROLE_OFFSET: Final = 96  # a client may only submit OBLIGATION records of role 1 (INITIATE)
 
 # Variable-length records (one per batch): a rule set deployment. On the wire of a proposal the
 # batch header's count is 1 and the record is preceded by its length (u32 LE).
-VARIABLE_KINDS: Final = frozenset({EventKind.DEPLOY_RULESET, EventKind.AGGREGATE})
+VARIABLE_KINDS: Final = frozenset({EventKind.DEPLOY_RULESET, EventKind.AGGREGATE, EventKind.SETTLEMENT})
 AGGREGATE_BYTES_MAX: Final = 64 << 10  # one AGGREGATE record (docs/formats.md §15)
 DEPLOY_HEADER_SIZE: Final = 4 + 64  # operator key id, Ed25519 signature; then the canonical rule set
 RULESET_BYTES_MAX: Final = 64 << 10
@@ -324,6 +328,7 @@ _BODY_SIZE: Final = {
     EventKind.LEDGER_TRANSFER: TRANSFER_SIZE,
     EventKind.ERASE_SUBJECT: ERASURE_SIZE,
     EventKind.KEY_ROTATION: ROTATION_SIZE,
+    EventKind.OBLIGATION: OBLIGATION_RECORD_SIZE,
 }
 LEAF_BODY_SIZE: Final = _BODY_SIZE  # fixed body length per event kind (DEPLOY_RULESET varies); the auditor checks it
 
@@ -440,6 +445,8 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
         if signatures or signer_key_id or not 0 < len(records) <= AGGREGATE_BYTES_MAX:
             raise EncodingError(f"an AGGREGATE batch is one unsigned record of 1..{AGGREGATE_BYTES_MAX} bytes")
         return Batch(event, records)
+    if event == EventKind.SETTLEMENT:
+        return _settlement_batch(records, signatures, signer_key_id)
     if event in VARIABLE_KINDS:
         if signatures or signer_key_id:
             raise EncodingError("a DEPLOY_RULESET record carries its operator signature inside the record")
@@ -461,6 +468,8 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
     count = len(records) // size
     if count > BATCH_ITEMS_MAX:
         raise EncodingError(f"batch has {count} records, at most {BATCH_ITEMS_MAX} allowed")
+    if event == EventKind.OBLIGATION and not node_proposed:
+        _client_obligations(records, count)
     if signatures:
         if len(signatures) != count * SIGNATURE_SIZE:
             raise EncodingError(
@@ -471,6 +480,19 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
     elif signer_key_id:
         raise EncodingError("signer_key_id given without signatures")
     return Batch(event, records, signatures, signer_key_id if signatures else b"")
+
+
+def _settlement_batch(records: bytes, signatures: bytes, signer_key_id: bytes) -> Batch:
+    if signatures or signer_key_id or not records.startswith(SETTLEMENT_MAGIC) or len(records) > SETTLEMENT_BYTES_MAX:
+        raise EncodingError("a SETTLEMENT batch is one unsigned canonical settlement batch (docs/formats.md §16)")
+    return Batch(EventKind.SETTLEMENT, records)
+
+
+def _client_obligations(records: bytes, count: int) -> None:
+    for i in range(count):
+        if records[i * OBLIGATION_RECORD_SIZE + OBLIGATION_ROLE_OFFSET] != 1:
+            raise EncodingError(f"OBLIGATION record {i}: a PSP submits role 1 (INITIATE) only; ACCEPT and RESOLVE "
+                                "records are proposed by the regions' nodes")
 
 
 def encode_proposal(p: Proposal) -> bytes:

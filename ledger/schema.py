@@ -40,13 +40,16 @@ class Table:
     # personal data erasure (ledger/apply/erasure.py, docs/privacy.md)
     PII_ERASED: Final = "pii_erased"  # commitment (32) -> block height (u64 BE) ‖ reason (u16 BE)
     PII_ERASURES: Final = "pii_erasures"  # index_key(block height) ‖ commitment (32) -> reason (u16 LE)
+    # cross-region obligations and settlement (ledger/apply/obligations.py, docs/federation.md)
+    OBLIGATIONS: Final = "obligations"  # obligation id (16) -> status, side, leaf index, obligation (96), payer
+    SETTLEMENTS: Final = "settlements"  # settlement batch id (16) -> leaf index (u64 BE)
 
 
 TABLES: Final = (
     Table.META, Table.ACCOUNTS, Table.TRANSFERS, Table.ACCOUNT_REFS, Table.LEAVES, Table.NODES, Table.HISTORY,
     Table.BLOCKS, Table.EXPIRY, Table.RAFT, Table.RAFTLOG, Table.RULESETS, Table.RISK, Table.RISK_PAIRS,
     Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
-    Table.PII_ERASED, Table.PII_ERASURES,
+    Table.PII_ERASED, Table.PII_ERASURES, Table.OBLIGATIONS, Table.SETTLEMENTS,
 )
 
 # -- keys in the meta table ----------------------------------------------------------------------

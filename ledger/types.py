@@ -28,6 +28,8 @@ class EventKind(enum.IntEnum):
     ERASE_SUBJECT = 7  # PII erasure: a subject's commitment + reason (ledger/pii.py); operator only, via the vault
     KEY_ROTATION = 8  # a node's next checkpoint key, signed by its current key (ledger/keyrotation.py)
     AGGREGATE = 11  # running totals per (ledger, psp) proposed by the leader (ledger/aggregates.py)
+    OBLIGATION = 9  # a cross-region payment's leg in this region (ledger/netting.py, docs/federation.md)
+    SETTLEMENT = 10  # a settlement batch this region joined: clears its clearing accounts (ledger/netting.py)
 
 
 class AccountFlags(enum.IntFlag):
@@ -180,6 +182,20 @@ class Result(enum.IntEnum):
     # regional aggregates (docs/federation.md)
     AGGREGATE_MALFORMED = 200  # the record does not decode (version, lengths, row order)
     AGGREGATE_OUT_OF_ORDER = 201  # window does not start where the previous aggregate ended, or reaches past itself
+    # cross-region obligations and settlement (docs/federation.md)
+    OBLIGATION_MALFORMED = 180  # the record does not decode (reserved bytes, role, regions, window, deadline)
+    OBLIGATION_EXISTS = 181  # this region already holds an obligation with this id; nothing changes
+    OBLIGATION_NOT_PENDING = 182  # RESOLVE of an id that is not pending here, or whose obligation differs
+    OBLIGATION_DEADLINE_PASSED = 183  # ACCEPT in a block whose time is at or past the deadline: refused
+    OBLIGATION_ACCOUNT_NOT_FOUND = 184  # the payer (debtor region) or payee (creditor region) does not exist
+    OBLIGATION_CLEARING_ACCOUNT_NOT_FOUND = 185  # the due-to / due-from account for the counterparty is missing
+    OBLIGATION_LEDGER_MISMATCH = 186  # an account of the obligation is on another ledger
+    SETTLEMENT_MALFORMED = 190  # the batch does not decode or is not canonical
+    SETTLEMENT_EXISTS = 191  # this batch was applied before; nothing changes
+    SETTLEMENT_NOT_NETTING = 192  # positions are not the net of the obligations, or do not sum to zero
+    SETTLEMENT_OBLIGATION_NOT_OPEN = 193  # an obligation of this region in the batch is not open here, or differs
+    SETTLEMENT_NOT_INVOLVED = 194  # no obligation of the batch belongs to this region
+    SETTLEMENT_ACCOUNT_NOT_FOUND = 195  # a clearing or settlement account the batch moves is missing
 
     @property
     def is_success(self) -> bool:

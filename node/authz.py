@@ -35,6 +35,7 @@ _L, _A, _R, _P, _RA = ("/sovledger.v1.Ledger/", "/sovledger.v1.Audit/", "/sovled
                        "/sovledger.peer.v1.Peer/", "/sovledger.peer.v1.RegionAdmin/")
 _V, _VP = "/sovledger.vault.v1.Vault/", "/sovledger.vault.v1.VaultPeer/"
 _W = "/sovledger.witness.v1.Witness/"
+_N = "/sovledger.netting.v1.Netting/"
 
 #: RPC (full gRPC method path) → roles allowed to call it.
 MATRIX: Final[dict[str, frozenset[str]]] = {
@@ -90,6 +91,15 @@ MATRIX: Final[dict[str, frozenset[str]]] = {
     _W + "GetEvidence": frozenset({FEDERATION, AUDITOR, OPERATOR}),
     _W + "GetRegionCheckpoint": frozenset({FEDERATION, AUDITOR, OPERATOR}),
     _W + "GetAggregates": frozenset({FEDERATION, AUDITOR, OPERATOR}),
+    # cross-region payments and settlement (docs/federation.md): another region's leader hands in
+    # obligations owed to this region; decisions and open obligations (no payer, no personal data)
+    # are readable by other regions and auditors; a settlement batch is appended when an operator
+    # (of any region of the federation) runs a settlement cycle
+    _N + "Offer": frozenset({FEDERATION}),
+    _N + "Lookup": frozenset({FEDERATION, AUDITOR, OPERATOR}),
+    _N + "Open": frozenset({FEDERATION, AUDITOR, OPERATOR}),
+    _N + "Join": frozenset({FEDERATION, OPERATOR}),
+    _N + "Prove": frozenset({FEDERATION, AUDITOR, OPERATOR}),
 }
 
 PEER_METHODS: Final = frozenset({_P + "Send", _P + "FetchSnapshot", _VP + "Replicate", _VP + "Inventory",

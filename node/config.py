@@ -98,6 +98,8 @@ class NodeConfig:
     federation: str = ""
     witness_interval_ms: int = 1000  # the leader offers its newest checkpoint to the other regions' witnesses
     aggregate_every_ms: int = 10_000  # the leader appends an AGGREGATE entry this often (with a federation; 0 = off)
+    relay_interval_ms: int = 500  # the leader offers pending cross-region obligations this often (node/netting.py)
+    settle_every_s: float = 0.0  # > 0: the first region's leader runs a settlement cycle this often (0 = off)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

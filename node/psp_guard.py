@@ -28,6 +28,7 @@ from ledger.codec import (
     TRANSFER_SIZE,
     Batch,
 )
+from ledger.netting import is_region_account
 from ledger.ownership import owner_of
 from ledger.reader import LedgerReader
 from ledger.types import EventKind, TransferFlags
@@ -42,6 +43,7 @@ _PENDING_ID_AT: Final = 64
 _PSP_ID_AT: Final = 164
 _DEBIT_OWNER_AT: Final = 16 + 12  # the debit account id's top 32 bits
 _CALLBACK_PSP: Final = struct.Struct("<80xI12x")
+_OBLIGATION_FIELDS: Final = struct.Struct("<100xI8x16s16x")  # psp_id at 100, payer at 112 (144 bytes)
 _ZERO_ID: Final = bytes(16)
 _SETTLE: Final = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
 
@@ -55,6 +57,9 @@ def check_batch(who: Identity | None, batch: Batch) -> list[bytes]:
         if who.role != OPERATOR:
             raise Unauthorised(f"rule deploys are for operators; your certificate is {who}")
         return []
+    if batch.kind == EventKind.CREATE_ACCOUNT and who.role == OPERATOR:
+        _check_region_accounts(batch.records)
+        return []
     if who.role != PSP:
         raise Unauthorised(f"{batch.kind.name} batches are for PSPs; your certificate is {who}")
     if batch.kind == EventKind.CREATE_ACCOUNT:
@@ -65,7 +70,27 @@ def check_batch(who: Identity | None, batch: Batch) -> list[bytes]:
             if psp != who.psp_id:
                 raise Unauthorised(f"callback #{i} has psp_id {psp} but your certificate is PSP {who.psp_id}")
         return []
+    if batch.kind == EventKind.OBLIGATION:
+        _check_obligations(who, batch.records)
+        return []
     return _check_transfers(who, batch.records)
+
+
+def _check_obligations(who: Identity, records: bytes) -> None:
+    """A cross-region payment (INITIATE, docs/formats.md §16.2): own psp_id, and it debits an own account."""
+    for i, (psp, payer) in enumerate(_OBLIGATION_FIELDS.iter_unpack(records)):
+        if psp != who.psp_id or owner_of(payer) != who.psp_id:
+            raise Unauthorised(f"obligation #{i} has psp_id {psp} and payer {int.from_bytes(payer, 'little')} of PSP "
+                               f"{owner_of(payer)}; PSP {who.psp_id} pays only from its own accounts")
+
+
+def _check_region_accounts(records: bytes) -> None:
+    """Operators create only the region's clearing and settlement accounts (docs/federation.md §8)."""
+    for i in range(len(records) // ACCOUNT_SIZE):
+        if not is_region_account(records[i * ACCOUNT_SIZE : (i + 1) * ACCOUNT_SIZE]):
+            raise Unauthorised(f"account #{i}: an operator creates only clearing and settlement accounts (ids "
+                               "derived as in docs/formats.md §16.3, the counterparty region in user_data); "
+                               "other accounts are a PSP's")
 
 
 def _check_accounts(who: Identity, records: bytes) -> None:

@@ -20,11 +20,12 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ledger.codec import Batch
+from ledger.federation import parse_federation
 from ledger.keyrotation import make_rotation
 from ledger.lmdb_store import LmdbStore
 from ledger.note import Signer
 from ledger.reader import LedgerReader
-from ledger.state import LedgerState
+from ledger.state import BatchOutcome, LedgerState
 from ledger.types import BATCH_ITEMS_MAX, EventKind, Result
 from node import logs, metrics
 from node.authz import AuthzInterceptor
@@ -38,6 +39,7 @@ from node.health import HealthWatch
 from node.key_rotation import KeyRing
 from node.memory import MapTrimmer
 from node.metrics import start_metrics
+from node.netting import NettingService, ObligationRelay, SettlementTimer, channel_factory
 from node.offload import Offload
 from node.pii_edge import parse_screening
 from node.pipeline import Ingest
@@ -55,6 +57,7 @@ from node.vault_node import NodeVault
 from node.witness import FederationPeer
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
+from sovledger_pb import netting_pb2_grpc as npb_grpc
 from sovledger_pb import peer_pb2_grpc
 
 log = logging.getLogger("sovledger.node")
@@ -110,6 +113,10 @@ class Node:
         self.replicator: Replicator | None = None  # when the region has peers (then also the committer)
         self.snapshots: SnapshotExchange | None = None
         self.expiry: ExpiryTimer | None = None
+        self.relay: ObligationRelay | None = None  # cross-region payments (node/netting.py)
+        self.settlement: SettlementTimer | None = None  # periodic settlement cycles (the coordinating region)
+        self.netting = NettingService(config.region, self.store, self._propose, lambda: self.committer.check_leader(),
+                                      self._prove)
         self.server: grpc.aio.Server | None = None
         self.psp_auth: PspAuthenticator | None = None
         self.vault = NodeVault(config, self.store)  # PII vault (docs/privacy.md)
@@ -216,6 +223,35 @@ class Node:
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         add_operations_service(server, self)
         self.federation.add_to(server)
+        npb_grpc.add_NettingServicer_to_server(self.netting, server)
+
+    async def _propose(self, batch: Batch) -> BatchOutcome:
+        """A batch the node itself proposes (obligations, settlement): its outcome once durable."""
+        outcome, _block = await self._ingest().submit(batch)
+        return outcome
+
+    async def _prove(self, index: int) -> tuple[int, str, bytes, list[bytes]]:
+        """An entry with its inclusion proof in the latest signed checkpoint (Netting.Prove)."""
+        cp = self.checkpoints.latest()
+        if index >= cp.size:
+            raise BadRequest(f"entry {index} is not in the latest signed checkpoint (size {cp.size})")
+        leaf, proof = await self.offload.run(self.reader.inclusion_proof, index, cp.size)
+        return cp.size, cp.note, leaf, list(proof)
+
+    def _start_relay(self) -> None:
+        """Cross-region payments: the leader relays pending obligations to their creditor regions."""
+        cfg = self.config
+        if not cfg.federation:
+            return
+        fed = parse_federation(Path(cfg.federation).read_bytes())
+        channels = channel_factory(cfg, fed)
+        is_leader = lambda: self.committer.status().role == "leader"  # noqa: E731
+        self.relay = ObligationRelay(cfg.region, self.store, fed, channels, self._propose, is_leader,
+                                     cfg.relay_interval_ms / 1000)
+        self.relay.start()
+        if cfg.settle_every_s > 0 and fed.regions[0].name == cfg.region:  # one coordinator: the first region
+            self.settlement = SettlementTimer(self.netting, fed, channels, is_leader, cfg.settle_every_s, time.time)
+            self.settlement.start()
 
     def _listen(self) -> grpc.aio.Server:
         """Create the gRPC server and bind its listener (the one place that opens the port)."""
@@ -270,6 +306,7 @@ class Node:
         self.expiry = ExpiryTimer(self.store, self.committer.propose,
                                   lambda: self.committer.status().role == "leader")
         self.expiry.start()
+        self._start_relay()
         self.server = self._listen()
         await self.server.start()
         self.committer.start()
@@ -292,6 +329,10 @@ class Node:
         await self.committer.hand_over()  # while the listener still carries the peers' answers
         if self.expiry is not None:
             await self.expiry.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.settlement is not None:
+            await self.settlement.stop()
         if self.server:
             await self.server.stop(grace=2.0)
         await self.committer.stop()

@@ -7,11 +7,12 @@
   bench    run the single-node benchmark from a source checkout (`make bench` runs them all)
   cluster  run a local region of nodes (launcher): up, status, down, kill, restart, member
   psp      PSP load generator (`psp load`); the SDK itself is clients/sdk.py (docs/sdk.md)
-  audit    verify checkpoints, proofs and the whole log; export, compare, prove
+  audit    verify checkpoints, proofs and the whole log; export, compare, prove; settlement batches
   rules    deploy, list, show, dry-run reconciliation rules; report
   pii      the region's personal data vault: put, get, erase (docs/privacy.md)
   backup   back up a node's store with its signed checkpoint (hot or from a stopped node); restore
   tail     print log entries as they are signed (follow stream, resumes across nodes)
+  settle   run a settlement cycle across the federation's regions (docs/federation.md)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def _node(args: argparse.Namespace) -> int:
         "insecure": True if args.insecure else None, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
         "tls_key": args.tls_key, "tls_revoked": args.tls_revoked, "federation": args.federation,
         "witness_interval_ms": args.witness_interval_ms, "aggregate_every_ms": args.aggregate_every_ms,
+        "settle_every_s": args.settle_every,
     }
     try:
         config = load_config(args.config, overrides)
@@ -218,6 +220,8 @@ def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "(re-read when it changes; `sovledger ca revoke`)")
     n.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no authentication "
                    "(tests and local experiments only; warns at every start)")
+    n.add_argument("--settle-every", type=float, default=None, metavar="SECONDS",
+                   help="with --federation, in the config's first region: run a settlement cycle this often")
     n.add_argument("--federation", default=None, metavar="FILE",
                    help="federation config (docs/federation.md): the other regions this node witnesses")
     n.add_argument("--witness-interval-ms", type=int, default=None,
@@ -290,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.pii_cli import register as register_pii
 
     register_pii(sub)
+    from clients.netting import register as register_settle
+
+    register_settle(sub)
     from clients.tail import register as register_tail
 
     register_tail(sub)

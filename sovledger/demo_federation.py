@@ -3,6 +3,8 @@
 ``run_federation_demo`` starts the regions (``sovledger cluster up --regions``, TLS, one CA each),
 runs each part as ONE function, and stops them. Parts:
 
+- ``netting_part`` (``sovledger/demo_netting.py``): cross-region payments, one settlement cycle
+  (``sovledger settle``) and its audit from both regions' logs (``sovledger audit settlement``).
 - ``witness_part``: payments in every region, a checkpoint cosigned by the other regions'
   witnesses (``audit witness --witnesses 2-of-2``), and the global revenue table built from each
   region's aggregate entries proven against those cosigned checkpoints.
@@ -25,6 +27,7 @@ from ledger.note import split_note
 from ledger.ownership import account_id_for
 from ledger.types import EventKind
 from sovledger.cluster import Cluster
+from sovledger.demo_netting import netting_part
 from sovledger.regions import create_federation, down_regions, load
 from sovledger_pb import witness_pb2 as wpb
 from sovledger_pb import witness_pb2_grpc as wpb_grpc
@@ -103,7 +106,8 @@ def run_federation_demo(data_dir: str = "demo-data/federation", payments: int = 
             for c in clusters:
                 c.wait_leader(60)
         console.print(f"federation up: config {data / 'federation.json'} ({', '.join(load(data).names)})")
-        return witness_part(console, data, payments)
+        rc = witness_part(console, data, payments)
+        return rc or netting_part(console, data)
     finally:
         if not keep:
             for c in clusters:

@@ -131,9 +131,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "mismatch, 15 PSP signature invalid, 16 witness policy unmet, 17 split view "
         "(evidence file written) (docs/auditor.md).")
     sub = a.add_subparsers(dest="audit_command", metavar="ACTION")
+    from clients.netting import register_audit as add_settlement_parser  # `audit settlement` (docs/federation.md)
     from clients.pii_disclose import add_disclose_parser  # `audit disclose` (docs/privacy.md)
 
-    for add in (_add_verify, _add_trust, _add_node_commands, add_disclose_parser):
+    for add in (_add_verify, _add_trust, _add_node_commands, add_disclose_parser, add_settlement_parser):
         add(sub)
     from clients.auditor.witnessed import add_witness_parser, cmd_witness  # docs/federation.md
 

@@ -16,6 +16,15 @@ from typing import Final
 from clients.auditor.balances import ID_SIZE, Balances
 from clients.auditor.failures import BalanceMismatch
 from ledger.codec import AUX_LEN, AUX_TAG_RECONCILE, LEAF_HEADER_SIZE, iter_aux
+from ledger.netting import (
+    OBLIGATION_SIZE,
+    Role,
+    Verdict,
+    clearing_account_id,
+    decode_obligation,
+    decode_settlement,
+    settlement_account_id,
+)
 from ledger.types import EventKind, TransferFlags
 
 # bit offset of each u128 field in a change (debits_pending is at 0)
@@ -40,10 +49,13 @@ class Effects:
     def __init__(self, balances: Balances) -> None:
         self.balances = balances
         self.pending: dict[bytes, tuple[int, int, int]] = {}
+        self.obligations: dict[bytes, tuple[bool, bytes]] = {}  # open ones: id -> (this log is the debtor, bytes)
+        self._initiated: dict[bytes, tuple[int, int, int, bytes]] = {}  # pending legs: debit, credit, amount, bytes
         self._by_kind: dict[int, Callable[[int, int, bytes, int, bool], None]] = {
             EventKind.CREATE_ACCOUNT: self._account, EventKind.CREATE_TRANSFER: self._transfer,
             EventKind.LEDGER_TRANSFER: self._ledger_transfer, EventKind.EXPIRE_PENDING: self._expire,
-            EventKind.SETTLEMENT_CALLBACK: self._callback,
+            EventKind.SETTLEMENT_CALLBACK: self._callback, EventKind.OBLIGATION: self._obligation,
+            EventKind.SETTLEMENT: self._settlement,
         }
 
     def apply(self, index: int, ts: int, kind: int, raw: bytes, blen: int, held: bool) -> None:
@@ -108,3 +120,42 @@ class Effects:
                 if p is not None:  # settlement confirms a pending transfer: posted in full
                     self._move(p[0], p[1], (p[2] << DEBITS_POSTED) - p[2],
                                (p[2] << CREDITS_POSTED) - (p[2] << CREDITS_PENDING))
+
+    def _obligation(self, index: int, ts: int, raw: bytes, blen: int, held: bool) -> None:
+        """A cross-region leg (docs/formats.md §16): pending payer leg, creditor's decision, or the resolution."""
+        body = raw[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + blen]
+        ob = decode_obligation(body[:OBLIGATION_SIZE])
+        role, verdict, payer = body[96], body[97], body[112:128]
+        a = ob.amount
+        if role == Role.INITIATE:
+            d, c = self.row(payer, index), self.row(clearing_account_id("due-to", ob.creditor, ob.ledger), index)
+            self._move(d, c, a, a << CREDITS_PENDING)
+            self._initiated[ob.id] = (d, c, a, b"")
+        elif role == Role.ACCEPT:
+            d = self.row(clearing_account_id("due-from", ob.debtor, ob.ledger), index)
+            self._move(d, self.row(ob.payee, index), a << DEBITS_POSTED, a << CREDITS_POSTED)
+            self.obligations[ob.id] = (False, body[:OBLIGATION_SIZE])
+        else:
+            leg = self._initiated.pop(ob.id, None)
+            if leg is None:
+                raise BalanceMismatch(f"leaf {index}: resolves obligation {ob.id.hex()}, which the log does not "
+                                      "show as pending", index=index)
+            post = a if verdict == Verdict.ACCEPTED else 0
+            self._move(leg[0], leg[1], (post << DEBITS_POSTED) - a, (post << CREDITS_POSTED) - (a << CREDITS_PENDING))
+            if post:
+                self.obligations[ob.id] = (True, body[:OBLIGATION_SIZE])
+
+    def _settlement(self, index: int, ts: int, raw: bytes, blen: int, held: bool) -> None:
+        """Every obligation of this log in the batch leaves its clearing account for the settlement account."""
+        for ob in decode_settlement(raw[LEAF_HEADER_SIZE : LEAF_HEADER_SIZE + blen]).obligations:
+            mine = self.obligations.pop(ob.id, None)
+            if mine is None:
+                continue
+            settle = self.row(settlement_account_id(ob.ledger), index)
+            a = ob.amount
+            if mine[0]:
+                self._move(self.row(clearing_account_id("due-to", ob.creditor, ob.ledger), index), settle,
+                           a << DEBITS_POSTED, a << CREDITS_POSTED)
+            else:
+                self._move(settle, self.row(clearing_account_id("due-from", ob.debtor, ob.ledger), index),
+                           a << DEBITS_POSTED, a << CREDITS_POSTED)

@@ -60,6 +60,7 @@ from ledger.codec import (
 )
 from ledger.hashing import GENESIS_LINK, LEAF_DOMAIN, STATE_DOMAIN, block_hash, hash_and_chain, ruleset_hash
 from ledger.merkle import CompactRange
+from ledger.netting import SETTLEMENT_BYTES_MAX
 from ledger.note import Checkpoint, Verifier
 from ledger.rules.model import Action
 from ledger.types import EventKind, Result, TransferFlags
@@ -76,6 +77,7 @@ _PSP_TLV_SIZE: Final = KEY_ID_SIZE + SIGNATURE_SIZE
 # (debit, credit, amount lo/hi, flags), then the aux length.
 _PLAIN: Final = struct.Struct("<IQQI16x16s16sQQ16x94xHH")
 _PLAIN_SIZE: Final = LEAF_HEADER_SIZE + TRANSFER_SIZE + AUX_LEN.size  # 202
+_VARIABLE: Final = frozenset({EventKind.DEPLOY_RULESET, EventKind.SETTLEMENT, EventKind.AGGREGATE})  # no fixed size
 _PLAIN_TAG: Final = FORMAT_VERSION | EventKind.CREATE_TRANSFER << 8 | Result.OK << 16
 _NO_RESULT: Final = np.uint32(0xFFFF)  # the tag without its result (u16 at bits 16-31)
 # The same layout as a numpy record, for checking and applying a block of plain transfers at once.
@@ -379,7 +381,7 @@ class LogVerifier:
             f"strictly increasing)", index=index, field="timestamp_ns", expected=ts_want, got=ts)
 
     def _body_problem(self, index: int, kind: int, blen: int, exp: int | None) -> None:
-        if exp is None and kind not in (EventKind.DEPLOY_RULESET, EventKind.AGGREGATE):
+        if exp is None and kind not in _VARIABLE:
             raise LeafMismatch(f"leaf {index}: unknown event kind {kind}", index=index, field="kind", got=kind)
         raise LeafMismatch(f"leaf {index}: {EventKind(kind).name} body is {blen} bytes, "
                            f"expected {exp or f'> {DEPLOY_HEADER_SIZE}'}",
@@ -473,4 +475,6 @@ def _variable_body_ok(kind: int, blen: int) -> bool:
     """Body length of a variable-length kind: a rule set deploy, or an aggregate (ledger/aggregates.py)."""
     if kind == EventKind.DEPLOY_RULESET:
         return blen > DEPLOY_HEADER_SIZE
+    if kind == EventKind.SETTLEMENT:  # a settlement batch (ledger/netting.py)
+        return 0 < blen <= SETTLEMENT_BYTES_MAX
     return kind == EventKind.AGGREGATE and 0 < blen <= AGGREGATE_BYTES_MAX

@@ -24,6 +24,7 @@ from ledger.apply.aggregates import apply_aggregates
 from ledger.apply.callbacks import apply_callbacks, expiry_exception
 from ledger.apply.effects import deploy, operator_map
 from ledger.apply.erasure import apply_erasures
+from ledger.apply.obligations import apply_obligations, apply_settlements
 from ledger.apply.rotation import apply_rotations, decode_node_key, node_key_meta
 from ledger.apply.scratch import Block, Committed, Event, SideState
 from ledger.apply.seal import BlockOutcome, seal
@@ -58,6 +59,8 @@ APPLIERS: Final[dict[int, Applier]] = {
     EventKind.ERASE_SUBJECT: apply_erasures,  # PII erasure (docs/privacy.md)
     EventKind.KEY_ROTATION: apply_rotations,  # checkpoint key rotation (docs/security.md)
     EventKind.AGGREGATE: apply_aggregates,  # regional aggregates (docs/federation.md)
+    EventKind.OBLIGATION: apply_obligations,  # a cross-region payment's leg (docs/federation.md)
+    EventKind.SETTLEMENT: apply_settlements,  # a settlement batch this region joined (docs/federation.md)
 }
 DEPLOY_OFFSET: Final = 16  # a stored rule set: deploy leaf index (u64) ‖ effective height (u64) ‖ canonical
 

@@ -75,7 +75,8 @@ def test_leaf_round_trip(kind: EventKind, result: int, index: int, ts: int, body
     sizes = {EventKind.CREATE_ACCOUNT: 64, EventKind.CREATE_TRANSFER: 176, EventKind.EXPIRE_PENDING: 16,
              EventKind.DEPLOY_RULESET: 100, EventKind.SETTLEMENT_CALLBACK: 96, EventKind.LEDGER_TRANSFER: 176,
              EventKind.ERASE_SUBJECT: 48,
-             EventKind.KEY_ROTATION: 276, EventKind.AGGREGATE: 35}
+             EventKind.KEY_ROTATION: 276, EventKind.AGGREGATE: 35, EventKind.OBLIGATION: 144,
+             EventKind.SETTLEMENT: 200}
     body = (body * 300)[: sizes[kind]] if body else bytes(sizes[kind])
     aux = psp_signature_aux(b"abcd", b"s" * 64)
     for a in (b"", aux):
@@ -116,7 +117,7 @@ def test_proposal_round_trip(spec: list[tuple[EventKind, int, bool]], ts: int) -
 
 
 @pytest.mark.parametrize(("kind", "records", "sigs", "key", "message"), [
-    (9, b"x" * 176, b"", b"", "unknown event kind"),
+    (99, b"x" * 176, b"", b"", "unknown event kind"),
     (2, b"", b"", b"", "empty"),
     (2, b"x" * 175, b"", b"", "not a multiple"),
     (2, b"x" * 176 * 8190, b"", b"", "at most 8189"),

@@ -164,6 +164,9 @@ SCENARIOS.update(ROTATION_SCENARIOS)
 from tests.federation.aggregate_scenarios import AGGREGATE_SCENARIOS  # noqa: E402 - aggregates (issue 15)
 
 SCENARIOS.update(AGGREGATE_SCENARIOS)
+from tests.netting.scenarios import NETTING_SCENARIOS  # noqa: E402 - cross-region obligations (issue 15)
+
+SCENARIOS.update(NETTING_SCENARIOS)
 
 
 def _post_after(first: Transfer, second: Transfer) -> Result:

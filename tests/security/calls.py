@@ -11,6 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ledger.ownership import account_id_for
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
+from sovledger_pb import netting_pb2 as npb
+from sovledger_pb import netting_pb2_grpc as npb_grpc
 from sovledger_pb import peer_pb2 as ppb
 from sovledger_pb import peer_pb2_grpc as ppb_grpc
 from sovledger_pb import vault_pb2 as vpb
@@ -35,6 +37,13 @@ def _drain(stream: Any) -> None:
 
 
 CALLS: dict[str, Callable[[grpc.Channel], Any]] = {
+    "/sovledger.netting.v1.Netting/Offer": lambda ch: npb_grpc.NettingStub(ch).Offer(npb.OfferRequest(), timeout=T),
+    "/sovledger.netting.v1.Netting/Lookup": lambda ch: npb_grpc.NettingStub(ch).Lookup(
+        npb.LookupRequest(), timeout=T),
+    "/sovledger.netting.v1.Netting/Open": lambda ch: npb_grpc.NettingStub(ch).Open(npb.OpenRequest(), timeout=T),
+    "/sovledger.netting.v1.Netting/Join": lambda ch: npb_grpc.NettingStub(ch).Join(npb.JoinRequest(), timeout=T),
+    "/sovledger.netting.v1.Netting/Prove": lambda ch: npb_grpc.NettingStub(ch).Prove(
+        npb.ProveRequest(index=1 << 62), timeout=T),
     "/sovledger.v1.Ledger/Submit": lambda ch: _drain(pb_grpc.LedgerStub(ch).Submit(_none(), timeout=T)),
     "/sovledger.v1.Ledger/LookupTransfers": lambda ch: pb_grpc.LedgerStub(ch).LookupTransfers(
         pb.LookupRequest(), timeout=T),

@@ -59,6 +59,11 @@ rpc                                              none other_ca psp_a psp_b audit
 /sovledger.witness.v1.Witness/GetEvidence        U    U        PD    PD    OK      OK       PD   PD           UA
 /sovledger.witness.v1.Witness/GetRegionCheckpoint U   U        PD    PD    OK      OK       PD   PD           UA
 /sovledger.witness.v1.Witness/GetAggregates      U    U        PD    PD    OK      OK       PD   PD           UA
+/sovledger.netting.v1.Netting/Offer              U    U        PD    PD    PD      PD       PD   PD           UA
+/sovledger.netting.v1.Netting/Lookup             U    U        PD    PD    OK      OK       PD   PD           UA
+/sovledger.netting.v1.Netting/Open               U    U        PD    PD    OK      OK       PD   PD           UA
+/sovledger.netting.v1.Netting/Join               U    U        PD    PD    PD      IA       PD   PD           UA
+/sovledger.netting.v1.Netting/Prove              U    U        PD    PD    IA      IA       PD   PD           UA
 """
 
 CODES = {"U": grpc.StatusCode.UNAVAILABLE, "UA": grpc.StatusCode.UNAUTHENTICATED, "OK": grpc.StatusCode.OK,
