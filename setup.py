@@ -1,4 +1,5 @@
-"""Build the optional native apply engine (ledger/_native/engine.c, and risk.c for ledger/risk.py) with the machine's C compiler.
+"""Build the optional native extensions (ledger/_native/engine.c; risk.c for ledger/risk.py) with the
+machine's C compiler.
 
 Everything else about the package lives in pyproject.toml. The extension is ``optional``: if there is
 no compiler or the build fails, ``pip install -e .`` still succeeds and the ledger runs on the Python

@@ -34,8 +34,8 @@ from clients.auditor.checks import compare_accounts  # noqa: E402
 from clients.auditor.replay import LogVerifier, iter_blocks  # noqa: E402
 from clients.auditor.tree import extend  # noqa: E402
 from clients.workload import TransferGenerator, account_records  # noqa: E402
-from ledger.codec import Batch, Proposal  # noqa: E402
 from ledger import native  # noqa: E402
+from ledger.codec import Batch, Proposal  # noqa: E402
 from ledger.hashing import GENESIS_LINK, LEAF_DOMAIN, hash_and_chain  # noqa: E402
 from ledger.merkle import CompactRange  # noqa: E402
 from ledger.note import Checkpoint as Cp  # noqa: E402
@@ -144,15 +144,18 @@ def main(argv: list[str] | None = None) -> int:
            "verify_cpu_s": round(best_cpu, 3), "entries_per_s": round(rate), "entries_per_cpu_s": round(cpu_rate),
            "blake3_leaf_hash_per_s": round(leaf_rate), "blake3_leaf_hash_per_cpu_s": round(leaf_cpu_rate),
            "hash_floor_per_s": round(floor_rate), "hash_floor_per_cpu_s": round(floor_cpu_rate),
-           "ratio_to_hash_floor": round(rate / floor_rate, 3), "ratio_to_hash_floor_cpu": round(cpu_rate / floor_cpu_rate, 3),
+           "ratio_to_hash_floor": round(rate / floor_rate, 3),
+           "ratio_to_hash_floor_cpu": round(cpu_rate / floor_cpu_rate, 3),
            "target_per_s": TARGET_PER_S, "target_met_cpu": met, "python": sys.version.split()[0]}
     print(json.dumps(out) if args.json else
           f"workload: seed {SEED}, {args.accounts:,} accounts, {n:,} entries in {len(headers):,} blocks "
           f"({args.signed:,} PSP-signed); best of {args.repeat}; engine {native.active()}\n"
           f"                                            per CPU-second (one core)   per wall-second\n"
           f"replay (audit verify --full, no network): {cpu_rate:>12,.0f} entries/s   {rate:>12,.0f} entries/s\n"
-          f"baseline, BLAKE3 leaf hashes only:        {leaf_cpu_rate:>12,.0f} entries/s   {leaf_rate:>12,.0f} entries/s\n"
-          f"baseline, hashing floor (Python blake3):  {floor_cpu_rate:>12,.0f} entries/s   {floor_rate:>12,.0f} entries/s\n"
+          f"baseline, BLAKE3 leaf hashes only:        {leaf_cpu_rate:>12,.0f} entries/s   "
+          f"{leaf_rate:>12,.0f} entries/s\n"
+          f"baseline, hashing floor (Python blake3):  {floor_cpu_rate:>12,.0f} entries/s   "
+          f"{floor_rate:>12,.0f} entries/s\n"
           f"target (issue 18): replay >= {TARGET_PER_S:,} entries per CPU-second on one core: {cpu_rate:,.0f} -> "
           f"{'met' if met else 'NOT met'}; replay / leaf-hash baseline {cpu_rate / leaf_cpu_rate:.2f}x, "
           f"replay / hashing floor {cpu_rate / floor_cpu_rate:.2f}x (same run)")

@@ -39,6 +39,7 @@ from clients.auditor.failures import (
     ab,
 )
 from clients.auditor.tree import extend
+from ledger import native
 from ledger.codec import (
     AGGREGATE_BYTES_MAX,
     AUX_LEN,
@@ -58,7 +59,6 @@ from ledger.codec import (
     EncodingError,
     iter_aux,
 )
-from ledger import native
 from ledger.hashing import GENESIS_LINK, LEAF_DOMAIN, STATE_DOMAIN, block_hash, ruleset_hash
 from ledger.merkle import CompactRange
 from ledger.note import Checkpoint, Verifier

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ledger import risk as risk_features
 from ledger.apply.accounts import CREDITS_MUST_NOT_EXCEED_DEBITS, DEBITS_MUST_NOT_EXCEED_CREDITS, history_of
 from ledger.apply.scratch import Block, Event, balance_restorer, popper, restore_key
 from ledger.codec import (
@@ -30,7 +31,6 @@ from ledger.codec import (
 from ledger.hashing import derived_id
 from ledger.note import Verifier
 from ledger.reconcile import EXC_RULE_FLAG, EXC_RULE_HOLD, encode_exception
-from ledger import risk as risk_features
 from ledger.risk import KEY_IN, KEY_OUT, new_state, psp_key
 from ledger.rules.compiler import EVALUATION_FAILED, NO_MATCH, Verdict, compile_ruleset
 from ledger.rules.model import Action, Rule, RuleSetError, parse_canonical, signing_message
