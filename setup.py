@@ -1,4 +1,5 @@
-"""Build the optional native apply engine (ledger/_native/engine.c) with the machine's C compiler.
+"""Build the optional native extensions (ledger/_native/engine.c; risk.c for ledger/risk.py) with the
+machine's C compiler.
 
 Everything else about the package lives in pyproject.toml. The extension is ``optional``: if there is
 no compiler or the build fails, ``pip install -e .`` still succeeds and the ledger runs on the Python
@@ -14,6 +15,12 @@ setup(
             sources=["ledger/_native/engine.c", "ledger/_native/apply.c", "ledger/_native/seal.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall"],
             optional=True,
-        )
+        ),
+        Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule
+            "ledger._native._risk",
+            sources=["ledger/_native/risk.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+            optional=True,
+        ),
     ]
 )

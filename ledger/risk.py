@@ -14,11 +14,24 @@ Amount deviation: an integer EWMA of the account's own outgoing amounts with alp
 (``ewma += (amount - ewma) // 8``, Python floor division), and the deviation of the current
 amount from it in basis points (``(amount - ewma) * 10000 // ewma``; 0 without history).
 Features describe the history *before* the transfer being evaluated.
+
+``record`` and ``window_one`` run compiled (``ledger/_native/risk.c``, the same integer arithmetic,
+property-tested against ``record_py``/``window_one_py`` in tests/rules/test_compiled_rules.py) unless
+the extension is not built or ``SOVLEDGER_ENGINE=python``.
+
+Memory: one state of 17 integers per tracked key (payer, payee, PSP) and one entry per payer–payee
+pair, in the store table ``risk`` / ``risk_pairs``; a block holds only the states it touched. The
+semantics need every key's history (a window reaches back 24 h, the EWMA and ``history_n`` for ever),
+so there is no cap here that would change a feature: the store keeps every state, and what stays in
+memory between blocks is only a cache of committed states (``Committed.risk`` in
+``ledger/apply/scratch.py``), which may be bounded in bytes freely, since a miss reads the store.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable
 from typing import Final
 
 NS: Final = 1_000_000_000
@@ -96,8 +109,27 @@ def window_features(st: list[int] | None, ts: int) -> tuple[int, int, int, int, 
     return out[0], out[1], out[2], out[3], out[4], out[5]
 
 
-def record(st: list[int], ts: int, amount: int) -> None:
-    """Add one successful event of ``amount`` at block time ``ts`` (in place). Counters saturate at SUM_MAX."""
+def window_one_py(st: list[int] | None, ts: int, slot: int) -> int:
+    """One value of ``window_features(st, ts)``: ``slot`` 0–2 counts (1m, 1h, 24h), 3–5 sums.
+
+    The Python reference of the compiled ``window_one`` (ledger/_native/risk.c)."""
+    if st is None:
+        return 0
+    base, size = _BASES[slot % 3]
+    bucket = ts // size
+    cur_b = st[base]
+    at = base + 1 + (slot >= 3)
+    if bucket == cur_b:
+        return st[at] * (size - (ts - bucket * size)) // size + st[at + 2]
+    if bucket == cur_b + 1:
+        return st[at + 2] * (size - (ts - bucket * size)) // size
+    return 0
+
+
+def record_py(st: list[int], ts: int, amount: int) -> None:
+    """Add one successful event of ``amount`` at block time ``ts`` (in place). Counters saturate at SUM_MAX.
+
+    The Python reference of the compiled ``record`` (ledger/_native/risk.c)."""
     top = SUM_MAX
     for base, size in _BASES:
         bucket = ts // size
@@ -125,3 +157,15 @@ def deviation_bps(st: list[int] | None, amount: int) -> tuple[int, int, int]:
         return (0, 0, 0) if st is None else (st[15], 0, st[16])
     ewma = st[15]
     return ewma, (amount - ewma) * 10_000 // ewma, st[16]
+
+
+record: Callable[[list[int], int, int], None] = record_py
+window_one: Callable[[list[int] | None, int, int], int] = window_one_py
+NATIVE: bool = False
+if os.environ.get("SOVLEDGER_ENGINE", "native").strip().lower() != "python":
+    try:  # the same arithmetic in C (built with the package; absent without a C compiler)
+        from ledger._native import _risk
+
+        record, window_one, NATIVE = _risk.record, _risk.window_one, True
+    except ImportError:
+        pass

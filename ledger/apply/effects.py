@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ledger import risk as risk_features
 from ledger.apply.accounts import CREDITS_MUST_NOT_EXCEED_DEBITS, DEBITS_MUST_NOT_EXCEED_CREDITS, history_of
 from ledger.apply.scratch import Block, Event, balance_restorer, popper, restore_key
 from ledger.codec import (
@@ -30,7 +31,7 @@ from ledger.codec import (
 from ledger.hashing import derived_id
 from ledger.note import Verifier
 from ledger.reconcile import EXC_RULE_FLAG, EXC_RULE_HOLD, encode_exception
-from ledger.risk import KEY_IN, KEY_OUT, new_state, psp_key, record
+from ledger.risk import KEY_IN, KEY_OUT, new_state, psp_key
 from ledger.rules.compiler import EVALUATION_FAILED, NO_MATCH, Verdict, compile_ruleset
 from ledger.rules.model import Action, Rule, RuleSetError, parse_canonical, signing_message
 from ledger.schema import AccountState, TransferRef
@@ -165,17 +166,36 @@ def after_success(blk: Block, rec: TransferRecord, amount: int) -> None:
     if rules is None:
         return
     ts = blk.ts0
-    if rules.track_out:
-        _risk_add(blk, KEY_OUT + rec[T_DEBIT], ts, amount)
-    if rules.track_in:
-        _risk_add(blk, KEY_IN + rec[T_CREDIT], ts, amount)
-    if rules.track_psp:
-        _risk_add(blk, psp_key(rec[T_PSP]), ts, amount)
     side = blk.side
+    risk = side.risk
+    plain = blk.undo is None  # outside a linked chain nothing needs undoing
+    record = risk_features.record  # compiled unless SOVLEDGER_ENGINE=python (ledger/risk.py)
+    if rules.track_out:  # the common case inline: the state is already in this block's scratch
+        key = KEY_OUT + rec[T_DEBIT]
+        st = risk.get(key)
+        if st is not None and plain:
+            record(st, ts, amount)
+        else:
+            _risk_add(blk, key, ts, amount)
+    if rules.track_in:
+        key = KEY_IN + rec[T_CREDIT]
+        st = risk.get(key)
+        if st is not None and plain:
+            record(st, ts, amount)
+        else:
+            _risk_add(blk, key, ts, amount)
+    if rules.track_psp:
+        key = psp_key(rec[T_PSP])
+        st = risk.get(key)
+        if st is not None and plain:
+            record(st, ts, amount)
+        else:
+            _risk_add(blk, key, ts, amount)
     if rules.track_pairs and not side.seen(rec[T_DEBIT], rec[T_CREDIT]):
         pk = rec[T_DEBIT] + rec[T_CREDIT]
         side.pairs.add(pk)
-        blk.on_undo(lambda: side.pairs.discard(pk))
+        if not plain:
+            blk.on_undo(lambda: side.pairs.discard(pk))
     if rec[T_EXTERNAL_REF] != ZERO32:
         key = rec[T_PSP].to_bytes(4, "big") + rec[T_EXTERNAL_REF]
         previous = side.extrefs.get(key)
@@ -190,11 +210,12 @@ def _risk_add(blk: Block, key: bytes, ts: int, amount: int) -> None:
         base = side.state(key)
         st = list(base) if base is not None else new_state()  # copy: the cache keeps committed state
         side.risk[key] = st
-        blk.on_undo(popper(side.risk, key))
+        if blk.undo is not None:
+            blk.undo.append(popper(side.risk, key))
     elif blk.undo is not None:
         before = list(st)
         blk.undo.append(lambda: st.__setitem__(slice(None), before))
-    record(st, ts, amount)
+    risk_features.record(st, ts, amount)
 
 
 def deploy(blk: Block, raw: bytes, operators: dict[bytes, Verifier]) -> Event:

@@ -70,6 +70,9 @@ class SideState(RiskView):
         st = self.risk.get(key)
         if st is not None:
             return st
+        st = self.committed.risk.get(key)  # inline of _committed: this runs for most transfers under rules
+        if st is not None:
+            return st
         return _committed(self.committed.risk, self.txn, Table.RISK, key, decode_state)
 
     def seen(self, debit_id: bytes, credit_id: bytes) -> bool:

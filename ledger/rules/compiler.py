@@ -32,7 +32,9 @@ from typing import Any, Final
 
 import cel
 
-from ledger.risk import deviation_bps, window_features
+from ledger import risk
+from ledger.risk import KEY_IN, KEY_OUT, KEY_PSP, deviation_bps, window_features
+from ledger.rules.fastpath import RulePlan, generate, plan_rule
 from ledger.rules.model import Action, Rule, RuleSet, RuleSetError, Tolerance, ruleset_hash
 from ledger.types import Result
 
@@ -212,6 +214,24 @@ def _run(program: Any, values: dict[str, Any]) -> tuple[bool, Any]:
         return False, e
 
 
+def _one_rule(program: Any, i: int, values: dict[str, Any]) -> Verdict | None:
+    """Rule ``i`` alone, read as ``_attribute`` reads it: (i, True) erred, (i, False) matched, None false."""
+    ok, got = _run(program, values)
+    if not ok or type(got) is not bool:
+        return i, True
+    return (i, False) if got else None
+
+
+def _compiled_form(programs: list[Any], texts: list[str], paths: list[set[str]]) -> Callable[..., Verdict]:
+    plans: list[RulePlan] = []
+    for text, used in zip(texts, paths, strict=True):
+        plans.append(plan_rule(_tokens(text, [])[0], FIELDS, sorted(used)))
+    scope: dict[str, Any] = {"_sat": _sat, "_ssat": _ssat, "window_one": risk.window_one,
+                             "deviation_bps": deviation_bps, "I64": I64_MAX, "KEY_OUT": KEY_OUT, "KEY_IN": KEY_IN,
+                             "KEY_PSP": KEY_PSP, "cel_rule": lambda i, values: _one_rule(programs[i], i, values)}
+    return generate(plans, FIELDS, scope)
+
+
 def _compile_rule(rule: Rule) -> tuple[Any, set[str], str]:
     where = f"rule {rule.id!r}"
     try:
@@ -299,6 +319,7 @@ class CompiledRuleSet:
     groups: tuple[_Group, ...]
     paths: tuple[str, ...]
     build: Callable[..., dict[str, Any]]
+    fast: Callable[..., Verdict]  # the compiled form (ledger/rules/fastpath.py)
     track_out: bool = False
     track_in: bool = False
     track_psp: bool = False
@@ -321,7 +342,18 @@ class CompiledRuleSet:
         """The verdict on one transfer. Total: nothing the inputs can be makes it raise.
 
         Building the inputs is deterministic Python over the log; should it fail (a bug, never a
-        rule), the verdict is EVALUATION_FAILED, on every replica alike."""
+        rule), the verdict is EVALUATION_FAILED, on every replica alike. This is the compiled form;
+        ``decide_reference`` is the plain one it must always agree with."""
+        try:
+            return self.fast(rec, dra, cra, ts, height, view)
+        except MemoryError:
+            raise
+        except Exception:
+            return EVALUATION_FAILED, False
+
+    def decide_reference(self, rec: tuple[Any, ...], dra: Any, cra: Any, ts: int, height: int,
+                         view: Any) -> Verdict:
+        """The verdict from the full activation and the folded CEL programs (the executable spec)."""
         try:
             values = self.build(rec, dra, cra, ts, height, view)
         except MemoryError:
@@ -394,6 +426,7 @@ def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
     programs: list[Any] = []
     texts: list[str] = []
     used: set[str] = set()
+    rule_paths_all: list[set[str]] = []
     for rule in rs.rules:
         try:
             program, rule_paths, text = _compile_rule(rule)
@@ -404,6 +437,7 @@ def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
             continue
         programs.append(program)
         texts.append(text)
+        rule_paths_all.append(rule_paths)
         used |= rule_paths
     if problems:
         raise RuleSetError(result, problems)
@@ -411,6 +445,7 @@ def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
     compiled = CompiledRuleSet(
         ruleset=rs, canonical=canonical, hash=h, rules=rs.rules, programs=tuple(programs),
         groups=_groups(rs.rules, texts), paths=paths, build=_builder(list(paths)),
+        fast=_compiled_form(programs, texts, rule_paths_all),
         track_out=any(p.startswith(("risk.debit.", "risk.amount_", "risk.history")) for p in paths),
         track_in=any(p.startswith("risk.credit.") for p in paths),
         track_psp=any(p.startswith("risk.psp.") for p in paths),

@@ -15,6 +15,8 @@ def test_audit_verify_bench_replays_and_prints_its_baselines(capsys: pytest.Capt
     out = json.loads(capsys.readouterr().out)
     assert out["entries"] == 3200 and out["blocks"] == 4 and out["seed"] == audit_verify.SEED
     assert out["entries_per_s"] > 0 and out["hash_floor_per_s"] > 0 and out["target_per_s"] == 300_000
+    assert out["entries_per_cpu_s"] > 0 and out["hash_floor_per_cpu_s"] > 0
+    assert out["target_met_cpu"] == (out["entries_per_cpu_s"] >= 300_000)
 
 
 @pytest.mark.integration

@@ -64,14 +64,15 @@ def _exists_different() -> Result:
 
 
 def _evaluation_failed() -> Result:
-    """Fault injection: no real input makes the activation builder fail, so the builder is replaced."""
+    """Fault injection: no real input makes computing the rule inputs fail, so both the activation
+    builder and the compiled form of the rule set (which computes the inputs itself) are replaced."""
     lg = _with({"id": "r", "expr": "transfer.amount > 5", "action": "flag"})
     assert lg.state.rules is not None
 
-    def failing(*_: Any) -> dict[str, Any]:
+    def failing(*_: Any) -> Any:
         raise ArithmeticError("injected")
 
-    lg.state.rules = dataclasses.replace(lg.state.rules, build=failing)
+    lg.state.rules = dataclasses.replace(lg.state.rules, build=failing, fast=failing)
     return lg.transfer(xfer(1))
 
 

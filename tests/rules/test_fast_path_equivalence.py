@@ -1,7 +1,8 @@
 """The fast rules path gives byte-identical results to the plain reference path, in the same run.
 
-Reference path: every transfer through the general ``create_transfer`` (no fast loop), each rule its
-own CEL program evaluated in order, and the risk window arithmetic as first written (below)."""
+Reference path: every transfer through the general ``create_transfer`` (no fast loop), the full
+activation and each rule its own CEL program evaluated in order (no compiled form of the rule set),
+and the risk window arithmetic as first written (below)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ def _reference(state: LedgerState, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     rules = state.rules
     assert rules is not None
     single = _groups(rules.rules, [rewrite(r.expr)[0] for r in rules.rules], size=1)
-    state.rules = dataclasses.replace(rules, groups=single)
+    plain = dataclasses.replace(rules, groups=single)
+    state.rules = dataclasses.replace(plain, fast=plain.decide_reference)  # no compiled form either
     with monkeypatch.context() as m:
         m.setattr(transfers, "_apply_unlinked", _general_path_only)
         yield

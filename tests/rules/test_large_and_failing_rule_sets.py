@@ -102,14 +102,16 @@ def test_a_failure_building_the_rule_inputs_is_a_result_code_not_an_exception() 
     lg = _ledger([{"id": "big", "expr": "transfer.amount > 1000 && risk.debit.count_1h >= 0", "action": "flag"}])
     compiled = lg.state.rules
     assert compiled is not None
-    real = compiled.build
 
-    def failing(rec: tuple[Any, ...], *args: Any) -> Any:  # fault injection: the activation builder fails
-        if rec[3] == 13:
-            raise OverflowError("injected")
-        return real(rec, *args)
+    def failing(real: Any) -> Any:  # fault injection: computing the rule inputs fails for one transfer
+        def fn(rec: tuple[Any, ...], *args: Any) -> Any:
+            if rec[3] == 13:
+                raise OverflowError("injected")
+            return real(rec, *args)
+        return fn
 
-    lg.state.rules = dataclasses.replace(compiled, build=failing)
+    # both forms: the plain activation builder and the compiled rule set (which computes the inputs itself)
+    lg.state.rules = dataclasses.replace(compiled, build=failing(compiled.build), fast=failing(compiled.fast))
     out = lg.block(Batch(EventKind.CREATE_TRANSFER, b"".join(
         encode_transfer(xfer(i, amount=13 if i == 2 else 10)) for i in range(1, 4))))
     assert [Result(r) for r in out.batches[0].results] == [Result.OK, Result.RULE_EVALUATION_FAILED, Result.OK]

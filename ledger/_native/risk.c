@@ -1,0 +1,159 @@
+/* sovledger risk features in C: the per-transfer window update and one window value, the same
+ * integer arithmetic as the Python reference in ledger/risk.py (record_py, window_one_py).
+ *
+ * A risk state is a Python list of 17 unsigned 64-bit ints (ledger/risk.py: per window bucket,
+ * prev_count, prev_sum, cur_count, cur_sum; then ewma, n). Counters saturate at 2^64 - 1. The
+ * functions read the list, compute in uint64 / unsigned __int128 and write the list back, so the
+ * state keeps its Python form everywhere else (store encoding, caches, undo). A value that is not
+ * an int in 0..2^64-1 raises (ValueError/OverflowError/TypeError); the ledger never stores one. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define STATE_LEN 17
+#define TOP UINT64_MAX
+#define NS 1000000000ULL
+
+static const uint64_t WINDOWS[3] = {60ULL * NS, 3600ULL * NS, 86400ULL * NS};
+
+static int read_state(PyObject *list, uint64_t st[STATE_LEN]) {
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != STATE_LEN) {
+        PyErr_SetString(PyExc_TypeError, "a risk state is a list of 17 ints");
+        return -1;
+    }
+    for (int i = 0; i < STATE_LEN; i++) {
+        st[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(list, i));
+        if (st[i] == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* amount: any non-negative int; values above 2^64 - 1 count as 2^64 - 1 (the reference saturates). */
+static int read_amount(PyObject *obj, uint64_t *out) {
+    if (!PyLong_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "amount must be an int");
+        return -1;
+    }
+    if (_PyLong_Sign(obj) < 0) {
+        PyErr_SetString(PyExc_ValueError, "amount must not be negative");
+        return -1;
+    }
+    uint64_t v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (uint64_t)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        v = TOP;
+    }
+    *out = v;
+    return 0;
+}
+
+static inline uint64_t sat_add(uint64_t a, uint64_t b) {
+    uint64_t s = a + b;
+    return s < a || s == TOP ? TOP : s;
+}
+
+/* record(st, ts, amount): one successful event of amount at block time ts, in place. */
+static PyObject *risk_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint64_t st[STATE_LEN], ts, amount;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "record(st, ts, amount)");
+        return NULL;
+    }
+    if (read_state(args[0], st) < 0) return NULL;
+    ts = PyLong_AsUnsignedLongLong(args[1]);
+    if (ts == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    if (read_amount(args[2], &amount) < 0) return NULL;
+    for (int w = 0; w < 3; w++) {
+        uint64_t *s = st + 5 * w;
+        uint64_t bucket = ts / WINDOWS[w];
+        if (bucket != s[0]) {
+            if (s[0] != TOP && bucket == s[0] + 1) {
+                s[1] = s[3];
+                s[2] = s[4];
+            } else {
+                s[1] = s[2] = 0;
+            }
+            s[0] = bucket;
+            s[3] = s[4] = 0;
+        }
+        s[3] = sat_add(s[3], 1);
+        s[4] = sat_add(s[4], amount);
+    }
+    uint64_t ewma = st[15], n = st[16];
+    if (n == 0) {
+        st[15] = amount;
+    } else {
+        __int128 diff = (__int128)amount - (__int128)ewma;
+        __int128 next = (__int128)ewma + (diff >> 3); /* arithmetic shift: floor, as Python's >> */
+        st[15] = next < 0 ? 0 : (uint64_t)next;
+    }
+    st[16] = sat_add(n, 1);
+    for (int i = 0; i < STATE_LEN; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(st[i]);
+        if (v == NULL) return NULL;
+        PyList_SetItem(args[0], i, v); /* steals v, releases the old item */
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *from_u128(unsigned __int128 v) {
+    if (v <= TOP) return PyLong_FromUnsignedLongLong((uint64_t)v);
+    PyObject *hi = PyLong_FromUnsignedLongLong((uint64_t)(v >> 64));
+    PyObject *lo = PyLong_FromUnsignedLongLong((uint64_t)v);
+    PyObject *shift = PyLong_FromLong(64);
+    PyObject *out = NULL, *tmp = NULL;
+    if (hi && lo && shift && (tmp = PyNumber_Lshift(hi, shift)) != NULL) out = PyNumber_Or(tmp, lo);
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(shift);
+    Py_XDECREF(tmp);
+    return out;
+}
+
+/* window_one(st, ts, slot): slot 0-2 the count of the 1m/1h/24h window, 3-5 its sum; st may be None. */
+static PyObject *risk_window_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint64_t st[STATE_LEN];
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "window_one(st, ts, slot)");
+        return NULL;
+    }
+    long slot = PyLong_AsLong(args[2]);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    if (slot < 0 || slot > 5) {
+        PyErr_SetString(PyExc_ValueError, "slot must be 0..5");
+        return NULL;
+    }
+    if (args[0] == Py_None) return PyLong_FromLong(0);
+    if (read_state(args[0], st) < 0) return NULL;
+    uint64_t ts = PyLong_AsUnsignedLongLong(args[1]);
+    if (ts == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    uint64_t size = WINDOWS[slot % 3];
+    const uint64_t *s = st + 5 * (slot % 3);
+    int at = 1 + (slot >= 3); /* prev value; the current one is at + 2 */
+    uint64_t bucket = ts / size;
+    uint64_t remaining = size - (ts - bucket * size);
+    if (bucket == s[0]) {
+        unsigned __int128 v = (unsigned __int128)s[at] * remaining / size + s[at + 2];
+        return from_u128(v);
+    }
+    if (s[0] != TOP && bucket == s[0] + 1) {
+        return PyLong_FromUnsignedLongLong((uint64_t)((unsigned __int128)s[at + 2] * remaining / size));
+    }
+    return PyLong_FromLong(0);
+}
+
+static PyMethodDef METHODS[] = {
+    {"record", (PyCFunction)(void (*)(void))risk_record, METH_FASTCALL,
+     "record(st, ts, amount): add one event to a risk state, in place"},
+    {"window_one", (PyCFunction)(void (*)(void))risk_window_one, METH_FASTCALL,
+     "window_one(st, ts, slot): one window count (slot 0-2) or sum (3-5) before the event"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_risk", "Risk window arithmetic (ledger/risk.py).",
+                                    -1, METHODS, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__risk(void) { return PyModule_Create(&MODULE); }
