@@ -53,13 +53,15 @@ CREATE INDEX IF NOT EXISTS payments_pending ON payments(state) WHERE state = 0;
 CREATE TABLE IF NOT EXISTS batches (
     key         INTEGER PRIMARY KEY,
     records     BLOB NOT NULL,           -- n canonical 176-byte transfer records, exactly as sent
-    signatures  BLOB NOT NULL,           -- n x 64-byte Ed25519 signatures over the records, or empty
+    signatures  BLOB NOT NULL,           -- n x 64-byte Ed25519 signatures over the records, or one per
+                                         -- signing group (sign_group > 0), or empty
     key_id      BLOB NOT NULL,           -- 4-byte PSP key id, or empty
     state       INTEGER NOT NULL,        -- 0 pending (some outcome unknown), 1 every payment final
     outcomes    BLOB,                    -- state 1: n x (u32 result, u64 log index, u64 block), little-endian;
                                          -- result 0xFFFFFFFF: refused before anything of it could apply
     created_ns  INTEGER NOT NULL,
-    resolved_ns INTEGER
+    resolved_ns INTEGER,
+    sign_group  INTEGER NOT NULL DEFAULT 0 -- 0: a signature per record; G: per group of G records
 );
 CREATE INDEX IF NOT EXISTS batches_pending ON batches(state) WHERE state = 0;
 """
@@ -98,6 +100,7 @@ class PendingBatch:
     records: bytes
     signatures: bytes
     key_id: bytes
+    sign_group: int = 0
 
     def __len__(self) -> int:
         return len(self.records) // TRANSFER_SIZE
@@ -118,6 +121,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}
+        if "sign_group" not in columns:  # a journal written before group signing existed
+            self._db.execute("ALTER TABLE batches ADD COLUMN sign_group INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -166,15 +172,18 @@ class Journal:
                 "UPDATE payments SET state = 2, detail = ?, resolved_ns = ? WHERE id = ? AND state = 0", rows)
             self._db.execute("COMMIT")
 
-    def record_batch(self, records: bytes, signatures: bytes = b"", key_id: bytes = b"") -> int:
+    def record_batch(self, records: bytes, signatures: bytes = b"", key_id: bytes = b"", sign_group: int = 0) -> int:
         """Journal a whole batch of transfer records before it is sent (one fsynced insert); its key."""
-        if not records or len(records) % TRANSFER_SIZE or (
-                signatures and len(signatures) != len(records) // TRANSFER_SIZE * SIGNATURE_SIZE):
-            raise ValueError("records must be n x 176 bytes, signatures empty or n x 64 bytes")
+        n = len(records) // TRANSFER_SIZE
+        sigs = -(-n // sign_group) if sign_group > 0 else n
+        if not records or len(records) % TRANSFER_SIZE or sign_group < 0 or (
+                signatures and len(signatures) != sigs * SIGNATURE_SIZE):
+            raise ValueError("records must be n x 176 bytes, signatures empty or 64 bytes per record (per signing "
+                             "group with sign_group)")
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO batches (records, signatures, key_id, state, created_ns) VALUES (?, ?, ?, 0, ?)",
-                (records, signatures, key_id, time.time_ns()))
+                "INSERT INTO batches (records, signatures, key_id, state, created_ns, sign_group) "
+                "VALUES (?, ?, ?, 0, ?, ?)", (records, signatures, key_id, time.time_ns(), sign_group))
             return int(cur.lastrowid or 0)
 
     def settle_batch(self, key: int, results: npt.NDArray[np.uint32], log_indexes: npt.NDArray[np.uint64],
@@ -189,8 +198,9 @@ class Journal:
     def pending_batches(self) -> list[PendingBatch]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, records, signatures, key_id FROM batches WHERE state = 0 ORDER BY key").fetchall()
-        return [PendingBatch(k, r, s, kid) for k, r, s, kid in rows]
+                "SELECT key, records, signatures, key_id, sign_group FROM batches WHERE state = 0 ORDER BY key"
+            ).fetchall()
+        return [PendingBatch(k, r, s, kid, g) for k, r, s, kid, g in rows]
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -202,15 +212,18 @@ class Journal:
         """Pending payments: single ones in id order (time order), then those of pending batches."""
         out = self.unresolved_payments()
         for b in self.pending_batches():
-            out += _batch_entries(b.records, b.signatures, b.key_id, None)
+            grouped = b.sign_group > 0
+            out += _batch_entries(b.records, b"" if grouped else b.signatures, b"" if grouped else b.key_id, None)
         return out if limit is None else out[: int(limit)]
 
     def entries(self) -> list[JournalEntry]:
         out = self._select("SELECT * FROM payments ORDER BY id")
         with self._lock:
-            rows = self._db.execute("SELECT records, signatures, key_id, outcomes FROM batches ORDER BY key").fetchall()
-        for records, sigs, key_id, outcomes in rows:
-            out += _batch_entries(records, sigs, key_id, outcomes)
+            rows = self._db.execute(
+                "SELECT records, signatures, key_id, outcomes, sign_group FROM batches ORDER BY key").fetchall()
+        for records, sigs, key_id, outcomes, group in rows:
+            # a group signature is no one payment's signature: those entries show none
+            out += _batch_entries(records, b"" if group else sigs, b"" if group else key_id, outcomes)
         return out
 
     def get(self, transfer_id: int) -> JournalEntry | None:
@@ -252,7 +265,7 @@ def _batch_entries(records: bytes, sigs: bytes, key_id: bytes, outcomes: bytes |
     entries = []
     for k, o in enumerate(outs):
         rec = records[k * TRANSFER_SIZE : (k + 1) * TRANSFER_SIZE]
-        sig = sigs[k * SIGNATURE_SIZE : (k + 1) * SIGNATURE_SIZE]
+        sig = sigs[k * SIGNATURE_SIZE : (k + 1) * SIGNATURE_SIZE] if sigs else b""
         tid = int.from_bytes(rec[:16], "little")
         if o is None:
             entries.append(JournalEntry(tid, rec, sig, key_id, EntryState.PENDING, None, None, None, None))

@@ -218,17 +218,18 @@ def _stream(s: Session, sender: _ObjectSender | _BulkSender, pacer: _Pacer, chun
 def run_load(targets: list[str], rate: float, duration: float, accounts: int, *, batch: int = BATCH_ITEMS_MAX,
              sign: bool = False, key_file: str | None = None, psps: int = 4, journal: str | None = None,
              first_account_id: int = 1, seed: int | None = None, live: bool = True, api: str = "bulk",
-             tls: ClientTls | None = None) -> dict[str, Any]:
+             tls: ClientTls | None = None, sign_group: int = 0) -> dict[str, Any]:
     """With ``tls`` the load speaks as the certificate's PSP: its psp_id on every transfer and
     accounts it owns (ledger/ownership.py: the psp_id in the account id's top 32 bits)."""
     signer = _signer(sign, key_file)
     own = tls.psp_id() if tls is not None else None
     first_account_id = first_account_id if own is None else account_id_for(own, first_account_id)
     cfg = SdkConfig(batch_size_max=batch, batch_delay_s=0.005,
-                    window_items=max(4 * batch, int(rate // 2) or 1), window_batches=8)
+                    window_items=max(4 * batch, int(rate // 2) or 1), window_batches=8, sign_group=sign_group)
     stats = LoadStats()
     report: dict[str, Any] = {"targets": targets, "rate": rate, "duration_s": duration, "accounts": accounts,
-                              "batch": batch, "signed": signer is not None, "psps": psps, "api": api}
+                              "batch": batch, "signed": signer is not None, "psps": psps, "api": api,
+                              "sign_group": sign_group if signer is not None else 0}
     if signer is not None:
         report["psp_verifier_key"] = signer.verifier.to_string()
     sender_cls = _BulkSender if api == "bulk" else _ObjectSender
@@ -268,12 +269,15 @@ def _cmd_load(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= BATCH_ITEMS_MAX:
         print(f"psp load: --batch must be in 1..{BATCH_ITEMS_MAX}", file=sys.stderr)
         return 2
+    if not 0 <= args.sign_group <= BATCH_ITEMS_MAX:
+        print(f"psp load: --sign-group must be in 0..{BATCH_ITEMS_MAX}", file=sys.stderr)
+        return 2
     try:
         report = run_load(targets, args.rate, args.duration, args.accounts, batch=args.batch, sign=args.sign,
                           key_file=args.key, psps=args.psps, journal=args.journal,
                           first_account_id=args.first_account_id, seed=args.seed,
                           live=not args.json and sys.stdout.isatty(), api=args.api,
-                          tls=tls_from_args(args, "psp-1.toml"))
+                          tls=tls_from_args(args, "psp-1.toml"), sign_group=args.sign_group)
     except (SdkError, TlsConfigError) as e:
         print(f"psp load: {e}", file=sys.stderr)
         return 1
@@ -306,6 +310,8 @@ def register(subparsers: Any) -> None:
     ld.add_argument("--sign", action="store_true", help="sign each transfer (key: --key, else the local cluster's "
                     f"{CLUSTER_PSP_KEY}, else an ephemeral key the nodes will not know)")
     ld.add_argument("--key", default=None, help="PSP signer key file (PRIVATE+KEY+…) to sign with")
+    ld.add_argument("--sign-group", type=int, default=0, metavar="G",
+                    help="with --sign: one signature per group of G records over their Merkle root (0: per record)")
     ld.add_argument("--journal", default=None, help="local journal file (sqlite); recovered at start")
     ld.add_argument("--seed", type=int, default=None, help="random seed for accounts and amounts")
     ld.add_argument("--json", action="store_true", help="machine-readable report, no live display")

@@ -401,6 +401,9 @@ class BlockHeader:
 
 PROPOSAL_HEADER: Final = struct.Struct("<BQI")  # version, timestamp_ns, batch_count
 BATCH_HEADER: Final = struct.Struct("<BIB4s")  # kind, count, signed, signer_key_id
+SIGNED_RECORDS: Final = 1  # `signed`: one PSP signature per record follows the records
+SIGNED_GROUPS: Final = 2  # `signed`: u16 group size, then one PSP signature per signing group
+_SIGN_GROUP: Final = struct.Struct("<H")
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +414,9 @@ class Batch:
     records: bytes
     signatures: bytes = b""  # empty, or count x 64 bytes
     signer_key_id: bytes = b""  # 4 bytes when signatures are present
+    # 0: ``signatures`` holds one signature per record; G >= 1: one per group of G consecutive records
+    # (the last may be shorter) over the group's Merkle root (ledger/psp_group.py)
+    sign_group: int = 0
 
     @property
     def count(self) -> int:
@@ -431,7 +437,7 @@ class Proposal:
 
 
 def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: bytes,
-                   node_proposed: bool = False) -> Batch:
+                   node_proposed: bool = False, sign_group: int = 0) -> Batch:
     """Check a batch's framing (not its business content); raise EncodingError with the reason.
     ``node_proposed``: also accept the kinds only a node proposes (a proposal being decoded)."""
     try:
@@ -448,7 +454,7 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
     if event == EventKind.SETTLEMENT:
         return _settlement_batch(records, signatures, signer_key_id)
     if event in VARIABLE_KINDS:
-        if signatures or signer_key_id:
+        if signatures or signer_key_id or sign_group:
             raise EncodingError("a DEPLOY_RULESET record carries its operator signature inside the record")
         if not DEPLOY_HEADER_SIZE < len(records) <= DEPLOY_HEADER_SIZE + RULESET_BYTES_MAX:
             raise EncodingError(
@@ -470,16 +476,25 @@ def validate_batch(kind: int, records: bytes, signatures: bytes, signer_key_id: 
         raise EncodingError(f"batch has {count} records, at most {BATCH_ITEMS_MAX} allowed")
     if event == EventKind.OBLIGATION and not node_proposed:
         _client_obligations(records, count)
-    if signatures:
-        if len(signatures) != count * SIGNATURE_SIZE:
-            raise EncodingError(
-                f"signatures is {len(signatures)} bytes, expected {count} x {SIGNATURE_SIZE}"
-            )
-        if len(signer_key_id) != KEY_ID_SIZE:
-            raise EncodingError("signer_key_id must be 4 bytes when signatures are present")
-    elif signer_key_id:
-        raise EncodingError("signer_key_id given without signatures")
-    return Batch(event, records, signatures, signer_key_id if signatures else b"")
+    _check_signatures(count, signatures, signer_key_id, sign_group)
+    return Batch(event, records, signatures, signer_key_id if signatures else b"", sign_group if signatures else 0)
+
+
+def _check_signatures(count: int, signatures: bytes, signer_key_id: bytes, sign_group: int) -> None:
+    if not 0 <= sign_group <= BATCH_ITEMS_MAX:
+        raise EncodingError(f"sign_group is {sign_group}: use 0 (one signature per record) or a group size "
+                            f"of 1..{BATCH_ITEMS_MAX} records")
+    if not signatures:
+        if signer_key_id or sign_group:
+            raise EncodingError("signer_key_id or sign_group given without signatures")
+        return
+    groups = -(-count // sign_group) if sign_group else count
+    if len(signatures) != groups * SIGNATURE_SIZE:
+        per = f"group of up to {sign_group} records" if sign_group else "record"
+        raise EncodingError(f"signatures is {len(signatures)} bytes, expected {groups} x {SIGNATURE_SIZE} "
+                            f"(one signature per {per}, {count} records)")
+    if len(signer_key_id) != KEY_ID_SIZE:
+        raise EncodingError("signer_key_id must be 4 bytes when signatures are present")
 
 
 def _settlement_batch(records: bytes, signatures: bytes, signer_key_id: bytes) -> Batch:
@@ -498,11 +513,13 @@ def _client_obligations(records: bytes, count: int) -> None:
 def encode_proposal(p: Proposal) -> bytes:
     parts = [PROPOSAL_HEADER.pack(FORMAT_VERSION, p.timestamp_ns, len(p.batches))]
     for b in p.batches:
-        signed = 1 if b.signatures else 0
+        signed = (SIGNED_GROUPS if b.sign_group else SIGNED_RECORDS) if b.signatures else 0
         parts.append(BATCH_HEADER.pack(b.kind, b.count, signed, b.signer_key_id.ljust(4, b"\x00")))
         if b.kind in VARIABLE_KINDS:
             parts.append(_VAR_LEN.pack(len(b.records)))
         parts.append(b.records)
+        if signed == SIGNED_GROUPS:
+            parts.append(_SIGN_GROUP.pack(b.sign_group))
         if signed:
             parts.append(b.signatures)
     return b"".join(parts)
@@ -521,6 +538,8 @@ def decode_proposal(raw: bytes) -> Proposal:
             raise EncodingError("proposal truncated in a batch header")
         kind, count, signed, key_id = BATCH_HEADER.unpack_from(raw, pos)
         pos += BATCH_HEADER.size
+        if signed not in (0, SIGNED_RECORDS, SIGNED_GROUPS):
+            raise EncodingError(f"proposal batch has unknown signature mode {signed}")
         try:
             event = EventKind(kind)
         except ValueError:
@@ -536,13 +555,20 @@ def decode_proposal(raw: bytes) -> Proposal:
         end = pos + count * size
         records = raw[pos:end]
         pos = end
-        sigs = b""
+        sigs, group = b"", 0
+        if signed == SIGNED_GROUPS:
+            if pos + _SIGN_GROUP.size > len(raw):
+                raise EncodingError("proposal truncated in a batch's sign_group")
+            (group,) = _SIGN_GROUP.unpack_from(raw, pos)
+            pos += _SIGN_GROUP.size
         if signed:
-            sigs = raw[pos : pos + count * SIGNATURE_SIZE]
-            pos += count * SIGNATURE_SIZE
+            nsig = -(-count // group) if group else count
+            sigs = raw[pos : pos + nsig * SIGNATURE_SIZE]
+            pos += nsig * SIGNATURE_SIZE
         if pos > len(raw):
             raise EncodingError("proposal truncated in batch records")
-        batches.append(validate_batch(kind, records, sigs, key_id if signed else b"", node_proposed=True))
+        batches.append(validate_batch(kind, records, sigs, key_id if signed else b"", node_proposed=True,
+                                      sign_group=group))
     if pos != len(raw):
         raise EncodingError(f"proposal has {len(raw) - pos} trailing bytes")
     return Proposal(ts, tuple(batches))

@@ -24,11 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
+import blake3
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
 from ledger.codec import KEY_ID_SIZE, RECORD_SIZE, SIGNATURE_SIZE, Batch
 from ledger.note import ALG_ED25519, NoteError, Verifier
+from ledger.psp_group import group_message, root_of
 from ledger.types import EventKind
 
 # psp_id sits after id, debit, credit, amount lo/hi, pending_id, user_data, external_ref,
@@ -39,6 +41,7 @@ _U32: Final = struct.Struct("<I")
 MIN_CHUNK: Final = 32
 # kinds a PSP originates; with require_signatures these must be signed
 PSP_KINDS: Final = frozenset({EventKind.CREATE_TRANSFER, EventKind.SETTLEMENT_CALLBACK})
+_b3 = blake3.blake3
 
 
 class PspAuthError(Exception):
@@ -58,6 +61,14 @@ class BadPspSignature(PspAuthError):
         self.key_id = key_id
         super().__init__(f"PSP signature of record #{record_index} does not verify under key {key_id.hex()} "
                          "(sign the exact canonical record bytes with Ed25519); nothing of the batch was applied")
+
+
+class BadPspGroupSignature(PspAuthError):
+    def __init__(self, group_index: int, first: int, last: int, key_id: bytes = b"") -> None:
+        self.group_index, self.first, self.last, self.key_id = group_index, first, last, key_id
+        super().__init__(f"PSP group signature #{group_index} (records #{first}..#{last}) does not verify under key "
+                         f"{key_id.hex()}: sign the group's Merkle root as in docs/formats.md (PSP group signature); "
+                         "a record changed after signing fails the same way; nothing of the batch was applied")
 
 
 class SignatureRequired(PspAuthError):
@@ -103,6 +114,23 @@ def _verify_range(public_key: bytes, records: bytes, signatures: bytes, size: in
             return i
         sig_at += SIGNATURE_SIZE
         rec_at += size
+    return -1
+
+
+def _verify_groups(public_key: bytes, kind: int, records: bytes, signatures: bytes, size: int, group: int,
+                   start: int, end: int) -> int:
+    """Index of the first signing group in [start, end) whose signature fails, or -1 (a pool thread)."""
+    n = len(records) // size
+    verify = crypto_sign_open
+    for g in range(start, end):
+        first = g * group
+        last = min(n, first + group)
+        hashes = [_b3(b"\x00" + records[i * size : (i + 1) * size]).digest() for i in range(first, last)]
+        msg = group_message(kind, last - first, root_of(hashes))
+        try:
+            verify(signatures[g * SIGNATURE_SIZE : (g + 1) * SIGNATURE_SIZE] + msg, public_key)
+        except (BadSignatureError, ValueError):
+            return g
     return -1
 
 
@@ -168,6 +196,9 @@ class PspAuthenticator:
         records, sigs = bytes(batch.records), bytes(batch.signatures)
         loop = asyncio.get_running_loop()
         pk = key.verifier.public_key
+        if batch.sign_group:
+            await self._verify_grouped(batch, pk, records, sigs, size)
+            return
         bad = await asyncio.gather(*(
             loop.run_in_executor(self._pool, _verify_range, pk, records, sigs, size, s, e)
             for s, e in self._ranges(batch.count)
@@ -177,7 +208,24 @@ class PspAuthenticator:
             raise BadPspSignature(min(failed), batch.signer_key_id)
 
 
+    async def _verify_grouped(self, batch: Batch, pk: bytes, records: bytes, sigs: bytes, size: int) -> None:
+        loop = asyncio.get_running_loop()
+        groups = len(sigs) // SIGNATURE_SIZE
+        chunks = max(1, min(self.threads, groups))
+        step = -(-groups // chunks)
+        bad = await asyncio.gather(*(
+            loop.run_in_executor(self._pool, _verify_groups, pk, int(batch.kind), records, sigs, size,
+                                 batch.sign_group, s, min(groups, s + step))
+            for s in range(0, groups, step)
+        ))
+        failed = [g for g in bad if g >= 0]
+        if failed:
+            g = min(failed)
+            first = g * batch.sign_group
+            raise BadPspGroupSignature(g, first, min(batch.count, first + batch.sign_group) - 1, batch.signer_key_id)
+
+
 __all__ = [
-    "BadPspSignature", "PspAuthError", "PspAuthenticator", "PspIdMismatch", "PspKey", "SignatureRequired",
-    "UnknownPspKey",
+    "BadPspGroupSignature", "BadPspSignature", "PspAuthError", "PspAuthenticator", "PspIdMismatch", "PspKey",
+    "SignatureRequired", "UnknownPspKey",
 ]

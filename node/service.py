@@ -145,7 +145,8 @@ class LedgerService(pb_grpc.LedgerServicer):
     async def _accept(self, req: pb.SubmitRequest, who: Any) -> asyncio.Future[Any] | pb.BatchStatus:
         try:
             self._leader_check()
-            batch = validate_batch(req.kind, req.records, req.signatures, req.signer_key_id)
+            batch = validate_batch(req.kind, req.records, req.signatures, req.signer_key_id,
+                                   sign_group=req.sign_group)
             self._gate.check(who, batch)
             screen_batch(batch, self._screening)
             await self._psp_auth.verify_batch(batch)

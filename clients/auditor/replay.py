@@ -38,6 +38,7 @@ from clients.auditor.failures import (
     TreeMismatch,
     ab,
 )
+from clients.auditor.psp_groups import check_leaf_group
 from clients.auditor.tree import extend
 from ledger import native
 from ledger.codec import (
@@ -63,6 +64,7 @@ from ledger.hashing import GENESIS_LINK, LEAF_DOMAIN, STATE_DOMAIN, block_hash, 
 from ledger.merkle import CompactRange
 from ledger.netting import SETTLEMENT_BYTES_MAX
 from ledger.note import Checkpoint, Verifier
+from ledger.psp_group import AUX_TAG_PSP_GROUP
 from ledger.rules.model import Action
 from ledger.types import EventKind, Result, TransferFlags
 
@@ -405,6 +407,10 @@ class LogVerifier:
             for tag, value in iter_aux(raw[end + AUX_LEN.size :]):
                 if tag == AUX_TAG_PSP_SIGNATURE:
                     self._psp(index, raw[LEAF_HEADER_SIZE:end], value)
+                elif tag == AUX_TAG_PSP_GROUP:
+                    self.stats.psp_verified += check_leaf_group(index, kind, raw[LEAF_HEADER_SIZE:end], value,
+                                                                self.psp, self.psp_names, self.stats.psp_unknown,
+                                                                self.verify_psp)
                 elif tag == AUX_TAG_RULE_OUTCOME and value and value[0] == _ACTION_HOLD and result == 0:
                     held = True
         except EncodingError as e:

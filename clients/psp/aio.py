@@ -54,7 +54,7 @@ class AsyncLedgerSDK:
         owned = journal is not None and not isinstance(journal, Journal)
         self.journal = Journal(journal) if journal is not None and not isinstance(journal, Journal) else journal
         self.journal_writer = JournalWriter(self.journal, owned)
-        self._prepare = Preparer(signer, self.journal_writer)
+        self._prepare = Preparer(signer, self.journal_writer, sign_group=self.config.sign_group)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._batch_ids = itertools.count(1)
 
@@ -199,17 +199,19 @@ class AsyncLedgerSDK:
 
     async def submit_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b"",
                              kind: EventKind = EventKind.CREATE_TRANSFER, raise_errors: bool = True,
-                             journal_key: int | None = None) -> BulkOutcomes:
+                             journal_key: int | None = None, sign_group: int = 0) -> BulkOutcomes:
         """The bulk path: a packed buffer of canonical records (n × 176 bytes for transfers) in, outcome
         arrays out — no Python object per payment. Same batching, retries, journal and signing as
-        ``submit``; ``signatures`` (n × 64) and ``key_id`` when the records are signed already.
+        ``submit``; ``signatures`` (n × 64) and ``key_id`` when the records are signed already
+        (with ``sign_group`` G: one signature per group of G records, docs/formats.md).
 
         Raises the first batch's error (like ``submit``) unless ``raise_errors`` is False, in which
         case rows without a result have ``NO_RESULT`` and their exceptions are in ``.errors``.
         """
         out = BulkOutcomes.empty(records, kind)
         engine = self.engine()
-        for batch in self.cut_batches(out, ArraySink(out), signatures, key_id, recovering=journal_key is not None):
+        for batch in self.cut_batches(out, ArraySink(out), signatures, key_id, recovering=journal_key is not None,
+                                      sign_group=sign_group):
             batch.origin.journal_key = journal_key
             engine.put(batch)
         try:
@@ -219,20 +221,24 @@ class AsyncLedgerSDK:
         return out.raise_for_errors() if raise_errors else out
 
     def cut_batches(self, out: BulkOutcomes, sink: ArraySink, signatures: bytes, key_id: bytes, *,
-                    recovering: bool = False) -> list[Batch]:
-        """Batches of ≤ ``batch_size_max`` records of a bulk buffer, each row's outcome going to ``sink``."""
+                    recovering: bool = False, sign_group: int = 0) -> list[Batch]:
+        """Batches of ≤ ``batch_size_max`` records of a bulk buffer, each row's outcome going to ``sink``
+        (with pre-made group signatures: cut at group boundaries)."""
         size, records, n = RECORD_SIZE[out.kind], out.records, len(out)
-        if n == 0 or len(records) != n * size or (signatures and len(signatures) != n * SIGNATURE_SIZE):
+        group = sign_group if signatures else 0
+        per = group or 1  # records per signature
+        if n == 0 or len(records) != n * size or group < 0 or (
+                signatures and len(signatures) != -(-n // per) * SIGNATURE_SIZE):
             raise ValueError(f"records must be a non-empty multiple of {size} bytes; signatures empty or "
-                             f"{SIGNATURE_SIZE} bytes per record")
-        step = self.config.batch_size_max
+                             f"{SIGNATURE_SIZE} bytes per record (per group of sign_group records)")
+        step = self.config.batch_size_max if not group else max(1, self.config.batch_size_max // group) * group
         batches = []
         for first in range(0, n, step):
             m = min(step, n - first)
-            sigs = signatures[first * SIGNATURE_SIZE : (first + m) * SIGNATURE_SIZE]
+            sigs = signatures[first // per * SIGNATURE_SIZE : -(-(first + m) // per) * SIGNATURE_SIZE]
             batches.append(Batch.of(out.kind, records[first * size : (first + m) * size], Origin(sink, first, m),
                                     signatures=sigs, key_id=key_id if sigs else b"", recovering=recovering,
-                                    signed=bool(sigs) or self.signer is None))
+                                    signed=bool(sigs) or self.signer is None, sign_group=group))
         return batches
 
     async def recover(self) -> list[TransferOutcome]:
@@ -249,7 +255,8 @@ class AsyncLedgerSDK:
         outcomes = await self.submit_prepared([e.prepared() for e in pending], recovering=True) if pending else []
         await self.journal_writer.payments_settled(outcomes)
         for b in batches:  # each settles its own journal row
-            bulk = await self.submit_records(b.records, signatures=b.signatures, key_id=b.key_id, journal_key=b.key)
+            bulk = await self.submit_records(b.records, signatures=b.signatures, key_id=b.key_id, journal_key=b.key,
+                                             sign_group=b.sign_group)
             outcomes += bulk.outcomes()
         await self.journal_writer.barrier()
         return outcomes

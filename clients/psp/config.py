@@ -24,6 +24,8 @@ class SdkConfig:
     response_timeout_s: float = 15.0  # no answer on the stream this long while batches wait → broken
     call_timeout_s: float = 10.0  # unary calls (lookups)
     connect_timeout_s: float = 1.0  # a node not connected this long → try the next one (nothing sent)
+    # with a signer: 0 signs every record; G >= 1 signs one Merkle root per group of G records (docs/formats.md)
+    sign_group: int = 0
 
     def validate(self) -> SdkConfig:
         if not 1 <= self.batch_size_max <= BATCH_ITEMS_MAX:
@@ -32,6 +34,8 @@ class SdkConfig:
             raise ValueError("batch_delay_s must be in (0, 10]")
         if self.connect_timeout_s <= 0:
             raise ValueError("connect_timeout_s must be > 0")
+        if not 0 <= self.sign_group <= BATCH_ITEMS_MAX:
+            raise ValueError(f"sign_group must be 0 (a signature per record) or a group size in 1..{BATCH_ITEMS_MAX}")
         if self.window_items < 1 or self.window_batches < 1:
             raise ValueError("window_items and window_batches must be >= 1")
         return self

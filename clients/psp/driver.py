@@ -73,7 +73,8 @@ class EngineContext:
 def submit_request(b: Batch) -> pb.SubmitRequest:
     return pb.SubmitRequest(batch_id=b.batch_id, kind=int(b.kind),  # type: ignore[arg-type]
                             records=b.records, signatures=b.signatures,
-                            signer_key_id=b.key_id if b.signatures else b"")
+                            signer_key_id=b.key_id if b.signatures else b"",
+                            sign_group=b.sign_group if b.signatures else 0)
 
 
 class _RoundEnd(Exception):
@@ -347,6 +348,8 @@ class Engine:
             # the node deliberately refused the stream (not a crash) and these are not in the ledger
             await self._failed(b, cause, final=True)
             return False
+        if not b.signed:  # a group-signed batch lost some rows: sign the rest anew (journaled already)
+            await self.ctx.prepare(b)
         return True
 
 

@@ -17,6 +17,7 @@ from clients.psp.window import Batch
 from clients.sdk_types import TransferOutcome
 from ledger.codec import TRANSFER_SIZE
 from ledger.note import Signer
+from ledger.psp_group import group_messages
 from ledger.types import EventKind
 
 log = logging.getLogger("sovledger.sdk")
@@ -44,7 +45,7 @@ class JournalWriter:
         if self.journal is None:
             return
         fut = asyncio.get_running_loop().run_in_executor(
-            self._pool, self.journal.record_batch, batch.records, batch.signatures, batch.key_id)
+            self._pool, self.journal.record_batch, batch.records, batch.signatures, batch.key_id, batch.sign_group)
         self._tail = fut
         batch.origin.journal_key = await fut
 
@@ -90,8 +91,9 @@ def _log_journal_error(fut: asyncio.Future[Any]) -> None:
 class Preparer:
     """Sign (in a thread pool: PyNaCl releases the GIL) and journal a batch before its first send."""
 
-    def __init__(self, signer: Signer | None, journal: JournalWriter, threads: int = 2) -> None:
+    def __init__(self, signer: Signer | None, journal: JournalWriter, threads: int = 2, sign_group: int = 0) -> None:
         self.signing_key = SigningKey(signer.seed) if signer else None
+        self.sign_group = sign_group
         self.key_id = signer.key_id if signer else b""
         self.journal = journal
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="sdk-sign") if signer else None
@@ -105,11 +107,23 @@ class Preparer:
         sign = self.signing_key.sign  # type: ignore[union-attr]
         return b"".join(sign(records[k : k + TRANSFER_SIZE]).signature for k in range(0, len(records), TRANSFER_SIZE))
 
+    def _sign_groups(self, records: bytes) -> bytes:
+        sign = self.signing_key.sign  # type: ignore[union-attr]
+        msgs = group_messages(EventKind.CREATE_TRANSFER, records, TRANSFER_SIZE, self.sign_group)
+        return b"".join(sign(m).signature for m in msgs)
+
     async def sign(self, records: bytes) -> bytes:
-        """Ed25519 signatures of every record, concatenated; the rows are cut into one chunk per thread."""
+        """Ed25519 signatures of every record (or of every signing group's root with ``sign_group``),
+        concatenated; the rows are cut into one chunk per thread (at group boundaries)."""
         n = len(records) // TRANSFER_SIZE
-        step = -(-n // self._threads) * TRANSFER_SIZE
         loop = asyncio.get_running_loop()
+        if self.sign_group:
+            groups = -(-n // self.sign_group)
+            step = -(-groups // self._threads) * self.sign_group * TRANSFER_SIZE
+            parts = await asyncio.gather(*(loop.run_in_executor(self._pool, self._sign_groups, records[k : k + step])
+                                           for k in range(0, len(records), step)))
+            return b"".join(parts)
+        step = -(-n // self._threads) * TRANSFER_SIZE
         parts = await asyncio.gather(*(loop.run_in_executor(self._pool, self._sign, records[k : k + step])
                                        for k in range(0, len(records), step)))
         return b"".join(parts)
@@ -121,8 +135,9 @@ class Preparer:
             if self.signing_key is not None:
                 batch.signatures = await self.sign(batch.records)
                 batch.key_id = self.key_id
+                batch.sign_group = self.sign_group
             batch.signed = True
-        if not batch.recovering:
+        if not batch.recovering and batch.origin.journal_key is None:
             await self.journal.pending(batch)
 
 

@@ -86,10 +86,10 @@ class LedgerSDK(_ClosedOnExit):
         return self.run(self.aio.submit(transfers, raise_on_failure=raise_on_failure))
 
     def submit_records(self, records: bytes, *, signatures: bytes = b"", key_id: bytes = b"",
-                       raise_errors: bool = True) -> BulkOutcomes:
+                       raise_errors: bool = True, sign_group: int = 0) -> BulkOutcomes:
         """The bulk path (``AsyncLedgerSDK.submit_records``): packed records in, outcome arrays out."""
         return self.run(self.aio.submit_records(records, signatures=signatures, key_id=key_id,
-                                                raise_errors=raise_errors))
+                                                raise_errors=raise_errors, sign_group=sign_group))
 
     def submit_prepared(self, prepared: Sequence[PreparedTransfer]) -> list[TransferOutcome]:
         return self.run(self.aio.submit_prepared(prepared))

@@ -73,6 +73,7 @@ class Batch:
     key_id: bytes = b""
     recovering: bool = False  # re-sent from the journal: exists means OK
     signed: bool = False  # signatures already attached (journal/recovery)
+    sign_group: int = 0  # 0: ``signatures`` per record; G: per group of G records (ledger/psp_group.py)
     seq: int = field(default_factory=lambda: next(_seqs))
     attempts: int = 0
     uncertain: bool = False  # a send of it may have been applied (indeterminate once)
@@ -83,9 +84,9 @@ class Batch:
 
     @classmethod
     def of(cls, kind: EventKind, records: bytes, origin: Origin, *, signatures: bytes = b"", key_id: bytes = b"",
-           recovering: bool = False, signed: bool = False) -> Batch:
+           recovering: bool = False, signed: bool = False, sign_group: int = 0) -> Batch:
         return cls(kind, records, origin, np.arange(origin.n, dtype=np.int64), signatures, key_id,
-                   recovering, signed)
+                   recovering, signed, sign_group if signatures else 0)
 
     @property
     def size(self) -> int:
@@ -106,7 +107,9 @@ class Batch:
         """Only the rows where ``mask`` is set stay in this batch (to be sent again)."""
         keep = np.flatnonzero(mask)
         self.records = b"".join(self.record(int(k)) for k in keep)
-        if self.signatures:
+        if self.sign_group:  # a group's signature covers all of it: the rest must be signed anew
+            self.signatures, self.key_id, self.sign_group, self.signed = b"", b"", 0, False
+        elif self.signatures:
             self.signatures = b"".join(self.signatures[k * 64 : (k + 1) * 64] for k in keep.tolist())
         self.rows = self.rows[keep]
 

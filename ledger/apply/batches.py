@@ -6,16 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ledger.apply.scratch import Block, Event
-from ledger.codec import SIGNATURE_SIZE, Batch, psp_signature_aux
+from ledger.codec import RECORD_SIZE, SIGNATURE_SIZE, Batch, psp_signature_aux
+from ledger.psp_group import group_auxes
 from ledger.types import Result
 
 
 def signature_auxes(batch: Batch) -> list[bytes]:
-    """One aux per record carrying the PSP's signature over it, or [] for an unsigned batch."""
+    """One aux per record carrying the PSP's signature over it (tag 1), or the proof that its
+    signing group was signed (tag 5, group-signed batches), or [] for an unsigned batch."""
     if not batch.signatures:
         return []
     sigs = batch.signatures
     key_id = batch.signer_key_id
+    if batch.sign_group:
+        return group_auxes(batch.kind, batch.records, RECORD_SIZE[batch.kind], batch.sign_group, sigs, key_id)
     return [psp_signature_aux(key_id, sigs[i : i + SIGNATURE_SIZE]) for i in range(0, len(sigs), SIGNATURE_SIZE)]
 
 

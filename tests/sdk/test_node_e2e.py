@@ -26,8 +26,9 @@ from clients.ids import new_id
 from clients.journal import Journal
 from clients.sdk import LedgerSDK, SdkConfig
 from clients.sdk_errors import PermissionDeniedError
-from ledger.codec import TRANSFER_SIZE, decode_leaf, decode_transfer, encode_transfer, u128_from
+from ledger.codec import TRANSFER_SIZE, decode_leaf, decode_transfer, encode_transfer, iter_aux, u128_from
 from ledger.note import Signer
+from ledger.psp_group import AUX_TAG_PSP_GROUP, check_group_aux, group_messages
 from ledger.types import Account, EventKind, Result, Transfer
 from tests.integration.nodeproc import ROOT, NodeProcess
 
@@ -210,6 +211,34 @@ def test_sdk_signs_each_record_and_the_signature_lands_in_the_leaf(signing_node:
             key_id, sig = leaf.psp_signature
             assert key_id == psp.key_id
             assert psp.verifier.verify(leaf.body, sig)  # Ed25519 over the exact 176-byte record
+
+
+def test_batch_signed_groups_end_to_end(signing_node: NodeProcess, psp_key: Signer) -> None:
+    """sign_group: one signature per 16 records; every leaf proves its own record; a forged group
+    signature is refused with the group and its records named, and nothing of the batch is applied."""
+    node, psp = signing_node, psp_key
+    ts = transfers(100)
+    records = b"".join(encode_transfer(t) for t in ts)
+    with LedgerSDK([node.target], signer=psp, config=SdkConfig(sign_group=16)) as sdk:
+        sdk.ensure_accounts(accounts())
+        out = sdk.submit_records(records)
+        assert out.ok.all()
+        objs = sdk.submit(transfers(20))  # the per-object path signs in groups too
+        assert all(o.ok for o in objs)
+        fresh = b"".join(encode_transfer(t) for t in transfers(100))
+        forged = bytearray(b"".join(psp.sign(m) for m in group_messages(EventKind.CREATE_TRANSFER,
+                                                                           fresh, TRANSFER_SIZE, 16)))
+        forged[3 * 64] ^= 1
+        with pytest.raises(PermissionDeniedError, match=r"group signature #3 \(records #48\.\.#63\)"):
+            sdk.submit_records(fresh, signatures=bytes(forged), key_id=psp.key_id, sign_group=16)
+    verify = lambda kid, msg, sig: kid == psp.key_id and psp.verifier.verify(msg, sig)  # noqa: E731
+    with LedgerClient(node.target) as c:
+        for i in range(0, 100, 7):
+            leaf = decode_leaf(next(iter(c.entries(int(out.log_indexes[i]), int(out.log_indexes[i]) + 1))))
+            assert leaf.body == records[i * TRANSFER_SIZE : (i + 1) * TRANSFER_SIZE]
+            ((tag, value),) = list(iter_aux(leaf.aux))
+            assert tag == AUX_TAG_PSP_GROUP and check_group_aux(EventKind.CREATE_TRANSFER, leaf.body, value, verify)
+    assert sum(ledger_transfer_counts(node.target).values()) == 120  # the forged batch left nothing
 
 
 def test_a_signed_batch_by_a_key_the_node_does_not_know_is_refused(node: NodeProcess) -> None:
