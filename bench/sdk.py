@@ -7,8 +7,9 @@ limit. In the same run:
 
 * node capacity: pre-encoded records streamed with the bare client (``clients.client``), no SDK;
 * SDK end to end, from Python objects (``Session.send(Transfer)``) and from the bulk path
-  (numpy columns → packed records → ``Session.send_records``), each plain, with the journal and
-  signed; against the node and against the null ledger.
+  (numpy columns → packed records → ``Session.send_records``), each plain, with the journal,
+  signed per record and batch-signed (one signature per group of 16 records over their Merkle root);
+  against the node and against the null ledger.
 
 The client CPU per transfer is ``time.process_time()`` of this process (every thread: the caller,
 the SDK's event loop, gRPC, journal and signing threads) divided by acknowledged transfers — the
@@ -51,7 +52,8 @@ from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
 ACCOUNTS = 10_000
 PATHS = ("objects", "bulk")
-MODES = ("plain", "journal", "signed")
+MODES = ("plain", "journal", "signed", "batch-signed")
+SIGN_GROUP = 16  # records per signature in the batch-signed rows (docs/formats.md, PSP group signature)
 
 
 # -- a ledger that answers at once (the SDK's ceiling) ----------------------------------------------------
@@ -129,12 +131,13 @@ def _count_ok(futs: list[Any]) -> int:
 def sdk_run(target: str, path: str, mode: str, total: int, batch: int, time_limit_s: float, tmp: Path,
             signer: Signer) -> dict[str, Any]:
     """``total`` transfers (at most ``time_limit_s``) through one SDK session; tx/s and client CPU."""
-    cfg = SdkConfig(batch_size_max=batch, batch_delay_s=0.005, window_items=4 * batch, window_batches=4)
+    cfg = SdkConfig(batch_size_max=batch, batch_delay_s=0.005, window_items=4 * batch, window_batches=4,
+                    sign_group=SIGN_GROUP if mode == "batch-signed" else 0)
     journal = tmp / f"journal-{path}-{mode}-{time.monotonic_ns()}.sqlite" if mode == "journal" else None
     gen = ColumnarPayments(ACCOUNTS, seed=11)
     send = _send_objects if path == "objects" else _send_bulk
     chunk = min(batch, 1000) if path == "objects" else batch
-    with LedgerSDK(target, signer=signer if mode == "signed" else None, journal=journal, config=cfg) as sdk:
+    with LedgerSDK(target, signer=signer if "signed" in mode else None, journal=journal, config=cfg) as sdk:
         deadline = time.monotonic() + time_limit_s
         cpu0, t0 = time.process_time(), time.perf_counter()
         futs: list[Any] = []

@@ -68,6 +68,27 @@ def tree(hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
     return _node(left, right), lpaths + rpaths
 
 
+def _levels(hashes: list[bytes]) -> list[list[bytes]]:
+    """Every level of a perfect tree (len(hashes) a power of two), leaves first."""
+    b3 = _b3
+    levels = [hashes]
+    cur = hashes
+    while len(cur) > 1:
+        cur = [b3(b"\x01" + cur[i] + cur[i + 1]).digest() for i in range(0, len(cur), 2)]
+        levels.append(cur)
+    return levels
+
+
+def _paths_joined(hashes: list[bytes]) -> list[bytes]:
+    """Every leaf's audit path as one byte string; a perfect tree level by level (the common, full
+    group), any other size through ``tree``."""
+    n = len(hashes)
+    if n & (n - 1):
+        return [b"".join(p) for p in tree(hashes)[1]]
+    levels = _levels(hashes)[:-1]
+    return [b"".join([lv[(j >> k) ^ 1] for k, lv in enumerate(levels)]) for j in range(n)]
+
+
 def root_of(hashes: Sequence[bytes]) -> bytes:
     """RFC 6962 root only (no paths): what a signer and the node's verifier need."""
     n = len(hashes)
@@ -101,14 +122,21 @@ def group_auxes(kind: int, records: bytes, size: int, group: int, signatures: by
     """The aux item (tag 5) of every record of a group-signed batch, in record order: deterministic
     from the batch alone, so every replica (and the native apply) gets the same bytes."""
     n = len(records) // size
+    b3 = _b3
     out: list[bytes] = []
+    pack = _GROUP_HEAD.pack
     for g, (s, e) in enumerate(group_ranges(n, group)):
-        hashes = [_b3(b"\x00" + records[i * size : (i + 1) * size]).digest() for i in range(s, e)]
-        _, paths = tree(hashes)
-        head = key_id + signatures[g * SIGNATURE_SIZE : (g + 1) * SIGNATURE_SIZE]
+        hashes = [b3(b"\x00" + records[i * size : (i + 1) * size]).digest() for i in range(s, e)]
+        paths = _paths_joined(hashes)
         count = e - s
-        for j, path in enumerate(paths):
-            value = head + _GROUP_HEAD.pack(count, j) + b"".join(path)
+        value_len = _AUX_FIXED + len(paths[0])  # every path of a perfect tree has the same length
+        head = bytes((AUX_TAG_PSP_GROUP,)) + AUX_LEN.pack(value_len) + key_id + signatures[
+            g * SIGNATURE_SIZE : (g + 1) * SIGNATURE_SIZE]
+        if count & (count - 1) == 0:
+            out += [head + pack(count, j) + path for j, path in enumerate(paths)]
+            continue
+        for j, path in enumerate(paths):  # paths differ in length: each aux its own length
+            value = head[3:] + pack(count, j) + path
             out.append(bytes((AUX_TAG_PSP_GROUP,)) + AUX_LEN.pack(len(value)) + value)
     return out
 

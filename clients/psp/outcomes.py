@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -119,18 +119,27 @@ class Deliver(Protocol):
     def __call__(self, value: TransferOutcome | BaseException, /) -> None: ...
 
 
+#: ``lazy(delivers, rows, cols)``: complete these delivers with rows of ``cols`` without building outcomes
+LazySettle = Callable[[list[Any], list[int], "Columns"], None]
+
+
 class ObjectSink:
     """The per-payment API: one callback per position, given a ``TransferOutcome`` or an exception;
     ``on_progress(k)`` once per group of ``k`` outcomes (window accounting, not per payment)."""
 
-    def __init__(self, ids: list[int], delivers: list[Deliver], on_progress: Callable[[int], None] | None = None
-                 ) -> None:
+    def __init__(self, ids: list[int], delivers: list[Deliver], on_progress: Callable[[int], None] | None = None,
+                 lazy: LazySettle | None = None) -> None:
         self.ids = ids
         self.delivers = delivers
         self.on_progress = on_progress
+        # set when every deliver is a clients.psp.futures.PaymentFuture: completes them from the columns
+        self.lazy = lazy
         self._done = bytearray(len(ids))
 
     def settled(self, positions: Rows, cols: Columns) -> None:
+        if self.lazy is not None:  # every deliver is a PaymentFuture: no outcome object until asked
+            self._progress(self._settle_lazy(positions, cols))
+            return
         rows = zip(positions.tolist(), cols.results.tolist(), cols.log_indexes.tolist(), cols.blocks.tolist(),
                    cols.timestamps_ns.tolist(), cols.how.tolist(), strict=True)
         k = 0
@@ -138,6 +147,18 @@ class ObjectSink:
             k += self._deliver(p, TransferOutcome(self.ids[p], Result(result), idx, blk, ts, cols.attempts,
                                                   RESOLUTIONS[how]))
         self._progress(k)
+
+    def _settle_lazy(self, positions: Rows, cols: Columns) -> int:
+        done, delivers = self._done, self.delivers
+        futs, rows = [], []
+        for k, p in enumerate(positions.tolist()):
+            if not done[p]:
+                done[p] = 1
+                futs.append(delivers[p])
+                rows.append(k)
+        assert self.lazy is not None
+        self.lazy(futs, rows, cols)
+        return len(futs)
 
     def failed(self, positions: Rows, error: BaseException) -> None:
         self._progress(sum(self._deliver(p, error) for p in positions.tolist()))

@@ -14,12 +14,13 @@ from clients.connect import ClientTls
 from clients.journal import Journal
 from clients.psp.aio import AsyncLedgerSDK
 from clients.psp.bulk import BulkOutcomes
+from clients.psp.columns import encode_transfer_fast
 from clients.psp.config import MONOTONIC, Clock, SdkConfig
-from clients.psp.outcomes import Deliver
+from clients.psp.futures import PaymentFuture
 from clients.psp.session import AsyncSession, WindowCounters
 from clients.sdk_errors import SdkError
 from clients.sdk_types import PreparedTransfer, RetryPolicy, TransferOutcome
-from ledger.codec import TRANSFER_SIZE, encode_transfer
+from ledger.codec import TRANSFER_SIZE
 from ledger.note import Signer
 from ledger.types import Account, AccountBalance, Transfer
 from sovledger_pb import ledger_pb2 as pb
@@ -142,11 +143,10 @@ class Session(WindowCounters, _ClosedOnExit):
         """Queue one payment; blocks while ``window_items`` payments are unacknowledged."""
         if self._closed:
             raise SdkError("session is closed")
-        record = encode_transfer(transfer)
-        fut: concurrent.futures.Future[TransferOutcome] = concurrent.futures.Future()
+        record = encode_transfer_fast(transfer)
+        fut = deliver = PaymentFuture(self._cond, transfer.id)
         if callback is not None:
             fut.add_done_callback(callback)
-        deliver = _concurrent_deliver(fut)
         admitted, action = self._aio.try_admit(transfer.id, record, deliver)  # the common case: one lock
         if not admitted:
             with self._cond:
@@ -190,21 +190,6 @@ class Session(WindowCounters, _ClosedOnExit):
             return
         self._closed = True
         self._sdk.run(self._aio.close(), timeout_s)
-
-
-def _concurrent_deliver(fut: concurrent.futures.Future[TransferOutcome]) -> Deliver:
-    """Sets the future (cancelling it does not stop the payment; its outcome is then dropped)."""
-
-    def deliver(value: TransferOutcome | BaseException) -> None:
-        try:
-            if isinstance(value, BaseException):
-                fut.set_exception(value)
-            else:
-                fut.set_result(value)
-        except concurrent.futures.InvalidStateError:
-            pass  # the caller cancelled the future
-
-    return deliver
 
 
 __all__ = ["LedgerSDK", "Session"]

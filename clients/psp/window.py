@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from clients.psp.futures import PaymentFuture, settle_futures
 from clients.psp.outcomes import (
     HOW_LOOKUP,
     HOW_RECOVERED,
@@ -153,6 +154,7 @@ class SessionWindow:
         self._ids: list[int] = []
         self._records: list[bytes] = []
         self._delivers: list[Deliver] = []
+        self._mixed = False  # the open batch has a deliver that is not a PaymentFuture
         self._opened_at = 0.0
         self._timer_armed = False  # at most one timer per session, whatever the number of batches
 
@@ -169,6 +171,8 @@ class SessionWindow:
         self._ids.append(transfer_id)
         self._records.append(record)
         self._delivers.append(deliver)
+        if type(deliver) is not PaymentFuture:
+            self._mixed = True
         if len(self._ids) >= self.batch_size_max:
             return self._seal()
         if len(self._ids) == 1:
@@ -205,7 +209,9 @@ class SessionWindow:
     def _seal(self) -> SealBatch:
         ids, records, delivers = self._ids, self._records, self._delivers
         self._ids, self._records, self._delivers = [], [], []
-        origin = Origin(ObjectSink(ids, delivers, self.on_progress), 0, len(ids))
+        lazy = None if self._mixed else settle_futures
+        self._mixed = False
+        origin = Origin(ObjectSink(ids, delivers, self.on_progress, lazy), 0, len(ids))
         return SealBatch(Batch.of(EventKind.CREATE_TRANSFER, b"".join(records), origin))
 
 

@@ -233,3 +233,33 @@ def test_auditor_flags_an_altered_group_signed_leaf(where: str, offset: int) -> 
     with pytest.raises(PspSignatureInvalid) as e:
         _audit(log, leaves)
     assert f"leaf {i}" in str(e.value) and "acme-psp" in str(e.value) and e.value.exit_code == 15
+
+
+def test_an_outsider_following_docs_formats_verifies_a_leaf() -> None:
+    """An independent verifier written from docs/formats.md alone (blake3 + Ed25519, no project code)."""
+    import struct
+
+    import blake3
+    from nacl.signing import VerifyKey
+
+    def outsider_check(kind: int, body: bytes, value: bytes, public_key: bytes) -> None:
+        sig, (c, j) = value[4:68], struct.unpack_from("<HH", value, 68)
+        path = [value[k : k + 32] for k in range(72, len(value), 32)]
+        h = blake3.blake3(b"\x00" + body).digest()
+        fn, sn = j, c - 1
+        for p in path:  # RFC 9162 2.1.3.2
+            if fn & 1 or fn == sn:
+                h = blake3.blake3(b"\x01" + p + h).digest()
+                while not fn & 1 and fn:
+                    fn, sn = fn >> 1, sn >> 1
+            else:
+                h = blake3.blake3(b"\x01" + h + p).digest()
+            fn, sn = fn >> 1, sn >> 1
+        assert sn == 0
+        msg = b"sovledger/psp-group/v1" + b"\x00" + bytes([kind]) + struct.pack("<H", c) + h
+        assert len(msg) == 58
+        VerifyKey(public_key).verify(msg, sig)
+
+    leaves = [decode_leaf(raw) for raw in _group_log().leaves()]
+    for leaf in (lf for lf in leaves if lf.kind == KIND):
+        outsider_check(KIND, leaf.body, leaf.aux[3:], PSP.verifier.public_key)
