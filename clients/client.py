@@ -116,8 +116,10 @@ class LedgerClient:
         return res
 
     def submit_stream(self, batches: Iterable[tuple[EventKind, bytes, bytes, bytes]],
-                      inflight: int = 8, timeout_s: float | None = None) -> Iterator[BatchResult | BatchRefused]:
+                      inflight: int = 8, timeout_s: float | None = None,
+                      sign_group: int = 0) -> Iterator[BatchResult | BatchRefused]:
         """Stream batches on one Submit call with at most ``inflight`` unanswered; yields in order.
+        ``sign_group``: the signatures are one per group of that many records (docs/formats.md).
 
         A refused batch is yielded as a ``BatchRefused`` (the stream continues); a broken stream
         raises ``grpc.RpcError`` — batches without a response then have an unknown outcome and
@@ -132,7 +134,7 @@ class LedgerClient:
                     if done.is_set():
                         return
                 yield pb.SubmitRequest(batch_id=next(self._ids), kind=pb.EventKind.ValueType(kind), records=records,
-                                       signatures=sigs, signer_key_id=key_id)
+                                       signatures=sigs, signer_key_id=key_id, sign_group=sign_group if sigs else 0)
 
         call = self.ledger.Submit(requests(), timeout=timeout_s)
         try:

@@ -6,8 +6,15 @@ bytes) and the 4-byte ``signer_key_id`` (``ledger.note`` key id of the PSP's ver
 module checks them before a batch enters the ingest queue; the signatures then go into each leaf's
 aux field (tag 1) so an auditor can re-verify them.
 
+A PSP may instead sign in groups (``sign_group`` G > 0, ledger/psp_group.py): one signature per
+group of G consecutive records over the group's Merkle root; the node rebuilds each root from the
+records and verifies one signature per group (a forged signature or a record changed after signing
+fails as ``BadPspGroupSignature`` naming the group and its records). Apply then writes each
+record's proof (aux tag 5) into its leaf.
+
 Verification runs in a thread pool: PyNaCl (cffi) releases the GIL inside libsodium, so a batch is
-cut into one chunk per thread and the chunks verify in parallel on separate cores.
+cut into one chunk per thread (of records, or of groups) and the chunks verify in parallel on
+separate cores, off the event loop, while the apply thread applies earlier blocks.
 
 Keys come from configuration as C2SP verifier key strings ``NAME+KEYID+BASE64``; optionally
 prefixed ``PSP_ID=`` (e.g. ``17=acme+1a2b3c4d+AQ…``) to bind the key to one ``psp_id``: then every
