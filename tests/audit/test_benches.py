@@ -26,6 +26,8 @@ def test_psp_verify_bench_isolated_and_ingest(capsys: pytest.CaptureFixture[str]
     out = json.loads(capsys.readouterr().out)
     assert [r["threads"] for r in out["results"]] == [1, 2]
     assert all(r["ceiling_per_s"] > 0 and r["verify_batch_per_s"] > 0 for r in out["results"])
-    signed, unsigned = out["ingest"]
-    assert signed["signed"] and not unsigned["signed"]
-    assert signed["acked"] == unsigned["acked"] == 900 and signed["refused"] == unsigned["refused"] == 0
+    signed, grouped, unsigned = out["ingest"]
+    assert signed["signed"] and grouped["signed"] and not unsigned["signed"]
+    assert grouped["mode"] == f"batch-signed/{psp_verify.GROUP}"
+    assert signed["acked"] == grouped["acked"] == unsigned["acked"] == 900
+    assert signed["refused"] == grouped["refused"] == unsigned["refused"] == 0

@@ -237,6 +237,26 @@ def test_recover_resends_a_crashed_bulk_batch_exactly_once(fake: FakeLedger, tmp
     assert_exactly_once(fake, recs)
 
 
+def test_journal_keeps_sign_group_and_upgrades_an_older_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:  # a batches table from before group signing
+        db.execute("CREATE TABLE batches (key INTEGER PRIMARY KEY, records BLOB NOT NULL, signatures BLOB NOT NULL, "
+                   "key_id BLOB NOT NULL, state INTEGER NOT NULL, outcomes BLOB, created_ns INTEGER NOT NULL, "
+                   "resolved_ns INTEGER)")
+        db.execute("INSERT INTO batches VALUES (1, ?, ?, ?, 0, NULL, 1, NULL)", (records(2), bytes(128), b"kid1"))
+    recs = records(40)
+    with Journal(old) as j:
+        assert [(b.key, b.sign_group) for b in j.pending_batches()] == [(1, 0)]
+        key = j.record_batch(recs, bytes(3 * 64), b"kid1", 16)
+        assert [(b.key, b.sign_group, len(b.signatures)) for b in j.pending_batches()] == [(1, 0, 128),
+                                                                                          (key, 16, 192)]
+        assert {e.signature for e in j.unresolved()[2:]} == {b""}  # a group signature is no payment's own
+        with pytest.raises(ValueError):
+            j.record_batch(recs, bytes(40 * 64), b"kid1", 16)
+
+
 def test_a_refused_bulk_batch_is_journaled_refused_and_never_recovered(fake: FakeLedger, tmp_path: Path) -> None:
     fake.then(Step("status", grpc.StatusCode.PERMISSION_DENIED, "nope", reason=pb.REASON_PERMISSION_DENIED))
     with LedgerSDK(fake.target, retry=FAST, journal=str(tmp_path / "j.db")) as sdk:

@@ -241,6 +241,28 @@ def test_batch_signed_groups_end_to_end(signing_node: NodeProcess, psp_key: Sign
     assert sum(ledger_transfer_counts(node.target).values()) == 120  # the forged batch left nothing
 
 
+def test_journal_recovery_resends_a_group_signed_batch_with_its_group_signatures(
+        signing_node: NodeProcess, psp_key: Signer, tmp_path: Path) -> None:
+    """A crashed PSP left a batch-signed batch pending: recover() re-sends it with the journaled group
+    signatures and sign_group (the node verifies them; a count mismatch would be refused)."""
+    node, psp = signing_node, psp_key
+    with LedgerSDK([node.target]) as sdk:
+        sdk.ensure_accounts(accounts())
+    recs = b"".join(encode_transfer(t) for t in transfers(40))
+    sigs = b"".join(psp.sign(m) for m in group_messages(EventKind.CREATE_TRANSFER, recs, TRANSFER_SIZE, 16))
+    with Journal(tmp_path / "j.db") as j:
+        j.record_batch(recs, sigs, psp.key_id, 16)
+    with LedgerSDK([node.target], signer=psp, journal=str(tmp_path / "j.db")) as sdk:
+        outs = sdk.recover()
+    assert len(outs) == 40 and all(o.ok for o in outs)
+    with Journal(tmp_path / "j.db") as j:
+        assert j.counts() == {"pending": 0, "done": 40, "refused": 0}
+    with LedgerClient(node.target) as c:
+        leaf = decode_leaf(next(iter(c.entries(outs[17].log_index, outs[17].log_index + 1))))
+    ((tag, value),) = list(iter_aux(leaf.aux))
+    assert tag == AUX_TAG_PSP_GROUP and value[68:72] == bytes([16, 0, 1, 0])  # group of 16, index 1
+
+
 def test_a_signed_batch_by_a_key_the_node_does_not_know_is_refused(node: NodeProcess) -> None:
     """Without configured PSP keys a node never logs signatures it did not check."""
     with LedgerSDK([node.target], signer=Signer.generate("unknown-psp")) as sdk:
