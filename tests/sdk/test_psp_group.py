@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
@@ -35,7 +36,7 @@ from ledger.psp_group import (
     record_hash,
     tree,
 )
-from ledger.types import EventKind
+from ledger.types import EventKind, Result
 from node.psp_auth import BadPspGroupSignature, BadPspSignature, PspAuthenticator, PspAuthError
 from tests.audit.memlog import MemLog, xfer
 
@@ -263,3 +264,24 @@ def test_an_outsider_following_docs_formats_verifies_a_leaf() -> None:
     leaves = [decode_leaf(raw) for raw in _group_log().leaves()]
     for leaf in (lf for lf in leaves if lf.kind == KIND):
         outsider_check(KIND, leaf.body, leaf.aux[3:], PSP.verifier.public_key)
+
+
+@pytest.mark.skipif(not __import__("ledger.native").native.available(), reason="native engine not built")
+def test_python_and_native_apply_write_the_same_group_proofs(tmp_path: Path) -> None:
+    """The aux is an input both engines take (signature_auxes): identical leaves, headers and stores."""
+    from ledger.codec import encode_account, encode_transfer
+    from ledger.types import Transfer
+    from tests.engine.test_differential import ACCOUNTS, Pair
+
+    p = Pair(tmp_path)
+    try:
+        p.block((Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(a) for a in ACCOUNTS)),))
+        recs = b"".join(encode_transfer(Transfer(900 + i, 4 if i % 5 else 5, 2, 5 + i, ledger=1, code=1))
+                        for i in range(37))  # every fifth: a ledger mismatch (a failed leaf carries its proof too)
+        sigs = b"".join(PSP.sign(m) for m in group_messages(KIND, recs, TRANSFER_SIZE, 16))
+        grouped = Batch(KIND, recs, sigs, PSP.key_id, 16)
+        p.block((grouped, grouped))  # the second one: exact retries in the same block
+        p.assert_stores_identical()
+        assert Result.OK in p.results and len(p.results) > 1
+    finally:
+        p.close()
