@@ -316,7 +316,8 @@ def test_signed_transfers_end_to_end(tmp_path: Path) -> None:
         n.stop()
 
 
-def test_region_leader_kill9_fails_over_without_failures_or_duplicates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["objects", "bulk"])
+def test_region_leader_kill9_fails_over_without_failures_or_duplicates(tmp_path: Path, path: str) -> None:
     from tests.integration.nodeproc import start_region
 
     region = start_region(tmp_path / "region", 3)
@@ -330,7 +331,12 @@ def test_region_leader_kill9_fails_over_without_failures_or_duplicates(tmp_path:
             s = sdk.session()
 
             def stream() -> None:
-                futs.extend(s.send(t) for t in ts)
+                if path == "objects":
+                    futs.extend(s.send(t) for t in ts)
+                else:  # the bulk path: packed buffers of 1000 records
+                    recs = b"".join(encode_transfer(t) for t in ts)
+                    step = 1000 * TRANSFER_SIZE
+                    futs.extend(s.send_records(recs[k : k + step]) for k in range(0, len(recs), step))
                 s.flush()
 
             th = threading.Thread(target=stream)
@@ -342,8 +348,9 @@ def test_region_leader_kill9_fails_over_without_failures_or_duplicates(tmp_path:
             region.kill(next(n for n in region.nodes if n.target == old_leader))
             th.join(90)
             s.close()
-            outs = [f.result(0) for f in futs]
-            assert all(o.result == Result.OK for o in outs), Counter(o.result for o in outs)
+            outs = [o for f in futs for o in (f.result(0).outcomes() if path == "bulk" else [f.result(0)])]
+            assert len(outs) == len(ts) and all(o.result == Result.OK for o in outs), \
+                Counter(o.result for o in outs)
             assert sdk.router_leader not in (None, old_leader)
             new_leader = sdk.router_leader
         assert new_leader is not None
