@@ -12,7 +12,8 @@ from __future__ import annotations
 import struct
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, Final
 
 from prometheus_client import Counter, Histogram, start_http_server
@@ -66,17 +67,31 @@ def ack_timer() -> Callable[[Any], None]:
 
 
 def count_results(batch: Batch, results: Any) -> None:
-    """Tally one committed batch's result codes (per PSP for transfers): one counter update per
-    distinct (result, psp) pair, not per item."""
-    kind = EventKind(batch.kind).name.lower()
-    if batch.kind == EventKind.CREATE_TRANSFER:
-        recs = batch.records
-        psps = (_U32.unpack_from(recs, i * TRANSFER_SIZE + _PSP_OFFSET)[0] for i in range(len(results)))
-        tally = Tally(zip(results, psps, strict=False))
-    else:
-        tally = Tally((r, 0) for r in results)
-    for (code, psp), n in tally.items():
-        RESULTS.labels(kind, _RESULT_NAMES.get(code, str(code)), psp_label(psp)).inc(n)
+    """Tally one committed batch's result codes (see ``count_block``)."""
+    count_block([(batch, results)])
+
+
+_PSP_OF_RECORD: Final = struct.Struct(f"<{_PSP_OFFSET}xI{TRANSFER_SIZE - _PSP_OFFSET - 4}x")
+_KIND_NAMES: Final = {k.value: k.name.lower() for k in EventKind}
+
+
+def count_block(committed: Iterable[tuple[Batch, Any]]) -> None:
+    """Tally a committed block's result codes (per PSP for transfers): one counter update per
+    distinct (kind, result, psp) in the whole block, not per batch or item — a block of many
+    one-payment batches costs a few dictionary updates per batch here."""
+    tally: Tally[tuple[int, int, int]] = Tally()
+    for batch, results in committed:
+        kind = int(batch.kind)
+        if kind == EventKind.CREATE_TRANSFER:
+            if len(results) == 1:
+                tally[(kind, results[0], _U32.unpack_from(batch.records, _PSP_OFFSET)[0])] += 1
+            else:
+                psps = (p for (p,) in _PSP_OF_RECORD.iter_unpack(batch.records))
+                tally.update(zip(repeat(kind), results, psps, strict=False))
+        else:
+            tally.update((kind, r, 0) for r in results)
+    for (kind, code, psp), n in tally.items():
+        RESULTS.labels(_KIND_NAMES.get(kind, str(kind)), _RESULT_NAMES.get(code, str(code)), psp_label(psp)).inc(n)
 
 
 def rss_bytes() -> int:

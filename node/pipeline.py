@@ -192,7 +192,7 @@ class Ingest:
             self._refusal = None
         self.blocks_committed += 1
         self.items_committed += proposal.item_count
+        metrics.count_block((p.batch, o.results) for p, o in zip(taken, outcome.batches, strict=True))
         for p, batch_outcome in zip(taken, outcome.batches, strict=True):
-            metrics.count_results(p.batch, batch_outcome.results)
             if not p.future.done():
                 p.future.set_result((batch_outcome, outcome))
