@@ -22,6 +22,7 @@ its ~100 MB baseline of code, libraries and the interpreter):
 - requests held by all Submit streams together: 256 MiB (``node.service.WINDOW_BYTES_MAX``)
 - file-backed RSS, the map plus ~55 MB of libraries: 256 MiB (``MAP_RESIDENT_BYTES_MAX``, here)
 - label sets of the per-PSP result metric: 512 (``node.metrics.PSP_LABELS_MAX``)
+- the ledger's committed account / risk caches: ~60 / ~27 MiB (``ledger.apply.scratch``)
 """
 
 from __future__ import annotations

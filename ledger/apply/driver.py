@@ -139,6 +139,7 @@ class LedgerState:
         committed.scales.update(blk.scales)
         if blk.side.risk:
             committed.risk.update(blk.side.risk)
+        committed.trim()  # bounded caches (ledger/apply/scratch.py)
         if blk.side.new_rules is not None:
             self.rules = blk.side.new_rules
         self.head = new_head
