@@ -29,10 +29,11 @@ memory between blocks is only a cache of committed states (``Committed.risk`` in
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 from typing import Final
+
+from ledger import native
 
 NS: Final = 1_000_000_000
 WINDOWS_NS: Final = (60 * NS, 3600 * NS, 86400 * NS)
@@ -162,7 +163,7 @@ def deviation_bps(st: list[int] | None, amount: int) -> tuple[int, int, int]:
 record: Callable[[list[int], int, int], None] = record_py
 window_one: Callable[[list[int] | None, int, int], int] = window_one_py
 NATIVE: bool = False
-if os.environ.get("SOVLEDGER_ENGINE", "native").strip().lower() != "python":
+if native.active() == "native":  # engine choice made once, in ledger/native.py (SOVLEDGER_ENGINE)
     try:  # the same arithmetic in C (built with the package; absent without a C compiler)
         from ledger._native import _risk
 
