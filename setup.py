@@ -13,7 +13,7 @@ setup(
         Extension(
             "ledger._native._engine",
             sources=["ledger/_native/engine.c", "ledger/_native/apply.c", "ledger/_native/seal.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall"],
+            extra_compile_args=["-O3", "-std=c11", "-Wall"],
             optional=True,
         ),
         Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule

@@ -34,11 +34,20 @@ except ImportError:  # not compiled (no C compiler when the package was installe
     _BUILT = False
 
 
+_TRANSFER_FUNCTIONS: Final = ("result_codes", "transfer_ids", "gather_accounts", "apply_transfers", "number_leaves",
+                               "changed_accounts", "transfer_rows")
+
+
 def _codes_match() -> bool:
     """Whether the result codes compiled into the engine are those of ``ledger.types.Result``."""
     from ledger.types import Result
 
     if not _BUILT:
+        return False
+    missing = [f for f in _TRANSFER_FUNCTIONS if not hasattr(_engine, f)]
+    if missing:  # an extension built from older sources than this Python code
+        log.warning("the compiled engine lacks %s (stale build): transfers on python; rebuild it (pip install -e .)",
+                    ", ".join(missing))
         return False
     compiled = _engine.result_codes()
     wrong = sorted(name for name, value in compiled.items() if Result.__members__.get(name) != value)

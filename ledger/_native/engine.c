@@ -18,7 +18,14 @@
 
 static const uint32_t IV[8] = {0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
                                0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
-static const uint8_t PERM[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};
+static const uint8_t SCHED[7][16] = {  /* PERM applied r times: round r reads m[SCHED[r][i]] */
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8},
+    {3, 4, 10, 12, 13, 2, 7, 14, 6, 5, 9, 0, 11, 15, 8, 1},
+    {10, 7, 12, 9, 14, 3, 13, 15, 4, 0, 11, 2, 5, 8, 1, 6},
+    {12, 13, 9, 11, 15, 10, 14, 8, 7, 2, 5, 3, 0, 1, 6, 4},
+    {9, 14, 11, 5, 8, 12, 15, 1, 13, 3, 0, 10, 2, 6, 4, 7},
+    {11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13}};
 
 static inline uint32_t rotr(uint32_t w, unsigned c) { return (w >> c) | (w << (32 - c)); }
 
@@ -32,21 +39,20 @@ static inline void mix(uint32_t *s, int a, int b, int c, int d, uint32_t x, uint
 /* The compression function; writes the 8 output words (the chaining value) to out. */
 static void compress(const uint32_t cv[8], const uint8_t block[BLOCK_LEN], uint64_t counter,
                      uint32_t block_len, uint32_t flags, uint32_t out[8]) {
-    uint32_t m[16], t[16], s[16];
+    uint32_t m[16], s[16];
     for (int i = 0; i < 16; i++)
         m[i] = (uint32_t)block[4 * i] | ((uint32_t)block[4 * i + 1] << 8) |
                ((uint32_t)block[4 * i + 2] << 16) | ((uint32_t)block[4 * i + 3] << 24);
     for (int i = 0; i < 8; i++) s[i] = cv[i];
     for (int i = 0; i < 4; i++) s[8 + i] = IV[i];
     s[12] = (uint32_t)counter; s[13] = (uint32_t)(counter >> 32); s[14] = block_len; s[15] = flags;
-    for (int r = 0; r < 7; r++) {
-        mix(s, 0, 4, 8, 12, m[0], m[1]);   mix(s, 1, 5, 9, 13, m[2], m[3]);
-        mix(s, 2, 6, 10, 14, m[4], m[5]);  mix(s, 3, 7, 11, 15, m[6], m[7]);
-        mix(s, 0, 5, 10, 15, m[8], m[9]);  mix(s, 1, 6, 11, 12, m[10], m[11]);
-        mix(s, 2, 7, 8, 13, m[12], m[13]); mix(s, 3, 4, 9, 14, m[14], m[15]);
-        for (int i = 0; i < 16; i++) t[i] = m[PERM[i]];
-        memcpy(m, t, sizeof m);
-    }
+#define ROUND(r)                                                                                   \
+    mix(s, 0, 4, 8, 12, m[SCHED[r][0]], m[SCHED[r][1]]);   mix(s, 1, 5, 9, 13, m[SCHED[r][2]], m[SCHED[r][3]]);   \
+    mix(s, 2, 6, 10, 14, m[SCHED[r][4]], m[SCHED[r][5]]);  mix(s, 3, 7, 11, 15, m[SCHED[r][6]], m[SCHED[r][7]]);  \
+    mix(s, 0, 5, 10, 15, m[SCHED[r][8]], m[SCHED[r][9]]);  mix(s, 1, 6, 11, 12, m[SCHED[r][10]], m[SCHED[r][11]]); \
+    mix(s, 2, 7, 8, 13, m[SCHED[r][12]], m[SCHED[r][13]]); mix(s, 3, 4, 9, 14, m[SCHED[r][14]], m[SCHED[r][15]]);
+    ROUND(0) ROUND(1) ROUND(2) ROUND(3) ROUND(4) ROUND(5) ROUND(6)
+#undef ROUND
     for (int i = 0; i < 8; i++) out[i] = s[i] ^ s[i + 8];
 }
 

@@ -226,7 +226,51 @@ fail:
     return NULL;
 }
 
+/* gather_accounts(ids, block_accounts, committed_accounts, saved, account) -> [(id, AccountState)]:
+ * Block.account (ledger/apply/scratch.py) for each distinct id, its two cache hits done here (an
+ * account first used in this block: its balances saved, then it joins the block), anything else
+ * through ``account`` itself; unknown ids are left out. */
+static PyObject *py_gather_accounts(PyObject *self, PyObject *args) {
+    PyObject *ids, *block, *committed, *saved, *account_fn;
+    if (!seal_names() || !PyArg_ParseTuple(args, "O!O!O!O!O", &PyList_Type, &ids, &PyDict_Type, &block, &PyDict_Type,
+                                           &committed, &PyDict_Type, &saved, &account_fn))
+        return NULL;
+    PyObject *out = PyList_New(0), *seen = PySet_New(NULL);
+    if (out == NULL || seen == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
+        PyObject *aid = PyList_GET_ITEM(ids, i), *a;
+        int dup = PySet_Contains(seen, aid);
+        if (dup < 0 || (!dup && PySet_Add(seen, aid) < 0)) goto fail;
+        if (dup) continue;
+        a = PyDict_GetItemWithError(block, aid);
+        if (a != NULL) {
+            Py_INCREF(a);
+        } else if (!PyErr_Occurred() && (a = PyDict_GetItemWithError(committed, aid)) != NULL) {
+            Py_INCREF(a);
+            PyObject *b[4] = {NULL, NULL, NULL, NULL}, *t = NULL;
+            int ok = 1;
+            for (int q = 0; q < 4 && ok; q++) ok = (b[q] = PyObject_GetAttr(a, N_bal[q])) != NULL;
+            if (ok) t = PyTuple_Pack(4, b[0], b[1], b[2], b[3]);
+            for (int q = 0; q < 4; q++) Py_XDECREF(b[q]);
+            ok = t != NULL && PyDict_SetItem(saved, aid, t) == 0 && PyDict_SetItem(block, aid, a) == 0;
+            Py_XDECREF(t);
+            if (!ok) { Py_DECREF(a); goto fail; }
+        } else if (!PyErr_Occurred()) {
+            a = PyObject_CallOneArg(account_fn, aid);  /* from the store (or unknown: None) */
+        }
+        if (a == NULL) goto fail;
+        if (a != Py_None && !append_pair(out, Py_NewRef(aid), Py_NewRef(a))) { Py_DECREF(a); goto fail; }
+        Py_DECREF(a);
+    }
+    Py_DECREF(seen);
+    return out;
+fail:
+    Py_XDECREF(out); Py_XDECREF(seen);
+    return NULL;
+}
+
 PyMethodDef seal_methods[] = {
+    {"gather_accounts", py_gather_accounts, METH_VARARGS, "Block.account for each distinct id: [(id, state)]."},
     {"number_leaves", py_number_leaves, METH_VARARGS, "Number a block's events into leaves (None: use Python)."},
     {"changed_accounts", py_changed_accounts, METH_VARARGS, "Encoded states of created or changed accounts."},
     {"transfer_rows", py_transfer_rows, METH_O, "Sorted (key, value) rows of a block's transfer refs."},

@@ -55,16 +55,11 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
         known.append((tid, ref, body))
         aids.append(body[_DR])  # a pending transfer's accounts: a post or void settles them
         aids.append(body[_CR])
-    accounts: dict[bytes, AccountState] = {}
-    get_account = blk.account
-    for aid in aids:
-        if aid not in accounts:
-            a = get_account(aid)
-            if a is not None:
-                accounts[aid] = a
+    accounts: list[tuple[bytes, AccountState]] = engine.gather_accounts(
+        aids, blk.accounts, blk.committed.accounts, blk.saved, blk.account)  # Block.account, per distinct id
     sigs = signature_auxes(batch)
     broken = engine.apply_transfers(
-        records, list(accounts.items()), known, blk.ts0, blk.height, sigs or None, events, blk.transfers,
+        records, accounts, known, blk.ts0, blk.height, sigs or None, events, blk.transfers,
         blk.bodies, blk.expiry_puts, blk.expiry_dels, Event, TransferRef, EventKind.CREATE_TRANSFER, _RESULTS,
     )
     if broken is not None:

@@ -143,6 +143,7 @@ class Block:
         return n
 
     def account(self, aid: bytes) -> AccountState | None:
+        # mirrored for the native engine by gather_accounts in ledger/_native/seal.c: change both
         a = self.accounts.get(aid)
         if a is not None:
             return a

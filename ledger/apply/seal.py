@@ -40,6 +40,10 @@ class BlockOutcome:
     batches: list[BatchOutcome]
 
 
+# the Event fields ledger/_native/seal.c number_leaves knows; a new field keeps numbering in Python
+NATIVE_EVENT_FIELDS = frozenset(("kind", "result", "body", "aux", "touched", "ref", "ref_id", "existing", "account",
+                                 "follow", "exception", "ruleset"))
+_NATIVE_NUMBERING = frozenset(Event.__dataclass_fields__) == NATIVE_EVENT_FIELDS
 pack_header = LEAF_HEADER.pack
 pack_aux = AUX_LEN.pack
 
@@ -126,7 +130,7 @@ def _number(blk: Block, head: Head, events: list[Event]) -> tuple[_Leaves, list[
     """Number the events into leaves: in C when the native engine is active (``None`` back: an event
     needs the Python numbering — a follow-up leaf, an exception record or a rule set)."""
     numbering = _Leaves(head, blk.ts0)
-    if native.transfers_native():
+    if _NATIVE_NUMBERING and native.transfers_native():
         done = native.engine().number_leaves(events, numbering.index, numbering.ts, blk.height, FORMAT_VERSION)
         if done is not None:
             numbering.leaves, numbering.history, log_indexes, blocks, numbering.index, numbering.ts = done

@@ -138,3 +138,10 @@ def test_signed_and_mixed_blocks(pair: Pair, counted: Counting) -> None:
     pair.block((signed, accounts, to_new, signed))  # the second signed batch: retries in one block
     pair.assert_stores_identical()
     assert counted.batches == 3
+
+
+def test_native_numbering_knows_every_event_field() -> None:
+    """A new ``Event`` field must be taught to ledger/_native/seal.c (number_leaves), then listed here."""
+    from ledger.apply import seal
+
+    assert frozenset(Event.__dataclass_fields__) == seal.NATIVE_EVENT_FIELDS
