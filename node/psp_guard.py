@@ -90,7 +90,7 @@ def _check_region_accounts(records: bytes) -> None:
         if not is_region_account(records[i * ACCOUNT_SIZE : (i + 1) * ACCOUNT_SIZE]):
             raise Unauthorised(f"account #{i}: an operator creates only clearing and settlement accounts (ids "
                                "derived as in docs/formats.md §16.3, the counterparty region in user_data); "
-                               "other accounts are a PSP's")
+                               "creating any other account is for PSPs")
 
 
 def _check_accounts(who: Identity, records: bytes) -> None:
