@@ -361,7 +361,8 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     cluster, node = _resolve(args)
     cluster.stop([node])
     cluster.start(node)
-    print(f"restarted {node.node_id} (pid {node.pid})")
+    leader, took = cluster.wait_leader(30)  # back in service: the region has a leader again
+    print(f"restarted {node.node_id} (pid {node.pid}); leader {leader.node_id} after {took:.1f}s")
     return 0
 
 
