@@ -40,8 +40,12 @@ log = logging.getLogger("sovledger.memory")
 # upper levels and a few seconds of recently appended pages (which the next blocks touch again),
 # small enough that a node with every other bound full stays well under 1 GiB.
 MAP_RESIDENT_BYTES_MAX: Final = 256 << 20
-# How often the store thread looks at its resident size (one read of /proc/self/status, ~20 µs).
+# How often the store thread looks at its resident size (one read of /proc/self/status, ~20 µs):
+# every second, and sooner once this many leaves were appended since the last look — appends touch
+# ~260-430 bytes of map per leaf, so the map outgrows its budget by at most ~4-7 MiB (plus one block)
+# between looks whatever the throughput.
 TRIM_CHECK_INTERVAL_S: Final = 1.0
+TRIM_CHECK_LEAVES: Final = 16_384
 MADV_DONTNEED: Final = 4  # Linux <sys/mman.h>
 
 
@@ -90,26 +94,32 @@ def _madvise() -> Callable[[int, int, int], int] | None:
 class MapTrimmer:
     """Keeps the resident part of a read-only file map (LMDB's ``data.mdb``) near a byte budget.
 
-    ``maybe_trim()`` runs on the store thread after a block; at most every ``interval_s`` it reads
-    the process's file-backed RSS and, above ``budget_bytes``, drops the map's pages from this
-    process (the kernel keeps them in its page cache)."""
+    ``maybe_trim()`` runs on the store thread after a block; every ``interval_s``, or sooner once
+    ``check_leaves`` leaves were appended, it reads the process's file-backed RSS and, above
+    ``budget_bytes``, drops the map's pages from this process (the kernel keeps them in its page
+    cache)."""
 
     def __init__(self, data_file: str, budget_bytes: int = MAP_RESIDENT_BYTES_MAX,
-                 interval_s: float = TRIM_CHECK_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 interval_s: float = TRIM_CHECK_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
+                 check_leaves: int = TRIM_CHECK_LEAVES) -> None:
         self._file = data_file
         self.budget_bytes = budget_bytes
         self._interval_s = interval_s
         self._clock = clock
         self._next_check = 0.0
+        self._check_leaves = check_leaves
+        self._next_leaves = 0
         self._madvise = _madvise()
         self.trims = 0
         self.trimmed_bytes = 0  # file-backed RSS released, summed over trims
 
-    def maybe_trim(self) -> bool:
+    def maybe_trim(self, leaves: int = 0) -> bool:
+        """After a block; ``leaves`` is the log's size now (a look is due every ``check_leaves``)."""
         now = self._clock()
-        if now < self._next_check or self._madvise is None:
+        if (now < self._next_check and leaves < self._next_leaves) or self._madvise is None:
             return False
         self._next_check = now + self._interval_s
+        self._next_leaves = leaves + self._check_leaves
         before = proc_memory().get("RssFile", 0)
         if before <= self.budget_bytes:
             return False

@@ -158,7 +158,7 @@ class Node:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
         self.vault.after_block()  # shred subjects erased in this block (or a snapshot) before announcing it
         self.checkpoints.on_block(state.head)
-        self.map_trimmer.maybe_trim()
+        self.map_trimmer.maybe_trim(state.head.tree_size)
 
     def status(self) -> pb.StatusResponse:
         head = self.state.head

@@ -125,7 +125,10 @@ class PeerCopies:
         copy = vpb.SealedCopy(sealed=sealed.encode(), key=key)
         peers = self._peers
         quorum = (len(peers) + 1) // 2 + 1
-        calls = [asyncio.ensure_future(self._stub(a).Replicate(copy, timeout=PEER_TIMEOUT_S)) for a in peers]
+        # wait_for_ready: a peer channel still in its reconnect back-off (a region just started, a peer just
+        # restarted) is waited for within the deadline instead of failing the copy at once
+        calls = [asyncio.ensure_future(self._stub(a).Replicate(copy, timeout=PEER_TIMEOUT_S, wait_for_ready=True))
+                 for a in peers]
         for call in calls:  # copies still in flight after the majority answered finish on their own
             call.add_done_callback(_consume)
         stored = 1

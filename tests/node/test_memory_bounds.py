@@ -111,6 +111,22 @@ def test_the_trimmer_leaves_the_map_alone_below_its_budget(tmp_path: Path) -> No
     store.close()
 
 
+def test_the_trimmer_looks_by_appended_leaves_as_well_as_by_time(tmp_path: Path) -> None:
+    """Between two looks the map grows by at most ``check_leaves`` leaves, whatever the throughput."""
+    store = LmdbStore(str(tmp_path / "db"), 1 << 30)
+    now = [0.0]
+    trimmer = memory.MapTrimmer(str(tmp_path / "db" / "data.mdb"), budget_bytes=0, interval_s=3600.0,
+                                clock=lambda: now[0], check_leaves=1000)
+    with store.write() as txn:  # map a page so that a look finds something to trim
+        txn.put(Table.RAFTLOG, b"k", b"v" * 5000)
+    assert trimmer.maybe_trim(10) and trimmer.trims == 1        # the first look
+    assert not trimmer.maybe_trim(999) and trimmer.trims == 1   # < 1000 leaves later, within the hour
+    assert trimmer.maybe_trim(1010) and trimmer.trims == 2      # 1000 leaves later: looks at once
+    now[0] = 3601.0
+    assert trimmer.maybe_trim(1011) and trimmer.trims == 3      # an hour later: looks by time
+    store.close()
+
+
 def test_the_ingest_queue_is_bounded_in_bytes_for_tiny_batches() -> None:
     async def never(_p: Proposal) -> Any:
         await asyncio.Event().wait()

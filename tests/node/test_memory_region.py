@@ -34,8 +34,10 @@ MIB = 1 << 20
 ROUND_S = 30.0
 ACCOUNTS = 1000
 MAP_BUDGET = 16 * MIB  # map_resident_bytes_max of the test region
-# the trimmer looks once a second: what a second of appends adds at most (~7 MiB at 15k/s), plus
-# lazily loaded library pages — below what the untrimmed map adds in a run (260-430 B per transfer)
+# the trimmer looks every TRIM_CHECK_LEAVES appended leaves (or second): what that many leaves and
+# one block add to the map (~7 MiB + a block), plus lazily loaded library pages — below what the
+# untrimmed map adds in a run (260-430 B per transfer). (A look once a second only was exceeded on a
+# quiet machine: 42k transfers/s add ~18 MiB a second.)
 FILE_MARGIN = 16 * MIB
 # anonymous memory that may fill during the run: the Raft entry cache, a send queue to each of the
 # two peers (the dead one's fills), and allocator/interpreter slack for everything else in flight
