@@ -41,7 +41,7 @@ test: setup
 test-faults: setup
 	@command -v mount >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q mount)
 	$(BIN)/python -m pytest -q -s tests/faults tests/sim/test_scenarios.py tests/federation/test_federation_3x3.py \
-		tests/netting/test_federation_faults.py
+		tests/netting/test_federation_faults.py tests/node/test_memory_region.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not slow"

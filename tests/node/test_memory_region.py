@@ -28,7 +28,9 @@ from node import raft_storage, transport
 from node.memory import proc_memory
 from sovledger.cluster import Cluster
 
-pytestmark = pytest.mark.integration
+# ~70 s of a 3-node region under load: run by `make test-faults` (make test keeps the trimmer's and the
+# queues' unit bounds in tests/node/test_memory_bounds.py, to stay within its 15-minute budget)
+pytestmark = [pytest.mark.integration, pytest.mark.faults_slow]
 
 MIB = 1 << 20
 ROUND_S = 30.0
