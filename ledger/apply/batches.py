@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ledger import native
 from ledger.apply.scratch import Block, Event
 from ledger.codec import RECORD_SIZE, SIGNATURE_SIZE, Batch, psp_signature_aux
 from ledger.psp_group import group_auxes
@@ -19,7 +20,10 @@ def signature_auxes(batch: Batch) -> list[bytes]:
     sigs = batch.signatures
     key_id = batch.signer_key_id
     if batch.sign_group:
-        return group_auxes(batch.kind, batch.records, RECORD_SIZE[batch.kind], batch.sign_group, sigs, key_id)
+        size = RECORD_SIZE[batch.kind]
+        if native.active() == "native":  # ledger/_native/group.c: the same bytes, hashed with the GIL released
+            return native.engine().group_auxes(batch.records, size, batch.sign_group, sigs, key_id)  # type: ignore[no-any-return]
+        return group_auxes(batch.kind, batch.records, size, batch.sign_group, sigs, key_id)
     return [psp_signature_aux(key_id, sigs[i : i + SIGNATURE_SIZE]) for i in range(0, len(sigs), SIGNATURE_SIZE)]
 
 
