@@ -54,6 +54,7 @@ TRANSFER_PSP_ID_OFFSET: Final = 16 * 3 + 8 + 8 + 16 + 16 + 32 + 32 + 4  # 164
 _U32: Final = struct.Struct("<I")
 # below this many records a batch is verified as one chunk: thread hand-off costs more than it saves
 MIN_CHUNK: Final = 32
+CHUNKS_PER_THREAD: Final = 4
 # kinds a PSP originates; with require_signatures these must be signed
 PSP_KINDS: Final = frozenset({EventKind.CREATE_TRANSFER, EventKind.SETTLEMENT_CALLBACK})
 _b3 = blake3.blake3
@@ -182,6 +183,11 @@ class PspAuthenticator:
         # address of libsodium's crypto_sign_open for the native loops; 0: one PyNaCl call per signature
         self._open = _native_open() if native_loops else 0
 
+    @property
+    def loops(self) -> str:
+        """"native" (one GIL-free call per chunk) or "pynacl" (one PyNaCl call per signature)."""
+        return "native" if self._open else "pynacl"
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -210,8 +216,12 @@ class PspAuthenticator:
             if psp != key.psp_id:
                 raise PspIdMismatch(i, psp, key.psp_id, batch.signer_key_id)
 
-    def _ranges(self, n: int) -> list[tuple[int, int]]:
-        chunks = max(1, min(self.threads, n // MIN_CHUNK))
+    def _ranges(self, n: int, min_chunk: int = MIN_CHUNK) -> list[tuple[int, int]]:
+        """[start, end) chunks of n signatures: one per thread, or CHUNKS_PER_THREAD per thread on the
+        native loops (a chunk is one cheap call there, and a thread that finishes early — the other
+        one was descheduled — takes the next chunk instead of idling until the batch is done)."""
+        per = CHUNKS_PER_THREAD if self._open else 1
+        chunks = max(1, min(self.threads * per, n // min_chunk))
         step = -(-n // chunks)
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
@@ -246,16 +256,13 @@ class PspAuthenticator:
     async def _verify_grouped(self, batch: Batch, pk: bytes, records: bytes, sigs: bytes, size: int) -> None:
         loop = asyncio.get_running_loop()
         groups = len(sigs) // SIGNATURE_SIZE
-        chunks = max(1, min(self.threads, groups))
-        step = -(-groups // chunks)
         if self._open:
             verify = partial(native.engine().verify_groups, self._open, pk, GROUP_CONTEXT)
         else:
             verify = partial(_verify_groups, pk)
         bad = await asyncio.gather(*(
-            loop.run_in_executor(self._pool, verify, int(batch.kind), records, sigs, size, batch.sign_group,
-                                 s, min(groups, s + step))
-            for s in range(0, groups, step)
+            loop.run_in_executor(self._pool, verify, int(batch.kind), records, sigs, size, batch.sign_group, s, e)
+            for s, e in self._ranges(groups, max(1, MIN_CHUNK // batch.sign_group))
         ))
         failed = [g for g in bad if g >= 0]
         if failed:

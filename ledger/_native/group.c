@@ -4,6 +4,7 @@
  * - group_roots: the RFC 6962 root (leaf BLAKE3(0x00 || record), node BLAKE3(0x01 || l || r)) of every
  *   signing group of G consecutive records;
  * - group_auxes: the aux item (tag 5) of every record of a group-signed batch (docs/formats.md);
+ *   record_auxes: the aux item (tag 1) of every record of a batch signed per record;
  * - verify_records / verify_groups: Ed25519 checks of a range of records or groups in one call.
  *   libsodium is not linked here: the caller passes the address of the crypto_sign_open that PyNaCl
  *   already loaded (node/psp_auth.py takes it from PyNaCl's cffi module), so a pool thread verifies
@@ -19,6 +20,7 @@
 #define KID 4          /* key id */
 #define AUX_HEAD 3     /* tag u8, value length u16 LE */
 #define AUX_FIXED 72   /* key id, signature, group count u16, index u16 */
+#define TAG_RECORD 1   /* aux tag of a per-record PSP signature */
 #define TAG_GROUP 5
 #define PATH_MAX_LEN 14 /* audit path of a group of <= 8189 records: at most 13 hashes */
 #define GROUP_MAX 8189
@@ -197,6 +199,33 @@ static PyObject *py_group_auxes(PyObject *self, PyObject *args) {
     return list;
 }
 
+/* record_auxes(signatures, key_id) -> list[bytes]: the tag-1 aux item (key id, signature) of every
+ * record of a batch signed per record. */
+static PyObject *py_record_auxes(PyObject *self, PyObject *args) {
+    Py_buffer sig, kid;
+    if (!PyArg_ParseTuple(args, "y*y*", &sig, &kid)) return NULL;
+    PyObject *list = NULL;
+    if (sig.len % SIG || kid.len != KID) {
+        PyErr_SetString(PyExc_ValueError, "signatures must be n x 64 bytes and the key id 4 bytes");
+        goto done;
+    }
+    Py_ssize_t n = sig.len / SIG;
+    list = PyList_New(n);
+    for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
+        PyObject *item = PyBytes_FromStringAndSize(NULL, AUX_HEAD + KID + SIG);
+        if (item == NULL) { Py_CLEAR(list); break; }
+        uint8_t *p = (uint8_t *)PyBytes_AS_STRING(item);
+        p[0] = TAG_RECORD; p[1] = KID + SIG; p[2] = 0;
+        memcpy(p + AUX_HEAD, kid.buf, KID);
+        memcpy(p + AUX_HEAD + KID, (const uint8_t *)sig.buf + i * SIG, SIG);
+        PyList_SET_ITEM(list, i, item);
+    }
+done:
+    PyBuffer_Release(&sig);
+    PyBuffer_Release(&kid);
+    return list;
+}
+
 static int parse_fn(PyObject *o, sign_open_fn *fn) {
     uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(o);
     if (PyErr_Occurred()) return 0;
@@ -285,6 +314,7 @@ done:
 PyMethodDef group_methods[] = {
     {"group_roots", py_group_roots, METH_VARARGS, "RFC 6962 root of every signing group of a batch."},
     {"group_auxes", py_group_auxes, METH_VARARGS, "Tag-5 aux item of every record of a group-signed batch."},
+    {"record_auxes", py_record_auxes, METH_VARARGS, "Tag-1 aux item of every record of a batch signed per record."},
     {"verify_records", py_verify_records, METH_VARARGS, "Ed25519 checks of records [start, end)."},
     {"verify_groups", py_verify_groups, METH_VARARGS, "Ed25519 checks of signing groups [start, end)."},
     {NULL, NULL, 0, NULL},

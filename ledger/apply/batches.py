@@ -24,6 +24,8 @@ def signature_auxes(batch: Batch) -> list[bytes]:
         if native.active() == "native":  # ledger/_native/group.c: the same bytes, hashed with the GIL released
             return native.engine().group_auxes(batch.records, size, batch.sign_group, sigs, key_id)  # type: ignore[no-any-return]
         return group_auxes(batch.kind, batch.records, size, batch.sign_group, sigs, key_id)
+    if native.active() == "native":
+        return native.engine().record_auxes(sigs, key_id)  # type: ignore[no-any-return]
     return [psp_signature_aux(key_id, sigs[i : i + SIGNATURE_SIZE]) for i in range(0, len(sigs), SIGNATURE_SIZE)]
 
 
