@@ -54,7 +54,7 @@ TRANSFER_PSP_ID_OFFSET: Final = 16 * 3 + 8 + 8 + 16 + 16 + 32 + 32 + 4  # 164
 _U32: Final = struct.Struct("<I")
 # below this many records a batch is verified as one chunk: thread hand-off costs more than it saves
 MIN_CHUNK: Final = 32
-CHUNKS_PER_THREAD: Final = 4
+CHUNKS_PER_THREAD: Final = 8
 # kinds a PSP originates; with require_signatures these must be signed
 PSP_KINDS: Final = frozenset({EventKind.CREATE_TRANSFER, EventKind.SETTLEMENT_CALLBACK})
 _b3 = blake3.blake3
