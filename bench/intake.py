@@ -90,7 +90,8 @@ def steps(w: dict[str, Any], n: int, repeat: int) -> list[dict[str, Any]]:
             batch_id=1, results=[0] * n, log_indexes=range(10**9, 10**9 + n), blocks=[7] * n,
             timestamp_ns=1).SerializeToString(), None),
     ]
-    out = [{"step": name, "python_us": per_transfer(fn, count, repeat), "native_us": None} for name, count, fn, _ in rows]
+    out = [{"step": name, "python_us": per_transfer(fn, count, repeat), "native_us": None}
+           for name, count, fn, _ in rows]
     paired = [
         ("verify, signature per record (1 thread)", signed.count,
          lambda: asyncio.run(auth["pynacl"].verify_batch(signed)),
