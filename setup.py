@@ -12,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "ledger._native._engine",
-            sources=["ledger/_native/engine.c", "ledger/_native/apply.c", "ledger/_native/seal.c"],
+            sources=["ledger/_native/engine.c", "ledger/_native/apply.c", "ledger/_native/seal.c",
+                     "ledger/_native/group.c"],
             extra_compile_args=["-O3", "-std=c11", "-Wall"],
             optional=True,
         ),

@@ -7,7 +7,9 @@ In one run, over the same signed transfer records (batches of 8189, one PSP key,
   takes a stream of signed batches (verified at the edge while earlier blocks apply), a second one
   the same transfers batch-signed (one signature per group of 16 records over their Merkle root,
   ``sign_group``), and a third node takes them unsigned; each is bounded in count and time.
-Reported as ratios: the target (issue 18) is ``verify_batch`` with N threads ≥ 0.8 × the N-thread ceiling.
+Reported as ratios: the target (issue 18) is ``verify_batch`` with N threads ≥ 0.8 × the N-thread ceiling,
+and the per-record ingest row ≥ 0.8 × the N-thread ceiling measured right before and right after
+that ingest run (their mean: the machine is shared and its load moves between the steps of a run).
 
     .venv/bin/python -m bench.psp_verify [--batches 4] [--threads 1,2] [--ingest] [--json]
 """
@@ -159,12 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"bench": "psp_verify", "cpus": os.cpu_count(), "batch": args.batch,
                               "signatures": sum(b.count for b in timed), "target_ratio": TARGET_RATIO, "results": rows}
     if args.ingest:
-        report["ingest"] = [ingest(psp, batches, True, args.time_limit),
-                            ingest(psp, group_signed(psp, batches), True, args.time_limit, f"batch-signed/{GROUP}"),
-                            ingest(psp, batches, False, args.time_limit)]
-        top = rows[-1]["ceiling_per_s"]
-        for r in report["ingest"]:
-            r["ratio_to_ceiling"] = round(r["tx_per_s"] / top, 3)
+        top_threads = rows[-1]["threads"]
+        runs = [(batches, True, ""), (group_signed(psp, batches), True, f"batch-signed/{GROUP}"), (batches, False, "")]
+        report["ingest"] = []
+        for bs, signed, mode in runs:
+            # the ceiling right before and right after this run: on a shared machine the load moves
+            # within minutes, so the ratio compares figures of the same window
+            before = ceiling(pk, timed[:1], top_threads)
+            r = ingest(psp, bs, signed, args.time_limit, mode)
+            roof = (before + ceiling(pk, timed[:1], top_threads)) / 2
+            r["ceiling_per_s"] = round(roof)
+            r["ratio_to_ceiling"] = round(r["tx_per_s"] / roof, 3)
+            report["ingest"].append(r)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in report.get("ingest", []):
         print(f"  ingest, {r['mode']:>15}: {r['tx_per_s']:>8,} tx/s "
               f"({r['acked']:,} acked, {r['refused']} refused, {r['seconds']} s) = {r['ratio_to_ceiling']:.2f}× "
-              "the ceiling")
+              f"the ceiling measured around it ({r['ceiling_per_s']:,}/s)")
     return 0
 
 

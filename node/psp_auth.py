@@ -12,9 +12,14 @@ records and verifies one signature per group (a forged signature or a record cha
 fails as ``BadPspGroupSignature`` naming the group and its records). Apply then writes each
 record's proof (aux tag 5) into its leaf.
 
-Verification runs in a thread pool: PyNaCl (cffi) releases the GIL inside libsodium, so a batch is
-cut into one chunk per thread (of records, or of groups) and the chunks verify in parallel on
-separate cores, off the event loop, while the apply thread applies earlier blocks.
+Verification runs in a thread pool: a batch is cut into one chunk per thread (of records, or of
+groups) and the chunks verify in parallel on separate cores, off the event loop, while the apply
+thread applies earlier blocks. With the native engine a chunk is ONE call into
+``ledger/_native/group.c`` (``verify_records`` / ``verify_groups``: group roots hashed in C, then
+libsodium's ``crypto_sign_open`` — the one PyNaCl loaded, by its address — per signature), the whole
+chunk with the GIL released: a pool thread never waits for the GIL between two signatures while
+the apply thread runs Python. Without it (``SOVLEDGER_ENGINE=python`` or no compiler) each
+signature is one PyNaCl call, which releases the GIL inside libsodium only.
 
 Keys come from configuration as C2SP verifier key strings ``NAME+KEYID+BASE64``; optionally
 prefixed ``PSP_ID=`` (e.g. ``17=acme+1a2b3c4d+AQ…``) to bind the key to one ``psp_id``: then every
@@ -27,17 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 import blake3
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
+from ledger import native
 from ledger.codec import KEY_ID_SIZE, RECORD_SIZE, SIGNATURE_SIZE, Batch
 from ledger.note import ALG_ED25519, NoteError, Verifier
-from ledger.psp_group import group_message, root_of
+from ledger.psp_group import GROUP_CONTEXT, group_message, root_of
 from ledger.types import EventKind
 
 # psp_id sits after id, debit, credit, amount lo/hi, pending_id, user_data, external_ref,
@@ -46,9 +54,23 @@ TRANSFER_PSP_ID_OFFSET: Final = 16 * 3 + 8 + 8 + 16 + 16 + 32 + 32 + 4  # 164
 _U32: Final = struct.Struct("<I")
 # below this many records a batch is verified as one chunk: thread hand-off costs more than it saves
 MIN_CHUNK: Final = 32
+CHUNKS_PER_THREAD: Final = 8
 # kinds a PSP originates; with require_signatures these must be signed
 PSP_KINDS: Final = frozenset({EventKind.CREATE_TRANSFER, EventKind.SETTLEMENT_CALLBACK})
 _b3 = blake3.blake3
+
+
+def _native_open() -> int:
+    """Address of the ``crypto_sign_open`` PyNaCl's libsodium exports, for the native engine's
+    verify loops; 0 when the native engine is not active or PyNaCl does not expose it."""
+    if native.active() != "native" or not hasattr(native.engine(), "verify_groups"):
+        return 0
+    try:
+        from nacl._sodium import ffi, lib  # PyNaCl's cffi module (the library it already loaded)
+
+        return int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_sign_open")))
+    except (ImportError, AttributeError, TypeError):
+        return 0
 
 
 class PspAuthError(Exception):
@@ -144,7 +166,8 @@ def _verify_groups(public_key: bytes, kind: int, records: bytes, signatures: byt
 class PspAuthenticator:
     """Checks PSP signatures of incoming batches; ``await verify_batch(batch)`` raises or returns None."""
 
-    def __init__(self, psp_verifier_keys: list[str], require_signatures: bool, threads: int = 2) -> None:
+    def __init__(self, psp_verifier_keys: list[str], require_signatures: bool, threads: int = 2,
+                 native_loops: bool = True) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
         self.require_signatures = require_signatures
@@ -157,6 +180,13 @@ class PspAuthenticator:
                 raise NoteError(f"two PSP keys share key id {kid.hex()}")
             self._keys[kid] = k
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="psp-verify")
+        # address of libsodium's crypto_sign_open for the native loops; 0: one PyNaCl call per signature
+        self._open = _native_open() if native_loops else 0
+
+    @property
+    def loops(self) -> str:
+        """"native" (one GIL-free call per chunk) or "pynacl" (one PyNaCl call per signature)."""
+        return "native" if self._open else "pynacl"
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -186,8 +216,12 @@ class PspAuthenticator:
             if psp != key.psp_id:
                 raise PspIdMismatch(i, psp, key.psp_id, batch.signer_key_id)
 
-    def _ranges(self, n: int) -> list[tuple[int, int]]:
-        chunks = max(1, min(self.threads, n // MIN_CHUNK))
+    def _ranges(self, n: int, min_chunk: int = MIN_CHUNK) -> list[tuple[int, int]]:
+        """[start, end) chunks of n signatures: one per thread, or CHUNKS_PER_THREAD per thread on the
+        native loops (a chunk is one cheap call there, and a thread that finishes early — the other
+        one was descheduled — takes the next chunk instead of idling until the batch is done)."""
+        per = CHUNKS_PER_THREAD if self._open else 1
+        chunks = max(1, min(self.threads * per, n // min_chunk))
         step = -(-n // chunks)
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
@@ -206,8 +240,12 @@ class PspAuthenticator:
         if batch.sign_group:
             await self._verify_grouped(batch, pk, records, sigs, size)
             return
+        if self._open:
+            verify_range: Callable[..., int] = partial(native.engine().verify_records, self._open)
+        else:
+            verify_range = _verify_range
         bad = await asyncio.gather(*(
-            loop.run_in_executor(self._pool, _verify_range, pk, records, sigs, size, s, e)
+            loop.run_in_executor(self._pool, verify_range, pk, records, sigs, size, s, e)
             for s, e in self._ranges(batch.count)
         ))
         failed = [i for i in bad if i >= 0]
@@ -218,12 +256,13 @@ class PspAuthenticator:
     async def _verify_grouped(self, batch: Batch, pk: bytes, records: bytes, sigs: bytes, size: int) -> None:
         loop = asyncio.get_running_loop()
         groups = len(sigs) // SIGNATURE_SIZE
-        chunks = max(1, min(self.threads, groups))
-        step = -(-groups // chunks)
+        if self._open:
+            verify = partial(native.engine().verify_groups, self._open, pk, GROUP_CONTEXT)
+        else:
+            verify = partial(_verify_groups, pk)
         bad = await asyncio.gather(*(
-            loop.run_in_executor(self._pool, _verify_groups, pk, int(batch.kind), records, sigs, size,
-                                 batch.sign_group, s, min(groups, s + step))
-            for s in range(0, groups, step)
+            loop.run_in_executor(self._pool, verify, int(batch.kind), records, sigs, size, batch.sign_group, s, e)
+            for s, e in self._ranges(groups, max(1, MIN_CHUNK // batch.sign_group))
         ))
         failed = [g for g in bad if g >= 0]
         if failed:

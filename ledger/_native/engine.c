@@ -137,6 +137,12 @@ static void b3_3(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const
     b3_segs(&g, out);
 }
 
+/* BLAKE3 of a || b || c for ledger/_native/group.c (PSP group roots and auxes). */
+void sovledger_b3_3(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const uint8_t *c, size_t nc,
+                    uint8_t out[OUT_LEN]) {
+    b3_3(a, na, b, nb, c, nc, out);
+}
+
 static const uint8_t D_LEAF = 0x00, D_NODE = 0x01, D_CHAIN = 0x02;
 
 /* blake3(data) -> 32 bytes */
@@ -327,10 +333,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_engine", "sovledger
 
 extern PyMethodDef apply_methods[];  /* ledger/_native/apply.c: the transfer apply engine */
 extern PyMethodDef seal_methods[];   /* ledger/_native/seal.c: leaf numbering, account and ref rows */
+extern PyMethodDef group_methods[];  /* ledger/_native/group.c: PSP signature checks, group auxes */
 
 PyMODINIT_FUNC PyInit__engine(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddFunctions(m, apply_methods) < 0 || PyModule_AddFunctions(m, seal_methods) < 0))
+    if (m != NULL && (PyModule_AddFunctions(m, apply_methods) < 0 || PyModule_AddFunctions(m, seal_methods) < 0 ||
+                      PyModule_AddFunctions(m, group_methods) < 0))
         Py_CLEAR(m);
     return m;
 }

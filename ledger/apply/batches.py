@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ledger import native
 from ledger.apply.scratch import Block, Event
-from ledger.codec import RECORD_SIZE, SIGNATURE_SIZE, Batch, psp_signature_aux
+from ledger.codec import KEY_ID_SIZE, RECORD_SIZE, SIGNATURE_SIZE, Batch, psp_signature_aux
 from ledger.psp_group import group_auxes
 from ledger.types import Result
 
@@ -18,8 +19,16 @@ def signature_auxes(batch: Batch) -> list[bytes]:
         return []
     sigs = batch.signatures
     key_id = batch.signer_key_id
+    # ledger/_native/group.c builds the same bytes (group hashes with the GIL released) for the shapes
+    # validate_batch lets through; anything else stays on the reference
+    in_c = native.active() == "native" and len(key_id) == KEY_ID_SIZE and not len(sigs) % SIGNATURE_SIZE
     if batch.sign_group:
-        return group_auxes(batch.kind, batch.records, RECORD_SIZE[batch.kind], batch.sign_group, sigs, key_id)
+        size = RECORD_SIZE[batch.kind]
+        if in_c:
+            return native.engine().group_auxes(batch.records, size, batch.sign_group, sigs, key_id)  # type: ignore[no-any-return]
+        return group_auxes(batch.kind, batch.records, size, batch.sign_group, sigs, key_id)
+    if in_c:
+        return native.engine().record_auxes(sigs, key_id)  # type: ignore[no-any-return]
     return [psp_signature_aux(key_id, sigs[i : i + SIGNATURE_SIZE]) for i in range(0, len(sigs), SIGNATURE_SIZE)]
 
 

@@ -155,3 +155,19 @@ def test_engine_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     row = json.loads(capsys.readouterr().out)
     assert row["transfers"] == 600
     assert set(row["apply_us_per_transfer"]) == {"python", "native"}
+
+
+@pytest.mark.timeout(120)
+def test_intake_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import intake
+
+    before = native.active()
+    assert intake.main(["--batch", "100", "--signatures", "8", "--repeat", "1", "--json",
+                        "--results-dir", str(tmp_path)]) == 0
+    assert native.active() == before  # the bench puts the engine setting back
+    out = json.loads(capsys.readouterr().out)
+    _strict_json(_one(tmp_path, "intake"))
+    steps = {r["step"]: r for r in out["rows"]}
+    assert len(steps) == 8 and all(r["python_us"] > 0 for r in steps.values())
+    paired = [r for r in steps.values() if r["native_us"] is not None]
+    assert len(paired) == (4 if native.available() else 0)

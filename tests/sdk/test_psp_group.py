@@ -145,9 +145,10 @@ def test_framing_errors_are_clear() -> None:
 # -- the node: one signature per group, a PSP-readable refusal --------------------------------------------
 
 
-@pytest.fixture
-def auth() -> PspAuthenticator:
-    a = PspAuthenticator([PSP.verifier.to_string()], require_signatures=True, threads=2)
+@pytest.fixture(params=[True, False], ids=["native-loops", "pynacl-calls"])
+def auth(request: pytest.FixtureRequest) -> PspAuthenticator:
+    """Both ways of verifying: one GIL-free native call per chunk, and one PyNaCl call per signature."""
+    a = PspAuthenticator([PSP.verifier.to_string()], require_signatures=True, threads=2, native_loops=request.param)
     yield a  # type: ignore[misc]
     a.close()
 
