@@ -2,6 +2,8 @@
 
 Pure: input is ``tick()``, ``step(msg)`` and the local requests; output is the ``msgs`` and
 ``read_states`` outboxes plus the log's unstable part, which ``RawNode`` packs into a ``Ready``.
+Membership changes and leader transfer live in ``consensus/membership.py``, ReadIndex in
+``consensus/reads.py`` (functions of this ``Raft``; its methods of the same names call them).
 
 Section numbers refer to the Raft paper (Ongaro & Ousterhout 2014) and Ongaro's thesis (2014).
 """
