@@ -2,6 +2,8 @@
 
 Pure: input is ``tick()``, ``step(msg)`` and the local requests; output is the ``msgs`` and
 ``read_states`` outboxes plus the log's unstable part, which ``RawNode`` packs into a ``Ready``.
+Membership changes and leader transfer live in ``consensus/membership.py``, ReadIndex in
+``consensus/reads.py`` (functions of this ``Raft``; its methods of the same names call them).
 
 Section numbers refer to the Raft paper (Ongaro & Ousterhout 2014) and Ongaro's thesis (2014).
 """
@@ -10,19 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from consensus import membership, reads
 from consensus.config import Config
-from consensus.errors import Compacted, ConfChangeRefused, ProposalDropped, SnapshotTemporarilyUnavailable
+from consensus.errors import Compacted, ProposalDropped, SnapshotTemporarilyUnavailable
 from consensus.invariant import invariant
 from consensus.log import RaftLog
 from consensus.progress import Progress, ProgressTracker, VoteResult
-from consensus.readonly import ReadOnly, ReadRequest
+from consensus.readonly import ReadOnly
 from consensus.types import (
     NO_LEADER,
     TERMLESS,
     ZERO_INDEX,
     ZERO_TERM,
     ConfChange,
-    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -471,7 +473,7 @@ class Raft:
         if pr.match < self.log.last_index() or pr.state == ProgressState.PROBE:
             self.maybe_send_append(m.frm, send_if_empty=True)
         if m.context:
-            self._read_ack(m.frm, m.context)
+            reads.read_ack(self, m.frm, m.context)
 
     def update_self_match(self) -> None:
         """The leader counts itself only for entries it has persisted: "committed" means "fsynced by
@@ -486,7 +488,7 @@ class Raft:
         self.update_self_match()
         if not self.log.maybe_commit(self.tracker.committed(), self.term):
             return False
-        self._release_pending_reads()
+        reads.release_pending_reads(self)
         return True
 
     # -- proposals and membership ---------------------------------------------------------------------
@@ -512,131 +514,27 @@ class Raft:
         self.bcast_append()
         return index
 
-    def propose_conf_change(self, cc: ConfChange) -> Index:
-        """Single-server change (thesis §4.1): one voter added or removed at a time, so any two
-        majorities of the old and new configurations overlap. At most one may be unapplied."""
-        self._check_can_propose()
-        if self.pending_conf_index > self.log.applied:
-            raise ConfChangeRefused(f"a membership change at or below index {self.pending_conf_index} "
-                                    f"is not applied yet (applied {self.log.applied})")
-        self._validate_conf_change(cc)
-        index = self._append_and_send(EntryType.CONF_CHANGE, cc.encode())
-        self.pending_conf_index = index
-        return index
+    # membership, leader transfer and ReadIndex live in consensus/membership.py and consensus/reads.py
 
-    def _validate_conf_change(self, cc: ConfChange) -> None:
-        voters = self.tracker.voters
-        if cc.node_id == NO_LEADER:
-            raise ConfChangeRefused("node id 0 is reserved")
-        if cc.type == ConfChangeType.REMOVE_VOTER and voters <= {cc.node_id}:
-            raise ConfChangeRefused("cannot remove the last voter")
-        if cc.type == ConfChangeType.ADD_LEARNER and cc.node_id == self.id:
-            raise ConfChangeRefused("the leader cannot demote itself; transfer leadership first")
-        if cc.type == ConfChangeType.ADD_VOTER and cc.node_id in self.tracker.learners:
-            pr = self.tracker.progress.get(cc.node_id)
-            match = pr.match if pr is not None else 0
-            if match < self.log.committed:  # thesis §4.2.1: catch up first, or commits stall
-                raise ConfChangeRefused(f"learner {cc.node_id} has not caught up (match {match} < commit "
-                                        f"{self.log.committed})")
+    def propose_conf_change(self, cc: ConfChange) -> Index:
+        return membership.propose_conf_change(self, cc)
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
-        """Apply a committed change (the driver calls this when it applies the CONF_CHANGE entry)."""
-        t = self.tracker
-        node = cc.node_id
-        if cc.type == ConfChangeType.ADD_VOTER:
-            t.learners.discard(node)
-            t.voters.add(node)
-        elif cc.type == ConfChangeType.ADD_LEARNER:
-            t.voters.discard(node)
-            t.learners.add(node)
-        else:
-            t.voters.discard(node)
-            t.learners.discard(node)
-        if self.role == Role.LEADER:
-            self._leader_conf_applied(node)
-        return t.conf_state()
-
-    def _leader_conf_applied(self, node: NodeId) -> None:
-        t = self.tracker
-        if self.id not in t.voters:
-            self.become_follower(self.term, NO_LEADER)  # removed (or demoted): step down
-            return
-        if node in t.members() and node not in t.progress:
-            t.progress[node] = t.new_progress(node, Index(self.log.last_index() + 1))
-        elif node not in t.members():
-            t.progress.pop(node, None)
-        if node in t.progress:
-            t.progress[node].is_learner = node in t.learners
-        if self.lead_transferee == node and node not in t.voters:
-            self.lead_transferee = NO_LEADER
-        if self.maybe_commit():  # the quorum may have shrunk
-            self.bcast_append()
-        elif node in t.progress:
-            self.maybe_send_append(node, send_if_empty=True)
-
-    # -- leader transfer ------------------------------------------------------------------------------
+        return membership.apply_conf_change(self, cc)
 
     def transfer_leader(self, to: NodeId) -> None:
-        """Thesis §3.10: stop taking proposals, bring ``to`` up to date, then TIMEOUT_NOW. Aborted if
-        not done within an election timeout."""
-        if self.role != Role.LEADER:
-            raise ProposalDropped(self.lead)
-        if to == self.id:
-            return
-        if to not in self.tracker.voters:
-            raise ConfChangeRefused(f"node {to} is not a voter")
-        if self.lead_transferee == to:
-            return
-        self.lead_transferee = to
-        self.election_elapsed = 0  # the transfer must finish within one election timeout
-        pr = self.tracker.progress[to]
-        if pr.match == self.log.last_index():
-            self.send(MT.TIMEOUT_NOW, to)
-        else:
-            self.maybe_send_append(to, send_if_empty=True)
+        membership.transfer_leader(self, to)
 
     def _on_transfer_request(self, m: Message) -> None:
         if m.frm in self.tracker.voters:
             self.transfer_leader(m.frm)
 
-    # -- ReadIndex ------------------------------------------------------------------------------------
-
     def read_index(self, frm: NodeId, ctx: bytes) -> None:
-        """Thesis §6.4. The read index is our commit index — valid only once we have committed an
-        entry of our own term (before that, our commit index may lag the previous leader's)."""
-        if self.log.term_or_zero(self.log.committed) != self.term:
-            self.pending_read_index.append((frm, ctx))
-            return
-        if self.tracker.voters == {self.id}:
-            self._answer_read(frm, self.log.committed, ctx)
-            return
-        req = ReadRequest(self.log.committed, frm, ctx, {self.id})
-        if self.read_only.add(req):
-            self.bcast_heartbeat(ctx)
+        reads.read_index(self, frm, ctx)
 
     def _on_read_index_request(self, m: Message) -> None:
         if m.frm in self.tracker.members():
             self.read_index(m.frm, m.context)
-
-    def _read_ack(self, frm: NodeId, ctx: bytes) -> None:
-        acks = self.read_only.ack(frm, ctx)
-        if acks is None or len(acks & self.tracker.voters) < self.tracker.quorum():
-            return
-        for req in self.read_only.advance(ctx):
-            self._answer_read(req.frm, req.index, req.ctx)
-
-    def _answer_read(self, frm: NodeId, index: Index, ctx: bytes) -> None:
-        if frm == self.id:
-            self.read_states.append(ReadState(index, ctx))
-        else:
-            self.send(MT.READ_INDEX_RESP, frm, index=index, context=ctx)
-
-    def _release_pending_reads(self) -> None:
-        if not self.pending_read_index or self.log.term_or_zero(self.log.committed) != self.term:
-            return
-        pending, self.pending_read_index = self.pending_read_index, []
-        for frm, ctx in pending:
-            self.read_index(frm, ctx)
 
     # -- transport feedback ---------------------------------------------------------------------------
 

@@ -19,38 +19,30 @@ from ledger.apply.aggregates import last_aggregate
 from ledger.codec import Batch, decode_leaf
 from ledger.reader import LedgerReader
 from ledger.types import EventKind, Result
+from node.loops import LeaderRounds
 from node.pipeline import Ingest
 
 log = logging.getLogger("sovledger.aggregates")
 
 
-class Aggregator:
+class Aggregator(LeaderRounds):
+    """The leader's round every ``every_ms`` (0: never started)."""
+
+    failure_message = "aggregates: round failed: %s"
+
     def __init__(self, reader: LedgerReader, every_ms: int, ingest: Callable[[], Ingest | None],
                  is_leader: Callable[[], bool]) -> None:
+        super().__init__("aggregates", every_ms / 1000, is_leader, log)
         self.reader = reader
         self.every_ms = every_ms
         self._ingest = ingest
-        self._is_leader = is_leader
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.every_ms > 0:
-            self._task = asyncio.create_task(self._loop(), name="aggregates")
+            super().start()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_ms / 1000)
-            if not self._is_leader():
-                continue
-            try:
-                await self.aggregate_once()
-            except Exception as e:  # a failed round is retried at the next period
-                log.warning("aggregates: round failed: %s", e)
+    async def round(self) -> int | None:
+        return await self.aggregate_once()
 
     def _previous(self) -> tuple[Aggregate | None, int]:
         """The newest aggregate and the index right after its leaf (0 without one)."""

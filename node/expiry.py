@@ -11,7 +11,6 @@ transfers in the same block — the timer only decides *when* a block is propose
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
@@ -21,6 +20,7 @@ from typing import Any, Final
 from ledger.codec import Proposal
 from ledger.store import Store
 from node import metrics
+from node.loops import BackgroundLoop
 
 log = logging.getLogger("sovledger.expiry")
 
@@ -37,26 +37,17 @@ def earliest_expiry_ns(store: Store) -> int | None:
     return None
 
 
-class ExpiryTimer:
+class ExpiryTimer(BackgroundLoop):
     """Runs on the node's event loop; ``is_leader`` gates proposing (followers only watch)."""
 
     def __init__(self, store: Store, commit: Callable[[Proposal], Awaitable[Any]],
                  is_leader: Callable[[], bool], clock_ns: Callable[[], int] = time.time_ns) -> None:
+        super().__init__("expiry-timer", log)
         self._store = store
         self._commit = commit
         self._is_leader = is_leader
         self._clock_ns = clock_ns
-        self._task: asyncio.Task[None] | None = None
         self.blocks_proposed = 0
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="expiry-timer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         last_due: int | None = None  # the timeout our last committed empty block was for

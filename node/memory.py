@@ -27,12 +27,15 @@ its ~100 MB baseline of code, libraries and the interpreter):
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
-import time
+import threading
 from collections.abc import Callable
 from typing import Final
+
+from node.loops import BackgroundLoop
 
 log = logging.getLogger("sovledger.memory")
 
@@ -40,12 +43,13 @@ log = logging.getLogger("sovledger.memory")
 # upper levels and a few seconds of recently appended pages (which the next blocks touch again),
 # small enough that a node with every other bound full stays well under 1 GiB.
 MAP_RESIDENT_BYTES_MAX: Final = 256 << 20
-# How often the store thread looks at its resident size (one read of /proc/self/status, ~20 µs):
-# every second, and sooner once this many leaves were appended since the last look — appends touch
-# ~260-430 bytes of map per leaf, so the map outgrows its budget by at most ~4-7 MiB (plus one block)
-# between looks whatever the throughput.
-TRIM_CHECK_INTERVAL_S: Final = 1.0
-TRIM_CHECK_LEAVES: Final = 16_384
+# When the trimmer looks: after EVERY block the store thread applies (the one place the map grows
+# with the ledger), so file-backed RSS exceeds the budget by at most what one block touches — a block
+# is bounded by ``block_items_max`` (8,189 records in a region), whatever the throughput. A look is one
+# pread of /proc/self/statm on a descriptor kept open (~1 µs, against a block's fsync of a millisecond
+# or more). Reads outside blocks (lookups, proofs, an auditor paging the log on an idle node) are
+# caught by ``MapWatch``: one look every WATCH_INTERVAL_S from the event loop.
+WATCH_INTERVAL_S: Final = 1.0
 MADV_DONTNEED: Final = 4  # Linux <sys/mman.h>
 
 
@@ -91,45 +95,62 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return fn
 
 
+def _statm_reader() -> Callable[[], int] | None:
+    """A cheap reader of this process's shared resident bytes (file-backed plus shared memory; the
+    third field of /proc/self/statm, in pages); None where /proc is not available."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def read() -> int:
+        return int(os.pread(fd, 256, 0).split()[2]) * page
+
+    return read
+
+
 class MapTrimmer:
     """Keeps the resident part of a read-only file map (LMDB's ``data.mdb``) near a byte budget.
 
-    ``maybe_trim()`` runs on the store thread after a block; every ``interval_s``, or sooner once
-    ``check_leaves`` leaves were appended, it reads the process's file-backed RSS and, above
-    ``budget_bytes``, drops the map's pages from this process (the kernel keeps them in its page
-    cache)."""
+    ``maybe_trim()`` runs on the store thread after every block (and from ``MapWatch`` once a
+    second): it reads the process's shared resident bytes (``RssFile`` + ``RssShmem``; a node has no
+    shared memory of its own) and, above ``budget_bytes``, drops the map's pages from this process
+    (the kernel keeps them in its page cache). Dropping pages is safe while another thread reads
+    through the map: the mapping is read-only and shared, so a page touched again is mapped back
+    from the page cache, unchanged. So the file-backed RSS a sampler sees is at most the budget plus
+    what one block (or one second of reads outside blocks) touched."""
 
-    def __init__(self, data_file: str, budget_bytes: int = MAP_RESIDENT_BYTES_MAX,
-                 interval_s: float = TRIM_CHECK_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 check_leaves: int = TRIM_CHECK_LEAVES) -> None:
+    def __init__(self, data_file: str, budget_bytes: int = MAP_RESIDENT_BYTES_MAX) -> None:
         self._file = data_file
         self.budget_bytes = budget_bytes
-        self._interval_s = interval_s
-        self._clock = clock
-        self._next_check = 0.0
-        self._check_leaves = check_leaves
-        self._next_leaves = 0
         self._madvise = _madvise()
+        self._resident = _statm_reader()
+        self._lock = threading.Lock()  # the store thread and MapWatch on the event loop
+        self.looks = 0
         self.trims = 0
         self.trimmed_bytes = 0  # file-backed RSS released, summed over trims
 
-    def maybe_trim(self, leaves: int = 0) -> bool:
-        """After a block; ``leaves`` is the log's size now (a look is due every ``check_leaves``)."""
-        now = self._clock()
-        if (now < self._next_check and leaves < self._next_leaves) or self._madvise is None:
+    def maybe_trim(self) -> bool:
+        """One look: trims when file-backed RSS is above the budget; True when it trimmed."""
+        if self._madvise is None or self._resident is None:
             return False
-        self._next_check = now + self._interval_s
-        self._next_leaves = leaves + self._check_leaves
-        before = proc_memory().get("RssFile", 0)
-        if before <= self.budget_bytes:
-            return False
-        return self.trim(before)
+        with self._lock:
+            self.looks += 1
+            before = self._resident()
+            if before <= self.budget_bytes:
+                return False
+            return self._trim(before)
 
-    def trim(self, before: int | None = None) -> bool:
+    def trim(self) -> bool:
         """Drop every page of the map from this process now; False if the map is not found."""
         if self._madvise is None:
             return False
-        before = proc_memory().get("RssFile", 0) if before is None else before
+        with self._lock:
+            return self._trim(self._resident() if self._resident else 0)
+
+    def _trim(self, before: int) -> bool:
+        assert self._madvise is not None
         ranges = mapped_ranges(self._file)
         for lo, hi in ranges:
             if self._madvise(lo, hi - lo, MADV_DONTNEED) != 0:
@@ -138,5 +159,21 @@ class MapTrimmer:
         if not ranges:
             return False
         self.trims += 1
-        self.trimmed_bytes += max(0, before - proc_memory().get("RssFile", 0))
+        if self._resident is not None:
+            self.trimmed_bytes += max(0, before - self._resident())
         return True
+
+
+class MapWatch(BackgroundLoop):
+    """Once every ``interval_s`` on the event loop, one look of the trimmer: pages read through the
+    map outside blocks (an idle node serving reads) are trimmed too."""
+
+    def __init__(self, trimmer: MapTrimmer, interval_s: float = WATCH_INTERVAL_S) -> None:
+        super().__init__("map-watch", log)
+        self._trimmer = trimmer
+        self._interval_s = interval_s
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            self._trimmer.maybe_trim()

@@ -16,8 +16,6 @@ carries bytes between regions and proposes entries:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -50,6 +48,7 @@ from ledger.types import EventKind, Result
 from node.authz import caller
 from node.config import NodeConfig
 from node.errors import BadRequest, NodeError, Refused, Unauthorised, abort
+from node.loops import LeaderRounds
 from node.tls import Identity
 from node.witness import foreign_channel
 from sovledger_pb import netting_pb2 as npb
@@ -197,42 +196,27 @@ def _bad(e: Exception) -> Exception:
     return BadRequest(f"bad obligation or batch: {e}") if isinstance(e, NettingError) else e
 
 
-class ObligationRelay:
+class ObligationRelay(LeaderRounds):
     """Leader-only loop on the node's event loop: offer pending obligations, resolve decided ones."""
+
+    failure_message = "obligation relay round failed: %s"  # retried next period; the log is the state
+    failure_level = logging.INFO
 
     def __init__(self, region: str, store: Store, federation: Federation, channel_for: ChannelFor,
                  propose: Propose, is_leader: Callable[[], bool], interval_s: float = 0.5) -> None:
+        super().__init__("obligation-relay", interval_s, is_leader, log)
         self._region = region
         self._store = store
         self._federation = federation
         self._channel_for = channel_for
         self._propose = propose
-        self._is_leader = is_leader
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self.resolved = 0
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="obligation-relay")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         for ch in self._channels.values():
             await ch.close()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            if not self._is_leader():
-                continue
-            try:
-                await self.round()
-            except Exception as e:  # a failed round is retried; the log is the state
-                log.info("obligation relay round failed: %s", e)
 
     async def round(self) -> int:
         """One pass: returns how many obligations got a RESOLVE entry."""
@@ -287,40 +271,25 @@ def channel_factory(config: NodeConfig, federation: Federation) -> ChannelFor:
     return make
 
 
-class SettlementTimer:
+class SettlementTimer(LeaderRounds):
     """The periodic settlement cycle: run by the leader of the coordinating region (the federation
     config's first region), every ``every_s``. The same steps as ``sovledger settle``: ask every region
     for its open obligations, net those open in both their regions, have each involved region append it."""
 
+    failure_message = "settlement cycle not completed: %s"  # a region unreachable: obligations stay open
+    failure_level = logging.INFO
+
     def __init__(self, service: NettingService, federation: Federation, channel_for: ChannelFor,
                  is_leader: Callable[[], bool], every_s: float, clock_s: Callable[[], float]) -> None:
+        super().__init__("settlement-timer", every_s, is_leader, log)
         self._service = service
         self._federation = federation
         self._channel_for = channel_for
-        self._is_leader = is_leader
-        self._every_s = every_s
         self._clock_s = clock_s
-        self._task: asyncio.Task[None] | None = None
         self.cycles = 0
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="settlement-timer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every_s)
-            if not self._is_leader():
-                continue
-            try:
-                await self.cycle()
-            except Exception as e:  # a region unreachable: the obligations stay open for the next cycle
-                log.info("settlement cycle not completed: %s", e)
+    async def round(self) -> int:
+        return await self.cycle()
 
     async def cycle(self) -> int:
         """One cycle; returns how many obligations the batch settled (0: nothing open in both regions)."""

@@ -37,7 +37,7 @@ from node.expiry import ExpiryTimer
 from node.fair_share import FairShare, PspLimit, parse_limits
 from node.health import HealthWatch
 from node.key_rotation import KeyRing
-from node.memory import MapTrimmer
+from node.memory import MapTrimmer, MapWatch
 from node.metrics import start_metrics
 from node.netting import NettingService, ObligationRelay, SettlementTimer, channel_factory
 from node.offload import Offload
@@ -99,6 +99,7 @@ class Node:
         self.store.commit_observer = metrics.FSYNC.observe
         # file-backed RSS of the LMDB map (node/memory.py)
         self.map_trimmer = MapTrimmer(str(data / "ledger" / "data.mdb"), config.map_resident_bytes_max)
+        self.map_watch = MapWatch(self.map_trimmer)  # reads outside blocks (the trimmer looks after each block)
         self.state = LedgerState(self.store, config.operator_verifiers)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
@@ -158,7 +159,7 @@ class Node:
         """The one checkpoint-signing hook: after every applied block (store thread)."""
         self.vault.after_block()  # shred subjects erased in this block (or a snapshot) before announcing it
         self.checkpoints.on_block(state.head)
-        self.map_trimmer.maybe_trim(state.head.tree_size)
+        self.map_trimmer.maybe_trim()
 
     def status(self) -> pb.StatusResponse:
         head = self.state.head
@@ -306,6 +307,7 @@ class Node:
         self.expiry = ExpiryTimer(self.store, self.committer.propose,
                                   lambda: self.committer.status().role == "leader")
         self.expiry.start()
+        self.map_watch.start()
         self._start_relay()
         self.server = self._listen()
         await self.server.start()
@@ -329,6 +331,7 @@ class Node:
         await self.committer.hand_over()  # while the listener still carries the peers' answers
         if self.expiry is not None:
             await self.expiry.stop()
+        await self.map_watch.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self.settlement is not None:

@@ -98,7 +98,10 @@ class AsyncLedgerSDK:
         return True
 
     async def _unary(self, call: Callable[[pb_grpc.LedgerStub], Awaitable[T]]) -> T:
-        """A unary call at the current target, retried across the region on transient errors."""
+        """A unary call (a lookup: a read, safe to repeat) at the current target, retried across the
+        region on transient errors until ``retry.deadline_s`` has passed since the call began. A
+        deadline, not ``max_attempts``: a node restarting refuses each try at once, so a count of
+        tries runs out in seconds whatever its restart takes (a loaded machine takes longer)."""
         started = self.clock()
         attempt = 0
         while True:
@@ -109,8 +112,7 @@ class AsyncLedgerSDK:
             except grpc.aio.AioRpcError as e:
                 err = error_for_rpc(e, target)
                 transient = err.retryable or err.code == grpc.StatusCode.INTERNAL  # e.g. "Internal error from Core"
-                if not transient or attempt >= self.retry.max_attempts or (
-                        self.clock() - started > self.retry.deadline_s):
+                if not transient or self.clock() - started > self.retry.deadline_s:
                     raise err from None
                 self.router.failed(target, err.leader_hint)
                 await asyncio.sleep(0 if isinstance(err, NotLeaderError) and err.leader_hint

@@ -96,9 +96,10 @@ def test_the_map_trimmer_drops_the_store_maps_resident_pages_and_reads_stay_corr
     data_file = str(tmp_path / "db" / "data.mdb")
     touched = _mapped_rss(data_file)
     assert touched >= 24 << 20
-    trimmer = memory.MapTrimmer(data_file, budget_bytes=0, interval_s=0.0)
+    trimmer = memory.MapTrimmer(data_file, budget_bytes=0)
     assert trimmer.maybe_trim() and trimmer.trims == 1
     assert _mapped_rss(data_file) < touched // 8
+    assert trimmer.trimmed_bytes >= touched // 2
     with store.read() as txn:  # the pages come back from the page cache, unchanged
         assert [txn.get(Table.RAFTLOG, k) for k, _ in rows[::97]] == [v for _, v in rows[::97]]
     store.close()
@@ -106,24 +107,61 @@ def test_the_map_trimmer_drops_the_store_maps_resident_pages_and_reads_stay_corr
 
 def test_the_trimmer_leaves_the_map_alone_below_its_budget(tmp_path: Path) -> None:
     store = LmdbStore(str(tmp_path / "db"), 1 << 30)
-    trimmer = memory.MapTrimmer(str(tmp_path / "db" / "data.mdb"), budget_bytes=1 << 50, interval_s=0.0)
-    assert not trimmer.maybe_trim() and trimmer.trims == 0
+    trimmer = memory.MapTrimmer(str(tmp_path / "db" / "data.mdb"), budget_bytes=1 << 50)
+    assert not trimmer.maybe_trim() and trimmer.trims == 0 and trimmer.looks == 1
     store.close()
 
 
-def test_the_trimmer_looks_by_appended_leaves_as_well_as_by_time(tmp_path: Path) -> None:
-    """Between two looks the map grows by at most ``check_leaves`` leaves, whatever the throughput."""
+def test_the_trimmer_looks_after_every_block_so_one_block_is_all_the_map_can_outgrow_its_budget(
+        tmp_path: Path) -> None:
+    """The store thread calls ``maybe_trim()`` after each block: whatever the throughput, the map's
+    resident pages above the budget are never more than what one block touched. Here each "block"
+    reads ~4 MiB of fresh pages through the map; after each look the map is back under the budget
+    (the budget counts libraries too, so the test compares the map's own resident bytes)."""
     store = LmdbStore(str(tmp_path / "db"), 1 << 30)
-    now = [0.0]
-    trimmer = memory.MapTrimmer(str(tmp_path / "db" / "data.mdb"), budget_bytes=0, interval_s=3600.0,
-                                clock=lambda: now[0], check_leaves=1000)
-    with store.write() as txn:  # map a page so that a look finds something to trim
-        txn.put(Table.RAFTLOG, b"k", b"v" * 5000)
-    assert trimmer.maybe_trim(10) and trimmer.trims == 1        # the first look
-    assert not trimmer.maybe_trim(999) and trimmer.trims == 1   # < 1000 leaves later, within the hour
-    assert trimmer.maybe_trim(1010) and trimmer.trims == 2      # 1000 leaves later: looks at once
-    now[0] = 3601.0
-    assert trimmer.maybe_trim(1011) and trimmer.trims == 3      # an hour later: looks by time
+    blocks = [[((b << 16 | i).to_bytes(8, "big"), bytes([i % 251]) * 4000) for i in range(1000)] for b in range(6)]
+    with store.write() as txn:
+        for rows in blocks:
+            txn.put_many(Table.RAFTLOG, rows)
+    data_file = str(tmp_path / "db" / "data.mdb")
+    trimmer = memory.MapTrimmer(data_file, budget_bytes=0)
+    trimmer.trim()
+    peaks = []
+    for rows in blocks:
+        with store.read() as txn:
+            assert all(txn.get(Table.RAFTLOG, k) == v for k, v in rows)  # one block's worth of pages
+        peaks.append(_mapped_rss(data_file))
+        assert trimmer.maybe_trim()  # a look right after the block, not after a count or a second
+        assert _mapped_rss(data_file) < 1 << 20, "the look left the block's pages mapped"
+    assert trimmer.looks == len(blocks) and trimmer.trims == len(blocks) + 1
+    assert min(peaks) >= 3 << 20 and max(peaks) < 6 << 20  # each block touched its own pages, no more
+    store.close()
+
+
+def test_the_map_watch_trims_pages_read_outside_blocks(tmp_path: Path) -> None:
+    """An idle node serving reads applies no block: the watch on the event loop looks once a period."""
+    store = LmdbStore(str(tmp_path / "db"), 1 << 30)
+    rows = [(i.to_bytes(8, "big"), bytes([i % 251]) * 4000) for i in range(2000)]
+    with store.write() as txn:
+        txn.put_many(Table.RAFTLOG, rows)
+    data_file = str(tmp_path / "db" / "data.mdb")
+    trimmer = memory.MapTrimmer(data_file, budget_bytes=0)
+    with store.read() as rtxn:
+        assert all(rtxn.get(Table.RAFTLOG, k) == v for k, v in rows)
+    assert _mapped_rss(data_file) >= 6 << 20
+
+    async def run() -> None:
+        watch = memory.MapWatch(trimmer, interval_s=0.01)
+        watch.start()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10.0
+        while trimmer.trims == 0:
+            assert loop.time() < end, "the watch never looked"
+            await asyncio.sleep(0.01)
+        await watch.stop()
+
+    asyncio.run(run())
+    assert _mapped_rss(data_file) < 1 << 20
     store.close()
 
 

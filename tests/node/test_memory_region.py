@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from bench.region import connect, run_stream, setup_ledger, split, transfer_stream
+from ledger.types import BATCH_ITEMS_MAX
 from node import raft_storage, transport
 from node.memory import proc_memory
 from sovledger.cluster import Cluster
@@ -36,11 +37,13 @@ MIB = 1 << 20
 ROUND_S = 30.0
 ACCOUNTS = 1000
 MAP_BUDGET = 16 * MIB  # map_resident_bytes_max of the test region
-# the trimmer looks every TRIM_CHECK_LEAVES appended leaves (or second): what that many leaves and
-# one block add to the map (~7 MiB + a block), plus lazily loaded library pages — below what the
-# untrimmed map adds in a run (260-430 B per transfer). (A look once a second only was exceeded on a
-# quiet machine: 42k transfers/s add ~18 MiB a second.)
-FILE_MARGIN = 16 * MIB
+# What file-backed RSS may add beyond the budget, by construction of node/memory.py: the trimmer looks
+# after every block, so between two looks the map gains at most one block's pages — a region block is
+# at most BATCH_ITEMS_MAX (8,189) records, ~430 B of map each (~3.4 MiB; counted here at 1 KiB each) —
+# plus library pages loaded lazily once the load starts (a few MiB; counted at 8 MiB). (The budget is
+# below the ~50 MiB of libraries, so every look trims: the peak is libraries plus one block.)
+BLOCK_MAP_BYTES = BATCH_ITEMS_MAX * 1024
+FILE_MARGIN = BLOCK_MAP_BYTES + 8 * MIB
 # anonymous memory that may fill during the run: the Raft entry cache, a send queue to each of the
 # two peers (the dead one's fills), and allocator/interpreter slack for everything else in flight
 ANON_BOUND = raft_storage.CACHE_BYTES_MAX + 2 * transport.QUEUE_BYTES_MAX + 64 * MIB
@@ -133,6 +136,7 @@ def check_bounds(samples: Samples, row: dict[str, Any]) -> None:
         print(f"{name}: growth MiB {mib} over {row['transfers']} transfers")
         assert samples.growth(name, "VmRSS") <= RSS_GROWTH_BOUND, (name, mib)
         assert samples.growth(name, "RssAnon") <= ANON_BOUND, (name, mib)
+        # the trimmer's bound: the budget plus one block's map pages and lazily loaded libraries
         assert samples.growth(name, "RssFile") <= MAP_BUDGET + FILE_MARGIN, (name, mib)
 
 

@@ -208,11 +208,30 @@ def test_stream_refused_with_non_retryable_status_fails_only_what_is_not_in_the_
 
 
 def test_region_unreachable_during_resolution_is_unknown_not_failed(fake: FakeLedger) -> None:
-    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 10)
-    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(E.OutcomeUnknownError) as info:
+    # lookups refused for longer than the retry deadline (1 s here; far more than max_attempts tries)
+    policy = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=1.0)
+    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 100_000)
+    with LedgerSDK(fake.target, retry=policy) as sdk, pytest.raises(E.OutcomeUnknownError) as info:
         sdk.submit(transfers(2))
     assert len(info.value.transfer_ids) == 2
     assert not isinstance(info.value, E.LedgerStatusError | E.TransferFailed)
+    assert 100_000 - len(fake.script) > policy.max_attempts  # the deadline ended the lookups, not a count
+
+
+def test_lookups_outlast_a_slow_restart_within_the_deadline(fake: FakeLedger) -> None:
+    """A node restarting under load refuses lookups for longer than ``max_attempts`` quick tries: the
+    lookup retries until the deadline, so the batch still settles exactly once (never unknown)."""
+    refusals = 4 * FAST.max_attempts
+    fake.then(Step("commit_then_abort", UNAV, "connection reset"),
+              *[Step("lookup_status", UNAV, "restarting")] * refusals)
+    ts = transfers(10)
+    with LedgerSDK(fake.target, retry=FAST) as sdk:
+        out = sdk.submit(ts)
+    assert not fake.script  # every refusal was met
+    assert [o.result for o in out] == [Result.OK] * 10
+    assert {o.resolution for o in out} == {"lookup"}
+    assert fake.batch_sizes == [10]  # settled by the lookup, nothing re-sent
+    assert_exactly_once(fake, ts)
 
 
 # -- sessions: batching and back-pressure ------------------------------------------------------------------------
