@@ -25,6 +25,7 @@ from sovledger_pb import ledger_pb2 as pb
 from tests.sdk.fakes import FakeLedger, Step
 
 FAST = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=10)
+SHORT_DEADLINE = RetryPolicy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=1.0)
 UNAV = grpc.StatusCode.UNAVAILABLE
 
 
@@ -168,8 +169,9 @@ def test_bulk_refusal_is_typed_and_arrays_say_which_rows(fake: FakeLedger) -> No
 
 
 def test_bulk_region_unreachable_during_resolution_is_unknown_not_failed(fake: FakeLedger) -> None:
-    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 10)
-    with LedgerSDK(fake.target, retry=FAST) as sdk, pytest.raises(E.OutcomeUnknownError) as info:
+    # lookups refused for longer than the retry deadline (lookups retry until it, whatever the count)
+    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 100_000)
+    with LedgerSDK(fake.target, retry=SHORT_DEADLINE) as sdk, pytest.raises(E.OutcomeUnknownError) as info:
         sdk.submit_records(records(4))
     assert len(info.value.transfer_ids) == 4
 
@@ -268,11 +270,13 @@ def test_a_refused_bulk_batch_is_journaled_refused_and_never_recovered(fake: Fak
 
 
 def test_an_unknown_bulk_outcome_stays_pending_in_the_journal(fake: FakeLedger, tmp_path: Path) -> None:
-    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 10)
-    with LedgerSDK(fake.target, retry=FAST, journal=str(tmp_path / "j.db")) as sdk:
+    fake.then(Step("abort", UNAV, "reset"), *[Step("lookup_status", UNAV, "down")] * 100_000)
+    with LedgerSDK(fake.target, retry=SHORT_DEADLINE, journal=str(tmp_path / "j.db")) as sdk:
         with pytest.raises(E.OutcomeUnknownError):
             sdk.submit_records(records(4))
         assert sdk.journal is not None and sdk.journal.counts()["pending"] == 4
+        with fake.lock:
+            fake.script.clear()  # lookups answered again
         outs = sdk.recover()  # the region is back: settled with the same ids
         assert [o.result for o in outs] == [Result.OK] * 4
         assert sdk.journal.counts() == {"pending": 0, "done": 4, "refused": 0}
