@@ -14,6 +14,7 @@ expiry keys, balances).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Final
 
 from ledger import native
@@ -30,6 +31,29 @@ for _r in Result:
         _RESULTS[_r.value] = _r
 _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
+
+
+def _constructible(cls: type, fields: tuple[str, ...]) -> bool:
+    """Whether the C engine may create ``cls`` by setting its slots (ledger/_native/slots.h): a slotted
+    dataclass whose fields are exactly ``fields`` and whose generated ``__init__`` does nothing else."""
+    names = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ()
+    return names == fields and not hasattr(cls, "__post_init__")
+
+
+REF_FIELDS: Final = ("leaf_index", "block", "timestamp_ns", "status", "expires_at_ns")
+EVENT_FIELDS: Final = ("kind", "result", "body", "aux", "touched", "ref", "ref_id", "existing", "account", "follow",
+                       "exception", "ruleset")
+
+
+def bind() -> tuple[bool, bool, bool]:
+    """Give the C engine the slot offsets of the classes it reads and writes (which were bound)."""
+    bound: tuple[bool, bool, bool] = native.engine().bind_types(
+        AccountState, TransferRef, Event, _constructible(TransferRef, REF_FIELDS), _constructible(Event, EVENT_FIELDS))
+    return bound
+
+
+if native.available() and hasattr(native.engine(), "bind_types"):
+    bind()
 
 
 def takes(blk: Block) -> bool:
