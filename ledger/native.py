@@ -58,6 +58,7 @@ def _codes_match() -> bool:
 
 
 _CODES_MATCH = _codes_match()
+_STATE_INPUT: Final = getattr(_engine, "state_input", None) if _BUILT else None
 
 
 def available() -> bool:
@@ -107,9 +108,13 @@ def hash_and_chain(prev_link: bytes, leaves: list[bytes]) -> tuple[list[bytes], 
 
 
 def state_hash(previous: bytes, changed: list[tuple[bytes, bytes]]) -> bytes:
-    """``ledger.hashing.state_hash`` on the active engine."""
+    """``ledger.hashing.state_hash`` on the active engine. The native engine lays the input out in C and
+    hashes it with the ``blake3`` package: one long input, which that package hashes many chunks at a
+    time with SIMD (several times the scalar C compression's speed, bench/README.md)."""
     if _active == "native":
-        return _engine.state_hash(previous, changed)
+        if _STATE_INPUT is None:  # an extension built before state_input existed
+            return _engine.state_hash(previous, changed)
+        return hashing.blake3_digest(_STATE_INPUT(previous, changed))
     return hashing.state_hash(previous, changed)
 
 

@@ -281,8 +281,8 @@ done:
     return result;
 }
 
-/* state_hash(previous, changed) -> 32 bytes: ledger.hashing.state_hash over (id, state) pairs */
-static PyObject *py_state_hash(PyObject *self, PyObject *args) {
+/* The state hash's input: 0x04 ‖ previous ‖ (id ‖ state)… as one buffer (a bytes object if as_bytes). */
+static PyObject *state_input(PyObject *args, int as_bytes, uint8_t **raw, size_t *raw_len) {
     PyObject *prev, *changed_in;
     if (!PyArg_ParseTuple(args, "OO", &prev, &changed_in) || !need_hash(prev, "previous")) return NULL;
     PyObject *changed = PySequence_Fast(changed_in, "changed must be a sequence of (id, state) pairs");
@@ -300,8 +300,9 @@ static PyObject *py_state_hash(PyObject *self, PyObject *args) {
         }
         total += (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) + (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
     }
-    uint8_t *buf = PyMem_Malloc(total);
-    if (buf == NULL) { Py_DECREF(changed); return PyErr_NoMemory(); }
+    PyObject *out = as_bytes ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total) : NULL;
+    uint8_t *buf = as_bytes ? (out ? (uint8_t *)PyBytes_AS_STRING(out) : NULL) : PyMem_Malloc(total);
+    if (buf == NULL) { Py_DECREF(changed); return as_bytes ? NULL : PyErr_NoMemory(); }
     buf[0] = 0x04;
     memcpy(buf + 1, PyBytes_AS_STRING(prev), OUT_LEN);
     size_t off = 1 + OUT_LEN;
@@ -313,7 +314,16 @@ static PyObject *py_state_hash(PyObject *self, PyObject *args) {
         }
     }
     Py_DECREF(changed);
-    uint8_t out[OUT_LEN];
+    if (as_bytes) return out;
+    *raw = buf; *raw_len = total;
+    return Py_None;  /* borrowed marker: success */
+}
+
+/* state_hash(previous, changed) -> 32 bytes: ledger.hashing.state_hash over (id, state) pairs */
+static PyObject *py_state_hash(PyObject *self, PyObject *args) {
+    uint8_t *buf = NULL, out[OUT_LEN];
+    size_t total = 0;
+    if (state_input(args, 0, &buf, &total) == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS
     b3_3(buf, total, NULL, 0, NULL, 0, out);
     Py_END_ALLOW_THREADS
@@ -321,8 +331,12 @@ static PyObject *py_state_hash(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)out, OUT_LEN);
 }
 
+/* state_input(previous, changed) -> bytes: what state_hash hashes, for a SIMD BLAKE3 (ledger/native.py) */
+static PyObject *py_state_input(PyObject *self, PyObject *args) { return state_input(args, 1, NULL, NULL); }
+
 static PyMethodDef methods[] = {
     {"state_hash", py_state_hash, METH_VARARGS, "State hash chaining the changed accounts."},
+    {"state_input", py_state_input, METH_VARARGS, "The bytes the state hash is computed over."},
     {"blake3", py_blake3, METH_O, "BLAKE3-256 of a bytes-like object."},
     {"hash_and_chain", py_hash_and_chain, METH_VARARGS, "Leaf hashes and the chain link after the last."},
     {"merkle_append", py_merkle_append, METH_VARARGS, "Compact-range append of leaf hashes."},
