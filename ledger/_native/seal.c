@@ -245,21 +245,23 @@ fail:
     return NULL;
 }
 
-/* gather_accounts(ids, block_accounts, committed_accounts, saved, account) -> [(id, AccountState)]:
+/* gather_accounts(ids, block_accounts, committed_accounts, saved, account[, unique]) -> [(id, AccountState)]:
  * Block.account (ledger/apply/scratch.py) for each distinct id, its two cache hits done here (an
  * account first used in this block: its balances saved, then it joins the block), anything else
- * through ``account`` itself; unknown ids are left out. */
+ * through ``account`` itself; unknown ids are left out. ``unique``: the caller vouches that no id repeats
+ * (transfer_ids' accounts, nothing appended), so no set of seen ids is needed. */
 static PyObject *py_gather_accounts(PyObject *self, PyObject *args) {
     PyObject *ids, *block, *committed, *saved, *account_fn;
-    if (!slots_names() || !PyArg_ParseTuple(args, "O!O!O!O!O", &PyList_Type, &ids, &PyDict_Type, &block, &PyDict_Type,
-                                           &committed, &PyDict_Type, &saved, &account_fn))
+    int unique = 0;
+    if (!slots_names() || !PyArg_ParseTuple(args, "O!O!O!O!O|p", &PyList_Type, &ids, &PyDict_Type, &block,
+                                           &PyDict_Type, &committed, &PyDict_Type, &saved, &account_fn, &unique))
         return NULL;
-    PyObject *out = PyList_New(0), *seen = PySet_New(NULL);
-    if (out == NULL || seen == NULL) goto fail;
+    PyObject *out = PyList_New(0), *seen = unique ? NULL : PySet_New(NULL);
+    if (out == NULL || (seen == NULL && !unique)) goto fail;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
         PyObject *aid = PyList_GET_ITEM(ids, i), *a;
-        int dup = PySet_Contains(seen, aid);
-        if (dup < 0 || (!dup && PySet_Add(seen, aid) < 0)) goto fail;
+        int dup = unique ? 0 : PySet_Contains(seen, aid);
+        if (dup < 0 || (!dup && !unique && PySet_Add(seen, aid) < 0)) goto fail;
         if (dup) continue;
         a = PyDict_GetItemWithError(block, aid);
         if (a != NULL) {
@@ -281,7 +283,7 @@ static PyObject *py_gather_accounts(PyObject *self, PyObject *args) {
         if (a != Py_None && !append_pair(out, Py_NewRef(aid), Py_NewRef(a))) { Py_DECREF(a); goto fail; }
         Py_DECREF(a);
     }
-    Py_DECREF(seen);
+    Py_XDECREF(seen);
     return out;
 fail:
     Py_XDECREF(out); Py_XDECREF(seen);

@@ -79,8 +79,8 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
         known.append((tid, ref, body))
         aids.append(body[_DR])  # a pending transfer's accounts: a post or void settles them
         aids.append(body[_CR])
-    accounts: list[tuple[bytes, AccountState]] = engine.gather_accounts(
-        aids, blk.accounts, blk.committed.accounts, blk.saved, blk.account)  # Block.account, per distinct id
+    accounts: list[tuple[bytes, AccountState]] = engine.gather_accounts(  # Block.account, per distinct id
+        aids, blk.accounts, blk.committed.accounts, blk.saved, blk.account, not known)  # unique unless appended
     sigs = signature_auxes(batch)
     broken = engine.apply_transfers(
         records, accounts, known, blk.ts0, blk.height, sigs or None, events, blk.transfers,
