@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from ledger import hashing
 from ledger.merkle import CompactRange
+from ledger.schema import node_key
 
 ENV: Final = "SOVLEDGER_ENGINE"
 ENGINES: Final = ("python", "native")
@@ -58,7 +59,8 @@ def _codes_match() -> bool:
 
 
 _CODES_MATCH = _codes_match()
-_STATE_INPUT: Final = getattr(_engine, "state_input", None) if _BUILT else None
+_STATE_INPUT: Final = getattr(_engine, "state_input", None) if _BUILT else None  # absent: a stale build
+_SEAL_HASHES: Final = getattr(_engine, "seal_hashes", None) if _BUILT else None
 
 
 def available() -> bool:
@@ -116,6 +118,18 @@ def state_hash(previous: bytes, changed: list[tuple[bytes, bytes]]) -> bytes:
             return _engine.state_hash(previous, changed)
         return hashing.blake3_digest(_STATE_INPUT(previous, changed))
     return hashing.state_hash(previous, changed)
+
+
+def seal_hashes(prev_link: bytes, leaves: list[tuple[bytes, bytes]],
+                tree: CompactRange) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A block's leaves (index key, leaf bytes) hashed, chained from ``prev_link`` and appended to ``tree``
+    (mutated): the new chain link and the stored tree nodes (``node_key(level, index)``, hash), level >= 1.
+    The native engine does all of it in one C pass (no Python object per leaf hash)."""
+    if _active == "native" and _SEAL_HASHES is not None:
+        link, tree.hashes, tree.size, nodes = _SEAL_HASHES(prev_link, leaves, tree.hashes, tree.size)
+        return link, nodes
+    leaf_hashes, link = hash_and_chain(prev_link, [leaf for _, leaf in leaves])
+    return link, [(node_key(level, i), h) for level, i, h in append_many(tree, leaf_hashes, min_level=1)]
 
 
 def append_many(tree: CompactRange, leaf_hashes: Sequence[bytes], min_level: int = 0) -> list[tuple[int, int, bytes]]:

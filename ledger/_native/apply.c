@@ -371,6 +371,7 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
 
 typedef struct {
     PyObject *event_t, *ref_t, *kind, *results, *sigs, *events, *transfers, *bodies, *puts, *dels, *known, *empty, *nobytes;
+    PyObject *height_obj;  /* the block height as an int, shared by every ref the batch creates */
     unsigned long long height;
 } sink_t;
 
@@ -395,7 +396,7 @@ static PyObject *ref_of(const sink_t *k, PyObject **created, int32_t src) {
 }
 
 static PyObject *make_ref(const sink_t *k, int status, uint64_t expires) {
-    PyObject *h = PyLong_FromUnsignedLongLong(k->height), *st = PyLong_FromLong(status);
+    PyObject *h = Py_NewRef(k->height_obj), *st = PyLong_FromLong(status);
     PyObject *ex = PyLong_FromUnsignedLongLong(expires), *zero = PyLong_FromLong(0), *ref = NULL;
     if (h && st && ex && zero) {
         PyObject *a[5] = {zero, h, zero, st, ex};
@@ -504,6 +505,7 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
     k.known = known;
     k.empty = PyTuple_New(0);
     k.nobytes = PyBytes_FromStringAndSize("", 0);
+    k.height_obj = PyLong_FromUnsignedLongLong(k.height);
     eng_t e = {0};
     e.recs = recs.buf; e.n = recs.len / REC; e.ts0 = ts0;
     PyObject *result = NULL;
@@ -517,7 +519,10 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
     e.acct = PyMem_Calloc((size_t)na + 1, sizeof(acct_t)); e.aslot = PyMem_Malloc(asz * sizeof(int32_t));
     e.x = PyMem_Calloc((size_t)(nk + e.n) + 1, sizeof(xfer_t)); e.xslot = PyMem_Malloc(xsz * sizeof(int32_t));
     e.out = PyMem_Calloc((size_t)e.n + 1, sizeof(out_t)); e.undo = PyMem_Malloc(((size_t)e.n * 4 + 1) * sizeof(undo_t));
-    if (!e.acct || !e.aslot || !e.x || !e.xslot || !e.out || !e.undo) { PyErr_NoMemory(); goto done; }
+    if (!e.acct || !e.aslot || !e.x || !e.xslot || !e.out || !e.undo || !k.empty || !k.nobytes || !k.height_obj) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
     memset(e.aslot, 0xff, asz * sizeof(int32_t)); memset(e.xslot, 0xff, xsz * sizeof(int32_t));
     e.amask = asz - 1; e.xmask = xsz - 1;
     if (!load_state(&e, accounts, known)) goto done;
@@ -530,7 +535,7 @@ done:
     PyMem_Free(e.acct); PyMem_Free(e.aslot); PyMem_Free(e.x); PyMem_Free(e.xslot); PyMem_Free(e.out);
     PyMem_Free(e.undo);
     PyBuffer_Release(&recs);
-    Py_XDECREF(k.empty); Py_XDECREF(k.nobytes);
+    Py_XDECREF(k.empty); Py_XDECREF(k.nobytes); Py_XDECREF(k.height_obj);
     return result;
 }
 

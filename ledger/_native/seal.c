@@ -130,7 +130,8 @@ static PyObject *py_number_leaves(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(events);
     PyObject *leaves = PyList_New(0), *history = PyList_New(0), *logs = PyList_New(n), *blocks = PyList_New(n);
-    if (!leaves || !history || !logs || !blocks) goto fail;
+    PyObject *hobj = PyLong_FromUnsignedLongLong(height);  /* every new leaf's block */
+    if (!leaves || !history || !logs || !blocks || !hobj) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *ev = PyList_GET_ITEM(events, i), *existing = slot_get(ev, &SL_EVENT, SE_EXISTING);
         if (existing == NULL) goto fail;
@@ -147,23 +148,25 @@ static PyObject *py_number_leaves(PyObject *self, PyObject *args) {
             !is_none_slot(ev, &SL_EVENT, SE_RULESET, &r))
             goto fail;
         if (!(f && x && r)) {
-            Py_DECREF(leaves); Py_DECREF(history); Py_DECREF(logs); Py_DECREF(blocks);
+            Py_DECREF(leaves); Py_DECREF(history); Py_DECREF(logs); Py_DECREF(blocks); Py_DECREF(hobj);
             Py_RETURN_NONE;
         }
         if (!leaf_of(ev, version, index, ts, leaves, history)) goto fail;
         PyObject *ref = slot_get(ev, &SL_EVENT, SE_REF), *acct = ref ? slot_get(ev, &SL_EVENT, SE_ACCOUNT) : NULL;
-        int ok = ref != NULL && acct != NULL;
-        if (ok && ref != Py_None) ok = slot_set_u64(ref, &SL_REF, SR_LEAF, index) && slot_set_u64(ref, &SL_REF, SR_TS, ts);
+        PyObject *li = PyLong_FromUnsignedLongLong(index);  /* the ref's leaf index and the outcome's: one int */
+        int ok = ref != NULL && acct != NULL && li != NULL;
+        if (ok && ref != Py_None) ok = slot_set(ref, &SL_REF, SR_LEAF, li) == 0 && slot_set_u64(ref, &SL_REF, SR_TS, ts);
         if (ok && acct != Py_None) ok = slot_set_u64(acct, &SL_ACCT, SA_TS, ts);
         Py_XDECREF(ref); Py_XDECREF(acct);
-        if (!ok) goto fail;
-        PyList_SET_ITEM(logs, i, PyLong_FromUnsignedLongLong(index));
-        PyList_SET_ITEM(blocks, i, PyLong_FromUnsignedLongLong(height));
+        if (!ok) { Py_XDECREF(li); goto fail; }
+        PyList_SET_ITEM(logs, i, li);
+        PyList_SET_ITEM(blocks, i, Py_NewRef(hobj));
         index++; ts++;
     }
+    Py_DECREF(hobj);
     return Py_BuildValue("(NNNNKK)", leaves, history, logs, blocks, index, ts);
 fail:
-    Py_XDECREF(leaves); Py_XDECREF(history); Py_XDECREF(logs); Py_XDECREF(blocks);
+    Py_XDECREF(leaves); Py_XDECREF(history); Py_XDECREF(logs); Py_XDECREF(blocks); Py_XDECREF(hobj);
     return NULL;
 }
 

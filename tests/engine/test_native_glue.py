@@ -1,4 +1,5 @@
-"""The native engine's direct slot access (ledger/_native/slots.h) and its packed state-hash input.
+"""The native engine's glue to the Python objects: direct slot access (ledger/_native/slots.h), the
+state-hash input laid out in C, and the block's leaf hashes, chain and tree nodes in one pass.
 
 The engine reads and writes AccountState / TransferRef / Event slots at their offsets and creates
 refs and events without the dataclass ``__init__`` once ``native_transfers.bind()`` has bound the
@@ -21,7 +22,9 @@ from ledger import hashing, native
 from ledger.apply import native_transfers
 from ledger.apply.scratch import Event
 from ledger.codec import Batch, encode_account
-from ledger.schema import AccountState, TransferRef
+from ledger.hashing import hash_and_chain
+from ledger.merkle import CompactRange
+from ledger.schema import AccountState, TransferRef, index_key, node_key
 from ledger.types import EventKind, Result
 from tests.engine.test_differential import ACCOUNTS, Pair, workload
 
@@ -118,3 +121,29 @@ def test_state_input_rejects_what_is_not_id_state_pairs() -> None:
         engine.state_input(bytes(32), [(b"a" * 16, 7)])
     with pytest.raises(ValueError, match="32 bytes"):
         engine.state_input(b"short", [])
+
+
+@settings(max_examples=60)
+@given(before=st.integers(0, 300), leaves=st.lists(st.binary(min_size=0, max_size=300), max_size=70),
+       prev=st.binary(min_size=32, max_size=32))
+def test_seal_hashes_equal_chain_then_tree_append(before: int, leaves: list[bytes], prev: bytes) -> None:
+    """One pass over a block's leaves = hash_and_chain, then CompactRange.append_many(min_level=1) keyed by
+    node_key, from a tree of any size (so subtrees complete across the block boundary)."""
+    tree = CompactRange()
+    tree.append_many([bytes([i % 256]) * 32 for i in range(before)])
+    pairs = [(index_key(before + i), leaf) for i, leaf in enumerate(leaves)]
+    hashes, link = hash_and_chain(prev, leaves)
+    ref = tree.copy()
+    nodes = [(node_key(level, i), h) for level, i, h in ref.append_many(hashes, min_level=1)]
+    got = tree.copy()
+    link2, got.hashes, got.size, nodes2 = native.engine().seal_hashes(prev, pairs, got.hashes, got.size)
+    assert (link2, nodes2, got.size, got.hashes) == (link, nodes, ref.size, ref.hashes)
+    prior = native.active()
+    try:
+        for engine in native.ENGINES:
+            native.select(engine)
+            t = tree.copy()
+            assert native.seal_hashes(prev, pairs, t) == (link, nodes)
+            assert (t.size, t.hashes) == (ref.size, ref.hashes)
+    finally:
+        native.select(prior)
