@@ -3,6 +3,7 @@
  * (ledger/schema.py AccountState.encode, TransferRef.encode), byte-identical to the Python reference.
  * These read the block's Python objects, so they hold the GIL; they replace per-event Python loops. */
 #include "slots.h"
+#include <stdlib.h>
 #include <string.h>
 
 slots_t SL_ACCT, SL_REF, SL_EVENT;
@@ -179,15 +180,56 @@ static int get_u128(PyObject *o, int i, uint8_t out[16], PyObject **keep) {
 }
 
 /* changed_accounts(accounts, saved) -> [(id, AccountState.encode())] of accounts created or changed, by id */
+/* A dict's items in ascending key order, references held: 16-byte keys sorted by memcmp in C (the order
+ * Python gives bytes of equal length), any other keys by Python's sort. NULL with an exception on failure. */
+typedef struct { uint8_t k[16]; PyObject *key, *val; } item_t;
+
+static int item_cmp(const void *a, const void *b) { return memcmp(((const item_t *)a)->k, ((const item_t *)b)->k, 16); }
+
+static void items_free(item_t *it, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; it != NULL && i < n; i++) { Py_DECREF(it[i].key); Py_DECREF(it[i].val); }
+    PyMem_Free(it);
+}
+
+static item_t *sorted_items(PyObject *d, Py_ssize_t *n) {
+    Py_ssize_t pos = 0, size = PyDict_GET_SIZE(d), i = 0, plain = 1;
+    item_t *it = PyMem_Malloc(sizeof(item_t) * (size_t)(size ? size : 1));
+    PyObject *k, *v;
+    if (it == NULL) { PyErr_NoMemory(); return NULL; }
+    while (i < size && PyDict_Next(d, &pos, &k, &v)) {
+        if (PyBytes_Check(k) && PyBytes_GET_SIZE(k) == 16) memcpy(it[i].k, PyBytes_AS_STRING(k), 16);
+        else plain = 0;
+        it[i].key = Py_NewRef(k); it[i].val = Py_NewRef(v); i++;
+    }
+    *n = i;
+    if (plain) { qsort(it, (size_t)i, sizeof *it, item_cmp); return it; }
+    PyObject *keys = PyDict_Keys(d);  /* unusual keys: Python's order */
+    int ok = keys != NULL && PyList_Sort(keys) == 0 && PyList_GET_SIZE(keys) == i;
+    for (Py_ssize_t j = 0; ok && j < i; j++) {
+        PyObject *val = PyDict_GetItemWithError(d, PyList_GET_ITEM(keys, j));
+        ok = val != NULL;
+        if (ok) { Py_SETREF(it[j].key, Py_NewRef(PyList_GET_ITEM(keys, j))); Py_SETREF(it[j].val, Py_NewRef(val)); }
+    }
+    Py_XDECREF(keys);
+    if (!ok) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "the accounts changed while being encoded");
+        items_free(it, i);
+        return NULL;
+    }
+    return it;
+}
+
 static PyObject *py_changed_accounts(PyObject *self, PyObject *args) {
     PyObject *accounts, *saved;
+    Py_ssize_t n = 0;
     if (!slots_names() || !PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &accounts, &PyDict_Type, &saved)) return NULL;
-    PyObject *ids = PyDict_Keys(accounts), *out = PyList_New(0);
-    if (ids == NULL || out == NULL || PyList_Sort(ids) < 0) goto fail;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
-        PyObject *aid = PyList_GET_ITEM(ids, i), *a = PyDict_GetItemWithError(accounts, aid);
-        PyObject *was = a ? PyDict_GetItemWithError(saved, aid) : NULL, *bal[4] = {NULL, NULL, NULL, NULL};
-        if (a == NULL || PyErr_Occurred()) goto fail;
+    item_t *items = sorted_items(accounts, &n);
+    PyObject *out = items ? PyList_New(0) : NULL;
+    if (out == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *aid = items[i].key, *a = items[i].val;
+        PyObject *was = PyDict_GetItemWithError(saved, aid), *bal[4] = {NULL, NULL, NULL, NULL};
+        if (PyErr_Occurred()) goto fail;
         uint8_t v[136];
         int ok = 1, same = was != NULL && PyTuple_Check(was) && PyTuple_GET_SIZE(was) == 4;
         for (int q = 0; q < 4 && ok; q++) {
@@ -209,10 +251,10 @@ static PyObject *py_changed_accounts(PyObject *self, PyObject *args) {
         if (!ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an account record is 64 bytes"); goto fail; }
         if (!append_pair(out, Py_NewRef(aid), PyBytes_FromStringAndSize((const char *)v, 136))) goto fail;
     }
-    Py_DECREF(ids);
+    items_free(items, n);
     return out;
 fail:
-    Py_XDECREF(ids); Py_XDECREF(out);
+    items_free(items, n); Py_XDECREF(out);
     return NULL;
 }
 
@@ -220,31 +262,40 @@ fail:
 static PyObject *py_transfer_rows(PyObject *self, PyObject *arg) {
     if (!slots_names()) return NULL;
     if (!PyDict_Check(arg)) { PyErr_SetString(PyExc_TypeError, "transfers must be a dict"); return NULL; }
-    PyObject *out = PyList_New(0), *tid, *ref;
-    Py_ssize_t pos = 0;
-    if (out == NULL) return NULL;
-    while (PyDict_Next(arg, &pos, &tid, &ref)) {
-        uint64_t li, bl, ts, st, ex;
+    Py_ssize_t n = 0;
+    item_t *items = sorted_items(arg, &n);  /* by id; re-sorted by key (the reversed id) below */
+    PyObject *out = items ? PyList_New(n) : NULL;
+    if (out == NULL) { items_free(items, n); return NULL; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *tid = items[i].key;
         if (!PyBytes_Check(tid) || PyBytes_GET_SIZE(tid) != 16) {
             PyErr_SetString(PyExc_TypeError, "a transfer id is 16 bytes");
             goto fail;
         }
+        for (int b = 0; b < 16; b++) items[i].k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];
+    }
+    qsort(items, (size_t)n, sizeof *items, item_cmp);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ref = items[i].val;
+        uint64_t li, bl, ts, st, ex;
         if (!slot_u64(ref, &SL_REF, SR_LEAF, &li) || !slot_u64(ref, &SL_REF, SR_BLOCK, &bl) ||
             !slot_u64(ref, &SL_REF, SR_TS, &ts) || !slot_u64(ref, &SL_REF, SR_STATUS, &st) ||
             !slot_u64(ref, &SL_REF, SR_EXPIRES, &ex))
             goto fail;
-        uint8_t k[16], v[33];
-        for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];
+        uint8_t v[33];
         put_le(v, li, 8); put_le(v + 8, bl, 8); put_le(v + 16, ts, 8); v[24] = (uint8_t)st; put_le(v + 25, ex, 8);
         if (st > 255) { PyErr_SetString(PyExc_OverflowError, "a transfer status is one byte"); goto fail; }
-        if (!append_pair(out, PyBytes_FromStringAndSize((const char *)k, 16),
-                         PyBytes_FromStringAndSize((const char *)v, 33)))
-            goto fail;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)items[i].k, 16);
+        PyObject *val = PyBytes_FromStringAndSize((const char *)v, 33);
+        PyObject *row = key && val ? PyTuple_Pack(2, key, val) : NULL;
+        Py_XDECREF(key); Py_XDECREF(val);
+        if (row == NULL) goto fail;
+        PyList_SET_ITEM(out, i, row);
     }
-    if (PyList_Sort(out) < 0) goto fail;
+    items_free(items, n);
     return out;
 fail:
-    Py_DECREF(out);
+    items_free(items, n); Py_DECREF(out);
     return NULL;
 }
 
