@@ -35,8 +35,8 @@ except ImportError:  # not compiled (no C compiler when the package was installe
     _BUILT = False
 
 
-_TRANSFER_FUNCTIONS: Final = ("result_codes", "transfer_ids", "gather_accounts", "apply_transfers", "number_leaves",
-                               "changed_accounts", "transfer_rows")
+_TRANSFER_FUNCTIONS: Final = ("result_codes", "transfer_ids", "find_transfers", "gather_accounts", "apply_transfers",
+                               "number_leaves", "changed_accounts", "transfer_rows", "bind_types")
 
 
 def _codes_match() -> bool:

@@ -575,6 +575,41 @@ done:
     return result;
 }
 
+/* find_transfers(tids, in_block, stored) -> [(id, ref or None, stored row or None)] of the ids known to the
+ * block (ref) or to the store (the row ``stored(id_key(id))`` returned), in order; unknown ids are left out.
+ * The loop of ledger/apply/native_transfers.py over every transfer id, without a Python frame per id. */
+static PyObject *py_find_transfers(PyObject *self, PyObject *args) {
+    PyObject *tids, *in_block, *stored;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &tids, &PyDict_Type, &in_block, &stored)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tids); i++) {
+        PyObject *tid = PyList_GET_ITEM(tids, i), *ref, *row = NULL, *t;
+        if (!id_arg(tid, 16, "a transfer id")) goto fail;
+        ref = PyDict_GetItemWithError(in_block, tid);
+        if (ref == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            uint8_t k[16];
+            for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];  /* schema.id_key */
+            PyObject *key = PyBytes_FromStringAndSize((const char *)k, 16);
+            row = key ? PyObject_CallOneArg(stored, key) : NULL;
+            Py_XDECREF(key);
+            if (row == NULL) goto fail;
+            if (row == Py_None) { Py_DECREF(row); continue; }
+            t = PyTuple_Pack(3, tid, Py_None, row);
+            Py_DECREF(row);
+        } else {
+            t = PyTuple_Pack(3, tid, ref, Py_None);
+        }
+        if (t == NULL || PyList_Append(out, t) < 0) { Py_XDECREF(t); goto fail; }
+        Py_DECREF(t);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *py_result_codes(PyObject *self, PyObject *unused) {
     PyObject *d = PyDict_New();
 #define AS_ITEM(name, value)                                                  \
@@ -591,6 +626,7 @@ static PyObject *py_result_codes(PyObject *self, PyObject *unused) {
 PyMethodDef apply_methods[] = {
     {"apply_transfers", py_apply_transfers, METH_VARARGS, APPLY_DOC},
     {"transfer_ids", py_transfer_ids, METH_O, "Unique transfer ids and account ids a transfer batch refers to."},
+    {"find_transfers", py_find_transfers, METH_VARARGS, "The transfer ids known to the block or the store."},
     {"result_codes", py_result_codes, METH_NOARGS, "The result codes compiled in, by name (checked against ledger.types.Result at import)."},
     {NULL, NULL, 0, NULL},
 };

@@ -15,7 +15,7 @@ expiry keys, balances).
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
+from typing import Final, cast
 
 from ledger import native
 from ledger.apply.batches import signature_auxes
@@ -66,15 +66,10 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
     engine = native.engine()
     xids, aids = engine.transfer_ids(records)
     known: list[tuple[bytes, TransferRef, bytes]] = []
-    in_block = blk.transfers.get
-    stored = blk.txn.getter(Table.TRANSFERS)
-    for tid in xids:
-        ref = in_block(tid)
-        if ref is None:
-            raw = stored(tid[::-1])  # schema.id_key
-            if raw is None:
-                continue
-            ref = TransferRef.decode(raw)
+    found: list[tuple[bytes, TransferRef | None, bytes | None]] = engine.find_transfers(
+        xids, blk.transfers, blk.txn.getter(Table.TRANSFERS))  # in the block, else stored under id_key
+    for tid, in_block, raw in found:
+        ref = in_block if in_block is not None else TransferRef.decode(cast(bytes, raw))  # one of the two is set
         body = blk.leaf_body(tid, ref)
         known.append((tid, ref, body))
         aids.append(body[_DR])  # a pending transfer's accounts: a post or void settles them

@@ -147,3 +147,21 @@ def test_seal_hashes_equal_chain_then_tree_append(before: int, leaves: list[byte
             assert (t.size, t.hashes) == (ref.size, ref.hashes)
     finally:
         native.select(prior)
+
+
+def test_find_transfers_looks_in_the_block_then_the_store() -> None:
+    ref = TransferRef(7, 3, 11, 1)
+    in_block = {b"\x01" * 16: ref}
+    stored_rows = {bytes(range(16))[::-1]: b"row"}  # id_key: the id's bytes reversed
+    asked: list[bytes] = []
+
+    def stored(key: bytes) -> bytes | None:
+        asked.append(key)
+        return stored_rows.get(key)
+
+    tids = [b"\x01" * 16, bytes(range(16)), b"\x02" * 16]
+    found = native.engine().find_transfers(tids, in_block, stored)
+    assert found == [(b"\x01" * 16, ref, None), (bytes(range(16)), None, b"row")]
+    assert asked == [bytes(range(16))[::-1], b"\x02" * 16]  # the block's own transfer is not looked up
+    with pytest.raises(TypeError, match="16 bytes"):
+        native.engine().find_transfers([b"short"], {}, stored)
