@@ -63,6 +63,11 @@ def block_hash(header: bytes) -> bytes:
     return _b3(BLOCK_DOMAIN + header).digest()
 
 
+def blake3_digest(data: bytes) -> bytes:
+    """BLAKE3-256 of ``data`` (no domain byte: the caller's input carries it)."""
+    return _b3(data).digest()
+
+
 def state_hash(previous: bytes, changed: list[tuple[bytes, bytes]]) -> bytes:
     """Chain the previous state hash with every (account id, encoded state) a block changed, by id."""
     h = _b3(STATE_DOMAIN + previous)

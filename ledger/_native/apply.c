@@ -8,10 +8,7 @@
  *      (AccountState balances, TransferRef objects, Event objects, expiry keys), so sealing,
  *      writes and every later batch of the block see exactly what the reference would leave.
  * Byte-identical to the reference (tests/engine/test_differential.py). */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "slots.h"
 
 typedef unsigned __int128 u128;
 #define U128_MAX (~(u128)0)
@@ -304,46 +301,22 @@ static void run_batch(eng_t *e) {
 
 /* ---- the Python side ------------------------------------------------------------------------ */
 static PyObject *u128_obj(u128 v) {
+    if ((v >> 64) == 0) return PyLong_FromUnsignedLongLong((unsigned long long)v);
     uint8_t b[16];
     for (int k = 0; k < 16; k++) b[k] = (uint8_t)(v >> (8 * k));
     return _PyLong_FromByteArray(b, 16, 1, 0);
 }
 
-static int obj_u128(PyObject *o, u128 *v) {
+static int slot_u128(PyObject *o, int i, u128 *v) {
+    PyObject *a = slot_get(o, &SL_ACCT, i);
     uint8_t b[16];
-    if (!PyLong_Check(o)) { PyErr_SetString(PyExc_TypeError, "a balance must be an int"); return 0; }
-    if (_PyLong_AsByteArray((PyLongObject *)o, b, 16, 1, 0) < 0) return 0;
+    if (a == NULL) return 0;
+    int ok = int_le16(a, b);
+    Py_DECREF(a);
+    if (!ok) return 0;
     *v = 0;
     for (int k = 15; k >= 0; k--) *v = (*v << 8) | b[k];
     return 1;
-}
-
-static int attr_u64(PyObject *o, PyObject *name, uint64_t *v) {
-    PyObject *a = PyObject_GetAttr(o, name);
-    if (a == NULL) return 0;
-    *v = PyLong_AsUnsignedLongLong(a);
-    Py_DECREF(a);
-    return !(*v == (uint64_t)-1 && PyErr_Occurred());
-}
-
-static int attr_u128(PyObject *o, PyObject *name, u128 *v) {
-    PyObject *a = PyObject_GetAttr(o, name);
-    if (a == NULL) return 0;
-    int ok = obj_u128(a, v);
-    Py_DECREF(a);
-    return ok;
-}
-
-static PyObject *S_ledger, *S_flags, *S_dp, *S_dpo, *S_cp, *S_cpo, *S_status, *S_expires, *S_existing;
-
-static int intern_names(void) {
-    if (S_ledger) return 1;
-    S_ledger = PyUnicode_InternFromString("ledger"); S_flags = PyUnicode_InternFromString("flags");
-    S_dp = PyUnicode_InternFromString("debits_pending"); S_dpo = PyUnicode_InternFromString("debits_posted");
-    S_cp = PyUnicode_InternFromString("credits_pending"); S_cpo = PyUnicode_InternFromString("credits_posted");
-    S_status = PyUnicode_InternFromString("status"); S_expires = PyUnicode_InternFromString("expires_at_ns");
-    S_existing = PyUnicode_InternFromString("existing");
-    return S_existing != NULL;
 }
 
 static int id_arg(PyObject *o, Py_ssize_t len, const char *what) {
@@ -363,8 +336,9 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
         acct_t *p = &e->acct[k];
         uint64_t ledger, flags;
         p->id = (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 0));
-        if (!attr_u64(a, S_ledger, &ledger) || !attr_u64(a, S_flags, &flags) || !attr_u128(a, S_dp, &p->dp) ||
-            !attr_u128(a, S_dpo, &p->dpo) || !attr_u128(a, S_cp, &p->cp) || !attr_u128(a, S_cpo, &p->cpo))
+        if (!slot_u64(a, &SL_ACCT, SA_LEDGER, &ledger) || !slot_u64(a, &SL_ACCT, SA_FLAGS, &flags) ||
+            !slot_u128(a, SA_DP, &p->dp) || !slot_u128(a, SA_DPO, &p->dpo) || !slot_u128(a, SA_CP, &p->cp) ||
+            !slot_u128(a, SA_CPO, &p->cpo))
             return 0;
         p->ledger = (uint32_t)ledger; p->flags = (uint16_t)flags; p->dirty = 0;
         size_t s = id_hash(p->id) & e->amask;
@@ -382,8 +356,8 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
             return PyErr_Occurred() ? 0 : (PyErr_SetString(PyExc_TypeError, "known: (id, ref, record)"), 0);
         const uint8_t *id = (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 0));
         uint64_t status, expires;
-        if (!attr_u64(PyTuple_GET_ITEM(t, 1), S_status, &status) ||
-            !attr_u64(PyTuple_GET_ITEM(t, 1), S_expires, &expires))
+        if (!slot_u64(PyTuple_GET_ITEM(t, 1), &SL_REF, SR_STATUS, &status) ||
+            !slot_u64(PyTuple_GET_ITEM(t, 1), &SL_REF, SR_EXPIRES, &expires))
             return 0;
         size_t s = x_slot(e, id);
         if (e->xslot[s] >= 0) { PyErr_SetString(PyExc_ValueError, "duplicate known transfer"); return 0; }
@@ -396,7 +370,8 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
 }
 
 typedef struct {
-    PyObject *event_t, *ref_t, *kind, *results, *sigs, *events, *transfers, *bodies, *puts, *dels, *known, *empty;
+    PyObject *event_t, *ref_t, *kind, *results, *sigs, *events, *transfers, *bodies, *puts, *dels, *known, *empty, *nobytes;
+    PyObject *height_obj;  /* the block height as an int, shared by every ref the batch creates */
     unsigned long long height;
 } sink_t;
 
@@ -421,11 +396,12 @@ static PyObject *ref_of(const sink_t *k, PyObject **created, int32_t src) {
 }
 
 static PyObject *make_ref(const sink_t *k, int status, uint64_t expires) {
-    PyObject *h = PyLong_FromUnsignedLongLong(k->height), *st = PyLong_FromLong(status);
+    PyObject *h = Py_NewRef(k->height_obj), *st = PyLong_FromLong(status);
     PyObject *ex = PyLong_FromUnsignedLongLong(expires), *zero = PyLong_FromLong(0), *ref = NULL;
     if (h && st && ex && zero) {
         PyObject *a[5] = {zero, h, zero, st, ex};
-        ref = PyObject_Vectorcall(k->ref_t, a, 5, NULL);
+        ref = slot_new(&SL_REF, k->ref_t, a, 5);  /* the dataclass __init__ without its frame (slots.h) */
+        if (ref == NULL && !PyErr_Occurred()) ref = PyObject_Vectorcall(k->ref_t, a, 5, NULL);
     }
     Py_XDECREF(h); Py_XDECREF(st); Py_XDECREF(ex); Py_XDECREF(zero);
     return ref;
@@ -434,6 +410,11 @@ static PyObject *make_ref(const sink_t *k, int status, uint64_t expires) {
 static PyObject *make_event(const sink_t *k, PyObject *res, PyObject *body, PyObject *aux, PyObject *hist,
                             PyObject *ref, PyObject *tid) {
     PyObject *a[7] = {k->kind, res, body, aux, hist, ref, tid};
+    if (SL_EVENT.construct && (PyTypeObject *)k->event_t == SL_EVENT.type) {  /* every field, defaults too */
+        PyObject *v[SE_N] = {k->kind, res, body, aux, hist, ref ? ref : Py_None, tid ? tid : k->nobytes,
+                             Py_None, Py_None, Py_None, Py_None, Py_None};
+        return slot_new(&SL_EVENT, k->event_t, v, SE_N);
+    }
     return PyObject_Vectorcall(k->event_t, a, ref ? 7 : 5, NULL);
 }
 
@@ -446,7 +427,7 @@ static PyObject *emit_one(const eng_t *e, const sink_t *k, PyObject **created, P
     if (aux == NULL) return NULL;
     if (o->effect == E_NONE || o->effect == E_EXISTS) {
         ev = make_event(k, res, body, aux, k->empty, NULL, NULL);
-        if (ev && o->effect == E_EXISTS && PyObject_SetAttr(ev, S_existing, ref_of(k, created, o->xsrc)) < 0)
+        if (ev && o->effect == E_EXISTS && slot_set(ev, &SL_EVENT, SE_EXISTING, ref_of(k, created, o->xsrc)) < 0)
             Py_CLEAR(ev);
         Py_DECREF(aux);
         return ev;
@@ -466,7 +447,7 @@ static PyObject *emit_one(const eng_t *e, const sink_t *k, PyObject **created, P
     if (o->effect == E_POST || o->effect == E_VOID) {
         PyObject *pref = ref_of(k, created, o->xsrc), *pid = id_obj(o->pbody + O_ID);
         PyObject *st = PyLong_FromLong(o->effect == E_POST ? S_POSTED : S_VOIDED);
-        int bad = pid == NULL || st == NULL || PyObject_SetAttr(pref, S_status, st) < 0 ||
+        int bad = pid == NULL || st == NULL || slot_set(pref, &SL_REF, SR_STATUS, st) < 0 ||
                   PyDict_SetItem(k->transfers, pid, pref) < 0;
         if (!bad && o->pexp) {
             PyObject *key = expiry_key(o->pexp, o->pbody + O_ID);
@@ -498,9 +479,8 @@ static int emit(const eng_t *e, const sink_t *k, PyObject *accounts) {
         if (!p->dirty) continue;
         PyObject *st = PyTuple_GET_ITEM(PyList_GET_ITEM(accounts, (Py_ssize_t)a), 1);
         PyObject *v[4] = {u128_obj(p->dp), u128_obj(p->dpo), u128_obj(p->cp), u128_obj(p->cpo)};
-        PyObject *names[4] = {S_dp, S_dpo, S_cp, S_cpo};
         for (int q = 0; q < 4; q++) {
-            ok = ok && v[q] != NULL && PyObject_SetAttr(st, names[q], v[q]) == 0;
+            ok = ok && v[q] != NULL && slot_set(st, &SL_ACCT, SA_DP + q, v[q]) == 0;
             Py_XDECREF(v[q]);
         }
     }
@@ -516,7 +496,7 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
     PyObject *accounts, *known;
     unsigned long long ts0;
     sink_t k;
-    if (!intern_names() ||
+    if (!slots_names() ||
         !PyArg_ParseTuple(args, "y*O!O!KKOO!O!O!O!O!OOOO!", &recs, &PyList_Type, &accounts, &PyList_Type, &known,
                           &ts0, &k.height, &k.sigs, &PyList_Type, &k.events, &PyDict_Type, &k.transfers,
                           &PyDict_Type, &k.bodies, &PyList_Type, &k.puts, &PyList_Type, &k.dels, &k.event_t,
@@ -524,6 +504,8 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
         return NULL;
     k.known = known;
     k.empty = PyTuple_New(0);
+    k.nobytes = PyBytes_FromStringAndSize("", 0);
+    k.height_obj = PyLong_FromUnsignedLongLong(k.height);
     eng_t e = {0};
     e.recs = recs.buf; e.n = recs.len / REC; e.ts0 = ts0;
     PyObject *result = NULL;
@@ -537,7 +519,10 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
     e.acct = PyMem_Calloc((size_t)na + 1, sizeof(acct_t)); e.aslot = PyMem_Malloc(asz * sizeof(int32_t));
     e.x = PyMem_Calloc((size_t)(nk + e.n) + 1, sizeof(xfer_t)); e.xslot = PyMem_Malloc(xsz * sizeof(int32_t));
     e.out = PyMem_Calloc((size_t)e.n + 1, sizeof(out_t)); e.undo = PyMem_Malloc(((size_t)e.n * 4 + 1) * sizeof(undo_t));
-    if (!e.acct || !e.aslot || !e.x || !e.xslot || !e.out || !e.undo) { PyErr_NoMemory(); goto done; }
+    if (!e.acct || !e.aslot || !e.x || !e.xslot || !e.out || !e.undo || !k.empty || !k.nobytes || !k.height_obj) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
     memset(e.aslot, 0xff, asz * sizeof(int32_t)); memset(e.xslot, 0xff, xsz * sizeof(int32_t));
     e.amask = asz - 1; e.xmask = xsz - 1;
     if (!load_state(&e, accounts, known)) goto done;
@@ -550,7 +535,7 @@ done:
     PyMem_Free(e.acct); PyMem_Free(e.aslot); PyMem_Free(e.x); PyMem_Free(e.xslot); PyMem_Free(e.out);
     PyMem_Free(e.undo);
     PyBuffer_Release(&recs);
-    Py_XDECREF(k.empty);
+    Py_XDECREF(k.empty); Py_XDECREF(k.nobytes); Py_XDECREF(k.height_obj);
     return result;
 }
 
@@ -590,6 +575,41 @@ done:
     return result;
 }
 
+/* find_transfers(tids, in_block, stored) -> [(id, ref or None, stored row or None)] of the ids known to the
+ * block (ref) or to the store (the row ``stored(id_key(id))`` returned), in order; unknown ids are left out.
+ * The loop of ledger/apply/native_transfers.py over every transfer id, without a Python frame per id. */
+static PyObject *py_find_transfers(PyObject *self, PyObject *args) {
+    PyObject *tids, *in_block, *stored;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &tids, &PyDict_Type, &in_block, &stored)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tids); i++) {
+        PyObject *tid = PyList_GET_ITEM(tids, i), *ref, *row = NULL, *t;
+        if (!id_arg(tid, 16, "a transfer id")) goto fail;
+        ref = PyDict_GetItemWithError(in_block, tid);
+        if (ref == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            uint8_t k[16];
+            for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];  /* schema.id_key */
+            PyObject *key = PyBytes_FromStringAndSize((const char *)k, 16);
+            row = key ? PyObject_CallOneArg(stored, key) : NULL;
+            Py_XDECREF(key);
+            if (row == NULL) goto fail;
+            if (row == Py_None) { Py_DECREF(row); continue; }
+            t = PyTuple_Pack(3, tid, Py_None, row);
+            Py_DECREF(row);
+        } else {
+            t = PyTuple_Pack(3, tid, ref, Py_None);
+        }
+        if (t == NULL || PyList_Append(out, t) < 0) { Py_XDECREF(t); goto fail; }
+        Py_DECREF(t);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *py_result_codes(PyObject *self, PyObject *unused) {
     PyObject *d = PyDict_New();
 #define AS_ITEM(name, value)                                                  \
@@ -606,6 +626,7 @@ static PyObject *py_result_codes(PyObject *self, PyObject *unused) {
 PyMethodDef apply_methods[] = {
     {"apply_transfers", py_apply_transfers, METH_VARARGS, APPLY_DOC},
     {"transfer_ids", py_transfer_ids, METH_O, "Unique transfer ids and account ids a transfer batch refers to."},
+    {"find_transfers", py_find_transfers, METH_VARARGS, "The transfer ids known to the block or the store."},
     {"result_codes", py_result_codes, METH_NOARGS, "The result codes compiled in, by name (checked against ledger.types.Result at import)."},
     {NULL, NULL, 0, NULL},
 };

@@ -281,8 +281,88 @@ done:
     return result;
 }
 
-/* state_hash(previous, changed) -> 32 bytes: ledger.hashing.state_hash over (id, state) pairs */
-static PyObject *py_state_hash(PyObject *self, PyObject *args) {
+/* seal_hashes(prev_link, leaves, stack, size) -> (link, stack, size, [(node_key, hash)]): a block's leaf
+ * hashes, hash chain and Merkle compact-range append in one pass with the GIL released, for the pairs
+ * (index key, leaf) the numbering produced. The same bytes as hash_and_chain followed by merkle_append
+ * with min_level 1 (level-0 hashes are not stored), without one Python object per leaf hash; node
+ * keys are ledger/schema.py node_key: level u8 ‖ index u64 big-endian. */
+static PyObject *py_seal_hashes(PyObject *self, PyObject *args) {
+    PyObject *prev, *pairs_in, *stack_in;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "OOOK", &prev, &pairs_in, &stack_in, &size) || !need_hash(prev, "prev_link"))
+        return NULL;
+    PyObject *pairs = PySequence_Tuple(pairs_in);  /* owns every leaf while the GIL is released */
+    if (pairs == NULL) return NULL;
+    PyObject *stack = PySequence_Fast(stack_in, "stack must be a sequence of hashes");
+    if (stack == NULL) { Py_DECREF(pairs); return NULL; }
+    Py_ssize_t n = PyTuple_GET_SIZE(pairs), depth0 = PySequence_Fast_GET_SIZE(stack);
+    const uint8_t **ptr = PyMem_Malloc(sizeof(*ptr) * (size_t)(n ? n : 1));
+    size_t *len = PyMem_Malloc(sizeof(*len) * (size_t)(n ? n : 1));
+    uint8_t (*st)[OUT_LEN] = PyMem_Malloc((size_t)(depth0 + 66) * OUT_LEN);
+    size_t cap = (size_t)(n ? n : 1) + 64;  /* n leaves complete at most n + 63 subtrees at level >= 1 */
+    uint8_t *recs = PyMem_Malloc(cap * (9 + OUT_LEN));
+    PyObject *result = NULL;
+    if (!ptr || !len || !st || !recs) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyTuple_GET_ITEM(pairs, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+            PyErr_SetString(PyExc_TypeError, "every leaf must be a (key, leaf bytes) pair");
+            goto done;
+        }
+        ptr[i] = (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 1));
+        len[i] = (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
+    }
+    for (Py_ssize_t i = 0; i < depth0; i++) {
+        PyObject *h = PySequence_Fast_GET_ITEM(stack, i);
+        if (!need_hash(h, "a compact range hash")) goto done;
+        memcpy(st[i], PyBytes_AS_STRING(h), OUT_LEN);
+    }
+    uint8_t link[OUT_LEN];
+    memcpy(link, PyBytes_AS_STRING(prev), OUT_LEN);
+    size_t depth = (size_t)depth0, nrec = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        b3_3(&D_LEAF, 1, ptr[i], len[i], NULL, 0, st[depth]);
+        b3_3(&D_CHAIN, 1, link, OUT_LEN, st[depth], OUT_LEN, link);
+        depth++;
+        unsigned long long idx = size++;
+        int level = 0;
+        while (idx & 1) {
+            uint8_t h[OUT_LEN];
+            b3_3(&D_NODE, 1, st[depth - 2], OUT_LEN, st[depth - 1], OUT_LEN, h);
+            depth--;
+            memcpy(st[depth - 1], h, OUT_LEN);
+            level++;
+            idx >>= 1;
+            uint8_t *r = recs + nrec++ * (9 + OUT_LEN);
+            r[0] = (uint8_t)level;
+            for (int b = 0; b < 8; b++) r[1 + b] = (uint8_t)(idx >> (56 - 8 * b));
+            memcpy(r + 9, h, OUT_LEN);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *new_stack = PyList_New((Py_ssize_t)depth), *nodes = PyList_New((Py_ssize_t)nrec);
+    if (new_stack == NULL || nodes == NULL) { Py_XDECREF(new_stack); Py_XDECREF(nodes); goto done; }
+    for (size_t i = 0; i < depth; i++) {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)st[i], OUT_LEN);
+        if (h == NULL) { Py_DECREF(new_stack); Py_DECREF(nodes); goto done; }
+        PyList_SET_ITEM(new_stack, (Py_ssize_t)i, h);
+    }
+    for (size_t i = 0; i < nrec; i++) {
+        const uint8_t *r = recs + i * (9 + OUT_LEN);
+        PyObject *t = Py_BuildValue("(y#y#)", (const char *)r, (Py_ssize_t)9, (const char *)r + 9, (Py_ssize_t)OUT_LEN);
+        if (t == NULL) { Py_DECREF(new_stack); Py_DECREF(nodes); goto done; }
+        PyList_SET_ITEM(nodes, (Py_ssize_t)i, t);
+    }
+    result = Py_BuildValue("(y#NKN)", (const char *)link, (Py_ssize_t)OUT_LEN, new_stack, size, nodes);
+done:
+    PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(st); PyMem_Free(recs);
+    Py_DECREF(pairs); Py_DECREF(stack);
+    return result;
+}
+
+/* The state hash's input: 0x04 ‖ previous ‖ (id ‖ state)… as one buffer (a bytes object if as_bytes). */
+static PyObject *state_input(PyObject *args, int as_bytes, uint8_t **raw, size_t *raw_len) {
     PyObject *prev, *changed_in;
     if (!PyArg_ParseTuple(args, "OO", &prev, &changed_in) || !need_hash(prev, "previous")) return NULL;
     PyObject *changed = PySequence_Fast(changed_in, "changed must be a sequence of (id, state) pairs");
@@ -300,8 +380,9 @@ static PyObject *py_state_hash(PyObject *self, PyObject *args) {
         }
         total += (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) + (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
     }
-    uint8_t *buf = PyMem_Malloc(total);
-    if (buf == NULL) { Py_DECREF(changed); return PyErr_NoMemory(); }
+    PyObject *out = as_bytes ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total) : NULL;
+    uint8_t *buf = as_bytes ? (out ? (uint8_t *)PyBytes_AS_STRING(out) : NULL) : PyMem_Malloc(total);
+    if (buf == NULL) { Py_DECREF(changed); return as_bytes ? NULL : PyErr_NoMemory(); }
     buf[0] = 0x04;
     memcpy(buf + 1, PyBytes_AS_STRING(prev), OUT_LEN);
     size_t off = 1 + OUT_LEN;
@@ -313,7 +394,16 @@ static PyObject *py_state_hash(PyObject *self, PyObject *args) {
         }
     }
     Py_DECREF(changed);
-    uint8_t out[OUT_LEN];
+    if (as_bytes) return out;
+    *raw = buf; *raw_len = total;
+    return Py_None;  /* borrowed marker: success */
+}
+
+/* state_hash(previous, changed) -> 32 bytes: ledger.hashing.state_hash over (id, state) pairs */
+static PyObject *py_state_hash(PyObject *self, PyObject *args) {
+    uint8_t *buf = NULL, out[OUT_LEN];
+    size_t total = 0;
+    if (state_input(args, 0, &buf, &total) == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS
     b3_3(buf, total, NULL, 0, NULL, 0, out);
     Py_END_ALLOW_THREADS
@@ -321,11 +411,16 @@ static PyObject *py_state_hash(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)out, OUT_LEN);
 }
 
+/* state_input(previous, changed) -> bytes: what state_hash hashes, for a SIMD BLAKE3 (ledger/native.py) */
+static PyObject *py_state_input(PyObject *self, PyObject *args) { return state_input(args, 1, NULL, NULL); }
+
 static PyMethodDef methods[] = {
     {"state_hash", py_state_hash, METH_VARARGS, "State hash chaining the changed accounts."},
+    {"state_input", py_state_input, METH_VARARGS, "The bytes the state hash is computed over."},
     {"blake3", py_blake3, METH_O, "BLAKE3-256 of a bytes-like object."},
     {"hash_and_chain", py_hash_and_chain, METH_VARARGS, "Leaf hashes and the chain link after the last."},
     {"merkle_append", py_merkle_append, METH_VARARGS, "Compact-range append of leaf hashes."},
+    {"seal_hashes", py_seal_hashes, METH_VARARGS, "Leaf hashes, chain and stored Merkle nodes of a block."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,53 +2,72 @@
  * _Leaves), and the store values of a block's changed accounts and transfer refs
  * (ledger/schema.py AccountState.encode, TransferRef.encode), byte-identical to the Python reference.
  * These read the block's Python objects, so they hold the GIL; they replace per-event Python loops. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "slots.h"
+#include <stdlib.h>
 #include <string.h>
 
-static PyObject *N_existing, *N_kind, *N_result, *N_body, *N_aux, *N_touched, *N_ref, *N_account, *N_exception,
-    *N_ruleset, *N_follow, *N_leaf_index, *N_block, *N_timestamp_ns, *N_ts, *N_status, *N_expires, *N_record,
-    *N_bal[4];
+slots_t SL_ACCT, SL_REF, SL_EVENT;
 
-static int seal_names(void) {
-    if (N_existing) return 1;
-#define I(v, s) v = PyUnicode_InternFromString(s); if (v == NULL) return 0;
-    I(N_existing, "existing") I(N_kind, "kind") I(N_result, "result") I(N_body, "body") I(N_aux, "aux")
-    I(N_touched, "touched") I(N_ref, "ref") I(N_account, "account") I(N_exception, "exception")
-    I(N_ruleset, "ruleset") I(N_follow, "follow") I(N_leaf_index, "leaf_index") I(N_block, "block")
-    I(N_timestamp_ns, "timestamp_ns") I(N_ts, "ts") I(N_status, "status") I(N_expires, "expires_at_ns")
-    I(N_record, "record") I(N_bal[0], "debits_pending") I(N_bal[1], "debits_posted") I(N_bal[2], "credits_pending")
-    I(N_bal[3], "credits_posted")
-#undef I
+static const char *const ACCT_NAMES[SA_N] = {"debits_pending", "debits_posted", "credits_pending", "credits_posted",
+                                             "ledger", "flags", "record", "ts"};
+static const char *const REF_NAMES[SR_N] = {"leaf_index", "block", "timestamp_ns", "status", "expires_at_ns"};
+static const char *const EVENT_NAMES[SE_N] = {"kind", "result", "body", "aux", "touched", "ref", "ref_id", "existing",
+                                              "account", "follow", "exception", "ruleset"};
+
+static int intern_all(slots_t *s, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (s->name[i] == NULL && (s->name[i] = PyUnicode_InternFromString(names[i])) == NULL) return 0;
     return 1;
+}
+
+int slots_names(void) {
+    return intern_all(&SL_ACCT, ACCT_NAMES, SA_N) && intern_all(&SL_REF, REF_NAMES, SR_N) &&
+           intern_all(&SL_EVENT, EVENT_NAMES, SE_N);
+}
+
+/* Bind one class: the offset of every named slot; left unbound (generic access) if any name is not a
+ * plain object slot or the class overrides __setattr__ (see slots.h). */
+static int bind_one(slots_t *s, PyObject *type, int n, int construct) {
+    if (!PyType_Check(type)) { PyErr_SetString(PyExc_TypeError, "bind_types takes classes"); return 0; }
+    Py_CLEAR(s->type);
+    if (((PyTypeObject *)type)->tp_setattro != PyObject_GenericSetAttr) return 1;
+    Py_ssize_t off[SLOTS_MAX];
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyObject_GetAttr(type, s->name[i]);
+        if (d == NULL) { PyErr_Clear(); return 1; }
+        int plain = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+                    !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
+        if (plain) off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!plain) return 1;
+    }
+    memcpy(s->off, off, sizeof off);
+    s->construct = construct;
+    s->type = (PyTypeObject *)Py_NewRef(type);
+    return 1;
+}
+
+/* bind_types(AccountState, TransferRef, Event, construct_ref, construct_event) -> which were bound */
+static PyObject *py_bind_types(PyObject *self, PyObject *args) {
+    PyObject *acct, *ref, *event;
+    int cref, cev;
+    if (!slots_names() || !PyArg_ParseTuple(args, "OOOpp", &acct, &ref, &event, &cref, &cev)) return NULL;
+    if (!bind_one(&SL_ACCT, acct, SA_N, 0) || !bind_one(&SL_REF, ref, SR_N, cref) ||
+        !bind_one(&SL_EVENT, event, SE_N, cev))
+        return NULL;
+    return Py_BuildValue("(OOO)", SL_ACCT.type ? Py_True : Py_False, SL_REF.type ? Py_True : Py_False,
+                         SL_EVENT.type ? Py_True : Py_False);
 }
 
 static void put_le(uint8_t *p, uint64_t v, int n) { for (int k = 0; k < n; k++) p[k] = (uint8_t)(v >> (8 * k)); }
 static void put_be(uint8_t *p, uint64_t v) { for (int k = 0; k < 8; k++) p[k] = (uint8_t)(v >> (56 - 8 * k)); }
 
-/* an attribute as u64 (-1 and an exception on failure) */
-static int get_u64(PyObject *o, PyObject *name, uint64_t *v) {
-    PyObject *a = PyObject_GetAttr(o, name);
-    if (a == NULL) return 0;
-    *v = PyLong_AsUnsignedLongLong(a);
-    Py_DECREF(a);
-    return !(*v == (uint64_t)-1 && PyErr_Occurred());
-}
-
-static int is_none_attr(PyObject *o, PyObject *name, int *none) {
-    PyObject *a = PyObject_GetAttr(o, name);
+static int is_none_slot(PyObject *o, const slots_t *sl, int i, int *none) {
+    PyObject *a = slot_get(o, sl, i);
     if (a == NULL) return 0;
     *none = a == Py_None;
     Py_DECREF(a);
     return 1;
-}
-
-static int set_u64(PyObject *o, PyObject *name, uint64_t v) {
-    PyObject *x = PyLong_FromUnsignedLongLong(v);
-    int ok = x != NULL && PyObject_SetAttr(o, name, x) == 0;
-    Py_XDECREF(x);
-    return ok;
 }
 
 static int append_pair(PyObject *list, PyObject *a, PyObject *b) {
@@ -73,8 +92,9 @@ static int leaf_of(PyObject *ev, int version, uint64_t index, uint64_t ts, PyObj
     uint64_t kind, result;
     PyObject *body = NULL, *aux = NULL, *touched = NULL, *leaf = NULL, *key = NULL;
     int ok = 0;
-    if (!get_u64(ev, N_kind, &kind) || !get_u64(ev, N_result, &result)) return 0;
-    body = PyObject_GetAttr(ev, N_body); aux = PyObject_GetAttr(ev, N_aux); touched = PyObject_GetAttr(ev, N_touched);
+    if (!slot_u64(ev, &SL_EVENT, SE_KIND, &kind) || !slot_u64(ev, &SL_EVENT, SE_RESULT, &result)) return 0;
+    body = slot_get(ev, &SL_EVENT, SE_BODY); aux = slot_get(ev, &SL_EVENT, SE_AUX);
+    touched = slot_get(ev, &SL_EVENT, SE_TOUCHED);
     if (!body || !aux || !touched || !PyBytes_Check(body) || !PyBytes_Check(aux) || !PyTuple_Check(touched)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an event needs bytes body/aux and a touched tuple");
         goto done;
@@ -107,16 +127,17 @@ static PyObject *py_number_leaves(PyObject *self, PyObject *args) {
     PyObject *events;
     unsigned long long index, ts, height;
     int version;
-    if (!seal_names() || !PyArg_ParseTuple(args, "O!KKKi", &PyList_Type, &events, &index, &ts, &height, &version))
+    if (!slots_names() || !PyArg_ParseTuple(args, "O!KKKi", &PyList_Type, &events, &index, &ts, &height, &version))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(events);
     PyObject *leaves = PyList_New(0), *history = PyList_New(0), *logs = PyList_New(n), *blocks = PyList_New(n);
-    if (!leaves || !history || !logs || !blocks) goto fail;
+    PyObject *hobj = PyLong_FromUnsignedLongLong(height);  /* every new leaf's block */
+    if (!leaves || !history || !logs || !blocks || !hobj) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *ev = PyList_GET_ITEM(events, i), *existing = PyObject_GetAttr(ev, N_existing);
+        PyObject *ev = PyList_GET_ITEM(events, i), *existing = slot_get(ev, &SL_EVENT, SE_EXISTING);
         if (existing == NULL) goto fail;
         if (existing != Py_None) {  /* an exact retry: the original entry, no new leaf */
-            PyObject *li = PyObject_GetAttr(existing, N_leaf_index), *bl = PyObject_GetAttr(existing, N_block);
+            PyObject *li = slot_get(existing, &SL_REF, SR_LEAF), *bl = slot_get(existing, &SL_REF, SR_BLOCK);
             Py_DECREF(existing);
             if (li == NULL || bl == NULL) { Py_XDECREF(li); Py_XDECREF(bl); goto fail; }
             PyList_SET_ITEM(logs, i, li); PyList_SET_ITEM(blocks, i, bl);
@@ -124,53 +145,95 @@ static PyObject *py_number_leaves(PyObject *self, PyObject *args) {
         }
         Py_DECREF(existing);
         int f, x, r;
-        if (!is_none_attr(ev, N_follow, &f) || !is_none_attr(ev, N_exception, &x) || !is_none_attr(ev, N_ruleset, &r))
+        if (!is_none_slot(ev, &SL_EVENT, SE_FOLLOW, &f) || !is_none_slot(ev, &SL_EVENT, SE_EXCEPTION, &x) ||
+            !is_none_slot(ev, &SL_EVENT, SE_RULESET, &r))
             goto fail;
         if (!(f && x && r)) {
-            Py_DECREF(leaves); Py_DECREF(history); Py_DECREF(logs); Py_DECREF(blocks);
+            Py_DECREF(leaves); Py_DECREF(history); Py_DECREF(logs); Py_DECREF(blocks); Py_DECREF(hobj);
             Py_RETURN_NONE;
         }
         if (!leaf_of(ev, version, index, ts, leaves, history)) goto fail;
-        PyObject *ref = PyObject_GetAttr(ev, N_ref), *acct = ref ? PyObject_GetAttr(ev, N_account) : NULL;
-        int ok = ref != NULL && acct != NULL;
-        if (ok && ref != Py_None) ok = set_u64(ref, N_leaf_index, index) && set_u64(ref, N_timestamp_ns, ts);
-        if (ok && acct != Py_None) ok = set_u64(acct, N_ts, ts);
+        PyObject *ref = slot_get(ev, &SL_EVENT, SE_REF), *acct = ref ? slot_get(ev, &SL_EVENT, SE_ACCOUNT) : NULL;
+        PyObject *li = PyLong_FromUnsignedLongLong(index);  /* the ref's leaf index and the outcome's: one int */
+        int ok = ref != NULL && acct != NULL && li != NULL;
+        if (ok && ref != Py_None) ok = slot_set(ref, &SL_REF, SR_LEAF, li) == 0 && slot_set_u64(ref, &SL_REF, SR_TS, ts);
+        if (ok && acct != Py_None) ok = slot_set_u64(acct, &SL_ACCT, SA_TS, ts);
         Py_XDECREF(ref); Py_XDECREF(acct);
-        if (!ok) goto fail;
-        PyList_SET_ITEM(logs, i, PyLong_FromUnsignedLongLong(index));
-        PyList_SET_ITEM(blocks, i, PyLong_FromUnsignedLongLong(height));
+        if (!ok) { Py_XDECREF(li); goto fail; }
+        PyList_SET_ITEM(logs, i, li);
+        PyList_SET_ITEM(blocks, i, Py_NewRef(hobj));
         index++; ts++;
     }
+    Py_DECREF(hobj);
     return Py_BuildValue("(NNNNKK)", leaves, history, logs, blocks, index, ts);
 fail:
-    Py_XDECREF(leaves); Py_XDECREF(history); Py_XDECREF(logs); Py_XDECREF(blocks);
+    Py_XDECREF(leaves); Py_XDECREF(history); Py_XDECREF(logs); Py_XDECREF(blocks); Py_XDECREF(hobj);
     return NULL;
 }
 
-/* an int attribute as a little-endian u128 */
-static int get_u128(PyObject *o, PyObject *name, uint8_t out[16], PyObject **keep) {
-    PyObject *a = PyObject_GetAttr(o, name);
+/* a balance slot as a little-endian u128 */
+static int get_u128(PyObject *o, int i, uint8_t out[16], PyObject **keep) {
+    PyObject *a = slot_get(o, &SL_ACCT, i);
     if (a == NULL) return 0;
-    int ok = PyLong_Check(a) && _PyLong_AsByteArray((PyLongObject *)a, out, 16, 1, 0) == 0;
-    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a balance must be an int");
     *keep = a;  /* the caller compares it with the saved balance, then drops it */
-    return ok;
+    return int_le16(a, out);
 }
 
 /* changed_accounts(accounts, saved) -> [(id, AccountState.encode())] of accounts created or changed, by id */
+/* A dict's items in ascending key order, references held: 16-byte keys sorted by memcmp in C (the order
+ * Python gives bytes of equal length), any other keys by Python's sort. NULL with an exception on failure. */
+typedef struct { uint8_t k[16]; PyObject *key, *val; } item_t;
+
+static int item_cmp(const void *a, const void *b) { return memcmp(((const item_t *)a)->k, ((const item_t *)b)->k, 16); }
+
+static void items_free(item_t *it, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; it != NULL && i < n; i++) { Py_DECREF(it[i].key); Py_DECREF(it[i].val); }
+    PyMem_Free(it);
+}
+
+static item_t *sorted_items(PyObject *d, Py_ssize_t *n) {
+    Py_ssize_t pos = 0, size = PyDict_GET_SIZE(d), i = 0, plain = 1;
+    item_t *it = PyMem_Malloc(sizeof(item_t) * (size_t)(size ? size : 1));
+    PyObject *k, *v;
+    if (it == NULL) { PyErr_NoMemory(); return NULL; }
+    while (i < size && PyDict_Next(d, &pos, &k, &v)) {
+        if (PyBytes_Check(k) && PyBytes_GET_SIZE(k) == 16) memcpy(it[i].k, PyBytes_AS_STRING(k), 16);
+        else plain = 0;
+        it[i].key = Py_NewRef(k); it[i].val = Py_NewRef(v); i++;
+    }
+    *n = i;
+    if (plain) { qsort(it, (size_t)i, sizeof *it, item_cmp); return it; }
+    PyObject *keys = PyDict_Keys(d);  /* unusual keys: Python's order */
+    int ok = keys != NULL && PyList_Sort(keys) == 0 && PyList_GET_SIZE(keys) == i;
+    for (Py_ssize_t j = 0; ok && j < i; j++) {
+        PyObject *val = PyDict_GetItemWithError(d, PyList_GET_ITEM(keys, j));
+        ok = val != NULL;
+        if (ok) { Py_SETREF(it[j].key, Py_NewRef(PyList_GET_ITEM(keys, j))); Py_SETREF(it[j].val, Py_NewRef(val)); }
+    }
+    Py_XDECREF(keys);
+    if (!ok) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "the accounts changed while being encoded");
+        items_free(it, i);
+        return NULL;
+    }
+    return it;
+}
+
 static PyObject *py_changed_accounts(PyObject *self, PyObject *args) {
     PyObject *accounts, *saved;
-    if (!seal_names() || !PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &accounts, &PyDict_Type, &saved)) return NULL;
-    PyObject *ids = PyDict_Keys(accounts), *out = PyList_New(0);
-    if (ids == NULL || out == NULL || PyList_Sort(ids) < 0) goto fail;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
-        PyObject *aid = PyList_GET_ITEM(ids, i), *a = PyDict_GetItemWithError(accounts, aid);
-        PyObject *was = a ? PyDict_GetItemWithError(saved, aid) : NULL, *bal[4] = {NULL, NULL, NULL, NULL};
-        if (a == NULL || PyErr_Occurred()) goto fail;
+    Py_ssize_t n = 0;
+    if (!slots_names() || !PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &accounts, &PyDict_Type, &saved)) return NULL;
+    item_t *items = sorted_items(accounts, &n);
+    PyObject *out = items ? PyList_New(0) : NULL;
+    if (out == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *aid = items[i].key, *a = items[i].val;
+        PyObject *was = PyDict_GetItemWithError(saved, aid), *bal[4] = {NULL, NULL, NULL, NULL};
+        if (PyErr_Occurred()) goto fail;
         uint8_t v[136];
         int ok = 1, same = was != NULL && PyTuple_Check(was) && PyTuple_GET_SIZE(was) == 4;
         for (int q = 0; q < 4 && ok; q++) {
-            ok = get_u128(a, N_bal[q], v + 64 + 16 * q, &bal[q]);
+            ok = get_u128(a, SA_DP + q, v + 64 + 16 * q, &bal[q]);
             if (ok && same) {
                 int eq = PyObject_RichCompareBool(bal[q], PyTuple_GET_ITEM(was, q), Py_EQ);
                 ok = eq >= 0;
@@ -181,66 +244,78 @@ static PyObject *py_changed_accounts(PyObject *self, PyObject *args) {
         if (!ok) goto fail;
         if (same) continue;
         uint64_t ts;
-        PyObject *rec = PyObject_GetAttr(a, N_record);
-        ok = rec != NULL && PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) == 64 && get_u64(a, N_ts, &ts);
+        PyObject *rec = slot_get(a, &SL_ACCT, SA_RECORD);
+        ok = rec != NULL && PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) == 64 && slot_u64(a, &SL_ACCT, SA_TS, &ts);
         if (ok) { memcpy(v, PyBytes_AS_STRING(rec), 64); put_le(v + 128, ts, 8); }
         Py_XDECREF(rec);
         if (!ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an account record is 64 bytes"); goto fail; }
         if (!append_pair(out, Py_NewRef(aid), PyBytes_FromStringAndSize((const char *)v, 136))) goto fail;
     }
-    Py_DECREF(ids);
+    items_free(items, n);
     return out;
 fail:
-    Py_XDECREF(ids); Py_XDECREF(out);
+    items_free(items, n); Py_XDECREF(out);
     return NULL;
 }
 
 /* transfer_rows(transfers) -> [(id_key(id), TransferRef.encode())] sorted by key */
 static PyObject *py_transfer_rows(PyObject *self, PyObject *arg) {
-    if (!seal_names()) return NULL;
+    if (!slots_names()) return NULL;
     if (!PyDict_Check(arg)) { PyErr_SetString(PyExc_TypeError, "transfers must be a dict"); return NULL; }
-    PyObject *out = PyList_New(0), *tid, *ref;
-    Py_ssize_t pos = 0;
-    if (out == NULL) return NULL;
-    while (PyDict_Next(arg, &pos, &tid, &ref)) {
-        uint64_t li, bl, ts, st, ex;
+    Py_ssize_t n = 0;
+    item_t *items = sorted_items(arg, &n);  /* by id; re-sorted by key (the reversed id) below */
+    PyObject *out = items ? PyList_New(n) : NULL;
+    if (out == NULL) { items_free(items, n); return NULL; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *tid = items[i].key;
         if (!PyBytes_Check(tid) || PyBytes_GET_SIZE(tid) != 16) {
             PyErr_SetString(PyExc_TypeError, "a transfer id is 16 bytes");
             goto fail;
         }
-        if (!get_u64(ref, N_leaf_index, &li) || !get_u64(ref, N_block, &bl) || !get_u64(ref, N_timestamp_ns, &ts) ||
-            !get_u64(ref, N_status, &st) || !get_u64(ref, N_expires, &ex))
+        for (int b = 0; b < 16; b++) items[i].k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];
+    }
+    qsort(items, (size_t)n, sizeof *items, item_cmp);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ref = items[i].val;
+        uint64_t li, bl, ts, st, ex;
+        if (!slot_u64(ref, &SL_REF, SR_LEAF, &li) || !slot_u64(ref, &SL_REF, SR_BLOCK, &bl) ||
+            !slot_u64(ref, &SL_REF, SR_TS, &ts) || !slot_u64(ref, &SL_REF, SR_STATUS, &st) ||
+            !slot_u64(ref, &SL_REF, SR_EXPIRES, &ex))
             goto fail;
-        uint8_t k[16], v[33];
-        for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];
+        uint8_t v[33];
         put_le(v, li, 8); put_le(v + 8, bl, 8); put_le(v + 16, ts, 8); v[24] = (uint8_t)st; put_le(v + 25, ex, 8);
         if (st > 255) { PyErr_SetString(PyExc_OverflowError, "a transfer status is one byte"); goto fail; }
-        if (!append_pair(out, PyBytes_FromStringAndSize((const char *)k, 16),
-                         PyBytes_FromStringAndSize((const char *)v, 33)))
-            goto fail;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)items[i].k, 16);
+        PyObject *val = PyBytes_FromStringAndSize((const char *)v, 33);
+        PyObject *row = key && val ? PyTuple_Pack(2, key, val) : NULL;
+        Py_XDECREF(key); Py_XDECREF(val);
+        if (row == NULL) goto fail;
+        PyList_SET_ITEM(out, i, row);
     }
-    if (PyList_Sort(out) < 0) goto fail;
+    items_free(items, n);
     return out;
 fail:
-    Py_DECREF(out);
+    items_free(items, n); Py_DECREF(out);
     return NULL;
 }
 
-/* gather_accounts(ids, block_accounts, committed_accounts, saved, account) -> [(id, AccountState)]:
+/* gather_accounts(ids, block_accounts, committed_accounts, saved, account[, unique]) -> [(id, AccountState)]:
  * Block.account (ledger/apply/scratch.py) for each distinct id, its two cache hits done here (an
  * account first used in this block: its balances saved, then it joins the block), anything else
- * through ``account`` itself; unknown ids are left out. */
+ * through ``account`` itself; unknown ids are left out. ``unique``: the caller vouches that no id repeats
+ * (transfer_ids' accounts, nothing appended), so no set of seen ids is needed. */
 static PyObject *py_gather_accounts(PyObject *self, PyObject *args) {
     PyObject *ids, *block, *committed, *saved, *account_fn;
-    if (!seal_names() || !PyArg_ParseTuple(args, "O!O!O!O!O", &PyList_Type, &ids, &PyDict_Type, &block, &PyDict_Type,
-                                           &committed, &PyDict_Type, &saved, &account_fn))
+    int unique = 0;
+    if (!slots_names() || !PyArg_ParseTuple(args, "O!O!O!O!O|p", &PyList_Type, &ids, &PyDict_Type, &block,
+                                           &PyDict_Type, &committed, &PyDict_Type, &saved, &account_fn, &unique))
         return NULL;
-    PyObject *out = PyList_New(0), *seen = PySet_New(NULL);
-    if (out == NULL || seen == NULL) goto fail;
+    PyObject *out = PyList_New(0), *seen = unique ? NULL : PySet_New(NULL);
+    if (out == NULL || (seen == NULL && !unique)) goto fail;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
         PyObject *aid = PyList_GET_ITEM(ids, i), *a;
-        int dup = PySet_Contains(seen, aid);
-        if (dup < 0 || (!dup && PySet_Add(seen, aid) < 0)) goto fail;
+        int dup = unique ? 0 : PySet_Contains(seen, aid);
+        if (dup < 0 || (!dup && !unique && PySet_Add(seen, aid) < 0)) goto fail;
         if (dup) continue;
         a = PyDict_GetItemWithError(block, aid);
         if (a != NULL) {
@@ -249,7 +324,7 @@ static PyObject *py_gather_accounts(PyObject *self, PyObject *args) {
             Py_INCREF(a);
             PyObject *b[4] = {NULL, NULL, NULL, NULL}, *t = NULL;
             int ok = 1;
-            for (int q = 0; q < 4 && ok; q++) ok = (b[q] = PyObject_GetAttr(a, N_bal[q])) != NULL;
+            for (int q = 0; q < 4 && ok; q++) ok = (b[q] = slot_get(a, &SL_ACCT, SA_DP + q)) != NULL;
             if (ok) t = PyTuple_Pack(4, b[0], b[1], b[2], b[3]);
             for (int q = 0; q < 4; q++) Py_XDECREF(b[q]);
             ok = t != NULL && PyDict_SetItem(saved, aid, t) == 0 && PyDict_SetItem(block, aid, a) == 0;
@@ -262,7 +337,7 @@ static PyObject *py_gather_accounts(PyObject *self, PyObject *args) {
         if (a != Py_None && !append_pair(out, Py_NewRef(aid), Py_NewRef(a))) { Py_DECREF(a); goto fail; }
         Py_DECREF(a);
     }
-    Py_DECREF(seen);
+    Py_XDECREF(seen);
     return out;
 fail:
     Py_XDECREF(out); Py_XDECREF(seen);
@@ -270,6 +345,7 @@ fail:
 }
 
 PyMethodDef seal_methods[] = {
+    {"bind_types", py_bind_types, METH_VARARGS, "Bind the slot offsets of AccountState, TransferRef, Event."},
     {"gather_accounts", py_gather_accounts, METH_VARARGS, "Block.account for each distinct id: [(id, state)]."},
     {"number_leaves", py_number_leaves, METH_VARARGS, "Number a block's events into leaves (None: use Python)."},
     {"changed_accounts", py_changed_accounts, METH_VARARGS, "Encoded states of created or changed accounts."},

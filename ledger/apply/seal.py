@@ -21,7 +21,6 @@ from ledger.schema import (
     history_key,
     id_key,
     index_key,
-    node_key,
     scale_key,
 )
 
@@ -94,9 +93,8 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
     """Number, hash and write the block; returns its outcome, the new head and the new compact range."""
     numbering, log_indexes, blocks = _number(blk, head, events)
     # the engine hook (ledger/native.py): leaf hashes, chain, tree nodes, state hash in C when built
-    leaf_hashes, link = native.hash_and_chain(head.chain_head, [leaf for _, leaf in numbering.leaves])
     new_range = tree.copy()
-    node_items = [(node_key(level, i), h) for level, i, h in native.append_many(new_range, leaf_hashes, min_level=1)]
+    link, node_items = native.seal_hashes(head.chain_head, numbering.leaves, new_range)
     changed = _changed_accounts(blk)
     header = BlockHeader(
         height=blk.height, timestamp_ns=blk.ts0, first_index=head.tree_size, leaf_count=len(numbering.leaves),
