@@ -111,6 +111,19 @@ def test_key_bound_to_a_psp_id() -> None:
     wrong.close()
 
 
+def test_a_bound_key_names_the_one_record_with_another_psp_id() -> None:
+    recs = bytearray(signed(40).records)
+    recs[13 * TRANSFER_SIZE + 164 : 13 * TRANSFER_SIZE + 168] = (7).to_bytes(4, "little")  # psp_id of record 13
+    key = SigningKey(PSP.seed)
+    sigs = b"".join(key.sign(bytes(recs[i : i + TRANSFER_SIZE])).signature for i in range(0, len(recs), TRANSFER_SIZE))
+    bound = PspAuthenticator([f"1={PSP.verifier.to_string()}"], require_signatures=True)
+    with pytest.raises(PspIdMismatch) as info:
+        run(bound, Batch(EventKind.CREATE_TRANSFER, bytes(recs), sigs, PSP.key_id))
+    assert (info.value.record_index, info.value.psp_id, info.value.allowed) == (13, 7, 1)
+    assert "record #13 has psp_id 7" in str(info.value)
+    bound.close()
+
+
 def test_bad_config_key_is_refused() -> None:
     with pytest.raises(NoteError):
         PspAuthenticator(["not-a-key"], require_signatures=True)
