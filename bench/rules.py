@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--engines-only", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
     args = ap.parse_args()
     engines = measure_engines(5_000 if args.quick else 50_000)
     print("CEL engines (best of 5, evals/s, one simple rule)")
@@ -182,10 +183,10 @@ def main() -> None:
         result["apply_all_rounds"] = {str(n): v for n, v in rates.items()}
         result["ratio_vs_0_rules"] = {str(n): v / best[0] for n, v in best.items()}
         result["ratio_vs_0_rules_cpu"] = {str(n): v / best_cpu[0] for n, v in best_cpu.items()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"rules-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"rules-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ from collections.abc import Callable
 from typing import Final, cast
 
 from ledger import native
+from ledger import risk as risk_features
 from ledger.apply.batches import signature_auxes
-from ledger.apply.effects import after_success
 from ledger.apply.scratch import Block, Event
-from ledger.codec import TRANSFER_SIZE, TRANSFER_STRUCT, Batch
+from ledger.codec import TRANSFER_SIZE, TRANSFER_STRUCT, ZERO32, Batch
 from ledger.invariant import fail
+from ledger.risk import KEY_IN, KEY_OUT, KEY_PSP, new_state
 from ledger.rules.compiler import NO_MATCH, Verdict
 from ledger.schema import AccountState, Table, TransferRef
 from ledger.types import EventKind, Result, TransferFlags
@@ -113,12 +114,19 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
 
 
 def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, AccountState, AccountState], bool]:
-    """The engine's rules hook over this segment (see the module doc)."""
+    """The engine's rules hook over this segment (see the module doc).
+
+    After no rule matched it records exactly what ``effects.after_success`` records outside a linked
+    chain (no undo log), inlined: this runs once per transfer under a rule set."""
     rules = blk.rules
-    assert rules is not None
+    assert rules is not None and blk.undo is None
     decide = rules.decide if rules.active else None
     unpack = TRANSFER_STRUCT.unpack_from
     ts0, height, side = blk.ts0, blk.height, blk.side
+    risk, state, pairs, pairs_committed, extrefs = side.risk, side.state, side.pairs, side.pairs_committed, side.extrefs
+    get_pair = blk.txn.getter(Table.RISK_PAIRS)
+    record = risk_features.record
+    track_out, track_in, track_psp, track_pairs = rules.track_out, rules.track_in, rules.track_psp, rules.track_pairs
 
     def hook(i: int, dra: AccountState, cra: AccountState) -> bool:
         rec = unpack(records, i * TRANSFER_SIZE)
@@ -127,7 +135,25 @@ def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, 
             if verdict[0] != NO_MATCH:
                 decided.append(verdict)
                 return False
-        after_success(blk, rec, rec[3] | rec[4] << 64)
+        amount = rec[3] | rec[4] << 64
+        for key in (KEY_OUT + rec[1] if track_out else None, KEY_IN + rec[2] if track_in else None,
+                    KEY_PSP + rec[10].to_bytes(4, "big") if track_psp else None):
+            if key is not None:
+                st = risk.get(key)
+                if st is None:  # first touch in this block: a copy (the cache keeps the committed state)
+                    base = state(key)
+                    st = risk[key] = list(base) if base is not None else new_state()
+                record(st, ts0, amount)
+        if track_pairs:
+            pk = rec[1] + rec[2]  # SideState.seen, inlined; its per-block cache of store lookups is shared
+            if pk not in pairs:
+                known = pairs_committed.get(pk)
+                if known is None:
+                    known = pairs_committed[pk] = get_pair(pk) is not None
+                if not known:
+                    pairs.add(pk)
+        if rec[7] != ZERO32:
+            extrefs[rec[10].to_bytes(4, "big") + rec[7]] = rec[0]
         return True
 
     return hook
