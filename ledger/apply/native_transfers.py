@@ -77,8 +77,8 @@ def takes(blk: Block, batch: Batch) -> bool:
     """Whether the native engine applies this transfer batch (see the module doc)."""
     if not native.transfers_native():
         return False
-    if blk.rules is None:
-        return True
+    if blk.rules is None or len(batch.records) % TRANSFER_SIZE:
+        return True  # (a torn batch: the engine refuses it, as without rules)
     flags = memoryview(batch.records).cast("H")[_FLAGS_AT::TRANSFER_SIZE // 2]
     return not any(f & _LINKED for f in flags)
 

@@ -254,3 +254,21 @@ def test_rules_see_balances_moved_earlier_in_the_same_batch(pair: RulesPair) -> 
     pair.block(Batch(EventKind.CREATE_TRANSFER, b"".join(encode_transfer(t) for t in transfers)))
     pair.assert_stores_identical()
     assert Result.RULE_REJECTED in pair.results
+
+
+def test_signed_batch_split_at_rule_decisions(pair: RulesPair) -> None:
+    """A PSP-signed batch (per-record and group-signed) split at rule-decided records keeps each
+    record's own signature aux on both sides of every split."""
+    pair.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(a) for a in ACCOUNTS)))
+    pair.deploy([4, 5, 1], 1)  # holds, adjustments, velocity rejects
+    transfers = [Transfer(700 + i, 3 + i % 2, 2, (400, 5, 7)[i % 3], ledger=1, code=(1, 3)[i % 2], psp_id=1)
+                 for i in range(12)]
+    recs = b"".join(encode_transfer(t) for t in transfers)
+    for key_id in (b"k" * 4, b"k" * 8):  # the C aux builders and the reference's
+        per_record = Batch(EventKind.CREATE_TRANSFER, recs, signer_key_id=key_id,
+                           signatures=bytes(range(64)) * len(transfers))
+        grouped = Batch(EventKind.CREATE_TRANSFER, recs, signer_key_id=key_id, signatures=bytes(range(64)) * 3,
+                        sign_group=5)
+        pair.block(per_record, grouped)  # the second: retries of the first, each with its group aux
+    pair.assert_stores_identical()
+    assert {Result.OK, Result.RULE_REJECTED, Result.TRANSFER_EXISTS} <= pair.results
