@@ -81,7 +81,11 @@ typedef struct {
     xfer_t *x; size_t nx; int32_t *xslot; size_t xmask;
     out_t *out; undo_t *undo; size_t nundo; int logging;
     const char *error;  /* an invariant that failed: the block must not commit */
+    PyObject *rule_cb, *acct_list;  /* the rules hook (GIL held throughout) and the gathered (id, state) pairs */
+    u128 (*synced)[4];  /* per account: the balances its Python state object shows the hook */
 } eng_t;
+
+static int rule_hook(eng_t *e, Py_ssize_t i, int32_t da, int32_t ca);
 
 static int32_t find_acct(const eng_t *e, const uint8_t *id) {
     for (size_t s = id_hash(id) & e->amask;; s = (s + 1) & e->amask) {
@@ -251,6 +255,7 @@ static uint16_t create_transfer(eng_t *e, Py_ssize_t i, out_t *o) {
     if (res != RC_OK) return res;
     if ((d->flags & A_DMNEC) && d->dp + d->dpo + amt > d->cpo) return RC_EXCEEDS_CREDITS;
     if ((c->flags & A_CMNED) && c->cp + c->cpo + amt > c->dpo) return RC_EXCEEDS_DEBITS;
+    if (e->rule_cb != NULL && !rule_hook(e, i, da, ca)) return RC_OK;  /* the rules hook: see rule_hook */
     log_acct(e, da); log_acct(e, ca);
     if (kinds) { d->dp += amt; c->cp += amt; } else { d->dpo += amt; c->cpo += amt; }
     o->effect = kinds ? E_PENDING : E_SINGLE; o->expires = (uint64_t)expires; o->hist = hist_of(e, da, ca);
@@ -267,7 +272,7 @@ static void decide(eng_t *e, Py_ssize_t i) {
 /* apply_chains of ledger/apply/batches.py: a chain (LINKED on all but its last record) is all-or-nothing */
 static void run_batch(eng_t *e) {
     Py_ssize_t n = e->n, i = 0;
-    while (i < n && !e->error) {
+    while (i < e->n && !e->error) {  /* e->n, not n: the rules hook may end the batch early */
         if (!(rd16(e->recs + i * REC + O_FLAGS) & F_LINKED)) { decide(e, i++); continue; }
         Py_ssize_t end = i;
         while (end < n && (rd16(e->recs + end * REC + O_FLAGS) & F_LINKED)) end++;
@@ -323,6 +328,43 @@ static int id_arg(PyObject *o, Py_ssize_t len, const char *what) {
     if (PyBytes_Check(o) && PyBytes_GET_SIZE(o) == len) return 1;
     PyErr_Format(PyExc_TypeError, "%s must be %zd bytes", what, len);
     return 0;
+}
+
+/* The rules hook (ledger/apply/native_transfers.py), called only while a rule set is active, with the
+ * GIL held: a new transfer passed every built-in check and nothing of it is applied yet.
+ * rule_cb(i, debit_state, credit_state) -> True: no rule decides it, apply it here (the callback has
+ * recorded the risk features and the external-ref index); False: a rule decides it, so the batch ends
+ * before record i (e->n = i) and Python applies record i on the reference path, then the rest of the
+ * batch natively. The AccountState objects show the current balances (synced only when they moved). */
+static int sync_acct(eng_t *e, int32_t a) {
+    const acct_t *p = &e->acct[a];
+    u128 *seen = e->synced[a], now[4] = {p->dp, p->dpo, p->cp, p->cpo};
+    PyObject *st = PyTuple_GET_ITEM(PyList_GET_ITEM(e->acct_list, a), 1);
+    for (int q = 0; q < 4; q++) {
+        if (seen[q] == now[q]) continue;
+        PyObject *v = u128_obj(now[q]);
+        if (v == NULL || slot_set(st, &SL_ACCT, SA_DP + q, v) < 0) { Py_XDECREF(v); return 0; }
+        Py_DECREF(v);
+        seen[q] = now[q];
+    }
+    return 1;
+}
+
+static int rule_hook(eng_t *e, Py_ssize_t i, int32_t da, int32_t ca) {
+    if (e->logging) { e->error = "the rules hook ran inside a linked chain"; return 0; }
+    if (!sync_acct(e, da) || !sync_acct(e, ca)) { e->error = "rules hook"; return 0; }
+    PyObject *idx = PyLong_FromSsize_t(i), *got = NULL;
+    if (idx != NULL) {
+        PyObject *a[3] = {idx, PyTuple_GET_ITEM(PyList_GET_ITEM(e->acct_list, da), 1),
+                          PyTuple_GET_ITEM(PyList_GET_ITEM(e->acct_list, ca), 1)};
+        got = PyObject_Vectorcall(e->rule_cb, a, 3, NULL);
+        Py_DECREF(idx);
+    }
+    int accept = got == NULL ? -1 : PyObject_IsTrue(got);
+    Py_XDECREF(got);
+    if (accept < 0) { e->error = "rules hook"; return 0; }
+    if (!accept) e->n = i;
+    return accept;
 }
 
 /* phase 1: the gathered accounts [(id, AccountState)] and transfers [(id, TransferRef, record)] */
@@ -489,18 +531,19 @@ static int emit(const eng_t *e, const sink_t *k, PyObject *accounts) {
 
 static const char APPLY_DOC[] =
     "apply_transfers(records, accounts, known, ts0, height, sigs, events, transfers, bodies, expiry_puts,"
-    " expiry_dels, Event, TransferRef, kind, results) -> None or an invariant message";
+    " expiry_dels, Event, TransferRef, kind, results[, rule_cb]) -> None or an invariant message";
 
 static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
     Py_buffer recs;
     PyObject *accounts, *known;
     unsigned long long ts0;
+    PyObject *rule_cb = Py_None;
     sink_t k;
     if (!slots_names() ||
-        !PyArg_ParseTuple(args, "y*O!O!KKOO!O!O!O!O!OOOO!", &recs, &PyList_Type, &accounts, &PyList_Type, &known,
+        !PyArg_ParseTuple(args, "y*O!O!KKOO!O!O!O!O!OOOO!|O", &recs, &PyList_Type, &accounts, &PyList_Type, &known,
                           &ts0, &k.height, &k.sigs, &PyList_Type, &k.events, &PyDict_Type, &k.transfers,
                           &PyDict_Type, &k.bodies, &PyList_Type, &k.puts, &PyList_Type, &k.dels, &k.event_t,
-                          &k.ref_t, &k.kind, &PyList_Type, &k.results))
+                          &k.ref_t, &k.kind, &PyList_Type, &k.results, &rule_cb))
         return NULL;
     k.known = known;
     k.empty = PyTuple_New(0);
@@ -526,14 +569,25 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
     memset(e.aslot, 0xff, asz * sizeof(int32_t)); memset(e.xslot, 0xff, xsz * sizeof(int32_t));
     e.amask = asz - 1; e.xmask = xsz - 1;
     if (!load_state(&e, accounts, known)) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    run_batch(&e);
-    Py_END_ALLOW_THREADS
-    if (e.error) { result = PyUnicode_FromString(e.error); goto done; }
+    if (rule_cb != Py_None) {  /* the rules hook calls Python: the GIL stays held */
+        e.rule_cb = rule_cb; e.acct_list = accounts;
+        e.synced = PyMem_Malloc(((size_t)na + 1) * sizeof *e.synced);
+        if (e.synced == NULL) { PyErr_NoMemory(); goto done; }
+        for (Py_ssize_t a = 0; a < na; a++) {
+            const acct_t *p = &e.acct[a];
+            e.synced[a][0] = p->dp; e.synced[a][1] = p->dpo; e.synced[a][2] = p->cp; e.synced[a][3] = p->cpo;
+        }
+        run_batch(&e);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        run_batch(&e);
+        Py_END_ALLOW_THREADS
+    }
+    if (e.error) { result = PyErr_Occurred() ? NULL : PyUnicode_FromString(e.error); goto done; }
     if (emit(&e, &k, accounts)) result = Py_NewRef(Py_None);
 done:
     PyMem_Free(e.acct); PyMem_Free(e.aslot); PyMem_Free(e.x); PyMem_Free(e.xslot); PyMem_Free(e.out);
-    PyMem_Free(e.undo);
+    PyMem_Free(e.undo); PyMem_Free(e.synced);
     PyBuffer_Release(&recs);
     Py_XDECREF(k.empty); Py_XDECREF(k.nobytes); Py_XDECREF(k.height_obj);
     return result;

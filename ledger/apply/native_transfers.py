@@ -1,9 +1,19 @@
 """The compiled transfer engine's side of ``apply_transfers`` (ledger/_native/apply.c).
 
-``takes(blk)`` is the one place that decides, per batch, whether the native engine applies a
-transfer batch: the native engine is active and the block runs under no rule set (rules,
-reconciliation and risk tracking stay on the Python reference). Everything else about transfers —
+``takes(blk, batch)`` is the one place that decides, per batch, whether the native engine applies a
+transfer batch: the native engine is active, and either the block runs under no rule set, or the
+batch has no linked chain (a chain under rules stays on the Python reference, whose undo log also
+takes back the risk and external-ref effects of a failed chain). Everything else about transfers —
 plain, pending, post, void, linked chains, every result code — is native and byte-identical.
+
+Under a rule set the C engine calls ``hook(i, debit_state, credit_state)`` for each new transfer that
+passed every built-in check, before any effect (the rules hook in apply.c). No matching rule (the
+common case): the hook records what ``after_success`` records (risk windows, payer–payee pairs, the
+external-ref index) and the engine applies the transfer. A rule decides it (reject, hold, flag,
+adjust, rule error, evaluation failure): the engine stops before that record, and the reference
+``create_transfer`` applies it with the verdict already computed, so each rule is evaluated once and
+everything it records (result, rule aux, exception, adjustment leaf, pending hold) is the
+reference's by construction; the rest of the batch goes back to the engine.
 
 ``apply(blk, batch, events)`` gathers what the batch refers to in one pass (accounts through
 ``blk.account``, transfers already in the block or the store with their records), hands it to one C
@@ -15,15 +25,19 @@ expiry keys, balances).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Final, cast
 
 from ledger import native
+from ledger import risk as risk_features
 from ledger.apply.batches import signature_auxes
 from ledger.apply.scratch import Block, Event
-from ledger.codec import Batch
+from ledger.codec import TRANSFER_SIZE, TRANSFER_STRUCT, ZERO32, Batch
 from ledger.invariant import fail
+from ledger.risk import KEY_IN, KEY_OUT, KEY_PSP, new_state
+from ledger.rules.compiler import NO_MATCH, Verdict
 from ledger.schema import AccountState, Table, TransferRef
-from ledger.types import EventKind, Result
+from ledger.types import EventKind, Result, TransferFlags
 
 _RESULTS: Final[list[Result | None]] = [None] * 256
 for _r in Result:
@@ -31,6 +45,9 @@ for _r in Result:
         _RESULTS[_r.value] = _r
 _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
+_FLAGS_AT: Final = 87  # a record's flags as the 87th of its 88 u16 (offset 174)
+_LINKED: Final = int(TransferFlags.LINKED)
+SPLITS_MAX: Final = 16  # rule-decided records per batch that resume the engine; later ones: the reference
 
 
 def _constructible(cls: type, fields: tuple[str, ...]) -> bool:
@@ -56,13 +73,94 @@ if native.available() and hasattr(native.engine(), "bind_types"):
     bind()
 
 
-def takes(blk: Block) -> bool:
-    """Whether the native engine applies this block's transfer batches (no rule set: see the module doc)."""
-    return blk.rules is None and native.transfers_native()
+def takes(blk: Block, batch: Batch) -> bool:
+    """Whether the native engine applies this transfer batch (see the module doc)."""
+    if not native.transfers_native():
+        return False
+    if blk.rules is None or len(batch.records) % TRANSFER_SIZE:
+        return True  # (a torn batch: the engine refuses it, as without rules)
+    flags = memoryview(batch.records).cast("H")[_FLAGS_AT::TRANSFER_SIZE // 2]
+    return not any(f & _LINKED for f in flags)
 
 
 def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
+    """Apply a transfer batch; under a rule set in segments split at rule-decided records."""
+    sigs = signature_auxes(batch)
+    if blk.rules is None:
+        _apply_native(blk, batch.records, sigs, events, None)
+        return
+    from ledger.apply.transfers import create_transfer  # transfers imports this module
+
     records = batch.records
+    count = len(records) // TRANSFER_SIZE
+    start = 0
+    decided: list[Verdict] = []
+    for _split in range(SPLITS_MAX + 1):
+        seg = records[start * TRANSFER_SIZE:]
+        before = len(events)
+        _apply_native(blk, seg, sigs[start:] if sigs else [], events, _hook(blk, seg, decided))
+        start += len(events) - before
+        if start == count:
+            return
+        raw = records[start * TRANSFER_SIZE:(start + 1) * TRANSFER_SIZE]
+        events.append(create_transfer(blk, TRANSFER_STRUCT.unpack(raw), raw, sigs[start] if sigs else b"",
+                                      decided.pop()))
+        start += 1
+        if start == count:
+            return
+    for i in range(start, count):  # many rule-decided records: the reference, without re-gathering
+        raw = records[i * TRANSFER_SIZE:(i + 1) * TRANSFER_SIZE]
+        events.append(create_transfer(blk, TRANSFER_STRUCT.unpack(raw), raw, sigs[i] if sigs else b""))
+
+
+def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, AccountState, AccountState], bool]:
+    """The engine's rules hook over this segment (see the module doc).
+
+    After no rule matched it records exactly what ``effects.after_success`` records outside a linked
+    chain (no undo log), inlined: this runs once per transfer under a rule set."""
+    rules = blk.rules
+    assert rules is not None and blk.undo is None
+    decide = rules.decide if rules.active else None
+    unpack = TRANSFER_STRUCT.unpack_from
+    ts0, height, side = blk.ts0, blk.height, blk.side
+    risk, state, pairs, pairs_committed, extrefs = side.risk, side.state, side.pairs, side.pairs_committed, side.extrefs
+    get_pair = blk.txn.getter(Table.RISK_PAIRS)
+    record = risk_features.record
+    track_out, track_in, track_psp, track_pairs = rules.track_out, rules.track_in, rules.track_psp, rules.track_pairs
+
+    def hook(i: int, dra: AccountState, cra: AccountState) -> bool:
+        rec = unpack(records, i * TRANSFER_SIZE)
+        if decide is not None:
+            verdict = decide(rec, dra, cra, ts0, height, side)
+            if verdict[0] != NO_MATCH:
+                decided.append(verdict)
+                return False
+        amount = rec[3] | rec[4] << 64
+        for key in (KEY_OUT + rec[1] if track_out else None, KEY_IN + rec[2] if track_in else None,
+                    KEY_PSP + rec[10].to_bytes(4, "big") if track_psp else None):
+            if key is not None:
+                st = risk.get(key)
+                if st is None:  # first touch in this block: a copy (the cache keeps the committed state)
+                    base = state(key)
+                    st = risk[key] = list(base) if base is not None else new_state()
+                record(st, ts0, amount)
+        if track_pairs:
+            pk = rec[1] + rec[2]  # SideState.seen, inlined; its per-block cache of store lookups is shared
+            if pk not in pairs:
+                known = pairs_committed.get(pk)
+                if known is None:
+                    known = pairs_committed[pk] = get_pair(pk) is not None
+                if not known:
+                    pairs.add(pk)
+        if rec[7] != ZERO32:
+            extrefs[rec[10].to_bytes(4, "big") + rec[7]] = rec[0]
+        return True
+
+    return hook
+
+
+def _apply_native(blk: Block, records: bytes, sigs: list[bytes], events: list[Event],
+                  hook: Callable[[int, AccountState, AccountState], bool] | None) -> None:
     engine = native.engine()
     xids, aids = engine.transfer_ids(records)
     known: list[tuple[bytes, TransferRef, bytes]] = []
@@ -76,10 +174,10 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
         aids.append(body[_CR])
     accounts: list[tuple[bytes, AccountState]] = engine.gather_accounts(  # Block.account, per distinct id
         aids, blk.accounts, blk.committed.accounts, blk.saved, blk.account, not known)  # unique unless appended
-    sigs = signature_auxes(batch)
     broken = engine.apply_transfers(
         records, accounts, known, blk.ts0, blk.height, sigs or None, events, blk.transfers,
         blk.bodies, blk.expiry_puts, blk.expiry_dels, Event, TransferRef, EventKind.CREATE_TRANSFER, _RESULTS,
+        hook,
     )
     if broken is not None:
         fail(broken)

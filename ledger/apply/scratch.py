@@ -83,6 +83,7 @@ class SideState(RiskView):
     risk: dict[bytes, list[int]] = field(default_factory=dict)  # risk states changed in this block
     pairs: set[bytes] = field(default_factory=set)  # pairs first seen in this block
     pairs_committed: dict[bytes, bool] = field(default_factory=dict)  # committed lookups of this block
+    risk_absent: set[bytes] = field(default_factory=set)  # risk keys the store lacks (read once per block)
     extrefs: dict[bytes, bytes] = field(default_factory=dict)
     callbacks: dict[bytes, TransferRef] = field(default_factory=dict)
     callback_bodies: dict[bytes, bytes] = field(default_factory=dict)
@@ -96,7 +97,12 @@ class SideState(RiskView):
         st = self.committed.risk.get(key)  # inline of _committed: this runs for most transfers under rules
         if st is not None:
             return st
-        return _committed(self.committed.risk, self.txn, Table.RISK, key, decode_state)
+        if key in self.risk_absent:  # the rule inputs and the risk update both ask for a new key
+            return None
+        st = _committed(self.committed.risk, self.txn, Table.RISK, key, decode_state)
+        if st is None:
+            self.risk_absent.add(key)  # the store gets the key only when this block commits
+        return st
 
     def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
         """Whether the payer has paid this payee before (in this block or committed)."""

@@ -53,7 +53,7 @@ NS: Final = 1_000_000_000
 
 
 def apply_transfers(blk: Block, batch: Batch, events: list[Event]) -> None:
-    if native_transfers.takes(blk):  # the compiled engine (ledger/apply/native_transfers.py)
+    if native_transfers.takes(blk, batch):  # the compiled engine (ledger/apply/native_transfers.py)
         native_transfers.apply(blk, batch, events)
         return
     records = batch.records

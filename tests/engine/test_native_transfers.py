@@ -4,8 +4,8 @@ Targeted blocks reach every transfer result code (including the u128 overflow ed
 overflow, chains failing mid-way, pending transfers created and posted in one batch, a pending
 transfer whose creating chain was undone); each block must give byte-identical outcomes, headers
 and store contents on both engines, and the native path must really have run (a counter on the
-hook). Signed batches (PSP signature auxes), mixed account/transfer blocks and a block under an
-active rule set (which stays on the reference) are compared too.
+hook). Signed batches (PSP signature auxes) and mixed account/transfer blocks are compared too;
+blocks under rule sets: tests/engine/test_rules_differential.py.
 """
 
 from __future__ import annotations
