@@ -10,9 +10,8 @@ real node and checks that each documented name exists.
 from __future__ import annotations
 
 import struct
-import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import repeat
 from typing import Any, Final
 
@@ -58,12 +57,6 @@ def psp_label(psp: int) -> str:
         return "other"
     _psp_labels.add(psp)
     return str(psp)
-
-
-def ack_timer() -> Callable[[Any], None]:
-    """A done-callback for a batch's future that records its ack latency."""
-    t0 = time.perf_counter()
-    return lambda _fut: BATCH_ACK.observe(time.perf_counter() - t0)
 
 
 def count_results(batch: Batch, results: Any) -> None:

@@ -2,7 +2,12 @@
 
 A block closes when it holds ``block_items_max`` items or ``block_delay_ms`` after its first batch
 arrived. While one block is being committed (applied + fsynced, in a worker thread) the next one
-fills up, so the fsync cost is shared by everything that arrived meanwhile (group commit).
+fills up, so the fsync cost is shared by everything that arrived meanwhile (group commit). With
+``linger_blocks`` blocks already being committed, a block that is not full stays open past its delay
+until one of them is answered: a block that would only wait behind them anyway takes everything
+that arrives meanwhile instead of closing small (many one-payment requests then share one block's
+fixed cost: the fsyncs, the checkpoint signature, the Raft round). Full blocks pipeline up to
+``inflight_blocks_max``.
 
 Bounded everywhere: the queue holds at most ``queue_items_max`` items and ``QUEUE_BYTES_MAX`` bytes
 (records and signatures plus ``BATCH_OVERHEAD_BYTES`` per batch — a queue of one-payment batches
@@ -55,12 +60,22 @@ def batch_bytes(batch: Batch) -> int:
 class _Pending:
     batch: Batch
     future: asyncio.Future[tuple[BatchOutcome, BlockOutcome]]
+    queued_at: float  # time.perf_counter() when submitted: the batch's ack latency metric
+
+
+def _observe_acks(settled: list[_Pending]) -> None:
+    """Ack latency of settled batches, observed in one loop per block (not a callback per future)."""
+    now = time.perf_counter()
+    observe = metrics.BATCH_ACK.observe
+    for p in settled:
+        observe(now - p.queued_at)
 
 
 class Ingest:
     def __init__(self, commit: Committer, block_items_max: int, block_delay_ms: float,
                  queue_items_max: int, clock_ns: Callable[[], int] = time.time_ns,
-                 inflight_blocks_max: int = 1, queue_bytes_max: int = QUEUE_BYTES_MAX) -> None:
+                 inflight_blocks_max: int = 1, queue_bytes_max: int = QUEUE_BYTES_MAX,
+                 linger_blocks: int | None = None) -> None:
         self._commit = commit
         self._block_items_max = block_items_max
         self._block_delay_s = block_delay_ms / 1000.0
@@ -73,6 +88,9 @@ class Ingest:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(inflight_blocks_max)
+        # with this many blocks being committed, a block that is not full waits for one of them
+        self._linger_blocks = linger_blocks or inflight_blocks_max
+        self._committing = 0
         self._commits: set[asyncio.Task[None]] = set()
         # set when the store is full: refuse new work for store_retry_s, then let one block try again
         self._refusal: Exception | None = None
@@ -97,8 +115,11 @@ class Ingest:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue:
-            fail_future(self._queue.popleft().future, Indeterminate("node is shutting down; retry on another node"))
+        left = list(self._queue)
+        self._queue.clear()
+        for p in left:
+            fail_future(p.future, Indeterminate("node is shutting down; retry on another node"))
+        _observe_acks(left)
 
     @property
     def store_full(self) -> bool:
@@ -122,11 +143,11 @@ class Ingest:
                 "retry with backoff, slow down, or send fewer, larger batches"
             )
         fut: asyncio.Future[tuple[BatchOutcome, BlockOutcome]] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(metrics.ack_timer())
-        self._queue.append(_Pending(batch, fut))
+        self._queue.append(_Pending(batch, fut, time.perf_counter()))
         self._queued_items += n
         self._queued_bytes += size
-        self._wakeup.set()
+        if len(self._queue) == 1 or self._queued_items >= self._block_items_max:
+            self._wakeup.set()  # the first batch of a block, or a full block: not every batch
         return fut
 
     async def _run(self) -> None:
@@ -135,6 +156,11 @@ class Ingest:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._fill()
+            while self._committing >= self._linger_blocks and not self._full():
+                # group commit: enough blocks are on their way; a partial block keeps filling until
+                # one of them is answered (or it is full) instead of closing small and waiting anyway
+                self._wakeup.clear()
+                await self._wakeup.wait()
             await self._inflight.acquire()  # bounded pipelining: at most N blocks being committed
             taken = self._take()
             if not taken:
@@ -142,22 +168,22 @@ class Ingest:
                 continue
             # the proposal (and its timestamp) is built here, in order; commits may overlap
             proposal = Proposal(self._clock_ns(), tuple(p.batch for p in taken))
+            self._committing += 1
             task = asyncio.get_running_loop().create_task(self._commit_block(taken, proposal))
             self._commits.add(task)
             task.add_done_callback(self._commits.discard)
 
+    def _full(self) -> bool:
+        return self._queued_items >= self._block_items_max
+
     async def _fill(self) -> None:
-        """Wait until the block is full or its delay since the first batch has passed."""
-        deadline = time.monotonic() + self._block_delay_s
-        while self._queued_items < self._block_items_max:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), left)
-            except TimeoutError:
-                return
+        """Wait until the block is full or its delay since the first batch has passed (submit wakes
+        this only when the block is full: not once per batch)."""
+        if self._full():
+            return
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self._block_delay_s)
 
     def _take(self) -> list[_Pending]:
         taken: list[_Pending] = []
@@ -169,7 +195,8 @@ class Ingest:
             p = self._queue.popleft()
             self._queued_items -= n
             self._queued_bytes -= batch_bytes(p.batch)
-            if p.future.cancelled():
+            if p.future.cancelled():  # its stream ended: nobody waits for it
+                _observe_acks([p])
                 continue
             taken.append(p)
             items += n
@@ -184,9 +211,12 @@ class Ingest:
             log.error("block commit failed: %s", e)
             for p in taken:
                 fail_future(p.future, e)
+            _observe_acks(taken)
             return
         finally:
             self._inflight.release()
+            self._committing -= 1
+            self._wakeup.set()  # a lingering block may close now
         if self._refusal is not None:
             log.info("the store takes writes again: accepting new work")
             self._refusal = None
@@ -196,3 +226,4 @@ class Ingest:
         for p, batch_outcome in zip(taken, outcome.batches, strict=True):
             if not p.future.done():
                 p.future.set_result((batch_outcome, outcome))
+        _observe_acks(taken)

@@ -362,20 +362,30 @@ class Replicator:
 
     async def _apply(self, entries: list[Entry]) -> None:
         results: list[tuple[str, Any]] = []  # kept across retries: entries applied before a failure
-        await self._store_call(self._apply_entries, entries, results)
+        loop = asyncio.get_running_loop()
+
+        def answered(req: int, outcome: BlockOutcome) -> None:  # store thread, right after a block
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: nobody to answer
+                loop.call_soon_threadsafe(self._answer, req, outcome)
+
+        await self._store_call(self._apply_entries, entries, results, answered)
         for kind, value in results:
             if kind == "conf":
                 cs = self.raw.apply_conf_change(value)
                 await self._store_call(self.storage.set_conf_state, cs)
                 self._on_conf_applied(value)
-            elif kind == "done":
-                req, outcome = value
-                fut = self._waiting.pop(req, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(outcome)
 
-    def _apply_entries(self, entries: list[Entry], out: list[tuple[str, Any]]) -> None:
-        """Store thread: apply each committed entry exactly once, in log order (appending to ``out``)."""
+    def _answer(self, req: int, outcome: BlockOutcome) -> None:
+        fut = self._waiting.pop(req, None)
+        if fut is not None and not fut.done():
+            fut.set_result(outcome)
+
+    def _apply_entries(self, entries: list[Entry], out: list[tuple[str, Any]],
+                       answered: Callable[[int, BlockOutcome], None]) -> None:
+        """Store thread: apply each committed entry exactly once, in log order (appending to ``out``).
+        A block this node proposed is answered as soon as it is applied and signed, not after the
+        other entries of the same Ready (a backlog of committed blocks would otherwise hold back the
+        first one's acknowledgement by the apply time of all the others)."""
         state = self.state
         for e in entries:
             if e.index <= max(state.applied_index, self._conf_applied):
@@ -392,7 +402,7 @@ class Replicator:
                 outcome = state.apply_block(decode_proposal(e.data[ENTRY_HEADER.size :]), applied_index=e.index)
             self._on_block(state)
             if proposer == self.self_id:
-                out.append(("done", (req, outcome)))
+                answered(req, outcome)
 
     def _check_divergence(self, index: int, height: int, expected: bytes) -> None:
         if height == 0 or height > self.state.head.height:

@@ -199,8 +199,10 @@ class Node:
         # In a region a block is one Raft entry and must fit one peer message (max_message_bytes):
         # cap it at one full batch (8189 signed transfers ≈ 2 MB).
         block_items = min(cfg.block_items_max, BATCH_ITEMS_MAX) if cfg.peers else cfg.block_items_max
+        # a region overlaps one block's replication with the previous block's apply (2 open blocks);
+        # one node applies one block at a time, so a second partial block would only wait
         self.ingest = Ingest(self.committer.propose, block_items, cfg.block_delay_ms, cfg.queue_items_max,
-                             inflight_blocks_max=4 if cfg.peers else 2)
+                             inflight_blocks_max=4 if cfg.peers else 2, linger_blocks=2 if cfg.peers else 1)
 
     def _add_services(self, server: grpc.aio.Server, ingest: Ingest) -> None:
         cfg = self.config
