@@ -20,6 +20,11 @@ reference's by construction; the rest of the batch goes back to the engine.
 call that decides every record with the GIL released, and lets that call write the outcome into the
 block's scratch state exactly as ``ledger/apply/transfers.py`` would (events, transfer refs, bodies,
 expiry keys, balances).
+
+``bind()`` (run at import) hands the C the ``__slots__`` offsets of ``AccountState``, ``TransferRef``
+and ``Event`` so it reads and writes them without the attribute protocol and creates refs and
+events without the dataclass ``__init__`` frame (ledger/_native/slots.h); anything unbound takes
+the generic path with the same results (tests/engine/test_native_glue.py).
 """
 
 from __future__ import annotations
