@@ -106,7 +106,11 @@ def backup_from_data(data: Path, out: Path, region: str | None) -> dict[str, Any
     try:
         reader = LedgerReader(store)
         # the node's own guard applies: never sign anything inconsistent with what it signed before
-        service = CheckpointService(reader, signer, origin, data / GUARD_FILE)
+        try:
+            service = CheckpointService(reader, signer, origin, data / GUARD_FILE)
+        except GuardUnreadable as e:
+            raise BackupError(f"this node's signer guard is unreadable ({e}); the node would refuse to start "
+                              "too: restore its data directory") from e
         try:
             service.on_start(reader.head())  # sign first: the copy taken next holds at least this much
             latest = service.latest()

@@ -241,3 +241,35 @@ def test_signer_writes_one_slot_per_new_checkpoint(tmp_path: Path) -> None:
     assert after is not None and after.seq == before.seq + 1 and after.size == led.state.head.tree_size
     assert os.path.getsize(tmp_path / GUARD_FILE) == FILE_SIZE
     svc.close()
+
+
+# -- restore (sovledger/backup.py) reads the guard through the same module ----------------------
+
+
+@pytest.mark.parametrize("fmt", ["bin", "json"])
+def test_restore_refuses_a_backup_below_the_guard_and_force_moves_it_aside(tmp_path: Path, fmt: str) -> None:
+    from sovledger.backup import BackupError, _check_guard
+
+    if fmt == "bin":
+        g = GuardFile(tmp_path / GUARD_FILE)
+        g.store(500, b"\x50" * 32)
+        g.close()
+        name = GUARD_FILE
+    else:
+        _legacy(tmp_path, 500, b"\x50" * 32)
+        name = LEGACY_GUARD_FILE
+    _check_guard(tmp_path, {"tree_size": 500}, force=False)  # not below: fine
+    with pytest.raises(BackupError, match="already signed a tree of 500 entries"):
+        _check_guard(tmp_path, {"tree_size": 499}, force=False)
+    assert (tmp_path / name).exists()
+    _check_guard(tmp_path, {"tree_size": 499}, force=True)
+    assert not (tmp_path / name).exists() and (tmp_path / f"{name}.before-restore").exists()
+    assert read_guard(tmp_path / GUARD_FILE) is None
+
+
+def test_restore_refuses_an_unreadable_guard(tmp_path: Path) -> None:
+    from sovledger.backup import BackupError, _check_guard
+
+    (tmp_path / GUARD_FILE).write_bytes(b"\0" * 10)
+    with pytest.raises(BackupError, match="signer guard is unreadable"):
+        _check_guard(tmp_path, {"tree_size": 1}, force=False)
