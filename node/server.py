@@ -35,6 +35,7 @@ from node.config import NodeConfig
 from node.errors import BadRequest
 from node.expiry import ExpiryTimer
 from node.fair_share import FairShare, PspLimit, parse_limits
+from node.guard_file import GUARD_FILE
 from node.health import HealthWatch
 from node.key_rotation import KeyRing
 from node.memory import MapTrimmer, MapWatch
@@ -105,7 +106,7 @@ class Node:
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
         self.keyring = KeyRing(data, self.key)
         self.checkpoints = CheckpointService(
-            self.reader, self.key, config.origin, data / "signer-guard.json", config.checkpoint_every_blocks,
+            self.reader, self.key, config.origin, data / GUARD_FILE, config.checkpoint_every_blocks,
             choose_signer=self._checkpoint_signer,
         )
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
@@ -349,6 +350,7 @@ class Node:
         await self.federation.stop()
         self.offload.close()
         self._apply_pool.shutdown(wait=True)
+        self.checkpoints.close()
         self.store.close()
         self._data_lock.close()
 

@@ -4,15 +4,13 @@ The node signs a C2SP checkpoint (origin, tree size, root, plus extension lines 
 height, block hash and chain head) after every N blocks. Before signing, the guard proves — with
 a consistency proof from the node's own tree, verified like an auditor would — that the new tree
 extends the last tree this key ever signed. The last signed (size, root) lives in a small file
-next to the store, written and fsynced before the signature is published: a store that was
+next to the store (node/guard_file.py), made durable before the signature is published: a store that was
 rolled back, truncated or forked can never get this key to sign an inconsistent checkpoint.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
-import json
 import logging
 import os
 import threading
@@ -24,6 +22,7 @@ from ledger.merkle import ProofError, verify_consistency
 from ledger.note import Checkpoint, Signer, sign_note
 from ledger.reader import LedgerReader
 from ledger.state import Head
+from node.guard_file import GuardFile
 
 log = logging.getLogger("sovledger.signing")
 
@@ -57,6 +56,7 @@ class CheckpointService:
         self._every = every_blocks
         self._lock = threading.Lock()
         self._latest: SignedCheckpoint | None = None
+        self._guard_file = GuardFile(guard_path)
         self._guard = self._load_guard()
         # the newest tree size of this origin a peer holds (learned at start, node/startup.py): the
         # key never signs below it, so an old copy of the data directory cannot sign old state again
@@ -66,24 +66,17 @@ class CheckpointService:
         self.failure: Exception | None = None  # the last signing error, until a signature succeeds
 
     def _load_guard(self) -> tuple[int, bytes] | None:
-        if not self._guard_path.exists():
-            return None
-        data = json.loads(self._guard_path.read_text())
-        return int(data["size"]), base64.b64decode(data["root"])
+        self._guard_file.migrate()  # a data directory from before the binary format (node/guard_file.py)
+        rec = self._guard_file.record
+        return None if rec is None else (rec.size, rec.root)
 
     def _store_guard(self, size: int, root: bytes) -> None:
         _injected_fault()
-        tmp = self._guard_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"size": size, "root": base64.b64encode(root).decode(), "origin": self._origin}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._guard_path)
-        dfd = os.open(self._guard_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self._guard_file.store(size, root)
+
+    def close(self) -> None:
+        """Close the guard file's descriptor (the service signs nothing afterwards)."""
+        self._guard_file.close()
 
     def on_start(self, head: Head) -> None:
         """Sign the current head at start (refusing loudly if the store went backwards).

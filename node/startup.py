@@ -33,6 +33,7 @@ from ledger.note import Checkpoint, NoteError, Signer, Verifier, open_note, spli
 from ledger.reader import DamagedEntry, LedgerReader, RangeError
 from ledger.state import Head
 from node.config import NodeConfig
+from node.guard_file import GUARD_FILE, GuardUnreadable, guard_exists, read_guard
 from node.keys import KeyFileError, load_key_file, write_key_file
 from node.tls import TlsFiles, blocking_channel, client_files
 from sovledger_pb import ledger_pb2 as pb
@@ -67,7 +68,7 @@ def check_store(config: NodeConfig, reader: LedgerReader,
     check_membership(config, holds_ledger)
     key = node_key(data, config.key_name, holds_ledger)
     try:
-        verify_tail(reader, _load_guard(data / "signer-guard.json"))
+        verify_tail(reader, _load_guard(data / GUARD_FILE))
         if config.verify_full:
             log.info("verifying every block of the store (--verify-full) …")
             verify_full(reader)
@@ -83,16 +84,13 @@ def check_store(config: NodeConfig, reader: LedgerReader,
 
 
 def _load_guard(path: Path) -> tuple[int, bytes] | None:
-    import base64
-    import json
-
-    if not path.exists():
-        return None
+    """The last signed (size, root): ``signer-guard.bin``, or a not yet migrated ``signer-guard.json``."""
     try:
-        data = json.loads(path.read_text())
-        return int(data["size"]), base64.b64decode(data["root"])
-    except (OSError, ValueError, KeyError) as e:
-        raise StartupRefused(f"signer guard {path} is unreadable: {e}") from e
+        rec = read_guard(path)
+    except GuardUnreadable as e:
+        raise StartupRefused(f"the signer guard is unreadable ({e}); restore the data directory, or move the "
+                             "file aside only if this key may sign any tree again") from e
+    return None if rec is None else (rec.size, rec.root)
 
 
 # -- 1. one process per data directory ---------------------------------------------------------
@@ -123,7 +121,7 @@ def node_key(data: Path, name: str, holds_ledger: bool) -> Signer:
     path = data / "node.key"
     restored = data / RESTORED_MARKER
     if not path.exists():
-        if (holds_ledger or (data / "signer-guard.json").exists()) and not restored.exists():
+        if (holds_ledger or guard_exists(data / GUARD_FILE)) and not restored.exists():
             raise StartupRefused(
                 f"{path} is missing but {data} already holds a ledger signed by this node: restore the key "
                 "file from your backup (a new key would be a new identity the region does not know)")
@@ -223,7 +221,7 @@ def _verify_guard(reader: LedgerReader, head: Head, guard: tuple[int, bytes] | N
         return  # the signer itself refuses a store that went backwards (node/signing.py)
     if reader.root_at(guard[0]) != guard[1]:
         raise StartupRefused(f"the stored tree at size {guard[0]} differs from the checkpoint this key signed "
-                             "(signer-guard.json): history was rewritten on disk")
+                             f"({GUARD_FILE}): history was rewritten on disk")
 
 
 #: Left by `sovledger restore` (sovledger/backup.py) in a keyless directory it restored into: the

@@ -35,6 +35,7 @@ from ledger.lmdb_store import DEFAULT_MAP_SIZE_BYTES, LmdbStore
 from ledger.merkle import CompactRange
 from ledger.note import Checkpoint, Verifier, open_note
 from ledger.reader import DamagedEntry, LedgerReader
+from node.guard_file import GUARD_FILE, LEGACY_GUARD_FILE, GuardUnreadable, read_guard
 from node.keys import load_key_file
 from node.signing import CheckpointService
 from node.snapshots import SnapshotRejected, verify_and_prepare
@@ -105,9 +106,16 @@ def backup_from_data(data: Path, out: Path, region: str | None) -> dict[str, Any
     try:
         reader = LedgerReader(store)
         # the node's own guard applies: never sign anything inconsistent with what it signed before
-        service = CheckpointService(reader, signer, origin, data / "signer-guard.json")
-        service.on_start(reader.head())  # sign first: the copy taken next holds at least this much
-        latest = service.latest()
+        try:
+            service = CheckpointService(reader, signer, origin, data / GUARD_FILE)
+        except GuardUnreadable as e:
+            raise BackupError(f"this node's signer guard is unreadable ({e}); the node would refuse to start "
+                              "too: restore its data directory") from e
+        try:
+            service.on_start(reader.head())  # sign first: the copy taken next holds at least this much
+            latest = service.latest()
+        finally:
+            service.close()
         tmp = out / "copy.tmp"
         store.copy_to(str(tmp))
     finally:
@@ -194,18 +202,21 @@ def _check_every_leaf(directory: Path, manifest: dict[str, Any]) -> None:
 
 def _check_guard(data: Path, manifest: dict[str, Any], force: bool) -> None:
     """A node key that already signed a larger tree would refuse to sign this older one at start."""
-    guard = data / "signer-guard.json"
-    if not guard.exists():
-        return
-    signed = int(json.loads(guard.read_text())["size"])
-    if signed <= manifest["tree_size"]:
+    guard = data / GUARD_FILE
+    try:
+        rec = read_guard(guard)
+    except GuardUnreadable as e:
+        raise BackupError(f"this node's signer guard is unreadable ({e}); fix or move it aside first") from e
+    if rec is None or rec.size <= manifest["tree_size"]:
         return
     if not force:
-        raise BackupError(f"this node's key already signed a tree of {signed} entries, the backup holds "
+        raise BackupError(f"this node's key already signed a tree of {rec.size} entries, the backup holds "
                           f"{manifest['tree_size']}: restoring it rolls the published log back. Re-seed the node "
                           "from a replica instead, or pass --force to move the guard aside (auditors will see "
                           "the rollback)")
-    guard.rename(data / "signer-guard.json.before-restore")
+    for name in (GUARD_FILE, LEGACY_GUARD_FILE):
+        if (data / name).exists():
+            (data / name).rename(data / f"{name}.before-restore")
 
 
 def _cmd_backup(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Each case produces the situation against real files/processes and asserts the exit code AND that
 the message names what broke (index, block, node, sizes). A replica is a copy of a stopped node's
-data directory (LMDB files + node.key + signer-guard.json) started as a second process.
+data directory (LMDB files + node.key + signer-guard.bin) started as a second process.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ledger.hashing import block_hash
 from ledger.merkle import CompactRange
 from ledger.state import Head
 from ledger.types import EventKind
+from node.guard_file import GUARD_FILE
 from tests.integration.nodeproc import ROOT, NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -311,7 +312,7 @@ def test_entry_altered_with_its_hashes(base: Path, tmp_path: Path, nodes: list[N
     with pytest.raises(RuntimeError):
         NodeProcess(data, port=n.port).start(timeout_s=20)
     # an insider deletes the guard: the key now signs the rewritten tree …
-    (data / "signer-guard.json").unlink()
+    (data / GUARD_FILE).unlink()
     forged = NodeProcess(data, port=n.port).start()
     nodes.append(forged)
     # … which contradicts the checkpoint the auditor trusts (same size, other root)

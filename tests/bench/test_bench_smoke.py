@@ -171,3 +171,13 @@ def test_intake_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(steps) == 8 and all(r["python_us"] > 0 for r in steps.values())
     paired = [r for r in steps.values() if r["native_us"] is not None]
     assert len(paired) == (4 if native.available() else 0)
+
+
+def test_guard_store_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import guard_store
+
+    assert guard_store.main(["--stores", "3", "--rounds", "2", "--dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["round 1", "round 2"]
+    assert all("json+rename" in ln and "two-slot" in ln for ln in lines)
+    assert list(tmp_path.iterdir()) == []  # its files are removed
