@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = res["median_tx_per_s"][mode] / res["median_tx_per_s"]["insecure"]
         table.add_row(mode, fmt_rate(res["median_tx_per_s"][mode]),
                       " ".join(fmt_rate(x) for x in res["tx_per_s"][mode]), f"{ratio:.2f}×",
-                      f"{cpu[mode]:.1f}", f"{cpu[mode] / cpu['insecure']:.2f}×")
+                      f"{cpu[mode]:.1f}",
+                      f"{cpu[mode] / cpu['insecure']:.2f}×" if cpu["insecure"] else "–")  # 0: below /proc's tick
     console.print(table)
     out = write_results("tls_cost", {"machine": machine(), **res}, args.results_dir)
     console.print(f"wrote {out}")
