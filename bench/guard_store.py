@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from node.durable import fsync_dir
 from node.guard_file import GuardFile
 
 
@@ -28,11 +29,7 @@ def json_store(path: Path, size: int, root: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import blake3
 
+from node.durable import fsync_dir
+
 GUARD_FILE = "signer-guard.bin"
 LEGACY_GUARD_FILE = "signer-guard.json"  # before the binary format: {"size", "root" (base64), "origin"}
 
@@ -161,7 +163,7 @@ class GuardFile:
             return
         self._create(self.record)
         legacy.unlink()
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -190,14 +192,6 @@ class GuardFile:
             os.close(fd)
             raise
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.close()
         self._fd, self._next_slot = fd, 1  # slot A holds the newest record
-
-
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

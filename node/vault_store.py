@@ -27,6 +27,7 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ledger.pii import ErasureReason
+from node.durable import fsync_dir
 
 KEY_SIZE: Final = 32
 NONCE_SIZE: Final = 12
@@ -104,14 +105,6 @@ def unseal(key: bytes, rec: SealedRecord) -> bytes:
         raise VaultCorrupt(f"record of subject {rec.subject_id:#x} fails authentication") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class KeyStore:
     """Fixed-slot key file; every write and every erasure is fsynced before returning."""
 
@@ -120,7 +113,7 @@ class KeyStore:
         new = not path.exists()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if new:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         self._slots: dict[int, int] = {}  # subject -> slot number
         self._free: list[int] = []
         size = os.fstat(self._fd).st_size
@@ -184,7 +177,7 @@ class RecordFiles:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def read(self, subject_id: int) -> SealedRecord | None:
         try:
@@ -204,7 +197,7 @@ class RecordFiles:
             finally:
                 os.close(fd)
             path.unlink()
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
 
 class Tombstones:

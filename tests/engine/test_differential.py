@@ -10,7 +10,7 @@ compared, not only successes.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ledger import native
 from ledger.codec import Batch, Proposal, encode_account, encode_transfer
 from ledger.lmdb_store import LmdbStore
+from ledger.note import Verifier
 from ledger.schema import TABLES
 from ledger.state import LedgerState
 from ledger.store import Store
@@ -80,9 +81,9 @@ def dump(store: Store) -> dict[str, list[tuple[bytes, bytes]]]:
 class Pair:
     """The same proposals applied by the Python engine to one store and the native one to another."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, operator_keys: Sequence[Verifier] = ()) -> None:
         self.stores = {name: LmdbStore(str(root / name), map_size_bytes=64 << 20) for name in native.ENGINES}
-        self.states = {name: LedgerState(store) for name, store in self.stores.items()}
+        self.states = {name: LedgerState(store, operator_keys) for name, store in self.stores.items()}
         self.now = T0
         self.results: set[int] = set()
 

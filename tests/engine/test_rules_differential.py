@@ -23,18 +23,15 @@ from ledger import native
 from ledger.apply import native_transfers
 from ledger.codec import (
     Batch,
-    Proposal,
     SettlementCallback,
     encode_account,
     encode_callback,
     encode_transfer,
 )
-from ledger.lmdb_store import LmdbStore
-from ledger.state import LedgerState
 from ledger.types import Account, EventKind, Result, Transfer
 from ledger.types import AccountFlags as AF
 from ledger.types import TransferFlags as TF
-from tests.engine.test_differential import dump
+from tests.engine.test_differential import Pair
 from tests.rules.helpers import OPERATOR, deploy_record
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native engine not built (no C compiler)")
@@ -106,41 +103,17 @@ def callback_for(rnd: random.Random, cid: int, t: Transfer) -> SettlementCallbac
     return SettlementCallback(cid, transfer_id=t.id, observed_amount=observed, psp_id=t.psp_id)
 
 
-class RulesPair:
+class RulesPair(Pair):
     """The same proposals applied by both engines, each to its own LMDB store, under rule sets."""
 
     def __init__(self, root: Path) -> None:
-        self.stores = {name: LmdbStore(str(root / name), map_size_bytes=64 << 20) for name in native.ENGINES}
-        self.states = {name: LedgerState(store, [OPERATOR.verifier]) for name, store in self.stores.items()}
-        self.now = T0
-        self.results: set[int] = set()
+        super().__init__(root, [OPERATOR.verifier])
 
-    def block(self, *batches: Batch, advance_s: int = 1) -> None:
-        self.now += advance_s * NS
-        outcomes = {}
-        previous = native.active()
-        try:
-            for name, state in self.states.items():
-                assert native.select(name) == name
-                outcomes[name] = state.apply_block(Proposal(self.now, batches))
-        finally:
-            native.select(previous)
-        py, nat = outcomes["python"], outcomes["native"]
-        assert nat.batches == py.batches
-        assert nat.header == py.header
-        assert nat.block_hash == py.block_hash
-        for b in py.batches:
-            self.results.update(b.results)
+    def block(self, *batches: Batch, advance_s: int = 1) -> None:  # type: ignore[override]
+        super().block(batches, advance_s)
 
     def deploy(self, picks: list[int], version: int) -> None:
         self.block(Batch(EventKind.DEPLOY_RULESET, deploy_record(ruleset_doc(picks, version))))
-
-    def assert_stores_identical(self) -> None:
-        assert dump(self.stores["native"]) == dump(self.stores["python"])
-
-    def close(self) -> None:
-        for store in self.stores.values():
-            store.close()
 
 
 def run_workload(pair: RulesPair, seed: int, blocks: int, per_block: int, picks: list[int]) -> None:
