@@ -165,3 +165,23 @@ def test_find_transfers_looks_in_the_block_then_the_store() -> None:
     assert asked == [bytes(range(16))[::-1], b"\x02" * 16]  # the block's own transfer is not looked up
     with pytest.raises(TypeError, match="16 bytes"):
         native.engine().find_transfers([b"short"], {}, stored)
+
+
+def test_find_transfers_asks_the_store_once_for_the_batch() -> None:
+    ref = TransferRef(7, 3, 11, 1)
+    in_block = {b"\x01" * 16: ref}
+    stored_rows = {bytes(range(16))[::-1]: b"row"}
+    calls: list[list[bytes]] = []
+
+    def get_many(keys: list[bytes]) -> list[bytes | None]:
+        calls.append(list(keys))
+        return [stored_rows.get(k) for k in keys]
+
+    tids = [b"\x02" * 16, b"\x01" * 16, bytes(range(16))]
+    found = native.engine().find_transfers(tids, in_block, get_many, True)
+    assert found == [(b"\x01" * 16, ref, None), (bytes(range(16)), None, b"row")]
+    assert calls == [[b"\x02" * 16, bytes(range(16))[::-1]]]  # one call, the block's transfer left out
+    assert native.engine().find_transfers([b"\x01" * 16], in_block, get_many, True) == [(b"\x01" * 16, ref, None)]
+    assert len(calls) == 1  # everything in the block: no store call at all
+    with pytest.raises(TypeError, match="one row or None per key"):
+        native.engine().find_transfers([b"\x02" * 16], {}, lambda keys: [], True)
