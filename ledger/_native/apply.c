@@ -629,39 +629,73 @@ done:
     return result;
 }
 
-/* find_transfers(tids, in_block, stored) -> [(id, ref or None, stored row or None)] of the ids known to the
- * block (ref) or to the store (the row ``stored(id_key(id))`` returned), in order; unknown ids are left out.
- * The loop of ledger/apply/native_transfers.py over every transfer id, without a Python frame per id. */
+/* find_transfers(tids, in_block, stored[, many]) -> [(id, ref or None, stored row or None)] of the ids known
+ * to the block (ref) or to the store (the row stored under ``id_key(id)``), in order; unknown ids are left
+ * out. ``stored`` looks one key up, or with ``many`` a list of keys at once (``ReadTxn.get_many``: one
+ * store call for the batch, rows or None in key order). The loop of ledger/apply/native_transfers.py
+ * over every transfer id, without a Python frame per id. */
+static PyObject *store_key(PyObject *tid) {
+    uint8_t k[16];
+    for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];  /* schema.id_key */
+    return PyBytes_FromStringAndSize((const char *)k, 16);
+}
+
+/* the stored rows of the ids not in the block: one list aligned with tids (None where in the block) */
+static PyObject *stored_rows(PyObject *tids, PyObject *refs, PyObject *stored, int many) {
+    Py_ssize_t n = PyList_GET_SIZE(tids);
+    PyObject *rows = PyList_New(n), *keys = many ? PyList_New(0) : NULL, *got = NULL;
+    if (rows == NULL || (many && keys == NULL)) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyList_SET_ITEM(rows, i, Py_NewRef(Py_None));
+        if (PyList_GET_ITEM(refs, i) != Py_None) continue;
+        PyObject *key = store_key(PyList_GET_ITEM(tids, i)), *row;
+        if (key == NULL) goto fail;
+        if (many) { int bad = PyList_Append(keys, key) < 0; Py_DECREF(key); if (bad) goto fail; continue; }
+        row = PyObject_CallOneArg(stored, key);
+        Py_DECREF(key);
+        if (row == NULL) goto fail;
+        Py_SETREF(PyList_GET_ITEM(rows, i), row);
+    }
+    if (!many || PyList_GET_SIZE(keys) == 0) { Py_XDECREF(keys); return rows; }
+    got = PyObject_CallOneArg(stored, keys);
+    if (got == NULL) goto fail;
+    if (!PyList_Check(got) || PyList_GET_SIZE(got) != PyList_GET_SIZE(keys)) {
+        PyErr_SetString(PyExc_TypeError, "get_many must return one row or None per key");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0, j = 0; i < n; i++)
+        if (PyList_GET_ITEM(refs, i) == Py_None) Py_SETREF(PyList_GET_ITEM(rows, i), Py_NewRef(PyList_GET_ITEM(got, j++)));
+    Py_DECREF(keys); Py_DECREF(got);
+    return rows;
+fail:
+    Py_XDECREF(rows); Py_XDECREF(keys); Py_XDECREF(got);
+    return NULL;
+}
+
 static PyObject *py_find_transfers(PyObject *self, PyObject *args) {
-    PyObject *tids, *in_block, *stored;
-    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &tids, &PyDict_Type, &in_block, &stored)) return NULL;
-    PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tids); i++) {
-        PyObject *tid = PyList_GET_ITEM(tids, i), *ref, *row = NULL, *t;
-        if (!id_arg(tid, 16, "a transfer id")) goto fail;
-        ref = PyDict_GetItemWithError(in_block, tid);
-        if (ref == NULL) {
-            if (PyErr_Occurred()) goto fail;
-            uint8_t k[16];
-            for (int b = 0; b < 16; b++) k[b] = (uint8_t)PyBytes_AS_STRING(tid)[15 - b];  /* schema.id_key */
-            PyObject *key = PyBytes_FromStringAndSize((const char *)k, 16);
-            row = key ? PyObject_CallOneArg(stored, key) : NULL;
-            Py_XDECREF(key);
-            if (row == NULL) goto fail;
-            if (row == Py_None) { Py_DECREF(row); continue; }
-            t = PyTuple_Pack(3, tid, Py_None, row);
-            Py_DECREF(row);
-        } else {
-            t = PyTuple_Pack(3, tid, ref, Py_None);
-        }
-        if (t == NULL || PyList_Append(out, t) < 0) { Py_XDECREF(t); goto fail; }
+    PyObject *tids, *in_block, *stored, *refs, *rows = NULL, *out = NULL;
+    int many = 0;
+    if (!PyArg_ParseTuple(args, "O!O!O|p", &PyList_Type, &tids, &PyDict_Type, &in_block, &stored, &many)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(tids);
+    if ((refs = PyList_New(n)) == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {  /* the block first: what it holds is never looked up in the store */
+        PyObject *tid = PyList_GET_ITEM(tids, i), *ref;
+        PyList_SET_ITEM(refs, i, Py_NewRef(Py_None));
+        if (!id_arg(tid, 16, "a transfer id")) goto done;
+        if ((ref = PyDict_GetItemWithError(in_block, tid)) != NULL) Py_SETREF(PyList_GET_ITEM(refs, i), Py_NewRef(ref));
+        else if (PyErr_Occurred()) goto done;
+    }
+    if ((rows = stored_rows(tids, refs, stored, many)) == NULL || (out = PyList_New(0)) == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ref = PyList_GET_ITEM(refs, i), *row = PyList_GET_ITEM(rows, i), *t;
+        if (ref == Py_None && row == Py_None) continue;
+        t = PyTuple_Pack(3, PyList_GET_ITEM(tids, i), ref, row);
+        if (t == NULL || PyList_Append(out, t) < 0) { Py_XDECREF(t); Py_CLEAR(out); goto done; }
         Py_DECREF(t);
     }
+done:
+    Py_DECREF(refs); Py_XDECREF(rows);
     return out;
-fail:
-    Py_DECREF(out);
-    return NULL;
 }
 
 static PyObject *py_result_codes(PyObject *self, PyObject *unused) {

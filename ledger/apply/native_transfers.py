@@ -30,6 +30,7 @@ the generic path with the same results (tests/engine/test_native_glue.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -169,8 +170,8 @@ def _apply_native(blk: Block, records: bytes, sigs: list[bytes], events: list[Ev
     engine = native.engine()
     xids, aids = engine.transfer_ids(records)
     known: list[tuple[bytes, TransferRef, bytes]] = []
-    found: list[tuple[bytes, TransferRef | None, bytes | None]] = engine.find_transfers(
-        xids, blk.transfers, blk.txn.getter(Table.TRANSFERS))  # in the block, else stored under id_key
+    found: list[tuple[bytes, TransferRef | None, bytes | None]] = engine.find_transfers(  # in the block, else
+        xids, blk.transfers, functools.partial(blk.txn.get_many, Table.TRANSFERS), True)  # stored, one store call
     for tid, in_block, raw in found:
         ref = in_block if in_block is not None else TransferRef.decode(cast(bytes, raw))  # one of the two is set
         body = blk.leaf_body(tid, ref)

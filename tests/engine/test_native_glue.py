@@ -10,6 +10,7 @@ construction, against the Python reference (the rest of tests/engine runs fully 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,3 +166,48 @@ def test_find_transfers_looks_in_the_block_then_the_store() -> None:
     assert asked == [bytes(range(16))[::-1], b"\x02" * 16]  # the block's own transfer is not looked up
     with pytest.raises(TypeError, match="16 bytes"):
         native.engine().find_transfers([b"short"], {}, stored)
+
+
+def test_find_transfers_asks_the_store_once_for_the_batch() -> None:
+    ref = TransferRef(7, 3, 11, 1)
+    in_block = {b"\x01" * 16: ref}
+    stored_rows = {bytes(range(16))[::-1]: b"row"}
+    calls: list[list[bytes]] = []
+
+    def get_many(keys: list[bytes]) -> list[bytes | None]:
+        calls.append(list(keys))
+        return [stored_rows.get(k) for k in keys]
+
+    tids = [b"\x02" * 16, b"\x01" * 16, bytes(range(16))]
+    found = native.engine().find_transfers(tids, in_block, get_many, True)
+    assert found == [(b"\x01" * 16, ref, None), (bytes(range(16)), None, b"row")]
+    assert calls == [[b"\x02" * 16, bytes(range(16))[::-1]]]  # one call, the block's transfer left out
+    assert native.engine().find_transfers([b"\x01" * 16], in_block, get_many, True) == [(b"\x01" * 16, ref, None)]
+    assert len(calls) == 1  # everything in the block: no store call at all
+    with pytest.raises(TypeError, match="one row or None per key"):
+        native.engine().find_transfers([b"\x02" * 16], {}, lambda keys: [], True)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000])
+@pytest.mark.parametrize("shape", ["random", "small-ints", "shared-prefix"])
+def test_rows_come_out_in_python_key_order(n: int, shape: str) -> None:
+    """changed_accounts and transfer_rows sort by key in C (qsort for few, a radix sort that skips
+    bytes every key shares for more): the order Python's sorted gives the same keys."""
+    rng = random.Random(n)
+
+    def key(i: int) -> bytes:
+        if shape == "small-ints":
+            return (i * 7 + 1).to_bytes(16, "little")
+        if shape == "shared-prefix":
+            return b"\x05" * 9 + rng.randbytes(3) + b"\x00" * 3 + bytes([i % 256])
+        return rng.randbytes(16)
+
+    ids = list(dict.fromkeys(key(i) for i in range(n)))
+    refs = {tid: TransferRef(i, 2, 3, 1, 0) for i, tid in enumerate(ids)}
+    rows = native.engine().transfer_rows(refs)
+    assert [k for k, _ in rows] == sorted(tid[::-1] for tid in ids)  # id_key: the id reversed
+    assert [v for _, v in rows] == [refs[k[::-1]].encode() for k, _ in rows]
+    accounts = {aid: AccountState(aid * 4, i, 0, 0, 1, 9) for i, aid in enumerate(ids)}
+    changed = native.engine().changed_accounts(accounts, {})
+    assert [k for k, _ in changed] == sorted(ids)
+    assert [v for _, v in changed] == [accounts[k].encode() for k, _ in changed]

@@ -69,3 +69,12 @@ def test_memory_capacity_is_store_full() -> None:
         w.put("leaves", b"k", b"x" * 2000)
     with store.read() as r:
         assert r.get("leaves", b"k") is None
+
+
+def test_get_many_in_a_write_txn_sees_its_own_writes_in_key_order(any_store: Store) -> None:
+    keys = [bytes([i]) * 16 for i in range(40)]
+    with any_store.write() as w:
+        w.put_many("transfers", [(k, k[:3]) for k in keys[::3]])
+        asked = [*keys[::-1], b"\xff" * 16]  # more than a handful (one cursor walk), not in key order
+        assert w.get_many("transfers", asked) == [k[:3] if i % 3 == 0 else None for i, k in
+                                                  reversed(list(enumerate(keys)))] + [None]
