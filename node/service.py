@@ -213,7 +213,10 @@ class LedgerService(pb_grpc.LedgerServicer):
                 pending = self._admit(req, who)
                 if isinstance(pending, Batch):  # signed (or signatures required): verify first
                     pending = await self._verified(pending, who)
-                await inflight.put((req.batch_id, pending, size))
+                if inflight.full():  # the window is full: stop reading until the head is answered
+                    await inflight.put((req.batch_id, pending, size))
+                else:  # no coroutine per request when there is room
+                    inflight.put_nowait((req.batch_id, pending, size))
         finally:
             await inflight.put(None)
 
