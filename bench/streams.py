@@ -15,6 +15,11 @@ the limit (0.2–0.35 cores busy; 2 or 4 processes were not faster: bench/README
 reports the client processes and their CPU (``client_cpu_s``) beside the rate, so a saturated client
 shows. Records are generated before timing; the run is bounded in count (the records given) and in
 time.
+
+Each stream asks for batched answers (call metadata ``sovledger-answers: batched``, docs/formats.md
+"Submit answers"): one response message then answers every request of the stream already decided,
+in order; ``answers_per_message`` in the result says how many that was on average.
+``--one-answer-per-message`` measures an old client (one response message per request).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ BATCHED_ANSWERS = ((ANSWERS_METADATA_KEY, ANSWERS_BATCHED),)  # call metadata: s
 
 
 async def _one_stream(stub: pb_grpc.LedgerStub, records: list[bytes], window: int, deadline: float,
-                      latencies: list[float], codes: Counter[int], refused: Counter[str], batched: bool) -> None:
+                      latencies: list[float], codes: Counter[int], refused: Counter[str], batched: bool,
+                      messages: list[int]) -> None:
     slots = asyncio.Semaphore(window)
     sent_at: dict[int, float] = {}
 
@@ -62,6 +68,7 @@ async def _one_stream(stub: pb_grpc.LedgerStub, records: list[bytes], window: in
                        metadata=BATCHED_ANSWERS if batched else None)
     try:
         async for message in call:
+            messages[0] += 1
             for resp in (message, *message.more):
                 latencies.append(time.perf_counter() - sent_at.pop(resp.batch_id))
                 slots.release()
@@ -80,16 +87,18 @@ async def _streams_async(target: str, per: list[list[bytes]], window: int, time_
     latencies: list[float] = []
     codes: Counter[int] = Counter()
     refused: Counter[str] = Counter()
+    messages = [0]
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.LedgerStub(channel)
         cpu0 = sum(os.times()[:2])
         t0 = time.perf_counter()
         deadline = time.monotonic() + time_limit_s
-        await asyncio.gather(*(_one_stream(stub, p, window, deadline, latencies, codes, refused, batched)
+        await asyncio.gather(*(_one_stream(stub, p, window, deadline, latencies, codes, refused, batched, messages)
                                for p in per))
         elapsed = time.perf_counter() - t0
     return {"latencies": latencies, "codes": dict(codes), "refused": dict(refused), "seconds": elapsed,
+            "messages": messages[0],
             "cpu_s": sum(os.times()[:2]) - cpu0}
 
 
@@ -137,10 +146,13 @@ def run_streams(target: str, records: bytes, streams: int = STREAMS, window: int
         refused.update(p["refused"])
     elapsed = max(p["seconds"] for p in parts)
     acked = sum(codes.values())
+    per_message = len(latencies) / max(1, sum(p["messages"] for p in parts))
     return {"streams": streams, "window": window, "payments_per_request": 1, "batched_answers": batched,
             "client_processes": max(1, procs),
             "client_cpu_s": round(sum(p["cpu_s"] for p in parts), 2), "transfers": acked,
-            "ok": codes.get(int(Result.OK), 0), "seconds": elapsed, "tx_per_s": acked / elapsed if elapsed else 0.0,
+            "ok": codes.get(int(Result.OK), 0),
+            "answers_per_message": round(per_message, 2), "seconds": elapsed,
+            "tx_per_s": acked / elapsed if elapsed else 0.0,
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "results": {Result(c).name.lower(): k for c, k in codes.items()}, "refused_batches": dict(refused)}
 
