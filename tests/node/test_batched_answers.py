@@ -17,9 +17,10 @@ from typing import Any
 import grpc
 import pytest
 
+from clients.client import BatchResult, LedgerClient
 from ledger.codec import encode_transfer
 from ledger.reader import LedgerReader
-from ledger.types import Result, Transfer
+from ledger.types import EventKind, Result, Transfer
 from node import service
 from node.pipeline import Ingest
 from node.psp_auth import PspAuthenticator
@@ -163,5 +164,36 @@ def test_batched_answers_respect_the_per_message_bounds(tmp_path: Path, monkeypa
             messages = await _stream(stub, [_request(i, 8000 + i) for i in range(1, 9)], BATCHED, c, ingest)
             assert [1 + len(m.more) for m in messages] == [1, 3, 3, 1]
             assert [a.batch_id for a in _flat(messages)] == list(range(1, 9))
+
+    asyncio.run(run())
+
+
+def test_ledger_client_reads_every_answer_of_a_batched_message_in_order(tmp_path: Path) -> None:
+    """clients.client.LedgerClient asks for batched answers and yields one result per batch, in order."""
+
+    async def run() -> None:
+        async with _node(tmp_path) as (c, _ingest, svc, target):
+            batches = [(EventKind.CREATE_TRANSFER, _request(i, 9000 + i).records, b"", b"") for i in range(1, 17)]
+
+            def send() -> list[Any]:
+                with LedgerClient(target) as client:
+                    return list(client.submit_stream(batches, inflight=16, timeout_s=30))
+
+            results = asyncio.get_running_loop().run_in_executor(None, send)
+            # every request read (block 1 held at the gate): the answers come in at most two blocks, so
+            # some message carries several of them
+            size = service.request_bytes(pb.SubmitRequest(records=batches[0][1]))
+            await _until(lambda: svc.window.held_bytes == 16 * size and len(c.proposals) == 1, 20_000)
+            c.gate.set()
+            out = await results
+            assert len(out) == 16 and all(isinstance(r, BatchResult) for r in out)
+            assert [r.batch_id for r in out] == sorted(r.batch_id for r in out)
+            found = LedgerReader(c.store).transfers([(9000 + i).to_bytes(16, "little") for i in range(1, 17)])
+            for i, (r, f) in enumerate(zip(out, found, strict=True), 1):
+                assert r.results == [_expected(9000 + i)]
+                if f is not None:
+                    assert r.log_indexes == [f.ref.leaf_index] and r.blocks == [f.ref.block]
+                else:
+                    assert r.results != [int(Result.OK)]
 
     asyncio.run(run())
