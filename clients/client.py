@@ -24,6 +24,7 @@ from ledger.codec import (
     u128_bytes,
 )
 from ledger.types import BATCH_ITEMS_MAX, Account, AccountBalance, EventKind, Result, Transfer
+from sovledger_pb import ANSWERS_BATCHED, ANSWERS_METADATA_KEY
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -55,6 +56,15 @@ class BatchResult:
     def items(self) -> list[ItemResult]:
         rows = zip(self.results, self.log_indexes, self.blocks, strict=True)
         return [ItemResult(Result(r), i, b) for r, i, b in rows]
+
+
+# Submit call metadata: accept several answers per response message (docs/formats.md, "Submit answers").
+BATCHED_ANSWERS = ((ANSWERS_METADATA_KEY, ANSWERS_BATCHED),)
+
+
+def answers_in(message: pb.SubmitResponse) -> list[pb.SubmitResponse]:
+    """The answers one Submit response message carries, in request order: its own, then ``more``."""
+    return [message, *message.more] if message.more else [message]
 
 
 def _code(value: int) -> grpc.StatusCode:
@@ -136,15 +146,16 @@ class LedgerClient:
                 yield pb.SubmitRequest(batch_id=next(self._ids), kind=pb.EventKind.ValueType(kind), records=records,
                                        signatures=sigs, signer_key_id=key_id, sign_group=sign_group if sigs else 0)
 
-        call = self.ledger.Submit(requests(), timeout=timeout_s)
+        call = self.ledger.Submit(requests(), timeout=timeout_s, metadata=BATCHED_ANSWERS)
         try:
-            for resp in call:
-                window.release()
-                if resp.status.code:
-                    yield BatchRefused(_code(resp.status.code), resp.status.message, resp.status.leader_hint)
-                else:
-                    yield BatchResult(resp.batch_id, list(resp.results), list(resp.log_indexes),
-                                      list(resp.blocks), resp.timestamp_ns)
+            for message in call:
+                for resp in answers_in(message):
+                    window.release()
+                    if resp.status.code:
+                        yield BatchRefused(_code(resp.status.code), resp.status.message, resp.status.leader_hint)
+                    else:
+                        yield BatchResult(resp.batch_id, list(resp.results), list(resp.log_indexes),
+                                          list(resp.blocks), resp.timestamp_ns)
         finally:
             done.set()
             call.cancel()

@@ -97,39 +97,59 @@ def _field_text(raw: bytes, numeric: bool) -> str:
     return text
 
 
+_Fields = tuple[tuple[str, int, int, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A record kind's screened fields (name, start, stop, numeric) and what the scan needs of them."""
+
+    fields: _Fields
+    size: int
+    lo: int  # the screened fields are adjacent: one slice [lo, hi) covers them all
+    hi: int
+    span_zero: bytes
+    zeros: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, fields: _Fields, size: int) -> _Layout:
+        lo, hi = min(f[1] for f in fields), max(f[2] for f in fields)
+        return cls(fields, size, lo, hi, bytes(hi - lo), tuple(bytes(f[2] - f[1]) for f in fields))
+
+
+# built once: a one-record batch (a payment per request) would otherwise pay this setup per request
+_LAYOUTS: Final = {
+    EventKind.CREATE_TRANSFER: _Layout.of(
+        (("external_ref", *_TRANSFER_EXTERNAL_REF, False), ("user_data", *_TRANSFER_USER_DATA, True)), TRANSFER_SIZE),
+    EventKind.CREATE_ACCOUNT: _Layout.of((("user_data", *_ACCOUNT_USER_DATA, True),), ACCOUNT_SIZE),
+}
+
+
 def screen_records(kind: int, records: bytes, config: ScreeningConfig) -> Finding | None:
     """The first suspicious field in a batch of canonical records, or None. Unknown kinds pass."""
     if not config.enabled:
         return None
-    fields: tuple[tuple[str, int, int, bool], ...]
-    if kind == EventKind.CREATE_TRANSFER:
-        fields = (("external_ref", *_TRANSFER_EXTERNAL_REF, False), ("user_data", *_TRANSFER_USER_DATA, True))
-        size = TRANSFER_SIZE
-    elif kind == EventKind.CREATE_ACCOUNT:
-        fields = (("user_data", *_ACCOUNT_USER_DATA, True),)
-        size = ACCOUNT_SIZE
-    else:
+    layout = _LAYOUTS.get(kind)  # type: ignore[call-overload]
+    if layout is None:
         return None
     # hot path: most fields are all zero — one slice and one compare per record covers every screened
     # field (they are adjacent in both records); a record with any of them set is screened field by field
-    lo, hi = min(f[1] for f in fields), max(f[2] for f in fields)
-    span_zero = bytes(hi - lo)
-    zeros = [bytes(stop - start) for _name, start, stop, _numeric in fields]
+    size, lo, hi, span_zero = layout.size, layout.lo, layout.hi, layout.span_zero
     for off in range(0, len(records) - size + 1, size):
         if records[off + lo : off + hi] == span_zero:
             continue
-        for (_name, start, stop, numeric), zero in zip(fields, zeros, strict=True):
+        for (_name, start, stop, numeric), zero in zip(layout.fields, layout.zeros, strict=True):
             raw = records[off + start : off + stop]
             if raw == zero:
                 continue
             what = screen_text(_field_text(raw, numeric and config.numeric_user_data), config)
             if what is not None:
-                return _first(kind, records, size, config, fields, off // size)
+                return _first(kind, records, size, config, layout.fields, off // size)
     return None
 
 
 def _first(kind: int, records: bytes, size: int, config: ScreeningConfig,
-           fields: tuple[tuple[str, int, int, bool], ...], upto: int) -> Finding:
+           fields: _Fields, upto: int) -> Finding:
     """The finding with the lowest record index (fields were scanned one at a time)."""
     for i in range(upto + 1):
         for name, start, stop, numeric in fields:

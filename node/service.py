@@ -28,6 +28,7 @@ from node.pii_edge import screen_batch
 from node.pipeline import BATCH_OVERHEAD_BYTES, Ingest
 from node.psp_auth import PspAuthenticator, PspAuthError
 from node.signing import CheckpointService, InconsistentCheckpoint
+from sovledger_pb import ANSWERS_BATCHED, ANSWERS_METADATA_KEY
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -67,6 +68,20 @@ def request_bytes(req: pb.SubmitRequest) -> int:
 
 
 Pending = asyncio.Future[tuple[BatchOutcome, BlockOutcome]] | pb.BatchStatus  # a request's answer-to-be
+Answer = tuple[int, Pending, int]  # batch id, its answer-to-be, its request bytes
+# A stream's window: its requests' answers-to-be in request order; None ends it.
+Inflight = asyncio.Queue[Answer | None]
+# A batched response answers at most this many requests and this many records (what one full
+# batch's answer holds), so its message stays within what one answer may already be.
+ANSWERS_PER_MESSAGE_MAX: Final = 256
+ANSWERED_RECORDS_MAX: Final = BATCH_ITEMS_MAX
+
+
+def _wants_batched(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    for key, value in context.invocation_metadata() or ():
+        if key == ANSWERS_METADATA_KEY and value == ANSWERS_BATCHED:
+            return True
+    return False
 
 
 def _response(batch_id: int, pending: Pending) -> pb.SubmitResponse:
@@ -79,6 +94,55 @@ def _response(batch_id: int, pending: Pending) -> pb.SubmitResponse:
         return pb.SubmitResponse(batch_id=batch_id, status=batch_status(e))
     return pb.SubmitResponse(batch_id=batch_id, results=outcome.results, log_indexes=outcome.log_indexes,
                              blocks=outcome.blocks, timestamp_ns=block.header.timestamp_ns)
+
+
+def _known(pending: Pending) -> bool:
+    return isinstance(pending, pb.BatchStatus) or pending.done()
+
+
+async def _answers(inflight: Inflight, batched: bool) -> AsyncIterator[tuple[pb.SubmitResponse, int]]:
+    """A stream's response messages in request order, each with the request bytes it answers.
+
+    Waits only for the head of the window; once its block is answered the answers of that block
+    follow without suspending. ``batched``: the answers already known behind the head travel in
+    the head's ``more`` (bounded by ``ANSWERS_PER_MESSAGE_MAX`` and ``ANSWERED_RECORDS_MAX``); the
+    first one not yet known is kept for the next message."""
+    item = await inflight.get()
+    while item is not None:
+        batch_id, pending, size = item
+        if not isinstance(pending, pb.BatchStatus) and not pending.done():
+            with contextlib.suppress(Exception):  # its error is answered by _response
+                await pending
+        head = _response(batch_id, pending)
+        if not batched:
+            yield head, size
+            item = await inflight.get()
+            continue
+        more, freed, taken, item = _known_behind(inflight, len(head.results))
+        if more:
+            head.more.extend(more)
+        yield head, size + freed
+        if not taken:
+            item = await inflight.get()
+
+
+def _known_behind(inflight: Inflight, records: int) -> tuple[list[pb.SubmitResponse], int, bool, Answer | None]:
+    """Answers already known at the front of the window (without waiting), their request bytes, and
+    whether the next item was taken off the queue (then it is returned: not known yet, over the
+    bounds, or the stream's end)."""
+    more: list[pb.SubmitResponse] = []
+    freed = 0
+    while not inflight.empty():
+        nxt = inflight.get_nowait()
+        if nxt is None or len(more) + 1 >= ANSWERS_PER_MESSAGE_MAX or not _known(nxt[1]):
+            return more, freed, True, nxt
+        answer = _response(nxt[0], nxt[1])
+        records += len(answer.results)
+        if records > ANSWERED_RECORDS_MAX:
+            return more, freed, True, nxt
+        more.append(answer)
+        freed += nxt[2]
+    return more, freed, False, None
 
 
 async def _no_barrier() -> None:
@@ -120,46 +184,41 @@ class LedgerService(pb_grpc.LedgerServicer):
         # when it is full we stop reading, and HTTP/2 flow control pushes back on the client.
         # Per request the hot path is synchronous (no coroutine per request unless a signature must
         # be verified in the pool): a one-payment request costs a read, a few checks, a queue entry,
-        # a future resolved with its whole block, and a response (docs: bench/README.md).
-        inflight: asyncio.Queue[tuple[int, Pending, int] | None] = asyncio.Queue(self._inflight_max)
-        held = 0  # bytes of this stream's requests not yet answered (node-wide budget: self.window)
-        who = caller(context)
-
-        async def reader() -> None:
-            nonlocal held
-            try:
-                async for req in request_iterator:
-                    size = request_bytes(req)
-                    if not self.window.take(size):
-                        await inflight.put((req.batch_id, self._window_full(), 0))
-                        continue
-                    held += size
-                    pending = self._admit(req, who)
-                    if isinstance(pending, Batch):  # signed (or signatures required): verify first
-                        pending = await self._verified(pending, who)
-                    await inflight.put((req.batch_id, pending, size))
-            finally:
-                await inflight.put(None)
-
-        task = asyncio.get_running_loop().create_task(reader())
+        # a future resolved with its whole block, and its answer (docs: bench/README.md). A client
+        # that asked for batched answers gets the answers already known in one message.
+        inflight: Inflight = asyncio.Queue(self._inflight_max)
+        held = [0]  # bytes of this stream's requests not yet answered (node-wide budget: self.window)
+        task = asyncio.get_running_loop().create_task(
+            self._read_stream(request_iterator, caller(context), inflight, held))
         try:
-            while True:
-                item = await inflight.get()
-                if item is None:
-                    break
-                batch_id, pending, size = item
-                if not isinstance(pending, pb.BatchStatus) and not pending.done():
-                    with contextlib.suppress(Exception):  # its error is answered by _response
-                        await pending  # answers of one block are then all done: no more waits
-                response = _response(batch_id, pending)
-                held -= size
+            async for response, size in _answers(inflight, _wants_batched(context)):
+                held[0] -= size
                 self.window.release(size)
                 yield response
         finally:
             task.cancel()
-            self.window.release(held)
+            self.window.release(held[0])
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+    async def _read_stream(self, request_iterator: AsyncIterator[pb.SubmitRequest], who: Any,
+                           inflight: Inflight, held: list[int]) -> None:
+        try:
+            async for req in request_iterator:
+                size = request_bytes(req)
+                if not self.window.take(size):
+                    await inflight.put((req.batch_id, self._window_full(), 0))
+                    continue
+                held[0] += size
+                pending = self._admit(req, who)
+                if isinstance(pending, Batch):  # signed (or signatures required): verify first
+                    pending = await self._verified(pending, who)
+                if inflight.full():  # the window is full: stop reading until the head is answered
+                    await inflight.put((req.batch_id, pending, size))
+                else:  # no coroutine per request when there is room
+                    inflight.put_nowait((req.batch_id, pending, size))
+        finally:
+            await inflight.put(None)
 
     def _window_full(self) -> pb.BatchStatus:
         return batch_status(Overloaded(

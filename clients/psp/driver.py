@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
+from clients.client import BATCHED_ANSWERS, answers_in
 from clients.psp.config import Clock, SdkConfig
 from clients.psp.durable import JournalWriter
 from clients.psp.outcomes import Columns, Origin
@@ -178,7 +179,7 @@ class Engine:
 
     async def _round(self, target: str) -> float:
         """One Submit stream to ``target``. Returns the back-off to sleep before the next round."""
-        rnd = _Round(target, self.ctx.stub(target).Submit())  # type: ignore[call-arg]
+        rnd = _Round(target, self.ctx.stub(target).Submit(metadata=BATCHED_ANSWERS))  # type: ignore[call-arg]
         wtask = asyncio.get_running_loop().create_task(self._writer(rnd))
         cancelled = False
         try:
@@ -205,15 +206,16 @@ class Engine:
             await self._poke.wait()
 
     async def _read_responses(self, rnd: _Round, wtask: asyncio.Task[None]) -> None:
-        while (resp := await self._read_one(rnd, wtask)) is not None:
-            b = self.window.on_response(resp.batch_id, self.ctx.clock())
-            self._poke.set()
-            if resp.status.code == 0:
-                self.ctx.router.succeeded(rnd.target)
-                self.window.on_accepted()
-                await self._settle(b, resp)
-            else:
-                await self._on_refusal(rnd, b, resp.status)
+        while (message := await self._read_one(rnd, wtask)) is not None:
+            for resp in answers_in(message):  # one message may answer several batches, in order
+                b = self.window.on_response(resp.batch_id, self.ctx.clock())
+                self._poke.set()
+                if resp.status.code == 0:
+                    self.ctx.router.succeeded(rnd.target)
+                    self.window.on_accepted()
+                    await self._settle(b, resp)
+                else:
+                    await self._on_refusal(rnd, b, resp.status)
 
     async def _read_one(self, rnd: _Round, wtask: asyncio.Task[None]) -> pb.SubmitResponse | None:
         """The next response; None when the round is over with nothing in flight."""

@@ -8,3 +8,8 @@ LEADER_METADATA_KEY = "sovledger-leader"
 REASON_METADATA_KEY = "sovledger-reason"
 #: Trailing metadata: milliseconds a rate-limited PSP should wait before retrying (REASON_RATE_LIMITED).
 RETRY_AFTER_METADATA_KEY = "sovledger-retry-after-ms"
+#: Call metadata a Submit client sends (value ``ANSWERS_BATCHED``) to accept several answers per
+#: response message: a response then answers its own request and, in ``more``, the next requests of
+#: the stream whose outcomes are already known, in request order (docs/formats.md, "Submit answers").
+ANSWERS_METADATA_KEY = "sovledger-answers"
+ANSWERS_BATCHED = "batched"

@@ -1,8 +1,9 @@
 """Many concurrent Submit streams of one payment per request against a real node process.
 
 The node groups the streams' requests into shared blocks (node/pipeline.py, group commit) and answers
-each request from its block (node/service.py). This checks, with a kill -9 in the middle, that every
-answer is that payment's own outcome (result, leaf, block), that no acknowledged payment is lost,
+each request from its block (node/service.py); half the streams ask for several answers per
+response message, half are old clients with one per message. This checks, with a kill -9 in the
+middle, that every answer is that payment's own outcome (result, leaf, block), that no acknowledged payment is lost,
 and that answers stay in request order per stream.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from clients.client import LedgerClient
+from clients.client import BATCHED_ANSWERS, LedgerClient, answers_in
 from ledger.codec import encode_account, encode_transfer
 from ledger.types import Account, EventKind, Result, Transfer
 from sovledger_pb import ledger_pb2 as pb
@@ -53,12 +54,15 @@ async def _one_stream(stub: Any, stream: int, answers: Answers, order: list[int]
             await slots.acquire()
             yield pb.SubmitRequest(batch_id=k + 1, kind=pb.CREATE_TRANSFERS, records=rec)
 
-    call = stub.Submit(requests(), timeout=60)
+    # even streams ask for batched answers (several per message), odd ones are old clients
+    call = stub.Submit(requests(), timeout=60, metadata=BATCHED_ANSWERS if stream % 2 == 0 else None)
     try:
-        async for resp in call:
-            slots.release()
-            order.append(resp.batch_id)
-            answers[payments[resp.batch_id - 1][0]] = resp
+        async for message in call:
+            assert stream % 2 == 0 or not message.more
+            for resp in answers_in(message):
+                slots.release()
+                order.append(resp.batch_id)
+                answers[payments[resp.batch_id - 1][0]] = resp
             if len(order) == PER_STREAM:
                 break
     except grpc.aio.AioRpcError:

@@ -18,7 +18,7 @@ import grpc
 
 from ledger.codec import ACCOUNT_SIZE, TRANSFER_SIZE
 from ledger.types import EventKind, Result
-from sovledger_pb import LEADER_METADATA_KEY, REASON_METADATA_KEY
+from sovledger_pb import ANSWERS_BATCHED, ANSWERS_METADATA_KEY, LEADER_METADATA_KEY, REASON_METADATA_KEY
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 
@@ -54,6 +54,8 @@ class FakeLedger(pb_grpc.LedgerServicer):
         self.block = 0
         self.server: grpc.Server | None = None
         self.port = 0
+        self.pack_answers = 0  # > 0: answers per message for a client that asks for batched answers
+        self.messages_with_more = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -112,6 +114,26 @@ class FakeLedger(pb_grpc.LedgerServicer):
             return self.script.popleft() if self.script else Step()
 
     def Submit(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """With ``pack_answers`` = k and a client that asked for batched answers, k answers travel per
+        message (the last message at the stream's end may hold fewer), in request order."""
+        answers = self._answers(request_iterator, context)
+        asked = (ANSWERS_METADATA_KEY, ANSWERS_BATCHED) in tuple(context.invocation_metadata() or ())
+        if not (self.pack_answers and asked):
+            yield from answers
+            return
+        held: list[pb.SubmitResponse] = []
+        for answer in answers:
+            held.append(answer)
+            if len(held) == self.pack_answers:
+                self.messages_with_more += 1
+                yield pb.SubmitResponse(batch_id=held[0].batch_id, status=held[0].status, results=held[0].results,
+                                        log_indexes=held[0].log_indexes, blocks=held[0].blocks,
+                                        timestamp_ns=held[0].timestamp_ns, more=held[1:])
+                held = []
+        for answer in held:
+            yield answer
+
+    def _answers(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         for req in request_iterator:
             with self.lock:
                 later, self.later = self.later, []

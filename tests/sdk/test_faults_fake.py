@@ -269,6 +269,30 @@ def test_session_batches_by_time(fake: FakeLedger) -> None:
     assert fake.batch_sizes == [3, 2]
 
 
+def test_batched_answers_settle_each_payment_with_its_own_outcome(fake: FakeLedger) -> None:
+    """The node may answer several batches in one message (docs/formats.md "Submit answers"): the SDK
+    asks for it and settles every payment from its own batch's answer, refusals included."""
+    fake.pack_answers = 4
+    fake.then(*[Step()] * 5, Step("status", grpc.StatusCode.INVALID_ARGUMENT, "bad batch", reason=pb.REASON_MALFORMED))
+    cfg = SdkConfig(batch_size_max=10, batch_delay_s=5.0, window_items=1000, window_batches=8)
+    ts = transfers(200)
+    with LedgerSDK(fake.target, retry=FAST, config=cfg) as sdk, sdk.session() as s:
+        futs = [s.send(t) for t in ts]
+        s.flush(10)
+        refused = futs[50:60]  # the sixth batch
+        for f in refused:
+            with pytest.raises(E.InvalidBatchError):
+                f.result(5)
+        for t, f in zip(ts, futs, strict=True):
+            if f in refused:
+                continue
+            out = f.result(5)
+            _rec, index, block = fake.committed[u128_bytes(t.id)]
+            assert out.ok and (out.log_index, out.block) == (index, block)
+    assert fake.messages_with_more >= 4
+    assert sum(fake.batch_sizes) == 200 and not any(u128_bytes(t.id) in fake.committed for t in ts[50:60])
+
+
 def test_session_window_blocks_the_caller_until_acknowledged(fake: FakeLedger) -> None:
     fake.release.clear()
     fake.then(*[Step("hold")] * 100)
