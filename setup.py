@@ -19,8 +19,9 @@ setup(
         ),
         Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule
             "ledger._native._risk",
-            sources=["ledger/_native/risk.c"],
+            sources=["ledger/_native/risk.c", "ledger/_native/rules.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+            depends=["ledger/_native/risk_core.h"],
             optional=True,
         ),
     ]

@@ -1,0 +1,664 @@
+/* sovledger rules hook in C: the compiled rule program and the block's risk states
+ * (ledger/rules/lowering.py builds the program; ledger/apply/native_transfers.py creates one Hook per
+ * call of the C transfer engine and hands it to apply.c as the rules hook).
+ *
+ * hook(i, debit_state, credit_state) -> bool, the protocol of apply.c's rule_hook:
+ *   1. evaluate the lowered rules in precedence order over record i (fields computed lazily, once);
+ *      the first rule whose conjuncts are all true decides: (rule, False) is appended to `decided`
+ *      and the hook returns False (the reference path applies the record with that verdict);
+ *   2. a rule the program cannot decide (a conjunct outside the lowered shapes, an int64 overflow in
+ *      a sum, a Python error while reading an input): the risk states are flushed to the block and
+ *      the Python compiled form decides the whole record (`fallback(i, dra, cra)` -> verdict), so
+ *      every such case gets exactly the verdict it got before;
+ *   3. no rule matched: record what effects.after_success records outside a chain (risk windows of
+ *      payer, payee and PSP, the new payer-payee pair, the external-ref index) and return True.
+ * Risk states touched in this call live in a C table seeded on first touch from the block
+ * (`risk[key]`, else `state(key)`, the same lookups as the Python hook); `flush()` writes the changed
+ * ones back into `risk` (in place when the block already had the list, else a new list inserted in
+ * first-touch order), so everything after the call sees exactly the state the Python hook left. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "risk_core.h"
+
+typedef unsigned __int128 u128;
+#define REC 176
+#define I64_MAX INT64_MAX
+enum { O_ID = 0, O_DR = 16, O_CR = 32, O_ALO = 48, O_AHI = 56, O_UD = 80, O_EXT = 96, O_LEDGER = 160,
+       O_PSP = 164, O_TIMEOUT = 168, O_CODE = 172, O_FLAGS = 174 };
+
+/* field ids: the order of ledger/rules/lowering.py NATIVE_FIELDS */
+enum {
+    F_AMOUNT, F_LEDGER, F_CODE, F_PSP_ID, F_FLAGS, F_PENDING, F_TIMEOUT, F_USER_DATA, F_PSP, F_TS, F_HEIGHT,
+    F_NEW_PAYEE, F_EWMA, F_DEV_BPS, F_HISTORY_N,
+    F_DEBIT0, /* 9 account fields: debits_pending, debits_posted, credits_pending, credits_posted, balance,
+                 flags, code, ledger, user_data */
+    F_CREDIT0 = F_DEBIT0 + 9,
+    F_WOUT0 = F_CREDIT0 + 9, /* 6 window fields: count_1m, count_1h, count_24h, sum_1m, sum_1h, sum_24h */
+    F_WIN0 = F_WOUT0 + 6,
+    F_WPSP0 = F_WIN0 + 6,
+    F_COUNT = F_WPSP0 + 6
+};
+enum { C_BOOL = 0, C_CMP = 1 };
+enum { OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE };
+enum { EV_NO_MATCH = -1, EV_BAIL = -2 };
+
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline int64_t sat_u128(u128 v) { return v > (u128)I64_MAX ? I64_MAX : (int64_t)v; }
+static inline u128 le128(const uint8_t *p) { return (u128)rd64(p) | ((u128)rd64(p + 8) << 64); }
+
+typedef struct {
+    uint8_t key[17], klen, has, dirty, changed;
+    uint64_t st[RISK_STATE_LEN];
+    PyObject *list; /* the block's list for this key (owned), NULL until the block has one */
+} rent_t;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int64_t *prog;
+    Py_ssize_t nprog;
+    Py_buffer recs;
+    int has_recs;
+    Py_ssize_t n;
+    uint64_t ts;
+    int64_t height;
+    int height_ok, active, track_out, track_in, track_psp, track_pairs;
+    PyObject *risk, *committed_risk, *state_fn, *pairs, *pairs_committed, *get_pair, *extrefs, *decided, *fallback;
+    rent_t *ents;   /* the states touched in this call, in first-touch order */
+    size_t nents, cap;
+    int32_t *slots; /* open addressing over ents */
+    size_t mask;
+    int32_t *order; /* ents recorded into, in first-record order (the order the block's dict gets them) */
+    size_t norder;
+} HookObject;
+
+/* per-transfer evaluation context */
+typedef struct {
+    HookObject *h;
+    const uint8_t *r;
+    PyObject *dra, *cra, *pk;
+    uint64_t have; /* bit per field id: computed */
+    int64_t v[F_COUNT];
+    rent_t *ent[3]; /* out, in, psp (seeded lazily) */
+    int seen_known, in_pairs, seen;
+} ctx_t;
+
+static PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_RECORD;
+
+/* ---- risk state table ------------------------------------------------------------------------- */
+static size_t key_hash(const uint8_t *k, int n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int i = 0; i < n; i++) h = (h ^ k[i]) * 0x100000001b3ULL;
+    return (size_t)(h ^ (h >> 31));
+}
+
+static int read_list(PyObject *list, uint64_t st[RISK_STATE_LEN]) {
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != RISK_STATE_LEN) {
+        PyErr_SetString(PyExc_TypeError, "a risk state is a list of 17 ints");
+        return -1;
+    }
+    for (int i = 0; i < RISK_STATE_LEN; i++) {
+        st[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(list, i));
+        if (st[i] == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* the entry of key, seeded on first touch as SideState.state reads: the block's list, the committed
+ * cache (copied), else state(key) (None: no history) */
+static rent_t *entry(HookObject *h, const uint8_t *key, int klen) {
+    size_t s = key_hash(key, klen) & h->mask;
+    for (; h->slots[s] >= 0; s = (s + 1) & h->mask) {
+        rent_t *e = &h->ents[h->slots[s]];
+        if (e->klen == klen && memcmp(e->key, key, (size_t)klen) == 0) return e;
+    }
+    if (h->nents == h->cap) { PyErr_SetString(PyExc_RuntimeError, "risk state table full"); return NULL; }
+    rent_t *e = &h->ents[h->nents];
+    memset(e, 0, sizeof *e);
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen), *got = NULL;
+    if (k == NULL) return NULL;
+    PyObject *lst = PyDict_GetItemWithError(h->risk, k), *base = NULL;
+    int ok = 0;
+    if (lst != NULL) {
+        ok = read_list(lst, e->st) == 0;
+        if (ok) { e->list = Py_NewRef(lst); e->has = 1; }
+    } else if (!PyErr_Occurred() && (base = PyDict_GetItemWithError(h->committed_risk, k)) != NULL) {
+        ok = read_list(base, e->st) == 0;
+        e->has = 1;
+    } else if (!PyErr_Occurred() && (got = PyObject_CallOneArg(h->state_fn, k)) != NULL) {
+        if (got == Py_None) { memset(e->st, 0, sizeof e->st); ok = 1; }
+        else { ok = read_list(got, e->st) == 0; e->has = 1; }
+    }
+    Py_DECREF(k);
+    Py_XDECREF(got);
+    if (!ok) { Py_CLEAR(e->list); return NULL; }
+    memcpy(e->key, key, (size_t)klen);
+    e->klen = (uint8_t)klen;
+    h->slots[s] = (int32_t)h->nents++;
+    return e;
+}
+
+static void key_of(const uint8_t *r, int which, uint8_t *key, int *klen) {
+    if (which == 2) {
+        key[0] = 'p';
+        uint32_t psp = rd32(r + O_PSP);
+        for (int b = 0; b < 4; b++) key[1 + b] = (uint8_t)(psp >> (24 - 8 * b));
+        *klen = 5;
+    } else {
+        key[0] = which == 0 ? 'o' : 'i';
+        memcpy(key + 1, r + (which == 0 ? O_DR : O_CR), 16);
+        *klen = 17;
+    }
+}
+
+static rent_t *ctx_entry(ctx_t *c, int which) {
+    if (c->ent[which] == NULL) {
+        uint8_t key[17];
+        int klen;
+        key_of(c->r, which, key, &klen);
+        c->ent[which] = entry(c->h, key, klen);
+    }
+    return c->ent[which];
+}
+
+static PyObject *state_list(const uint64_t st[RISK_STATE_LEN], PyObject *into) {
+    PyObject *list = into ? into : PyList_New(RISK_STATE_LEN);
+    if (list == NULL) return NULL;
+    for (int i = 0; i < RISK_STATE_LEN; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(st[i]);
+        if (v == NULL) { if (!into) Py_DECREF(list); return NULL; }
+        PyList_SetItem(list, i, v); /* steals v, releases the old item */
+    }
+    return list;
+}
+
+/* write the changed states back into the block's risk dict */
+static int flush(HookObject *h) {
+    for (size_t q = 0; q < h->norder; q++) {
+        rent_t *e = &h->ents[h->order[q]];
+        if (!e->changed) continue;
+        if (e->list != NULL) {
+            if (state_list(e->st, e->list) == NULL) return -1;
+        } else {
+            PyObject *list = state_list(e->st, NULL);
+            PyObject *k = list ? PyBytes_FromStringAndSize((const char *)e->key, e->klen) : NULL;
+            int bad = k == NULL || PyDict_SetItem(h->risk, k, list) < 0;
+            Py_XDECREF(k);
+            if (bad) { Py_XDECREF(list); return -1; }
+            e->list = list;
+        }
+        e->changed = 0;
+    }
+    return 0;
+}
+
+/* ---- fields ----------------------------------------------------------------------------------- */
+static int attr_u128(PyObject *o, PyObject *name, u128 *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int ok = -1;
+    if (PyLong_Check(v)) {
+        uint64_t x = PyLong_AsUnsignedLongLong(v);
+        if (!(x == (uint64_t)-1 && PyErr_Occurred())) { *out = x; ok = 0; }
+        else if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            uint8_t b[16];
+            PyErr_Clear();
+            if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 0) == 0) { *out = le128(b); ok = 0; }
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, "an account field is not an int");
+    }
+    Py_DECREF(v);
+    return ok;
+}
+
+static int account_field(PyObject *a, int f, int64_t *out) {
+    static PyObject **names[8];
+    names[0] = &S_DP; names[1] = &S_DPO; names[2] = &S_CP; names[3] = &S_CPO;
+    names[5] = &S_FLAGS; names[6] = &S_CODE; names[7] = &S_LEDGER;
+    u128 x, y, z;
+    if (f == 4) { /* balance: credits_posted - debits_posted - debits_pending, saturated to int64 */
+        if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
+        u128 sum = y + z;
+        if (sum < y) { *out = INT64_MIN; return 0; }
+        if (x >= sum) { *out = sat_u128(x - sum); return 0; }
+        u128 d = sum - x;
+        *out = d >= ((u128)1 << 63) ? INT64_MIN : -(int64_t)d;
+        return 0;
+    }
+    if (f == 8) { /* user_data: the record's bytes 16..32, little endian */
+        PyObject *rec = PyObject_GetAttr(a, S_RECORD);
+        if (rec == NULL) return -1;
+        int ok = PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) >= 32;
+        if (ok) *out = sat_u128(le128((const uint8_t *)PyBytes_AS_STRING(rec) + 16));
+        else PyErr_SetString(PyExc_TypeError, "an account record is bytes");
+        Py_DECREF(rec);
+        return ok ? 0 : -1;
+    }
+    if (attr_u128(a, *names[f], &x) < 0) return -1;
+    *out = sat_u128(x);
+    return 0;
+}
+
+/* whether the payer paid this payee before (block pairs, else the committed lookup, cached per block) */
+static int seen(ctx_t *c) {
+    if (c->seen_known) return 0;
+    HookObject *h = c->h;
+    if (c->pk == NULL) {
+        uint8_t k[32];
+        memcpy(k, c->r + O_DR, 16);
+        memcpy(k + 16, c->r + O_CR, 16);
+        if ((c->pk = PyBytes_FromStringAndSize((const char *)k, 32)) == NULL) return -1;
+    }
+    int in = PySet_Contains(h->pairs, c->pk);
+    if (in < 0) return -1;
+    c->in_pairs = in;
+    if (in) { c->seen = 1; c->seen_known = 1; return 0; }
+    PyObject *known = PyDict_GetItemWithError(h->pairs_committed, c->pk);
+    if (known == NULL) {
+        if (PyErr_Occurred()) return -1;
+        PyObject *row = PyObject_CallOneArg(h->get_pair, c->pk);
+        if (row == NULL) return -1;
+        known = row != Py_None ? Py_True : Py_False;
+        Py_DECREF(row);
+        if (PyDict_SetItem(h->pairs_committed, c->pk, known) < 0) return -1;
+    }
+    int t = PyObject_IsTrue(known);
+    if (t < 0) return -1;
+    c->seen = t;
+    c->seen_known = 1;
+    return 0;
+}
+
+/* deviation_bps(out state, amount) -> (ewma, bps, n), saturated as the field table does */
+static void deviation(const rent_t *e, u128 amount, int64_t *ewma_f, int64_t *dev_f, int64_t *n_f) {
+    uint64_t ewma = e->st[15], n = e->st[16];
+    *ewma_f = sat_u128(ewma);
+    *n_f = sat_u128(n);
+    *dev_f = 0;
+    if (!e->has || n == 0 || ewma == 0) {
+        if (!e->has) *ewma_f = *n_f = 0;
+        return;
+    }
+    if (amount >= ewma) { /* floor((amount - ewma) * 10000 / ewma) without overflowing */
+        u128 d = amount - ewma, q = d / ewma, rem = d % ewma;
+        if (q > (u128)(I64_MAX / 10000)) { *dev_f = I64_MAX; return; }
+        u128 v = q * 10000 + rem * 10000 / ewma;
+        *dev_f = sat_u128(v);
+    } else { /* negative: floor of -(d * 10000 / ewma) */
+        u128 d = ewma - amount, num = d * 10000;
+        u128 q = num / ewma + (num % ewma != 0);
+        *dev_f = -(int64_t)q;
+    }
+}
+
+static int field(ctx_t *c, int f, int64_t *out) {
+    if (c->have >> f & 1) { *out = c->v[f]; return 0; }
+    const uint8_t *r = c->r;
+    int64_t v = 0;
+    if (f >= F_WOUT0) {
+        int which = (f - F_WOUT0) / 6;
+        rent_t *e = ctx_entry(c, which);
+        if (e == NULL) return -1;
+        v = e->has ? sat_u128(risk_window(e->st, c->h->ts, (f - F_WOUT0) % 6)) : 0;
+    } else if (f >= F_DEBIT0) {
+        int which = f >= F_CREDIT0;
+        if (account_field(which ? c->cra : c->dra, f - (which ? F_CREDIT0 : F_DEBIT0), &v) < 0) return -1;
+    } else {
+        switch (f) {
+        case F_AMOUNT: v = rd64(r + O_AHI) || rd64(r + O_ALO) > (uint64_t)I64_MAX ? I64_MAX : (int64_t)rd64(r + O_ALO);
+            break;
+        case F_LEDGER: v = rd32(r + O_LEDGER); break;
+        case F_CODE: v = rd16(r + O_CODE); break;
+        case F_PSP_ID: case F_PSP: v = rd32(r + O_PSP); break;
+        case F_FLAGS: v = rd16(r + O_FLAGS); break;
+        case F_PENDING: v = (rd16(r + O_FLAGS) & 2) != 0; break;
+        case F_TIMEOUT: v = rd32(r + O_TIMEOUT); break;
+        case F_USER_DATA: v = sat_u128(le128(r + O_UD)); break;
+        case F_TS: v = sat_u128(c->h->ts); break;
+        case F_HEIGHT:
+            if (!c->h->height_ok) { PyErr_SetString(PyExc_OverflowError, "height beyond int64"); return -1; }
+            v = c->h->height;
+            break;
+        case F_NEW_PAYEE:
+            if (seen(c) < 0) return -1;
+            v = !c->seen;
+            break;
+        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N */
+            rent_t *e = ctx_entry(c, 0);
+            if (e == NULL) return -1;
+            deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
+            c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
+            *out = c->v[f];
+            return 0;
+        }
+        }
+    }
+    c->v[f] = v;
+    c->have |= 1ULL << f;
+    *out = v;
+    return 0;
+}
+
+/* ---- the program -------------------------------------------------------------------------------
+ * rule:     rule_index, complex_rest, n_conjuncts, conjunct...
+ * conjunct: C_BOOL, field, negated | C_CMP, op, n_lhs, n_rhs, (sign, field or -1, literal) * (n_lhs + n_rhs) */
+
+/* a side's value: 1, or 0 when a partial sum leaves int64 (CEL errs: unknown), -1 a Python error */
+static int side_value(ctx_t *c, const int64_t *t, int64_t n, int64_t *out) {
+    int64_t acc = 0;
+    for (int64_t k = 0; k < n; k++, t += 3) {
+        int64_t v = t[2];
+        if (t[1] >= 0 && field(c, (int)t[1], &v) < 0) return -1;
+        if (k == 0) acc = t[0] < 0 ? -v : v; /* a leading minus only before a literal <= 2^63 - 1 */
+        else if (t[0] < 0 ? __builtin_sub_overflow(acc, v, &acc) : __builtin_add_overflow(acc, v, &acc)) return 0;
+    }
+    *out = acc;
+    return 1;
+}
+
+/* 1 true, 0 false, 2 unknown, -1 a Python error; *pc advances past the conjunct */
+static int conjunct(ctx_t *c, const int64_t **pc) {
+    const int64_t *p = *pc;
+    int64_t v, l, r;
+    if (p[0] == C_BOOL) {
+        *pc = p + 3;
+        if (field(c, (int)p[1], &v) < 0) return -1;
+        return p[2] ? !v : v != 0;
+    }
+    int64_t op = p[1], nl = p[2], nr = p[3];
+    *pc = p + 4 + 3 * (nl + nr);
+    int a = side_value(c, p + 4, nl, &l);
+    if (a <= 0) return a < 0 ? -1 : 2;
+    int b = side_value(c, p + 4 + 3 * nl, nr, &r);
+    if (b <= 0) return b < 0 ? -1 : 2;
+    switch (op) {
+    case OP_LT: return l < r;
+    case OP_LE: return l <= r;
+    case OP_GT: return l > r;
+    case OP_GE: return l >= r;
+    case OP_EQ: return l == r;
+    default: return l != r;
+    }
+}
+
+/* the deciding rule's index, EV_NO_MATCH, or EV_BAIL (the Python compiled form decides) */
+static int64_t evaluate(ctx_t *c) {
+    const int64_t *p = c->h->prog, *end = p + c->h->nprog;
+    while (p < end) {
+        int64_t rule = p[0], complex_rest = p[1], n = p[2];
+        const int64_t *q = p + 3;
+        int outcome = 1;
+        for (int64_t k = 0; k < n; k++) {
+            if (outcome != 1) { /* a false conjunct decided the rule: step over the rest */
+                q += q[0] == C_BOOL ? 3 : 4 + 3 * (q[2] + q[3]);
+                continue;
+            }
+            int got = conjunct(c, &q);
+            if (got < 0) { PyErr_Clear(); return EV_BAIL; }
+            if (got == 2) return EV_BAIL;
+            if (got == 0) outcome = 0;
+        }
+        p = q;
+        if (outcome == 1) {
+            if (complex_rest) return EV_BAIL;
+            return rule;
+        }
+    }
+    return EV_NO_MATCH;
+}
+
+/* the program's shape, checked once so evaluation never reads outside it */
+static int check_program(const int64_t *p, Py_ssize_t n) {
+    const int64_t *end = p + n;
+    while (p < end) {
+        if (end - p < 3 || p[0] < 0 || p[2] < 0) return 0;
+        int64_t k = p[2];
+        p += 3;
+        for (; k > 0; k--) {
+            if (end - p < 3) return 0;
+            if (p[0] == C_BOOL) {
+                if (p[1] < 0 || p[1] >= F_COUNT) return 0;
+                p += 3;
+                continue;
+            }
+            if (p[0] != C_CMP || end - p < 4 || p[1] < OP_LT || p[1] > OP_NE || p[2] < 1 || p[3] < 1 ||
+                p[2] > 64 || p[3] > 64 || end - p < 4 + 3 * (p[2] + p[3]))
+                return 0;
+            for (int64_t t = 0; t < p[2] + p[3]; t++) {
+                const int64_t *term = p + 4 + 3 * t;
+                if (term[1] < -1 || term[1] >= F_COUNT || (term[0] < 0 && term[1] >= 0 && (t == 0 || t == p[2])) || term[2] == INT64_MIN)
+                    return 0;
+            }
+            p += 4 + 3 * (p[2] + p[3]);
+        }
+    }
+    return 1;
+}
+
+/* ---- after no rule matched: what effects.after_success records outside a chain ------------------ */
+static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
+    rent_t *e = ctx_entry(c, which);
+    if (e == NULL) return -1;
+    if (!e->dirty) {
+        e->dirty = 1;
+        h->order[h->norder++] = (int32_t)(e - h->ents);
+    }
+    e->has = 1;
+    e->changed = 1;
+    risk_record(e->st, h->ts, amount);
+    return 0;
+}
+
+static int after_success(HookObject *h, ctx_t *c) {
+    const uint8_t *r = c->r;
+    uint64_t amount = rd64(r + O_AHI) ? RISK_TOP : rd64(r + O_ALO);
+    if ((h->track_out && record_one(h, c, 0, amount) < 0) || (h->track_in && record_one(h, c, 1, amount) < 0) ||
+        (h->track_psp && record_one(h, c, 2, amount) < 0))
+        return -1;
+    if (h->track_pairs) {
+        if (seen(c) < 0) return -1;
+        if (!c->in_pairs && !c->seen && PySet_Add(h->pairs, c->pk) < 0) return -1;
+    }
+    static const uint8_t zero[32];
+    if (memcmp(r + O_EXT, zero, 32) != 0) {
+        uint8_t k[36];
+        uint32_t psp = rd32(r + O_PSP);
+        for (int b = 0; b < 4; b++) k[b] = (uint8_t)(psp >> (24 - 8 * b));
+        memcpy(k + 4, r + O_EXT, 32);
+        PyObject *key = PyBytes_FromStringAndSize((const char *)k, 36);
+        PyObject *tid = key ? PyBytes_FromStringAndSize((const char *)r + O_ID, 16) : NULL;
+        int bad = tid == NULL || PyDict_SetItem(h->extrefs, key, tid) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(tid);
+        if (bad) return -1;
+    }
+    return 0;
+}
+
+/* ---- the Hook type ------------------------------------------------------------------------------ */
+/* the fallback's verdict: appended to `decided` (returns 0: the record is decided) or NO_MATCH (1) */
+static int take_fallback(HookObject *h, Py_ssize_t i, PyObject *dra, PyObject *cra) {
+    PyObject *idx = PyLong_FromSsize_t(i), *got = NULL;
+    if (idx == NULL) return -1;
+    PyObject *a[3] = {idx, dra, cra};
+    got = PyObject_Vectorcall(h->fallback, a, 3, NULL);
+    Py_DECREF(idx);
+    if (got == NULL) return -1;
+    Py_ssize_t rule = PyTuple_Check(got) && PyTuple_GET_SIZE(got) == 2 ? PyLong_AsSsize_t(PyTuple_GET_ITEM(got, 0)) : -3;
+    int out = -1;
+    if (rule == -3 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a verdict is (rule, errored)");
+    else if (!(rule == -1 && PyErr_Occurred())) out = rule == -1 ? 1 : PyList_Append(h->decided, got) < 0 ? -1 : 0;
+    Py_DECREF(got);
+    return out;
+}
+
+/* the hook's answer for record i: True applied here, False decided by a rule, NULL an error */
+static PyObject *hook_record(HookObject *h, Py_ssize_t i, PyObject *dra, PyObject *cra) {
+    if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return NULL; }
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
+    PyObject *result = NULL;
+    int64_t verdict = h->active ? evaluate(&c) : EV_NO_MATCH;
+    if (verdict >= 0) {
+        PyObject *v = Py_BuildValue("(nO)", (Py_ssize_t)verdict, Py_False);
+        if (v != NULL && PyList_Append(h->decided, v) == 0) result = Py_NewRef(Py_False);
+        Py_XDECREF(v);
+        goto done;
+    }
+    if (verdict == EV_BAIL) {
+        int got = flush(h) < 0 ? -1 : take_fallback(h, i, dra, cra);
+        if (got <= 0) { result = got < 0 ? NULL : Py_NewRef(Py_False); goto done; }
+    }
+    if (after_success(h, &c) == 0) result = Py_NewRef(Py_True);
+done:
+    Py_XDECREF(c.pk);
+    return result;
+}
+
+static int index_arg(PyObject *o, Py_ssize_t *i) {
+    *i = PyLong_AsSsize_t(o);
+    return *i == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *hook_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw) {
+    Py_ssize_t i;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kw != NULL) {
+        PyErr_SetString(PyExc_TypeError, "hook(i, debit_state, credit_state)");
+        return NULL;
+    }
+    if (index_arg(args[0], &i) < 0) return NULL;
+    return hook_record((HookObject *)self, i, args[1], args[2]);
+}
+
+/* evaluate(i, debit_state, credit_state) -> rule index, -1 (no match) or None (the Python form would
+ * decide): the program alone, nothing recorded (for the tests) */
+static PyObject *hook_evaluate(PyObject *self, PyObject *args) {
+    HookObject *h = (HookObject *)self;
+    Py_ssize_t i;
+    PyObject *dra, *cra;
+    if (!PyArg_ParseTuple(args, "nOO", &i, &dra, &cra)) return NULL;
+    if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return NULL; }
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
+    int64_t v = evaluate(&c);
+    Py_XDECREF(c.pk);
+    if (v == EV_BAIL) Py_RETURN_NONE;
+    return PyLong_FromLongLong(v);
+}
+
+static PyObject *hook_flush(PyObject *self, PyObject *unused) {
+    (void)unused;
+    if (flush((HookObject *)self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static void hook_dealloc(PyObject *self) {
+    HookObject *h = (HookObject *)self;
+    if (h->has_recs) PyBuffer_Release(&h->recs);
+    for (size_t q = 0; h->ents != NULL && q < h->nents; q++) Py_XDECREF(h->ents[q].list);
+    PyMem_Free(h->ents);
+    PyMem_Free(h->slots);
+    PyMem_Free(h->order);
+    PyMem_Free(h->prog);
+    Py_XDECREF(h->risk); Py_XDECREF(h->committed_risk); Py_XDECREF(h->state_fn); Py_XDECREF(h->pairs); Py_XDECREF(h->pairs_committed);
+    Py_XDECREF(h->get_pair); Py_XDECREF(h->extrefs); Py_XDECREF(h->decided); Py_XDECREF(h->fallback);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static const char HOOK_DOC[] =
+    "Hook(program, records, ts, height, active, tracks, risk, committed_risk, state, pairs, pairs_committed, get_pair, extrefs,"
+    " decided, fallback): the rules hook of one C transfer-engine call (ledger/_native/rules.c).\n"
+    "tracks: bit 0 payer windows, 1 payee windows, 2 PSP windows, 3 payer-payee pairs.";
+
+static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Py_buffer prog;
+    unsigned long long ts;
+    PyObject *height;
+    int active, tracks;
+    HookObject *h = (HookObject *)type->tp_alloc(type, 0);
+    if (h == NULL) return NULL;
+    h->vectorcall = hook_vectorcall;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) { PyErr_SetString(PyExc_TypeError, "Hook takes no keywords"); goto fail; }
+    if (!PyArg_ParseTuple(args, "y*y*KOpiO!O!OO!O!OO!O!O", &prog, &h->recs, &ts, &height, &active, &tracks,
+                          &PyDict_Type, &h->risk, &PyDict_Type, &h->committed_risk, &h->state_fn, &PySet_Type, &h->pairs, &PyDict_Type,
+                          &h->pairs_committed, &h->get_pair, &PyDict_Type, &h->extrefs, &PyList_Type, &h->decided,
+                          &h->fallback)) {
+        h->risk = h->committed_risk = h->state_fn = h->pairs = h->pairs_committed = h->get_pair = h->extrefs = h->decided = NULL;
+        h->fallback = NULL;
+        goto fail;
+    }
+    h->has_recs = 1;
+    Py_INCREF(h->risk); Py_INCREF(h->committed_risk); Py_INCREF(h->state_fn); Py_INCREF(h->pairs); Py_INCREF(h->pairs_committed);
+    Py_INCREF(h->get_pair); Py_INCREF(h->extrefs); Py_INCREF(h->decided); Py_INCREF(h->fallback);
+    h->nprog = prog.len / (Py_ssize_t)sizeof(int64_t);
+    h->prog = PyMem_Malloc((size_t)prog.len + 8);
+    if (h->prog != NULL) memcpy(h->prog, prog.buf, (size_t)prog.len);
+    int shape_ok = prog.len % (Py_ssize_t)sizeof(int64_t) == 0 && h->prog != NULL && check_program(h->prog, h->nprog);
+    PyBuffer_Release(&prog);
+    if (!shape_ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "malformed rule program"); goto fail; }
+    if (h->recs.len % REC) { PyErr_SetString(PyExc_ValueError, "records must be whole transfers"); goto fail; }
+    h->n = h->recs.len / REC;
+    h->ts = ts;
+    h->height = PyLong_AsLongLong(height);
+    h->height_ok = !(h->height == -1 && PyErr_Occurred());
+    if (!h->height_ok) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto fail;
+        PyErr_Clear();
+    }
+    h->active = active;
+    h->track_out = tracks & 1; h->track_in = tracks >> 1 & 1; h->track_psp = tracks >> 2 & 1;
+    h->track_pairs = tracks >> 3 & 1;
+    h->cap = 3 * (size_t)h->n + 1; /* a record touches at most three keys */
+    size_t size = 16;
+    while (size < 2 * h->cap) size <<= 1;
+    h->mask = size - 1;
+    h->ents = PyMem_Malloc(h->cap * sizeof(rent_t));
+    h->slots = PyMem_Malloc(size * sizeof(int32_t));
+    h->order = PyMem_Malloc(h->cap * sizeof(int32_t));
+    if (h->ents == NULL || h->slots == NULL || h->order == NULL) { PyErr_NoMemory(); goto fail; }
+    memset(h->slots, 0xff, size * sizeof(int32_t));
+    return (PyObject *)h;
+fail:
+    Py_DECREF(h);
+    return NULL;
+}
+
+static PyMethodDef HOOK_METHODS[] = {
+    {"flush", hook_flush, METH_NOARGS, "Write the risk states changed in this call back into the block's dict."},
+    {"evaluate", hook_evaluate, METH_VARARGS,
+     "evaluate(i, debit_state, credit_state) -> rule index, -1 or None (the Python form decides)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HookType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ledger._native._risk.Hook",
+    .tp_basicsize = sizeof(HookObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = HOOK_DOC,
+    .tp_new = hook_new,
+    .tp_dealloc = hook_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(HookObject, vectorcall),
+    .tp_methods = HOOK_METHODS,
+};
+
+int rules_add_types(PyObject *module) {
+    const char *names[8] = {"debits_pending", "debits_posted", "credits_pending", "credits_posted", "flags", "code",
+                            "ledger", "record"};
+    PyObject **slots[8] = {&S_DP, &S_DPO, &S_CP, &S_CPO, &S_FLAGS, &S_CODE, &S_LEDGER, &S_RECORD};
+    for (int k = 0; k < 8; k++)
+        if (*slots[k] == NULL && (*slots[k] = PyUnicode_InternFromString(names[k])) == NULL) return -1;
+    if (PyType_Ready(&HookType) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "FIELD_COUNT", F_COUNT) < 0) return -1;
+    return PyModule_AddObjectRef(module, "Hook", (PyObject *)&HookType);
+}
