@@ -225,11 +225,11 @@ static int account_field(PyObject *a, int f, int64_t *out) {
     u128 x, y, z;
     if (f == 4) { /* balance: credits_posted - debits_posted - debits_pending, saturated to int64 */
         if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
-        u128 sum = y + z;
-        if (sum < y) { *out = INT64_MIN; return 0; }
-        if (x >= sum) { *out = sat_u128(x - sum); return 0; }
-        u128 d = sum - x;
-        *out = d >= ((u128)1 << 63) ? INT64_MIN : -(int64_t)d;
+        u128 neg; /* the magnitude of a negative result */
+        if (x >= y && x - y >= z) { *out = sat_u128(x - y - z); return 0; }
+        if (x >= y) neg = z - (x - y);
+        else if (__builtin_add_overflow((u128)(y - x), z, &neg)) neg = (u128)1 << 64;
+        *out = neg >= ((u128)1 << 63) ? INT64_MIN : -(int64_t)neg;
         return 0;
     }
     if (f == 8) { /* user_data: the record's bytes 16..32, little endian */
