@@ -83,6 +83,7 @@ typedef struct {
     HookObject *h;
     const uint8_t *r;
     PyObject *dra, *cra, *pk;
+    const u128 *bal; /* the engine's balances (debit dp, dpo, cp, cpo, credit ...), or NULL: read the objects */
     uint64_t have; /* bit per field id: computed */
     int64_t v[F_COUNT];
     rent_t *ent[3]; /* out, in, psp (seeded lazily) */
@@ -218,13 +219,14 @@ static int attr_u128(PyObject *o, PyObject *name, u128 *out) {
     return ok;
 }
 
-static int account_field(PyObject *a, int f, int64_t *out) {
+static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
     static PyObject **names[8];
     names[0] = &S_DP; names[1] = &S_DPO; names[2] = &S_CP; names[3] = &S_CPO;
     names[5] = &S_FLAGS; names[6] = &S_CODE; names[7] = &S_LEDGER;
     u128 x, y, z;
     if (f == 4) { /* balance: credits_posted - debits_posted - debits_pending, saturated to int64 */
-        if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
+        if (bal != NULL) { x = bal[3]; y = bal[1]; z = bal[0]; }
+        else if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
         u128 neg; /* the magnitude of a negative result */
         if (x >= y && x - y >= z) { *out = sat_u128(x - y - z); return 0; }
         if (x >= y) neg = z - (x - y);
@@ -241,7 +243,8 @@ static int account_field(PyObject *a, int f, int64_t *out) {
         Py_DECREF(rec);
         return ok ? 0 : -1;
     }
-    if (attr_u128(a, *names[f], &x) < 0) return -1;
+    if (bal != NULL && f < 4) x = bal[f];
+    else if (attr_u128(a, *names[f], &x) < 0) return -1;
     *out = sat_u128(x);
     return 0;
 }
@@ -309,7 +312,9 @@ static int field(ctx_t *c, int f, int64_t *out) {
         v = e->has ? sat_u128(risk_window(e->st, c->h->ts, (f - F_WOUT0) % 6)) : 0;
     } else if (f >= F_DEBIT0) {
         int which = f >= F_CREDIT0;
-        if (account_field(which ? c->cra : c->dra, f - (which ? F_CREDIT0 : F_DEBIT0), &v) < 0) return -1;
+        if (account_field(which ? c->cra : c->dra, c->bal ? c->bal + 4 * which : NULL, f - (which ? F_CREDIT0 : F_DEBIT0),
+                          &v) < 0)
+            return -1;
     } else {
         switch (f) {
         case F_AMOUNT: v = rd64(r + O_AHI) || rd64(r + O_ALO) > (uint64_t)I64_MAX ? I64_MAX : (int64_t)rd64(r + O_ALO);
@@ -499,6 +504,37 @@ static int take_fallback(HookObject *h, Py_ssize_t i, PyObject *dra, PyObject *c
     return out;
 }
 
+/* apply.c's direct entry (the capsule `fast_entry`), with the engine's balances: 1 applied here, 0 decided
+ * by a rule (appended to `decided`), 2 the Python form must decide (apply.c then syncs the account objects
+ * and calls the hook through the call protocol, which evaluates again and hands over), -1 an error */
+static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, PyObject *cra) {
+    HookObject *h = (HookObject *)self;
+    if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return -1; }
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra; c.bal = bal;
+    int out = -1;
+    int64_t verdict = h->active ? evaluate(&c) : EV_NO_MATCH;
+    if (verdict >= 0) {
+        PyObject *v = Py_BuildValue("(nO)", (Py_ssize_t)verdict, Py_False);
+        if (v != NULL && PyList_Append(h->decided, v) == 0) out = 0;
+        Py_XDECREF(v);
+    } else if (verdict == EV_BAIL) {
+        out = 2;
+    } else if (after_success(h, &c) == 0) {
+        out = 1;
+    }
+    Py_XDECREF(c.pk);
+    return out;
+}
+
+static PyObject *hook_fast_entry(PyObject *self, void *unused) {
+    (void)unused;
+    PyObject *cap = PyCapsule_New((void *)hook_fast, "sovledger.rules_hook", NULL);
+    if (cap != NULL && PyCapsule_SetContext(cap, self) < 0) Py_CLEAR(cap); /* hook_fast's first argument */
+    return cap;
+}
+
 /* the hook's answer for record i: True applied here, False decided by a rule, NULL an error */
 static PyObject *hook_record(HookObject *h, Py_ssize_t i, PyObject *dra, PyObject *cra) {
     if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return NULL; }
@@ -639,6 +675,12 @@ static PyMethodDef HOOK_METHODS[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyGetSetDef HOOK_GETSET[] = {
+    {"fast_entry", hook_fast_entry, NULL,
+     "A capsule of the C entry point apply.c calls with the engine's balances (sovledger.rules_hook).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject HookType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ledger._native._risk.Hook",
@@ -650,6 +692,7 @@ static PyTypeObject HookType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(HookObject, vectorcall),
     .tp_methods = HOOK_METHODS,
+    .tp_getset = HOOK_GETSET,
 };
 
 int rules_add_types(PyObject *module) {

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import native, risk
-from ledger.apply import native_transfers
+from ledger.apply import native_transfers, transfers
 from ledger.codec import TRANSFER_STRUCT, Batch, encode_account, encode_transfer
 from ledger.risk import KEY_IN, KEY_OUT, STATE_LEN, RiskView, new_state, psp_key, record_py
 from ledger.rules.compiler import FIELDS, CompiledRuleSet, compile_ruleset
@@ -327,11 +327,11 @@ def pair(tmp_path: Path) -> Any:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_feature_rules_both_engines(pair: RulesPair, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = {"hooks": 0, "fallbacks": 0, "decided": 0, "by_fallback": 0}  # the C hook ran (observed, not replaced)
-    real = risk.Hook
+    seen = {"hooks": 0, "fallbacks": 0, "by_fallback": 0, "decided": 0}  # observed, not replaced
+    real_hook, real_create = risk.Hook, transfers.create_transfer
 
-    def observed(*args: Any) -> Any:
-        *head, decided, fallback = args
+    def observed(*args: Any) -> Any:  # the real C hook, its Python fallback counted
+        *head, fallback = args
 
         def counted(*a: Any) -> Any:
             verdict = fallback(*a)
@@ -340,17 +340,13 @@ def test_feature_rules_both_engines(pair: RulesPair, seed: int, monkeypatch: pyt
             return verdict
 
         seen["hooks"] += 1
-        hook = real(*head, decided, counted)
+        return real_hook(*head, counted)
 
-        def call(i: int, dra: Any, cra: Any) -> bool:
-            before = len(decided)
-            applied: bool = hook(i, dra, cra)
-            seen["decided"] += len(decided) - before
-            return applied
+    def create(*args: Any) -> Any:  # a record the hook decided reaches the reference with its verdict
+        seen["decided"] += len(args) == 5 and args[4] is not None
+        return real_create(*args)
 
-        call.flush = hook.flush  # type: ignore[attr-defined]
-        return call
-
+    monkeypatch.setattr(transfers, "create_transfer", create)
     monkeypatch.setattr(native_transfers.risk_features, "Hook", observed)
     e2e_workload(pair, seed, list(range(len(FEATURE_RULES))))
     assert seen["hooks"] and seen["fallbacks"], seen  # CEL-only rules went to Python ...
