@@ -15,82 +15,11 @@
  * Risk states touched in this call live in a C table seeded on first touch from the block
  * (`risk[key]`, else `state(key)`, the same lookups as the Python hook); `flush()` writes the changed
  * ones back into `risk` (in place when the block already had the list, else a new list inserted in
- * first-touch order), so everything after the call sees exactly the state the Python hook left. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <stddef.h>
-#include <string.h>
+ * first-touch order), so everything after the call sees exactly the state the Python hook left.
+ * The fields and the program itself: rules_eval.c. */
+#include "rules.h"
 
-#include "risk_core.h"
-
-typedef unsigned __int128 u128;
-#define REC 176
-#define I64_MAX INT64_MAX
-enum { O_ID = 0, O_DR = 16, O_CR = 32, O_ALO = 48, O_AHI = 56, O_UD = 80, O_EXT = 96, O_LEDGER = 160,
-       O_PSP = 164, O_TIMEOUT = 168, O_CODE = 172, O_FLAGS = 174 };
-
-/* field ids: the order of ledger/rules/lowering.py NATIVE_FIELDS */
-enum {
-    F_AMOUNT, F_LEDGER, F_CODE, F_PSP_ID, F_FLAGS, F_PENDING, F_TIMEOUT, F_USER_DATA, F_PSP, F_TS, F_HEIGHT,
-    F_NEW_PAYEE, F_EWMA, F_DEV_BPS, F_HISTORY_N,
-    F_DEBIT0, /* 9 account fields: debits_pending, debits_posted, credits_pending, credits_posted, balance,
-                 flags, code, ledger, user_data */
-    F_CREDIT0 = F_DEBIT0 + 9,
-    F_WOUT0 = F_CREDIT0 + 9, /* 6 window fields: count_1m, count_1h, count_24h, sum_1m, sum_1h, sum_24h */
-    F_WIN0 = F_WOUT0 + 6,
-    F_WPSP0 = F_WIN0 + 6,
-    F_COUNT = F_WPSP0 + 6
-};
-enum { C_BOOL = 0, C_CMP = 1 };
-enum { OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE };
-enum { EV_NO_MATCH = -1, EV_BAIL = -2 };
-
-static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static inline int64_t sat_u128(u128 v) { return v > (u128)I64_MAX ? I64_MAX : (int64_t)v; }
-static inline u128 le128(const uint8_t *p) { return (u128)rd64(p) | ((u128)rd64(p + 8) << 64); }
-
-typedef struct {
-    uint8_t key[17], klen, has, dirty, changed;
-    uint64_t st[RISK_STATE_LEN];
-    PyObject *list; /* the block's list for this key (owned), NULL until the block has one */
-} rent_t;
-
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    int64_t *prog;
-    Py_ssize_t nprog;
-    Py_buffer recs;
-    int has_recs;
-    Py_ssize_t n;
-    uint64_t ts;
-    int64_t height;
-    int height_ok, active, track_out, track_in, track_psp, track_pairs;
-    PyObject *risk, *committed_risk, *state_fn, *pairs, *pairs_committed, *get_pair, *extrefs, *decided, *fallback;
-    rent_t *ents;   /* the states touched in this call, in first-touch order */
-    size_t nents, cap;
-    int32_t *slots; /* open addressing over ents */
-    size_t mask;
-    int32_t *order; /* ents recorded into, in first-record order (the order the block's dict gets them) */
-    size_t norder;
-} HookObject;
-
-/* per-transfer evaluation context */
-typedef struct {
-    HookObject *h;
-    const uint8_t *r;
-    PyObject *dra, *cra, *pk;
-    const u128 *bal; /* the engine's balances (debit dp, dpo, cp, cpo, credit ...), or NULL: read the objects */
-    uint64_t have; /* bit per field id: computed */
-    int64_t v[F_COUNT];
-    rent_t *ent[3]; /* out, in, psp (seeded lazily) */
-    int seen_known, in_pairs, seen;
-} ctx_t;
-
-static PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_RECORD;
+PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_RECORD;
 
 /* ---- risk state table ------------------------------------------------------------------------- */
 static size_t key_hash(const uint8_t *k, int n) {
@@ -158,7 +87,7 @@ static void key_of(const uint8_t *r, int which, uint8_t *key, int *klen) {
     }
 }
 
-static rent_t *ctx_entry(ctx_t *c, int which) {
+rent_t *rules_ctx_entry(ctx_t *c, int which) {
     if (c->ent[which] == NULL) {
         uint8_t key[17];
         int klen;
@@ -199,257 +128,9 @@ static int flush(HookObject *h) {
     return 0;
 }
 
-/* ---- fields ----------------------------------------------------------------------------------- */
-static int attr_u128(PyObject *o, PyObject *name, u128 *out) {
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL) return -1;
-    int ok = -1;
-    if (PyLong_Check(v)) {
-        uint64_t x = PyLong_AsUnsignedLongLong(v);
-        if (!(x == (uint64_t)-1 && PyErr_Occurred())) { *out = x; ok = 0; }
-        else if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            uint8_t b[16];
-            PyErr_Clear();
-            if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 0) == 0) { *out = le128(b); ok = 0; }
-        }
-    } else {
-        PyErr_SetString(PyExc_TypeError, "an account field is not an int");
-    }
-    Py_DECREF(v);
-    return ok;
-}
-
-static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
-    static PyObject **names[8];
-    names[0] = &S_DP; names[1] = &S_DPO; names[2] = &S_CP; names[3] = &S_CPO;
-    names[5] = &S_FLAGS; names[6] = &S_CODE; names[7] = &S_LEDGER;
-    u128 x, y, z;
-    if (f == 4) { /* balance: credits_posted - debits_posted - debits_pending, saturated to int64 */
-        if (bal != NULL) { x = bal[3]; y = bal[1]; z = bal[0]; }
-        else if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
-        u128 neg; /* the magnitude of a negative result */
-        if (x >= y && x - y >= z) { *out = sat_u128(x - y - z); return 0; }
-        if (x >= y) neg = z - (x - y);
-        else if (__builtin_add_overflow((u128)(y - x), z, &neg)) neg = (u128)1 << 64;
-        *out = neg >= ((u128)1 << 63) ? INT64_MIN : -(int64_t)neg;
-        return 0;
-    }
-    if (f == 8) { /* user_data: the record's bytes 16..32, little endian */
-        PyObject *rec = PyObject_GetAttr(a, S_RECORD);
-        if (rec == NULL) return -1;
-        int ok = PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) >= 32;
-        if (ok) *out = sat_u128(le128((const uint8_t *)PyBytes_AS_STRING(rec) + 16));
-        else PyErr_SetString(PyExc_TypeError, "an account record is bytes");
-        Py_DECREF(rec);
-        return ok ? 0 : -1;
-    }
-    if (bal != NULL && f < 4) x = bal[f];
-    else if (attr_u128(a, *names[f], &x) < 0) return -1;
-    *out = sat_u128(x);
-    return 0;
-}
-
-/* whether the payer paid this payee before (block pairs, else the committed lookup, cached per block) */
-static int seen(ctx_t *c) {
-    if (c->seen_known) return 0;
-    HookObject *h = c->h;
-    if (c->pk == NULL) {
-        uint8_t k[32];
-        memcpy(k, c->r + O_DR, 16);
-        memcpy(k + 16, c->r + O_CR, 16);
-        if ((c->pk = PyBytes_FromStringAndSize((const char *)k, 32)) == NULL) return -1;
-    }
-    int in = PySet_Contains(h->pairs, c->pk);
-    if (in < 0) return -1;
-    c->in_pairs = in;
-    if (in) { c->seen = 1; c->seen_known = 1; return 0; }
-    PyObject *known = PyDict_GetItemWithError(h->pairs_committed, c->pk);
-    if (known == NULL) {
-        if (PyErr_Occurred()) return -1;
-        PyObject *row = PyObject_CallOneArg(h->get_pair, c->pk);
-        if (row == NULL) return -1;
-        known = row != Py_None ? Py_True : Py_False;
-        Py_DECREF(row);
-        if (PyDict_SetItem(h->pairs_committed, c->pk, known) < 0) return -1;
-    }
-    int t = PyObject_IsTrue(known);
-    if (t < 0) return -1;
-    c->seen = t;
-    c->seen_known = 1;
-    return 0;
-}
-
-/* deviation_bps(out state, amount) -> (ewma, bps, n), saturated as the field table does */
-static void deviation(const rent_t *e, u128 amount, int64_t *ewma_f, int64_t *dev_f, int64_t *n_f) {
-    uint64_t ewma = e->st[15], n = e->st[16];
-    *ewma_f = sat_u128(ewma);
-    *n_f = sat_u128(n);
-    *dev_f = 0;
-    if (!e->has || n == 0 || ewma == 0) {
-        if (!e->has) *ewma_f = *n_f = 0;
-        return;
-    }
-    if (amount >= ewma) { /* floor((amount - ewma) * 10000 / ewma) without overflowing */
-        u128 d = amount - ewma, q = d / ewma, rem = d % ewma;
-        if (q > (u128)(I64_MAX / 10000)) { *dev_f = I64_MAX; return; }
-        u128 v = q * 10000 + rem * 10000 / ewma;
-        *dev_f = sat_u128(v);
-    } else { /* negative: floor of -(d * 10000 / ewma) */
-        u128 d = ewma - amount, num = d * 10000;
-        u128 q = num / ewma + (num % ewma != 0);
-        *dev_f = -(int64_t)q;
-    }
-}
-
-static int field(ctx_t *c, int f, int64_t *out) {
-    if (c->have >> f & 1) { *out = c->v[f]; return 0; }
-    const uint8_t *r = c->r;
-    int64_t v = 0;
-    if (f >= F_WOUT0) {
-        int which = (f - F_WOUT0) / 6;
-        rent_t *e = ctx_entry(c, which);
-        if (e == NULL) return -1;
-        v = e->has ? sat_u128(risk_window(e->st, c->h->ts, (f - F_WOUT0) % 6)) : 0;
-    } else if (f >= F_DEBIT0) {
-        int which = f >= F_CREDIT0;
-        if (account_field(which ? c->cra : c->dra, c->bal ? c->bal + 4 * which : NULL, f - (which ? F_CREDIT0 : F_DEBIT0),
-                          &v) < 0)
-            return -1;
-    } else {
-        switch (f) {
-        case F_AMOUNT: v = rd64(r + O_AHI) || rd64(r + O_ALO) > (uint64_t)I64_MAX ? I64_MAX : (int64_t)rd64(r + O_ALO);
-            break;
-        case F_LEDGER: v = rd32(r + O_LEDGER); break;
-        case F_CODE: v = rd16(r + O_CODE); break;
-        case F_PSP_ID: case F_PSP: v = rd32(r + O_PSP); break;
-        case F_FLAGS: v = rd16(r + O_FLAGS); break;
-        case F_PENDING: v = (rd16(r + O_FLAGS) & 2) != 0; break;
-        case F_TIMEOUT: v = rd32(r + O_TIMEOUT); break;
-        case F_USER_DATA: v = sat_u128(le128(r + O_UD)); break;
-        case F_TS: v = sat_u128(c->h->ts); break;
-        case F_HEIGHT:
-            if (!c->h->height_ok) { PyErr_SetString(PyExc_OverflowError, "height beyond int64"); return -1; }
-            v = c->h->height;
-            break;
-        case F_NEW_PAYEE:
-            if (seen(c) < 0) return -1;
-            v = !c->seen;
-            break;
-        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N */
-            rent_t *e = ctx_entry(c, 0);
-            if (e == NULL) return -1;
-            deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
-            c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
-            *out = c->v[f];
-            return 0;
-        }
-        }
-    }
-    c->v[f] = v;
-    c->have |= 1ULL << f;
-    *out = v;
-    return 0;
-}
-
-/* ---- the program -------------------------------------------------------------------------------
- * rule:     rule_index, complex_rest, n_conjuncts, conjunct...
- * conjunct: C_BOOL, field, negated | C_CMP, op, n_lhs, n_rhs, (sign, field or -1, literal) * (n_lhs + n_rhs) */
-
-/* a side's value: 1, or 0 when a partial sum leaves int64 (CEL errs: unknown), -1 a Python error */
-static int side_value(ctx_t *c, const int64_t *t, int64_t n, int64_t *out) {
-    int64_t acc = 0;
-    for (int64_t k = 0; k < n; k++, t += 3) {
-        int64_t v = t[2];
-        if (t[1] >= 0 && field(c, (int)t[1], &v) < 0) return -1;
-        if (k == 0) acc = t[0] < 0 ? -v : v; /* a leading minus only before a literal <= 2^63 - 1 */
-        else if (t[0] < 0 ? __builtin_sub_overflow(acc, v, &acc) : __builtin_add_overflow(acc, v, &acc)) return 0;
-    }
-    *out = acc;
-    return 1;
-}
-
-/* 1 true, 0 false, 2 unknown, -1 a Python error; *pc advances past the conjunct */
-static int conjunct(ctx_t *c, const int64_t **pc) {
-    const int64_t *p = *pc;
-    int64_t v, l, r;
-    if (p[0] == C_BOOL) {
-        *pc = p + 3;
-        if (field(c, (int)p[1], &v) < 0) return -1;
-        return p[2] ? !v : v != 0;
-    }
-    int64_t op = p[1], nl = p[2], nr = p[3];
-    *pc = p + 4 + 3 * (nl + nr);
-    int a = side_value(c, p + 4, nl, &l);
-    if (a <= 0) return a < 0 ? -1 : 2;
-    int b = side_value(c, p + 4 + 3 * nl, nr, &r);
-    if (b <= 0) return b < 0 ? -1 : 2;
-    switch (op) {
-    case OP_LT: return l < r;
-    case OP_LE: return l <= r;
-    case OP_GT: return l > r;
-    case OP_GE: return l >= r;
-    case OP_EQ: return l == r;
-    default: return l != r;
-    }
-}
-
-/* the deciding rule's index, EV_NO_MATCH, or EV_BAIL (the Python compiled form decides) */
-static int64_t evaluate(ctx_t *c) {
-    const int64_t *p = c->h->prog, *end = p + c->h->nprog;
-    while (p < end) {
-        int64_t rule = p[0], complex_rest = p[1], n = p[2];
-        const int64_t *q = p + 3;
-        int outcome = 1;
-        for (int64_t k = 0; k < n; k++) {
-            if (outcome != 1) { /* a false conjunct decided the rule: step over the rest */
-                q += q[0] == C_BOOL ? 3 : 4 + 3 * (q[2] + q[3]);
-                continue;
-            }
-            int got = conjunct(c, &q);
-            if (got < 0) { PyErr_Clear(); return EV_BAIL; }
-            if (got == 2) return EV_BAIL;
-            if (got == 0) outcome = 0;
-        }
-        p = q;
-        if (outcome == 1) {
-            if (complex_rest) return EV_BAIL;
-            return rule;
-        }
-    }
-    return EV_NO_MATCH;
-}
-
-/* the program's shape, checked once so evaluation never reads outside it */
-static int check_program(const int64_t *p, Py_ssize_t n) {
-    const int64_t *end = p + n;
-    while (p < end) {
-        if (end - p < 3 || p[0] < 0 || p[2] < 0) return 0;
-        int64_t k = p[2];
-        p += 3;
-        for (; k > 0; k--) {
-            if (end - p < 3) return 0;
-            if (p[0] == C_BOOL) {
-                if (p[1] < 0 || p[1] >= F_COUNT) return 0;
-                p += 3;
-                continue;
-            }
-            if (p[0] != C_CMP || end - p < 4 || p[1] < OP_LT || p[1] > OP_NE || p[2] < 1 || p[3] < 1 ||
-                p[2] > 64 || p[3] > 64 || end - p < 4 + 3 * (p[2] + p[3]))
-                return 0;
-            for (int64_t t = 0; t < p[2] + p[3]; t++) {
-                const int64_t *term = p + 4 + 3 * t;
-                if (term[1] < -1 || term[1] >= F_COUNT || (term[0] < 0 && term[1] >= 0 && (t == 0 || t == p[2])) || term[2] == INT64_MIN)
-                    return 0;
-            }
-            p += 4 + 3 * (p[2] + p[3]);
-        }
-    }
-    return 1;
-}
-
 /* ---- after no rule matched: what effects.after_success records outside a chain ------------------ */
 static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
-    rent_t *e = ctx_entry(c, which);
+    rent_t *e = rules_ctx_entry(c, which);
     if (e == NULL) return -1;
     if (!e->dirty) {
         e->dirty = 1;
@@ -468,7 +149,7 @@ static int after_success(HookObject *h, ctx_t *c) {
         (h->track_psp && record_one(h, c, 2, amount) < 0))
         return -1;
     if (h->track_pairs) {
-        if (seen(c) < 0) return -1;
+        if (rules_seen(c) < 0) return -1;
         if (!c->in_pairs && !c->seen && PySet_Add(h->pairs, c->pk) < 0) return -1;
     }
     static const uint8_t zero[32];
@@ -514,7 +195,7 @@ static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, P
     memset(&c, 0, sizeof c);
     c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra; c.bal = bal;
     int out = -1;
-    int64_t verdict = h->active ? evaluate(&c) : EV_NO_MATCH;
+    int64_t verdict = h->active ? rules_evaluate(&c) : EV_NO_MATCH;
     if (verdict >= 0) {
         PyObject *v = Py_BuildValue("(nO)", (Py_ssize_t)verdict, Py_False);
         if (v != NULL && PyList_Append(h->decided, v) == 0) out = 0;
@@ -542,7 +223,7 @@ static PyObject *hook_record(HookObject *h, Py_ssize_t i, PyObject *dra, PyObjec
     memset(&c, 0, sizeof c);
     c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
     PyObject *result = NULL;
-    int64_t verdict = h->active ? evaluate(&c) : EV_NO_MATCH;
+    int64_t verdict = h->active ? rules_evaluate(&c) : EV_NO_MATCH;
     if (verdict >= 0) {
         PyObject *v = Py_BuildValue("(nO)", (Py_ssize_t)verdict, Py_False);
         if (v != NULL && PyList_Append(h->decided, v) == 0) result = Py_NewRef(Py_False);
@@ -585,7 +266,7 @@ static PyObject *hook_evaluate(PyObject *self, PyObject *args) {
     ctx_t c;
     memset(&c, 0, sizeof c);
     c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
-    int64_t v = evaluate(&c);
+    int64_t v = rules_evaluate(&c);
     Py_XDECREF(c.pk);
     if (v == EV_BAIL) Py_RETURN_NONE;
     return PyLong_FromLongLong(v);
@@ -638,7 +319,8 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     h->nprog = prog.len / (Py_ssize_t)sizeof(int64_t);
     h->prog = PyMem_Malloc((size_t)prog.len + 8);
     if (h->prog != NULL) memcpy(h->prog, prog.buf, (size_t)prog.len);
-    int shape_ok = prog.len % (Py_ssize_t)sizeof(int64_t) == 0 && h->prog != NULL && check_program(h->prog, h->nprog);
+    int shape_ok = prog.len % (Py_ssize_t)sizeof(int64_t) == 0 && h->prog != NULL &&
+                   rules_check_program(h->prog, h->nprog);
     PyBuffer_Release(&prog);
     if (!shape_ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "malformed rule program"); goto fail; }
     if (h->recs.len % REC) { PyErr_SetString(PyExc_ValueError, "records must be whole transfers"); goto fail; }

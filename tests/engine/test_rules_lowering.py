@@ -365,3 +365,9 @@ def test_feature_rule_subsets_both_engines(tmp_path_factory: pytest.TempPathFact
         e2e_workload(p, seed, picks, blocks=4, per_block=25)
     finally:
         p.close()
+
+
+def test_python_hook_without_the_extension(pair: RulesPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the compiled hook (no C compiler for _risk) the Python hook gives the same tables."""
+    monkeypatch.setattr(native_transfers.risk_features, "Hook", None)
+    e2e_workload(pair, 5, list(range(len(FEATURE_RULES))), blocks=4)
