@@ -371,3 +371,27 @@ def test_python_hook_without_the_extension(pair: RulesPair, monkeypatch: pytest.
     """Without the compiled hook (no C compiler for _risk) the Python hook gives the same tables."""
     monkeypatch.setattr(native_transfers.risk_features, "Hook", None)
     e2e_workload(pair, 5, list(range(len(FEATURE_RULES))), blocks=4)
+
+
+def test_an_input_the_c_hook_cannot_read_is_decided_by_python(pair: RulesPair,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: reading one payer's risk state fails. The C hook hands that record to the Python
+    form, whose failure is the result rule_evaluation_failed, as on the Python engine; the rest applies."""
+    from ledger.apply.scratch import SideState
+
+    real_state = SideState.state
+    failing_key = KEY_OUT + (3).to_bytes(16, "little")
+
+    def state(self: SideState, key: bytes) -> list[int] | None:
+        if key == failing_key:
+            raise OverflowError("injected")
+        return real_state(self, key)
+
+    pair.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(a) for a in E2E_ACCOUNTS)))
+    pair.block(Batch(EventKind.DEPLOY_RULESET, deploy_record({"name": "f", "version": 1, "rules": [
+        {"id": "fast", "expr": "risk.debit.count_1h > 5", "action": "reject", "code": 40}]})))
+    monkeypatch.setattr(SideState, "state", state)
+    pair.block(Batch(EventKind.CREATE_TRANSFER, b"".join(
+        encode_transfer(Transfer(2000 + i, 2 + (i == 1), 5, 10, ledger=1, code=1)) for i in range(3))))
+    pair.assert_stores_identical()
+    assert Result.RULE_EVALUATION_FAILED in pair.results and Result.OK in pair.results
