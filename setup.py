@@ -1,5 +1,5 @@
-"""Build the optional native extensions (ledger/_native/engine.c; risk.c for ledger/risk.py) with the
-machine's C compiler.
+"""Build the optional native extensions (ledger/_native/engine.c; risk.c for ledger/risk.py, with rules.c
+and rules_eval.c: the C rules hook) with the machine's C compiler.
 
 Everything else about the package lives in pyproject.toml. The extension is ``optional``: if there is
 no compiler or the build fails, ``pip install -e .`` still succeeds and the ledger runs on the Python
@@ -19,8 +19,9 @@ setup(
         ),
         Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule
             "ledger._native._risk",
-            sources=["ledger/_native/risk.c"],
+            sources=["ledger/_native/risk.c", "ledger/_native/rules.c", "ledger/_native/rules_eval.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+            depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h"],
             optional=True,
         ),
     ]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from ledger import native
 
@@ -163,10 +163,12 @@ def deviation_bps(st: list[int] | None, amount: int) -> tuple[int, int, int]:
 record: Callable[[list[int], int, int], None] = record_py
 window_one: Callable[[list[int] | None, int, int], int] = window_one_py
 NATIVE: bool = False
+Hook: Any = None  # the C rules hook (ledger/_native/rules.c), used by ledger/apply/native_transfers.py
 if native.active() == "native":  # engine choice made once, in ledger/native.py (SOVLEDGER_ENGINE)
     try:  # the same arithmetic in C (built with the package; absent without a C compiler)
         from ledger._native import _risk
 
         record, window_one, NATIVE = _risk.record, _risk.window_one, True
+        Hook = getattr(_risk, "Hook", None)
     except ImportError:
         pass

@@ -1,3 +1,18 @@
-# Type stub of the compiled extension ledger/_native/risk.c.
+# Type stub of the compiled extension ledger/_native/risk.c (+ rules.c: the C rules hook).
+from collections.abc import Callable
+from typing import Any
+
+FIELD_COUNT: int
+
 def record(st: list[int], ts: int, amount: int, /) -> None: ...
 def window_one(st: list[int] | None, ts: int, slot: int, /) -> int: ...
+
+class Hook:
+    def __init__(self, program: bytes, records: bytes, ts: int, height: int, active: bool, tracks: int,
+                 risk: dict[bytes, list[int]], committed_risk: dict[bytes, list[int]],
+                 state: Callable[[bytes], list[int] | None], pairs: set[bytes], pairs_committed: dict[bytes, bool],
+                 get_pair: Callable[[bytes], Any], extrefs: dict[bytes, bytes], decided: list[tuple[int, bool]],
+                 fallback: Callable[[int, Any, Any], tuple[int, bool]], /) -> None: ...
+    def __call__(self, i: int, debit_state: Any, credit_state: Any, /) -> bool: ...
+    def evaluate(self, i: int, debit_state: Any, credit_state: Any, /) -> int | None: ...
+    def flush(self) -> None: ...

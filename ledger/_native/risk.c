@@ -10,11 +10,10 @@
 #include <Python.h>
 #include <stdint.h>
 
-#define STATE_LEN 17
-#define TOP UINT64_MAX
-#define NS 1000000000ULL
+#include "risk_core.h"
 
-static const uint64_t WINDOWS[3] = {60ULL * NS, 3600ULL * NS, 86400ULL * NS};
+#define STATE_LEN RISK_STATE_LEN
+#define TOP RISK_TOP
 
 static int read_state(PyObject *list, uint64_t st[STATE_LEN]) {
     if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != STATE_LEN) {
@@ -48,13 +47,8 @@ static int read_amount(PyObject *obj, uint64_t *out) {
     return 0;
 }
 
-static inline uint64_t sat_add(uint64_t a, uint64_t b) {
-    uint64_t s = a + b;
-    return s < a || s == TOP ? TOP : s;
-}
-
 /* record(st, ts, amount): one successful event of amount at block time ts, in place. */
-static PyObject *risk_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *py_risk_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     uint64_t st[STATE_LEN], ts, amount;
     if (nargs != 3) {
@@ -65,31 +59,7 @@ static PyObject *risk_record(PyObject *self, PyObject *const *args, Py_ssize_t n
     ts = PyLong_AsUnsignedLongLong(args[1]);
     if (ts == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     if (read_amount(args[2], &amount) < 0) return NULL;
-    for (int w = 0; w < 3; w++) {
-        uint64_t *s = st + 5 * w;
-        uint64_t bucket = ts / WINDOWS[w];
-        if (bucket != s[0]) {
-            if (s[0] != TOP && bucket == s[0] + 1) {
-                s[1] = s[3];
-                s[2] = s[4];
-            } else {
-                s[1] = s[2] = 0;
-            }
-            s[0] = bucket;
-            s[3] = s[4] = 0;
-        }
-        s[3] = sat_add(s[3], 1);
-        s[4] = sat_add(s[4], amount);
-    }
-    uint64_t ewma = st[15], n = st[16];
-    if (n == 0) {
-        st[15] = amount;
-    } else {
-        __int128 diff = (__int128)amount - (__int128)ewma;
-        __int128 next = (__int128)ewma + (diff >> 3); /* arithmetic shift: floor, as Python's >> */
-        st[15] = next < 0 ? 0 : (uint64_t)next;
-    }
-    st[16] = sat_add(n, 1);
+    risk_record(st, ts, amount);
     for (int i = 0; i < STATE_LEN; i++) {
         PyObject *v = PyLong_FromUnsignedLongLong(st[i]);
         if (v == NULL) return NULL;
@@ -130,23 +100,11 @@ static PyObject *risk_window_one(PyObject *self, PyObject *const *args, Py_ssize
     if (read_state(args[0], st) < 0) return NULL;
     uint64_t ts = PyLong_AsUnsignedLongLong(args[1]);
     if (ts == (uint64_t)-1 && PyErr_Occurred()) return NULL;
-    uint64_t size = WINDOWS[slot % 3];
-    const uint64_t *s = st + 5 * (slot % 3);
-    int at = 1 + (slot >= 3); /* prev value; the current one is at + 2 */
-    uint64_t bucket = ts / size;
-    uint64_t remaining = size - (ts - bucket * size);
-    if (bucket == s[0]) {
-        unsigned __int128 v = (unsigned __int128)s[at] * remaining / size + s[at + 2];
-        return from_u128(v);
-    }
-    if (s[0] != TOP && bucket == s[0] + 1) {
-        return PyLong_FromUnsignedLongLong((uint64_t)((unsigned __int128)s[at + 2] * remaining / size));
-    }
-    return PyLong_FromLong(0);
+    return from_u128(risk_window(st, ts, (int)slot));
 }
 
 static PyMethodDef METHODS[] = {
-    {"record", (PyCFunction)(void (*)(void))risk_record, METH_FASTCALL,
+    {"record", (PyCFunction)(void (*)(void))py_risk_record, METH_FASTCALL,
      "record(st, ts, amount): add one event to a risk state, in place"},
     {"window_one", (PyCFunction)(void (*)(void))risk_window_one, METH_FASTCALL,
      "window_one(st, ts, slot): one window count (slot 0-2) or sum (3-5) before the event"},
@@ -156,4 +114,10 @@ static PyMethodDef METHODS[] = {
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_risk", "Risk window arithmetic (ledger/risk.py).",
                                     -1, METHODS, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__risk(void) { return PyModule_Create(&MODULE); }
+int rules_add_types(PyObject *module); /* rules.c: the compiled rules hook */
+
+PyMODINIT_FUNC PyInit__risk(void) {
+    PyObject *m = PyModule_Create(&MODULE);
+    if (m != NULL && rules_add_types(m) < 0) Py_CLEAR(m);
+    return m;
+}

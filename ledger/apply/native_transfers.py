@@ -104,7 +104,13 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
     for _split in range(SPLITS_MAX + 1):
         seg = records[start * TRANSFER_SIZE:]
         before = len(events)
-        _apply_native(blk, seg, sigs[start:] if sigs else [], events, _hook(blk, seg, decided))
+        hook = _hook(blk, seg, decided)
+        try:
+            _apply_native(blk, seg, sigs[start:] if sigs else [], events, hook)
+        finally:
+            flush = getattr(hook, "flush", None)  # the C hook's risk states back into the block
+            if flush is not None:
+                flush()
         start += len(events) - before
         if start == count:
             return
@@ -120,7 +126,29 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
 
 
 def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, AccountState, AccountState], bool]:
-    """The engine's rules hook over this segment (see the module doc).
+    """The engine's rules hook over this segment: the C one (ledger/_native/rules.c) when it is built."""
+    rules = blk.rules
+    assert rules is not None and blk.undo is None
+    if risk_features.Hook is None:
+        return _python_hook(blk, records, decided)
+    decide = rules.decide
+    unpack = TRANSFER_STRUCT.unpack_from
+    ts0, height, side = blk.ts0, blk.height, blk.side
+
+    def fallback(i: int, dra: AccountState, cra: AccountState) -> Verdict:  # a rule C leaves to Python
+        return decide(unpack(records, i * TRANSFER_SIZE), dra, cra, ts0, height, side)
+
+    tracks = rules.track_out | rules.track_in << 1 | rules.track_psp << 2 | rules.track_pairs << 3
+    hook: Callable[[int, AccountState, AccountState], bool] = risk_features.Hook(
+        rules.program, records, ts0, height, rules.active, tracks, side.risk, side.committed.risk, side.state,
+        side.pairs,
+        side.pairs_committed, blk.txn.getter(Table.RISK_PAIRS), side.extrefs, decided, fallback)
+    return hook
+
+
+def _python_hook(blk: Block, records: bytes,
+                 decided: list[Verdict]) -> Callable[[int, AccountState, AccountState], bool]:
+    """The engine's rules hook over this segment in Python (see the module doc).
 
     After no rule matched it records exactly what ``effects.after_success`` records outside a linked
     chain (no undo log), inlined: this runs once per transfer under a rule set."""

@@ -35,6 +35,7 @@ import cel
 from ledger import risk
 from ledger.risk import KEY_IN, KEY_OUT, KEY_PSP, deviation_bps, window_features
 from ledger.rules.fastpath import RulePlan, generate, plan_rule
+from ledger.rules.lowering import lower
 from ledger.rules.model import Action, Rule, RuleSet, RuleSetError, Tolerance, ruleset_hash
 from ledger.types import Result
 
@@ -222,10 +223,11 @@ def _one_rule(program: Any, i: int, values: dict[str, Any]) -> Verdict | None:
     return (i, False) if got else None
 
 
-def _compiled_form(programs: list[Any], texts: list[str], paths: list[set[str]]) -> Callable[..., Verdict]:
-    plans: list[RulePlan] = []
-    for text, used in zip(texts, paths, strict=True):
-        plans.append(plan_rule(_tokens(text, [])[0], FIELDS, sorted(used)))
+def _plans(texts: list[str], paths: list[set[str]]) -> list[RulePlan]:
+    return [plan_rule(_tokens(text, [])[0], FIELDS, sorted(used)) for text, used in zip(texts, paths, strict=True)]
+
+
+def _compiled_form(programs: list[Any], plans: list[RulePlan]) -> Callable[..., Verdict]:
     scope: dict[str, Any] = {"_sat": _sat, "_ssat": _ssat, "window_one": risk.window_one,
                              "deviation_bps": deviation_bps, "I64": I64_MAX, "KEY_OUT": KEY_OUT, "KEY_IN": KEY_IN,
                              "KEY_PSP": KEY_PSP, "cel_rule": lambda i, values: _one_rule(programs[i], i, values)}
@@ -320,6 +322,7 @@ class CompiledRuleSet:
     paths: tuple[str, ...]
     build: Callable[..., dict[str, Any]]
     fast: Callable[..., Verdict]  # the compiled form (ledger/rules/fastpath.py)
+    program: bytes = b""  # the same plans for the C rules hook (ledger/rules/lowering.py)
     track_out: bool = False
     track_in: bool = False
     track_psp: bool = False
@@ -442,10 +445,11 @@ def compile_ruleset(rs: RuleSet) -> CompiledRuleSet:
     if problems:
         raise RuleSetError(result, problems)
     paths = tuple(sorted(used))
+    plans = _plans(texts, rule_paths_all)
     compiled = CompiledRuleSet(
         ruleset=rs, canonical=canonical, hash=h, rules=rs.rules, programs=tuple(programs),
         groups=_groups(rs.rules, texts), paths=paths, build=_builder(list(paths)),
-        fast=_compiled_form(programs, texts, rule_paths_all),
+        fast=_compiled_form(programs, plans), program=lower(plans),
         track_out=any(p.startswith(("risk.debit.", "risk.amount_", "risk.history")) for p in paths),
         track_in=any(p.startswith("risk.credit.") for p in paths),
         track_psp=any(p.startswith("risk.psp.") for p in paths),

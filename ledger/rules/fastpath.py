@@ -269,7 +269,7 @@ def _side_code(gen: _Gen, side: tuple[tuple[int, str | None, int], ...]) -> list
 SIMPLE_MAX: Final = 40  # simple conjuncts decided in Python per rule (each nests one level)
 
 
-def _conj_cost(conj: Conjunct) -> int:
+def conjunct_cost(conj: Conjunct) -> int:
     return max((_cost(p) for p in conj.paths()), default=0)
 
 
@@ -278,7 +278,7 @@ def _emit_rule(gen: _Gen, i: int, plan: RulePlan, base: str) -> None:
     known: set[str] = set()
     ind = base
     arith = False
-    conjuncts = sorted(plan.simple, key=_conj_cost)
+    conjuncts = sorted(plan.simple, key=conjunct_cost)
     if any(_has_arith(c) for c in conjuncts):
         gen.lines.append(f"{ind}u = False")
     for conj in conjuncts:
@@ -317,7 +317,7 @@ def _key(plan: RulePlan) -> tuple[str, int] | None:
     """(record field, value) when the rule can only match a transfer whose field equals the value."""
     for c in plan.simple:
         if (isinstance(c, Compare) and c.op == "==" and len(c.lhs) == 1 and len(c.rhs) == 1
-                and _conj_cost(c) == 0):
+                and conjunct_cost(c) == 0):
             (s1, p1, v1), (s2, p2, v2) = c.lhs[0], c.rhs[0]
             if p1 is not None and p2 is None:
                 return p1, s2 * v2

@@ -10,6 +10,8 @@ import pytest
 
 from ledger.codec import AUX_TAG_RULE_OUTCOME, Batch, decode_rule_outcome, encode_transfer, iter_aux
 from ledger.rules import Action, RuleSetError, compile_ruleset, parse_ruleset, validate
+from ledger.rules.fastpath import RulePlan
+from ledger.rules.lowering import lower
 from ledger.rules.model import RULES_MAX
 from ledger.types import EventKind, Result
 from tests.rules.helpers import RulesLedger, acct, deploy_record, ruleset, xfer
@@ -110,8 +112,11 @@ def test_a_failure_building_the_rule_inputs_is_a_result_code_not_an_exception() 
             return real(rec, *args)
         return fn
 
-    # both forms: the plain activation builder and the compiled rule set (which computes the inputs itself)
-    lg.state.rules = dataclasses.replace(compiled, build=failing(compiled.build), fast=failing(compiled.fast))
+    # every form: the plain activation builder and the compiled rule set (which computes the inputs itself);
+    # the C rules hook's program hands every rule to the compiled form (its own input failures:
+    # tests/engine/test_rules_lowering.py)
+    lg.state.rules = dataclasses.replace(compiled, build=failing(compiled.build), fast=failing(compiled.fast),
+                                         program=lower([RulePlan((), True, ())] * len(compiled.rules)))
     out = lg.block(Batch(EventKind.CREATE_TRANSFER, b"".join(
         encode_transfer(xfer(i, amount=13 if i == 2 else 10)) for i in range(1, 4))))
     assert [Result(r) for r in out.batches[0].results] == [Result.OK, Result.RULE_EVALUATION_FAILED, Result.OK]

@@ -1,0 +1,88 @@
+/* sovledger C rules hook: what rules.c (the Hook type, the block's risk states) and rules_eval.c (the
+ * fields and the lowered program) share. See rules.c for the protocol. */
+#ifndef SOVLEDGER_RULES_H
+#define SOVLEDGER_RULES_H
+#ifndef PY_SSIZE_T_CLEAN
+#define PY_SSIZE_T_CLEAN
+#endif
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "risk_core.h"
+
+typedef unsigned __int128 u128;
+#define REC 176
+#define I64_MAX INT64_MAX
+enum { O_ID = 0, O_DR = 16, O_CR = 32, O_ALO = 48, O_AHI = 56, O_UD = 80, O_EXT = 96, O_LEDGER = 160,
+       O_PSP = 164, O_TIMEOUT = 168, O_CODE = 172, O_FLAGS = 174 };
+
+/* field ids: the order of ledger/rules/lowering.py NATIVE_FIELDS */
+enum {
+    F_AMOUNT, F_LEDGER, F_CODE, F_PSP_ID, F_FLAGS, F_PENDING, F_TIMEOUT, F_USER_DATA, F_PSP, F_TS, F_HEIGHT,
+    F_NEW_PAYEE, F_EWMA, F_DEV_BPS, F_HISTORY_N,
+    F_DEBIT0, /* 9 account fields: debits_pending, debits_posted, credits_pending, credits_posted, balance,
+                 flags, code, ledger, user_data */
+    F_CREDIT0 = F_DEBIT0 + 9,
+    F_WOUT0 = F_CREDIT0 + 9, /* 6 window fields: count_1m, count_1h, count_24h, sum_1m, sum_1h, sum_24h */
+    F_WIN0 = F_WOUT0 + 6,
+    F_WPSP0 = F_WIN0 + 6,
+    F_COUNT = F_WPSP0 + 6
+};
+enum { C_BOOL = 0, C_CMP = 1 };
+enum { OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE };
+enum { EV_NO_MATCH = -1, EV_BAIL = -2 };
+
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline int64_t sat_u128(u128 v) { return v > (u128)I64_MAX ? I64_MAX : (int64_t)v; }
+static inline u128 le128(const uint8_t *p) { return (u128)rd64(p) | ((u128)rd64(p + 8) << 64); }
+
+typedef struct {
+    uint8_t key[17], klen, has, dirty, changed;
+    uint64_t st[RISK_STATE_LEN];
+    PyObject *list; /* the block's list for this key (owned), NULL until the block has one */
+} rent_t;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int64_t *prog;
+    Py_ssize_t nprog;
+    Py_buffer recs;
+    int has_recs;
+    Py_ssize_t n;
+    uint64_t ts;
+    int64_t height;
+    int height_ok, active, track_out, track_in, track_psp, track_pairs;
+    PyObject *risk, *committed_risk, *state_fn, *pairs, *pairs_committed, *get_pair, *extrefs, *decided, *fallback;
+    rent_t *ents;   /* the states touched in this call, in first-touch order */
+    size_t nents, cap;
+    int32_t *slots; /* open addressing over ents */
+    size_t mask;
+    int32_t *order; /* ents recorded into, in first-record order (the order the block's dict gets them) */
+    size_t norder;
+} HookObject;
+
+/* per-transfer evaluation context */
+typedef struct {
+    HookObject *h;
+    const uint8_t *r;
+    PyObject *dra, *cra, *pk;
+    const u128 *bal; /* the engine's balances (debit dp, dpo, cp, cpo, credit ...), or NULL: read the objects */
+    uint64_t have; /* bit per field id: computed */
+    int64_t v[F_COUNT];
+    rent_t *ent[3]; /* out, in, psp (seeded lazily) */
+    int seen_known, in_pairs, seen;
+} ctx_t;
+
+
+extern PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_RECORD; /* attribute names */
+
+rent_t *rules_ctx_entry(ctx_t *c, int which);        /* rules.c: a key's state, seeded on first touch */
+int rules_seen(ctx_t *c);                            /* rules_eval.c: the payer-payee pair lookup */
+int64_t rules_evaluate(ctx_t *c);                    /* rules_eval.c: rule index, EV_NO_MATCH or EV_BAIL */
+int rules_check_program(const int64_t *p, Py_ssize_t n);  /* rules_eval.c: the program's shape is sound */
+#endif

@@ -1,0 +1,252 @@
+/* sovledger C rules hook, evaluation: the transfer, account, block and risk fields of the field table
+ * (ledger/rules/compiler.py FIELDS, saturated exactly as there) and the lowered program
+ * (ledger/rules/lowering.py) evaluated with CEL's int64 semantics. See rules.c for the protocol. */
+#include "rules.h"
+
+/* ---- fields ----------------------------------------------------------------------------------- */
+static int attr_u128(PyObject *o, PyObject *name, u128 *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int ok = -1;
+    if (PyLong_Check(v)) {
+        uint64_t x = PyLong_AsUnsignedLongLong(v);
+        if (!(x == (uint64_t)-1 && PyErr_Occurred())) { *out = x; ok = 0; }
+        else if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            uint8_t b[16];
+            PyErr_Clear();
+            if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 0) == 0) { *out = le128(b); ok = 0; }
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, "an account field is not an int");
+    }
+    Py_DECREF(v);
+    return ok;
+}
+
+static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
+    static PyObject **names[8];
+    names[0] = &S_DP; names[1] = &S_DPO; names[2] = &S_CP; names[3] = &S_CPO;
+    names[5] = &S_FLAGS; names[6] = &S_CODE; names[7] = &S_LEDGER;
+    u128 x, y, z;
+    if (f == 4) { /* balance: credits_posted - debits_posted - debits_pending, saturated to int64 */
+        if (bal != NULL) { x = bal[3]; y = bal[1]; z = bal[0]; }
+        else if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
+        u128 neg; /* the magnitude of a negative result */
+        if (x >= y && x - y >= z) { *out = sat_u128(x - y - z); return 0; }
+        if (x >= y) neg = z - (x - y);
+        else if (__builtin_add_overflow((u128)(y - x), z, &neg)) neg = (u128)1 << 64;
+        *out = neg >= ((u128)1 << 63) ? INT64_MIN : -(int64_t)neg;
+        return 0;
+    }
+    if (f == 8) { /* user_data: the record's bytes 16..32, little endian */
+        PyObject *rec = PyObject_GetAttr(a, S_RECORD);
+        if (rec == NULL) return -1;
+        int ok = PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) >= 32;
+        if (ok) *out = sat_u128(le128((const uint8_t *)PyBytes_AS_STRING(rec) + 16));
+        else PyErr_SetString(PyExc_TypeError, "an account record is bytes");
+        Py_DECREF(rec);
+        return ok ? 0 : -1;
+    }
+    if (bal != NULL && f < 4) x = bal[f];
+    else if (attr_u128(a, *names[f], &x) < 0) return -1;
+    *out = sat_u128(x);
+    return 0;
+}
+
+/* whether the payer paid this payee before (block pairs, else the committed lookup, cached per block) */
+int rules_seen(ctx_t *c) {
+    if (c->seen_known) return 0;
+    HookObject *h = c->h;
+    if (c->pk == NULL) {
+        uint8_t k[32];
+        memcpy(k, c->r + O_DR, 16);
+        memcpy(k + 16, c->r + O_CR, 16);
+        if ((c->pk = PyBytes_FromStringAndSize((const char *)k, 32)) == NULL) return -1;
+    }
+    int in = PySet_Contains(h->pairs, c->pk);
+    if (in < 0) return -1;
+    c->in_pairs = in;
+    if (in) { c->seen = 1; c->seen_known = 1; return 0; }
+    PyObject *known = PyDict_GetItemWithError(h->pairs_committed, c->pk);
+    if (known == NULL) {
+        if (PyErr_Occurred()) return -1;
+        PyObject *row = PyObject_CallOneArg(h->get_pair, c->pk);
+        if (row == NULL) return -1;
+        known = row != Py_None ? Py_True : Py_False;
+        Py_DECREF(row);
+        if (PyDict_SetItem(h->pairs_committed, c->pk, known) < 0) return -1;
+    }
+    int t = PyObject_IsTrue(known);
+    if (t < 0) return -1;
+    c->seen = t;
+    c->seen_known = 1;
+    return 0;
+}
+
+/* deviation_bps(out state, amount) -> (ewma, bps, n), saturated as the field table does */
+static void deviation(const rent_t *e, u128 amount, int64_t *ewma_f, int64_t *dev_f, int64_t *n_f) {
+    uint64_t ewma = e->st[15], n = e->st[16];
+    *ewma_f = sat_u128(ewma);
+    *n_f = sat_u128(n);
+    *dev_f = 0;
+    if (!e->has || n == 0 || ewma == 0) {
+        if (!e->has) *ewma_f = *n_f = 0;
+        return;
+    }
+    if (amount >= ewma) { /* floor((amount - ewma) * 10000 / ewma) without overflowing */
+        u128 d = amount - ewma, q = d / ewma, rem = d % ewma;
+        if (q > (u128)(I64_MAX / 10000)) { *dev_f = I64_MAX; return; }
+        u128 v = q * 10000 + rem * 10000 / ewma;
+        *dev_f = sat_u128(v);
+    } else { /* negative: floor of -(d * 10000 / ewma) */
+        u128 d = ewma - amount, num = d * 10000;
+        u128 q = num / ewma + (num % ewma != 0);
+        *dev_f = -(int64_t)q;
+    }
+}
+
+static int field(ctx_t *c, int f, int64_t *out) {
+    if (c->have >> f & 1) { *out = c->v[f]; return 0; }
+    const uint8_t *r = c->r;
+    int64_t v = 0;
+    if (f >= F_WOUT0) {
+        int which = (f - F_WOUT0) / 6;
+        rent_t *e = rules_ctx_entry(c, which);
+        if (e == NULL) return -1;
+        v = e->has ? sat_u128(risk_window(e->st, c->h->ts, (f - F_WOUT0) % 6)) : 0;
+    } else if (f >= F_DEBIT0) {
+        int which = f >= F_CREDIT0;
+        if (account_field(which ? c->cra : c->dra, c->bal ? c->bal + 4 * which : NULL, f - (which ? F_CREDIT0 : F_DEBIT0),
+                          &v) < 0)
+            return -1;
+    } else {
+        switch (f) {
+        case F_AMOUNT: v = rd64(r + O_AHI) || rd64(r + O_ALO) > (uint64_t)I64_MAX ? I64_MAX : (int64_t)rd64(r + O_ALO);
+            break;
+        case F_LEDGER: v = rd32(r + O_LEDGER); break;
+        case F_CODE: v = rd16(r + O_CODE); break;
+        case F_PSP_ID: case F_PSP: v = rd32(r + O_PSP); break;
+        case F_FLAGS: v = rd16(r + O_FLAGS); break;
+        case F_PENDING: v = (rd16(r + O_FLAGS) & 2) != 0; break;
+        case F_TIMEOUT: v = rd32(r + O_TIMEOUT); break;
+        case F_USER_DATA: v = sat_u128(le128(r + O_UD)); break;
+        case F_TS: v = sat_u128(c->h->ts); break;
+        case F_HEIGHT:
+            if (!c->h->height_ok) { PyErr_SetString(PyExc_OverflowError, "height beyond int64"); return -1; }
+            v = c->h->height;
+            break;
+        case F_NEW_PAYEE:
+            if (rules_seen(c) < 0) return -1;
+            v = !c->seen;
+            break;
+        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N */
+            rent_t *e = rules_ctx_entry(c, 0);
+            if (e == NULL) return -1;
+            deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
+            c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
+            *out = c->v[f];
+            return 0;
+        }
+        }
+    }
+    c->v[f] = v;
+    c->have |= 1ULL << f;
+    *out = v;
+    return 0;
+}
+
+/* ---- the program -------------------------------------------------------------------------------
+ * rule:     rule_index, complex_rest, n_conjuncts, conjunct...
+ * conjunct: C_BOOL, field, negated | C_CMP, op, n_lhs, n_rhs, (sign, field or -1, literal) * (n_lhs + n_rhs) */
+
+/* a side's value: 1, or 0 when a partial sum leaves int64 (CEL errs: unknown), -1 a Python error */
+static int side_value(ctx_t *c, const int64_t *t, int64_t n, int64_t *out) {
+    int64_t acc = 0;
+    for (int64_t k = 0; k < n; k++, t += 3) {
+        int64_t v = t[2];
+        if (t[1] >= 0 && field(c, (int)t[1], &v) < 0) return -1;
+        if (k == 0) acc = t[0] < 0 ? -v : v; /* a leading minus only before a literal <= 2^63 - 1 */
+        else if (t[0] < 0 ? __builtin_sub_overflow(acc, v, &acc) : __builtin_add_overflow(acc, v, &acc)) return 0;
+    }
+    *out = acc;
+    return 1;
+}
+
+/* 1 true, 0 false, 2 unknown, -1 a Python error; *pc advances past the conjunct */
+static int conjunct(ctx_t *c, const int64_t **pc) {
+    const int64_t *p = *pc;
+    int64_t v, l, r;
+    if (p[0] == C_BOOL) {
+        *pc = p + 3;
+        if (field(c, (int)p[1], &v) < 0) return -1;
+        return p[2] ? !v : v != 0;
+    }
+    int64_t op = p[1], nl = p[2], nr = p[3];
+    *pc = p + 4 + 3 * (nl + nr);
+    int a = side_value(c, p + 4, nl, &l);
+    if (a <= 0) return a < 0 ? -1 : 2;
+    int b = side_value(c, p + 4 + 3 * nl, nr, &r);
+    if (b <= 0) return b < 0 ? -1 : 2;
+    switch (op) {
+    case OP_LT: return l < r;
+    case OP_LE: return l <= r;
+    case OP_GT: return l > r;
+    case OP_GE: return l >= r;
+    case OP_EQ: return l == r;
+    default: return l != r;
+    }
+}
+
+/* the deciding rule's index, EV_NO_MATCH, or EV_BAIL (the Python compiled form decides) */
+int64_t rules_evaluate(ctx_t *c) {
+    const int64_t *p = c->h->prog, *end = p + c->h->nprog;
+    while (p < end) {
+        int64_t rule = p[0], complex_rest = p[1], n = p[2];
+        const int64_t *q = p + 3;
+        int outcome = 1;
+        for (int64_t k = 0; k < n; k++) {
+            if (outcome != 1) { /* a false conjunct decided the rule: step over the rest */
+                q += q[0] == C_BOOL ? 3 : 4 + 3 * (q[2] + q[3]);
+                continue;
+            }
+            int got = conjunct(c, &q);
+            if (got < 0) { PyErr_Clear(); return EV_BAIL; }
+            if (got == 2) return EV_BAIL;
+            if (got == 0) outcome = 0;
+        }
+        p = q;
+        if (outcome == 1) {
+            if (complex_rest) return EV_BAIL;
+            return rule;
+        }
+    }
+    return EV_NO_MATCH;
+}
+
+/* the program's shape, checked once so evaluation never reads outside it */
+int rules_check_program(const int64_t *p, Py_ssize_t n) {
+    const int64_t *end = p + n;
+    while (p < end) {
+        if (end - p < 3 || p[0] < 0 || p[2] < 0) return 0;
+        int64_t k = p[2];
+        p += 3;
+        for (; k > 0; k--) {
+            if (end - p < 3) return 0;
+            if (p[0] == C_BOOL) {
+                if (p[1] < 0 || p[1] >= F_COUNT) return 0;
+                p += 3;
+                continue;
+            }
+            if (p[0] != C_CMP || end - p < 4 || p[1] < OP_LT || p[1] > OP_NE || p[2] < 1 || p[3] < 1 ||
+                p[2] > 64 || p[3] > 64 || end - p < 4 + 3 * (p[2] + p[3]))
+                return 0;
+            for (int64_t t = 0; t < p[2] + p[3]; t++) {
+                const int64_t *term = p + 4 + 3 * t;
+                if (term[1] < -1 || term[1] >= F_COUNT || (term[0] < 0 && term[1] >= 0 && (t == 0 || t == p[2])) || term[2] == INT64_MIN)
+                    return 0;
+            }
+            p += 4 + 3 * (p[2] + p[3]);
+        }
+    }
+    return 1;
+}
