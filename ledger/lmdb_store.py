@@ -21,6 +21,7 @@ from typing import Any
 
 import lmdb
 
+from ledger.invariant import invariant
 from ledger.store import TABLES, ReadTxn, StoreError, StoreFull, WriteTxn
 
 DEFAULT_MAP_SIZE_BYTES = 8 << 30  # 8 GiB of address space; grows the file only as data is written
@@ -83,7 +84,9 @@ class _LmdbWrite(_LmdbRead):
 
     def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
         with _full_errors(self._map_size), self._txn.cursor(db=self._db(table)) as cur:
-            cur.putmulti(items, append=append)
+            consumed, added = cur.putmulti(items, append=append)
+        # MDB_APPEND skips (does not store) a key at or below the last one: never lose a row silently
+        invariant(added == consumed, f"{consumed - added} of {consumed} rows appended to {table!r} out of key order")
 
     def delete(self, table: str, key: bytes) -> None:
         self._txn.delete(key, db=self._db(table))

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from ledger import hashing
 from ledger.merkle import CompactRange
-from ledger.schema import node_key
+from ledger.schema import NODE_KEY
 
 ENV: Final = "SOVLEDGER_ENGINE"
 ENGINES: Final = ("python", "native")
@@ -129,7 +129,8 @@ def seal_hashes(prev_link: bytes, leaves: list[tuple[bytes, bytes]],
         link, tree.hashes, tree.size, nodes = _SEAL_HASHES(prev_link, leaves, tree.hashes, tree.size)
         return link, nodes
     leaf_hashes, link = hash_and_chain(prev_link, [leaf for _, leaf in leaves])
-    return link, [(node_key(level, i), h) for level, i, h in append_many(tree, leaf_hashes, min_level=1)]
+    pack = NODE_KEY.pack  # node_key, inlined: (end, level)
+    return link, [(pack((i + 1) << level, level), h) for level, i, h in append_many(tree, leaf_hashes, min_level=1)]
 
 
 def append_many(tree: CompactRange, leaf_hashes: Sequence[bytes], min_level: int = 0) -> list[tuple[int, int, bytes]]:

@@ -24,7 +24,7 @@ from ledger.schema import (
     history_leaf_key,
     id_key,
     index_key,
-    node_key,
+    node_at,
 )
 from ledger.store import ReadTxn, Store
 
@@ -77,7 +77,7 @@ def _check_pair(txn: ReadTxn, leaves: dict[int, bytes], i: int) -> None:
     left, right = leaves.get(i), leaves.get(i + 1)
     if left is None or right is None:
         raise DamagedEntry(i if left is None else i + 1, "missing from the store")
-    stored = txn.get(Table.NODES, node_key(1, i >> 1))
+    stored = node_at(txn.get, 1, i >> 1)
     if stored is None:
         raise DamagedEntry(i, "the tree node over the pair is missing", or_index=i + 1)
     if node_hash(leaf_hash(left), leaf_hash(right)) != stored:
@@ -109,7 +109,7 @@ class _TxnNodes:
     def get_node(self, level: int, index: int) -> bytes:
         if level == 0:
             return leaf_hash(verified_leaves(self._txn, index, index + 1)[0])
-        h = self._txn.get(Table.NODES, node_key(level, index))
+        h = node_at(self._txn.get, level, index)
         invariant(h is not None, f"tree node ({level}, {index}) missing while building a proof")
         assert h is not None
         return h
@@ -201,6 +201,19 @@ class LedgerReader:
             if not 0 <= first <= second:
                 raise RangeError(f"consistency proof needs 0 <= first ({first}) <= second ({second})")
             return consistency_proof(_TxnNodes(txn), first, second)
+
+    def check_tree_nodes(self, size: int, chunk: int = 4096) -> None:
+        """Every stored tree node of the first ``size`` leaves against the hash of the leaves under it, else
+        ``DamagedEntry`` (``--verify-full``: proofs and roots read only some of the nodes)."""
+        tree = CompactRange()
+        for leaves in self.leaves(0, size, chunk):
+            made = tree.append_many([leaf_hash(leaf) for leaf in leaves], min_level=1)
+            with self.store.read() as txn:
+                for level, index, h in made:
+                    if node_at(txn.get, level, index) != h:
+                        raise DamagedEntry(index << level, f"the tree node at level {level} over entries "
+                                                           f"[{index << level}, {(index + 1) << level}) does "
+                                                           "not hash to them", or_index=((index + 1) << level) - 1)
 
     def transfer_index(self, transfer_id: bytes) -> int:
         with self.store.read() as txn:

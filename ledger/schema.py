@@ -6,6 +6,7 @@ table name or a key layout is spelled once. Byte layouts are described in docs/f
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,7 +23,7 @@ class Table:
     TRANSFERS: Final = "transfers"  # id_key(transfer id) -> transfer ref (leaf index, block, status …)
     ACCOUNT_REFS: Final = "account_refs"  # account id (16) -> creation ref: exact retries
     LEAVES: Final = "leaves"  # index_key(leaf index) -> canonical leaf bytes
-    NODES: Final = "nodes"  # node_key(level, index) -> Merkle node hash, complete subtrees, level >= 1
+    NODES: Final = "nodes"  # node_key(level, index) = end u64 BE ‖ level u8 -> Merkle node hash, level >= 1
     HISTORY: Final = "history"  # account id (16) || index_key(leaf) -> b"", accounts with the HISTORY flag
     BLOCKS: Final = "blocks"  # index_key(height) -> canonical block header
     EXPIRY: Final = "expiry"  # expiry_key(expires_at_ns, transfer id) -> b"" (pending timeouts)
@@ -63,8 +64,38 @@ META_NODE_KEY_PREFIX: Final = b"nodekey:"  # + node (u32 BE) -> the node's last 
 # -- key codecs ------------------------------------------------------------------------------------
 U64BE: Final = struct.Struct(">Q")
 index_key: Final = U64BE.pack  # leaf index, block height, Raft index, applied index: u64 big-endian
-NODE_KEY: Final = struct.Struct(">BQ")
-node_key: Final = NODE_KEY.pack  # (level, index) of a Merkle node
+NODE_KEY: Final = struct.Struct(">QB")
+LEGACY_NODE_KEY: Final = struct.Struct(">BQ")
+
+
+def node_key(level: int, index: int) -> bytes:
+    """Key of the Merkle node (``level``, ``index``): the leaf position where its subtree ends
+    (``(index + 1) << level``, u64 big-endian), then the level. A block completes nodes only at ends
+    beyond every stored one, in ascending (end, level) order, so a block's nodes append at the right
+    edge of the B-tree (``put_many(append=True)``) and fill whole pages. The first byte is 0 for any
+    tree below 2^56 leaves, which keeps these keys apart from the legacy layout's."""
+    return NODE_KEY.pack((index + 1) << level, level)
+
+
+def legacy_node_key(level: int, index: int) -> bytes:
+    """The layout before the end-major keys (level u8 ‖ index u64 BE; first byte = level >= 1): still read
+    (``node_at``) and rewritten on a writer's first open (``ledger.apply.driver.migrate_node_keys``)."""
+    return LEGACY_NODE_KEY.pack(level, index)
+
+
+def node_from_legacy_key(key: bytes) -> bytes:
+    level, index = LEGACY_NODE_KEY.unpack(key)
+    return node_key(level, index)
+
+
+LEGACY_NODES_FROM: Final = b"\x01"  # every legacy node key sorts at or above this, every current one below
+
+
+def node_at(get: Callable[[str, bytes], bytes | None], level: int, index: int) -> bytes | None:
+    """The stored hash of node (``level``, ``index``) through a txn's ``get``; a store written before the
+    end-major layout (not yet migrated: an offline copy, an old backup) is read under its legacy key."""
+    h = get(Table.NODES, node_key(level, index))
+    return h if h is not None else get(Table.NODES, legacy_node_key(level, index))
 
 
 def decode_index(key: bytes) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Final, Protocol
 
+from ledger.invariant import invariant
 from ledger.schema import TABLES as TABLES  # every table's name and layout: ledger/schema.py
 
 
@@ -191,12 +192,22 @@ class _MemoryWrite(_MemoryRead):
 
     def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
         ov = self._overlay(table)
+        if append:  # hold callers to LmdbStore's MDB_APPEND contract (it would drop an out-of-order row)
+            items = list(items)
+            self._check_append(table, ov, [k for k, _ in items])
         for k, v in items:
             self._account(len(k) + len(v))
             ov[k] = bytes(v)
 
     def delete(self, table: str, key: bytes) -> None:
         self._overlay(table)[key] = _DELETED
+
+    def _check_append(self, table: str, ov: dict[bytes, object], keys: list[bytes]) -> None:
+        t = self._table(table)
+        above = max([k for k, v in ov.items() if v is not _DELETED] + t.keys[-1:], default=None)
+        for k in keys:
+            invariant(above is None or k > above, f"rows appended to {table!r} out of key order")
+            above = k
 
     def _account(self, n: int) -> None:
         self._bytes += n

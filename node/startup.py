@@ -160,7 +160,8 @@ def verify_tail(reader: LedgerReader, guard: tuple[int, bytes] | None) -> Head:
 
 
 def verify_full(reader: LedgerReader, progress: Callable[[int], None] | None = None) -> None:
-    """Every block, in order: header chain, leaves, chain head, Merkle root (``--verify-full``)."""
+    """Every block, in order: header chain, leaves, chain head, Merkle root; then every stored tree node
+    (``--verify-full``)."""
     head = reader.head()
     for height in range(1, head.height + 1):
         try:
@@ -169,6 +170,10 @@ def verify_full(reader: LedgerReader, progress: Callable[[int], None] | None = N
             raise StartupRefused(f"block {height}: {e}") from e
         if progress is not None and height % 1000 == 0:
             progress(height)
+    try:  # every stored tree node too: a block's root reads only the nodes of its own size's path
+        reader.check_tree_nodes(head.tree_size)
+    except DamagedEntry as e:
+        raise StartupRefused(f"tree nodes: {e}") from e
 
 
 def _header(reader: LedgerReader, height: int) -> tuple[bytes, BlockHeader]:

@@ -285,7 +285,8 @@ done:
  * hashes, hash chain and Merkle compact-range append in one pass with the GIL released, for the pairs
  * (index key, leaf) the numbering produced. The same bytes as hash_and_chain followed by merkle_append
  * with min_level 1 (level-0 hashes are not stored), without one Python object per leaf hash; node
- * keys are ledger/schema.py node_key: level u8 ‖ index u64 big-endian. */
+ * keys are ledger/schema.py node_key: end u64 big-endian ‖ level u8, where end = (index + 1) << level is
+ * the tree size right after the leaf that completes the node, so the keys come out ascending. */
 static PyObject *py_seal_hashes(PyObject *self, PyObject *args) {
     PyObject *prev, *pairs_in, *stack_in;
     unsigned long long size;
@@ -334,9 +335,9 @@ static PyObject *py_seal_hashes(PyObject *self, PyObject *args) {
             memcpy(st[depth - 1], h, OUT_LEN);
             level++;
             idx >>= 1;
-            uint8_t *r = recs + nrec++ * (9 + OUT_LEN);
-            r[0] = (uint8_t)level;
-            for (int b = 0; b < 8; b++) r[1 + b] = (uint8_t)(idx >> (56 - 8 * b));
+            uint8_t *r = recs + nrec++ * (9 + OUT_LEN);  /* key: end (= size now) u64 BE ‖ level u8 */
+            for (int b = 0; b < 8; b++) r[b] = (uint8_t)(size >> (56 - 8 * b));
+            r[8] = (uint8_t)level;
             memcpy(r + 9, h, OUT_LEN);
         }
     }

@@ -37,6 +37,7 @@ from ledger.note import Verifier
 from ledger.rules.compiler import CompiledRuleSet, compile_ruleset
 from ledger.rules.model import parse_canonical
 from ledger.schema import (
+    LEGACY_NODES_FROM,
     META_APPLIED,
     META_HEAD,
     META_RANGE,
@@ -47,6 +48,7 @@ from ledger.schema import (
     decode_index,
     expiry_transfer_id,
     index_key,
+    node_from_legacy_key,
     scale_ledger,
 )
 from ledger.store import Store
@@ -66,6 +68,28 @@ APPLIERS: Final[dict[int, Applier]] = {
 DEPLOY_OFFSET: Final = 16  # a stored rule set: deploy leaf index (u64) ‖ effective height (u64) ‖ canonical
 
 
+NODE_MIGRATION_CHUNK: Final = 1 << 16  # tree nodes rewritten per write transaction (bounded dirty pages)
+
+
+def migrate_node_keys(store: Store) -> int:
+    """Rewrite the tree nodes a store holds under the legacy key layout (``schema.legacy_node_key``) under
+    ``schema.node_key``; the number rewritten (0 on a current store: one read). One write transaction per
+    chunk: the two layouts' key spaces are disjoint, so at every commit each node is stored under exactly
+    one of its keys, readers find it under either (``schema.node_at``) and a crash mid-way resumes here."""
+    moved = 0
+    while True:
+        with store.read() as rtxn:
+            last = rtxn.last(Table.NODES)
+        if last is None or last[0] < LEGACY_NODES_FROM:
+            return moved
+        with store.write() as txn:
+            rows = list(txn.range(Table.NODES, LEGACY_NODES_FROM, None, NODE_MIGRATION_CHUNK))
+            for key, _ in rows:
+                txn.delete(Table.NODES, key)
+            txn.put_many(Table.NODES, sorted((node_from_legacy_key(k), v) for k, v in rows))
+        moved += len(rows)
+
+
 class LedgerState:
     """Applies block proposals to a store. Single writer; readers use ``LedgerReader``."""
 
@@ -80,6 +104,7 @@ class LedgerState:
         self._load()
 
     def _load(self) -> None:
+        self.migrated_nodes = migrate_node_keys(self.store)  # a store written before the end-major node keys
         self._committed = Committed()
         self.rules: CompiledRuleSet | None = None
         with self.store.read() as txn:

@@ -148,15 +148,18 @@ def _write_ledger(blk: Block, numbering: _Leaves, node_items: list[tuple[bytes, 
                   changed: list[tuple[bytes, bytes]]) -> None:
     txn = blk.txn
     txn.put_many(Table.LEAVES, numbering.leaves, append=True)
-    if node_items:
-        txn.put_many(Table.NODES, node_items)
+    if node_items:  # end-major keys (schema.node_key): ascending and beyond every stored node
+        txn.put_many(Table.NODES, node_items, append=True)
     if numbering.history:
         txn.put_many(Table.HISTORY, sorted(numbering.history))
     txn.put_many(Table.ACCOUNTS, changed)
     if native.transfers_native():
-        txn.put_many(Table.TRANSFERS, native.engine().transfer_rows(blk.transfers))
+        rows: list[tuple[bytes, bytes]] = native.engine().transfer_rows(blk.transfers)
     else:
-        txn.put_many(Table.TRANSFERS, sorted((id_key(tid), ref.encode()) for tid, ref in blk.transfers.items()))
+        rows = sorted((id_key(tid), ref.encode()) for tid, ref in blk.transfers.items())
+    if rows:  # time-ordered ids: a block of new transfers usually lands beyond the last stored id
+        last = txn.last(Table.TRANSFERS)
+        txn.put_many(Table.TRANSFERS, rows, append=last is None or rows[0][0] > last[0])
     if blk.account_refs:
         txn.put_many(Table.ACCOUNT_REFS, sorted((aid, ref.encode()) for aid, ref in blk.account_refs.items()))
     for key in blk.expiry_dels:

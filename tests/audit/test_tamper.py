@@ -36,7 +36,11 @@ from tests.integration.nodeproc import ROOT, NodeProcess
 pytestmark = pytest.mark.integration
 
 ACCOUNTS = 50
-NODE_KEY = struct.Struct(">BQ")
+NODE_KEY = struct.Struct(">QB")  # docs/formats.md §8: end u64 BE ‖ level u8, end = (index + 1) << level
+
+
+def nkey(level: int, index: int) -> bytes:
+    return NODE_KEY.pack((index + 1) << level, level)
 U64BE = struct.Struct(">Q")
 
 
@@ -121,7 +125,7 @@ def flip_leaf_byte(data: Path, index: int, offset: int, fix_parent: bool = False
             nodes = env.open_db(b"nodes", txn=txn, create=False)
             pair = [txn.get(U64BE.pack(i), db=db) for i in (index & ~1, index | 1)]
             h = [blake3.blake3(b"\x00" + leaf).digest() for leaf in pair]
-            txn.put(NODE_KEY.pack(1, index >> 1), blake3.blake3(b"\x01" + h[0] + h[1]).digest(), db=nodes)
+            txn.put(nkey(1, index >> 1), blake3.blake3(b"\x01" + h[0] + h[1]).digest(), db=nodes)
     env.close()
     return bytes(raw)
 
@@ -275,12 +279,12 @@ def _rehash_tree(data: Path, index: int, size: int) -> None:
         def get(level: int, i: int) -> bytes:
             if level == 0:
                 return blake3.blake3(b"\x00" + txn.get(U64BE.pack(i), db=leaves)).digest()
-            return txn.get(NODE_KEY.pack(level, i), db=nodes)
+            return txn.get(nkey(level, i), db=nodes)
 
         level, i = 1, index >> 1
-        while txn.get(NODE_KEY.pack(level, i), db=nodes) is not None:
+        while txn.get(nkey(level, i), db=nodes) is not None:
             h = blake3.blake3(b"\x01" + get(level - 1, 2 * i) + get(level - 1, 2 * i + 1)).digest()
-            txn.put(NODE_KEY.pack(level, i), h, db=nodes)
+            txn.put(nkey(level, i), h, db=nodes)
             level, i = level + 1, i >> 1
         hashes, start = [], 0
         for lvl in range(size.bit_length() - 1, -1, -1):

@@ -158,6 +158,23 @@ def test_engine_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_store_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import store
+    from ledger import lmdb_store
+
+    write, put_many = lmdb_store.LmdbStore.write, lmdb_store._LmdbWrite.put_many
+    assert store.main(["--transfers", "600", "--block", "200", "--json"]) == 0
+    assert (lmdb_store.LmdbStore.write, lmdb_store._LmdbWrite.put_many) == (write, put_many)  # unwrapped again
+    res = json.loads(capsys.readouterr().out)
+    assert res["transfers"] == 600 and res["blocks"] == 3
+    apply = res["phases"]["apply"]
+    assert apply["commits_per_block"] == 1 and res["phases"]["raft"]["commits_per_block"] == 1
+    for table in ("leaves", "transfers", "nodes"):  # one row per transfer each (nodes: amortised, n - 1 per n)
+        assert 0.9 < apply["tables"][table]["rows_per_transfer"] <= 1.0
+    assert res["phases"]["raft"]["tables"]["raftlog"]["bytes_per_transfer"] > 176  # the records, once
+
+
+@pytest.mark.timeout(120)
 def test_intake_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench import intake
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ledger.invariant import InvariantViolation
 from ledger.lmdb_store import LmdbStore
 from ledger.store import MemoryStore, Store, StoreFull
 
@@ -43,6 +44,17 @@ def test_range_is_ordered_half_open_and_limited(any_store: Store) -> None:
         assert r.last("history") == (b"e", b"E")
         assert r.last("blocks") is None
         assert list(r.range("history", b"f")) == []
+
+
+def test_an_out_of_order_append_fails_the_transaction_instead_of_dropping_rows(any_store: Store) -> None:
+    """LMDB's MDB_APPEND silently skips a key at or below the last one; the store must refuse instead."""
+    with any_store.write() as w:
+        w.put_many("nodes", [(b"\x00b", b"1"), (b"\x00c", b"2")], append=True)
+    for rows in ([(b"\x00a", b"3")], [(b"\x00d", b"4"), (b"\x00d", b"5")], [(b"\x00c", b"6")]):
+        with pytest.raises(InvariantViolation, match="out of key order"), any_store.write() as w:
+            w.put_many("nodes", rows, append=True)
+    with any_store.read() as r:
+        assert list(r.range("nodes")) == [(b"\x00b", b"1"), (b"\x00c", b"2")]  # the failed txns left nothing
 
 
 def test_unknown_table_is_an_error(any_store: Store) -> None:
