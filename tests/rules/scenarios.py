@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger.codec import SettlementCallback
+from ledger.rules.fastpath import RulePlan
+from ledger.rules.lowering import lower
 from ledger.types import AccountFlags as AF
 from ledger.types import Result
 from ledger.types import TransferFlags as TF
@@ -64,15 +66,18 @@ def _exists_different() -> Result:
 
 
 def _evaluation_failed() -> Result:
-    """Fault injection: no real input makes computing the rule inputs fail, so both the activation
-    builder and the compiled form of the rule set (which computes the inputs itself) are replaced."""
+    """Fault injection: no real input makes computing the rule inputs fail, so the activation builder
+    and the compiled form of the rule set (which computes the inputs itself) are replaced, and the C
+    hook's program defers every rule to that compiled form."""
     lg = _with({"id": "r", "expr": "transfer.amount > 5", "action": "flag"})
     assert lg.state.rules is not None
 
     def failing(*_: Any) -> Any:
         raise ArithmeticError("injected")
 
-    lg.state.rules = dataclasses.replace(lg.state.rules, build=failing, fast=failing)
+    # the C rules hook's program hands every rule to the compiled form (which fails here)
+    lg.state.rules = dataclasses.replace(lg.state.rules, build=failing, fast=failing,
+                                         program=lower([RulePlan((), True, ())] * len(lg.state.rules.rules)))
     return lg.transfer(xfer(1))
 
 
