@@ -50,6 +50,8 @@ class _LmdbRead:
             return [get(k, None, db) for k in keys]
         with self._txn.cursor(db=self._db(table)) as cur:
             found: dict[bytes, bytes] = dict(cur.getmulti(keys))
+        if not found:  # the common case when looking up new ids
+            return [None] * len(keys)
         return [found.get(k) for k in keys]
 
     def getter(self, table: str) -> Callable[[bytes], bytes | None]:

@@ -67,7 +67,8 @@ static inline uint64_t id_hash(const uint8_t *id) {
 static size_t table_size(size_t n) { size_t s = 16; while (s < 2 * n + 2) s <<= 1; return s; }
 
 /* ---- state ------------------------------------------------------------------------------------ */
-typedef struct { const uint8_t *id; uint32_t ledger; uint16_t flags; int dirty; u128 dp, dpo, cp, cpo; } acct_t;
+typedef struct { const uint8_t *id; uint32_t ledger; uint16_t flags; int dirty; u128 dp, dpo, cp, cpo, orig[4]; } acct_t;
+/* orig: the balances its state object held when loaded (emit() writes back only those that moved) */
 /* a transfer known to this batch: gathered (src >= 0: index in the known list) or created here
  * (src < 0: -(record index + 1)); dead when a failed chain undid its creation */
 typedef struct { const uint8_t *id, *body; uint64_t expires; int32_t src; uint8_t status, live; } xfer_t;
@@ -394,6 +395,7 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
             !slot_u128(a, SA_CPO, &p->cpo))
             return 0;
         p->ledger = (uint32_t)ledger; p->flags = (uint16_t)flags; p->dirty = 0;
+        p->orig[0] = p->dp; p->orig[1] = p->dpo; p->orig[2] = p->cp; p->orig[3] = p->cpo;
         size_t s = id_hash(p->id) & e->amask;
         while (e->aslot[s] >= 0) {
             if (id_eq(e->acct[e->aslot[s]].id, p->id)) { PyErr_SetString(PyExc_ValueError, "duplicate account"); return 0; }
@@ -531,10 +533,12 @@ static int emit(const eng_t *e, const sink_t *k, PyObject *accounts) {
         const acct_t *p = &e->acct[a];
         if (!p->dirty) continue;
         PyObject *st = PyTuple_GET_ITEM(PyList_GET_ITEM(accounts, (Py_ssize_t)a), 1);
-        PyObject *v[4] = {u128_obj(p->dp), u128_obj(p->dpo), u128_obj(p->cp), u128_obj(p->cpo)};
-        for (int q = 0; q < 4; q++) {
-            ok = ok && v[q] != NULL && slot_set(st, &SL_ACCT, SA_DP + q, v[q]) == 0;
-            Py_XDECREF(v[q]);
+        const u128 now[4] = {p->dp, p->dpo, p->cp, p->cpo}, *shown = e->synced ? e->synced[a] : p->orig;
+        for (int q = 0; ok && q < 4; q++) {  /* a balance that did not move keeps its int (no new object) */
+            if (now[q] == shown[q]) continue;
+            PyObject *v = u128_obj(now[q]);
+            ok = v != NULL && slot_set(st, &SL_ACCT, SA_DP + q, v) == 0;
+            Py_XDECREF(v);
         }
     }
     return ok;

@@ -211,3 +211,24 @@ def test_rows_come_out_in_python_key_order(n: int, shape: str) -> None:
     changed = native.engine().changed_accounts(accounts, {})
     assert [k for k, _ in changed] == sorted(ids)
     assert [v for _, v in changed] == [accounts[k].encode() for k, _ in changed]
+
+
+@pytest.mark.parametrize("length", [0, 62, 63, 64, 202, 266, 1022, 1023, 1100])
+@pytest.mark.parametrize("count", [7, 8, 9, 17, 40])
+def test_seal_hashes_eight_leaves_at_once_match_one_at_a_time(length: int, count: int) -> None:
+    """Runs of eight equal-length leaves are hashed together (AVX2 where the CPU has it; a leaf with the
+    domain byte up to one 1024-byte chunk): the same link, nodes and tree as the reference and as the
+    one-at-a-time path (seal_hashes' last argument), including a run broken by one other length."""
+    rng = random.Random(length * 100 + count)
+    leaves = [rng.randbytes(length) for _ in range(count)]
+    if count > 9:
+        leaves[9] = rng.randbytes(length + 1)
+    pairs = [(index_key(5 + i), leaf) for i, leaf in enumerate(leaves)]
+    tree = CompactRange()
+    tree.append_many([bytes([i]) * 32 for i in range(5)])
+    hashes, link = hash_and_chain(b"\x07" * 32, leaves)
+    ref = tree.copy()
+    nodes = [(node_key(level, i), h) for level, i, h in ref.append_many(hashes, min_level=1)]
+    for scalar in (False, True):
+        got = native.engine().seal_hashes(b"\x07" * 32, pairs, tree.hashes, tree.size, scalar)
+        assert got == (link, ref.hashes, ref.size, nodes)

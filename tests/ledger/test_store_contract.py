@@ -90,3 +90,5 @@ def test_get_many_in_a_write_txn_sees_its_own_writes_in_key_order(any_store: Sto
         asked = [*keys[::-1], b"\xff" * 16]  # more than a handful (one cursor walk), not in key order
         assert w.get_many("transfers", asked) == [k[:3] if i % 3 == 0 else None for i, k in
                                                   reversed(list(enumerate(keys)))] + [None]
+        missing = [bytes([0xEE, i]) * 8 for i in range(12)]
+        assert w.get_many("transfers", missing) == [None] * 12
