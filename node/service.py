@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
@@ -100,7 +100,7 @@ def _known(pending: Pending) -> bool:
     return isinstance(pending, pb.BatchStatus) or pending.done()
 
 
-async def _answers(inflight: Inflight, batched: bool) -> AsyncIterator[tuple[pb.SubmitResponse, int]]:
+async def _answers(inflight: Inflight, batched: bool) -> AsyncGenerator[tuple[pb.SubmitResponse, int], None]:
     """A stream's response messages in request order, each with the request bytes it answers.
 
     Waits only for the head of the window; once its block is answered the answers of that block
@@ -191,10 +191,11 @@ class LedgerService(pb_grpc.LedgerServicer):
         task = asyncio.get_running_loop().create_task(
             self._read_stream(request_iterator, caller(context), inflight, held))
         try:
-            async for response, size in _answers(inflight, _wants_batched(context)):
-                held[0] -= size
-                self.window.release(size)
-                yield response
+            async with contextlib.aclosing(_answers(inflight, _wants_batched(context))) as answers:
+                async for response, size in answers:
+                    held[0] -= size
+                    self.window.release(size)
+                    yield response
         finally:
             task.cancel()
             self.window.release(held[0])
