@@ -406,6 +406,27 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+PROMOTE_WAIT_S = 30.0  # how long `member promote` waits for a learner the leader does not yet count as caught up
+
+
+def _change_membership(admin: Any, request: Any) -> Any:
+    """Send one membership change. A promotion the leader refuses because the learner has not caught up
+    *in the leader's view* (its last append answer may still be on the way, even when the learner itself
+    already shows every entry) is retried until PROMOTE_WAIT_S, saying so; any other refusal is final."""
+    import grpc
+
+    deadline = time.monotonic() + PROMOTE_WAIT_S
+    while True:
+        try:
+            return admin.ChangeMembership(request, timeout=10)
+        except grpc.RpcError as e:
+            if (e.code() != grpc.StatusCode.FAILED_PRECONDITION or "has not caught up" not in (e.details() or "")
+                    or time.monotonic() > deadline):
+                raise
+            print(f"waiting: {e.details()}", file=sys.stderr)
+            time.sleep(0.5)
+
+
 def _cmd_member(args: argparse.Namespace) -> int:
     from sovledger_pb import peer_pb2
 
@@ -428,7 +449,7 @@ def _cmd_member(args: argparse.Namespace) -> int:
     node = cluster.find(args.node or "")
     _, admin = _admin(cluster)
     op = ops.ADD_VOTER if args.action == "promote" else ops.REMOVE_VOTER
-    reply = admin.ChangeMembership(ops(op=op, node_id=node.node_id, address=node.target), timeout=10)
+    reply = _change_membership(admin, ops(op=op, node_id=node.node_id, address=node.target))
     print(reply.message)
     if args.action == "remove":
         time.sleep(0.5)
