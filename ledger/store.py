@@ -183,8 +183,22 @@ class _MemoryWrite(_MemoryRead):
             yield k, merged[k]
 
     def last(self, table: str) -> tuple[bytes, bytes] | None:
-        items = list(self.range(table))
-        return items[-1] if items else None
+        """The overlay's largest live key or the table's largest one not deleted here: no full merge
+        (the seal asks once per block)."""
+        ov = self._pending.get(table, {})
+        keys = self._table(table).keys
+        i = len(keys) - 1
+        while i >= 0 and ov.get(keys[i]) is _DELETED:
+            i -= 1
+        live = [k for k, v in ov.items() if v is not _DELETED]
+        if i >= 0:
+            live.append(keys[i])
+        if not live:
+            return None
+        key = max(live)
+        value = self.get(table, key)
+        assert value is not None
+        return key, value
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self._account(len(key) + len(value))

@@ -150,6 +150,33 @@ def test_tampered_balance_is_refused_by_verify_full(base: tuple[Path, Ledger], t
     assert "account 7" in line, line
 
 
+# -- a data directory from before the end-major tree-node keys (docs/formats.md §8) ----------------
+
+
+def test_legacy_node_keys_are_rewritten_at_start_and_the_log_still_checks(
+        base: tuple[Path, Ledger], tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    data = copy_of(base[0], tmp_path, "legacy-nodes")
+    env = lmdb.open(str(data / "ledger"), max_dbs=32, subdir=True, map_size=1 << 30)
+    with env.begin(write=True) as txn:  # what an older node wrote: level u8 ‖ index u64 BE
+        db = env.open_db(b"nodes", txn=txn, create=False)
+        rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
+        for k, v in rows:
+            end, level = struct.unpack(">QB", k)
+            txn.delete(k, db=db)
+            txn.put(struct.pack(">BQ", level, (end >> level) - 1), v, db=db)
+    env.close()
+    assert rows
+    node = NodeProcess(data, extra=["--verify-full"]).start()  # every node checked, after the rewrite
+    nodes.append(node)
+    check({"node-1": node.target}, base[1], scenario="legacy node keys rewritten at start")
+    node.stop()
+    env = lmdb.open(str(data / "ledger"), max_dbs=32, subdir=True, readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = [bytes(k) for k, _ in txn.cursor(db=env.open_db(b"nodes", txn=txn, create=False))]
+    env.close()
+    assert len(keys) >= len(rows) and all(k[0] == 0 for k in keys)
+
+
 # -- flipped bytes in every table ----------------------------------------------------------------
 
 GUARDED = {"meta", "leaves", "nodes", "blocks", "accounts"}  # --verify-full refuses to start

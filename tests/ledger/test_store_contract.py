@@ -92,3 +92,20 @@ def test_get_many_in_a_write_txn_sees_its_own_writes_in_key_order(any_store: Sto
                                                   reversed(list(enumerate(keys)))] + [None]
         missing = [bytes([0xEE, i]) * 8 for i in range(12)]
         assert w.get_many("transfers", missing) == [None] * 12
+
+
+def test_last_inside_a_write_sees_its_own_puts_and_deletes(any_store: Store) -> None:
+    with any_store.write() as w:
+        w.put_many("history", [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
+    with any_store.write() as w:
+        assert w.last("history") == (b"c", b"3")
+        w.delete("history", b"c")
+        assert w.last("history") == (b"b", b"2")
+        w.delete("history", b"b")
+        w.put("history", b"a", b"new")
+        assert w.last("history") == (b"a", b"new")
+        w.put("history", b"d", b"4")
+        assert w.last("history") == (b"d", b"4")
+        w.delete("history", b"a")
+        w.delete("history", b"d")
+        assert w.last("history") is None
