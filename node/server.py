@@ -102,6 +102,9 @@ class Node:
         self.map_trimmer = MapTrimmer(str(data / "ledger" / "data.mdb"), config.map_resident_bytes_max)
         self.map_watch = MapWatch(self.map_trimmer)  # reads outside blocks (the trimmer looks after each block)
         self.state = LedgerState(self.store, config.operator_verifiers)
+        if self.state.migrated_nodes:
+            log.info("rewrote %d Merkle tree-node keys to the end-major layout (docs/formats.md §8)",
+                     self.state.migrated_nodes)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
         self.keyring = KeyRing(data, self.key)
