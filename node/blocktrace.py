@@ -10,18 +10,25 @@ Stages, in path order:
   follower: received (an append carrying it arrived) → persisted → acked (the response was sent) →
             committed → applied
 
+With the trace on, the node also records garbage-collector pauses (``gc.callbacks``: stage ``gc``,
+the index field holds the pause in µs) and event-loop stalls (a 5 ms sleeper that woke late by more
+than 5 ms: stage ``stall``, index = lateness in µs), both stamped at their end.
+
 The trace is bounded (``EVENTS_MAX`` events; later ones are dropped) and written once, at stop.
 Recording costs one list append per stage per block; when off, one attribute test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 EVENTS_MAX: Final = 400_000
+STALL_PROBE_S: Final = 0.005
 ENV: Final = "SOVLEDGER_BLOCK_TRACE"
 
 
@@ -30,6 +37,36 @@ class BlockTrace:
         self._dir = directory
         self._events: list[tuple[int, str, float]] = []
         self.on = bool(directory)
+        self._gc_started = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin recording GC pauses and loop stalls (call on the event loop)."""
+        if not self.on:
+            return
+        gc.callbacks.append(self._on_gc)
+        self._probe = asyncio.get_running_loop().create_task(self._stalls(), name="trace-stalls")
+
+    def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._probe is not None:
+            self._probe.cancel()
+        self.write()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.monotonic()
+        elif self._gc_started:
+            self.mark(int((time.monotonic() - self._gc_started) * 1e6), "gc")
+
+    async def _stalls(self) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(STALL_PROBE_S)
+            late = time.monotonic() - t - STALL_PROBE_S
+            if late > STALL_PROBE_S:
+                self.mark(int(late * 1e6), "stall")
 
     @classmethod
     def from_env(cls) -> BlockTrace:

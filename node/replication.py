@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,10 @@ STORE_RETRY_MIN_S: Final = 0.2
 STORE_RETRY_MAX_S: Final = 5.0
 # committed entry bytes the ready loop hands to the apply task before it waits for the apply to catch up
 APPLY_BACKLOG_BYTES: Final = 32 << 20
+# How long a thread holding the GIL keeps it while another waits (CPython's default is 5 ms). The store
+# thread applies blocks (much of it Python) while the event loop must answer peers at once: each loop
+# wake-up would otherwise wait up to 5 ms for the GIL, and a block's Raft round has several of them.
+GIL_SWITCH_INTERVAL_S: Final = float(os.environ.get("SOVLEDGER_GIL_SWITCH_S", "0.001"))
 _T = TypeVar("_T")
 
 
@@ -121,7 +126,9 @@ class Replicator:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.transport.start()
+        self.trace.start()
         self._tasks = [loop.create_task(self._ticker(), name="raft-tick"),
                        loop.create_task(self._ready_loop(), name="raft-ready"),
                        loop.create_task(self._apply_loop(), name="raft-apply")]
@@ -152,7 +159,7 @@ class Replicator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.transport.stop()
-        self.trace.write()
+        self.trace.stop()
         self._fail_waiting(Indeterminate("node is shutting down; retry with the same ids"))
 
     # -- inputs ---------------------------------------------------------------------------------
