@@ -63,7 +63,7 @@ def region(tmp: Path, n: int) -> Iterator[tuple[dict[int, Replicator], list[Thre
             p.shutdown(wait=True)
 
 
-async def until(cond: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+async def until(cond: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -99,7 +99,7 @@ def test_a_block_being_applied_does_not_hold_back_the_next_ones_commit(tmp_path:
             gate, real = threading.Event(), leader.state.apply_block
 
             def slow_apply(proposal: Proposal, applied_index: int = 0) -> Any:
-                assert gate.wait(10), "the test never opened the gate"
+                assert gate.wait(60), "the test never opened the gate"
                 return real(proposal, applied_index)
 
             leader.state.apply_block = slow_apply  # type: ignore[method-assign]
@@ -133,10 +133,10 @@ def test_the_leader_sends_before_its_own_fsync_and_counts_itself_only_after(tmp_
             def slow_persist(hs: HardState | None, entries: list[Entry], snap: Snapshot | None) -> None:
                 if entries:
                     held.append(entries[-1].index)
-                    assert gate.wait(10), "the test never opened the gate"
+                    assert gate.wait(60), "the test never opened the gate"
                 real(hs, entries, snap)
 
-            leader.storage.persist = slow_persist  # type: ignore[method-assign]
+            leader.storage.persist = slow_persist  # type: ignore[method-assign,assignment]
             block = asyncio.ensure_future(leader.propose(accounts(1, 3)))
             await until(lambda: bool(held), "the leader's persist to start")
             index = held[0]
