@@ -262,7 +262,8 @@ class Simulator:
         self.entry_at: dict[tuple[int, int], tuple[int, bytes, int]] = {}  # (index, term) -> (type, data, prev term)
         self.acked: dict[int, tuple[int, bytes, int]] = {}  # index -> (entry term, data, leader term)
         self.reads_started: dict[bytes, int] = {}  # read ctx -> highest acknowledged index at request time
-        self.stats = {"snapshots": 0, "crashes": 0, "conf_changes": 0, "transfers": 0, "reads": 0}
+        self.stats = {"snapshots": 0, "crashes": 0, "conf_changes": 0, "transfers": 0, "reads": 0,
+                      "early_sends": 0}  # Readies whose new entries a leader sent before its fsync
         if self.opts.ledger:
             for k in ("ledger_blocks", "ledger_ok", "ledger_exists", "ledger_failed", "ledger_compared",
                       "ledger_pending", "ledger_posted", "ledger_voided", "ledger_expired"):
@@ -373,6 +374,7 @@ class Simulator:
         early = self.opts.bug_send_before_sync or (self.opts.leader_sends_first and self._may_send_early(n, rd))
         if early:
             self._send_all(n, rd.messages)
+            self.stats["early_sends"] += bool(entries and rd.messages)
         n.storage.write(lambda s: s.append(entries))
         if hs is not None:
             n.storage.write(lambda s: s.set_hard_state(hs))
