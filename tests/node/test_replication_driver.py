@@ -143,7 +143,8 @@ def test_the_leader_sends_before_its_own_fsync_and_counts_itself_only_after(tmp_
             followers = [r for i, r in reps.items() if i != 1]
             await until(lambda: all(f.storage.last_index() >= index for f in followers),
                         "both followers to store the entry while the leader's fsync is held")
-            await until(lambda: leader.raw.commit >= index, "the followers' acks to commit the entry")
+            await until(lambda: leader.raw.commit >= index,
+                        f"the followers' acks to commit the entry (leader {leader.raw.status()})")
             await asyncio.sleep(0.05)
             assert not block.done() and leader.state.head.height == 0  # not applied before its own persist
             gate.set()
