@@ -35,7 +35,17 @@ from typing import Any, Final, TypeVar
 from consensus.codec import decode_message, encode_message
 from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode, Ready
 from consensus.raft import Config as RaftConfig
-from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, NodeId, Role, SnapshotMetadata
+from consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    NodeId,
+    Role,
+    SnapshotMetadata,
+)
 from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
@@ -124,6 +134,7 @@ class Replicator:
         self._apply_failed: BaseException | None = None
         self._persisting = asyncio.Event()  # clear while the ready loop waits for a Raft persist
         self._persisting.set()
+        self._deferred_hs: HardState | None = None  # a commit-index-only change not written yet
         self._last_apply_s = 0.0  # how long this node's last block apply took (follower apply deferral)
         self._req_index: dict[int, int] = {}  # request id → Raft index, while traced
 
@@ -334,11 +345,7 @@ class Replicator:
         if rd.snapshot is not None:
             await self._drain_apply()
             await self._adopt_snapshot(rd.snapshot.metadata)
-        self._persisting.clear()  # the apply task lets a pending fsync go first
-        try:
-            await self._store_call(self.storage.persist, rd.hard_state, list(rd.entries), rd.snapshot)
-        finally:
-            self._persisting.set()
+        await self._persist(rd)
         if self.trace.on and rd.entries:
             self.trace.mark_range(rd.entries[0].index, rd.entries[-1].index, "persisted")
         if not early:
@@ -355,6 +362,22 @@ class Replicator:
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         self.raw.advance(rd)
+
+    async def _persist(self, rd: Ready) -> None:
+        """Store a Ready (fsync). A Ready that changes only the commit index (``must_sync`` false:
+        the commit index is recomputed after a restart) is not written on its own: its hard state
+        rides along with the next write, so that neither a store transaction per commit nor an apply
+        holding the store thread delays this Ready's messages."""
+        if not (rd.entries or rd.snapshot is not None or rd.must_sync):
+            if rd.hard_state is not None:
+                self._deferred_hs = rd.hard_state
+            return
+        hs, self._deferred_hs = rd.hard_state or self._deferred_hs, None
+        self._persisting.clear()  # the apply task lets a pending fsync go first
+        try:
+            await self._store_call(self.storage.persist, hs, list(rd.entries), rd.snapshot)
+        finally:
+            self._persisting.set()
 
     def _vote_changes(self, rd: Ready) -> bool:
         hs, stored = rd.hard_state, self.storage.initial_state()[0]

@@ -54,7 +54,7 @@ def region(tmp: Path, n: int) -> Iterator[tuple[dict[int, Replicator], list[Thre
             store = LmdbStore(str(tmp / f"n{i}"), 1 << 27)
             reps[i] = Replicator(
                 self_id=i, voters=list(addresses), addresses=dict(addresses), store=store, state=LedgerState(store),
-                pool=pools[i - 1], tick_ms=10, election_ticks=1000, heartbeat_ticks=1,
+                pool=pools[i - 1], tick_ms=10, election_ticks=6000, heartbeat_ticks=1,
                 on_block=lambda state: None,
                 transport_factory=lambda me, peers, unreachable: LocalTransport(reps, me, peers, unreachable))
         yield reps, pools
@@ -78,10 +78,13 @@ def accounts(first: int, count: int) -> Proposal:
 async def _started(reps: dict[int, Replicator]) -> Replicator:
     for r in reps.values():
         r.start()
-    leader = reps[1]  # long election timeouts: node 1 campaigns now, nobody else for 10 s
+    leader = reps[1]  # long election timeouts: node 1 campaigns now, nobody else for a minute
     leader.raw.campaign()
     leader._wake.set()
     await until(lambda: leader.role == "leader" and leader.raw.commit >= 1, "node 1 to lead")
+    # both followers acknowledged the leader's first entry: neither is paused in the probe state
+    await until(lambda: all(p.match >= 1 for n, p in leader.raw.status().progress if n != leader.self_id),
+                "both followers to hold the leader's first entry")
     return leader
 
 
