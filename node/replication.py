@@ -74,6 +74,10 @@ GIL_SWITCH_INTERVAL_S: Final = float(os.environ.get("SOVLEDGER_GIL_SWITCH_S", "0
 _T = TypeVar("_T")
 
 
+def _has_conf_change(entries: list[Entry]) -> bool:
+    return any(e.type == EntryType.CONF_CHANGE for e in entries)
+
+
 def node_number(node_id: str) -> int:
     """``node-3`` → 3 (Raft ids are numbers; names stay human)."""
     tail = node_id.rsplit("-", 1)[-1]
@@ -355,7 +359,7 @@ class Replicator:
             if self.trace.on:
                 self.trace.mark_range(entries[0].index, entries[-1].index, "committed")
             done = self._hand_to_apply(entries)
-            if self._apply_backlog > APPLY_BACKLOG_BYTES or any(e.type == EntryType.CONF_CHANGE for e in entries):
+            if self._apply_backlog > APPLY_BACKLOG_BYTES or _has_conf_change(entries):
                 await done
         for rs in rd.read_states:  # read_barrier itself waits until the apply reached the index
             fut = self._reads.get(rs.request_ctx)
@@ -404,12 +408,13 @@ class Replicator:
     async def _apply_loop(self) -> None:
         """Applies committed entries in log order, one block per store-thread job; a pending Raft
         persist (an fsync someone waits for) goes first, and an idle follower lets the leader apply
-        a fresh block first (``FOLLOWER_APPLY_DEFER_MAX_S``). A failure (a divergence) stops the loop
-        and, through ``_handle_ready``, the driver: nothing after it is applied."""
+        a fresh block first (``FOLLOWER_APPLY_DEFER_MAX_S``; never a membership change). A failure
+        (a divergence) stops the loop and, through ``_handle_ready``, the driver: nothing after it
+        is applied."""
         while True:
             entries, done = await self._apply_queue.get()
             try:
-                if self.role != "leader" and self._apply_queue.empty():
+                if self.role != "leader" and self._apply_queue.empty() and not _has_conf_change(entries):
                     await asyncio.sleep(min(self._last_apply_s, FOLLOWER_APPLY_DEFER_MAX_S))
                 for e in entries:
                     await self._persisting.wait()
