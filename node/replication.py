@@ -26,20 +26,32 @@ import logging
 import os
 import random
 import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from consensus.codec import decode_message, encode_message
-from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode
+from consensus.raft import ConfChangeRefused, ProposalDropped, RawNode, Ready
 from consensus.raft import Config as RaftConfig
-from consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, NodeId, Role, SnapshotMetadata
+from consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    NodeId,
+    Role,
+    SnapshotMetadata,
+)
 from ledger.codec import Proposal, decode_proposal, encode_proposal
 from ledger.invariant import fail
 from ledger.state import BlockOutcome, LedgerState
 from ledger.store import Store, StoreFull
 from node import metrics
+from node.blocktrace import BlockTrace
 from node.committer import ReplicaStatus
 from node.errors import Indeterminate, NodeError, NotLeader, Refused, StoreUnavailable, TransferTimeout, fail_future
 from node.raft_storage import LmdbRaftStorage
@@ -49,7 +61,21 @@ log = logging.getLogger("sovledger.raft")
 ENTRY_HEADER: Final = struct.Struct("<QQQ32s")
 STORE_RETRY_MIN_S: Final = 0.2
 STORE_RETRY_MAX_S: Final = 5.0
+# committed entry bytes the ready loop hands to the apply task before it waits for the apply to catch up
+APPLY_BACKLOG_BYTES: Final = 32 << 20
+# How long a thread holding the GIL keeps it while another waits (CPython's default is 5 ms). The store
+# thread applies blocks (much of it Python) while the event loop must answer peers at once: each loop
+# wake-up would otherwise wait up to 5 ms for the GIL, and a block's Raft round has several of them.
+# A follower with nothing else to apply starts on a just-committed block after about as long as its
+# own last block took (at most this long): the leader, which applies the same block at the same
+# moment and answers the clients only after it, gets the cores meanwhile (3 replicas, 2 cores).
+FOLLOWER_APPLY_DEFER_MAX_S: Final = 0.05
+GIL_SWITCH_INTERVAL_S: Final = float(os.environ.get("SOVLEDGER_GIL_SWITCH_S", "0.001"))
 _T = TypeVar("_T")
+
+
+def _has_conf_change(entries: list[Entry]) -> bool:
+    return any(e.type == EntryType.CONF_CHANGE for e in entries)
 
 
 def node_number(node_id: str) -> int:
@@ -104,14 +130,28 @@ class Replicator:
         self._log_keep = log_keep_entries
         self._install_snapshot = snapshot_installer
         self.snapshots_installed = 0
+        self.trace = BlockTrace.from_env()
+        # committed entries on their way to the apply task (_apply_loop), and its state
+        self._apply_queue: asyncio.Queue[tuple[list[Entry], asyncio.Future[None]]] = asyncio.Queue()
+        self._apply_backlog = 0  # bytes of entry data handed to the apply task, not applied yet
+        self._apply_last: asyncio.Future[None] | None = None
+        self._apply_failed: BaseException | None = None
+        self._persisting = asyncio.Event()  # clear while the ready loop waits for a Raft persist
+        self._persisting.set()
+        self._deferred_hs: HardState | None = None  # a commit-index-only change not written yet
+        self._last_apply_s = 0.0  # how long this node's last block apply took (follower apply deferral)
+        self._req_index: dict[int, int] = {}  # request id → Raft index, while traced
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.transport.start()
+        self.trace.start()
         self._tasks = [loop.create_task(self._ticker(), name="raft-tick"),
-                       loop.create_task(self._ready_loop(), name="raft-ready")]
+                       loop.create_task(self._ready_loop(), name="raft-ready"),
+                       loop.create_task(self._apply_loop(), name="raft-apply")]
 
     async def hand_over(self, timeout_s: float = 3.0) -> None:
         """Before a clean stop: a leader hands leadership to its most caught-up active voter, so
@@ -139,6 +179,7 @@ class Replicator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.transport.stop()
+        self.trace.stop()
         self._fail_waiting(Indeterminate("node is shutting down; retry with the same ids"))
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -149,6 +190,8 @@ class Replicator:
         except Exception as e:  # a peer sent garbage: drop it, Raft retransmits
             log.warning("dropping undecodable peer message: %s", e)
             return
+        if self.trace.on and msg.entries:
+            self.trace.mark_range(msg.entries[0].index, msg.entries[-1].index, "received")
         self.raw.step(msg)
         self._wake.set()
 
@@ -172,10 +215,13 @@ class Replicator:
         fut: asyncio.Future[BlockOutcome] = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         try:
-            self.raw.propose(data)
+            index = self.raw.propose(data)
         except ProposalDropped as e:
             self._waiting.pop(req, None)
             raise NotLeader(self.leader_address()) from e
+        if self.trace.on:
+            self.trace.mark(index, "proposed")
+            self._req_index[req] = index
         self._wake.set()
         with metrics.RAFT_COMMIT.time():
             return await fut
@@ -278,26 +324,119 @@ class Replicator:
             await self._wake.wait()
             self._wake.clear()
             while self.raw.has_ready():
-                rd = self.raw.ready()
-                if rd.soft_state is not None:
-                    self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
-                if rd.hard_state is not None:
-                    self.term = rd.hard_state.term
-                if rd.snapshot is not None:
-                    await self._adopt_snapshot(rd.snapshot.metadata)
-                await self._store_call(self.storage.persist, rd.hard_state, list(rd.entries), rd.snapshot)
-                for m in rd.messages:
-                    self.transport.send(m.to, encode_message(m))
-                if rd.committed_entries:
-                    await self._apply(list(rd.committed_entries))
-                    self._last_applied_raft = rd.committed_entries[-1].index
+                await self._handle_ready(self.raw.ready())
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        """One Ready: persist, send, hand committed entries to the apply task, advance.
+
+        A leader sends its appends before its own fsync (Raft thesis §10.2.1): followers store them
+        while the leader does, and the core counts the leader towards a quorum only once this
+        persist returned (``advance`` → ``update_self_match``). Anything else — votes, append
+        responses — goes out only after the fsync, as the persistence contract requires. The apply
+        runs beside this loop (``_apply_loop``), so a block being applied never holds back the
+        next block's persist, sends or commit; a committed membership change is applied before
+        ``advance`` (the core must not allow the next change before it), and the backlog handed
+        to the apply task is bounded in bytes (``APPLY_BACKLOG_BYTES``)."""
+        if self._apply_failed is not None:
+            raise self._apply_failed
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        if rd.hard_state is not None:
+            self.term = rd.hard_state.term
+        early = self.role == "leader" and rd.snapshot is None and not self._vote_changes(rd)
+        if early:
+            self._send(rd)
+        if rd.snapshot is not None:
+            await self._drain_apply()
+            await self._adopt_snapshot(rd.snapshot.metadata)
+        await self._persist(rd)
+        if self.trace.on and rd.entries:
+            self.trace.mark_range(rd.entries[0].index, rd.entries[-1].index, "persisted")
+        if not early:
+            self._send(rd)
+        if rd.committed_entries:
+            entries = list(rd.committed_entries)
+            if self.trace.on:
+                self.trace.mark_range(entries[0].index, entries[-1].index, "committed")
+            done = self._hand_to_apply(entries)
+            if self._apply_backlog > APPLY_BACKLOG_BYTES or _has_conf_change(entries):
+                await done
+        for rs in rd.read_states:  # read_barrier itself waits until the apply reached the index
+            fut = self._reads.get(rs.request_ctx)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        self.raw.advance(rd)
+
+    async def _persist(self, rd: Ready) -> None:
+        """Store a Ready (fsync). A Ready that changes only the commit index (``must_sync`` false:
+        the commit index is recomputed after a restart) is not written on its own: its hard state
+        rides along with the next write, so that neither a store transaction per commit nor an apply
+        holding the store thread delays this Ready's messages."""
+        if not (rd.entries or rd.snapshot is not None or rd.must_sync):
+            if rd.hard_state is not None:
+                self._deferred_hs = rd.hard_state
+            return
+        hs, self._deferred_hs = rd.hard_state or self._deferred_hs, None
+        self._persisting.clear()  # the apply task lets a pending fsync go first
+        try:
+            await self._store_call(self.storage.persist, hs, list(rd.entries), rd.snapshot)
+        finally:
+            self._persisting.set()
+
+    def _vote_changes(self, rd: Ready) -> bool:
+        hs, stored = rd.hard_state, self.storage.initial_state()[0]
+        return hs is not None and (hs.term != stored.term or hs.vote != stored.vote)
+
+    def _send(self, rd: Ready) -> None:
+        for m in rd.messages:
+            self.transport.send(m.to, encode_message(m))
+        if self.trace.on and rd.entries:
+            stage = "sent" if self.role == "leader" else "acked"
+            self.trace.mark_range(rd.entries[0].index, rd.entries[-1].index, stage)
+
+    def _hand_to_apply(self, entries: list[Entry]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._apply_backlog += sum(len(e.data) for e in entries)
+        self._apply_queue.put_nowait((entries, done))
+        self._apply_last = done
+        return done
+
+    async def _drain_apply(self) -> None:
+        if self._apply_last is not None:
+            await self._apply_last
+
+    async def _apply_loop(self) -> None:
+        """Applies committed entries in log order, one block per store-thread job; a pending Raft
+        persist (an fsync someone waits for) goes first, and an idle follower lets the leader apply
+        a fresh block first (``FOLLOWER_APPLY_DEFER_MAX_S``; never a membership change). A failure
+        (a divergence) stops the loop and, through ``_handle_ready``, the driver: nothing after it
+        is applied."""
+        while True:
+            entries, done = await self._apply_queue.get()
+            try:
+                if self.role != "leader" and self._apply_queue.empty() and not _has_conf_change(entries):
+                    await asyncio.sleep(min(self._last_apply_s, FOLLOWER_APPLY_DEFER_MAX_S))
+                for e in entries:
+                    await self._persisting.wait()
+                    started = time.monotonic()
+                    await self._apply([e])
+                    if e.data:
+                        self._last_apply_s = time.monotonic() - started
+                    self._apply_backlog -= len(e.data)
+                    self._last_applied_raft = e.index
                     self._applied_event.set()
-                    await self._maybe_compact()
-                for rs in getattr(rd, "read_states", ()):
-                    fut = self._reads.get(rs.request_ctx)
-                    if fut is not None and not fut.done():
-                        fut.set_result(rs.index)
-                self.raw.advance(rd)
+                await self._maybe_compact()
+            except asyncio.CancelledError:
+                done.cancel()
+                raise
+            except Exception as exc:
+                log.critical("raft: applying committed entries failed, this replica stops: %s", exc)
+                self._apply_failed = exc
+                self._wake.set()
+                done.set_exception(exc)
+                done.exception()  # retrieved here; the ready loop re-raises _apply_failed
+                raise
+            done.set_result(None)
 
     async def _maybe_compact(self) -> None:
         """Keep the Raft log short: entries far below the applied index live on in the ledger itself;
@@ -376,6 +515,8 @@ class Replicator:
                 self._on_conf_applied(value)
 
     def _answer(self, req: int, outcome: BlockOutcome) -> None:
+        if self.trace.on:
+            self.trace.mark(self._req_index.pop(req, 0), "answered")
         fut = self._waiting.pop(req, None)
         if fut is not None and not fut.done():
             fut.set_result(outcome)
@@ -398,9 +539,13 @@ class Replicator:
                 continue  # the new leader's empty entry
             proposer, req, check_height, check_hash = ENTRY_HEADER.unpack_from(e.data)
             self._check_divergence(e.index, check_height, check_hash)
+            if self.trace.on:
+                self.trace.mark(e.index, "apply_start")
             with metrics.BLOCK_APPLY.time():
                 outcome = state.apply_block(decode_proposal(e.data[ENTRY_HEADER.size :]), applied_index=e.index)
             self._on_block(state)
+            if self.trace.on:
+                self.trace.mark(e.index, "applied")
             if proposer == self.self_id:
                 answered(req, outcome)
 

@@ -6,7 +6,9 @@ client, one per node incarnation), so a seed replays exactly: ``python -m tests.
 What is simulated:
 
 - N nodes (3 or 5) running ``RawNode`` under a driver that keeps the persistence contract: write
-  snapshot + entries + hard state, fsync when ``must_sync``, send, apply, ``advance``;
+  snapshot + entries + hard state, fsync when ``must_sync``, send, apply, ``advance`` — except that
+  a leader sends before its own write and fsync, as node/replication.py does (Raft thesis §10.2.1;
+  ``Options.leader_sends_first``);
 - storage (``SimStorage``) that separates *written* from *fsynced*: a crash keeps only what was
   fsynced; the application state machine (with its applied index and configuration) is durable per
   applied entry, as the ledger's LMDB transaction is. By default it is a toy (``App``: a running
@@ -200,6 +202,9 @@ class Options:
     max_delay: int = 3
     liveness_bound_ticks: int = 30 * ELECTION_TICK
     bug_send_before_sync: bool = False  # a broken driver, to prove the checkers catch it
+    # a leader's messages leave before its own fsync, as node/replication.py does (safe: the core
+    # counts the leader toward a quorum only after advance); False: every message after the fsync
+    leader_sends_first: bool = True
     pre_vote: bool = True
     check_quorum: bool = True
     crash_in_window: float = 0.002  # crash probability between write and fsync, and between fsync and send
@@ -257,7 +262,8 @@ class Simulator:
         self.entry_at: dict[tuple[int, int], tuple[int, bytes, int]] = {}  # (index, term) -> (type, data, prev term)
         self.acked: dict[int, tuple[int, bytes, int]] = {}  # index -> (entry term, data, leader term)
         self.reads_started: dict[bytes, int] = {}  # read ctx -> highest acknowledged index at request time
-        self.stats = {"snapshots": 0, "crashes": 0, "conf_changes": 0, "transfers": 0, "reads": 0}
+        self.stats = {"snapshots": 0, "crashes": 0, "conf_changes": 0, "transfers": 0, "reads": 0,
+                      "early_sends": 0}  # Readies whose new entries a leader sent before its fsync
         if self.opts.ledger:
             for k in ("ledger_blocks", "ledger_ok", "ledger_exists", "ledger_failed", "ledger_compared",
                       "ledger_pending", "ledger_posted", "ledger_voided", "ledger_expired"):
@@ -363,21 +369,32 @@ class Simulator:
             self._install_snapshot(n, rd.snapshot)
         self._record_entries(n, rd.entries)
         entries, hs = list(rd.entries), rd.hard_state
+        # node/replication.py: a leader sends its appends before its own fsync (it counts itself only
+        # after advance); anything a vote or term change rides on waits for the fsync
+        early = self.opts.bug_send_before_sync or (self.opts.leader_sends_first and self._may_send_early(n, rd))
+        if early:
+            self._send_all(n, rd.messages)
+            self.stats["early_sends"] += bool(entries and rd.messages)
         n.storage.write(lambda s: s.append(entries))
         if hs is not None:
             n.storage.write(lambda s: s.set_hard_state(hs))
-        if self.opts.bug_send_before_sync:
-            self._send_all(n, rd.messages)
         self._maybe_crash(self.opts.crash_in_window)  # written, not fsynced: lost
         if rd.must_sync:
             n.storage.sync()
         self._maybe_crash(self.opts.crash_in_window)  # fsynced, never sent
-        if not self.opts.bug_send_before_sync:
+        if not early:
             self._send_all(n, rd.messages)
         for e in rd.committed_entries:
             self._apply(n, e)
         for rs in rd.read_states:
             self._check_read(n, rs.index, rs.request_ctx)
+
+    @staticmethod
+    def _may_send_early(n: SimNode, rd: Ready) -> bool:
+        if n.raw.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        hs, stored = rd.hard_state, n.storage.initial_state()[0]
+        return hs is None or (hs.term, hs.vote) == (stored.term, stored.vote)
 
     def _send_all(self, n: SimNode, msgs: tuple[Message, ...]) -> None:
         for m in msgs:

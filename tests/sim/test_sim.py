@@ -29,7 +29,7 @@ def test_five_nodes_safety_then_liveness(start: int) -> None:
 
 def test_faults_really_happen() -> None:
     """The swarm is only worth something if it exercises the hard paths."""
-    totals = {"crashes": 0, "snapshots": 0, "conf_changes": 0, "transfers": 0, "reads": 0}
+    totals = {"crashes": 0, "snapshots": 0, "conf_changes": 0, "transfers": 0, "reads": 0, "early_sends": 0}
     terms = 0
     for seed in range(40):
         sim = run(seed, Options(nodes=3, steps=600))
