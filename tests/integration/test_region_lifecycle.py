@@ -81,7 +81,8 @@ def test_sigterm_hands_over_then_removed_member_is_not_dialled_and_health_follow
         admin = peer_pb2_grpc.RegionAdminStub(grpc.insecure_channel(new_leader.target))
         admin.ChangeMembership(peer_pb2.MembershipRequest(op=peer_pb2.MembershipRequest.REMOVE_VOTER,
                                                           node_id=leader.node_id), timeout=10)
-        _write(cluster, gen)  # the removal is applied by the time a later write commits
+        _write(cluster, gen)  # commits after the removal; followers may apply it a little later
+        _wait_applied_everywhere(cluster, [n for n in cluster.nodes if n is not leader])
         assert _nobody_dials(leader.port, 4.0), "a removed member is still being dialled"
 
         # two voters left: with one of them gone the other cannot commit, and says so
@@ -95,6 +96,22 @@ def test_sigterm_hands_over_then_removed_member_is_not_dialled_and_health_follow
             assert "too_many_pings" not in _log(n)
     finally:
         cluster.stop_all()
+
+
+def _wait_applied_everywhere(cluster: Cluster, nodes: list[NodeEntry], timeout_s: float = 30.0) -> None:
+    """Wait until each node has applied what the leader has applied now (a follower acknowledges an
+    entry before it applies it, so a committed membership change may still be unapplied there)."""
+    leader, _ = cluster.wait_leader(30)
+    with LedgerClient(leader.target) as c:
+        want = c.status().applied_index
+    for n in nodes:
+        deadline = time.monotonic() + timeout_s
+        with LedgerClient(n.target) as c:
+            got = c.status().applied_index
+            while got < want and time.monotonic() < deadline:
+                time.sleep(0.05)
+                got = c.status().applied_index
+        assert got >= want, f"{n.node_id} applied {got} < {want} within {timeout_s:.0f}s"
 
 
 def _nobody_dials(port: int, seconds: float) -> bool:
