@@ -45,10 +45,16 @@ class NodeEntry:
         return f"127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(avoid: frozenset[int] | set[int] = frozenset()) -> int:
+    """A port free on 127.0.0.1 now, and not one of ``avoid`` (ports already handed to this region's
+    nodes but not bound yet: the kernel may offer a just-released port again)."""
+    for _ in range(64):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise OSError("no free port on 127.0.0.1 outside the region's own")
 
 
 def _alive(pid: int) -> bool:
@@ -107,10 +113,14 @@ class Cluster:
     def ca_dir(self) -> Path:
         return self.data / "ca"
 
+    def ports(self) -> set[int]:
+        """Every port handed to this region's nodes (listen and metrics)."""
+        return {n.port for n in self.nodes} | {n.metrics_port for n in self.nodes if n.metrics_port}
+
     def _add_entry(self, num: int, port: int = 0) -> NodeEntry:
         d = self.data / f"node-{num}"
         d.mkdir(parents=True, exist_ok=True)
-        node = NodeEntry(f"node-{num}", port or _free_port(), str(d), str(self.data / f"node-{num}.log"))
+        node = NodeEntry(f"node-{num}", port or _free_port(self.ports()), str(d), str(self.data / f"node-{num}.log"))
         if self.tls:
             from sovledger import ca
 
@@ -278,7 +288,7 @@ def prepare_region(data: Path, region: str, nodes: int, tls: bool, first_port: i
 
 def start_all(cluster: Cluster) -> None:
     for n in cluster.nodes:
-        n.metrics_port = _free_port()
+        n.metrics_port = _free_port(cluster.ports())
         cluster.start(n)
 
 
