@@ -131,6 +131,7 @@ class Replicator:
         self._install_snapshot = snapshot_installer
         self.snapshots_installed = 0
         self.trace = BlockTrace.from_env()
+        self.on_member_removed: list[Callable[[], None]] = []  # called once a removal is applied
         # committed entries on their way to the apply task (_apply_loop), and its state
         self._apply_queue: asyncio.Queue[tuple[list[Entry], asyncio.Future[None]]] = asyncio.Queue()
         self._apply_backlog = 0  # bytes of entry data handed to the apply task, not applied yet
@@ -298,6 +299,8 @@ class Replicator:
         elif cc.type == ConfChangeType.REMOVE_VOTER and cc.node_id != self.self_id:
             self.transport.remove_peer(cc.node_id)  # a removed member is no longer dialled
             self.addresses.pop(cc.node_id, None)
+            for removed in self.on_member_removed:  # e.g. the vault's copy channels
+                removed()
         log.info("raft: membership change applied: %s node %d %s", cc.type.name, cc.node_id, address)
 
     def status(self) -> ReplicaStatus:

@@ -200,6 +200,7 @@ class Node:
             self.committer = replicator
             self.vault.peer_addresses = lambda: [a for pid, a in replicator.addresses.items()
                                                  if pid != replicator.self_id and a]
+            replicator.on_member_removed.append(self.vault.forget_removed)
         # In a region a block is one Raft entry and must fit one peer message (max_message_bytes):
         # cap it at one full batch (8189 signed transfers ≈ 2 MB).
         block_items = min(cfg.block_items_max, BATCH_ITEMS_MAX) if cfg.peers else cfg.block_items_max

@@ -71,6 +71,11 @@ class NodeVault:
         vpb_grpc.add_VaultServicer_to_server(VaultService(self.vault, self.copies, propose), server)
         vpb_grpc.add_VaultPeerServicer_to_server(VaultPeerService(self.vault), server)
 
+    def forget_removed(self) -> None:
+        """A member was removed from the region: stop dialling it for copies now."""
+        if self.copies is not None:
+            self.copies.prune()
+
     def start(self) -> None:
         if self.copies is not None:
             self.copies.start()

@@ -116,6 +116,12 @@ class PeerCopies:
             closing.add_done_callback(self._closing.discard)
         return current
 
+    def prune(self) -> None:
+        """Close the channels of members no longer in the region now (the Raft driver calls this when
+        a membership change is applied), so a removed member's address is not re-dialled by a channel
+        in its reconnect back-off until the next copy or catch-up round."""
+        self._peers  # noqa: B018 (the property closes the channels of gone members)
+
     @property
     def quorum(self) -> int:
         return (len(self._peers) + 1) // 2 + 1
