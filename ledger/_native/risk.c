@@ -15,18 +15,6 @@
 #define STATE_LEN RISK_STATE_LEN
 #define TOP RISK_TOP
 
-static int read_state(PyObject *list, uint64_t st[STATE_LEN]) {
-    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != STATE_LEN) {
-        PyErr_SetString(PyExc_TypeError, "a risk state is a list of 17 ints");
-        return -1;
-    }
-    for (int i = 0; i < STATE_LEN; i++) {
-        st[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(list, i));
-        if (st[i] == (uint64_t)-1 && PyErr_Occurred()) return -1;
-    }
-    return 0;
-}
-
 /* amount: any non-negative int; values above 2^64 - 1 count as 2^64 - 1 (the reference saturates). */
 static int read_amount(PyObject *obj, uint64_t *out) {
     if (!PyLong_Check(obj)) {
@@ -55,7 +43,7 @@ static PyObject *py_risk_record(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "record(st, ts, amount)");
         return NULL;
     }
-    if (read_state(args[0], st) < 0) return NULL;
+    if (risk_read_list(args[0], st) < 0) return NULL;
     ts = PyLong_AsUnsignedLongLong(args[1]);
     if (ts == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     if (read_amount(args[2], &amount) < 0) return NULL;
@@ -97,7 +85,7 @@ static PyObject *risk_window_one(PyObject *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     if (args[0] == Py_None) return PyLong_FromLong(0);
-    if (read_state(args[0], st) < 0) return NULL;
+    if (risk_read_list(args[0], st) < 0) return NULL;
     uint64_t ts = PyLong_AsUnsignedLongLong(args[1]);
     if (ts == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     return from_u128(risk_window(st, ts, (int)slot));

@@ -55,4 +55,16 @@ static inline unsigned __int128 risk_window(const uint64_t st[RISK_STATE_LEN], u
     if (s[0] != RISK_TOP && bucket == s[0] + 1) return (unsigned __int128)s[at + 2] * remaining / size;
     return 0;
 }
+/* A Python list of RISK_STATE_LEN ints into st (both includers have Python.h first). */
+static inline int risk_read_list(PyObject *list, uint64_t st[RISK_STATE_LEN]) {
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != RISK_STATE_LEN) {
+        PyErr_SetString(PyExc_TypeError, "a risk state is a list of 17 ints");
+        return -1;
+    }
+    for (int i = 0; i < RISK_STATE_LEN; i++) {
+        st[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(list, i));
+        if (st[i] == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
 #endif

@@ -28,18 +28,6 @@ static size_t key_hash(const uint8_t *k, int n) {
     return (size_t)(h ^ (h >> 31));
 }
 
-static int read_list(PyObject *list, uint64_t st[RISK_STATE_LEN]) {
-    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != RISK_STATE_LEN) {
-        PyErr_SetString(PyExc_TypeError, "a risk state is a list of 17 ints");
-        return -1;
-    }
-    for (int i = 0; i < RISK_STATE_LEN; i++) {
-        st[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(list, i));
-        if (st[i] == (uint64_t)-1 && PyErr_Occurred()) return -1;
-    }
-    return 0;
-}
-
 /* the entry of key, seeded on first touch as SideState.state reads: the block's list, the committed
  * cache (copied), else state(key) (None: no history) */
 static rent_t *entry(HookObject *h, const uint8_t *key, int klen) {
@@ -56,14 +44,14 @@ static rent_t *entry(HookObject *h, const uint8_t *key, int klen) {
     PyObject *lst = PyDict_GetItemWithError(h->risk, k), *base = NULL;
     int ok = 0;
     if (lst != NULL) {
-        ok = read_list(lst, e->st) == 0;
+        ok = risk_read_list(lst, e->st) == 0;
         if (ok) { e->list = Py_NewRef(lst); e->has = 1; }
     } else if (!PyErr_Occurred() && (base = PyDict_GetItemWithError(h->committed_risk, k)) != NULL) {
-        ok = read_list(base, e->st) == 0;
+        ok = risk_read_list(base, e->st) == 0;
         e->has = 1;
     } else if (!PyErr_Occurred() && (got = PyObject_CallOneArg(h->state_fn, k)) != NULL) {
         if (got == Py_None) { memset(e->st, 0, sizeof e->st); ok = 1; }
-        else { ok = read_list(got, e->st) == 0; e->has = 1; }
+        else { ok = risk_read_list(got, e->st) == 0; e->has = 1; }
     }
     Py_DECREF(k);
     Py_XDECREF(got);
