@@ -185,11 +185,15 @@ def trend_pct_per_million(rows: list[dict[str, Any]]) -> float:
     return 100 * slope / my if my else 0.0
 
 
+def _rss_cell(m: dict[str, float] | None) -> str:
+    return f"{m['rss']:.0f} ({m['anon']:.0f} / {m['file']:.0f})" if m else "-"
+
+
 def render(out: dict[str, Any]) -> Table:
     t = Table(title=f"one node, {out['chunks'][-1]['total']:,} transfers in batches of {out['batch']} "
                     "(chunk rate also ÷ a fixed probe run right after it)")
     for col in ("chunk", "transfers so far", "tx/s", "p50 / p99 ms", "disk B/transfer (cum / chunk)",
-                "probe tx/s", "tx/s ÷ probe", "vs chunk 1 (raw / norm.)"):
+                "probe tx/s", "tx/s ÷ probe", "vs chunk 1 (raw / norm.)", "node RSS MiB (anon / file)"):
         t.add_column(col, justify="right")
     f = out["chunks"][0]
     for r in out["chunks"]:
@@ -197,7 +201,8 @@ def render(out: dict[str, Any]) -> Table:
                   f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}",
                   f"{r['disk_bytes_per_transfer']:.0f} / {r['chunk_disk_bytes_per_transfer']:.0f}",
                   fmt_rate(r["probe_tx_per_s"]), f"{r['probe_ratio']:.4f}",
-                  f"{r['tx_per_s'] / f['tx_per_s']:.2f} / {r['probe_ratio'] / f['probe_ratio']:.2f}")
+                  f"{r['tx_per_s'] / f['tx_per_s']:.2f} / {r['probe_ratio'] / f['probe_ratio']:.2f}",
+                  _rss_cell(r.get("rss_mib")))
     t.caption = (f"degradation first → last chunk (negative = faster): raw {out['degradation_raw_pct']:.1f}%, "
                  f"probe-normalised {out['degradation_normalised_pct']:.1f}% (target ≤ 10%); linear trend "
                  f"{out['trend_pct_per_million']:+.2f}% per million; p99 {out['p99_first_last_ms'][0]:.0f} → "
