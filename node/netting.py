@@ -87,6 +87,9 @@ class NettingService(npb_grpc.NettingServicer):
 
     async def Offer(self, request: npb.OfferRequest, context: Any) -> npb.Decisions:
         try:
+            if len(request.obligations) > OFFER_MAX:
+                raise BadRequest(f"an Offer carries up to {OFFER_MAX} obligations, got {len(request.obligations)};"
+                                 " split it into several calls")
             self._check_leader()
             obs = [self._creditor_obligation(raw) for raw in request.obligations]
             check_debtor(caller(context), obs)
