@@ -109,8 +109,7 @@ def seal(blk: Block, head: Head, tree: CompactRange, events: list[Event], spans:
     next_ruleset = new_rules.hash if new_rules is not None else head.ruleset_hash
     new_head = Head(blk.height, numbering.index, last_ts, bhash, link, header.state_hash, next_ruleset)
     _write_ledger(blk, numbering, node_items, changed)
-    if blk.rules is not None or new_rules is not None:
-        _write_side(blk, numbering)
+    _write_side(blk, numbering)  # also without a rule set: callbacks consume their ids and index what they reconciled
     txn = blk.txn
     txn.put(Table.BLOCKS, index_key(blk.height), header_raw)
     txn.put(Table.META, META_HEAD, new_head.encode())
