@@ -161,9 +161,18 @@ class Vault:
                 raise SubjectUnknown(subject_id)
             return rec.commitment
 
-    def inventory(self) -> list[int]:
+    def inventory_page(self, start: int, limit: int) -> tuple[list[int], int | None]:
+        """One page of the subjects this replica holds a key for, in key-file slot order from slot
+        ``start``: (subjects, the slot the next page starts at, or None after the last page). A subject
+        put while pages are read may land in a slot already passed; the next catch-up round sees it."""
         with self._lock:
-            return sorted(self._keys.subjects())
+            subjects, at = self._keys.page(start, limit, scan_max=16 * limit)
+            return subjects, (at if at < self._keys.slot_count() else None)
+
+    def holds(self, subject_id: int) -> bool:
+        """Whether this replica holds the subject's key."""
+        with self._lock:
+            return subject_id in self._keys
 
     def export(self, subject_id: int) -> tuple[SealedRecord, bytes] | None:
         with self._lock:

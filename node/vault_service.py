@@ -36,6 +36,7 @@ log = logging.getLogger("sovledger.vault")
 
 SYNC_EVERY_S: Final = 5.0
 PEER_TIMEOUT_S: Final = 5.0
+INVENTORY_PAGE: Final = 4096  # subject ids per Inventory answer (64 KiB)
 
 
 def owner_for(context: Any, requested: int) -> int | None:
@@ -149,21 +150,30 @@ class PeerCopies:
         return stored
 
     async def pull(self) -> int:
-        """Fetch every subject a peer has and this replica lacks; returns how many were taken."""
+        """Fetch every subject a peer has and this replica lacks, page by page; returns how many were taken."""
         taken = 0
         for address in self._peers:
             try:
-                inv = await self._stub(address).Inventory(vpb.InventoryRequest(), timeout=PEER_TIMEOUT_S)
-                mine = set(self._vault.inventory())
-                for raw in inv.subject_ids:
-                    if subject_from(raw) in mine:
-                        continue
-                    copy = await self._stub(address).Fetch(vpb.FetchRequest(subject_id=raw), timeout=PEER_TIMEOUT_S)
-                    if copy.sealed and self._vault.accept(SealedRecord.decode(copy.sealed), copy.key):
-                        taken += 1
+                taken += await self._pull_from(address)
             except grpc.RpcError as e:
                 log.debug("vault catch-up from %s: %s", address, e.code())
         return taken
+
+    async def _pull_from(self, address: str) -> int:
+        taken = 0
+        after = b""
+        while True:
+            inv = await self._stub(address).Inventory(vpb.InventoryRequest(after=after, limit=INVENTORY_PAGE),
+                                                      timeout=PEER_TIMEOUT_S)
+            for raw in inv.subject_ids:
+                if self._vault.holds(subject_from(raw)):
+                    continue
+                copy = await self._stub(address).Fetch(vpb.FetchRequest(subject_id=raw), timeout=PEER_TIMEOUT_S)
+                if copy.sealed and self._vault.accept(SealedRecord.decode(copy.sealed), copy.key):
+                    taken += 1
+            if not inv.next or inv.next <= after:  # the last page (a cursor never moves back)
+                return taken
+            after = inv.next
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -252,7 +262,12 @@ class VaultPeerService(vpb_grpc.VaultPeerServicer):
         return vpb.CopyAck(stored=stored)
 
     async def Inventory(self, request: vpb.InventoryRequest, context: Any) -> vpb.InventoryResponse:
-        return vpb.InventoryResponse(subject_ids=[s.to_bytes(16, "little") for s in self._vault.inventory()])
+        if request.after and len(request.after) != 8:
+            await abort(context, BadRequest("after: the `next` of the previous Inventory page (8 bytes) or empty"))
+        limit = min(request.limit or INVENTORY_PAGE, INVENTORY_PAGE)
+        subjects, nxt = self._vault.inventory_page(int.from_bytes(request.after, "big"), limit)
+        return vpb.InventoryResponse(subject_ids=[s.to_bytes(16, "little") for s in subjects],
+                                     next=nxt.to_bytes(8, "big") if nxt is not None else b"")
 
     async def Fetch(self, request: vpb.FetchRequest, context: Any) -> vpb.SealedCopy:
         found = self._vault.export(subject_from(request.subject_id))

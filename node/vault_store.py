@@ -115,14 +115,17 @@ class KeyStore:
         if new:
             fsync_dir(path.parent)
         self._slots: dict[int, int] = {}  # subject -> slot number
+        self._by_slot: list[int | None] = []  # slot number -> subject (None: free)
         self._free: list[int] = []
         size = os.fstat(self._fd).st_size
         for n in range(size // SLOT_SIZE):
             state, _res, subject, _key = SLOT.unpack(os.pread(self._fd, SLOT_SIZE, n * SLOT_SIZE))
             if state == SLOT_USED:
                 self._slots[int.from_bytes(subject, "little")] = n
+                self._by_slot.append(int.from_bytes(subject, "little"))
             else:
                 self._free.append(n)
+                self._by_slot.append(None)
         self._count = size // SLOT_SIZE
 
     def close(self) -> None:
@@ -130,6 +133,25 @@ class KeyStore:
 
     def subjects(self) -> list[int]:
         return list(self._slots)
+
+    def __contains__(self, subject_id: int) -> bool:
+        return subject_id in self._slots
+
+    def page(self, start: int, limit: int, scan_max: int) -> tuple[list[int], int]:
+        """Up to ``limit`` subjects in slot order from slot ``start``, looking at no more than ``scan_max``
+        slots; and the slot to continue from (``slot_count()`` when the file is done)."""
+        out: list[int] = []
+        n = start
+        end = min(len(self._by_slot), start + scan_max)
+        while n < end and len(out) < limit:
+            subject = self._by_slot[n]
+            if subject is not None:
+                out.append(subject)
+            n += 1
+        return out, n
+
+    def slot_count(self) -> int:
+        return len(self._by_slot)
 
     def get(self, subject_id: int) -> bytes | None:
         n = self._slots.get(subject_id)
@@ -147,6 +169,10 @@ class KeyStore:
         os.pwrite(self._fd, SLOT.pack(SLOT_USED, bytes(15), subject_id.to_bytes(16, "little"), key), n * SLOT_SIZE)
         os.fsync(self._fd)
         self._slots[subject_id] = n
+        if n == len(self._by_slot):
+            self._by_slot.append(subject_id)
+        else:
+            self._by_slot[n] = subject_id
 
     def destroy(self, subject_id: int) -> bool:
         """Overwrite the subject's slot with zeros in place and fsync; True if there was one."""
@@ -156,6 +182,7 @@ class KeyStore:
         os.pwrite(self._fd, bytes(SLOT_SIZE), n * SLOT_SIZE)
         os.fsync(self._fd)
         self._free.append(n)
+        self._by_slot[n] = None
         return True
 
 
