@@ -44,13 +44,14 @@ class Table:
     # cross-region obligations and settlement (ledger/apply/obligations.py, docs/federation.md)
     OBLIGATIONS: Final = "obligations"  # obligation id (16) -> status, side, leaf index, obligation (96), payer
     SETTLEMENTS: Final = "settlements"  # settlement batch id (16) -> leaf index (u64 BE)
+    OBLIGATION_STATUS: Final = "obligation_status"  # status u8 ‖ side u8 ‖ obligation id (16) -> b"": by status
 
 
 TABLES: Final = (
     Table.META, Table.ACCOUNTS, Table.TRANSFERS, Table.ACCOUNT_REFS, Table.LEAVES, Table.NODES, Table.HISTORY,
     Table.BLOCKS, Table.EXPIRY, Table.RAFT, Table.RAFTLOG, Table.RULESETS, Table.RISK, Table.RISK_PAIRS,
     Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
-    Table.PII_ERASED, Table.PII_ERASURES, Table.OBLIGATIONS, Table.SETTLEMENTS,
+    Table.PII_ERASED, Table.PII_ERASURES, Table.OBLIGATIONS, Table.SETTLEMENTS, Table.OBLIGATION_STATUS,
 )
 
 # -- keys in the meta table ----------------------------------------------------------------------

@@ -224,8 +224,8 @@ class ObligationRelay(LeaderRounds):
     async def round(self) -> int:
         """One pass: returns how many obligations got a RESOLVE entry."""
         with self._store.read() as txn:
-            pending = [(ob, obligation_row(txn, ob.id)) for side, _i, ob in
-                       obligations_with(txn, ObligationStatus.PENDING) if side == DEBTOR][:OFFER_MAX]
+            pending = [(ob, obligation_row(txn, ob.id)) for _side, _i, ob in
+                       obligations_with(txn, ObligationStatus.PENDING, DEBTOR, OFFER_MAX)]
         by_creditor: dict[str, list[bytes]] = {}
         for ob, row in pending:
             assert row is not None

@@ -105,6 +105,9 @@ class Node:
         if self.state.migrated_nodes:
             log.info("rewrote %d Merkle tree-node keys to the end-major layout (docs/formats.md §8)",
                      self.state.migrated_nodes)
+        if self.state.indexed_obligations:
+            log.info("indexed %d cross-region obligations by status (table obligation_status, docs/formats.md)",
+                     self.state.indexed_obligations)
         self.reader = LedgerReader(self.store)
         self.key = check_store(config, self.reader, full_check)  # key, tail (or full) scan, membership
         self.keyring = KeyRing(data, self.key)

@@ -25,7 +25,7 @@ from ledger.apply.aggregates import apply_aggregates
 from ledger.apply.callbacks import apply_callbacks, expiry_exception
 from ledger.apply.effects import deploy, operator_map
 from ledger.apply.erasure import apply_erasures
-from ledger.apply.obligations import apply_obligations, apply_settlements
+from ledger.apply.obligations import apply_obligations, apply_settlements, index_obligations
 from ledger.apply.rotation import apply_rotations, decode_node_key, node_key_meta
 from ledger.apply.scratch import Block, Committed, Event, SideState
 from ledger.apply.seal import BlockOutcome, seal
@@ -105,6 +105,7 @@ class LedgerState:
 
     def _load(self) -> None:
         self.migrated_nodes = migrate_node_keys(self.store)  # a store written before the end-major node keys
+        self.indexed_obligations = index_obligations(self.store)  # a store written before the status index
         self._committed = Committed()
         self.rules: CompiledRuleSet | None = None
         with self.store.read() as txn:

@@ -25,6 +25,7 @@ from typing import Final
 from ledger.apply.accounts import CREDITS_MUST_NOT_EXCEED_DEBITS, DEBITS_MUST_NOT_EXCEED_CREDITS, history_of
 from ledger.apply.scratch import Block, Event
 from ledger.codec import Batch
+from ledger.invariant import invariant
 from ledger.netting import (
     OBLIGATION_RECORD_SIZE,
     WINDOW_S_MAX,
@@ -43,7 +44,7 @@ from ledger.netting import (
     verify_settlement,
 )
 from ledger.schema import U64BE, AccountState, Table
-from ledger.store import ReadTxn
+from ledger.store import ReadTxn, Store
 from ledger.types import U128_MAX, EventKind, Result
 
 NS: Final = 1_000_000_000
@@ -173,7 +174,26 @@ def _pair(blk: Block, debit: bytes, credit: bytes, ledger: int,
 
 
 def _put_row(blk: Block, status: int, side: int, leaf_index: int, obligation: bytes, payer: bytes) -> None:
-    blk.txn.put(Table.OBLIGATIONS, obligation[:16], _ROW.pack(status, side, leaf_index) + obligation + payer)
+    """The obligation's row and its entry in the status index (the old entry goes when the status moves)."""
+    txn, oid = blk.txn, obligation[:16]
+    old = txn.get(Table.OBLIGATIONS, oid)
+    if old is not None and (old[0], old[1]) != (status, side):
+        txn.delete(Table.OBLIGATION_STATUS, old[:2] + oid)
+    txn.put(Table.OBLIGATIONS, oid, _ROW.pack(status, side, leaf_index) + obligation + payer)
+    txn.put(Table.OBLIGATION_STATUS, bytes((status, side)) + oid, b"")
+
+
+def index_obligations(store: Store) -> int:
+    """Build the status index of a store written before it existed (one write transaction); the number of
+    obligations indexed (0 on a current store: two reads). Every obligation has exactly one index entry,
+    so an empty index beside a non-empty table means the index was never built."""
+    with store.read() as rtxn:
+        if rtxn.last(Table.OBLIGATIONS) is None or rtxn.last(Table.OBLIGATION_STATUS) is not None:
+            return 0
+    with store.write() as txn:
+        keys = sorted(raw[:2] + oid for oid, raw in txn.range(Table.OBLIGATIONS))
+        txn.put_many(Table.OBLIGATION_STATUS, [(k, b"") for k in keys])
+    return len(keys)
 
 
 def obligation_row(txn: ReadTxn, oid: bytes) -> tuple[int, int, int, bytes, bytes] | None:
@@ -185,13 +205,19 @@ def obligation_row(txn: ReadTxn, oid: bytes) -> tuple[int, int, int, bytes, byte
     return status, side, index, raw[_ROW.size : _ROW.size + 96], raw[_ROW.size + 96 :]
 
 
-def obligations_with(txn: ReadTxn, status: ObligationStatus) -> list[tuple[int, int, Obligation]]:
-    """(side, leaf index, obligation) of every obligation in ``status`` (a full scan: settlement cycles only)."""
+def obligations_with(txn: ReadTxn, status: ObligationStatus, side: int | None = None,
+                     limit: int | None = None) -> list[tuple[int, int, Obligation]]:
+    """(side, leaf index, obligation) of the obligations in ``status`` (on ``side`` if given), by side then id,
+    at most ``limit``: read through the status index, so settled history costs nothing here."""
+    start = bytes((status,)) if side is None else bytes((status, side))
+    end = bytes((status + 1,)) if side is None else bytes((status, side + 1))
     out = []
-    for _k, raw in txn.range(Table.OBLIGATIONS, b""):
-        st, side, index = _ROW.unpack_from(raw)
-        if st == status:
-            out.append((side, index, decode_obligation(raw[_ROW.size : _ROW.size + 96])))
+    for key, _ in txn.range(Table.OBLIGATION_STATUS, start, end, limit):
+        raw = txn.get(Table.OBLIGATIONS, key[2:])
+        invariant(raw is not None and raw[:2] == key[:2], "the obligation status index disagrees with its table")
+        assert raw is not None
+        _st, row_side, index = _ROW.unpack_from(raw)
+        out.append((row_side, index, decode_obligation(raw[_ROW.size : _ROW.size + 96])))
     return out
 
 
