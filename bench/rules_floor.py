@@ -1,0 +1,102 @@
+"""What the rules bench's risk tracking must cost in LMDB at the least: its storage floor.
+
+    .venv/bin/python -m bench.rules_floor [--quick] [--rounds N]
+
+Under the 20 rules of ``bench.rules`` a block must persist, besides the ledger's own rows, the risk
+state of every payer it moved (``risk``: one 136-byte row per distinct payer, plus one per PSP) and
+every payer–payee pair seen for the first time (``risk_pairs``), and it must look up whether each of
+its pairs was seen before. This bench does exactly that and nothing else, for the same workload
+(``bench.rules._workload``: 10k accounts, uniformly random pairs), through the store's own calls
+(``LmdbStore.get_many`` / ``put_many``, one fsynced commit per block) into a fresh store, and reports
+CPU per transfer next to the 0-rule apply of ``bench.rules`` measured in the same run.
+
+The rows are prepared before the clock starts: what is measured is LMDB's work (B-tree lookups, page
+copies, inserts, the commit's page writes and fsync), which no change to the apply path removes while
+tracking stays exact and durable per block. ``bench.rules`` prints the target (at most 25% below the
+0-rule baseline); if this floor alone is above that allowance, the target cannot be met with this
+storage layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from bench.rules import _workload, run_apply
+from ledger.lmdb_store import LmdbStore
+from ledger.note import Signer
+from ledger.schema import Table
+
+REC = 176
+ACCOUNTS = 10_000
+
+
+def _block_rows(recs: bytes, seen: set[bytes]) -> tuple[list[bytes], list[tuple[bytes, bytes]], list[bytes]]:
+    """(the block's distinct pairs sorted, its risk rows sorted, its new pairs sorted); ``seen`` grows."""
+    payers: set[bytes] = set()
+    psps: set[bytes] = set()
+    pairs: set[bytes] = set()
+    for off in range(0, len(recs), REC):
+        dr, cr = recs[off + 16:off + 32], recs[off + 32:off + 48]
+        payers.add(b"o" + dr)
+        psps.add(b"p" + int.from_bytes(recs[off + 164:off + 168], "little").to_bytes(4, "big"))
+        pairs.add(dr + cr)
+    state = bytes(range(136))
+    rows = sorted((k, state) for k in payers | psps)
+    new = sorted(pairs - seen)
+    seen |= pairs
+    return sorted(pairs), rows, new
+
+
+def floor_per_transfer(batches: list[bytes]) -> tuple[float, dict[str, float]]:
+    """CPU µs per transfer of the rules' LMDB work over ``batches`` (and its parts)."""
+    seen: set[bytes] = set()
+    prepared = [_block_rows(b, seen) for b in batches]
+    parts = {"pair lookups": 0.0, "risk rows": 0.0, "pair rows": 0.0, "commit": 0.0}
+    with tempfile.TemporaryDirectory() as d:
+        store = LmdbStore(d, 1 << 30)
+        for lookups, rows, new in prepared:
+            c0 = time.process_time()
+            with store.write() as txn:
+                txn.get_many(Table.RISK_PAIRS, lookups)
+                c1 = time.process_time()
+                txn.put_many(Table.RISK, rows)
+                c2 = time.process_time()
+                txn.put_many(Table.RISK_PAIRS, [(k, b"") for k in new])
+                c3 = time.process_time()
+            c4 = time.process_time()
+            for k, v in zip(parts, (c1 - c0, c2 - c1, c3 - c2, c4 - c3), strict=True):
+                parts[k] += v
+        store.close()
+    n = sum(len(b) // REC for b in batches)
+    per = {k: v / n * 1e6 for k, v in parts.items()}
+    return sum(per.values()), per
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    blocks, per_block = (5, 4000) if args.quick else (20, 8000)
+    batches = _workload(ACCOUNTS, blocks, per_block, 1)
+    operator = Signer.generate("bench-operator")
+    base, floor = [], []
+    for _ in range(args.rounds):  # interleaved: the machine's noise hits both alike
+        base.append(1e6 / run_apply(0, batches, ACCOUNTS, operator)[1])
+        floor.append(floor_per_transfer(batches))
+    b = min(base)
+    f, parts = min(floor, key=lambda x: x[0])
+    allowance = b / 0.75 - b
+    print(f"{blocks} blocks x {per_block} transfers, best of {args.rounds}, CPU µs per transfer")
+    print(f"  0-rule apply (bench.rules baseline)          {b:6.2f}")
+    print(f"  allowed extra at 20 rules (target <= 25% drop) {allowance:6.2f}")
+    print(f"  storage floor of risk tracking               {f:6.2f}  = {100 * f / allowance:.0f}% of the allowance")
+    for k, v in parts.items():
+        print(f"    {k:14} {v:6.2f}")
+    print(f"  best possible drop with this layout: {100 * (1 - b / (b + f)):.1f}% (apply work above the floor: 0)")
+
+
+if __name__ == "__main__":
+    main()
