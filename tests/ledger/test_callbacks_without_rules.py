@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from ledger import native
 from ledger.codec import SettlementCallback
+from ledger.lmdb_store import LmdbStore
 from ledger.schema import Table, id_key
 from ledger.types import Result
-from ledger import native
-from ledger.lmdb_store import LmdbStore
 from tests.rules.helpers import RulesLedger, acct, xfer
 
 
