@@ -164,11 +164,24 @@ record: Callable[[list[int], int, int], None] = record_py
 window_one: Callable[[list[int] | None, int, int], int] = window_one_py
 NATIVE: bool = False
 Hook: Any = None  # the C rules hook (ledger/_native/rules.c), used by ledger/apply/native_transfers.py
+RiskTable: Any = None  # risk states and pairs in C across blocks (ledger/_native/risk_table.c), see new_table
+# RiskTable bounds: committed states (160 B + 8 B of index each: 128 Ki ~ 21 MiB) and cached pair lookups
+# (33 B + 8 B each: 256 Ki ~ 10 MiB); above a bound after a commit the oldest half / all are dropped
+RISK_TABLE_STATES: Final = 128 << 10
+RISK_TABLE_PAIRS: Final = 256 << 10
 if native.active() == "native":  # engine choice made once, in ledger/native.py (SOVLEDGER_ENGINE)
     try:  # the same arithmetic in C (built with the package; absent without a C compiler)
         from ledger._native import _risk
 
         record, window_one, NATIVE = _risk.record, _risk.window_one, True
-        Hook = getattr(_risk, "Hook", None)
+        RiskTable = getattr(_risk, "RiskTable", None)  # absent: a stale build, whose Hook takes other arguments
+        Hook = getattr(_risk, "Hook", None) if RiskTable is not None else None
     except ImportError:
         pass
+
+
+def new_table(max_states: int = RISK_TABLE_STATES, max_pairs: int = RISK_TABLE_PAIRS) -> Any:
+    """A C RiskTable for ``Committed`` when the native engine runs rules in C, else None."""
+    if RiskTable is None or native.active() != "native":
+        return None
+    return RiskTable(max_states, max_pairs)
