@@ -13,8 +13,8 @@
  *      payer, payee and PSP, the new payer-payee pair, the external-ref index) and return True.
  * Risk states and pairs live in the RiskTable (risk_table.c) across blocks: a key's state is read from
  * the block's Python dict `risk` (SideState.risk: keys a Python path changed in this block; looked at
- * only when it has any), else the table (the block's overlay, the committed states, the store). A
- * recorded state goes back where it came from: into that Python list in place, else into the overlay,
+ * only when it has any), else the table (the block's changes, the committed states, the store). A
+ * recorded state goes back where it came from: into that Python list in place, else into the table,
  * so a key's in-block state is in exactly one of the two. Pairs likewise: the Python set `pairs`
  * (only when it has any), else the table, which keeps the block's new pairs.
  * The fields and the program itself: rules_eval.c. */
@@ -51,7 +51,7 @@ static int load(HookObject *h, rent_t *e) {
         }
         if (PyErr_Occurred()) return -1;
     }
-    return rt_lookup(h->table, e->key, e->klen, e->st, &e->has);
+    return rt_lookup(h->table, e->key, e->klen, e->st, &e->has, &e->idx);
 }
 
 rent_t *rules_ctx_entry(ctx_t *c, int which) {
@@ -90,7 +90,7 @@ static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
     if (e == NULL) return -1;
     risk_record(e->st, h->ts, amount);
     e->has = 1;
-    return e->list != NULL ? write_list(e->st, e->list) : rt_overlay_put(h->table, e->key, e->klen, e->st);
+    return e->list != NULL ? write_list(e->st, e->list) : rt_write(h->table, e->idx, e->st);
 }
 
 static int after_success(HookObject *h, ctx_t *c) {
@@ -101,7 +101,7 @@ static int after_success(HookObject *h, ctx_t *c) {
         return -1;
     if (h->track_pairs) {
         if (rules_seen(c) < 0) return -1;
-        if (!c->seen) rt_add_pair(h->table, r + O_DR);
+        if (!c->seen) rt_add_pair(h->table, c->pair_idx);
     }
     static const uint8_t zero[32];
     if (memcmp(r + O_EXT, zero, 32) != 0) {

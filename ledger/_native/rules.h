@@ -44,8 +44,9 @@ static inline u128 le128(const uint8_t *p) { return (u128)rd64(p) | ((u128)rd64(
 /* one risk key of the transfer being decided: its state as the block sees it (loaded on first use) */
 typedef struct {
     uint8_t key[17], klen, has, loaded;
+    int32_t idx;    /* its entry in the risk table, when list is NULL */
     uint64_t st[RISK_STATE_LEN];
-    PyObject *list; /* the block's Python list for this key (SideState.risk, owned), else NULL: the C overlay */
+    PyObject *list; /* the block's Python list for this key (SideState.risk, owned), else NULL: the table */
 } rent_t;
 
 typedef struct {
@@ -59,7 +60,7 @@ typedef struct {
     uint64_t ts;
     int64_t height;
     int height_ok, active, track_out, track_in, track_psp, track_pairs;
-    RiskTableObject *table; /* committed states, the block's overlay and pairs (risk_table.c) */
+    RiskTableObject *table; /* committed states with the block's changes, and pairs (risk_table.c) */
     PyObject *risk, *pairs, *extrefs, *decided, *fallback; /* SideState.risk / .pairs (Python paths), ... */
 } HookObject;
 
@@ -73,6 +74,7 @@ typedef struct {
     int64_t v[F_COUNT];
     rent_t ent[3]; /* out, in, psp (loaded lazily) */
     int seen_known, in_pairs, seen;
+    int32_t pair_idx; /* the pair's entry in the risk table (when not in_pairs) */
 } ctx_t;
 
 

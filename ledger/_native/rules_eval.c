@@ -65,7 +65,7 @@ int rules_seen(ctx_t *c) {
         if (in < 0) return -1;
         if (in) { c->in_pairs = c->seen = c->seen_known = 1; return 0; }
     }
-    if (rt_seen(h->table, pk, &c->seen) < 0) return -1;
+    if (rt_seen(h->table, pk, &c->seen, &c->pair_idx) < 0) return -1;
     c->seen_known = 1;
     return 0;
 }
