@@ -180,8 +180,8 @@ if native.active() == "native":  # engine choice made once, in ledger/native.py 
         pass
 
 
-def new_table(max_states: int = RISK_TABLE_STATES, max_pairs: int = RISK_TABLE_PAIRS) -> Any:
+def new_table() -> Any:
     """A C RiskTable for ``Committed`` when the native engine runs rules in C, else None."""
     if RiskTable is None or native.active() != "native":
         return None
-    return RiskTable(max_states, max_pairs)
+    return RiskTable(RISK_TABLE_STATES, RISK_TABLE_PAIRS)

@@ -156,7 +156,7 @@ class LedgerState:
                     spans.append((start, len(events)))
                 outcome, new_head, new_range = seal(blk, head, self.range, events, spans, applied_index)
         except BaseException:
-            if blk is not None:  # nothing was committed: put cached balances back, drop the risk overlay
+            if blk is not None:  # nothing was committed: put cached balances back and the risk table's
                 for aid, balances in blk.saved.items():
                     self._committed.accounts[aid].set_balances(balances)
                 if blk.side.table is not None:

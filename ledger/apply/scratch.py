@@ -49,8 +49,9 @@ class Committed:
     block is committed, so an evicted entry is simply read back — results never depend on it.
 
     Risk states: with the native engine, ``table`` (a C RiskTable, ledger/_native/risk_table.c) holds
-    the committed states and pair lookups, and the open block's overlay of states the C rules hook
-    changed; ``risk`` is the Python paths' cache (``SOVLEDGER_ENGINE=python``: no table at all)."""
+    the committed states and pair lookups, with the states the C rules hook changed in the open block
+    (their committed values saved for an abort); ``risk`` is the Python paths' cache
+    (``SOVLEDGER_ENGINE=python``: no table at all)."""
 
     accounts: dict[bytes, AccountState] = field(default_factory=dict)
     scales: dict[int, int] = field(default_factory=dict)
@@ -123,7 +124,7 @@ class SideState(RiskView):
         st = self.risk.get(key)
         if st is not None:
             return st
-        if self.table is not None:  # the C overlay, the committed table, the store (a new list: read only)
+        if self.table is not None:  # the block's C changes, committed, the store (a new list: read only)
             got: list[int] | None = self.table.state(key)
             return got
         st = self.committed.risk.get(key)  # inline of _committed: this runs for most transfers under rules
@@ -139,7 +140,7 @@ class SideState(RiskView):
     def block_state(self, key: bytes) -> list[int] | None:
         """The block's own state of ``key`` to change in place, or None (the block has not changed it).
 
-        A state the C rules hook changed moves from its overlay into ``risk`` here, so a key's in-block
+        A state the C rules hook changed moves from the C table into ``risk`` here, so a key's in-block
         state lives in exactly one of the two, and the undo log of a linked chain can restore it."""
         st = self.risk.get(key)
         if st is None and self.table is not None:
