@@ -23,8 +23,10 @@ Memory: one state of 17 integers per tracked key (payer, payee, PSP) and one ent
 pair, in the store table ``risk`` / ``risk_pairs``; a block holds only the states it touched. The
 semantics need every key's history (a window reaches back 24 h, the EWMA and ``history_n`` for ever),
 so there is no cap here that would change a feature: the store keeps every state, and what stays in
-memory between blocks is only a cache of committed states (``Committed.risk`` in
-``ledger/apply/scratch.py``), which may be bounded in bytes freely, since a miss reads the store.
+memory between blocks is only a cache of committed states, which may be bounded in bytes freely, since
+a miss reads the store: with the native engine the C ``RiskTable`` (``ledger/_native/risk_table.c``,
+``Committed.table``: also the open block's changes and the pair lookups), else ``Committed.risk`` in
+``ledger/apply/scratch.py``.
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ window_one: Callable[[list[int] | None, int, int], int] = window_one_py
 NATIVE: bool = False
 Hook: Any = None  # the C rules hook (ledger/_native/rules.c), used by ledger/apply/native_transfers.py
 RiskTable: Any = None  # risk states and pairs in C across blocks (ledger/_native/risk_table.c), see new_table
-# RiskTable bounds: committed states (160 B + 8 B of index each: 128 Ki ~ 21 MiB) and cached pair lookups
-# (33 B + 8 B each: 256 Ki ~ 10 MiB); above a bound after a commit the oldest half / all are dropped
+# RiskTable bounds: committed states (160 B + 16 B of index each: 128 Ki ~ 22 MiB) and cached pair lookups
+# (33 B + 16 B each: 256 Ki ~ 12 MiB); above a bound after a commit the oldest half / all are dropped
 RISK_TABLE_STATES: Final = 128 << 10
 RISK_TABLE_PAIRS: Final = 256 << 10
 if native.active() == "native":  # engine choice made once, in ledger/native.py (SOVLEDGER_ENGINE)

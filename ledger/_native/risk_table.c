@@ -14,7 +14,8 @@
  * pairs   committed pair lookups (absent / present) and the block's new pairs. Bounded by max_pairs
  *         (all dropped after a commit above it). 33 bytes per entry + 16 bytes of index.
  *
- * begin(get_risk, get_pair, get_pairs) opens a block (the write transaction's readers); commit(risk, pairs)
+ * begin(get_risk, get_pair, get_risks, get_pairs) opens a block (the write transaction's readers: one key,
+ * a sorted list of keys); commit(risk, pairs)
  * publishes the block: its changes stay, the Python dict's states are merged in, its new pairs (the
  * table's and the Python set's) become present; abort() takes the block's changes and new pairs back.
  * rows() / pair_rows() give the block's rows, sorted by key, packed as the store keeps them. */
@@ -95,7 +96,7 @@ static int tmap_reserve(tmap_t *m, size_t need) {
 }
 
 /* a new entry for key (not present): its index, -1 on no memory */
-static int32_t tmap_insert(tmap_t *m, const uint8_t *key, int klen, uint64_t h) {
+int32_t tmap_insert(tmap_t *m, const uint8_t *key, int klen, uint64_t h) {
     if (tmap_reserve(m, m->n + 1) < 0) return -1;
     tent_t *e = &m->ents[m->n];
     memset(e, 0, offsetof(tent_t, st));
@@ -173,7 +174,7 @@ void pmap_settle(pmap_t *m, uint8_t to) { /* the block's new pairs: committed (P
 }
 
 /* ---- what the hook uses ------------------------------------------------------------------------- */
-static int decode_row(PyObject *row, uint64_t st[RISK_STATE_LEN]) {
+int rt_decode_row(PyObject *row, uint64_t st[RISK_STATE_LEN]) {
     Py_buffer b;
     if (PyObject_GetBuffer(row, &b, PyBUF_SIMPLE) < 0) return -1;
     int ok = b.len == RISK_ROW_LEN;
@@ -200,7 +201,7 @@ int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK
               int32_t *idx) {
     uint64_t h = rt_hash(key, klen);
     int32_t i = tmap_find(&t->states, key, klen, h);
-    if (i < 0) { /* not cached: the store's row, cached (the block writes its rows only at seal) */
+    if (i < 0 || t->states.ents[i].has == HAS_UNKNOWN) { /* the store's row, cached (the block writes rows at seal) */
         uint64_t row_st[RISK_STATE_LEN];
         uint8_t row_has = 0;
         if (t->get_risk == NULL) return rt_no_block();
@@ -210,9 +211,9 @@ int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK
         if (row == NULL) return -1;
         int bad = 0;
         if (row == Py_None) memset(row_st, 0, sizeof row_st);
-        else { bad = decode_row(row, row_st); row_has = 1; }
+        else { bad = rt_decode_row(row, row_st); row_has = 1; }
         Py_DECREF(row);
-        if (bad || (i = tmap_insert(&t->states, key, klen, h)) < 0) return -1;
+        if (bad || (i < 0 && (i = tmap_insert(&t->states, key, klen, h)) < 0)) return -1;
         memcpy(t->states.ents[i].st, row_st, sizeof row_st);
         t->states.ents[i].has = row_has;
     }
@@ -248,7 +249,7 @@ int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN])
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
     uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
     int32_t i = pmap_find(&t->pairs, pk, h);
-    if (i < 0) {
+    if (i < 0 || t->pairs.state[i] == PAIR_UNKNOWN) {
         if (t->get_pair == NULL) return rt_no_block();
         PyObject *k = PyBytes_FromStringAndSize((const char *)pk, PAIR_KEY_LEN);
         PyObject *row = k != NULL ? PyObject_CallOneArg(t->get_pair, k) : NULL;
@@ -256,7 +257,8 @@ int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
         if (row == NULL) return -1;
         uint8_t state = row != Py_None ? PAIR_PRESENT : PAIR_ABSENT;
         Py_DECREF(row);
-        if ((i = pmap_insert(&t->pairs, pk, h, state)) < 0) return -1;
+        if (i >= 0) t->pairs.state[i] = state;
+        else if ((i = pmap_insert(&t->pairs, pk, h, state)) < 0) return -1;
     }
     *seen = t->pairs.state[i] != PAIR_ABSENT;
     *idx = i;

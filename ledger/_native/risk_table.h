@@ -16,7 +16,7 @@
 
 typedef struct { /* one risk state (160 bytes) */
     uint8_t key[17], klen;
-    uint8_t has;     /* 0: no history (the store has no row) */
+    uint8_t has;     /* HAS_NONE: no history (the store has no row); HAS_UNKNOWN: not read yet */
     uint8_t changed; /* changed in the open block: its committed state is saved[saved] */
     uint32_t saved;
     uint64_t st[RISK_STATE_LEN]; /* the open block's view: committed, or as the block changed it */
@@ -35,7 +35,8 @@ typedef struct { /* keys in insertion order; open addressing over them, slot = h
     size_t mask;
 } tmap_t;
 
-enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2 };
+enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2, PAIR_UNKNOWN = 3 }; /* unknown: a prefetch that failed */
+enum { HAS_NONE = 0, HAS_ROW = 1, HAS_UNKNOWN = 2 };                       /* tent_t.has */
 
 typedef struct { /* payer-payee pairs: a committed lookup (absent / present) or new in the open block */
     uint8_t (*keys)[PAIR_KEY_LEN];
@@ -53,7 +54,8 @@ typedef struct {
     size_t nsaved, capsaved;
     pmap_t pairs;     /* committed pair lookups and the open block's new pairs, bounded */
     size_t max_states, max_pairs;
-    PyObject *get_risk, *get_pair, *get_pairs; /* the open block's store readers, NULL between blocks */
+    PyObject *get_risk, *get_pair;    /* the open block's store readers (one key), NULL between blocks */
+    PyObject *get_risks, *get_pairs;  /* (a sorted list of keys) */
 } RiskTableObject;
 
 extern PyTypeObject RiskTableType;
@@ -73,6 +75,8 @@ int risk_table_add_type(PyObject *module);
 /* the maps, for risk_table_type.c (the Python type) */
 uint64_t rt_hash(const uint8_t *k, int n);
 int32_t tmap_find(const tmap_t *m, const uint8_t *key, int klen, uint64_t h);
+int32_t tmap_insert(tmap_t *m, const uint8_t *key, int klen, uint64_t h);
+int rt_decode_row(PyObject *row, uint64_t st[RISK_STATE_LEN]);
 int tmap_put(tmap_t *m, const uint8_t *key, int klen, const uint64_t *st);
 void tmap_clear(tmap_t *m);
 void tmap_keep_newest(tmap_t *m, size_t keep);

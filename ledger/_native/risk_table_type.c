@@ -166,60 +166,105 @@ static PyObject *rt_pair_rows(PyObject *self, PyObject *unused) {
     return out;
 }
 
-/* the distinct pairs of these transfer records that are not cached yet, sorted */
-static PyObject *uncached_pairs(RiskTableObject *t, const uint8_t *recs, size_t n) {
-    skey_t *order = PyMem_Malloc((n + 1) * sizeof *order);
-    if (order == NULL) return PyErr_NoMemory();
-    size_t m = 0, u = 0;
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *pk = recs + 176 * i + 16; /* debit id (16..32) || credit id (32..48) */
-        if (pmap_find(&t->pairs, pk, rt_hash(pk, PAIR_KEY_LEN)) < 0) skey_of(&order[m++], pk, PAIR_KEY_LEN);
+/* the keys of these transfer records that are not cached yet, each once, entered in the cache as not read
+ * yet (their indexes into idx): `which` bit 0 payer, 1 payee, 2 PSP state keys (ledger/risk.py KEY_OUT /
+ * KEY_IN / psp_key), or 8: payer-payee pair keys */
+static PyObject *uncached(RiskTableObject *t, const uint8_t *recs, size_t n, int which, int32_t *idx) {
+    PyObject *list = PyList_New(0);
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        const uint8_t *r = recs + 176 * i;
+        for (int w = 0; w < 4; w++) {
+            if (!(which >> (w == 3 ? 3 : w) & 1) || (w == 3) != ((which & 8) != 0)) continue;
+            uint8_t k[PAIR_KEY_LEN];
+            int klen = 17;
+            if (w == 3) {
+                memcpy(k, r + 16, PAIR_KEY_LEN); /* debit id (16..32) || credit id (32..48) */
+                klen = PAIR_KEY_LEN;
+            } else if (w == 2) {
+                k[0] = 'p';
+                for (int b = 0; b < 4; b++) k[1 + b] = r[167 - b]; /* psp_id: u32 little endian at 164, the key big endian */
+                klen = 5;
+            } else {
+                k[0] = w == 0 ? 'o' : 'i';
+                memcpy(k + 1, r + (w == 0 ? 16 : 32), 16);
+            }
+            uint64_t h = rt_hash(k, klen);
+            int32_t at;
+            if (w == 3) {
+                if (pmap_find(&t->pairs, k, h) >= 0) continue;
+                at = pmap_insert(&t->pairs, k, h, PAIR_UNKNOWN);
+            } else {
+                if (tmap_find(&t->states, k, klen, h) >= 0) continue;
+                at = tmap_insert(&t->states, k, klen, h);
+                if (at >= 0) t->states.ents[at].has = HAS_UNKNOWN;
+            }
+            PyObject *key = at >= 0 ? PyBytes_FromStringAndSize((const char *)k, klen) : NULL;
+            if (key == NULL || PyList_Append(list, key) < 0) Py_CLEAR(list);
+            else idx[PyList_GET_SIZE(list) - 1] = at;
+            Py_XDECREF(key);
+        }
     }
-    qsort(order, m, sizeof *order, cmp_skey);
-    for (size_t i = 0; i < m; i++)
-        if (u == 0 || cmp_skey(&order[u - 1], &order[i]) != 0) order[u++] = order[i];
-    PyObject *list = PyList_New((Py_ssize_t)u);
-    for (size_t i = 0; list != NULL && i < u; i++) {
-        PyObject *k = PyBytes_FromStringAndSize((const char *)order[i].key, PAIR_KEY_LEN);
-        if (k == NULL) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, (Py_ssize_t)i, k);
-    }
-    PyMem_Free(order);
     return list;
 }
 
-/* prefetch(records) -> how many pairs were looked up: the records' uncached pairs, sorted, in one
- * get_pairs(list) call (one cursor walk) instead of one get per pair */
-static PyObject *rt_prefetch(PyObject *self, PyObject *arg) {
-    RiskTableObject *t = (RiskTableObject *)self;
-    Py_buffer b;
-    if (t->get_pairs == NULL) return rt_no_block(), NULL;
-    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *list = uncached_pairs(t, b.buf, (size_t)b.len / 176), *got = NULL, *out = NULL;
-    PyBuffer_Release(&b);
-    if (list == NULL) return NULL;
-    Py_ssize_t u = PyList_GET_SIZE(list);
-    if (u && (got = PyObject_CallOneArg(t->get_pairs, list)) == NULL) goto done;
+/* the rows of those keys in one call of the store reader (one cursor walk), into the cache; a key whose
+ * row could not be read stays "not read yet" (read alone when it is used) */
+static Py_ssize_t fetch(RiskTableObject *t, const uint8_t *recs, size_t n, int which) {
+    int32_t *idx = PyMem_Malloc((3 * n + 1) * sizeof(int32_t));
+    PyObject *list = idx != NULL ? uncached(t, recs, n, which, idx) : PyErr_NoMemory(), *got = NULL;
+    Py_ssize_t out = -1, u = list != NULL ? PyList_GET_SIZE(list) : 0;
+    if (list == NULL) goto done;
+    if (u && (got = PyObject_CallOneArg(which & 8 ? t->get_pairs : t->get_risks, list)) == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception)) { /* only a shortcut: each key is read (and fails) alone */
+            PyErr_Clear();
+            out = 0;
+        }
+        goto done;
+    }
     if (u && (!PyList_Check(got) || PyList_GET_SIZE(got) != u)) {
-        PyErr_SetString(PyExc_TypeError, "get_pairs must return a list of one entry per key");
+        PyErr_SetString(PyExc_TypeError, "a store reader must return a list of one entry per key");
         goto done;
     }
     for (Py_ssize_t i = 0; i < u; i++) {
-        const uint8_t *pk = (const uint8_t *)PyBytes_AS_STRING(PyList_GET_ITEM(list, i));
-        uint8_t state = PyList_GET_ITEM(got, i) != Py_None ? PAIR_PRESENT : PAIR_ABSENT;
-        if (pmap_insert(&t->pairs, pk, rt_hash(pk, PAIR_KEY_LEN), state) < 0) goto done;
+        PyObject *row = PyList_GET_ITEM(got, i);
+        if (which & 8) {
+            t->pairs.state[idx[i]] = row != Py_None ? PAIR_PRESENT : PAIR_ABSENT;
+            continue;
+        }
+        uint64_t st[RISK_STATE_LEN] = {0};
+        if (row != Py_None && rt_decode_row(row, st) < 0) goto done;
+        memcpy(t->states.ents[idx[i]].st, st, sizeof st);
+        t->states.ents[idx[i]].has = row != Py_None ? HAS_ROW : HAS_NONE;
     }
-    out = PyLong_FromSsize_t(u);
+    out = u;
 done:
-    Py_DECREF(list);
+    Py_XDECREF(list);
     Py_XDECREF(got);
+    PyMem_Free(idx);
     return out;
+}
+
+/* prefetch(records, tracks) -> how many rows were looked up: the records' uncached risk states (tracks
+ * bit 0 payer, 1 payee, 2 PSP) and pairs (bit 3), one store call per table instead of one get per key */
+static PyObject *rt_prefetch(PyObject *self, PyObject *args) {
+    RiskTableObject *t = (RiskTableObject *)self;
+    Py_buffer b;
+    int tracks;
+    if (!PyArg_ParseTuple(args, "y*i", &b, &tracks)) return NULL;
+    Py_ssize_t states = 0, pairs = 0;
+    if (t->get_pairs == NULL) rt_no_block();
+    else if (tracks & 7) states = fetch(t, b.buf, (size_t)b.len / 176, tracks & 7);
+    if (t->get_pairs != NULL && states >= 0 && tracks & 8) pairs = fetch(t, b.buf, (size_t)b.len / 176, 8);
+    PyBuffer_Release(&b);
+    if (t->get_pairs == NULL || states < 0 || pairs < 0) return NULL;
+    return PyLong_FromSsize_t(states + pairs);
 }
 
 /* ---- the block protocol ----------------------------------------------------------------------------- */
 static void close_block(RiskTableObject *t, int keep) {
     Py_CLEAR(t->get_risk);
     Py_CLEAR(t->get_pair);
+    Py_CLEAR(t->get_risks);
     Py_CLEAR(t->get_pairs);
     rt_settle_states(t, keep);
     pmap_settle(&t->pairs, keep ? PAIR_PRESENT : PAIR_ABSENT);
@@ -233,12 +278,13 @@ static void forget_all(RiskTableObject *t) {
 
 static PyObject *rt_begin(PyObject *self, PyObject *args) {
     RiskTableObject *t = (RiskTableObject *)self;
-    PyObject *a, *b, *c;
-    if (!PyArg_ParseTuple(args, "OOO", &a, &b, &c)) return NULL;
+    PyObject *a, *b, *c, *d;
+    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &d)) return NULL;
     close_block(t, 0); /* a block left open by a failure is taken back */
     t->get_risk = Py_NewRef(a);
     t->get_pair = Py_NewRef(b);
-    t->get_pairs = Py_NewRef(c);
+    t->get_risks = Py_NewRef(c);
+    t->get_pairs = Py_NewRef(d);
     Py_RETURN_NONE;
 }
 
@@ -325,6 +371,7 @@ static void rt_dealloc(PyObject *self) {
     RiskTableObject *t = (RiskTableObject *)self;
     Py_CLEAR(t->get_risk);
     Py_CLEAR(t->get_pair);
+    Py_CLEAR(t->get_risks);
     Py_CLEAR(t->get_pairs);
     PyMem_Free(t->states.ents);
     PyMem_Free(t->states.slots);
@@ -336,13 +383,15 @@ static void rt_dealloc(PyObject *self) {
 }
 
 static PyMethodDef RT_METHODS[] = {
-    {"begin", rt_begin, METH_VARARGS, "begin(get_risk, get_pair, get_pairs): open a block over its write transaction."},
+    {"begin", rt_begin, METH_VARARGS,
+     "begin(get_risk, get_pair, get_risks, get_pairs): open a block over its write transaction's readers."},
     {"state", rt_state, METH_O, "state(key) -> a new list or None: the open block's view of a risk state."},
     {"take", rt_take, METH_O, "take(key) -> the block's changed state as a list handed to Python, or None."},
     {"seen", rt_seen_py, METH_O, "seen(pair key) -> whether the pair is new in this block or committed."},
     {"rows", rt_rows, METH_NOARGS, "rows() -> sorted (key, row) of the states the block changed here."},
     {"pair_rows", rt_pair_rows, METH_NOARGS, "pair_rows() -> sorted (pair key, b'') of the block's new pairs."},
-    {"prefetch", rt_prefetch, METH_O, "prefetch(records) -> pairs looked up in one sorted get_pairs call."},
+    {"prefetch", rt_prefetch, METH_VARARGS,
+     "prefetch(records, tracks) -> rows looked up: uncached states and pairs, one store call per table."},
     {"commit", rt_commit, METH_VARARGS, "commit(risk, pairs): the block committed; publish its states and pairs."},
     {"abort", rt_abort, METH_NOARGS, "abort(): the block failed; take its changes and new pairs back."},
     {"forget", rt_forget, METH_NOARGS, "forget(): drop every cached state and pair."},

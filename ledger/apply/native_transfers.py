@@ -53,7 +53,7 @@ _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
 _FLAGS_AT: Final = 87  # a record's flags as the 87th of its 88 u16 (offset 174)
 _LINKED: Final = int(TransferFlags.LINKED)
-PREFETCH_PAIRS: Final = True  # look a segment's pairs up in one sorted get_many before the C hook runs
+PREFETCH: Final = False  # a segment's uncached risk states and pairs in one get_many per table first (no gain measured)
 SPLITS_MAX: Final = 16  # rule-decided records per batch that resume the engine; later ones: the reference
 
 
@@ -136,8 +136,8 @@ def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, 
         return decide(unpack(records, i * TRANSFER_SIZE), dra, cra, ts0, height, side)
 
     tracks = rules.track_out | rules.track_in << 1 | rules.track_psp << 2 | rules.track_pairs << 3
-    if rules.track_pairs and PREFETCH_PAIRS:
-        side.table.prefetch(records)  # the segment's uncached pairs in one sorted store walk
+    if PREFETCH:
+        side.table.prefetch(records, tracks)  # the segment's uncached states and pairs: one store call per table
     hook: Callable[[int, AccountState, AccountState], bool] = risk_features.Hook(
         rules.program, records, ts0, height, rules.active, tracks, side.risk, side.table, side.pairs, side.extrefs,
         decided, fallback)

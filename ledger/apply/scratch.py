@@ -68,8 +68,8 @@ class Committed:
         table = self.table
         if table is None or native.active() != "native":
             return None
-        table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many,
-                                                                                              Table.RISK_PAIRS))
+        table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many, Table.RISK),
+                    functools.partial(txn.get_many, Table.RISK_PAIRS))
         return table
 
     def publish_risk(self, side: SideState) -> None:

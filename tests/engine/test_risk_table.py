@@ -87,7 +87,8 @@ def test_the_table_is_the_native_ledgers_and_holds_the_committed_states(pair: Ru
     assert cached >= len(states) > 12  # payer, payee and PSP keys
     t = table(pair)
     with pair.stores["native"].write() as txn:  # a block that writes nothing: read the table's view
-        t.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), lambda pks: txn.get_many(Table.RISK_PAIRS, pks))
+        t.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), lambda ks: txn.get_many(Table.RISK, ks),
+                lambda pks: txn.get_many(Table.RISK_PAIRS, pks))
         assert all(t.state(k) == v for k, v in states.items())
         assert t.state(KEY_OUT + (99).to_bytes(16, "little")) is None  # no history
         t.abort()
@@ -179,9 +180,10 @@ def test_a_key_moves_between_the_c_hook_and_the_python_paths_within_a_block(
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_pairs_fetched_per_segment_or_one_by_one_agree(pair: RulesPair, prefetch: bool,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native_transfers, "PREFETCH_PAIRS", prefetch)
+def test_states_and_pairs_fetched_per_segment_or_one_by_one_agree(pair: RulesPair, prefetch: bool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native_transfers, "PREFETCH", prefetch)
+    pair.states["native"].reload()  # nothing cached: every state and pair is read in this run
     run(pair, 8, 4)
     with pair.stores["native"].read() as txn:
         assert len(list(txn.range(Table.RISK_PAIRS))) > 20
