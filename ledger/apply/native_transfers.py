@@ -53,7 +53,7 @@ _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
 _FLAGS_AT: Final = 87  # a record's flags as the 87th of its 88 u16 (offset 174)
 _LINKED: Final = int(TransferFlags.LINKED)
-PREFETCH: Final = False  # a segment's uncached risk states and pairs in one get_many per table first (no gain measured)
+PREFETCH: Final = True  # a segment's uncached risk states and pairs in one get_many per table before the hook
 SPLITS_MAX: Final = 16  # rule-decided records per batch that resume the engine; later ones: the reference
 
 
