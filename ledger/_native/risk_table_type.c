@@ -99,6 +99,30 @@ static int cmp_skey(const void *x, const void *y) {
     return 0;
 }
 
+/* sort by key: LSD radix on the first 8 bytes (a pass per byte that varies), then the runs that share them
+ * by the whole key (insertion sort: such runs are short for account ids); tmp has room for n keys */
+static void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
+    uint64_t all_or = 0, all_and = UINT64_MAX;
+    for (size_t i = 0; i < n; i++) { all_or |= a[i].w[0]; all_and &= a[i].w[0]; }
+    for (int shift = 0; shift < 64; shift += 8) {
+        if ((((all_or ^ all_and) >> shift) & 0xFF) == 0) continue; /* the same byte everywhere */
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; i++) count[((a[i].w[0] >> shift) & 0xFF) + 1]++;
+        for (int b = 0; b < 256; b++) count[b + 1] += count[b];
+        for (size_t i = 0; i < n; i++) tmp[count[(a[i].w[0] >> shift) & 0xFF]++] = a[i];
+        memcpy(a, tmp, n * sizeof *a);
+    }
+    for (size_t start = 0, end; start < n; start = end) {
+        for (end = start + 1; end < n && a[end].w[0] == a[start].w[0]; end++) {}
+        for (size_t i = start + 1; i < end; i++) {
+            skey_t x = a[i];
+            size_t j = i;
+            for (; j > start && cmp_skey(&a[j - 1], &x) > 0; j--) a[j] = a[j - 1];
+            a[j] = x;
+        }
+    }
+}
+
 /* (key, value) with value stolen */
 static PyObject *item(const uint8_t *key, Py_ssize_t klen, PyObject *value) {
     PyObject *k = value != NULL ? PyBytes_FromStringAndSize((const char *)key, klen) : NULL;
@@ -126,7 +150,7 @@ static PyObject *packed(const uint64_t *st) { /* ledger/risk.py RISK_STRUCT: 17 
 static PyObject *rt_rows(PyObject *self, PyObject *unused) {
     (void)unused;
     RiskTableObject *t = (RiskTableObject *)self;
-    skey_t *order = PyMem_Malloc((t->nsaved + 1) * sizeof *order);
+    skey_t *order = PyMem_Malloc(2 * (t->nsaved + 1) * sizeof *order);
     if (order == NULL) return PyErr_NoMemory();
     size_t n = 0;
     for (size_t k = 0; k < t->nsaved; k++)
@@ -134,7 +158,7 @@ static PyObject *rt_rows(PyObject *self, PyObject *unused) {
             const tent_t *e = &t->states.ents[t->saved[k].idx];
             skey_of(&order[n++], e->key, e->klen);
         }
-    qsort(order, n, sizeof *order, cmp_skey);
+    sort_keys(order, order + t->nsaved + 1, n);
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out != NULL && i < n; i++) {
         const tent_t *e = (const tent_t *)(const void *)(order[i].key - offsetof(tent_t, key));
@@ -150,12 +174,12 @@ static PyObject *rt_rows(PyObject *self, PyObject *unused) {
 static PyObject *rt_pair_rows(PyObject *self, PyObject *unused) {
     (void)unused;
     pmap_t *m = &((RiskTableObject *)self)->pairs;
-    skey_t *order = PyMem_Malloc((m->nnew + 1) * sizeof *order);
+    skey_t *order = PyMem_Malloc(2 * (m->nnew + 1) * sizeof *order);
     if (order == NULL) return PyErr_NoMemory();
     size_t n = 0;
     for (size_t i = 0; i < m->n && n < m->nnew; i++)
         if (m->state[i] == PAIR_NEW) skey_of(&order[n++], m->keys[i], PAIR_KEY_LEN);
-    qsort(order, n, sizeof *order, cmp_skey);
+    sort_keys(order, order + m->nnew + 1, n);
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out != NULL && i < n; i++) {
         PyObject *it = item(order[i].key, PAIR_KEY_LEN, PyBytes_FromStringAndSize(NULL, 0));

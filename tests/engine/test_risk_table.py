@@ -205,3 +205,27 @@ def test_dry_runs_see_the_committed_states(pair: RulesPair) -> None:
                                                                KEY_IN + TRANSFER_STRUCT.unpack(raw)[2], psp_key(1)))
     assert payer is not None and payee is not None and psp is not None  # the dry run had history to see
     assert any(isinstance(v, int) and v > 0 for k, v in act.items() if "risk" in k)
+
+
+def test_rows_and_pair_rows_come_sorted_and_complete() -> None:
+    """The C hook over random ids (every byte varies, keys of 5 and 17 bytes): rows() and pair_rows() give
+    every key the block changed once, in byte order, packed as ledger/risk.py encodes them."""
+    rnd = random.Random(11)
+    ids = [rnd.getrandbits(128) for _ in range(60)] + list(range(1, 12)) + [(1 << 64) + 1, 1 << 120, 256, 65536]
+    recs = []
+    for i in range(400):
+        dr, cr = rnd.sample(ids, 2)
+        recs.append(encode_transfer(Transfer(i + 1, dr, cr, rnd.randint(1, 10**6), ledger=1, code=1,
+                                             psp_id=rnd.choice((0, 1, 256, 2**32 - 1)))))
+    t = risk.RiskTable(1 << 10, 1 << 10)
+    t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+    hook = risk.Hook(b"", b"".join(recs), 10**18, 1, False, 15, {}, t, set(), {}, [], lambda *a: (-1, False))
+    assert all(hook(i, None, None) for i in range(len(recs)))
+    expected: dict[bytes, list[int]] = {}
+    for raw in recs:
+        rec = TRANSFER_STRUCT.unpack(raw)
+        for key in (KEY_OUT + rec[1], KEY_IN + rec[2], psp_key(rec[10])):
+            st = expected.setdefault(key, risk.new_state())
+            risk.record_py(st, 10**18, rec[3] | rec[4] << 64)
+    assert t.rows() == sorted((k, risk.encode_state(v)) for k, v in expected.items())
+    assert t.pair_rows() == sorted({(raw[16:48], b"") for raw in recs})
