@@ -19,9 +19,10 @@ setup(
         ),
         Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule
             "ledger._native._risk",
-            sources=["ledger/_native/risk.c", "ledger/_native/rules.c", "ledger/_native/rules_eval.c"],
+            sources=["ledger/_native/risk.c", "ledger/_native/rules.c", "ledger/_native/rules_eval.c",
+                     "ledger/_native/risk_table.c", "ledger/_native/risk_table_type.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
-            depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h"],
+            depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h", "ledger/_native/risk_table.h"],
             optional=True,
         ),
     ]

@@ -23,8 +23,10 @@ Memory: one state of 17 integers per tracked key (payer, payee, PSP) and one ent
 pair, in the store table ``risk`` / ``risk_pairs``; a block holds only the states it touched. The
 semantics need every key's history (a window reaches back 24 h, the EWMA and ``history_n`` for ever),
 so there is no cap here that would change a feature: the store keeps every state, and what stays in
-memory between blocks is only a cache of committed states (``Committed.risk`` in
-``ledger/apply/scratch.py``), which may be bounded in bytes freely, since a miss reads the store.
+memory between blocks is only a cache of committed states, which may be bounded in bytes freely, since
+a miss reads the store: with the native engine the C ``RiskTable`` (``ledger/_native/risk_table.c``,
+``Committed.table``: also the open block's changes and the pair lookups), else ``Committed.risk`` in
+``ledger/apply/scratch.py``.
 """
 
 from __future__ import annotations
@@ -164,11 +166,24 @@ record: Callable[[list[int], int, int], None] = record_py
 window_one: Callable[[list[int] | None, int, int], int] = window_one_py
 NATIVE: bool = False
 Hook: Any = None  # the C rules hook (ledger/_native/rules.c), used by ledger/apply/native_transfers.py
+RiskTable: Any = None  # risk states and pairs in C across blocks (ledger/_native/risk_table.c), see new_table
+# RiskTable bounds: committed states (160 B + 16 B of index each: 128 Ki ~ 22 MiB) and cached pair lookups
+# (33 B + 16 B each: 256 Ki ~ 12 MiB); above a bound after a commit the oldest half / all are dropped
+RISK_TABLE_STATES: Final = 128 << 10
+RISK_TABLE_PAIRS: Final = 256 << 10
 if native.active() == "native":  # engine choice made once, in ledger/native.py (SOVLEDGER_ENGINE)
     try:  # the same arithmetic in C (built with the package; absent without a C compiler)
         from ledger._native import _risk
 
         record, window_one, NATIVE = _risk.record, _risk.window_one, True
-        Hook = getattr(_risk, "Hook", None)
+        RiskTable = getattr(_risk, "RiskTable", None)  # absent: a stale build, whose Hook takes other arguments
+        Hook = getattr(_risk, "Hook", None) if RiskTable is not None else None
     except ImportError:
         pass
+
+
+def new_table() -> Any:
+    """A C RiskTable for ``Committed`` when the native engine runs rules in C, else None."""
+    if RiskTable is None or native.active() != "native":
+        return None
+    return RiskTable(RISK_TABLE_STATES, RISK_TABLE_PAIRS)

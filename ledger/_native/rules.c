@@ -7,62 +7,23 @@
  *      the first rule whose conjuncts are all true decides: (rule, False) is appended to `decided`
  *      and the hook returns False (the reference path applies the record with that verdict);
  *   2. a rule the program cannot decide (a conjunct outside the lowered shapes, an int64 overflow in
- *      a sum, a Python error while reading an input): the risk states are flushed to the block and
- *      the Python compiled form decides the whole record (`fallback(i, dra, cra)` -> verdict), so
+ *      a sum, a Python error while reading an input): the Python compiled form decides the whole record (`fallback(i, dra, cra)` -> verdict), so
  *      every such case gets exactly the verdict it got before;
  *   3. no rule matched: record what effects.after_success records outside a chain (risk windows of
  *      payer, payee and PSP, the new payer-payee pair, the external-ref index) and return True.
- * Risk states touched in this call live in a C table seeded on first touch from the block
- * (`risk[key]`, else `state(key)`, the same lookups as the Python hook); `flush()` writes the changed
- * ones back into `risk` (in place when the block already had the list, else a new list inserted in
- * first-touch order), so everything after the call sees exactly the state the Python hook left.
+ * Risk states and pairs live in the RiskTable (risk_table.c) across blocks: a key's state is read from
+ * the block's Python dict `risk` (SideState.risk: keys a Python path changed in this block; looked at
+ * only when it has any), else the table (the block's changes, the committed states, the store). A
+ * recorded state goes back where it came from: into that Python list in place, else into the table,
+ * so a key's in-block state is in exactly one of the two. Pairs likewise: the Python set `pairs`
+ * (only when it has any), else the table, which keeps the block's new pairs.
  * The fields and the program itself: rules_eval.c. */
 #include "rules.h"
 
 PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_RECORD;
 
-/* ---- risk state table ------------------------------------------------------------------------- */
-static size_t key_hash(const uint8_t *k, int n) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (int i = 0; i < n; i++) h = (h ^ k[i]) * 0x100000001b3ULL;
-    return (size_t)(h ^ (h >> 31));
-}
-
-/* the entry of key, seeded on first touch as SideState.state reads: the block's list, the committed
- * cache (copied), else state(key) (None: no history) */
-static rent_t *entry(HookObject *h, const uint8_t *key, int klen) {
-    size_t s = key_hash(key, klen) & h->mask;
-    for (; h->slots[s] >= 0; s = (s + 1) & h->mask) {
-        rent_t *e = &h->ents[h->slots[s]];
-        if (e->klen == klen && memcmp(e->key, key, (size_t)klen) == 0) return e;
-    }
-    if (h->nents == h->cap) { PyErr_SetString(PyExc_RuntimeError, "risk state table full"); return NULL; }
-    rent_t *e = &h->ents[h->nents];
-    memset(e, 0, sizeof *e);
-    PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen), *got = NULL;
-    if (k == NULL) return NULL;
-    PyObject *lst = PyDict_GetItemWithError(h->risk, k), *base = NULL;
-    int ok = 0;
-    if (lst != NULL) {
-        ok = risk_read_list(lst, e->st) == 0;
-        if (ok) { e->list = Py_NewRef(lst); e->has = 1; }
-    } else if (!PyErr_Occurred() && (base = PyDict_GetItemWithError(h->committed_risk, k)) != NULL) {
-        ok = risk_read_list(base, e->st) == 0;
-        e->has = 1;
-    } else if (!PyErr_Occurred() && (got = PyObject_CallOneArg(h->state_fn, k)) != NULL) {
-        if (got == Py_None) { memset(e->st, 0, sizeof e->st); ok = 1; }
-        else { ok = risk_read_list(got, e->st) == 0; e->has = 1; }
-    }
-    Py_DECREF(k);
-    Py_XDECREF(got);
-    if (!ok) { Py_CLEAR(e->list); return NULL; }
-    memcpy(e->key, key, (size_t)klen);
-    e->klen = (uint8_t)klen;
-    h->slots[s] = (int32_t)h->nents++;
-    return e;
-}
-
-static void key_of(const uint8_t *r, int which, uint8_t *key, int *klen) {
+/* ---- the transfer's risk states ----------------------------------------------------------------- */
+static void key_of(const uint8_t *r, int which, uint8_t *key, uint8_t *klen) {
     if (which == 2) {
         key[0] = 'p';
         uint32_t psp = rd32(r + O_PSP);
@@ -75,43 +36,50 @@ static void key_of(const uint8_t *r, int which, uint8_t *key, int *klen) {
     }
 }
 
-rent_t *rules_ctx_entry(ctx_t *c, int which) {
-    if (c->ent[which] == NULL) {
-        uint8_t key[17];
-        int klen;
-        key_of(c->r, which, key, &klen);
-        c->ent[which] = entry(c->h, key, klen);
+/* key's state as the block sees it: the Python dict's list (only when the dict has any), else the table */
+static int load(HookObject *h, rent_t *e) {
+    if (PyDict_GET_SIZE(h->risk) > 0) {
+        PyObject *k = PyBytes_FromStringAndSize((const char *)e->key, e->klen);
+        if (k == NULL) return -1;
+        PyObject *lst = PyDict_GetItemWithError(h->risk, k);
+        Py_DECREF(k);
+        if (lst != NULL) {
+            if (risk_read_list(lst, e->st) < 0) return -1;
+            e->list = Py_NewRef(lst);
+            e->has = 1;
+            return 0;
+        }
+        if (PyErr_Occurred()) return -1;
     }
-    return c->ent[which];
+    return rt_lookup(h->table, e->key, e->klen, e->st, &e->has, &e->idx);
 }
 
-static PyObject *state_list(const uint64_t st[RISK_STATE_LEN], PyObject *into) {
-    PyObject *list = into ? into : PyList_New(RISK_STATE_LEN);
-    if (list == NULL) return NULL;
+rent_t *rules_ctx_entry(ctx_t *c, int which) {
+    rent_t *e = &c->ent[which];
+    if (!e->loaded) {
+        key_of(c->r, which, e->key, &e->klen);
+        if (load(c->h, e) < 0) return NULL;
+        e->loaded = 1;
+    }
+    return e;
+}
+
+/* forget what the context loaded (after Python code ran that may have moved a key) */
+static void ctx_release(ctx_t *c) {
+    for (int w = 0; w < 3; w++) {
+        Py_CLEAR(c->ent[w].list);
+        c->ent[w].loaded = 0;
+    }
+    Py_CLEAR(c->pk);
+    c->seen_known = c->in_pairs = c->seen = 0;
+}
+
+/* a state into the Python list it came from, in place */
+static int write_list(const uint64_t st[RISK_STATE_LEN], PyObject *list) {
     for (int i = 0; i < RISK_STATE_LEN; i++) {
         PyObject *v = PyLong_FromUnsignedLongLong(st[i]);
-        if (v == NULL) { if (!into) Py_DECREF(list); return NULL; }
+        if (v == NULL) return -1;
         PyList_SetItem(list, i, v); /* steals v, releases the old item */
-    }
-    return list;
-}
-
-/* write the changed states back into the block's risk dict */
-static int flush(HookObject *h) {
-    for (size_t q = 0; q < h->norder; q++) {
-        rent_t *e = &h->ents[h->order[q]];
-        if (!e->changed) continue;
-        if (e->list != NULL) {
-            if (state_list(e->st, e->list) == NULL) return -1;
-        } else {
-            PyObject *list = state_list(e->st, NULL);
-            PyObject *k = list ? PyBytes_FromStringAndSize((const char *)e->key, e->klen) : NULL;
-            int bad = k == NULL || PyDict_SetItem(h->risk, k, list) < 0;
-            Py_XDECREF(k);
-            if (bad) { Py_XDECREF(list); return -1; }
-            e->list = list;
-        }
-        e->changed = 0;
     }
     return 0;
 }
@@ -120,14 +88,9 @@ static int flush(HookObject *h) {
 static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
     rent_t *e = rules_ctx_entry(c, which);
     if (e == NULL) return -1;
-    if (!e->dirty) {
-        e->dirty = 1;
-        h->order[h->norder++] = (int32_t)(e - h->ents);
-    }
-    e->has = 1;
-    e->changed = 1;
     risk_record(e->st, h->ts, amount);
-    return 0;
+    e->has = 1;
+    return e->list != NULL ? write_list(e->st, e->list) : rt_write(h->table, e->idx, e->st);
 }
 
 static int after_success(HookObject *h, ctx_t *c) {
@@ -138,7 +101,7 @@ static int after_success(HookObject *h, ctx_t *c) {
         return -1;
     if (h->track_pairs) {
         if (rules_seen(c) < 0) return -1;
-        if (!c->in_pairs && !c->seen && PySet_Add(h->pairs, c->pk) < 0) return -1;
+        if (!c->seen) rt_add_pair(h->table, c->pair_idx);
     }
     static const uint8_t zero[32];
     if (memcmp(r + O_EXT, zero, 32) != 0) {
@@ -193,7 +156,7 @@ static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, P
     } else if (after_success(h, &c) == 0) {
         out = 1;
     }
-    Py_XDECREF(c.pk);
+    ctx_release(&c);
     return out;
 }
 
@@ -219,12 +182,13 @@ static PyObject *hook_record(HookObject *h, Py_ssize_t i, PyObject *dra, PyObjec
         goto done;
     }
     if (verdict == EV_BAIL) {
-        int got = flush(h) < 0 ? -1 : take_fallback(h, i, dra, cra);
+        int got = take_fallback(h, i, dra, cra);
+        ctx_release(&c); /* the Python form ran: load the states afresh */
         if (got <= 0) { result = got < 0 ? NULL : Py_NewRef(Py_False); goto done; }
     }
     if (after_success(h, &c) == 0) result = Py_NewRef(Py_True);
 done:
-    Py_XDECREF(c.pk);
+    ctx_release(&c);
     return result;
 }
 
@@ -255,33 +219,22 @@ static PyObject *hook_evaluate(PyObject *self, PyObject *args) {
     memset(&c, 0, sizeof c);
     c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
     int64_t v = rules_evaluate(&c);
-    Py_XDECREF(c.pk);
+    ctx_release(&c);
     if (v == EV_BAIL) Py_RETURN_NONE;
     return PyLong_FromLongLong(v);
-}
-
-static PyObject *hook_flush(PyObject *self, PyObject *unused) {
-    (void)unused;
-    if (flush((HookObject *)self) < 0) return NULL;
-    Py_RETURN_NONE;
 }
 
 static void hook_dealloc(PyObject *self) {
     HookObject *h = (HookObject *)self;
     if (h->has_recs) PyBuffer_Release(&h->recs);
-    for (size_t q = 0; h->ents != NULL && q < h->nents; q++) Py_XDECREF(h->ents[q].list);
-    PyMem_Free(h->ents);
-    PyMem_Free(h->slots);
-    PyMem_Free(h->order);
     PyMem_Free(h->prog);
-    Py_XDECREF(h->risk); Py_XDECREF(h->committed_risk); Py_XDECREF(h->state_fn); Py_XDECREF(h->pairs); Py_XDECREF(h->pairs_committed);
-    Py_XDECREF(h->get_pair); Py_XDECREF(h->extrefs); Py_XDECREF(h->decided); Py_XDECREF(h->fallback);
+    Py_XDECREF(h->risk); Py_XDECREF(h->table); Py_XDECREF(h->pairs);
+    Py_XDECREF(h->extrefs); Py_XDECREF(h->decided); Py_XDECREF(h->fallback);
     Py_TYPE(self)->tp_free(self);
 }
 
 static const char HOOK_DOC[] =
-    "Hook(program, records, ts, height, active, tracks, risk, committed_risk, state, pairs, pairs_committed, get_pair, extrefs,"
-    " decided, fallback): the rules hook of one C transfer-engine call (ledger/_native/rules.c).\n"
+    "Hook(program, records, ts, height, active, tracks, risk, table, pairs, extrefs, decided, fallback): the rules hook of one C transfer-engine call (ledger/_native/rules.c).\n"
     "tracks: bit 0 payer windows, 1 payee windows, 2 PSP windows, 3 payer-payee pairs.";
 
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -293,17 +246,16 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (h == NULL) return NULL;
     h->vectorcall = hook_vectorcall;
     if (kw != NULL && PyDict_GET_SIZE(kw)) { PyErr_SetString(PyExc_TypeError, "Hook takes no keywords"); goto fail; }
-    if (!PyArg_ParseTuple(args, "y*y*KOpiO!O!OO!O!OO!O!O", &prog, &h->recs, &ts, &height, &active, &tracks,
-                          &PyDict_Type, &h->risk, &PyDict_Type, &h->committed_risk, &h->state_fn, &PySet_Type, &h->pairs, &PyDict_Type,
-                          &h->pairs_committed, &h->get_pair, &PyDict_Type, &h->extrefs, &PyList_Type, &h->decided,
-                          &h->fallback)) {
-        h->risk = h->committed_risk = h->state_fn = h->pairs = h->pairs_committed = h->get_pair = h->extrefs = h->decided = NULL;
-        h->fallback = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*KOpiO!O!O!O!O!O", &prog, &h->recs, &ts, &height, &active, &tracks,
+                          &PyDict_Type, &h->risk, &RiskTableType, &h->table, &PySet_Type, &h->pairs,
+                          &PyDict_Type, &h->extrefs, &PyList_Type, &h->decided, &h->fallback)) {
+        h->risk = h->pairs = h->extrefs = h->decided = h->fallback = NULL;
+        h->table = NULL;
         goto fail;
     }
     h->has_recs = 1;
-    Py_INCREF(h->risk); Py_INCREF(h->committed_risk); Py_INCREF(h->state_fn); Py_INCREF(h->pairs); Py_INCREF(h->pairs_committed);
-    Py_INCREF(h->get_pair); Py_INCREF(h->extrefs); Py_INCREF(h->decided); Py_INCREF(h->fallback);
+    Py_INCREF(h->risk); Py_INCREF(h->table); Py_INCREF(h->pairs);
+    Py_INCREF(h->extrefs); Py_INCREF(h->decided); Py_INCREF(h->fallback);
     h->nprog = prog.len / (Py_ssize_t)sizeof(int64_t);
     h->prog = PyMem_Malloc((size_t)prog.len + 8);
     if (h->prog != NULL) memcpy(h->prog, prog.buf, (size_t)prog.len);
@@ -323,15 +275,6 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     h->active = active;
     h->track_out = tracks & 1; h->track_in = tracks >> 1 & 1; h->track_psp = tracks >> 2 & 1;
     h->track_pairs = tracks >> 3 & 1;
-    h->cap = 3 * (size_t)h->n + 1; /* a record touches at most three keys */
-    size_t size = 16;
-    while (size < 2 * h->cap) size <<= 1;
-    h->mask = size - 1;
-    h->ents = PyMem_Malloc(h->cap * sizeof(rent_t));
-    h->slots = PyMem_Malloc(size * sizeof(int32_t));
-    h->order = PyMem_Malloc(h->cap * sizeof(int32_t));
-    if (h->ents == NULL || h->slots == NULL || h->order == NULL) { PyErr_NoMemory(); goto fail; }
-    memset(h->slots, 0xff, size * sizeof(int32_t));
     return (PyObject *)h;
 fail:
     Py_DECREF(h);
@@ -339,7 +282,6 @@ fail:
 }
 
 static PyMethodDef HOOK_METHODS[] = {
-    {"flush", hook_flush, METH_NOARGS, "Write the risk states changed in this call back into the block's dict."},
     {"evaluate", hook_evaluate, METH_VARARGS,
      "evaluate(i, debit_state, credit_state) -> rule index, -1 or None (the Python form decides)."},
     {NULL, NULL, 0, NULL},
@@ -371,7 +313,7 @@ int rules_add_types(PyObject *module) {
     PyObject **slots[8] = {&S_DP, &S_DPO, &S_CP, &S_CPO, &S_FLAGS, &S_CODE, &S_LEDGER, &S_RECORD};
     for (int k = 0; k < 8; k++)
         if (*slots[k] == NULL && (*slots[k] = PyUnicode_InternFromString(names[k])) == NULL) return -1;
-    if (PyType_Ready(&HookType) < 0) return -1;
+    if (PyType_Ready(&HookType) < 0 || risk_table_add_type(module) < 0) return -1;
     if (PyModule_AddIntConstant(module, "FIELD_COUNT", F_COUNT) < 0) return -1;
     return PyModule_AddObjectRef(module, "Hook", (PyObject *)&HookType);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "risk_core.h"
+#include "risk_table.h"
 
 typedef unsigned __int128 u128;
 #define REC 176
@@ -40,10 +41,12 @@ static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); re
 static inline int64_t sat_u128(u128 v) { return v > (u128)I64_MAX ? I64_MAX : (int64_t)v; }
 static inline u128 le128(const uint8_t *p) { return (u128)rd64(p) | ((u128)rd64(p + 8) << 64); }
 
+/* one risk key of the transfer being decided: its state as the block sees it (loaded on first use) */
 typedef struct {
-    uint8_t key[17], klen, has, dirty, changed;
+    uint8_t key[17], klen, has, loaded;
+    int32_t idx;    /* its entry in the risk table, when list is NULL */
     uint64_t st[RISK_STATE_LEN];
-    PyObject *list; /* the block's list for this key (owned), NULL until the block has one */
+    PyObject *list; /* the block's Python list for this key (SideState.risk, owned), else NULL: the table */
 } rent_t;
 
 typedef struct {
@@ -57,13 +60,8 @@ typedef struct {
     uint64_t ts;
     int64_t height;
     int height_ok, active, track_out, track_in, track_psp, track_pairs;
-    PyObject *risk, *committed_risk, *state_fn, *pairs, *pairs_committed, *get_pair, *extrefs, *decided, *fallback;
-    rent_t *ents;   /* the states touched in this call, in first-touch order */
-    size_t nents, cap;
-    int32_t *slots; /* open addressing over ents */
-    size_t mask;
-    int32_t *order; /* ents recorded into, in first-record order (the order the block's dict gets them) */
-    size_t norder;
+    RiskTableObject *table; /* committed states with the block's changes, and pairs (risk_table.c) */
+    PyObject *risk, *pairs, *extrefs, *decided, *fallback; /* SideState.risk / .pairs (Python paths), ... */
 } HookObject;
 
 /* per-transfer evaluation context */
@@ -74,8 +72,9 @@ typedef struct {
     const u128 *bal; /* the engine's balances (debit dp, dpo, cp, cpo, credit ...), or NULL: read the objects */
     uint64_t have; /* bit per field id: computed */
     int64_t v[F_COUNT];
-    rent_t *ent[3]; /* out, in, psp (seeded lazily) */
+    rent_t ent[3]; /* out, in, psp (loaded lazily) */
     int seen_known, in_pairs, seen;
+    int32_t pair_idx; /* the pair's entry in the risk table (when not in_pairs) */
 } ctx_t;
 
 

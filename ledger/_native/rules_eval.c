@@ -53,32 +53,19 @@ static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
     return 0;
 }
 
-/* whether the payer paid this payee before (block pairs, else the committed lookup, cached per block) */
+/* whether the payer paid this payee before: a pair the Python paths added in this block (SideState.pairs,
+ * only when it has any), else the risk table (new in this block, or committed: a store lookup, cached) */
 int rules_seen(ctx_t *c) {
     if (c->seen_known) return 0;
     HookObject *h = c->h;
-    if (c->pk == NULL) {
-        uint8_t k[32];
-        memcpy(k, c->r + O_DR, 16);
-        memcpy(k + 16, c->r + O_CR, 16);
-        if ((c->pk = PyBytes_FromStringAndSize((const char *)k, 32)) == NULL) return -1;
+    const uint8_t *pk = c->r + O_DR; /* debit id (16..32) || credit id (32..48): the pair key */
+    if (PySet_GET_SIZE(h->pairs) > 0) {
+        if (c->pk == NULL && (c->pk = PyBytes_FromStringAndSize((const char *)pk, 32)) == NULL) return -1;
+        int in = PySet_Contains(h->pairs, c->pk);
+        if (in < 0) return -1;
+        if (in) { c->in_pairs = c->seen = c->seen_known = 1; return 0; }
     }
-    int in = PySet_Contains(h->pairs, c->pk);
-    if (in < 0) return -1;
-    c->in_pairs = in;
-    if (in) { c->seen = 1; c->seen_known = 1; return 0; }
-    PyObject *known = PyDict_GetItemWithError(h->pairs_committed, c->pk);
-    if (known == NULL) {
-        if (PyErr_Occurred()) return -1;
-        PyObject *row = PyObject_CallOneArg(h->get_pair, c->pk);
-        if (row == NULL) return -1;
-        known = row != Py_None ? Py_True : Py_False;
-        Py_DECREF(row);
-        if (PyDict_SetItem(h->pairs_committed, c->pk, known) < 0) return -1;
-    }
-    int t = PyObject_IsTrue(known);
-    if (t < 0) return -1;
-    c->seen = t;
+    if (rt_seen(h->table, pk, &c->seen, &c->pair_idx) < 0) return -1;
     c->seen_known = 1;
     return 0;
 }

@@ -145,8 +145,8 @@ class LedgerState:
         blk: Block | None = None
         try:
             with self.store.write() as txn:
-                blk = Block(txn, head.height + 1, ts0, self._committed, self.rules, SideState(txn, self._committed),
-                            first_index=head.tree_size)
+                side = SideState(txn, self._committed, table=self._committed.begin(txn))
+                blk = Block(txn, head.height + 1, ts0, self._committed, self.rules, side, first_index=head.tree_size)
                 events: list[Event] = []
                 self._expire_pending(blk, events)
                 spans: list[tuple[int, int]] = []
@@ -156,9 +156,11 @@ class LedgerState:
                     spans.append((start, len(events)))
                 outcome, new_head, new_range = seal(blk, head, self.range, events, spans, applied_index)
         except BaseException:
-            if blk is not None:  # nothing was committed: put cached balances back
+            if blk is not None:  # nothing was committed: put cached balances back and the risk table's
                 for aid, balances in blk.saved.items():
                     self._committed.accounts[aid].set_balances(balances)
+                if blk.side.table is not None:
+                    blk.side.table.abort()
             raise
         self._publish(blk, new_head, new_range, applied_index)
         return outcome
@@ -178,8 +180,7 @@ class LedgerState:
         for aid in blk.new_accounts:
             committed.accounts[aid] = blk.accounts[aid]
         committed.scales.update(blk.scales)
-        if blk.side.risk:
-            committed.risk.update(blk.side.risk)
+        committed.publish_risk(blk.side)
         committed.trim()  # bounded caches (ledger/apply/scratch.py)
         if blk.side.new_rules is not None:
             self.rules = blk.side.new_rules

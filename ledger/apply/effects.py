@@ -205,7 +205,7 @@ def after_success(blk: Block, rec: TransferRecord, amount: int) -> None:
 
 def _risk_add(blk: Block, key: bytes, ts: int, amount: int) -> None:
     side = blk.side
-    st = side.risk.get(key)
+    st = side.block_state(key)  # the block's list (handed over by the C risk table if the C hook changed it)
     if st is None:
         base = side.state(key)
         st = list(base) if base is not None else new_state()  # copy: the cache keeps committed state

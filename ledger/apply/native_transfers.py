@@ -53,6 +53,7 @@ _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
 _FLAGS_AT: Final = 87  # a record's flags as the 87th of its 88 u16 (offset 174)
 _LINKED: Final = int(TransferFlags.LINKED)
+PREFETCH: Final = True  # a segment's uncached risk states and pairs in one get_many per table before the hook
 SPLITS_MAX: Final = 16  # rule-decided records per batch that resume the engine; later ones: the reference
 
 
@@ -105,12 +106,7 @@ def apply(blk: Block, batch: Batch, events: list[Event]) -> None:
         seg = records[start * TRANSFER_SIZE:]
         before = len(events)
         hook = _hook(blk, seg, decided)
-        try:
-            _apply_native(blk, seg, sigs[start:] if sigs else [], events, hook)
-        finally:
-            flush = getattr(hook, "flush", None)  # the C hook's risk states back into the block
-            if flush is not None:
-                flush()
+        _apply_native(blk, seg, sigs[start:] if sigs else [], events, hook)
         start += len(events) - before
         if start == count:
             return
@@ -129,20 +125,22 @@ def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, 
     """The engine's rules hook over this segment: the C one (ledger/_native/rules.c) when it is built."""
     rules = blk.rules
     assert rules is not None and blk.undo is None
-    if risk_features.Hook is None:
+    side = blk.side
+    if risk_features.Hook is None or side.table is None:
         return _python_hook(blk, records, decided)
     decide = rules.decide
     unpack = TRANSFER_STRUCT.unpack_from
-    ts0, height, side = blk.ts0, blk.height, blk.side
+    ts0, height = blk.ts0, blk.height
 
     def fallback(i: int, dra: AccountState, cra: AccountState) -> Verdict:  # a rule C leaves to Python
         return decide(unpack(records, i * TRANSFER_SIZE), dra, cra, ts0, height, side)
 
     tracks = rules.track_out | rules.track_in << 1 | rules.track_psp << 2 | rules.track_pairs << 3
+    if PREFETCH:
+        side.table.prefetch(records, tracks)  # the segment's uncached states and pairs: one store call per table
     hook: Callable[[int, AccountState, AccountState], bool] = risk_features.Hook(
-        rules.program, records, ts0, height, rules.active, tracks, side.risk, side.committed.risk, side.state,
-        side.pairs,
-        side.pairs_committed, blk.txn.getter(Table.RISK_PAIRS), side.extrefs, decided, fallback)
+        rules.program, records, ts0, height, rules.active, tracks, side.risk, side.table, side.pairs, side.extrefs,
+        decided, fallback)
     return hook
 
 

@@ -9,14 +9,16 @@ by the driver after the block's transaction commits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, TypeVar
 
+from ledger import native
 from ledger.codec import decode_leaf
 from ledger.invariant import invariant
-from ledger.risk import RiskView, decode_state
+from ledger.risk import RiskView, decode_state, new_table
 from ledger.rules.compiler import CompiledRuleSet
 from ledger.schema import AccountState, Table, TransferRef, id_key, index_key
 from ledger.store import WriteTxn
@@ -44,16 +46,43 @@ class Committed:
     """Caches of committed state (safe to fill from the store while a block is open).
 
     Bounded (``trim`` after each committed block): every entry equals what the store holds once the
-    block is committed, so an evicted entry is simply read back — results never depend on it."""
+    block is committed, so an evicted entry is simply read back — results never depend on it.
+
+    Risk states: with the native engine, ``table`` (a C RiskTable, ledger/_native/risk_table.c) holds
+    the committed states and pair lookups, with the states the C rules hook changed in the open block
+    (their committed values saved for an abort); ``risk`` is the Python paths' cache
+    (``SOVLEDGER_ENGINE=python``: no table at all)."""
 
     accounts: dict[bytes, AccountState] = field(default_factory=dict)
     scales: dict[int, int] = field(default_factory=dict)
     risk: dict[bytes, list[int]] = field(default_factory=dict)
+    table: Any = field(default_factory=new_table)
 
     def trim(self) -> None:
         _trim(self.accounts, ACCOUNTS_CACHE_MAX)
         _trim(self.risk, RISK_CACHE_MAX)
 
+    def begin(self, txn: WriteTxn) -> Any:
+        """The risk table opened over this block's transaction, or None: this block keeps risk in Python
+        (no table, or the engine was switched to python in this process)."""
+        table = self.table
+        if table is None or native.active() != "native":
+            return None
+        table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many, Table.RISK),
+                    functools.partial(txn.get_many, Table.RISK_PAIRS))
+        return table
+
+    def publish_risk(self, side: SideState) -> None:
+        """The block committed: its risk states (and pairs) become committed state."""
+        if side.table is not None:
+            side.table.commit(side.risk, side.pairs)  # with the Python paths' states and pairs (disjoint keys)
+            if self.risk:
+                self.risk.clear()  # filled by a block without the table: stale now
+            return
+        if side.risk or side.pairs:
+            self.risk.update(side.risk)
+            if self.table is not None:
+                self.table.forget()  # a block without the table changed states it caches
 
 @dataclass(slots=True)
 class Event:
@@ -81,7 +110,7 @@ class SideState(RiskView):
     committed: Committed
     new_rules: CompiledRuleSet | None = None  # deployed in this block: effective from the next block
     risk: dict[bytes, list[int]] = field(default_factory=dict)  # risk states changed in this block
-    pairs: set[bytes] = field(default_factory=set)  # pairs first seen in this block
+    pairs: set[bytes] = field(default_factory=set)  # pairs first seen in this block (by Python; the C hook's: table)
     pairs_committed: dict[bytes, bool] = field(default_factory=dict)  # committed lookups of this block
     risk_absent: set[bytes] = field(default_factory=set)  # risk keys the store lacks (read once per block)
     extrefs: dict[bytes, bytes] = field(default_factory=dict)
@@ -89,11 +118,15 @@ class SideState(RiskView):
     callback_bodies: dict[bytes, bytes] = field(default_factory=dict)
     reconciled: dict[bytes, TransferRef] = field(default_factory=dict)
     rounding: dict[bytes, list[int]] = field(default_factory=dict)  # account ‖ day -> [debits, credits, count]
+    table: Any = None  # the C RiskTable opened for this block (Committed.begin), None on the Python paths
 
     def state(self, key: bytes) -> list[int] | None:
         st = self.risk.get(key)
         if st is not None:
             return st
+        if self.table is not None:  # the block's C changes, committed, the store (a new list: read only)
+            got: list[int] | None = self.table.state(key)
+            return got
         st = self.committed.risk.get(key)  # inline of _committed: this runs for most transfers under rules
         if st is not None:
             return st
@@ -104,11 +137,26 @@ class SideState(RiskView):
             self.risk_absent.add(key)  # the store gets the key only when this block commits
         return st
 
+    def block_state(self, key: bytes) -> list[int] | None:
+        """The block's own state of ``key`` to change in place, or None (the block has not changed it).
+
+        A state the C rules hook changed moves from the C table into ``risk`` here, so a key's in-block
+        state lives in exactly one of the two, and the undo log of a linked chain can restore it."""
+        st = self.risk.get(key)
+        if st is None and self.table is not None:
+            st = self.table.take(key)
+            if st is not None:
+                self.risk[key] = st
+        return st
+
     def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
         """Whether the payer has paid this payee before (in this block or committed)."""
         pk = debit_id + credit_id
         if pk in self.pairs:
             return True
+        if self.table is not None:  # the pairs the C hook added in this block, or a cached store lookup
+            seen: bool = self.table.seen(pk)
+            return seen
         known = self.pairs_committed.get(pk)
         if known is None:  # read once per block: the rule inputs and the risk update both ask
             known = self.pairs_committed[pk] = self.txn.get(Table.RISK_PAIRS, pk) is not None

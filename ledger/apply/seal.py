@@ -176,11 +176,7 @@ def _write_side(blk: Block, numbering: _Leaves) -> None:
     for leaf_index, canonical in numbering.rulesets:
         meta = index_key(leaf_index) + index_key(blk.height + 1)
         txn.put(Table.RULESETS, ruleset_hash(canonical), meta + canonical)
-    if side.risk:
-        pack = RISK_STRUCT.pack  # encode_state, inline: one row per risk key the block touched
-        txn.put_many(Table.RISK, sorted([(k, pack(*v)) for k, v in side.risk.items()]))
-    if side.pairs:
-        txn.put_many(Table.RISK_PAIRS, sorted((k, b"") for k in side.pairs))
+    _write_risk(blk)
     if side.extrefs:
         txn.put_many(Table.EXTREFS, sorted(side.extrefs.items()))
     if side.callbacks:
@@ -194,6 +190,25 @@ def _write_side(blk: Block, numbering: _Leaves) -> None:
         old = txn.get(Table.ROUNDING, key)
         d0, c0, n0 = decode_rounding(old) if old is not None else (0, 0, 0)
         txn.put(Table.ROUNDING, key, encode_rounding(d0 + debits, c0 + credits, n0 + count))
+
+
+def _write_risk(blk: Block) -> None:
+    """The block's risk states and new pairs: the C table's (already sorted, packed) merged with the
+    Python paths' (disjoint keys: ledger/apply/scratch.py SideState.block_state)."""
+    side = blk.side
+    table = side.table
+    rows: list[tuple[bytes, bytes]] = table.rows() if table is not None else []
+    if side.risk:
+        pack = RISK_STRUCT.pack  # encode_state, inline: one row per risk key the block touched
+        py_rows = [(k, pack(*v)) for k, v in side.risk.items()]
+        rows = sorted(rows + py_rows) if rows else sorted(py_rows)
+    if rows:
+        blk.txn.put_many(Table.RISK, rows)
+    pairs: list[tuple[bytes, bytes]] = table.pair_rows() if table is not None else []
+    if side.pairs:
+        pairs = sorted(pairs + [(k, b"") for k in side.pairs])
+    if pairs:
+        blk.txn.put_many(Table.RISK_PAIRS, pairs)
 
 
 def _changed_accounts(blk: Block) -> list[tuple[bytes, bytes]]:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from ledger import native, risk
 from ledger.apply import native_transfers, transfers
 from ledger.codec import TRANSFER_STRUCT, Batch, encode_account, encode_transfer
-from ledger.risk import KEY_IN, KEY_OUT, STATE_LEN, RiskView, new_state, psp_key, record_py
+from ledger.risk import KEY_IN, KEY_OUT, RiskView, encode_state, new_state, psp_key, record_py
 from ledger.rules.compiler import FIELDS, CompiledRuleSet, compile_ruleset
 from ledger.rules.lowering import NATIVE_FIELDS, describe
 from ledger.rules.model import RuleSetError, parse_ruleset
@@ -154,6 +154,15 @@ def random_record(rnd: random.Random, tid: int) -> bytes:
         psp_id=rnd.choice((0, 1, 0xFFFFFFFF)), external_ref=rnd.choice((b"", b"x1", b"y2"))))
 
 
+def table_over(states: dict[bytes, list[int]], pairs: set[bytes] | frozenset[bytes] = frozenset()) -> Any:
+    """A C RiskTable opened over a 'store' of these committed states and pairs."""
+    table = risk.RiskTable(1 << 10, 1 << 10)
+    rows = {k: encode_state(v) for k, v in states.items()}
+    table.begin(rows.get, lambda pk: b"" if pk in pairs else None, lambda keys: [rows.get(k) for k in keys],
+                lambda pks: [b"" if pk in pairs else None for pk in pks])
+    return table
+
+
 def compare_one(rnd: random.Random, rs: CompiledRuleSet) -> tuple[int, int, int]:
     """(records C decided, records it handed to Python, records a rule matched) on one random batch."""
     records = [random_record(rnd, 100 + i) for i in range(12)]
@@ -171,8 +180,8 @@ def compare_one(rnd: random.Random, rs: CompiledRuleSet) -> tuple[int, int, int]
     view = View(states, pairs)
     height = rnd.choice((1, 77, I64))
     decided: list[tuple[int, bool]] = []
-    hook = risk.Hook(rs.program, b"".join(records), TS, height, True, 15, {}, {}, view.state, set(), {},
-                     lambda pk: b"" if pk in pairs else None, {}, decided, lambda *a: (-1, False))
+    hook = risk.Hook(rs.program, b"".join(records), TS, height, True, 15, {}, table_over(states, pairs), set(), {},
+                     decided, lambda *a: (-1, False))
     got_c = got_py = matched = 0
     for i, raw in enumerate(records):
         dra, cra = random_account(rnd, 1), random_account(rnd, 5)
@@ -222,18 +231,15 @@ def test_overflowing_sum_is_left_to_python_and_a_false_conjunct_still_decides() 
     ]}))
     rec = encode_transfer(Transfer(1, 1, 2, 10, ledger=1, code=1))
     view = View({}, set())
-    hook = risk.Hook(rs.program[:0], rec, TS, 1, True, 0, {}, {}, view.state, set(), {}, lambda pk: None, {}, [],
-                     lambda *a: (-1, False))
+    hook = risk.Hook(rs.program[:0], rec, TS, 1, True, 0, {}, table_over({}), set(), {}, [], lambda *a: (-1, False))
     dra, cra = random_account(random.Random(1), 1), random_account(random.Random(2), 5)
     assert hook.evaluate(0, dra, cra) == -1  # an empty program: nothing matches
-    hook = risk.Hook(rs.program, rec, TS, 1, True, 0, {}, {}, view.state, set(), {}, lambda pk: None, {}, [],
-                     lambda *a: (-1, False))
+    hook = risk.Hook(rs.program, rec, TS, 1, True, 0, {}, table_over({}), set(), {}, [], lambda *a: (-1, False))
     assert hook.evaluate(0, dra, cra) is None  # 10 + (2^63 - 1) leaves int64: CEL errs, Python decides
     assert rs.fast(TRANSFER_STRUCT.unpack(rec), dra, cra, TS, 1, view) == (0, True)  # rule_error, as before
     rs2 = compile_ruleset(parse_ruleset({"name": "o", "version": 1, "rules": [
         {"id": "false-first", "expr": f"transfer.code == 9 && transfer.amount + {I64} > 0", "action": "flag"}]}))
-    hook = risk.Hook(rs2.program, rec, TS, 1, True, 0, {}, {}, view.state, set(), {}, lambda pk: None, {}, [],
-                     lambda *a: (-1, False))
+    hook = risk.Hook(rs2.program, rec, TS, 1, True, 0, {}, table_over({}), set(), {}, [], lambda *a: (-1, False))
     assert hook.evaluate(0, dra, cra) == -1  # code == 9 is false: the rule is false whatever the sum
 
 
@@ -241,35 +247,39 @@ def test_malformed_programs_are_refused() -> None:
     for bad in (b"\x01", (5).to_bytes(8, "little", signed=True) * 2, b"".join(
             v.to_bytes(8, "little", signed=True) for v in (0, 0, 1, 0, 999, 0))):
         with pytest.raises(ValueError, match="malformed rule program"):
-            risk.Hook(bad, b"", TS, 1, True, 0, {}, {}, lambda k: None, set(), {}, lambda pk: None, {}, [],
-                      lambda *a: (-1, False))
+            risk.Hook(bad, b"", TS, 1, True, 0, {}, table_over({}), set(), {}, [], lambda *a: (-1, False))
 
 
-def test_flush_writes_states_back_in_place_or_new_in_first_record_order() -> None:
-    """After a call the block's risk dict holds what the Python hook would have left in it."""
+def test_hook_writes_each_state_where_it_lives() -> None:
+    """A key the block's Python dict holds is updated in place there; every other key goes to the C
+    overlay (never both); the committed table keeps the committed state until the block commits."""
     recs = [encode_transfer(Transfer(1 + i, 1 + i % 2, 3, 10 * (i + 1), ledger=1, code=1, psp_id=4)) for i in range(3)]
     existing = KEY_IN + (3).to_bytes(16, "little")
     block_list = new_state()
     record_py(block_list, TS - NS, 99)
     block_risk: dict[bytes, list[int]] = {existing: block_list}
     expected: dict[bytes, list[int]] = {existing: list(block_list)}  # before the call
-    committed = {KEY_OUT + (2).to_bytes(16, "little"): new_state()}
-    committed_copy = list(committed[KEY_OUT + (2).to_bytes(16, "little")])
-    hook = risk.Hook(b"", b"".join(recs), TS, 1, False, 7, block_risk, committed, lambda k: None, set(), {},
-                     lambda pk: None, {}, [], lambda *a: (-1, False))
+    payer2 = KEY_OUT + (2).to_bytes(16, "little")
+    committed = {payer2: new_state()}
+    record_py(committed[payer2], TS - 2 * NS, 7)
+    table = table_over(committed)
+    hook = risk.Hook(b"", b"".join(recs), TS, 1, False, 7, block_risk, table, set(), {}, [], lambda *a: (-1, False))
     dra = cra = random_account(random.Random(3), 1)
     assert all(hook(i, dra, cra) for i in range(3))
-    hook.flush()
     for i, raw in enumerate(recs):
         rec = TRANSFER_STRUCT.unpack(raw)
         for key in (KEY_OUT + rec[1], KEY_IN + rec[2], psp_key(rec[10])):
             base = expected.get(key) or list(committed.get(key) or new_state())
             record_py(base, TS, 10 * (i + 1))
             expected[key] = base
-    assert block_risk[existing] is block_list  # the block's own list, updated in place
-    assert block_risk == expected and list(block_risk) == list(expected)  # same values, same insertion order
-    assert committed[KEY_OUT + (2).to_bytes(16, "little")] == committed_copy  # the committed cache untouched
-    assert all(len(v) == STATE_LEN for v in block_risk.values())
+    assert block_risk[existing] is block_list and block_risk == {existing: expected[existing]}  # in place
+    rows = table.rows()
+    assert [k for k, _ in rows] == sorted(set(expected) - {existing})  # the rest in the overlay, sorted
+    assert all(row == encode_state(expected[k]) for k, row in rows)
+    assert all(table.state(k) == v for k, v in expected.items() if k != existing)  # the block's view
+    table.abort()  # the block failed: its overlay is gone, the committed state is what it was
+    table.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+    assert table.rows() == [] and table.state(payer2) == committed[payer2]
 
 
 # ---- end to end: both engines, every table ---------------------------------------------------------------
@@ -376,10 +386,13 @@ def test_python_hook_without_the_extension(pair: RulesPair, monkeypatch: pytest.
 def test_an_input_the_c_hook_cannot_read_is_decided_by_python(pair: RulesPair,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Fault injection: reading one payer's risk state fails. The C hook hands that record to the Python
-    form, whose failure is the result rule_evaluation_failed, as on the Python engine; the rest applies."""
-    from ledger.apply.scratch import SideState
+    form, whose failure is the result rule_evaluation_failed, as on the Python engine; the rest applies.
+    (The Python paths read through SideState.state, the C hook through the risk table's store readers: a
+    segment's prefetch that fails is skipped, and the key read alone fails for its record only.)"""
+    from ledger.apply.scratch import Committed, SideState
+    from ledger.schema import Table
 
-    real_state = SideState.state
+    real_state, real_begin = SideState.state, Committed.begin
     failing_key = KEY_OUT + (3).to_bytes(16, "little")
 
     def state(self: SideState, key: bytes) -> list[int] | None:
@@ -387,10 +400,31 @@ def test_an_input_the_c_hook_cannot_read_is_decided_by_python(pair: RulesPair,
             raise OverflowError("injected")
         return real_state(self, key)
 
+    def begin(self: Committed, txn: Any) -> Any:
+        table = real_begin(self, txn)
+        if table is not None:
+            get = txn.getter(Table.RISK)
+
+            def failing(key: bytes) -> Any:
+                if key == failing_key:
+                    raise OverflowError("injected")
+                return get(key)
+
+            def failing_many(keys: list[bytes]) -> Any:
+                if failing_key in keys:
+                    raise OverflowError("injected")
+                return txn.get_many(Table.RISK, keys)
+
+            table.begin(failing, txn.getter(Table.RISK_PAIRS), failing_many,
+                        lambda pks: txn.get_many(Table.RISK_PAIRS, pks))
+        return table
+
     pair.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(a) for a in E2E_ACCOUNTS)))
     pair.block(Batch(EventKind.DEPLOY_RULESET, deploy_record({"name": "f", "version": 1, "rules": [
         {"id": "fast", "expr": "risk.debit.count_1h > 5", "action": "reject", "code": 40}]})))
     monkeypatch.setattr(SideState, "state", state)
+    monkeypatch.setattr(Committed, "begin", begin)
+    monkeypatch.setattr(native_transfers, "PREFETCH", True)  # its failure falls back to reading each key
     pair.block(Batch(EventKind.CREATE_TRANSFER, b"".join(
         encode_transfer(Transfer(2000 + i, 2 + (i == 1), 5, 10, ledger=1, code=1)) for i in range(3))))
     pair.assert_stores_identical()

@@ -1,0 +1,289 @@
+/* sovledger RiskTable: risk states and payer-payee pairs kept in C across blocks, for the C rules hook
+ * (rules.c) and ledger/apply/scratch.py (Committed.table, SideState).
+ *
+ * states  the committed state of every risk key read or written lately: a cache of the store's `risk`
+ *         table (a key the store lacks is cached as "no history"). The open block changes a state in
+ *         place and keeps its committed value in `saved` (first change only), so the block's view is one
+ *         lookup; commit() forgets the saved values, abort() puts them back. Bounded: after a commit,
+ *         above max_states entries the oldest-inserted half is dropped; a miss reads the store, so
+ *         results never depend on the bound. 160 bytes per entry + 16 bytes of index (load <= 1/2),
+ *         + 144 bytes per state the open block changed.
+ *         A key's in-block state lives either here (changed by the C hook) or in the Python dict
+ *         SideState.risk, never both: take() hands it to Python (a linked chain's undo log, the
+ *         reference create_transfer) and puts the committed value back here.
+ * pairs   committed pair lookups (absent / present) and the block's new pairs. Bounded by max_pairs
+ *         (all dropped after a commit above it). 33 bytes per entry + 16 bytes of index.
+ *
+ * begin(get_risk, get_pair, get_risks, get_pairs) opens a block (the write transaction's readers: one key,
+ * a sorted list of keys); commit(risk, pairs)
+ * publishes the block: its changes stay, the Python dict's states are merged in, its new pairs (the
+ * table's and the Python set's) become present; abort() takes the block's changes and new pairs back.
+ * rows() / pair_rows() give the block's rows, sorted by key, packed as the store keeps them. */
+#include "risk_table.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define EMPTY UINT64_MAX
+
+uint64_t rt_hash(const uint8_t *k, int n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, k + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    for (; i < n; i++) h = (h ^ k[i]) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 32);
+}
+
+/* open addressing shared by both maps: slots of (hash tag << 32 | index); match(i) compares entry i */
+#define SLOT_TAG(h) ((h) & 0xFFFFFFFF00000000ULL)
+#define FIND(m, h, MATCH)                                                                                   \
+    do {                                                                                                  \
+        if ((m)->slots == NULL) return -1;                                                                \
+        for (size_t s_ = (size_t)(h) & (m)->mask; (m)->slots[s_] != EMPTY; s_ = (s_ + 1) & (m)->mask) {     \
+            uint64_t v_ = (m)->slots[s_];                                                                 \
+            int32_t i_ = (int32_t)(uint32_t)v_;                                                           \
+            if (SLOT_TAG(v_) == SLOT_TAG(h) && (MATCH)) return i_;                                        \
+        }                                                                                                 \
+        return -1;                                                                                        \
+    } while (0)
+
+static void slot_add(uint64_t *slots, size_t mask, uint64_t h, size_t i) {
+    size_t s = (size_t)h & mask;
+    while (slots[s] != EMPTY) s = (s + 1) & mask;
+    slots[s] = SLOT_TAG(h) | (uint64_t)i;
+}
+
+static uint64_t *new_slots(size_t count) {
+    uint64_t *slots = PyMem_Malloc(count * sizeof(uint64_t));
+    if (slots == NULL) PyErr_NoMemory();
+    else memset(slots, 0xff, count * sizeof(uint64_t));
+    return slots;
+}
+
+/* ---- the state map ------------------------------------------------------------------------------ */
+int32_t tmap_find(const tmap_t *m, const uint8_t *key, int klen, uint64_t h) {
+    FIND(m, h, m->ents[i_].klen == klen && memcmp(m->ents[i_].key, key, (size_t)klen) == 0);
+}
+
+static void tmap_index(tmap_t *m) { /* rebuild the slots over ents[0..n) */
+    memset(m->slots, 0xff, (m->mask + 1) * sizeof(uint64_t));
+    for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->ents[i].key, m->ents[i].klen), i);
+}
+
+static int tmap_reserve(tmap_t *m, size_t need) {
+    if (need <= m->cap) return 0;
+    size_t cap = m->cap ? m->cap : 1024;
+    while (cap < need) cap *= 2;
+    if (cap > INT32_MAX / 2) { PyErr_NoMemory(); return -1; }
+    tent_t *ents = PyMem_Realloc(m->ents, cap * sizeof(tent_t));
+    if (ents == NULL) { PyErr_NoMemory(); return -1; }
+    m->ents = ents;
+    uint64_t *slots = new_slots(2 * cap);
+    if (slots == NULL) return -1;
+    PyMem_Free(m->slots);
+    m->slots = slots;
+    m->mask = 2 * cap - 1;
+    m->cap = cap;
+    tmap_index(m);
+    return 0;
+}
+
+/* a new entry for key (not present): its index, -1 on no memory */
+int32_t tmap_insert(tmap_t *m, const uint8_t *key, int klen, uint64_t h) {
+    if (tmap_reserve(m, m->n + 1) < 0) return -1;
+    tent_t *e = &m->ents[m->n];
+    memset(e, 0, offsetof(tent_t, st));
+    memcpy(e->key, key, (size_t)klen);
+    e->klen = (uint8_t)klen;
+    slot_add(m->slots, m->mask, h, m->n);
+    return (int32_t)m->n++;
+}
+
+void tmap_clear(tmap_t *m) {
+    if (m->slots != NULL && m->n) memset(m->slots, 0xff, (m->mask + 1) * sizeof(uint64_t));
+    m->n = 0;
+}
+
+void tmap_keep_newest(tmap_t *m, size_t keep) { /* drop the oldest-inserted entries (none changed) */
+    if (m->n <= keep) return;
+    memmove(m->ents, m->ents + (m->n - keep), keep * sizeof(tent_t));
+    m->n = keep;
+    tmap_index(m);
+}
+
+/* key's committed state (merged from Python after a commit) */
+int tmap_put(tmap_t *m, const uint8_t *key, int klen, const uint64_t *st) {
+    uint64_t h = rt_hash(key, klen);
+    int32_t i = tmap_find(m, key, klen, h);
+    if (i < 0 && (i = tmap_insert(m, key, klen, h)) < 0) return -1;
+    memcpy(m->ents[i].st, st, sizeof m->ents[i].st);
+    m->ents[i].has = 1;
+    return 0;
+}
+
+/* ---- the pair map ------------------------------------------------------------------------------- */
+int32_t pmap_find(const pmap_t *m, const uint8_t *pk, uint64_t h) {
+    FIND(m, h, memcmp(m->keys[i_], pk, PAIR_KEY_LEN) == 0);
+}
+
+static int pmap_reserve(pmap_t *m, size_t need) {
+    if (need <= m->cap) return 0;
+    size_t cap = m->cap ? m->cap : 4096;
+    while (cap < need) cap *= 2;
+    if (cap > INT32_MAX / 2) { PyErr_NoMemory(); return -1; }
+    void *keys = PyMem_Realloc(m->keys, cap * PAIR_KEY_LEN);
+    if (keys == NULL) { PyErr_NoMemory(); return -1; }
+    m->keys = keys;
+    uint8_t *state = PyMem_Realloc(m->state, cap);
+    if (state == NULL) { PyErr_NoMemory(); return -1; }
+    m->state = state;
+    uint64_t *slots = new_slots(2 * cap);
+    if (slots == NULL) return -1;
+    PyMem_Free(m->slots);
+    m->slots = slots;
+    m->mask = 2 * cap - 1;
+    m->cap = cap;
+    for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->keys[i], PAIR_KEY_LEN), i);
+    return 0;
+}
+
+int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state) {
+    if (pmap_reserve(m, m->n + 1) < 0) return -1;
+    memcpy(m->keys[m->n], pk, PAIR_KEY_LEN);
+    m->state[m->n] = state;
+    slot_add(m->slots, m->mask, h, m->n);
+    return (int32_t)m->n++;
+}
+
+void pmap_clear(pmap_t *m) {
+    if (m->slots != NULL && m->n) memset(m->slots, 0xff, (m->mask + 1) * sizeof(uint64_t));
+    m->n = m->nnew = 0;
+}
+
+void pmap_settle(pmap_t *m, uint8_t to) { /* the block's new pairs: committed (PRESENT) or dropped */
+    for (size_t i = 0; m->nnew && i < m->n; i++)
+        if (m->state[i] == PAIR_NEW) { m->state[i] = to; m->nnew--; }
+    m->nnew = 0;
+}
+
+/* ---- what the hook uses ------------------------------------------------------------------------- */
+int rt_decode_row(PyObject *row, uint64_t st[RISK_STATE_LEN]) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(row, &b, PyBUF_SIMPLE) < 0) return -1;
+    int ok = b.len == RISK_ROW_LEN;
+    if (ok) {
+        const uint8_t *p = b.buf;
+        for (int i = 0; i < RISK_STATE_LEN; i++, p += 8) {
+            uint64_t v = 0;
+            for (int k = 7; k >= 0; k--) v = v << 8 | p[k];
+            st[i] = v;
+        }
+    } else {
+        PyErr_Format(PyExc_ValueError, "a stored risk state has %zd bytes, not %d", b.len, RISK_ROW_LEN);
+    }
+    PyBuffer_Release(&b);
+    return ok ? 0 : -1;
+}
+
+int rt_no_block(void) {
+    PyErr_SetString(PyExc_RuntimeError, "the risk table has no open block (begin() first)");
+    return -1;
+}
+
+int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK_STATE_LEN], uint8_t *has,
+              int32_t *idx) {
+    uint64_t h = rt_hash(key, klen);
+    int32_t i = tmap_find(&t->states, key, klen, h);
+    if (i < 0 || t->states.ents[i].has == HAS_UNKNOWN) { /* the store's row, cached (the block writes rows at seal) */
+        uint64_t row_st[RISK_STATE_LEN];
+        uint8_t row_has = 0;
+        if (t->get_risk == NULL) return rt_no_block();
+        PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen);
+        PyObject *row = k != NULL ? PyObject_CallOneArg(t->get_risk, k) : NULL;
+        Py_XDECREF(k);
+        if (row == NULL) return -1;
+        int bad = 0;
+        if (row == Py_None) memset(row_st, 0, sizeof row_st);
+        else { bad = rt_decode_row(row, row_st); row_has = 1; }
+        Py_DECREF(row);
+        if (bad || (i < 0 && (i = tmap_insert(&t->states, key, klen, h)) < 0)) return -1;
+        memcpy(t->states.ents[i].st, row_st, sizeof row_st);
+        t->states.ents[i].has = row_has;
+    }
+    const tent_t *e = &t->states.ents[i];
+    memcpy(st, e->st, sizeof e->st);
+    *has = e->has;
+    *idx = i;
+    return 0;
+}
+
+int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN]) {
+    tent_t *e = &t->states.ents[idx];
+    if (!e->changed) { /* the first change in this block: keep the committed value */
+        if (t->nsaved == t->capsaved) {
+            size_t cap = t->capsaved ? 2 * t->capsaved : 1024;
+            tsave_t *saved = PyMem_Realloc(t->saved, cap * sizeof(tsave_t));
+            if (saved == NULL) { PyErr_NoMemory(); return -1; }
+            t->saved = saved;
+            t->capsaved = cap;
+        }
+        tsave_t *s = &t->saved[t->nsaved];
+        s->idx = idx;
+        s->has = e->has;
+        memcpy(s->st, e->st, sizeof s->st);
+        e->saved = (uint32_t)t->nsaved++;
+        e->changed = 1;
+    }
+    memcpy(e->st, st, sizeof e->st);
+    e->has = 1;
+    return 0;
+}
+
+int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
+    uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
+    int32_t i = pmap_find(&t->pairs, pk, h);
+    if (i < 0 || t->pairs.state[i] == PAIR_UNKNOWN) {
+        if (t->get_pair == NULL) return rt_no_block();
+        PyObject *k = PyBytes_FromStringAndSize((const char *)pk, PAIR_KEY_LEN);
+        PyObject *row = k != NULL ? PyObject_CallOneArg(t->get_pair, k) : NULL;
+        Py_XDECREF(k);
+        if (row == NULL) return -1;
+        uint8_t state = row != Py_None ? PAIR_PRESENT : PAIR_ABSENT;
+        Py_DECREF(row);
+        if (i >= 0) t->pairs.state[i] = state;
+        else if ((i = pmap_insert(&t->pairs, pk, h, state)) < 0) return -1;
+    }
+    *seen = t->pairs.state[i] != PAIR_ABSENT;
+    *idx = i;
+    return 0;
+}
+
+void rt_add_pair(RiskTableObject *t, int32_t idx) {
+    if (t->pairs.state[idx] == PAIR_ABSENT) {
+        t->pairs.state[idx] = PAIR_NEW;
+        t->pairs.nnew++;
+    }
+}
+
+/* the block's changes: kept (commit) or put back (abort) */
+void rt_settle_states(RiskTableObject *t, int keep) {
+    for (size_t k = 0; k < t->nsaved; k++) {
+        const tsave_t *s = &t->saved[k];
+        if (s->idx < 0) continue;
+        tent_t *e = &t->states.ents[s->idx];
+        if (!keep) {
+            memcpy(e->st, s->st, sizeof e->st);
+            e->has = s->has;
+        }
+        e->changed = 0;
+    }
+    t->nsaved = 0;
+}
+

@@ -1,0 +1,89 @@
+/* sovledger risk states and payer-payee pairs kept in C across blocks (risk_table.c): what the C rules
+ * hook (rules.c) shares with the RiskTable type. */
+#ifndef SOVLEDGER_RISK_TABLE_H
+#define SOVLEDGER_RISK_TABLE_H
+#ifndef PY_SSIZE_T_CLEAN
+#define PY_SSIZE_T_CLEAN
+#endif
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "risk_core.h"
+
+#define RISK_ROW_LEN (8 * RISK_STATE_LEN) /* ledger/risk.py RISK_STRUCT: 17 x u64 little endian */
+#define PAIR_KEY_LEN 32                   /* debit id || credit id */
+
+typedef struct { /* one risk state (160 bytes) */
+    uint8_t key[17], klen;
+    uint8_t has;     /* HAS_NONE: no history (the store has no row); HAS_UNKNOWN: not read yet */
+    uint8_t changed; /* changed in the open block: its committed state is saved[saved] */
+    uint32_t saved;
+    uint64_t st[RISK_STATE_LEN]; /* the open block's view: committed, or as the block changed it */
+} tent_t;
+
+typedef struct { /* a state's committed value, kept while the open block has changed it (144 bytes) */
+    int32_t idx; /* the entry, or -1: handed to Python (take) */
+    uint8_t has;
+    uint64_t st[RISK_STATE_LEN];
+} tsave_t;
+
+typedef struct { /* keys in insertion order; open addressing over them, slot = hash tag << 32 | index */
+    tent_t *ents;
+    size_t n, cap;
+    uint64_t *slots;
+    size_t mask;
+} tmap_t;
+
+enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2, PAIR_UNKNOWN = 3 }; /* unknown: a prefetch that failed */
+enum { HAS_NONE = 0, HAS_ROW = 1, HAS_UNKNOWN = 2 };                       /* tent_t.has */
+
+typedef struct { /* payer-payee pairs: a committed lookup (absent / present) or new in the open block */
+    uint8_t (*keys)[PAIR_KEY_LEN];
+    uint8_t *state;
+    size_t n, cap, nnew;
+    uint64_t *slots;
+    size_t mask;
+} pmap_t;
+
+typedef struct {
+    PyObject_HEAD
+    tmap_t states;    /* committed states (a cache of the store's `risk` rows, absent rows too), bounded;
+                         the open block's changes are made in place, the committed values kept in saved */
+    tsave_t *saved;   /* the entries the open block changed, in first-change order */
+    size_t nsaved, capsaved;
+    pmap_t pairs;     /* committed pair lookups and the open block's new pairs, bounded */
+    size_t max_states, max_pairs;
+    PyObject *get_risk, *get_pair;    /* the open block's store readers (one key), NULL between blocks */
+    PyObject *get_risks, *get_pairs;  /* (a sorted list of keys) */
+} RiskTableObject;
+
+extern PyTypeObject RiskTableType;
+
+/* the state of key as the open block sees it (its changes, else committed: cached, else the store) and
+ * its entry's index for rt_write */
+int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK_STATE_LEN], uint8_t *has,
+              int32_t *idx);
+/* the entry's new state in the open block (a recorded event) */
+int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN]);
+/* whether the pair was seen: new in this block or committed (a store lookup, cached); its index */
+int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx);
+/* a pair rt_seen reported unseen becomes new in this block */
+void rt_add_pair(RiskTableObject *t, int32_t idx);
+int risk_table_add_type(PyObject *module);
+
+/* the maps, for risk_table_type.c (the Python type) */
+uint64_t rt_hash(const uint8_t *k, int n);
+int32_t tmap_find(const tmap_t *m, const uint8_t *key, int klen, uint64_t h);
+int32_t tmap_insert(tmap_t *m, const uint8_t *key, int klen, uint64_t h);
+int rt_decode_row(PyObject *row, uint64_t st[RISK_STATE_LEN]);
+int tmap_put(tmap_t *m, const uint8_t *key, int klen, const uint64_t *st);
+void tmap_clear(tmap_t *m);
+void tmap_keep_newest(tmap_t *m, size_t keep);
+int32_t pmap_find(const pmap_t *m, const uint8_t *pk, uint64_t h);
+int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state);
+void pmap_clear(pmap_t *m);
+void pmap_settle(pmap_t *m, uint8_t to);
+void rt_settle_states(RiskTableObject *t, int keep);
+int rt_no_block(void);
+#endif
