@@ -116,10 +116,10 @@ def _run_lines(lines: list[str]) -> list[str]:
     return body
 
 
-def shared_region_script(files: dict[str, list[str]]) -> str:
+def shared_region_script(files: dict[str, list[str]], region: bool = True) -> str:
     """One region for every file but README.md; each file's lines in an own ``set -e`` subshell whose exit
     code is printed after its output (``=== END <file> rc=N``), so one file's failure is that file's alone."""
-    body = ["set -euo pipefail", WAIT_PORT, *_region_setup(), "set +e"]
+    body = ["set -euo pipefail", WAIT_PORT, *(_region_setup() if region else []), "set +e"]
     for name, lines in files.items():
         body.append(f"echo {_quote('=== BEGIN ' + name)}")
         body.append("(\nset -euo pipefail\n" + "\n".join(_run_lines(lines)) + "\n)")
@@ -184,6 +184,17 @@ def _require_namespaces() -> None:
     if not namespaces_available():
         pytest.fail("this test needs unprivileged user/network/PID namespaces (`unshare -rn --pid`) so the "
                     "documented fixed ports are free; enable them (kernel.unprivileged_userns_clone=1)")
+
+
+def test_a_failing_line_in_the_shared_run_fails_its_own_file_only(tmp_path: Path) -> None:
+    script = shared_region_script({"docs/a.md": ["true", "(exit 3)", "echo not-reached"],
+                                   "docs/b.md": ["echo 42"]}, region=False)
+    (tmp_path / "s.sh").write_text(script)
+    out = subprocess.run(["bash", "s.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+    code_a, out_a = shared_section(out, "docs/a.md")
+    assert code_a == 3 and "not-reached" not in out_a and out_a.rstrip().endswith("+ (exit 3)")
+    assert shared_section(out, "docs/b.md") == (0, "=== BEGIN docs/b.md\n+ echo 42\n42\n")
+    assert shared_section(out, "docs/c.md") == (None, "")
 
 
 @pytest.fixture(scope="module")
