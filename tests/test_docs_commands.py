@@ -10,7 +10,9 @@ directory with ``.venv``, ``docs``, ``examples`` and ``bench`` linked from the c
 relative paths in the docs resolve as they do for a reader in the repository root.
 
 Files other than README.md get a region first, as a reader of those pages would have one:
-``sovledger cluster up --nodes 3 --port 7100`` and ``sovledger cluster transfer node-1``.
+``sovledger cluster up --nodes 3 --port 7100`` and ``sovledger cluster transfer node-1``. They share
+one namespace and that one region (started once, not once per file): each file's lines run in their
+own ``set -e`` subshell, in file order, and each file's test passes or fails on its own section.
 A line ending in ``&`` runs in the background; the next line waits until its ``--listen`` port
 accepts connections.
 """
@@ -93,7 +95,17 @@ def skip_reason(line: str) -> str | None:
 def script_for(path: Path, lines: list[str]) -> str:
     body = ["set -euo pipefail", WAIT_PORT]
     if path.name != "README.md" or path.parent != ROOT:
-        body += [f"echo '+ (setup) {c}'\n{c}" for c in REGION_SETUP]
+        body += _region_setup()
+    body += _run_lines(lines)
+    return "\n".join(body) + "\n"
+
+
+def _region_setup() -> list[str]:
+    return [f"echo '+ (setup) {c}'\n{c}" for c in REGION_SETUP]
+
+
+def _run_lines(lines: list[str]) -> list[str]:
+    body = []
     for line in lines:
         body.append(f"echo {_quote('+ ' + line)}")
         body.append(line)
@@ -101,7 +113,29 @@ def script_for(path: Path, lines: list[str]) -> str:
             listen = re.search(r"--listen (\S+)", line)
             if listen:
                 body.append(f"wait_port {listen.group(1)}")
+    return body
+
+
+def shared_region_script(files: dict[str, list[str]], region: bool = True) -> str:
+    """One region for every file but README.md; each file's lines in an own ``set -e`` subshell whose exit
+    code is printed after its output (``=== END <file> rc=N``), so one file's failure is that file's alone."""
+    body = ["set -euo pipefail", WAIT_PORT, *(_region_setup() if region else []), "set +e"]
+    for name, lines in files.items():
+        body.append(f"echo {_quote('=== BEGIN ' + name)}")
+        body.append("(\nset -euo pipefail\n" + "\n".join(_run_lines(lines)) + "\n)")
+        body.append(f"echo \"=== END {name} rc=$?\"")
     return "\n".join(body) + "\n"
+
+
+def shared_section(stdout: str, name: str) -> tuple[int | None, str]:
+    """(exit code, output) of one file's section of the shared run; None when it never ended."""
+    begin = stdout.find(f"=== BEGIN {name}\n")
+    if begin < 0:
+        return None, ""
+    end = re.compile(rf"^=== END {re.escape(name)} rc=(\d+)$", re.M).search(stdout, begin)
+    if end is None:
+        return None, stdout[begin:]
+    return int(end.group(1)), stdout[begin:end.start()]
 
 
 def _quote(text: str) -> str:
@@ -142,17 +176,54 @@ def test_every_doc_command_is_either_run_or_skipped_with_a_reason() -> None:
             f"skip entry {prefix!r} matches no command in the docs any more")
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("path", [p for p in DOC_FILES if p.exists()], ids=lambda p: str(p.relative_to(ROOT)))
-def test_doc_commands_run_as_written(path: Path, tmp_path: Path) -> None:
-    lines = [ln for ln in command_lines(path) if skip_reason(ln) is None]
-    if not lines:
-        return  # nothing runnable in this file (every command line is in SKIP, with its reason)
+def _runnable(path: Path) -> list[str]:
+    return [ln for ln in command_lines(path) if skip_reason(ln) is None]
+
+
+def _require_namespaces() -> None:
     if not namespaces_available():
         pytest.fail("this test needs unprivileged user/network/PID namespaces (`unshare -rn --pid`) so the "
                     "documented fixed ports are free; enable them (kernel.unprivileged_userns_clone=1)")
+
+
+def test_a_failing_line_in_the_shared_run_fails_its_own_file_only(tmp_path: Path) -> None:
+    script = shared_region_script({"docs/a.md": ["true", "(exit 3)", "echo not-reached"],
+                                   "docs/b.md": ["echo 42"]}, region=False)
+    (tmp_path / "s.sh").write_text(script)
+    out = subprocess.run(["bash", "s.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+    code_a, out_a = shared_section(out, "docs/a.md")
+    assert code_a == 3 and "not-reached" not in out_a and out_a.rstrip().endswith("+ (exit 3)")
+    assert shared_section(out, "docs/b.md") == (0, "=== BEGIN docs/b.md\n+ echo 42\n42\n")
+    assert shared_section(out, "docs/c.md") == (None, "")
+
+
+@pytest.fixture(scope="module")
+def shared_region_run(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """The command lines of every file but README.md, run once against one region (see the module doc)."""
+    files = {str(p.relative_to(ROOT)): _runnable(p) for p in DOC_FILES
+             if p.exists() and p != ROOT / "README.md"}
+    _require_namespaces()
+    cwd = sandbox(tmp_path_factory.mktemp("docs-region"))
+    return run_in_namespace(shared_region_script({k: v for k, v in files.items() if v}), cwd, timeout_s=900)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", [p for p in DOC_FILES if p.exists()], ids=lambda p: str(p.relative_to(ROOT)))
+def test_doc_commands_run_as_written(path: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    lines = _runnable(path)
+    if not lines:
+        return  # nothing runnable in this file (every command line is in SKIP, with its reason)
+    name = str(path.relative_to(ROOT))
+    if path != ROOT / "README.md":
+        shared: subprocess.CompletedProcess[str] = request.getfixturevalue("shared_region_run")
+        code, out = shared_section(shared.stdout, name)
+        assert code == 0, (
+            f"{name}: a documented command failed (last '+' line below; rc {code}, region run rc "
+            f"{shared.returncode}):\n{(out or shared.stdout)[-4000:]}\n--- stderr ---\n{shared.stderr[-4000:]}")
+        return
+    _require_namespaces()
     cwd = sandbox(tmp_path)
     result = run_in_namespace(script_for(path, lines), cwd, timeout_s=600)
     assert result.returncode == 0, (
-        f"{path.relative_to(ROOT)}: a documented command failed (last '+' line below):\n"
+        f"{name}: a documented command failed (last '+' line below):\n"
         f"{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")

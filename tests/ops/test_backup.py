@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,24 +89,38 @@ def test_hot_backup_under_load_restores_and_audits(tmp_path: Path) -> None:
         cluster.stop_all()
 
 
-def _cold_backup(tmp_path: Path) -> tuple[Path, dict[str, object]]:
-    node = NodeProcess(tmp_path / "n1", extra=["--region", "eu"]).start()
+Cold = tuple[Path, dict[str, object]]  # a stopped node's directory root and its cold backup's manifest
+
+
+@pytest.fixture(scope="module")
+def cold_source(tmp_path_factory: pytest.TempPathFactory) -> Cold:
+    """One stopped node (DIR/n1, 300 accounts) and its cold backup (DIR/cold), made once per module;
+    every test works on its own copy of both (``_cold_backup``)."""
+    root = tmp_path_factory.mktemp("cold")
+    node = NodeProcess(root / "n1", extra=["--region", "eu"]).start()
     try:
         with LedgerClient(node.target) as c:
             c.wait_ready()
             assert set(c.submit_one(EventKind.CREATE_ACCOUNT, account_records(300)).results) == {0}
     finally:
         node.stop()
-    out = tmp_path / "cold"
-    r = cli("backup", "--data", str(tmp_path / "n1"), "--out", str(out), "--json")
+    r = cli("backup", "--data", str(root / "n1"), "--out", str(root / "cold"), "--json")
     assert r.returncode == 0, r.stderr
     manifest = json.loads(r.stdout)
     assert manifest["tree_size"] == 300 and manifest["origin"] == "sovledger/eu"
-    return out, manifest
+    return root, manifest
 
 
-def test_cold_backup_restores_into_the_same_node(tmp_path: Path) -> None:
-    out, _ = _cold_backup(tmp_path)
+def _cold_backup(tmp_path: Path, source: Cold) -> tuple[Path, dict[str, object]]:
+    """This test's own copy of the stopped node (tmp_path/n1) and of its cold backup (tmp_path/cold)."""
+    root, manifest = source
+    shutil.copytree(root / "n1", tmp_path / "n1")
+    shutil.copytree(root / "cold", tmp_path / "cold")
+    return tmp_path / "cold", dict(manifest)
+
+
+def test_cold_backup_restores_into_the_same_node(tmp_path: Path, cold_source: Cold) -> None:
+    out, _ = _cold_backup(tmp_path, cold_source)
     refused = cli("restore", str(out), "--data", str(tmp_path / "n1"))
     assert refused.returncode == 1 and "--force" in refused.stderr  # never silently replaces a store
     r = cli("restore", str(out), "--data", str(tmp_path / "n1"), "--force")
@@ -118,8 +133,8 @@ def test_cold_backup_restores_into_the_same_node(tmp_path: Path) -> None:
         node.stop()
 
 
-def test_restore_refuses_a_changed_byte(tmp_path: Path) -> None:
-    out, _ = _cold_backup(tmp_path)
+def test_restore_refuses_a_changed_byte(tmp_path: Path, cold_source: Cold) -> None:
+    out, _ = _cold_backup(tmp_path, cold_source)
     with open(out / DATA_FILE, "r+b") as f:
         f.seek(5000)
         b = f.read(1)
@@ -130,8 +145,8 @@ def test_restore_refuses_a_changed_byte(tmp_path: Path) -> None:
     assert not (tmp_path / "fresh" / "ledger").exists()
 
 
-def test_restore_refuses_an_altered_leaf_even_with_a_rehashed_manifest(tmp_path: Path) -> None:
-    out, _ = _cold_backup(tmp_path)
+def test_restore_refuses_an_altered_leaf_even_with_a_rehashed_manifest(tmp_path: Path, cold_source: Cold) -> None:
+    out, _ = _cold_backup(tmp_path, cold_source)
     work = tmp_path / "edit"
     work.mkdir()
     (work / "data.mdb").write_bytes((out / DATA_FILE).read_bytes())
@@ -152,8 +167,8 @@ def test_restore_refuses_an_altered_leaf_even_with_a_rehashed_manifest(tmp_path:
     assert not (tmp_path / "fresh" / "ledger").exists()
 
 
-def test_restore_refuses_an_untrusted_signer(tmp_path: Path) -> None:
-    out, _ = _cold_backup(tmp_path)
+def test_restore_refuses_an_untrusted_signer(tmp_path: Path, cold_source: Cold) -> None:
+    out, _ = _cold_backup(tmp_path, cold_source)
     other = Signer.generate("eu/node-9").verifier.to_string()
     r = cli("restore", str(out), "--data", str(tmp_path / "fresh"), "--trust-key", other)
     assert r.returncode == 1 and "does not verify" in r.stderr
