@@ -3,28 +3,30 @@
  *
  * states  the committed state of every risk key read or written lately: a cache of the store's `risk`
  *         table (a key the store lacks is cached as "no history"). The open block changes a state in
- *         place and keeps its committed value in `saved` (first change only), so the block's view is one
- *         lookup; commit() forgets the saved values, abort() puts them back. Bounded: after a commit,
- *         above max_states entries the oldest-inserted half is dropped; a miss reads the store, so
- *         results never depend on the bound. 160 bytes per entry + 16 bytes of index (load <= 1/2),
- *         + 144 bytes per state the open block changed.
+ *         place and keeps its committed value in `saved` (first change only), so the block's view is
+ *         one lookup; commit() forgets the saved values, abort() puts them back. An entry's change
+ *         mark is the block's 8-bit epoch, so a commit does not touch the changed entries again.
+ *         Bounded: after a commit, above max_states entries the oldest-inserted half is dropped; a
+ *         miss reads the store, so results never depend on the bound. 160 bytes per entry + 16 bytes
+ *         of index (load <= 1/2), + 144 bytes per state the open block changed.
  *         A key's in-block state lives either here (changed by the C hook) or in the Python dict
  *         SideState.risk, never both: take() hands it to Python (a linked chain's undo log, the
  *         reference create_transfer) and puts the committed value back here.
  * pairs   committed pair lookups (absent / present) and the block's new pairs. Bounded by max_pairs
  *         (all dropped after a commit above it). 33 bytes per entry + 16 bytes of index.
  *
- * begin(get_risk, get_pair, get_risks, get_pairs) opens a block (the write transaction's readers: one key,
- * a sorted list of keys); commit(risk, pairs)
- * publishes the block: its changes stay, the Python dict's states are merged in, its new pairs (the
- * table's and the Python set's) become present; abort() takes the block's changes and new pairs back.
- * rows() / pair_rows() give the block's rows, sorted by key, packed as the store keeps them. */
+ * begin(get_risk, get_pair, get_risks, get_pairs) opens a block over the write transaction's readers
+ * (one key; a list of keys); commit(risk, pairs) publishes the block: its changes stay, the Python
+ * dict's states are merged in, its new pairs (the table's and the Python set's) become present;
+ * abort() takes the block's changes and new pairs back. prefetch(records, tracks) reads a segment's
+ * uncached keys in one call per table. rows() / pair_rows() give the block's rows, sorted by key,
+ * packed as the store keeps them. */
 #include "risk_table.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define EMPTY UINT64_MAX
+#define EMPTY RT_EMPTY
 
 uint64_t rt_hash(const uint8_t *k, int n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
@@ -226,7 +228,7 @@ int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK
 
 int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN]) {
     tent_t *e = &t->states.ents[idx];
-    if (!e->changed) { /* the first change in this block: keep the committed value */
+    if (e->changed != t->epoch) { /* the first change in this block: keep the committed value */
         if (t->nsaved == t->capsaved) {
             size_t cap = t->capsaved ? 2 * t->capsaved : 1024;
             tsave_t *saved = PyMem_Realloc(t->saved, cap * sizeof(tsave_t));
@@ -239,7 +241,7 @@ int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN])
         s->has = e->has;
         memcpy(s->st, e->st, sizeof s->st);
         e->saved = (uint32_t)t->nsaved++;
-        e->changed = 1;
+        e->changed = t->epoch;
     }
     memcpy(e->st, st, sizeof e->st);
     e->has = 1;
@@ -274,16 +276,17 @@ void rt_add_pair(RiskTableObject *t, int32_t idx) {
 
 /* the block's changes: kept (commit) or put back (abort) */
 void rt_settle_states(RiskTableObject *t, int keep) {
-    for (size_t k = 0; k < t->nsaved; k++) {
+    for (size_t k = 0; !keep && k < t->nsaved; k++) {
         const tsave_t *s = &t->saved[k];
         if (s->idx < 0) continue;
         tent_t *e = &t->states.ents[s->idx];
-        if (!keep) {
-            memcpy(e->st, s->st, sizeof e->st);
-            e->has = s->has;
-        }
-        e->changed = 0;
+        memcpy(e->st, s->st, sizeof e->st);
+        e->has = s->has;
     }
     t->nsaved = 0;
+    if (++t->epoch == 0) { /* wrapped: no entry may keep a stale mark that equals a future epoch */
+        for (size_t i = 0; i < t->states.n; i++) t->states.ents[i].changed = 0;
+        t->epoch = 1;
+    }
 }
 

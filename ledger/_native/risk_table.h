@@ -13,11 +13,12 @@
 
 #define RISK_ROW_LEN (8 * RISK_STATE_LEN) /* ledger/risk.py RISK_STRUCT: 17 x u64 little endian */
 #define PAIR_KEY_LEN 32                   /* debit id || credit id */
+#define RT_EMPTY UINT64_MAX               /* a free slot */
 
 typedef struct { /* one risk state (160 bytes) */
     uint8_t key[17], klen;
     uint8_t has;     /* HAS_NONE: no history (the store has no row); HAS_UNKNOWN: not read yet */
-    uint8_t changed; /* changed in the open block: its committed state is saved[saved] */
+    uint8_t changed; /* == the table's epoch: changed in the open block, its committed state is saved[saved] */
     uint32_t saved;
     uint64_t st[RISK_STATE_LEN]; /* the open block's view: committed, or as the block changed it */
 } tent_t;
@@ -52,6 +53,7 @@ typedef struct {
                          the open block's changes are made in place, the committed values kept in saved */
     tsave_t *saved;   /* the entries the open block changed, in first-change order */
     size_t nsaved, capsaved;
+    uint8_t epoch;    /* the open block's mark (1..255; a commit or abort moves on: no sweep of the entries) */
     pmap_t pairs;     /* committed pair lookups and the open block's new pairs, bounded */
     size_t max_states, max_pairs;
     PyObject *get_risk, *get_pair;    /* the open block's store readers (one key), NULL between blocks */

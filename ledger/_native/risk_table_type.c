@@ -51,7 +51,7 @@ static PyObject *rt_take(PyObject *self, PyObject *key) {
     int klen;
     if (state_key(key, &k, &klen) < 0) return NULL;
     int32_t i = tmap_find(&t->states, k, klen, rt_hash(k, klen));
-    if (i < 0 || !t->states.ents[i].changed) Py_RETURN_NONE;
+    if (i < 0 || t->states.ents[i].changed != t->epoch) Py_RETURN_NONE;
     tent_t *e = &t->states.ents[i];
     PyObject *list = state_list(e->st);
     if (list != NULL) {
@@ -385,6 +385,7 @@ static PyObject *rt_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     }
     RiskTableObject *t = (RiskTableObject *)type->tp_alloc(type, 0);
     if (t != NULL) {
+        t->epoch = 1;
         t->max_states = (size_t)max_states;
         t->max_pairs = (size_t)max_pairs;
     }

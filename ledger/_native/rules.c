@@ -64,6 +64,49 @@ rent_t *rules_ctx_entry(ctx_t *c, int which) {
     return e;
 }
 
+/* ---- cache prefetch: the table's slots of record i + 4's keys, the entries of record i + 2's -------- */
+static void prefetch_state(const tmap_t *m, const uint8_t *key, int klen, int stage) {
+    size_t s = (size_t)rt_hash(key, klen) & m->mask;
+    if (stage == 0) {
+        __builtin_prefetch(&m->slots[s]);
+        return;
+    }
+    uint64_t v = m->slots[s]; /* (the first probe: usually the key's) */
+    if (v == RT_EMPTY) return;
+    const char *e = (const char *)&m->ents[(uint32_t)v];
+    __builtin_prefetch(e);
+    __builtin_prefetch(e + 64);
+    __builtin_prefetch(e + 128);
+}
+
+static void prefetch_pair(const pmap_t *m, const uint8_t *pk, int stage) {
+    size_t s = (size_t)rt_hash(pk, PAIR_KEY_LEN) & m->mask;
+    if (stage == 0) {
+        __builtin_prefetch(&m->slots[s]);
+        return;
+    }
+    uint64_t v = m->slots[s];
+    if (v == RT_EMPTY) return;
+    __builtin_prefetch(m->keys[(uint32_t)v]);
+    __builtin_prefetch(&m->state[(uint32_t)v]);
+}
+
+static void prefetch_ahead(HookObject *h, Py_ssize_t i) {
+    const RiskTableObject *t = h->table;
+    for (int stage = 0; stage < 2; stage++) {
+        Py_ssize_t j = i + (stage == 0 ? 4 : 2);
+        if (j >= h->n) break;
+        const uint8_t *r = (const uint8_t *)h->recs.buf + j * REC;
+        uint8_t key[17], klen;
+        for (int which = 0; which < 2 && t->states.slots != NULL; which++) {
+            if (!(which == 0 ? h->track_out : h->track_in)) continue;
+            key_of(r, which, key, &klen);
+            prefetch_state(&t->states, key, klen, stage);
+        }
+        if (h->track_pairs && t->pairs.slots != NULL) prefetch_pair(&t->pairs, r + O_DR, stage);
+    }
+}
+
 /* forget what the context loaded (after Python code ran that may have moved a key) */
 static void ctx_release(ctx_t *c) {
     for (int w = 0; w < 3; w++) {
@@ -145,6 +188,7 @@ static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, P
     ctx_t c;
     memset(&c, 0, sizeof c);
     c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra; c.bal = bal;
+    prefetch_ahead(h, i);
     int out = -1;
     int64_t verdict = h->active ? rules_evaluate(&c) : EV_NO_MATCH;
     if (verdict >= 0) {

@@ -229,3 +229,30 @@ def test_rows_and_pair_rows_come_sorted_and_complete() -> None:
             risk.record_py(st, 10**18, rec[3] | rec[4] << 64)
     assert t.rows() == sorted((k, risk.encode_state(v)) for k, v in expected.items())
     assert t.pair_rows() == sorted({(raw[16:48], b"") for raw in recs})
+
+
+def test_a_key_changed_again_after_many_blocks_is_a_change_of_its_block() -> None:
+    """The table marks a block's changes with an 8-bit epoch: 300 blocks (the mark wraps) where one payer
+    moves only in blocks 0, 255 and 299, an abort in block 256: each of its changes is that block's row."""
+    t = risk.RiskTable(1 << 10, 1 << 10)
+    rare = encode_transfer(Transfer(1, 5, 6, 10, ledger=1, code=1))
+    busy = encode_transfer(Transfer(2, 7, 8, 3, ledger=1, code=1))
+    rare_key = KEY_OUT + (5).to_bytes(16, "little")
+    expected = risk.new_state()
+    for block in range(300):
+        ts = (block + 1) * 10**9
+        t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+        moves = block in (0, 255, 256, 299)
+        hook = risk.Hook(b"", rare if moves else busy, ts, 1, False, 1, {}, t, set(), {}, [], lambda *a: (-1, False))
+        assert hook(0, None, None)
+        keys = [k for k, _ in t.rows()]
+        assert (rare_key in keys) == moves
+        if block == 256:
+            t.abort()  # taken back: the committed state is the one of block 255
+            continue
+        if moves:
+            risk.record_py(expected, ts, 10)
+            assert t.state(rare_key) == expected
+        t.commit({}, set())
+    t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+    assert t.state(rare_key) == expected
