@@ -8,7 +8,8 @@ shape on top of it: every ``interval_s`` seconds, while this node leads its regi
 lost round loses nothing). A follower's loop only sleeps.
 
 Used by ``node/expiry.py`` (``ExpiryTimer``, its own schedule), ``node/aggregator.py``
-(``Aggregator``) and ``node/netting.py`` (``ObligationRelay``, ``SettlementTimer``).
+(``Aggregator``), ``node/netting.py`` (``ObligationRelay``, ``SettlementTimer``), ``node/witness.py``
+(the witness gatherer) and ``node/vault_service.py`` (``PeerCopies``, the vault's catch-up loop).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import grpc
 from ledger.pii import ErasureReason, PiiError
 from node.authz import PSP, caller
 from node.errors import BadRequest, DataLoss, NodeError, NotFound, Unauthorised, abort
+from node.loops import BackgroundLoop
 from node.tls import TlsFiles, peer_channel
 from node.vault import NotYourSubject, SubjectExists, Vault
 from node.vault_store import SealedRecord, SubjectErased, SubjectUnknown, VaultCorrupt, VaultError
@@ -91,16 +92,17 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         log.debug("vault copy to a peer failed late: %s", fut.exception())
 
 
-class PeerCopies:
-    """Pushes copies to the region's other members and pulls what this one missed."""
+class PeerCopies(BackgroundLoop):
+    """Pushes copies to the region's other members and pulls what this one missed (the catch-up loop:
+    ``start()``/``stop()`` of node/loops.py ``BackgroundLoop``)."""
 
     def __init__(self, vault: Vault, peers: Callable[[], list[str]], tls: TlsFiles | None = None) -> None:
+        super().__init__("vault-catch-up", log)
         self._vault = vault
         self._tls = tls
         self._members = peers  # the other members' addresses now (membership changes follow Raft)
         self._closing: set[asyncio.Future[None]] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def _stub(self, address: str) -> Any:  # an aio stub: the generated stubs are typed for sync calls
         ch = self._channels.get(address)
@@ -175,10 +177,7 @@ class PeerCopies:
                 return taken
             after = inv.next
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             try:
                 await self.pull()
@@ -187,8 +186,7 @@ class PeerCopies:
             await asyncio.sleep(SYNC_EVERY_S)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await super().stop()  # the catch-up loop has ended before its channels close
         for ch in self._channels.values():
             await ch.close()
 

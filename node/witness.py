@@ -34,6 +34,7 @@ from node.authz import trust_federation
 from node.config import NodeConfig
 from node.errors import BadRequest, abort
 from node.keys import load_key_file, write_key_file
+from node.loops import LeaderRounds
 from node.pipeline import Ingest
 from node.signing import CheckpointService
 from node.tls import TlsFiles, peer_channel
@@ -78,7 +79,7 @@ class FederationPeer:
         self._lock = asyncio.Lock()
         self._known: dict[str, int] = {}  # witness address → the size it last cosigned for this region
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._task: asyncio.Task[None] | None = None
+        self.gatherer = _Gatherer(self, config.witness_interval_ms / 1000)
         self._gathered = (-1, 0)  # (size, cosignatures) of the stored region note
         self.aggregator = Aggregator(reader, config.aggregate_every_ms if self.fed else 0, ingest, is_leader)
         files = config.tls_files
@@ -91,13 +92,11 @@ class FederationPeer:
     def start(self) -> None:
         self.aggregator.start()
         if self.fed is not None and self.fed.others(self.config.region):
-            self._task = asyncio.create_task(self._gather_loop(), name="witness-gather")
+            self.gatherer.start()
 
     async def stop(self) -> None:
         await self.aggregator.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.gatherer.stop()
         for ch in self._channels.values():
             await ch.close()
         if self.store is not None:
@@ -147,17 +146,6 @@ class FederationPeer:
                                                                              proof=proof)])
 
     # -- gatherer side --------------------------------------------------------------------------
-
-    async def _gather_loop(self) -> None:
-        interval = self.config.witness_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            if not self.is_leader():
-                continue
-            try:
-                await self.gather_once()
-            except Exception as e:  # a round that failed is retried next interval
-                log.warning("witness: gathering cosignatures failed: %s", e)
 
     async def gather_once(self) -> int:
         """Offer the newest checkpoint to every foreign witness; returns how many cosigned it."""
@@ -258,3 +246,16 @@ class WitnessService(wpb_grpc.WitnessServicer):
             return await asyncio.to_thread(self._peer.aggregates_in, note)
         except Exception as e:
             await abort(context, e)
+
+
+class _Gatherer(LeaderRounds):
+    """The leader's gathering of cosignatures, every ``--witness-interval-ms`` (node/loops.py)."""
+
+    failure_message = "witness: gathering cosignatures failed: %s"
+
+    def __init__(self, peer: FederationPeer, interval_s: float) -> None:
+        super().__init__("witness-gather", interval_s, peer.is_leader, log)
+        self._peer = peer
+
+    async def round(self) -> int:
+        return await self._peer.gather_once()
