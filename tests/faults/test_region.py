@@ -20,6 +20,7 @@ from sovledger.cluster import Cluster, NodeEntry
 from sovledger_pb import peer_pb2, peer_pb2_grpc
 from tests.faults.harness import Load, check, create_accounts
 from tests.faults.netshim import Shim
+from tests.integration.nodeproc import kill_region
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def region(tmp_path: Path) -> Iterator[ShimCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop_all()
+        kill_region(cluster)
         cluster.shim.close()
 
 

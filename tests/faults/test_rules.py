@@ -17,6 +17,7 @@ from ledger.rules.model import parse_ruleset, signing_message
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster
 from tests.faults.harness import Load, check, create_accounts
+from tests.integration.nodeproc import kill_region
 
 pytestmark = pytest.mark.integration
 OPERATOR = Signer.generate("faults-operator")
@@ -42,7 +43,7 @@ def region(tmp_path: Path) -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        cluster.stop_all()
+        kill_region(cluster)
 
 
 @pytest.mark.faults_slow

@@ -103,3 +103,16 @@ def start_region(root: Path, nodes: int = 3, extra: list[str] | None = None) -> 
     for n in cluster.nodes:
         cluster.start(n, extra)
     return cluster
+
+
+def kill_region(cluster: Any) -> None:
+    """Tear down a region whose stopping is not what the test is about: kill -9 every node at once.
+
+    A clean stop (SIGTERM) costs each node ~2 s here: the gRPC server's grace period waits for the
+    peers' replication streams, which never end on their own. Clean stops are tested where they are the
+    subject (tests/integration/test_region_lifecycle.py hand-over, test_launcher.py `cluster down`,
+    the docs' `cluster down`); a teardown asserts nothing about them."""
+    from sovledger.cluster import Cluster
+
+    for n in Cluster(cluster.data).nodes + cluster.nodes:  # the saved list too: members added or removed
+        cluster.kill(n, signal.SIGKILL)

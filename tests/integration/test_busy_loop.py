@@ -16,7 +16,7 @@ from clients.client import LedgerClient
 from sovledger.cluster import Cluster
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
-from tests.integration.nodeproc import start_region
+from tests.integration.nodeproc import kill_region, start_region
 
 pytestmark = pytest.mark.integration
 
@@ -81,4 +81,4 @@ def test_concurrent_rule_validations_do_not_cause_an_election(tmp_path: Path) ->
         after = _terms(cluster)
         assert after == before, f"an election happened while clients validated: {before} -> {after}"
     finally:
-        cluster.stop_all()
+        kill_region(cluster)

@@ -59,8 +59,12 @@ def test_cluster_up_status_kill_restart_transfer_down(tmp_path: Path) -> None:
             c.submit_one(EventKind.CREATE_ACCOUNT, account_records(10, first_id=account_id_for(1, 1)))
 
         # every node up, one leader, same checkpoint once the followers applied
-        assert wait_for(lambda: len({r["checkpoint"]["root"] for r in status(data) if r["checkpoint"]}) == 1
-                        and all(r["lag"] == 0 for r in status(data)))
+        def same_checkpoint_no_lag() -> bool:  # one `status` call per poll: both conditions on one snapshot
+            rows = status(data)
+            return len({r["checkpoint"]["root"] for r in rows if r["checkpoint"]}) == 1 and all(
+                r["lag"] == 0 for r in rows)
+
+        assert wait_for(same_checkpoint_no_lag)
         rows = status(data)
         assert [r["up"] for r in rows] == [True] * 3
         assert sorted(r["role"] for r in rows) == ["follower", "follower", "leader"]

@@ -14,7 +14,7 @@ from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster, _cmd_member
 from sovledger_pb import peer_pb2, peer_pb2_grpc
-from tests.integration.nodeproc import start_region, wait_tree_size
+from tests.integration.nodeproc import kill_region, start_region, wait_tree_size
 
 pytestmark = pytest.mark.integration
 
@@ -78,5 +78,4 @@ def test_transfer_leader_then_add_learner_promote_and_remove(tmp_path: Path) -> 
         for n in cluster.nodes:
             assert _caught_up(n.target, size), f"{n.node_id} fell behind after the removal"
     finally:
-        Cluster(cluster.data).stop_all()
-        cluster.stop_all()
+        kill_region(cluster)

@@ -26,6 +26,7 @@ from ledger.codec import decode_leaf
 from ledger.note import Checkpoint, split_note
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster
+from tests.integration.nodeproc import kill_region
 
 pytestmark = pytest.mark.integration
 
@@ -176,4 +177,4 @@ def test_region_survives_leader_kills_pause_and_full_restart(tmp_path: Path) -> 
         print(f"\nelection after leader loss: median {statistics.median(election_s):.2f}s, "
               f"max {max(election_s):.2f}s over {len(election_s)} elections; {len(load.acked):,} acked")
     finally:
-        cluster.stop_all()
+        kill_region(cluster)

@@ -14,7 +14,7 @@ from clients.workload import TransferGenerator, account_records
 from ledger.codec import u128_bytes
 from ledger.types import EventKind, Result
 from sovledger_pb import ledger_pb2 as pb
-from tests.integration.nodeproc import start_region
+from tests.integration.nodeproc import kill_region, start_region
 
 pytestmark = pytest.mark.integration
 
@@ -55,4 +55,4 @@ def test_followers_redirect_writes_and_reads_unless_stale_is_asked(tmp_path: Pat
             st = f.status()
             assert st.role == "follower" and st.leader == leader.target
     finally:
-        cluster.stop_all()
+        kill_region(cluster)

@@ -20,7 +20,7 @@ from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster, NodeEntry
 from sovledger_pb import peer_pb2, peer_pb2_grpc
-from tests.integration.nodeproc import start_region
+from tests.integration.nodeproc import kill_region, start_region
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def test_sigterm_hands_over_then_removed_member_is_not_dialled_and_health_follow
         for n in (survivor, other):
             assert "too_many_pings" not in _log(n)
     finally:
-        cluster.stop_all()
+        kill_region(cluster)
 
 
 def _wait_applied_everywhere(cluster: Cluster, nodes: list[NodeEntry], timeout_s: float = 30.0) -> None:

@@ -14,7 +14,7 @@ from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind, Result
 from sovledger.cluster import Cluster, _cmd_member
-from tests.integration.nodeproc import start_region, wait_tree_size
+from tests.integration.nodeproc import kill_region, start_region, wait_tree_size
 
 pytestmark = pytest.mark.integration
 
@@ -75,4 +75,4 @@ def test_far_behind_and_wiped_nodes_catch_up_through_snapshots(tmp_path: Path) -
                 bodies.add(cp.note.split("\n\n")[0])
         assert len(bodies) == 1
     finally:
-        Cluster(cluster.data).stop_all()
+        kill_region(cluster)

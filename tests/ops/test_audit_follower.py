@@ -11,7 +11,7 @@ from clients.client import LedgerClient
 from clients.workload import TransferGenerator, account_records
 from ledger.types import EventKind
 from sovledger.cluster import Cluster
-from tests.integration.nodeproc import wait_tree_size
+from tests.integration.nodeproc import kill_region, wait_tree_size
 from tests.ops.test_backup import cli
 
 pytestmark = pytest.mark.integration
@@ -39,4 +39,4 @@ def test_full_audit_against_a_follower_passes(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         assert "own state" in r.stdout
     finally:
-        cluster.stop_all()
+        kill_region(cluster)

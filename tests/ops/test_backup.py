@@ -25,7 +25,7 @@ from ledger.note import Signer
 from ledger.types import EventKind
 from sovledger.backup import DATA_FILE, MANIFEST_FILE, file_digest
 from sovledger.cluster import Cluster
-from tests.integration.nodeproc import ROOT, NodeProcess
+from tests.integration.nodeproc import ROOT, NodeProcess, kill_region
 from tests.integration.test_region import BATCH, FailoverLoad, wait_progress
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_hot_backup_under_load_restores_and_audits(tmp_path: Path) -> None:
     finally:
         if restored is not None:
             restored.stop()
-        cluster.stop_all()
+        kill_region(cluster)
 
 
 Cold = tuple[Path, dict[str, object]]  # a stopped node's directory root and its cold backup's manifest

@@ -21,6 +21,7 @@ from clients.workload import account_records
 from ledger.codec import TRANSFER_STRUCT, decode_leaf
 from ledger.types import EventKind
 from sovledger.cluster import Cluster
+from tests.integration.nodeproc import kill_region
 from tests.integration.test_region import BATCH, FailoverLoad, wait_progress
 
 pytestmark = pytest.mark.integration
@@ -93,4 +94,4 @@ def test_follow_survives_leader_kill(tmp_path: Path) -> None:
     finally:
         if consumer is not None:
             consumer.stop.set()
-        cluster.stop_all()
+        kill_region(cluster)

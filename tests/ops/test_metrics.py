@@ -14,7 +14,7 @@ import pytest
 from clients.client import LedgerClient
 from ledger.types import Account, Result, Transfer, TransferFlags
 from sovledger.cluster import Cluster
-from tests.integration.nodeproc import ROOT, free_port
+from tests.integration.nodeproc import ROOT, free_port, kill_region
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_every_documented_metric_is_exported(tmp_path: Path) -> None:
         assert re.search(r'sovledger_results_total\{kind="create_transfer",psp="42",result="ok"\} 1\.0', text)
         assert 'sovledger_raft_role{role="leader"} 1.0' in text
     finally:
-        cluster.stop_all()
+        kill_region(cluster)
 
 
 def test_dashboard_uses_only_documented_metrics() -> None:

@@ -25,7 +25,7 @@ from ledger.ownership import account_id_for
 from ledger.pii import ErasureReason
 from ledger.types import EventKind, Result, Transfer
 from sovledger.cluster import Cluster
-from tests.integration.nodeproc import wait_tree_size
+from tests.integration.nodeproc import kill_region, wait_tree_size
 from tests.pii.helpers import files_containing, vault_key
 
 pytestmark = pytest.mark.integration
@@ -162,7 +162,7 @@ def test_erase_while_follower_down_then_snapshot_scan_and_audit(tmp_path: Path,
                 keys.append(c.checkpoint().verifier_key)
         assert _audit_full(tmp_path, leader.target, keys, as_auditor) == 0
     finally:
-        Cluster(cluster.data).stop_all()
+        kill_region(cluster)
 
 
 def _disclose_parser():  # type: ignore[no-untyped-def]

@@ -12,8 +12,7 @@ import pytest
 
 from clients.client import LedgerClient
 from clients.pii import PiiVault, VaultCallError
-from sovledger.cluster import Cluster
-from tests.integration.nodeproc import start_region
+from tests.integration.nodeproc import kill_region, start_region
 from tests.pii.helpers import vault_key
 
 pytestmark = pytest.mark.integration
@@ -56,4 +55,4 @@ def test_copies_survive_node_loss_and_reach_a_node_that_was_down(tmp_path: Path)
             v.put(8, FIELDS, psp_id=2)
         assert e.value.code == grpc.StatusCode.UNAVAILABLE and "majority" in str(e.value)
     finally:
-        Cluster(cluster.data).stop_all()
+        kill_region(cluster)

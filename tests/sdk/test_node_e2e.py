@@ -30,7 +30,7 @@ from ledger.codec import TRANSFER_SIZE, decode_leaf, decode_transfer, encode_tra
 from ledger.note import Signer
 from ledger.psp_group import AUX_TAG_PSP_GROUP, check_group_aux, group_messages
 from ledger.types import Account, EventKind, Result, Transfer
-from tests.integration.nodeproc import ROOT, NodeProcess
+from tests.integration.nodeproc import ROOT, NodeProcess, kill_region
 
 pytestmark = pytest.mark.integration
 ACCOUNTS = 50
@@ -357,4 +357,4 @@ def test_region_leader_kill9_fails_over_without_failures_or_duplicates(tmp_path:
         counts = ledger_transfer_counts(new_leader)
         assert set(counts) == {t.id for t in ts} and set(counts.values()) == {1}
     finally:
-        region.stop_all()
+        kill_region(region)
