@@ -30,8 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import cel
-
 from ledger import risk
 from ledger.risk import KEY_IN, KEY_OUT, KEY_PSP, deviation_bps, window_features
 from ledger.rules.fastpath import RulePlan, generate, plan_rule
@@ -105,6 +103,14 @@ _TOKEN_RE: Final = re.compile(
       | (?P<punct>&&|\|\||==|!=|<=|>=|[-+*/%<>!?:.,()\[\]{}])""",
     re.VERBOSE,
 )
+
+
+def _cel_compile(text: str) -> Any:
+    """A CEL program. The ``cel`` package is imported on first use: importing it loads its command
+    line (prompt_toolkit, numpy), ~0.6 s that every CLI start and every node without rules would pay."""
+    import cel
+
+    return cel.compile(text)
 
 
 def flat(path: str) -> str:
@@ -241,7 +247,7 @@ def _compile_rule(rule: Rule) -> tuple[Any, set[str], str]:
     except RuleSetError as e:
         raise RuleSetError(e.result, [f"{where}: {p}" for p in e.problems]) from None
     try:
-        program = cel.compile(text)
+        program = _cel_compile(text)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:
@@ -401,7 +407,7 @@ def _groups(rules: tuple[Rule, ...], texts: list[str], size: int = GROUP_MAX) ->
     while pending:
         start, stop = pending.pop(0)
         try:
-            groups.append(_Group(start, stop, cel.compile(_fold(texts, start, stop))))
+            groups.append(_Group(start, stop, _cel_compile(_fold(texts, start, stop))))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
