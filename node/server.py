@@ -126,6 +126,7 @@ class Node:
         self.netting = NettingService(config.region, self.store, self._propose, lambda: self.committer.check_leader(),
                                       self._prove)
         self.server: grpc.aio.Server | None = None
+        self.peer_service: PeerService | None = None  # inbound Raft streams, ended before the stop's grace
         self.psp_auth: PspAuthenticator | None = None
         self.vault = NodeVault(config, self.store)  # PII vault (docs/privacy.md)
         self.federation = FederationPeer(config, self.checkpoints, self.reader,  # docs/federation.md
@@ -224,8 +225,8 @@ class Node:
             server
         )
         if self.replicator is not None and self.snapshots is not None:
-            peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.replicator.deliver, self.snapshots.source),
-                                                     server)
+            self.peer_service = PeerService(self.replicator.deliver, self.snapshots.source)
+            peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, server)
             peer_pb2_grpc.add_RegionAdminServicer_to_server(RegionAdminService(self.replicator), server)
         pb_grpc.add_AuditServicer_to_server(AuditService(self.reader, self.checkpoints, self.offload), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.status, self.rotate_key), server)
@@ -347,6 +348,8 @@ class Node:
         if self.settlement is not None:
             await self.settlement.stop()
         if self.server:
+            if self.peer_service is not None:  # peers' streams never end by themselves: the grace would wait 2 s
+                log.info("stopping: ended %d inbound peer streams", self.peer_service.end_streams())
             await self.server.stop(grace=2.0)
         await self.committer.stop()
         if self.ingest:

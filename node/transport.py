@@ -160,18 +160,42 @@ class PeerService(ppb_grpc.PeerServicer):
                  snapshot_source: Callable[[int], AsyncIterator[ppb.SnapshotChunk]]) -> None:
         self._deliver = deliver
         self._snapshot_source = snapshot_source
+        self._streams: set[asyncio.Task[Any]] = set()  # the handlers of open Send streams
+        self._ending = False
 
     async def Send(self, request_iterator: AsyncIterator[ppb.RaftEnvelope],
                    context: grpc.aio.ServicerContext[ppb.RaftEnvelope, ppb.PeerAck]) -> ppb.PeerAck:
         who = caller(context)
         sender = node_number(who.name) if who is not None else None
-        async for env in request_iterator:
-            if sender is not None and _SENDER.unpack_from(env.message)[0] != sender:
-                await abort(context, Unauthorised(
-                    f"a Raft message from node {_SENDER.unpack_from(env.message)[0]} arrived on a connection "
-                    f"certified for node {sender}; peers speak only for themselves"))
-            self._deliver(env.message)
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+        try:
+            async for env in request_iterator:
+                if sender is not None and _SENDER.unpack_from(env.message)[0] != sender:
+                    await abort(context, Unauthorised(
+                        f"a Raft message from node {_SENDER.unpack_from(env.message)[0]} arrived on a connection "
+                        f"certified for node {sender}; peers speak only for themselves"))
+                self._deliver(env.message)
+        except asyncio.CancelledError:
+            if not self._ending:  # gRPC cancelled the call (the peer went away): nothing to answer
+                raise
+            # end_streams: close the call with a status now; a cancelled handler alone keeps the call open
+            # until the server's grace period ends
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this node is stopping")
+        finally:
+            if task is not None:
+                self._streams.discard(task)
         return ppb.PeerAck()
+
+    def end_streams(self) -> int:
+        """End every open inbound Send stream now (a stopping node, after its hand-over): a peer's stream
+        never ends on its own, so without this the server's grace period waits for nothing. Returns how many."""
+        self._ending = True
+        streams, self._streams = self._streams, set()
+        for task in streams:
+            task.cancel()
+        return len(streams)
 
     async def FetchSnapshot(self, request: ppb.SnapshotRequest,
                             context: grpc.aio.ServicerContext[ppb.SnapshotRequest, ppb.SnapshotChunk],

@@ -108,8 +108,8 @@ def start_region(root: Path, nodes: int = 3, extra: list[str] | None = None) -> 
 def kill_region(cluster: Any) -> None:
     """Tear down a region whose stopping is not what the test is about: kill -9 every node at once.
 
-    A clean stop (SIGTERM) costs each node ~2 s here: the gRPC server's grace period waits for the
-    peers' replication streams, which never end on their own. Clean stops are tested where they are the
+    A clean stop (SIGTERM) of a whole region costs its leader up to 3 s: it tries to hand leadership over
+    to members that are stopping too (node/server.py). Clean stops are tested where they are the
     subject (tests/integration/test_region_lifecycle.py hand-over, test_launcher.py `cluster down`,
     the docs' `cluster down`); a teardown asserts nothing about them."""
     from sovledger.cluster import Cluster
