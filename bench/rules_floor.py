@@ -103,7 +103,8 @@ def main() -> None:
     print(f"  allowed extra at 20 rules (target <= 25% drop) {allowance:6.2f}")
     for touched, label in ((False, "lookup"), (True, "touched")):
         f, parts = min(floors[touched], key=lambda x: x[0])
-        print(f"  storage floor, pairs {label:8}                {f:6.2f}  = {100 * f / allowance:.0f}% of the allowance")
+        share = 100 * f / allowance
+        print(f"  storage floor, pairs {label:8}                {f:6.2f}  = {share:.0f}% of the allowance")
         for k, v in parts.items():
             print(f"    {k:14} {v:6.2f}")
         print(f"  best possible drop ({label}): {100 * (1 - b / (b + f)):.1f}% (apply work above the floor: 0)")
