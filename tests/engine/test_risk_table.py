@@ -116,6 +116,7 @@ def test_a_block_that_fails_after_the_hook_is_rolled_back(pair: RulesPair, monke
         blk = args[0]
         if blk.side.table is not None:
             assert blk.side.table.sizes()[1] > 0  # the hook did change states in this block
+            assert blk.side.table.sizes()[4] > 0  # and touched pairs without looking them up
         real_seal(*args)
         raise OSError("injected: the disk refused the commit")
 
