@@ -53,7 +53,9 @@ _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
 _FLAGS_AT: Final = 87  # a record's flags as the 87th of its 88 u16 (offset 174)
 _LINKED: Final = int(TransferFlags.LINKED)
-PREFETCH: Final = True  # a segment's uncached risk states in one get_many before the hook (pairs: never)
+# a segment's uncached risk states in one get_many before the hook (pairs: never). Off: once pairs are not
+# prefetched, the states' prefetch cost more than it saved on bench.rules (warm cache; bench/README sixth pass)
+PREFETCH: Final = False
 SPLITS_MAX: Final = 16  # rule-decided records per batch that resume the engine; later ones: the reference
 
 
