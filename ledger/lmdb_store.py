@@ -84,11 +84,16 @@ class _LmdbWrite(_LmdbRead):
         with _full_errors(self._map_size):
             self._txn.put(key, value, db=self._db(table))
 
-    def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
+    def put_many(
+        self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False, overwrite: bool = True
+    ) -> int:
+        invariant(overwrite or not append, "put_many: append=True stores every row, overwrite=False may skip some")
         with _full_errors(self._map_size), self._txn.cursor(db=self._db(table)) as cur:
-            consumed, added = cur.putmulti(items, append=append)
+            consumed, added = cur.putmulti(items, overwrite=overwrite, append=append)
         # MDB_APPEND skips (does not store) a key at or below the last one: never lose a row silently
-        invariant(added == consumed, f"{consumed - added} of {consumed} rows appended to {table!r} out of key order")
+        invariant(not overwrite or added == consumed,
+                  f"{consumed - added} of {consumed} rows appended to {table!r} out of key order")
+        return int(added)
 
     def delete(self, table: str, key: bytes) -> None:
         self._txn.delete(key, db=self._db(table))

@@ -60,8 +60,12 @@ class ReadTxn(Protocol):
 class WriteTxn(ReadTxn, Protocol):
     def put(self, table: str, key: bytes, value: bytes) -> None: ...
 
-    def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
-        """Put many items; ``append=True`` promises keys are ascending and above every stored key."""
+    def put_many(
+        self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False, overwrite: bool = True
+    ) -> int:
+        """Put many items; the number of keys stored. ``append=True`` promises keys are ascending and above
+        every stored key (all are stored); ``overwrite=False`` leaves a key already present untouched (not
+        written, not counted) and inserts the missing ones."""
         ...
 
     def delete(self, table: str, key: bytes) -> None: ...
@@ -204,14 +208,22 @@ class _MemoryWrite(_MemoryRead):
         self._account(len(key) + len(value))
         self._overlay(table)[key] = bytes(value)
 
-    def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
+    def put_many(
+        self, table: str, items: Iterable[tuple[bytes, bytes]], append: bool = False, overwrite: bool = True
+    ) -> int:
+        invariant(overwrite or not append, "put_many: append=True stores every row, overwrite=False may skip some")
         ov = self._overlay(table)
         if append:  # hold callers to LmdbStore's MDB_APPEND contract (it would drop an out-of-order row)
             items = list(items)
             self._check_append(table, ov, [k for k, _ in items])
+        added = 0
         for k, v in items:
+            if not overwrite and self.get(table, k) is not None:
+                continue  # LMDB's MDB_NOOVERWRITE: the stored value stays, nothing is written
             self._account(len(k) + len(v))
             ov[k] = bytes(v)
+            added += 1
+        return added
 
     def delete(self, table: str, key: bytes) -> None:
         self._overlay(table)[key] = _DELETED

@@ -12,14 +12,20 @@
  *         A key's in-block state lives either here (changed by the C hook) or in the Python dict
  *         SideState.risk, never both: take() hands it to Python (a linked chain's undo log, the
  *         reference create_transfer) and puts the committed value back here.
- * pairs   committed pair lookups (absent / present) and the block's new pairs. Bounded by max_pairs
- *         (all dropped after a commit above it). 33 bytes per entry + 16 bytes of index.
+ * pairs   committed pair lookups (absent / present) and the block's pairs: new (looked up absent because
+ *         a rule or Python asked, then paid) or touched (paid; the committed state never asked for, so
+ *         never looked up). A touched pair reads as seen (paid earlier in this block). Seal inserts the
+ *         new ones and puts the touched ones with no-overwrite (a committed pair is left as it is);
+ *         commit() makes both present, abort() makes new ones absent and touched ones unknown again.
+ *         Bounded by max_pairs (all dropped after a commit above it). 33 bytes per entry + 16 bytes of
+ *         index.
  *
- * begin(get_risk, get_pair, get_risks, get_pairs) opens a block over the write transaction's readers
- * (one key; a list of keys); commit(risk, pairs) publishes the block: its changes stay, the Python
- * dict's states are merged in, its new pairs (the table's and the Python set's) become present;
- * abort() takes the block's changes and new pairs back. prefetch(records, tracks) reads a segment's
- * uncached keys in one call per table. rows() / pair_rows() give the block's rows, sorted by key,
+ * begin(get_risk, get_pair, get_risks) opens a block over the write transaction's readers (one key; a
+ * list of risk keys); commit(risk, pairs) publishes the block: its changes stay, the Python dict's
+ * states are merged in, its new and touched pairs (the table's and the Python set's) become present;
+ * abort() takes the block's changes and pairs back. prefetch(records, tracks) reads a segment's
+ * uncached risk keys in one call (pairs are not prefetched: a transfer's pair is looked up only when a
+ * rule reads it). rows() / pair_rows() / touched_pair_rows() give the block's rows, sorted by key,
  * packed as the store keeps them. */
 #include "risk_table.h"
 
@@ -166,13 +172,20 @@ int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state) {
 
 void pmap_clear(pmap_t *m) {
     if (m->slots != NULL && m->n) memset(m->slots, 0xff, (m->mask + 1) * sizeof(uint64_t));
-    m->n = m->nnew = 0;
+    m->n = m->nnew = m->ntouched = 0;
 }
 
-void pmap_settle(pmap_t *m, uint8_t to) { /* the block's new pairs: committed (PRESENT) or dropped */
-    for (size_t i = 0; m->nnew && i < m->n; i++)
-        if (m->state[i] == PAIR_NEW) { m->state[i] = to; m->nnew--; }
-    m->nnew = 0;
+/* the block's new and touched pairs: committed (present), or taken back (new: absent, touched: unknown) */
+void pmap_settle(pmap_t *m, int keep) {
+    size_t left = m->nnew + m->ntouched;
+    for (size_t i = 0; left && i < m->n; i++) {
+        uint8_t s = m->state[i];
+        if (s == PAIR_NEW) m->state[i] = keep ? PAIR_PRESENT : PAIR_ABSENT;
+        else if (s == PAIR_TOUCHED) m->state[i] = keep ? PAIR_PRESENT : PAIR_UNKNOWN;
+        else continue;
+        left--;
+    }
+    m->nnew = m->ntouched = 0;
 }
 
 /* ---- what the hook uses ------------------------------------------------------------------------- */
@@ -272,6 +285,22 @@ void rt_add_pair(RiskTableObject *t, int32_t idx) {
         t->pairs.state[idx] = PAIR_NEW;
         t->pairs.nnew++;
     }
+}
+
+int rt_touch(RiskTableObject *t, const uint8_t *pk) {
+    if (t->get_pair == NULL) return rt_no_block();
+    uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
+    int32_t i = pmap_find(&t->pairs, pk, h);
+    if (i < 0) {
+        if (pmap_insert(&t->pairs, pk, h, PAIR_TOUCHED) < 0) return -1;
+        t->pairs.ntouched++;
+    } else if (t->pairs.state[i] == PAIR_ABSENT) {
+        rt_add_pair(t, i);
+    } else if (t->pairs.state[i] == PAIR_UNKNOWN) {
+        t->pairs.state[i] = PAIR_TOUCHED;
+        t->pairs.ntouched++;
+    } /* present, new, touched: nothing to do */
+    return 0;
 }
 
 /* the block's changes: kept (commit) or put back (abort) */

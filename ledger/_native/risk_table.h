@@ -36,13 +36,16 @@ typedef struct { /* keys in insertion order; open addressing over them, slot = h
     size_t mask;
 } tmap_t;
 
-enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2, PAIR_UNKNOWN = 3 }; /* unknown: a prefetch that failed */
+/* absent / present: a committed lookup; new: looked up absent, then paid in the open block (inserted at seal);
+ * touched: paid in the open block, committed state not looked up (a no-overwrite put at seal); unknown: not
+ * known (a touched pair of an aborted block) */
+enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2, PAIR_UNKNOWN = 3, PAIR_TOUCHED = 4 };
 enum { HAS_NONE = 0, HAS_ROW = 1, HAS_UNKNOWN = 2 };                       /* tent_t.has */
 
-typedef struct { /* payer-payee pairs: a committed lookup (absent / present) or new in the open block */
+typedef struct { /* payer-payee pairs: a committed lookup (absent / present), new or touched in the open block */
     uint8_t (*keys)[PAIR_KEY_LEN];
     uint8_t *state;
-    size_t n, cap, nnew;
+    size_t n, cap, nnew, ntouched;
     uint64_t *slots;
     size_t mask;
 } pmap_t;
@@ -57,7 +60,7 @@ typedef struct {
     pmap_t pairs;     /* committed pair lookups and the open block's new pairs, bounded */
     size_t max_states, max_pairs;
     PyObject *get_risk, *get_pair;    /* the open block's store readers (one key), NULL between blocks */
-    PyObject *get_risks, *get_pairs;  /* (a sorted list of keys) */
+    PyObject *get_risks;              /* (a sorted list of risk keys) */
 } RiskTableObject;
 
 extern PyTypeObject RiskTableType;
@@ -68,10 +71,12 @@ int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK
               int32_t *idx);
 /* the entry's new state in the open block (a recorded event) */
 int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN]);
-/* whether the pair was seen: new in this block or committed (a store lookup, cached); its index */
+/* whether the pair was seen: new or touched in this block, or committed (a store lookup, cached); its index */
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx);
 /* a pair rt_seen reported unseen becomes new in this block */
 void rt_add_pair(RiskTableObject *t, int32_t idx);
+/* a successful transfer's pair, without a store lookup: new (known absent) or touched (committed state unknown) */
+int rt_touch(RiskTableObject *t, const uint8_t *pk);
 int risk_table_add_type(PyObject *module);
 
 /* the maps, for risk_table_type.c (the Python type) */
@@ -85,7 +90,7 @@ void tmap_keep_newest(tmap_t *m, size_t keep);
 int32_t pmap_find(const pmap_t *m, const uint8_t *pk, uint64_t h);
 int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state);
 void pmap_clear(pmap_t *m);
-void pmap_settle(pmap_t *m, uint8_t to);
+void pmap_settle(pmap_t *m, int keep);
 void rt_settle_states(RiskTableObject *t, int keep);
 int rt_no_block(void);
 #endif

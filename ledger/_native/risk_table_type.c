@@ -170,16 +170,14 @@ static PyObject *rt_rows(PyObject *self, PyObject *unused) {
     return out;
 }
 
-/* pair_rows() -> [(pair key, b"")] of the block's new pairs, sorted */
-static PyObject *rt_pair_rows(PyObject *self, PyObject *unused) {
-    (void)unused;
-    pmap_t *m = &((RiskTableObject *)self)->pairs;
-    skey_t *order = PyMem_Malloc(2 * (m->nnew + 1) * sizeof *order);
+/* [(pair key, b"")] of the block's pairs in `state` (count of them), sorted */
+static PyObject *pairs_in(const pmap_t *m, uint8_t state, size_t count) {
+    skey_t *order = PyMem_Malloc(2 * (count + 1) * sizeof *order);
     if (order == NULL) return PyErr_NoMemory();
     size_t n = 0;
-    for (size_t i = 0; i < m->n && n < m->nnew; i++)
-        if (m->state[i] == PAIR_NEW) skey_of(&order[n++], m->keys[i], PAIR_KEY_LEN);
-    sort_keys(order, order + m->nnew + 1, n);
+    for (size_t i = 0; i < m->n && n < count; i++)
+        if (m->state[i] == state) skey_of(&order[n++], m->keys[i], PAIR_KEY_LEN);
+    sort_keys(order, order + count + 1, n);
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out != NULL && i < n; i++) {
         PyObject *it = item(order[i].key, PAIR_KEY_LEN, PyBytes_FromStringAndSize(NULL, 0));
@@ -190,21 +188,32 @@ static PyObject *rt_pair_rows(PyObject *self, PyObject *unused) {
     return out;
 }
 
+/* pair_rows() -> the block's new pairs (known absent from the store): rows to insert */
+static PyObject *rt_pair_rows(PyObject *self, PyObject *unused) {
+    (void)unused;
+    const pmap_t *m = &((RiskTableObject *)self)->pairs;
+    return pairs_in(m, PAIR_NEW, m->nnew);
+}
+
+/* touched_pair_rows() -> the block's touched pairs (committed state unknown): rows to put with no-overwrite */
+static PyObject *rt_touched_pair_rows(PyObject *self, PyObject *unused) {
+    (void)unused;
+    const pmap_t *m = &((RiskTableObject *)self)->pairs;
+    return pairs_in(m, PAIR_TOUCHED, m->ntouched);
+}
+
 /* the keys of these transfer records that are not cached yet, each once, entered in the cache as not read
  * yet (their indexes into idx): `which` bit 0 payer, 1 payee, 2 PSP state keys (ledger/risk.py KEY_OUT /
- * KEY_IN / psp_key), or 8: payer-payee pair keys */
+ * KEY_IN / psp_key) */
 static PyObject *uncached(RiskTableObject *t, const uint8_t *recs, size_t n, int which, int32_t *idx) {
     PyObject *list = PyList_New(0);
     for (size_t i = 0; list != NULL && i < n; i++) {
         const uint8_t *r = recs + 176 * i;
-        for (int w = 0; w < 4; w++) {
-            if (!(which >> (w == 3 ? 3 : w) & 1) || (w == 3) != ((which & 8) != 0)) continue;
-            uint8_t k[PAIR_KEY_LEN];
+        for (int w = 0; w < 3; w++) {
+            if (!(which >> w & 1)) continue;
+            uint8_t k[17];
             int klen = 17;
-            if (w == 3) {
-                memcpy(k, r + 16, PAIR_KEY_LEN); /* debit id (16..32) || credit id (32..48) */
-                klen = PAIR_KEY_LEN;
-            } else if (w == 2) {
+            if (w == 2) {
                 k[0] = 'p';
                 for (int b = 0; b < 4; b++) k[1 + b] = r[167 - b]; /* psp_id: u32 little endian at 164, the key big endian */
                 klen = 5;
@@ -213,15 +222,9 @@ static PyObject *uncached(RiskTableObject *t, const uint8_t *recs, size_t n, int
                 memcpy(k + 1, r + (w == 0 ? 16 : 32), 16);
             }
             uint64_t h = rt_hash(k, klen);
-            int32_t at;
-            if (w == 3) {
-                if (pmap_find(&t->pairs, k, h) >= 0) continue;
-                at = pmap_insert(&t->pairs, k, h, PAIR_UNKNOWN);
-            } else {
-                if (tmap_find(&t->states, k, klen, h) >= 0) continue;
-                at = tmap_insert(&t->states, k, klen, h);
-                if (at >= 0) t->states.ents[at].has = HAS_UNKNOWN;
-            }
+            if (tmap_find(&t->states, k, klen, h) >= 0) continue;
+            int32_t at = tmap_insert(&t->states, k, klen, h);
+            if (at >= 0) t->states.ents[at].has = HAS_UNKNOWN;
             PyObject *key = at >= 0 ? PyBytes_FromStringAndSize((const char *)k, klen) : NULL;
             if (key == NULL || PyList_Append(list, key) < 0) Py_CLEAR(list);
             else idx[PyList_GET_SIZE(list) - 1] = at;
@@ -238,7 +241,7 @@ static Py_ssize_t fetch(RiskTableObject *t, const uint8_t *recs, size_t n, int w
     PyObject *list = idx != NULL ? uncached(t, recs, n, which, idx) : PyErr_NoMemory(), *got = NULL;
     Py_ssize_t out = -1, u = list != NULL ? PyList_GET_SIZE(list) : 0;
     if (list == NULL) goto done;
-    if (u && (got = PyObject_CallOneArg(which & 8 ? t->get_pairs : t->get_risks, list)) == NULL) {
+    if (u && (got = PyObject_CallOneArg(t->get_risks, list)) == NULL) {
         if (PyErr_ExceptionMatches(PyExc_Exception)) { /* only a shortcut: each key is read (and fails) alone */
             PyErr_Clear();
             out = 0;
@@ -251,10 +254,6 @@ static Py_ssize_t fetch(RiskTableObject *t, const uint8_t *recs, size_t n, int w
     }
     for (Py_ssize_t i = 0; i < u; i++) {
         PyObject *row = PyList_GET_ITEM(got, i);
-        if (which & 8) {
-            t->pairs.state[idx[i]] = row != Py_None ? PAIR_PRESENT : PAIR_ABSENT;
-            continue;
-        }
         uint64_t st[RISK_STATE_LEN] = {0};
         if (row != Py_None && rt_decode_row(row, st) < 0) goto done;
         memcpy(t->states.ents[idx[i]].st, st, sizeof st);
@@ -269,19 +268,19 @@ done:
 }
 
 /* prefetch(records, tracks) -> how many rows were looked up: the records' uncached risk states (tracks
- * bit 0 payer, 1 payee, 2 PSP) and pairs (bit 3), one store call per table instead of one get per key */
+ * bit 0 payer, 1 payee, 2 PSP; bit 3, pairs, is ignored: a pair is looked up only when read), one store
+ * call instead of one get per key */
 static PyObject *rt_prefetch(PyObject *self, PyObject *args) {
     RiskTableObject *t = (RiskTableObject *)self;
     Py_buffer b;
     int tracks;
     if (!PyArg_ParseTuple(args, "y*i", &b, &tracks)) return NULL;
-    Py_ssize_t states = 0, pairs = 0;
-    if (t->get_pairs == NULL) rt_no_block();
+    Py_ssize_t states = 0;
+    if (t->get_risks == NULL) rt_no_block();
     else if (tracks & 7) states = fetch(t, b.buf, (size_t)b.len / 176, tracks & 7);
-    if (t->get_pairs != NULL && states >= 0 && tracks & 8) pairs = fetch(t, b.buf, (size_t)b.len / 176, 8);
     PyBuffer_Release(&b);
-    if (t->get_pairs == NULL || states < 0 || pairs < 0) return NULL;
-    return PyLong_FromSsize_t(states + pairs);
+    if (t->get_risks == NULL || states < 0) return NULL;
+    return PyLong_FromSsize_t(states);
 }
 
 /* ---- the block protocol ----------------------------------------------------------------------------- */
@@ -289,9 +288,8 @@ static void close_block(RiskTableObject *t, int keep) {
     Py_CLEAR(t->get_risk);
     Py_CLEAR(t->get_pair);
     Py_CLEAR(t->get_risks);
-    Py_CLEAR(t->get_pairs);
     rt_settle_states(t, keep);
-    pmap_settle(&t->pairs, keep ? PAIR_PRESENT : PAIR_ABSENT);
+    pmap_settle(&t->pairs, keep);
 }
 
 static void forget_all(RiskTableObject *t) {
@@ -302,13 +300,12 @@ static void forget_all(RiskTableObject *t) {
 
 static PyObject *rt_begin(PyObject *self, PyObject *args) {
     RiskTableObject *t = (RiskTableObject *)self;
-    PyObject *a, *b, *c, *d;
-    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &d)) return NULL;
+    PyObject *a, *b, *c;
+    if (!PyArg_ParseTuple(args, "OOO", &a, &b, &c)) return NULL;
     close_block(t, 0); /* a block left open by a failure is taken back */
     t->get_risk = Py_NewRef(a);
     t->get_pair = Py_NewRef(b);
     t->get_risks = Py_NewRef(c);
-    t->get_pairs = Py_NewRef(d);
     Py_RETURN_NONE;
 }
 
@@ -330,7 +327,7 @@ static int merge_python(RiskTableObject *t, PyObject *risk, PyObject *pairs) {
         const uint8_t *pk = (const uint8_t *)PyBytes_AS_STRING(key);
         uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
         int32_t i = pmap_find(&t->pairs, pk, h);
-        if (i >= 0) t->pairs.state[i] = PAIR_PRESENT; /* a cached "absent" */
+        if (i >= 0) t->pairs.state[i] = PAIR_PRESENT; /* a cached "absent" (or unknown) */
         else if (pmap_insert(&t->pairs, pk, h, PAIR_PRESENT) < 0) return -1;
     }
     return 0;
@@ -368,8 +365,8 @@ static PyObject *rt_sizes(PyObject *self, PyObject *unused) {
     RiskTableObject *t = (RiskTableObject *)self;
     size_t changed = 0;
     for (size_t k = 0; k < t->nsaved; k++) changed += t->saved[k].idx >= 0;
-    return Py_BuildValue("(nnnn)", (Py_ssize_t)t->states.n, (Py_ssize_t)changed, (Py_ssize_t)t->pairs.n,
-                         (Py_ssize_t)t->pairs.nnew);
+    return Py_BuildValue("(nnnnn)", (Py_ssize_t)t->states.n, (Py_ssize_t)changed, (Py_ssize_t)t->pairs.n,
+                         (Py_ssize_t)t->pairs.nnew, (Py_ssize_t)t->pairs.ntouched);
 }
 
 static PyObject *rt_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -397,7 +394,6 @@ static void rt_dealloc(PyObject *self) {
     Py_CLEAR(t->get_risk);
     Py_CLEAR(t->get_pair);
     Py_CLEAR(t->get_risks);
-    Py_CLEAR(t->get_pairs);
     PyMem_Free(t->states.ents);
     PyMem_Free(t->states.slots);
     PyMem_Free(t->saved);
@@ -409,18 +405,21 @@ static void rt_dealloc(PyObject *self) {
 
 static PyMethodDef RT_METHODS[] = {
     {"begin", rt_begin, METH_VARARGS,
-     "begin(get_risk, get_pair, get_risks, get_pairs): open a block over its write transaction's readers."},
+     "begin(get_risk, get_pair, get_risks): open a block over its write transaction's readers."},
     {"state", rt_state, METH_O, "state(key) -> a new list or None: the open block's view of a risk state."},
     {"take", rt_take, METH_O, "take(key) -> the block's changed state as a list handed to Python, or None."},
-    {"seen", rt_seen_py, METH_O, "seen(pair key) -> whether the pair is new in this block or committed."},
+    {"seen", rt_seen_py, METH_O, "seen(pair key) -> whether the pair is new or touched in this block, or committed."},
     {"rows", rt_rows, METH_NOARGS, "rows() -> sorted (key, row) of the states the block changed here."},
     {"pair_rows", rt_pair_rows, METH_NOARGS, "pair_rows() -> sorted (pair key, b'') of the block's new pairs."},
+    {"touched_pair_rows", rt_touched_pair_rows, METH_NOARGS,
+     "touched_pair_rows() -> sorted (pair key, b'') of the block's touched pairs (put with no-overwrite)."},
     {"prefetch", rt_prefetch, METH_VARARGS,
-     "prefetch(records, tracks) -> rows looked up: uncached states and pairs, one store call per table."},
+     "prefetch(records, tracks) -> rows looked up: the uncached risk states, one store call."},
     {"commit", rt_commit, METH_VARARGS, "commit(risk, pairs): the block committed; publish its states and pairs."},
     {"abort", rt_abort, METH_NOARGS, "abort(): the block failed; take its changes and new pairs back."},
     {"forget", rt_forget, METH_NOARGS, "forget(): drop every cached state and pair."},
-    {"sizes", rt_sizes, METH_NOARGS, "sizes() -> (cached states, states the block changed, cached pairs, new pairs)."},
+    {"sizes", rt_sizes, METH_NOARGS,
+     "sizes() -> (cached states, states the block changed, cached pairs, new pairs, touched pairs)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,7 +16,9 @@
  * only when it has any), else the table (the block's changes, the committed states, the store). A
  * recorded state goes back where it came from: into that Python list in place, else into the table,
  * so a key's in-block state is in exactly one of the two. Pairs likewise: the Python set `pairs`
- * (only when it has any), else the table, which keeps the block's new pairs.
+ * (only when it has any), else the table, which keeps the block's new and touched pairs. A pair is
+ * looked up in the store only when a rule reads risk.new_payee; a successful transfer whose pair no
+ * rule read marks it touched without a lookup (seal puts those with no-overwrite).
  * The fields and the program itself: rules_eval.c. */
 #include "rules.h"
 
@@ -142,9 +144,12 @@ static int after_success(HookObject *h, ctx_t *c) {
     if ((h->track_out && record_one(h, c, 0, amount) < 0) || (h->track_in && record_one(h, c, 1, amount) < 0) ||
         (h->track_psp && record_one(h, c, 2, amount) < 0))
         return -1;
-    if (h->track_pairs) {
-        if (rules_seen(c) < 0) return -1;
-        if (!c->seen) rt_add_pair(h->table, c->pair_idx);
+    if (h->track_pairs) { /* looked up only if a rule read it: else marked touched (ledger/_native/risk_table.c) */
+        if (!c->seen_known) {
+            if (rules_touch(c) < 0) return -1;
+        } else if (!c->seen) {
+            rt_add_pair(h->table, c->pair_idx);
+        }
     }
     static const uint8_t zero[32];
     if (memcmp(r + O_EXT, zero, 32) != 0) {

@@ -82,6 +82,7 @@ extern PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_R
 
 rent_t *rules_ctx_entry(ctx_t *c, int which);        /* rules.c: a key's state, seeded on first touch */
 int rules_seen(ctx_t *c);                            /* rules_eval.c: the payer-payee pair lookup */
+int rules_touch(ctx_t *c);                           /* rules_eval.c: a successful transfer's pair, no lookup */
 int64_t rules_evaluate(ctx_t *c);                    /* rules_eval.c: rule index, EV_NO_MATCH or EV_BAIL */
 int rules_check_program(const int64_t *p, Py_ssize_t n);  /* rules_eval.c: the program's shape is sound */
 #endif

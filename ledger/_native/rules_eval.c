@@ -70,6 +70,19 @@ int rules_seen(ctx_t *c) {
     return 0;
 }
 
+/* a successful transfer's pair no rule read: in the Python set already (SideState.pairs), else touched in
+ * the table, no store lookup */
+int rules_touch(ctx_t *c) {
+    HookObject *h = c->h;
+    const uint8_t *pk = c->r + O_DR;
+    if (PySet_GET_SIZE(h->pairs) > 0) {
+        if (c->pk == NULL && (c->pk = PyBytes_FromStringAndSize((const char *)pk, 32)) == NULL) return -1;
+        int in = PySet_Contains(h->pairs, c->pk);
+        if (in != 0) return in < 0 ? -1 : 0;
+    }
+    return rt_touch(h->table, pk);
+}
+
 /* deviation_bps(out state, amount) -> (ewma, bps, n), saturated as the field table does */
 static void deviation(const rent_t *e, u128 amount, int64_t *ewma_f, int64_t *dev_f, int64_t *n_f) {
     uint64_t ewma = e->st[15], n = e->st[16];

@@ -53,7 +53,9 @@ _DR: Final = slice(16, 32)
 _CR: Final = slice(32, 48)
 _FLAGS_AT: Final = 87  # a record's flags as the 87th of its 88 u16 (offset 174)
 _LINKED: Final = int(TransferFlags.LINKED)
-PREFETCH: Final = True  # a segment's uncached risk states and pairs in one get_many per table before the hook
+# a segment's uncached risk states in one get_many before the hook (pairs: never). Off: once pairs are not
+# prefetched, the states' prefetch cost more than it saved on bench.rules (warm cache; bench/README sixth pass)
+PREFETCH: Final = False
 SPLITS_MAX: Final = 16  # rule-decided records per batch that resume the engine; later ones: the reference
 
 
@@ -137,7 +139,7 @@ def _hook(blk: Block, records: bytes, decided: list[Verdict]) -> Callable[[int, 
 
     tracks = rules.track_out | rules.track_in << 1 | rules.track_psp << 2 | rules.track_pairs << 3
     if PREFETCH:
-        side.table.prefetch(records, tracks)  # the segment's uncached states and pairs: one store call per table
+        side.table.prefetch(records, tracks)  # the segment's uncached risk states: one store call
     hook: Callable[[int, AccountState, AccountState], bool] = risk_features.Hook(
         rules.program, records, ts0, height, rules.active, tracks, side.risk, side.table, side.pairs, side.extrefs,
         decided, fallback)

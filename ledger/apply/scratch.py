@@ -68,8 +68,7 @@ class Committed:
         table = self.table
         if table is None or native.active() != "native":
             return None
-        table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many, Table.RISK),
-                    functools.partial(txn.get_many, Table.RISK_PAIRS))
+        table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many, Table.RISK))
         return table
 
     def publish_risk(self, side: SideState) -> None:
@@ -154,7 +153,7 @@ class SideState(RiskView):
         pk = debit_id + credit_id
         if pk in self.pairs:
             return True
-        if self.table is not None:  # the pairs the C hook added in this block, or a cached store lookup
+        if self.table is not None:  # the pairs the C hook added or touched in this block, or a cached store lookup
             seen: bool = self.table.seen(pk)
             return seen
         known = self.pairs_committed.get(pk)

@@ -194,7 +194,8 @@ def _write_side(blk: Block, numbering: _Leaves) -> None:
 
 def _write_risk(blk: Block) -> None:
     """The block's risk states and new pairs: the C table's (already sorted, packed) merged with the
-    Python paths' (disjoint keys: ledger/apply/scratch.py SideState.block_state)."""
+    Python paths' (disjoint keys: ledger/apply/scratch.py SideState.block_state). The pairs the C hook
+    touched without a lookup go in with no-overwrite: a committed one is left as it is (no page dirtied)."""
     side = blk.side
     table = side.table
     rows: list[tuple[bytes, bytes]] = table.rows() if table is not None else []
@@ -209,6 +210,9 @@ def _write_risk(blk: Block) -> None:
         pairs = sorted(pairs + [(k, b"") for k in side.pairs])
     if pairs:
         blk.txn.put_many(Table.RISK_PAIRS, pairs)
+    touched: list[tuple[bytes, bytes]] = table.touched_pair_rows() if table is not None else []
+    if touched:  # disjoint from the new ones (ledger/_native/risk_table.c)
+        blk.txn.put_many(Table.RISK_PAIRS, touched, overwrite=False)
 
 
 def _changed_accounts(blk: Block) -> list[tuple[bytes, bytes]]:

@@ -81,14 +81,13 @@ def run(pair: RulesPair, seed: int, blocks: int, per_block: int = 30) -> None:
 def test_the_table_is_the_native_ledgers_and_holds_the_committed_states(pair: RulesPair) -> None:
     assert table(pair) is not None
     run(pair, 1, 6)
-    cached, changed, _, new_pairs = table(pair).sizes()
-    assert changed == 0 and new_pairs == 0  # nothing of a block is left open between blocks
+    cached, changed, _, new_pairs, touched = table(pair).sizes()
+    assert changed == 0 and new_pairs == 0 and touched == 0  # nothing of a block is left open between blocks
     states = stored_states(pair)
     assert cached >= len(states) > 12  # payer, payee and PSP keys
     t = table(pair)
     with pair.stores["native"].write() as txn:  # a block that writes nothing: read the table's view
-        t.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), lambda ks: txn.get_many(Table.RISK, ks),
-                lambda pks: txn.get_many(Table.RISK_PAIRS, pks))
+        t.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), lambda ks: txn.get_many(Table.RISK, ks))
         assert all(t.state(k) == v for k, v in states.items())
         assert t.state(KEY_OUT + (99).to_bytes(16, "little")) is None  # no history
         t.abort()
@@ -102,7 +101,7 @@ def test_a_bound_that_evicts_every_block_changes_nothing(pair: RulesPair, monkey
     monkeypatch.setattr(risk, "RISK_TABLE_PAIRS", 4)
     pair.states["native"].reload()  # a new table with the small bounds
     run(pair, 2, 6)
-    cached, _, pairs, _ = table(pair).sizes()
+    cached, _, pairs, _, _ = table(pair).sizes()
     assert cached <= 30 and pairs <= 30  # trimmed after the last commit (a block touches up to ~30)
 
 
@@ -117,6 +116,7 @@ def test_a_block_that_fails_after_the_hook_is_rolled_back(pair: RulesPair, monke
         blk = args[0]
         if blk.side.table is not None:
             assert blk.side.table.sizes()[1] > 0  # the hook did change states in this block
+            assert blk.side.table.sizes()[4] > 0  # and touched pairs without looking them up
         real_seal(*args)
         raise OSError("injected: the disk refused the commit")
 
@@ -132,7 +132,7 @@ def test_a_block_that_fails_after_the_hook_is_rolled_back(pair: RulesPair, monke
         native.select(previous)
     monkeypatch.setattr(driver, "seal", real_seal)
     assert stored_states(pair) == before
-    assert table(pair).sizes()[1] == 0 and table(pair).sizes()[3] == 0  # nothing of the block left open
+    assert table(pair).sizes()[1] == 0 and table(pair).sizes()[3:] == (0, 0)  # nothing of the block left open
     pair.block(batch, advance_s=5)  # the same block again, now committed
     run(pair, 4, 2)
 
@@ -218,7 +218,7 @@ def test_rows_and_pair_rows_come_sorted_and_complete() -> None:
         recs.append(encode_transfer(Transfer(i + 1, dr, cr, rnd.randint(1, 10**6), ledger=1, code=1,
                                              psp_id=rnd.choice((0, 1, 256, 2**32 - 1)))))
     t = risk.RiskTable(1 << 10, 1 << 10)
-    t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+    t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks))
     hook = risk.Hook(b"", b"".join(recs), 10**18, 1, False, 15, {}, t, set(), {}, [], lambda *a: (-1, False))
     assert all(hook(i, None, None) for i in range(len(recs)))
     expected: dict[bytes, list[int]] = {}
@@ -228,7 +228,8 @@ def test_rows_and_pair_rows_come_sorted_and_complete() -> None:
             st = expected.setdefault(key, risk.new_state())
             risk.record_py(st, 10**18, rec[3] | rec[4] << 64)
     assert t.rows() == sorted((k, risk.encode_state(v)) for k, v in expected.items())
-    assert t.pair_rows() == sorted({(raw[16:48], b"") for raw in recs})
+    assert t.pair_rows() == []  # no rule read a pair: none was looked up, each is touched
+    assert t.touched_pair_rows() == sorted({(raw[16:48], b"") for raw in recs})
 
 
 def test_a_key_changed_again_after_many_blocks_is_a_change_of_its_block() -> None:
@@ -241,7 +242,7 @@ def test_a_key_changed_again_after_many_blocks_is_a_change_of_its_block() -> Non
     expected = risk.new_state()
     for block in range(300):
         ts = (block + 1) * 10**9
-        t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+        t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks))
         moves = block in (0, 255, 256, 299)
         hook = risk.Hook(b"", rare if moves else busy, ts, 1, False, 1, {}, t, set(), {}, [], lambda *a: (-1, False))
         assert hook(0, None, None)
@@ -254,5 +255,5 @@ def test_a_key_changed_again_after_many_blocks_is_a_change_of_its_block() -> Non
             risk.record_py(expected, ts, 10)
             assert t.state(rare_key) == expected
         t.commit({}, set())
-    t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+    t.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks))
     assert t.state(rare_key) == expected

@@ -158,8 +158,7 @@ def table_over(states: dict[bytes, list[int]], pairs: set[bytes] | frozenset[byt
     """A C RiskTable opened over a 'store' of these committed states and pairs."""
     table = risk.RiskTable(1 << 10, 1 << 10)
     rows = {k: encode_state(v) for k, v in states.items()}
-    table.begin(rows.get, lambda pk: b"" if pk in pairs else None, lambda keys: [rows.get(k) for k in keys],
-                lambda pks: [b"" if pk in pairs else None for pk in pks])
+    table.begin(rows.get, lambda pk: b"" if pk in pairs else None, lambda keys: [rows.get(k) for k in keys])
     return table
 
 
@@ -278,7 +277,7 @@ def test_hook_writes_each_state_where_it_lives() -> None:
     assert all(row == encode_state(expected[k]) for k, row in rows)
     assert all(table.state(k) == v for k, v in expected.items() if k != existing)  # the block's view
     table.abort()  # the block failed: its overlay is gone, the committed state is what it was
-    table.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks), lambda pks: [None] * len(pks))
+    table.begin(lambda k: None, lambda pk: None, lambda ks: [None] * len(ks))
     assert table.rows() == [] and table.state(payer2) == committed[payer2]
 
 
@@ -415,8 +414,7 @@ def test_an_input_the_c_hook_cannot_read_is_decided_by_python(pair: RulesPair,
                     raise OverflowError("injected")
                 return txn.get_many(Table.RISK, keys)
 
-            table.begin(failing, txn.getter(Table.RISK_PAIRS), failing_many,
-                        lambda pks: txn.get_many(Table.RISK_PAIRS, pks))
+            table.begin(failing, txn.getter(Table.RISK_PAIRS), failing_many)
         return table
 
     pair.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(a) for a in E2E_ACCOUNTS)))

@@ -57,6 +57,24 @@ def test_an_out_of_order_append_fails_the_transaction_instead_of_dropping_rows(a
         assert list(r.range("nodes")) == [(b"\x00b", b"1"), (b"\x00c", b"2")]  # the failed txns left nothing
 
 
+def test_put_many_without_overwrite_inserts_only_missing_keys(any_store: Store) -> None:
+    """overwrite=False (LMDB's MDB_NOOVERWRITE): a key already stored or put earlier in the same transaction
+    keeps its value and is not counted; a missing one (or one deleted in this transaction) is inserted."""
+    with any_store.write() as w:
+        assert w.put_many("risk_pairs", [(b"a", b"1"), (b"c", b"3"), (b"e", b"5")]) == 3
+    with any_store.write() as w:
+        w.put("risk_pairs", b"b", b"2")
+        w.delete("risk_pairs", b"e")
+        rows = [(b"a", b"x"), (b"b", b"x"), (b"d", b"x"), (b"d", b"y"), (b"e", b"x"), (b"f", b"x")]
+        assert w.put_many("risk_pairs", rows, overwrite=False) == 3  # d (once), e, f
+        assert w.get("risk_pairs", b"a") == b"1" and w.get("risk_pairs", b"d") == b"x"
+    with any_store.read() as r:
+        assert list(r.range("risk_pairs")) == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"x"),
+                                               (b"e", b"x"), (b"f", b"x")]
+    with pytest.raises(InvariantViolation, match="append"), any_store.write() as w:
+        w.put_many("risk_pairs", [(b"z", b"")], append=True, overwrite=False)
+
+
 def test_unknown_table_is_an_error(any_store: Store) -> None:
     with pytest.raises(KeyError), any_store.read() as r:
         r.get("nope", b"x")
