@@ -85,19 +85,32 @@ static void tmap_index(tmap_t *m) { /* rebuild the slots over ents[0..n) */
     for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->ents[i].key, m->ents[i].klen), i);
 }
 
+/* the capacity for `need` entries, doubling from `cap` (or `first`); 0 (MemoryError set) beyond the slot range */
+static size_t grown_cap(size_t cap, size_t need, size_t first) {
+    cap = cap ? cap : first;
+    while (cap < need) cap *= 2;
+    if (cap > INT32_MAX / 2) { PyErr_NoMemory(); return 0; }
+    return cap;
+}
+
+/* fresh, empty slots for `cap` entries (twice as many, open addressing); the caller re-adds its entries */
+static int replace_slots(uint64_t **slots, size_t *mask, size_t cap) {
+    uint64_t *fresh = new_slots(2 * cap);
+    if (fresh == NULL) return -1;
+    PyMem_Free(*slots);
+    *slots = fresh;
+    *mask = 2 * cap - 1;
+    return 0;
+}
+
 static int tmap_reserve(tmap_t *m, size_t need) {
     if (need <= m->cap) return 0;
-    size_t cap = m->cap ? m->cap : 1024;
-    while (cap < need) cap *= 2;
-    if (cap > INT32_MAX / 2) { PyErr_NoMemory(); return -1; }
+    size_t cap = grown_cap(m->cap, need, 1024);
+    if (cap == 0) return -1;
     tent_t *ents = PyMem_Realloc(m->ents, cap * sizeof(tent_t));
     if (ents == NULL) { PyErr_NoMemory(); return -1; }
     m->ents = ents;
-    uint64_t *slots = new_slots(2 * cap);
-    if (slots == NULL) return -1;
-    PyMem_Free(m->slots);
-    m->slots = slots;
-    m->mask = 2 * cap - 1;
+    if (replace_slots(&m->slots, &m->mask, cap) < 0) return -1;
     m->cap = cap;
     tmap_index(m);
     return 0;
@@ -143,20 +156,15 @@ int32_t pmap_find(const pmap_t *m, const uint8_t *pk, uint64_t h) {
 
 static int pmap_reserve(pmap_t *m, size_t need) {
     if (need <= m->cap) return 0;
-    size_t cap = m->cap ? m->cap : 4096;
-    while (cap < need) cap *= 2;
-    if (cap > INT32_MAX / 2) { PyErr_NoMemory(); return -1; }
+    size_t cap = grown_cap(m->cap, need, 4096);
+    if (cap == 0) return -1;
     void *keys = PyMem_Realloc(m->keys, cap * PAIR_KEY_LEN);
     if (keys == NULL) { PyErr_NoMemory(); return -1; }
     m->keys = keys;
     uint8_t *state = PyMem_Realloc(m->state, cap);
     if (state == NULL) { PyErr_NoMemory(); return -1; }
     m->state = state;
-    uint64_t *slots = new_slots(2 * cap);
-    if (slots == NULL) return -1;
-    PyMem_Free(m->slots);
-    m->slots = slots;
-    m->mask = 2 * cap - 1;
+    if (replace_slots(&m->slots, &m->mask, cap) < 0) return -1;
     m->cap = cap;
     for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->keys[i], PAIR_KEY_LEN), i);
     return 0;
