@@ -156,18 +156,23 @@ class Replicator:
 
     async def hand_over(self, timeout_s: float = 3.0) -> None:
         """Before a clean stop: a leader hands leadership to its most caught-up active voter, so
-        the region does not wait an election timeout. Best effort; stopping goes on either way."""
+        the region does not wait an election timeout. Best effort; stopping goes on either way.
+
+        A voter that said it is stopping too (the whole region going down) is no candidate, and a
+        target that goes away during the transfer ends the wait at once instead of after ``timeout_s``."""
         if self.role != "leader":
             return
         st = self.raw.status()
+        stopping = getattr(self.transport, "stopping", lambda _peer: False)
         candidates = [(p.match, n) for n, p in st.progress
-                      if n != self.self_id and n in st.conf_state.voters and p.recent_active and not p.learner]
+                      if n != self.self_id and n in st.conf_state.voters and p.recent_active and not p.learner
+                      and not stopping(n)]
         if not candidates:
             log.info("raft: stopping as leader with no active follower to hand over to")
             return
         target = max(candidates)[1]
         try:
-            took = await self.transfer_leadership(target, timeout_s)
+            took = await self.transfer_leadership(target, timeout_s, give_up_if_gone=True)
         except NodeError as e:
             log.warning("raft: could not hand leadership over before stopping: %s", e)
             return
@@ -258,15 +263,19 @@ class Replicator:
             raise Refused(str(e)) from e
         self._wake.set()
 
-    async def transfer_leadership(self, to: int, timeout_s: float = 8.0) -> float:
+    async def transfer_leadership(self, to: int, timeout_s: float = 8.0, give_up_if_gone: bool = False) -> float:
         """Hand leadership to ``to`` and wait until it leads; returns the seconds it took.
 
         The core aborts a transfer that does not finish within an election timeout (its TIMEOUT_NOW
         may be lost like any message), so the request is re-issued (a no-op while one is running)
-        until ``timeout_s``."""
+        until ``timeout_s``. ``give_up_if_gone`` (a stopping leader's hand-over): stop waiting as soon
+        as the link to ``to`` fails or ``to`` says it is stopping."""
         self.check_leader()
         started = time.monotonic()
+        gone = getattr(self.transport, "gone_since", None) if give_up_if_gone else None
         while True:
+            if gone is not None and self.leader_id != to and gone(to, started):
+                raise TransferTimeout(f"node {to} went away during the hand-over (it is stopping too, or down)")
             if self.leader_id == to:
                 return time.monotonic() - started
             if self.role != "leader":

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -53,6 +54,8 @@ class _PeerLink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.dropped = 0
+        self.failed_at = 0.0  # monotonic time of the last stream that ended in an error
+        self.peer_stopping = False  # the peer said it is stopping (until a later write goes through)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.peer_id}")
@@ -95,6 +98,10 @@ class _PeerLink:
                 backoff = BACKOFF_MIN_S
             except (grpc.RpcError, asyncio.InvalidStateError) as e:
                 log.debug("peer %d at %s: %s", self.peer_id, self.address, e)
+                self.failed_at = time.monotonic()
+                if isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAVAILABLE \
+                        and "stopping" in (e.details() or ""):
+                    self.peer_stopping = True  # PeerService.end_streams on its side
                 self._on_unreachable(self.peer_id)
             finally:
                 # shielded: a link stopped mid-close must still close its channel
@@ -116,6 +123,7 @@ class _PeerLink:
                     return
                 self.queued_bytes -= len(payload)
                 await call.write(ppb.RaftEnvelope(from_id=self.self_id, message=payload))
+                self.peer_stopping = False
         finally:
             call.cancel()
 
@@ -139,6 +147,18 @@ class PeerTransport:
         link = self._links.get(to)
         if link is not None:
             link.send(payload)
+
+    def stopping(self, peer_id: int) -> bool:
+        """Whether the peer said it is stopping (its inbound streams ended with "this node is stopping")
+        and nothing has reached it since."""
+        link = self._links.get(peer_id)
+        return link is not None and link.peer_stopping
+
+    def gone_since(self, peer_id: int, since: float) -> bool:
+        """Whether the link to the peer failed (or the peer said it is stopping) at or after ``since``
+        (``time.monotonic()``)."""
+        link = self._links.get(peer_id)
+        return link is not None and (link.peer_stopping or link.failed_at >= since)
 
     def remove_peer(self, peer_id: int) -> None:
         link = self._links.pop(peer_id, None)
