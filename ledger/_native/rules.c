@@ -176,7 +176,7 @@ static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
     rent_t *e = rules_ctx_entry(c, which);
     if (e == NULL) return -1;
     if (e->list == NULL && rt_change(h->table, e->idx) < 0) return -1; /* (saves the committed value first) */
-    risk_record(e->st, h->ts, amount);
+    risk_record_at(e->st, &h->clock, amount);
     e->has = 1;
     return e->list != NULL ? write_list(e->st, e->list) : 0;
 }
@@ -358,6 +358,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (h->recs.len % REC) { PyErr_SetString(PyExc_ValueError, "records must be whole transfers"); goto fail; }
     h->n = h->recs.len / REC;
     h->ts = ts;
+    risk_clock(&h->clock, ts);
     h->height = PyLong_AsLongLong(height);
     h->height_ok = !(h->height == -1 && PyErr_Occurred());
     if (!h->height_ok) {

@@ -91,6 +91,7 @@ typedef struct {
     int has_recs;
     Py_ssize_t n;
     uint64_t ts;
+    risk_clock_t clock; /* ts as the risk windows see it */
     int64_t height;
     int height_ok, active, track_out, track_in, track_psp, track_pairs;
     RiskTableObject *table; /* committed states with the block's changes, and pairs (risk_table.c) */

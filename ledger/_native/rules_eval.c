@@ -138,7 +138,7 @@ static int field_slow(ctx_t *c, int f, int64_t *out) {
         int which = (f - F_WOUT0) / 6;
         rent_t *e = rules_ctx_entry(c, which);
         if (e == NULL) return -1;
-        v = e->has ? sat_u128(risk_window(e->st, c->h->ts, (f - F_WOUT0) % 6)) : 0;
+        v = e->has ? sat_u128(risk_window_at(e->st, &c->h->clock, (f - F_WOUT0) % 6)) : 0;
     } else if (f >= F_DEBIT0) {
         int which = f >= F_CREDIT0;
         if (account_field(which ? c->cra : c->dra, c->bal ? c->bal + 4 * which : NULL, f - (which ? F_CREDIT0 : F_DEBIT0),
@@ -164,13 +164,17 @@ static int field_slow(ctx_t *c, int f, int64_t *out) {
             if (rules_seen(c) < 0) return -1;
             v = !c->seen;
             break;
-        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N */
+        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N: the payer's state (the deviation only when read) */
             rent_t *e = rules_ctx_entry(c, 0);
             if (e == NULL) return -1;
-            deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
-            c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
-            *out = c->v[f];
-            return 0;
+            if (f == F_DEV_BPS) {
+                deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
+                c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
+                *out = c->v[f];
+                return 0;
+            }
+            v = e->has ? sat_u128(e->st[f == F_EWMA ? 15 : 16]) : 0; /* as deviation() gives them */
+            break;
         }
         }
     }
