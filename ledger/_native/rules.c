@@ -313,6 +313,25 @@ static PyObject *hook_evaluate(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(v);
 }
 
+/* layout() -> [(rule index, guard field or -1, guard operator, guard literal, run or -1)]: the program as
+ * evaluated (guards and dispatch runs, for the tests) */
+static PyObject *hook_layout(PyObject *self, PyObject *unused) {
+    (void)unused;
+    HookObject *h = (HookObject *)self;
+    PyObject *out = PyList_New(h->nrules);
+    for (Py_ssize_t k = 0; out != NULL && k < h->nrules; k++) {
+        const rdesc_t *d = &h->rules[k];
+        int32_t run = -1;
+        for (Py_ssize_t j = k; j >= 0 && run < 0; j--) /* the run this rule belongs to, if any */
+            if (h->rules[j].run >= 0 && h->runs[h->rules[j].run].end > k) run = h->rules[j].run;
+        PyObject *t = Py_BuildValue("(LiiLi)", (long long)d->rule, (int)d->gfield, (int)d->gop,
+                                    (long long)d->glit, (int)run);
+        if (t == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, k, t);
+    }
+    return out;
+}
+
 static void hook_dealloc(PyObject *self) {
     HookObject *h = (HookObject *)self;
     if (h->has_recs) PyBuffer_Release(&h->recs);
@@ -377,6 +396,8 @@ fail:
 static PyMethodDef HOOK_METHODS[] = {
     {"evaluate", hook_evaluate, METH_VARARGS,
      "evaluate(i, debit_state, credit_state) -> rule index, -1 or None (the Python form decides)."},
+    {"layout", hook_layout, METH_NOARGS,
+     "layout() -> [(rule, guard field or -1, guard operator, guard literal, dispatch run or -1)] per rule."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -332,7 +332,7 @@ int rules_index(HookObject *h) {
     for (Py_ssize_t i = 0; i < n; i++) {
         rdesc_t *d = &h->rules[i];
         d->rule = p[0]; d->complex_rest = p[1] != 0; d->n = p[2]; d->body = p + 3;
-        d->gfield = -1; d->run = -1;
+        d->gfield = -1; d->run = -1; d->gop = 0; d->glit = 0;
         if (d->n > 0 && guard_of(d->body, &d->gfield, &d->gop, &d->glit)) {
             d->body += d->body[0] == C_BOOL ? 3 : 10;
             d->n--;
