@@ -220,9 +220,7 @@ int rt_no_block(void) {
     return -1;
 }
 
-int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK_STATE_LEN], uint8_t *has,
-              int32_t *idx) {
-    uint64_t h = rt_hash(key, klen);
+int rt_entry(RiskTableObject *t, const uint8_t *key, int klen, uint64_t h, int32_t *idx) {
     int32_t i = tmap_find(&t->states, key, klen, h);
     if (i < 0 || t->states.ents[i].has == HAS_UNKNOWN) { /* the store's row, cached (the block writes rows at seal) */
         uint64_t row_st[RISK_STATE_LEN];
@@ -240,14 +238,20 @@ int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK
         memcpy(t->states.ents[i].st, row_st, sizeof row_st);
         t->states.ents[i].has = row_has;
     }
-    const tent_t *e = &t->states.ents[i];
-    memcpy(st, e->st, sizeof e->st);
-    *has = e->has;
     *idx = i;
     return 0;
 }
 
-int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN]) {
+int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK_STATE_LEN], uint8_t *has,
+              int32_t *idx) {
+    if (rt_entry(t, key, klen, rt_hash(key, klen), idx) < 0) return -1;
+    const tent_t *e = &t->states.ents[*idx];
+    memcpy(st, e->st, sizeof e->st);
+    *has = e->has;
+    return 0;
+}
+
+int rt_change(RiskTableObject *t, int32_t idx) {
     tent_t *e = &t->states.ents[idx];
     if (e->changed != t->epoch) { /* the first change in this block: keep the committed value */
         if (t->nsaved == t->capsaved) {
@@ -264,7 +268,6 @@ int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN])
         e->saved = (uint32_t)t->nsaved++;
         e->changed = t->epoch;
     }
-    memcpy(e->st, st, sizeof e->st);
     e->has = 1;
     return 0;
 }

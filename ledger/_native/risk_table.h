@@ -69,8 +69,11 @@ extern PyTypeObject RiskTableType;
  * its entry's index for rt_write */
 int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK_STATE_LEN], uint8_t *has,
               int32_t *idx);
-/* the entry's new state in the open block (a recorded event) */
-int rt_write(RiskTableObject *t, int32_t idx, const uint64_t st[RISK_STATE_LEN]);
+/* the entry of key (hash h = rt_hash(key, klen)) as the open block sees it, read from the store when not
+ * cached: the C hook works on states[idx].st in place (valid until the next insert moves the entries) */
+int rt_entry(RiskTableObject *t, const uint8_t *key, int klen, uint64_t h, int32_t *idx);
+/* the entry is about to change in the open block: its committed value saved on the first change; has = 1 */
+int rt_change(RiskTableObject *t, int32_t idx);
 /* whether the pair was seen: new or touched in this block, or committed (a store lookup, cached); its index */
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx);
 /* a pair rt_seen reported unseen becomes new in this block */

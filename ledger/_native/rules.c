@@ -38,75 +38,117 @@ static void key_of(const uint8_t *r, int which, uint8_t *key, uint8_t *klen) {
     }
 }
 
+/* the hash of record i's key `which` (0 out, 1 in): from the ring prefetch_ahead filled, else computed */
+static uint64_t key_hash(HookObject *h, Py_ssize_t i, int which, const uint8_t *key, int klen) {
+    const hring_t *g = &h->ring[i & (HOOK_RING - 1)];
+    return which < 2 && g->i == i ? g->h[which] : rt_hash(key, klen);
+}
+
 /* key's state as the block sees it: the Python dict's list (only when the dict has any), else the table */
-static int load(HookObject *h, rent_t *e) {
+static int load(ctx_t *c, rent_t *e, int which) {
+    HookObject *h = c->h;
     if (PyDict_GET_SIZE(h->risk) > 0) {
         PyObject *k = PyBytes_FromStringAndSize((const char *)e->key, e->klen);
         if (k == NULL) return -1;
         PyObject *lst = PyDict_GetItemWithError(h->risk, k);
         Py_DECREF(k);
         if (lst != NULL) {
-            if (risk_read_list(lst, e->st) < 0) return -1;
+            if (risk_read_list(lst, e->buf) < 0) return -1;
             e->list = Py_NewRef(lst);
+            e->st = e->buf;
             e->has = 1;
             return 0;
         }
         if (PyErr_Occurred()) return -1;
     }
-    return rt_lookup(h->table, e->key, e->klen, e->st, &e->has, &e->idx);
+    if (rt_entry(h->table, e->key, e->klen, key_hash(h, c->i, which, e->key, e->klen), &e->idx) < 0) return -1;
+    e->has = h->table->states.ents[e->idx].has;
+    return 0;
 }
 
 rent_t *rules_ctx_entry(ctx_t *c, int which) {
     rent_t *e = &c->ent[which];
     if (!e->loaded) {
+        e->list = NULL;
         key_of(c->r, which, e->key, &e->klen);
-        if (load(c->h, e) < 0) return NULL;
+        if (load(c, e, which) < 0) return NULL;
         e->loaded = 1;
     }
+    if (e->list == NULL) e->st = c->h->table->states.ents[e->idx].st; /* (another key's insert may move them) */
     return e;
 }
 
 /* ---- cache prefetch: the table's slots of record i + 4's keys, the entries of record i + 2's -------- */
-static void prefetch_state(const tmap_t *m, const uint8_t *key, int klen, int stage) {
-    size_t s = (size_t)rt_hash(key, klen) & m->mask;
+/* (the empty asm keeps the address live: GCC 12 drops a __builtin_prefetch whose address is loaded from
+ * memory behind a branch, which left the entries unprefetched) */
+#define PREFETCH(p)                                                                                          \
+    do {                                                                                                    \
+        const void *p_ = (p);                                                                               \
+        __asm__ volatile("" : : "r"(p_));                                                                   \
+        __builtin_prefetch(p_);                                                                             \
+    } while (0)
+
+static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
+    size_t s = (size_t)hash & m->mask;
     if (stage == 0) {
-        __builtin_prefetch(&m->slots[s]);
+        PREFETCH(&m->slots[s]);
         return;
     }
     uint64_t v = m->slots[s]; /* (the first probe: usually the key's) */
     if (v == RT_EMPTY) return;
     const char *e = (const char *)&m->ents[(uint32_t)v];
-    __builtin_prefetch(e);
-    __builtin_prefetch(e + 64);
-    __builtin_prefetch(e + 128);
+    PREFETCH(e);
+    PREFETCH(e + 64);
+    PREFETCH(e + 128);
 }
 
-static void prefetch_pair(const pmap_t *m, const uint8_t *pk, int stage) {
-    size_t s = (size_t)rt_hash(pk, PAIR_KEY_LEN) & m->mask;
+static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
+    size_t s = (size_t)hash & m->mask;
     if (stage == 0) {
-        __builtin_prefetch(&m->slots[s]);
+        PREFETCH(&m->slots[s]);
         return;
     }
     uint64_t v = m->slots[s];
     if (v == RT_EMPTY) return;
-    __builtin_prefetch(m->keys[(uint32_t)v]);
-    __builtin_prefetch(&m->state[(uint32_t)v]);
+    PREFETCH(m->keys[(uint32_t)v]);
+    PREFETCH(&m->state[(uint32_t)v]);
 }
 
+/* record i + 4's hashes into the ring (its slots prefetched), record i + 2's entries prefetched from it */
 static void prefetch_ahead(HookObject *h, Py_ssize_t i) {
     const RiskTableObject *t = h->table;
-    for (int stage = 0; stage < 2; stage++) {
-        Py_ssize_t j = i + (stage == 0 ? 4 : 2);
-        if (j >= h->n) break;
-        const uint8_t *r = (const uint8_t *)h->recs.buf + j * REC;
+    const tmap_t *m = &t->states;
+    int out = h->track_out && m->slots != NULL, in = h->track_in && m->slots != NULL;
+    int pairs = h->track_pairs && t->pairs.slots != NULL;
+    if (i + 4 < h->n) {
+        hring_t *g = &h->ring[(i + 4) & (HOOK_RING - 1)];
+        const uint8_t *r = (const uint8_t *)h->recs.buf + (i + 4) * REC;
         uint8_t key[17], klen;
-        for (int which = 0; which < 2 && t->states.slots != NULL; which++) {
-            if (!(which == 0 ? h->track_out : h->track_in)) continue;
-            key_of(r, which, key, &klen);
-            prefetch_state(&t->states, key, klen, stage);
-        }
-        if (h->track_pairs && t->pairs.slots != NULL) prefetch_pair(&t->pairs, r + O_DR, stage);
+        key_of(r, 0, key, &klen);
+        g->h[0] = rt_hash(key, klen);
+        key_of(r, 1, key, &klen);
+        g->h[1] = rt_hash(key, klen);
+        g->h[2] = rt_hash(r + O_DR, PAIR_KEY_LEN);
+        g->i = i + 4;
+        if (out) prefetch_state(m, g->h[0], 0);
+        if (in) prefetch_state(m, g->h[1], 0);
+        if (pairs) prefetch_pair(&t->pairs, g->h[2], 0);
     }
+    const hring_t *g = &h->ring[(i + 2) & (HOOK_RING - 1)];
+    if (g->i != i + 2) return;
+    if (out) prefetch_state(m, g->h[0], 1);
+    if (in) prefetch_state(m, g->h[1], 1);
+    if (pairs) prefetch_pair(&t->pairs, g->h[2], 1);
+}
+
+/* a fresh context for record i (nothing loaded, no field computed) */
+static void ctx_init(ctx_t *c, HookObject *h, Py_ssize_t i, const u128 *bal, PyObject *dra, PyObject *cra) {
+    c->h = h; c->i = i; c->r = (const uint8_t *)h->recs.buf + i * REC; c->dra = dra; c->cra = cra; c->bal = bal;
+    c->pk = NULL;
+    c->have = 0;
+    for (int w = 0; w < 3; w++) { c->ent[w].loaded = 0; c->ent[w].list = NULL; }
+    c->seen_known = c->in_pairs = c->seen = 0;
+    c->pair_idx = -1;
 }
 
 /* forget what the context loaded (after Python code ran that may have moved a key) */
@@ -133,9 +175,10 @@ static int write_list(const uint64_t st[RISK_STATE_LEN], PyObject *list) {
 static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
     rent_t *e = rules_ctx_entry(c, which);
     if (e == NULL) return -1;
-    risk_record(e->st, h->ts, amount);
+    if (e->list == NULL && rt_change(h->table, e->idx) < 0) return -1; /* (saves the committed value first) */
+    risk_record_at(e->st, &h->clock, amount);
     e->has = 1;
-    return e->list != NULL ? write_list(e->st, e->list) : rt_write(h->table, e->idx, e->st);
+    return e->list != NULL ? write_list(e->st, e->list) : 0;
 }
 
 static int after_success(HookObject *h, ctx_t *c) {
@@ -191,8 +234,7 @@ static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, P
     HookObject *h = (HookObject *)self;
     if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return -1; }
     ctx_t c;
-    memset(&c, 0, sizeof c);
-    c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra; c.bal = bal;
+    ctx_init(&c, h, i, bal, dra, cra);
     prefetch_ahead(h, i);
     int out = -1;
     int64_t verdict = h->active ? rules_evaluate(&c) : EV_NO_MATCH;
@@ -220,8 +262,7 @@ static PyObject *hook_fast_entry(PyObject *self, void *unused) {
 static PyObject *hook_record(HookObject *h, Py_ssize_t i, PyObject *dra, PyObject *cra) {
     if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return NULL; }
     ctx_t c;
-    memset(&c, 0, sizeof c);
-    c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
+    ctx_init(&c, h, i, NULL, dra, cra);
     PyObject *result = NULL;
     int64_t verdict = h->active ? rules_evaluate(&c) : EV_NO_MATCH;
     if (verdict >= 0) {
@@ -265,18 +306,37 @@ static PyObject *hook_evaluate(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "nOO", &i, &dra, &cra)) return NULL;
     if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return NULL; }
     ctx_t c;
-    memset(&c, 0, sizeof c);
-    c.h = h; c.r = (const uint8_t *)h->recs.buf + i * REC; c.dra = dra; c.cra = cra;
+    ctx_init(&c, h, i, NULL, dra, cra);
     int64_t v = rules_evaluate(&c);
     ctx_release(&c);
     if (v == EV_BAIL) Py_RETURN_NONE;
     return PyLong_FromLongLong(v);
 }
 
+/* layout() -> [(rule index, guard field or -1, guard operator, guard literal, run or -1)]: the program as
+ * evaluated (guards and dispatch runs, for the tests) */
+static PyObject *hook_layout(PyObject *self, PyObject *unused) {
+    (void)unused;
+    HookObject *h = (HookObject *)self;
+    PyObject *out = PyList_New(h->nrules);
+    for (Py_ssize_t k = 0; out != NULL && k < h->nrules; k++) {
+        const rdesc_t *d = &h->rules[k];
+        int32_t run = -1;
+        for (Py_ssize_t j = k; j >= 0 && run < 0; j--) /* the run this rule belongs to, if any */
+            if (h->rules[j].run >= 0 && h->runs[h->rules[j].run].end > k) run = h->rules[j].run;
+        PyObject *t = Py_BuildValue("(LiiLi)", (long long)d->rule, (int)d->gfield, (int)d->gop,
+                                    (long long)d->glit, (int)run);
+        if (t == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, k, t);
+    }
+    return out;
+}
+
 static void hook_dealloc(PyObject *self) {
     HookObject *h = (HookObject *)self;
     if (h->has_recs) PyBuffer_Release(&h->recs);
     PyMem_Free(h->prog);
+    PyMem_Free(h->rules);
     Py_XDECREF(h->risk); Py_XDECREF(h->table); Py_XDECREF(h->pairs);
     Py_XDECREF(h->extrefs); Py_XDECREF(h->decided); Py_XDECREF(h->fallback);
     Py_TYPE(self)->tp_free(self);
@@ -312,9 +372,12 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
                    rules_check_program(h->prog, h->nprog);
     PyBuffer_Release(&prog);
     if (!shape_ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "malformed rule program"); goto fail; }
+    if (rules_index(h) < 0) goto fail;
+    for (int k = 0; k < HOOK_RING; k++) h->ring[k].i = -1;
     if (h->recs.len % REC) { PyErr_SetString(PyExc_ValueError, "records must be whole transfers"); goto fail; }
     h->n = h->recs.len / REC;
     h->ts = ts;
+    risk_clock(&h->clock, ts);
     h->height = PyLong_AsLongLong(height);
     h->height_ok = !(h->height == -1 && PyErr_Occurred());
     if (!h->height_ok) {
@@ -333,6 +396,8 @@ fail:
 static PyMethodDef HOOK_METHODS[] = {
     {"evaluate", hook_evaluate, METH_VARARGS,
      "evaluate(i, debit_state, credit_state) -> rule index, -1 or None (the Python form decides)."},
+    {"layout", hook_layout, METH_NOARGS,
+     "layout() -> [(rule, guard field or -1, guard operator, guard literal, dispatch run or -1)] per rule."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -45,19 +45,53 @@ static inline u128 le128(const uint8_t *p) { return (u128)rd64(p) | ((u128)rd64(
 typedef struct {
     uint8_t key[17], klen, has, loaded;
     int32_t idx;    /* its entry in the risk table, when list is NULL */
-    uint64_t st[RISK_STATE_LEN];
+    uint64_t *st;   /* the state: the table entry's, worked on in place (re-pointed by rules_ctx_entry, as an
+                       insert may move the entries), or buf (the Python list's copy) */
+    uint64_t buf[RISK_STATE_LEN];
     PyObject *list; /* the block's Python list for this key (SideState.risk, owned), else NULL: the table */
 } rent_t;
+
+/* a rule of the program, read once per Hook (rules_eval.c rules_index). A rule whose first conjunct compares
+ * one static field (ids below F_HEIGHT: the record's fields and the block's timestamp, never unknown) with one literal has
+ * that conjunct as its guard: when it is false, so is the rule, and nothing else of it is read. A run of
+ * consecutive rules guarded `field == literal` on the same field is dispatched by the record's value. */
+typedef struct {
+    const int64_t *body; /* the conjuncts after the guard (all of them without one) */
+    int64_t rule, n;     /* rule index, conjuncts in body */
+    int64_t glit;        /* the guard: field gop glit */
+    int32_t gfield;      /* the guard's field, or -1: no guard */
+    int32_t run;         /* the first rule of a dispatch run: the run's index, else -1 */
+    int8_t gop, complex_rest;
+} rdesc_t;
+
+typedef struct {                /* a dispatch run: rules [start, end) all guarded `field == literal` */
+    int32_t field, start, end;
+    int32_t first;              /* its (literal, rule position) pairs: keys[first .. first + end - start) */
+} rrun_t;
+
+typedef struct { int64_t lit; int32_t pos; } rkey_t; /* sorted by (lit, pos) within a run */
+
+#define HOOK_RING 8 /* prefetch_ahead's hashes of the next records (a power of two > 4) */
+typedef struct {
+    Py_ssize_t i;  /* the record, or -1 */
+    uint64_t h[3]; /* rt_hash of its out key, in key, pair key */
+} hring_t;
 
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
+    hring_t ring[HOOK_RING];
     int64_t *prog;
     Py_ssize_t nprog;
+    rdesc_t *rules; /* the program's rules (and their runs, keys): built once, in the same allocation */
+    rrun_t *runs;
+    rkey_t *keys;
+    Py_ssize_t nrules;
     Py_buffer recs;
     int has_recs;
     Py_ssize_t n;
     uint64_t ts;
+    risk_clock_t clock; /* ts as the risk windows see it */
     int64_t height;
     int height_ok, active, track_out, track_in, track_psp, track_pairs;
     RiskTableObject *table; /* committed states with the block's changes, and pairs (risk_table.c) */
@@ -67,6 +101,7 @@ typedef struct {
 /* per-transfer evaluation context */
 typedef struct {
     HookObject *h;
+    Py_ssize_t i;
     const uint8_t *r;
     PyObject *dra, *cra, *pk;
     const u128 *bal; /* the engine's balances (debit dp, dpo, cp, cpo, credit ...), or NULL: read the objects */
@@ -85,4 +120,5 @@ int rules_seen(ctx_t *c);                            /* rules_eval.c: the payer-
 int rules_touch(ctx_t *c);                           /* rules_eval.c: a successful transfer's pair, no lookup */
 int64_t rules_evaluate(ctx_t *c);                    /* rules_eval.c: rule index, EV_NO_MATCH or EV_BAIL */
 int rules_check_program(const int64_t *p, Py_ssize_t n);  /* rules_eval.c: the program's shape is sound */
+int rules_index(HookObject *h);                      /* rules_eval.c: h->rules, runs, keys of a checked program */
 #endif

@@ -3,6 +3,8 @@
  * (ledger/rules/lowering.py) evaluated with CEL's int64 semantics. See rules.c for the protocol. */
 #include "rules.h"
 
+#include <stdlib.h>
+
 /* ---- fields ----------------------------------------------------------------------------------- */
 static int attr_u128(PyObject *o, PyObject *name, u128 *out) {
     PyObject *v = PyObject_GetAttr(o, name);
@@ -105,15 +107,38 @@ static void deviation(const rent_t *e, u128 amount, int64_t *ewma_f, int64_t *de
     }
 }
 
-static int field(ctx_t *c, int f, int64_t *out) {
+/* the static fields (ids below F_HEIGHT): read from the record once, before any rule */
+static void statics(ctx_t *c) {
+    const uint8_t *r = c->r;
+    int64_t *v = c->v;
+    uint16_t flags = rd16(r + O_FLAGS);
+    v[F_AMOUNT] = rd64(r + O_AHI) || rd64(r + O_ALO) > (uint64_t)I64_MAX ? I64_MAX : (int64_t)rd64(r + O_ALO);
+    v[F_LEDGER] = rd32(r + O_LEDGER);
+    v[F_CODE] = rd16(r + O_CODE);
+    v[F_PSP_ID] = v[F_PSP] = rd32(r + O_PSP);
+    v[F_FLAGS] = flags;
+    v[F_PENDING] = (flags & 2) != 0;
+    v[F_TIMEOUT] = rd32(r + O_TIMEOUT);
+    v[F_USER_DATA] = sat_u128(le128(r + O_UD));
+    v[F_TS] = sat_u128(c->h->ts);
+    c->have |= (1ULL << F_HEIGHT) - 1;
+}
+
+static int field_slow(ctx_t *c, int f, int64_t *out);
+
+static inline int field(ctx_t *c, int f, int64_t *out) {
     if (c->have >> f & 1) { *out = c->v[f]; return 0; }
+    return field_slow(c, f, out);
+}
+
+static int field_slow(ctx_t *c, int f, int64_t *out) {
     const uint8_t *r = c->r;
     int64_t v = 0;
     if (f >= F_WOUT0) {
         int which = (f - F_WOUT0) / 6;
         rent_t *e = rules_ctx_entry(c, which);
         if (e == NULL) return -1;
-        v = e->has ? sat_u128(risk_window(e->st, c->h->ts, (f - F_WOUT0) % 6)) : 0;
+        v = e->has ? sat_u128(risk_window_at(e->st, &c->h->clock, (f - F_WOUT0) % 6)) : 0;
     } else if (f >= F_DEBIT0) {
         int which = f >= F_CREDIT0;
         if (account_field(which ? c->cra : c->dra, c->bal ? c->bal + 4 * which : NULL, f - (which ? F_CREDIT0 : F_DEBIT0),
@@ -139,13 +164,17 @@ static int field(ctx_t *c, int f, int64_t *out) {
             if (rules_seen(c) < 0) return -1;
             v = !c->seen;
             break;
-        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N */
+        default: { /* F_EWMA, F_DEV_BPS, F_HISTORY_N: the payer's state (the deviation only when read) */
             rent_t *e = rules_ctx_entry(c, 0);
             if (e == NULL) return -1;
-            deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
-            c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
-            *out = c->v[f];
-            return 0;
+            if (f == F_DEV_BPS) {
+                deviation(e, le128(r + O_ALO), &c->v[F_EWMA], &c->v[F_DEV_BPS], &c->v[F_HISTORY_N]);
+                c->have |= 1ULL << F_EWMA | 1ULL << F_DEV_BPS | 1ULL << F_HISTORY_N;
+                *out = c->v[f];
+                return 0;
+            }
+            v = e->has ? sat_u128(e->st[f == F_EWMA ? 15 : 16]) : 0; /* as deviation() gives them */
+            break;
         }
         }
     }
@@ -160,8 +189,12 @@ static int field(ctx_t *c, int f, int64_t *out) {
  * conjunct: C_BOOL, field, negated | C_CMP, op, n_lhs, n_rhs, (sign, field or -1, literal) * (n_lhs + n_rhs) */
 
 /* a side's value: 1, or 0 when a partial sum leaves int64 (CEL errs: unknown), -1 a Python error */
-static int side_value(ctx_t *c, const int64_t *t, int64_t n, int64_t *out) {
+static inline int side_value(ctx_t *c, const int64_t *t, int64_t n, int64_t *out) {
     int64_t acc = 0;
+    if (n == 1) { /* one field, or one literal (a leading minus only before a literal <= 2^63 - 1) */
+        if (t[1] < 0) { *out = t[0] < 0 ? -t[2] : t[2]; return 1; }
+        return field(c, (int)t[1], out) < 0 ? -1 : 1;
+    }
     for (int64_t k = 0; k < n; k++, t += 3) {
         int64_t v = t[2];
         if (t[1] >= 0 && field(c, (int)t[1], &v) < 0) return -1;
@@ -173,6 +206,17 @@ static int side_value(ctx_t *c, const int64_t *t, int64_t n, int64_t *out) {
 }
 
 /* 1 true, 0 false, 2 unknown, -1 a Python error; *pc advances past the conjunct */
+static inline int compare(int64_t l, int64_t op, int64_t r) {
+    switch (op) {
+    case OP_LT: return l < r;
+    case OP_LE: return l <= r;
+    case OP_GT: return l > r;
+    case OP_GE: return l >= r;
+    case OP_EQ: return l == r;
+    default: return l != r;
+    }
+}
+
 static int conjunct(ctx_t *c, const int64_t **pc) {
     const int64_t *p = *pc;
     int64_t v, l, r;
@@ -187,40 +231,131 @@ static int conjunct(ctx_t *c, const int64_t **pc) {
     if (a <= 0) return a < 0 ? -1 : 2;
     int b = side_value(c, p + 4 + 3 * nl, nr, &r);
     if (b <= 0) return b < 0 ? -1 : 2;
-    switch (op) {
-    case OP_LT: return l < r;
-    case OP_LE: return l <= r;
-    case OP_GT: return l > r;
-    case OP_GE: return l >= r;
-    case OP_EQ: return l == r;
-    default: return l != r;
+    return compare(l, op, r);
+}
+
+/* one rule's conjuncts after its guard: its index (all true), EV_NO_MATCH (one false) or EV_BAIL */
+static int64_t rule_body(ctx_t *c, const rdesc_t *d) {
+    const int64_t *q = d->body;
+    for (int64_t k = 0; k < d->n; k++) {
+        int got = conjunct(c, &q);
+        if (got < 0) { PyErr_Clear(); return EV_BAIL; }
+        if (got == 2) return EV_BAIL;
+        if (got == 0) return EV_NO_MATCH; /* a false conjunct decides the rule: the rest is not read */
     }
+    return d->complex_rest ? EV_BAIL : d->rule;
+}
+
+/* the rules of a dispatch run whose guard literal is the record's value, in rule order */
+static int64_t run_eval(ctx_t *c, const rrun_t *ru) {
+    const HookObject *h = c->h;
+    const rkey_t *k = h->keys + ru->first;
+    int64_t v = c->v[ru->field];
+    int32_t lo = 0, hi = ru->end - ru->start;
+    while (lo < hi) { /* the first key with lit >= v */
+        int32_t mid = (lo + hi) / 2;
+        if (k[mid].lit < v) lo = mid + 1;
+        else hi = mid;
+    }
+    for (int32_t j = lo; j < ru->end - ru->start && k[j].lit == v; j++) {
+        int64_t got = rule_body(c, &h->rules[k[j].pos]);
+        if (got != EV_NO_MATCH) return got;
+    }
+    return EV_NO_MATCH;
 }
 
 /* the deciding rule's index, EV_NO_MATCH, or EV_BAIL (the Python compiled form decides) */
 int64_t rules_evaluate(ctx_t *c) {
-    const int64_t *p = c->h->prog, *end = p + c->h->nprog;
-    while (p < end) {
-        int64_t rule = p[0], complex_rest = p[1], n = p[2];
-        const int64_t *q = p + 3;
-        int outcome = 1;
-        for (int64_t k = 0; k < n; k++) {
-            if (outcome != 1) { /* a false conjunct decided the rule: step over the rest */
-                q += q[0] == C_BOOL ? 3 : 4 + 3 * (q[2] + q[3]);
-                continue;
-            }
-            int got = conjunct(c, &q);
-            if (got < 0) { PyErr_Clear(); return EV_BAIL; }
-            if (got == 2) return EV_BAIL;
-            if (got == 0) outcome = 0;
+    const HookObject *h = c->h;
+    statics(c);
+    for (Py_ssize_t k = 0; k < h->nrules;) {
+        const rdesc_t *d = &h->rules[k];
+        int64_t got;
+        if (d->run >= 0) {
+            const rrun_t *ru = &h->runs[d->run];
+            got = run_eval(c, ru);
+            k = ru->end;
+        } else {
+            k++;
+            if (d->gfield >= 0 && !compare(c->v[d->gfield], d->gop, d->glit)) continue;
+            got = rule_body(c, d);
         }
-        p = q;
-        if (outcome == 1) {
-            if (complex_rest) return EV_BAIL;
-            return rule;
-        }
+        if (got != EV_NO_MATCH) return got;
     }
     return EV_NO_MATCH;
+}
+
+/* a conjunct that compares one static field with one literal: field op lit; 0 when it is not one */
+static int guard_of(const int64_t *p, int32_t *f, int8_t *op, int64_t *lit) {
+    static const int8_t flip[6] = {OP_GT, OP_GE, OP_LT, OP_LE, OP_EQ, OP_NE};
+    if (p[0] == C_BOOL) { /* f (f != 0) or !f (f == 0) */
+        if (p[1] >= F_HEIGHT) return 0;
+        *f = (int32_t)p[1]; *op = p[2] ? OP_EQ : OP_NE; *lit = 0;
+        return 1;
+    }
+    if (p[2] != 1 || p[3] != 1) return 0;
+    const int64_t *a = p + 4, *b = p + 7;
+    if (a[1] >= 0 && a[1] < F_HEIGHT && b[1] == -1) {
+        *f = (int32_t)a[1]; *op = (int8_t)p[1]; *lit = b[0] < 0 ? -b[2] : b[2];
+        return 1;
+    }
+    if (b[1] >= 0 && b[1] < F_HEIGHT && a[1] == -1) {
+        *f = (int32_t)b[1]; *op = flip[p[1]]; *lit = a[0] < 0 ? -a[2] : a[2];
+        return 1;
+    }
+    return 0;
+}
+
+static int key_order(const void *x, const void *y) {
+    const rkey_t *a = x, *b = y;
+    if (a->lit != b->lit) return a->lit < b->lit ? -1 : 1;
+    return (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+#define RUN_MIN 4 /* shorter runs of `field == literal` guards are checked one by one */
+
+/* h->rules (with their guards), h->runs and h->keys of the checked program h->prog */
+int rules_index(HookObject *h) {
+    Py_ssize_t n = 0;
+    for (const int64_t *p = h->prog, *end = p + h->nprog; p < end; n++) {
+        int64_t k = p[2];
+        for (p += 3; k > 0; k--) p += p[0] == C_BOOL ? 3 : 4 + 3 * (p[2] + p[3]);
+    }
+    size_t size = (size_t)n * (sizeof(rdesc_t) + sizeof(rrun_t) + sizeof(rkey_t)) + 1;
+    char *mem = PyMem_Malloc(size);
+    if (mem == NULL) { PyErr_NoMemory(); return -1; }
+    h->rules = (rdesc_t *)mem;
+    h->runs = (rrun_t *)(mem + (size_t)n * sizeof(rdesc_t));
+    h->keys = (rkey_t *)(mem + (size_t)n * (sizeof(rdesc_t) + sizeof(rrun_t)));
+    h->nrules = n;
+    const int64_t *p = h->prog;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rdesc_t *d = &h->rules[i];
+        d->rule = p[0]; d->complex_rest = p[1] != 0; d->n = p[2]; d->body = p + 3;
+        d->gfield = -1; d->run = -1; d->gop = 0; d->glit = 0;
+        if (d->n > 0 && guard_of(d->body, &d->gfield, &d->gop, &d->glit)) {
+            d->body += d->body[0] == C_BOOL ? 3 : 10;
+            d->n--;
+        }
+        int64_t k = p[2];
+        for (p += 3; k > 0; k--) p += p[0] == C_BOOL ? 3 : 4 + 3 * (p[2] + p[3]);
+    }
+    int32_t nruns = 0, nkeys = 0;
+    for (int32_t i = 0; i < (int32_t)n;) {
+        int32_t f = h->rules[i].gfield, j = i;
+        while (j < (int32_t)n && f >= 0 && h->rules[j].gfield == f && h->rules[j].gop == OP_EQ) j++;
+        if (j - i < RUN_MIN) { i = j > i ? j : i + 1; continue; }
+        rrun_t *ru = &h->runs[nruns];
+        ru->field = f; ru->start = i; ru->end = j; ru->first = nkeys;
+        for (int32_t k = i; k < j; k++) {
+            h->keys[nkeys + k - i] = (rkey_t){h->rules[k].glit, k};
+        }
+        qsort(h->keys + nkeys, (size_t)(j - i), sizeof(rkey_t), key_order);
+        h->rules[i].run = nruns++;
+        nkeys += j - i;
+        i = j;
+    }
+    return 0;
 }
 
 /* the program's shape, checked once so evaluation never reads outside it */
