@@ -164,6 +164,9 @@ static int pmap_reserve(pmap_t *m, size_t need) {
     uint8_t *state = PyMem_Realloc(m->state, cap);
     if (state == NULL) { PyErr_NoMemory(); return -1; }
     m->state = state;
+    int32_t *blk = PyMem_Realloc(m->blk, cap * sizeof(int32_t));
+    if (blk == NULL) { PyErr_NoMemory(); return -1; }
+    m->blk = blk;
     if (replace_slots(&m->slots, &m->mask, cap) < 0) return -1;
     m->cap = cap;
     for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->keys[i], PAIR_KEY_LEN), i);
@@ -180,20 +183,26 @@ int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state) {
 
 void pmap_clear(pmap_t *m) {
     if (m->slots != NULL && m->n) memset(m->slots, 0xff, (m->mask + 1) * sizeof(uint64_t));
-    m->n = m->nnew = m->ntouched = 0;
+    m->n = m->nnew = m->ntouched = m->nblk = 0;
+}
+
+/* entry i becomes new or touched in the open block (from absent / unknown / just inserted: once per block) */
+static void pmap_mark(pmap_t *m, int32_t i, uint8_t state) { /* blk has room: an entry is in it at most once */
+    m->blk[m->nblk++] = i;
+    m->state[i] = state;
+    if (state == PAIR_NEW) m->nnew++;
+    else m->ntouched++;
 }
 
 /* the block's new and touched pairs: committed (present), or taken back (new: absent, touched: unknown) */
 void pmap_settle(pmap_t *m, int keep) {
-    size_t left = m->nnew + m->ntouched;
-    for (size_t i = 0; left && i < m->n; i++) {
+    for (size_t k = 0; k < m->nblk; k++) {
+        int32_t i = m->blk[k];
         uint8_t s = m->state[i];
         if (s == PAIR_NEW) m->state[i] = keep ? PAIR_PRESENT : PAIR_ABSENT;
         else if (s == PAIR_TOUCHED) m->state[i] = keep ? PAIR_PRESENT : PAIR_UNKNOWN;
-        else continue;
-        left--;
     }
-    m->nnew = m->ntouched = 0;
+    m->nnew = m->ntouched = m->nblk = 0;
 }
 
 /* ---- what the hook uses ------------------------------------------------------------------------- */
@@ -292,10 +301,7 @@ int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
 }
 
 void rt_add_pair(RiskTableObject *t, int32_t idx) {
-    if (t->pairs.state[idx] == PAIR_ABSENT) {
-        t->pairs.state[idx] = PAIR_NEW;
-        t->pairs.nnew++;
-    }
+    if (t->pairs.state[idx] == PAIR_ABSENT) pmap_mark(&t->pairs, idx, PAIR_NEW);
 }
 
 int rt_touch(RiskTableObject *t, const uint8_t *pk) {
@@ -303,13 +309,12 @@ int rt_touch(RiskTableObject *t, const uint8_t *pk) {
     uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
     int32_t i = pmap_find(&t->pairs, pk, h);
     if (i < 0) {
-        if (pmap_insert(&t->pairs, pk, h, PAIR_TOUCHED) < 0) return -1;
-        t->pairs.ntouched++;
+        if ((i = pmap_insert(&t->pairs, pk, h, PAIR_UNKNOWN)) < 0) return -1;
+        pmap_mark(&t->pairs, i, PAIR_TOUCHED);
     } else if (t->pairs.state[i] == PAIR_ABSENT) {
-        rt_add_pair(t, i);
+        pmap_mark(&t->pairs, i, PAIR_NEW);
     } else if (t->pairs.state[i] == PAIR_UNKNOWN) {
-        t->pairs.state[i] = PAIR_TOUCHED;
-        t->pairs.ntouched++;
+        pmap_mark(&t->pairs, i, PAIR_TOUCHED);
     } /* present, new, touched: nothing to do */
     return 0;
 }

@@ -48,6 +48,9 @@ typedef struct { /* payer-payee pairs: a committed lookup (absent / present), ne
     size_t n, cap, nnew, ntouched;
     uint64_t *slots;
     size_t mask;
+    int32_t *blk;     /* the open block's new and touched pairs (indexes, each once; room for cap): seal and settle
+                         read only these */
+    size_t nblk;
 } pmap_t;
 
 typedef struct {

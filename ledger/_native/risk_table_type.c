@@ -175,8 +175,8 @@ static PyObject *pairs_in(const pmap_t *m, uint8_t state, size_t count) {
     skey_t *order = PyMem_Malloc(2 * (count + 1) * sizeof *order);
     if (order == NULL) return PyErr_NoMemory();
     size_t n = 0;
-    for (size_t i = 0; i < m->n && n < count; i++)
-        if (m->state[i] == state) skey_of(&order[n++], m->keys[i], PAIR_KEY_LEN);
+    for (size_t k = 0; k < m->nblk && n < count; k++) /* the block's list, not the whole map */
+        if (m->state[m->blk[k]] == state) skey_of(&order[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
     sort_keys(order, order + count + 1, n);
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out != NULL && i < n; i++) {
@@ -399,6 +399,7 @@ static void rt_dealloc(PyObject *self) {
     PyMem_Free(t->saved);
     PyMem_Free(t->pairs.keys);
     PyMem_Free(t->pairs.state);
+    PyMem_Free(t->pairs.blk);
     PyMem_Free(t->pairs.slots);
     Py_TYPE(self)->tp_free(self);
 }

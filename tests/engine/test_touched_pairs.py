@@ -114,6 +114,37 @@ def test_a_read_absent_pair_paid_later_is_new_and_an_aborted_block_forgets_its_t
     table.abort()
 
 
+def test_the_block_lists_only_its_own_pairs_across_map_growth_commit_and_abort() -> None:
+    """Seal and settle read the block's list of new / touched pairs, not the whole map: a map that
+    grows past its first capacity (4096) inside a block still yields exactly the block's pairs, and the
+    next block starts with an empty list (commit: present, abort: forgotten)."""
+    store = Store(set())
+    table = risk.RiskTable(1 << 16, 1 << 16)
+    a, b = account(1), account(5)
+    for blk in range(3):  # committed blocks: 2000 touched pairs each, the map grows across them
+        store.begin(table)
+        records = [rec(i, 100 + blk, 1000 + i, 10) for i in range(2000)]
+        hook = hook_over(table, records)
+        assert all(hook(i, a, b) for i in range(len(records)))
+        assert table.touched_pair_rows() == sorted((pk(100 + blk, 1000 + i), b"") for i in range(2000))
+        assert table.pair_rows() == []
+        table.commit({}, set())
+    store.begin(table)  # a block that grows the map past 8192 entries, then aborts
+    assert not table.seen(pk(7, 7))  # looked up absent, then paid: new
+    records = [rec(1, 7, 7, 10)] + [rec(2 + i, 200, 1000 + i, 10) for i in range(5000)]
+    records += [rec(9000, 100, 1000, 10)]  # committed in the first block: nothing for this one
+    hook = hook_over(table, records)
+    assert all(hook(i, a, b) for i in range(len(records)))
+    assert table.pair_rows() == [(pk(7, 7), b"")]
+    assert table.touched_pair_rows() == sorted((pk(200, 1000 + i), b"") for i in range(5000))
+    assert table.sizes()[3:] == (1, 5000)
+    table.abort()
+    store.begin(table)
+    assert table.pair_rows() == [] and table.touched_pair_rows() == [] and table.sizes()[3:] == (0, 0)
+    assert table.seen(pk(100, 1000)) and not table.seen(pk(200, 1000)) and not table.seen(pk(7, 7))
+    table.abort()
+
+
 @pytest.fixture
 def rules_pair(tmp_path: Path) -> Iterator[RulesPair]:
     p = RulesPair(tmp_path)
