@@ -136,9 +136,11 @@ def write(txn: WriteTxn, height: int, value: bytes, due: bool, fold_rows: Folder
     if not due:
         txn.put(Table.RISK_LOG, index_key(height), value)
         return
-    old = rows(txn)
-    values = [v for _, v in old] + [value]
-    states, pairs = (fold_rows or fold)(values)
+    _fold_into(txn, rows(txn), value, fold_rows or fold)
+
+
+def _fold_into(txn: WriteTxn, old: list[tuple[bytes, bytes]], value: bytes | None, folder: Folder) -> None:
+    states, pairs = folder([v for _, v in old] + ([value] if value is not None else []))
     if states:
         txn.put_many(Table.RISK, states)
     if pairs:
@@ -176,3 +178,12 @@ def committed(txn: ReadTxn) -> tuple[dict[bytes, bytes], set[bytes]]:
         states.update(rows_)
         pairs.update(prs)
     return states, pairs
+
+
+def fold_all(txn: WriteTxn) -> int:
+    """Fold the whole journal into ``risk`` / ``risk_pairs`` outside a block (offline tools and tests: a
+    ledger open over the store must ``reload()`` after, its fold counts are stale); the rows folded."""
+    old = rows(txn)
+    if old:
+        _fold_into(txn, old, None, fold)
+    return len(old)
