@@ -20,6 +20,11 @@
  *         Bounded by max_pairs (all dropped after a commit above it). 33 bytes per entry + 16 bytes of
  *         index.
  *
+ * journal the table's half of the risk journal (ledger/risk_log.py, risk_journal.c): the states and pairs of
+ *         committed blocks not folded yet are pinned (tent_t.pinned, PAIR_PIN): eviction keeps them, since
+ *         the store's `risk` / `risk_pairs` do not hold them yet; a fold unpins all. A pair paid in the open
+ *         block is new, touched or paid (committed and paid again): all three are in the block's list
+ *         (pmap_t.blk) and in its journal row; commit makes them present and pinned.
  * begin(get_risk, get_pair, get_risks) opens a block over the write transaction's readers (one key; a
  * list of risk keys); commit(risk, pairs) publishes the block: its changes stay, the Python dict's
  * states are merged in, its new and touched pairs (the table's and the Python set's) become present;
