@@ -20,7 +20,8 @@ setup(
         Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule
             "ledger._native._risk",
             sources=["ledger/_native/risk.c", "ledger/_native/rules.c", "ledger/_native/rules_eval.c",
-                     "ledger/_native/risk_table.c", "ledger/_native/risk_table_type.c"],
+                     "ledger/_native/risk_table.c", "ledger/_native/risk_table_type.c",
+                     "ledger/_native/risk_journal.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
             depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h", "ledger/_native/risk_table.h"],
             optional=True,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ledger.codec import T_CREDIT, T_DEBIT, TRANSFER_STRUCT
 from ledger.risk import RiskView, decode_state
+from ledger.risk_log import Overlay
 from ledger.rules.compiler import NO_MATCH, CompiledRuleSet
 from ledger.rules.model import Action, Rule
 from ledger.schema import AccountState, Table
@@ -15,19 +16,30 @@ from ledger.types import Result
 
 
 class ReadRiskView(RiskView):
-    """The risk view of the activation builder over a committed snapshot."""
+    """The risk view of the activation builder over a committed snapshot: ``risk`` / ``risk_pairs``
+    overridden by the journal (``risk_log``) of the same snapshot, read once when first needed."""
 
-    __slots__ = ("txn",)
+    __slots__ = ("_overlay", "txn")
 
     def __init__(self, txn: ReadTxn) -> None:
         self.txn = txn
+        self._overlay: Overlay | None = None
+
+    def overlay(self) -> Overlay:
+        if self._overlay is None:
+            self._overlay = Overlay.read(self.txn)
+        return self._overlay
 
     def state(self, key: bytes) -> list[int] | None:
+        st = self.overlay().states.get(key)
+        if st is not None:
+            return list(st)
         raw = self.txn.get(Table.RISK, key)
         return decode_state(raw) if raw is not None else None
 
     def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
-        return self.txn.get(Table.RISK_PAIRS, debit_id + credit_id) is not None
+        pk = debit_id + credit_id
+        return pk in self.overlay().pairs or self.txn.get(Table.RISK_PAIRS, pk) is not None
 
 
 @dataclass(frozen=True, slots=True)

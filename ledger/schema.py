@@ -33,6 +33,7 @@ class Table:
     RULESETS: Final = "rulesets"  # rule set hash (32) -> deploy leaf index ‖ effective height ‖ canonical bytes
     RISK: Final = "risk"  # b"o"/b"i" + account id or b"p" + psp id (u32 BE) -> risk window state (ledger/risk.py)
     RISK_PAIRS: Final = "risk_pairs"  # debit id (16) || credit id (16) -> b"": counterparty pairs seen
+    RISK_LOG: Final = "risk_log"  # index_key(height) -> the block's risk states and paid pairs (ledger/risk_log.py)
     EXTREFS: Final = "extrefs"  # psp id (u32 BE) || external ref (32) -> transfer id (16)
     CALLBACKS: Final = "callbacks"  # id_key(callback id) -> ref (leaf index, block, …) for idempotency
     RECONCILED: Final = "reconciled"  # id_key(transfer id) -> index_key(callback leaf index)
@@ -50,7 +51,7 @@ class Table:
 TABLES: Final = (
     Table.META, Table.ACCOUNTS, Table.TRANSFERS, Table.ACCOUNT_REFS, Table.LEAVES, Table.NODES, Table.HISTORY,
     Table.BLOCKS, Table.EXPIRY, Table.RAFT, Table.RAFTLOG, Table.RULESETS, Table.RISK, Table.RISK_PAIRS,
-    Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
+    Table.RISK_LOG, Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
     Table.PII_ERASED, Table.PII_ERASURES, Table.OBLIGATIONS, Table.SETTLEMENTS, Table.OBLIGATION_STATUS,
 )
 

@@ -20,6 +20,11 @@
  *         Bounded by max_pairs (all dropped after a commit above it). 33 bytes per entry + 16 bytes of
  *         index.
  *
+ * journal the table's half of the risk journal (ledger/risk_log.py, risk_journal.c): the states and pairs of
+ *         committed blocks not folded yet are pinned (tent_t.pinned, PAIR_PIN): eviction keeps them, since
+ *         the store's `risk` / `risk_pairs` do not hold them yet; a fold unpins all. A pair paid in the open
+ *         block is new, touched or paid (committed and paid again): all three are in the block's list
+ *         (pmap_t.blk) and in its journal row; commit makes them present and pinned.
  * begin(get_risk, get_pair, get_risks) opens a block over the write transaction's readers (one key; a
  * list of risk keys); commit(risk, pairs) publishes the block: its changes stay, the Python dict's
  * states are merged in, its new and touched pairs (the table's and the Python set's) become present;
@@ -132,10 +137,20 @@ void tmap_clear(tmap_t *m) {
     m->n = 0;
 }
 
-void tmap_keep_newest(tmap_t *m, size_t keep) { /* drop the oldest-inserted entries (none changed) */
+/* drop the oldest-inserted entries (none changed) down to `keep`, never a pinned one (journaled, not folded:
+ * the store's `risk` row is older); pinned entries beyond `keep` stay */
+void tmap_keep_newest(tmap_t *m, size_t keep) {
     if (m->n <= keep) return;
-    memmove(m->ents, m->ents + (m->n - keep), keep * sizeof(tent_t));
-    m->n = keep;
+    size_t pinned = 0;
+    for (size_t i = 0; i < m->n; i++) pinned += m->ents[i].pinned;
+    size_t unpinned = m->n - pinned, allow = keep > pinned ? keep - pinned : 0;
+    size_t drop = unpinned > allow ? unpinned - allow : 0, j = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (!m->ents[i].pinned && drop) { drop--; continue; }
+        if (j != i) m->ents[j] = m->ents[i];
+        j++;
+    }
+    m->n = j;
     tmap_index(m);
 }
 
@@ -146,6 +161,7 @@ int tmap_put(tmap_t *m, const uint8_t *key, int klen, const uint64_t *st) {
     if (i < 0 && (i = tmap_insert(m, key, klen, h)) < 0) return -1;
     memcpy(m->ents[i].st, st, sizeof m->ents[i].st);
     m->ents[i].has = 1;
+    m->ents[i].pinned = 1; /* a committed block's state: journaled until the next fold */
     return 0;
 }
 
@@ -189,20 +205,39 @@ void pmap_clear(pmap_t *m) {
 /* entry i becomes new or touched in the open block (from absent / unknown / just inserted: once per block) */
 static void pmap_mark(pmap_t *m, int32_t i, uint8_t state) { /* blk has room: an entry is in it at most once */
     m->blk[m->nblk++] = i;
-    m->state[i] = state;
+    m->state[i] = (uint8_t)((m->state[i] & PAIR_PIN) | state);
     if (state == PAIR_NEW) m->nnew++;
-    else m->ntouched++;
+    else if (state == PAIR_TOUCHED) m->ntouched++;
 }
 
-/* the block's new and touched pairs: committed (present), or taken back (new: absent, touched: unknown) */
+/* the block's paid pairs: committed (present, pinned: journaled), or taken back (new: absent, touched:
+ * unknown, paid: present as before) */
 void pmap_settle(pmap_t *m, int keep) {
     for (size_t k = 0; k < m->nblk; k++) {
         int32_t i = m->blk[k];
-        uint8_t s = m->state[i];
-        if (s == PAIR_NEW) m->state[i] = keep ? PAIR_PRESENT : PAIR_ABSENT;
-        else if (s == PAIR_TOUCHED) m->state[i] = keep ? PAIR_PRESENT : PAIR_UNKNOWN;
+        uint8_t s = m->state[i] & 0x7F, pin = m->state[i] & PAIR_PIN;
+        if (keep) m->state[i] = PAIR_PRESENT | PAIR_PIN;
+        else if (s == PAIR_NEW) m->state[i] = PAIR_ABSENT;
+        else if (s == PAIR_TOUCHED) m->state[i] = PAIR_UNKNOWN;
+        else if (s == PAIR_PAID) m->state[i] = PAIR_PRESENT | pin;
     }
     m->nnew = m->ntouched = m->nblk = 0;
+}
+
+/* above the bound: drop every pair but the pinned ones (journaled, not in risk_pairs yet) */
+void pmap_keep_pinned(pmap_t *m) {
+    size_t j = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (!(m->state[i] & PAIR_PIN)) continue;
+        if (j != i) {
+            memcpy(m->keys[j], m->keys[i], PAIR_KEY_LEN);
+            m->state[j] = m->state[i];
+        }
+        j++;
+    }
+    m->n = j;
+    if (m->slots != NULL) memset(m->slots, 0xff, (m->mask + 1) * sizeof(uint64_t));
+    for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->keys[i], PAIR_KEY_LEN), i);
 }
 
 /* ---- what the hook uses ------------------------------------------------------------------------- */
@@ -284,7 +319,7 @@ int rt_change(RiskTableObject *t, int32_t idx) {
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
     uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
     int32_t i = pmap_find(&t->pairs, pk, h);
-    if (i < 0 || t->pairs.state[i] == PAIR_UNKNOWN) {
+    if (i < 0 || PSTATE(&t->pairs, i) == PAIR_UNKNOWN) {
         if (t->get_pair == NULL) return rt_no_block();
         PyObject *k = PyBytes_FromStringAndSize((const char *)pk, PAIR_KEY_LEN);
         PyObject *row = k != NULL ? PyObject_CallOneArg(t->get_pair, k) : NULL;
@@ -295,13 +330,15 @@ int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
         if (i >= 0) t->pairs.state[i] = state;
         else if ((i = pmap_insert(&t->pairs, pk, h, state)) < 0) return -1;
     }
-    *seen = t->pairs.state[i] != PAIR_ABSENT;
+    *seen = PSTATE(&t->pairs, i) != PAIR_ABSENT;
     *idx = i;
     return 0;
 }
 
 void rt_add_pair(RiskTableObject *t, int32_t idx) {
-    if (t->pairs.state[idx] == PAIR_ABSENT) pmap_mark(&t->pairs, idx, PAIR_NEW);
+    uint8_t s = PSTATE(&t->pairs, idx);
+    if (s == PAIR_ABSENT) pmap_mark(&t->pairs, idx, PAIR_NEW);
+    else if (s == PAIR_PRESENT) pmap_mark(&t->pairs, idx, PAIR_PAID); /* journaled again with this block */
 }
 
 int rt_touch(RiskTableObject *t, const uint8_t *pk) {
@@ -311,11 +348,11 @@ int rt_touch(RiskTableObject *t, const uint8_t *pk) {
     if (i < 0) {
         if ((i = pmap_insert(&t->pairs, pk, h, PAIR_UNKNOWN)) < 0) return -1;
         pmap_mark(&t->pairs, i, PAIR_TOUCHED);
-    } else if (t->pairs.state[i] == PAIR_ABSENT) {
-        pmap_mark(&t->pairs, i, PAIR_NEW);
-    } else if (t->pairs.state[i] == PAIR_UNKNOWN) {
+    } else if (PSTATE(&t->pairs, i) == PAIR_UNKNOWN) {
         pmap_mark(&t->pairs, i, PAIR_TOUCHED);
-    } /* present, new, touched: nothing to do */
+    } else {
+        rt_add_pair(t, i); /* absent: new; present: paid; new, touched, paid: nothing to do */
+    }
     return 0;
 }
 
@@ -335,3 +372,15 @@ void rt_settle_states(RiskTableObject *t, int keep) {
     }
 }
 
+
+/* the committed block's changed states are journaled: pinned until the next fold */
+void rt_pin_block(RiskTableObject *t) {
+    for (size_t k = 0; k < t->nsaved; k++)
+        if (t->saved[k].idx >= 0) t->states.ents[t->saved[k].idx].pinned = 1;
+}
+
+/* a fold wrote every journaled state and pair into `risk` / `risk_pairs`: nothing is pinned any more */
+void rt_unpin_all(RiskTableObject *t) {
+    for (size_t i = 0; i < t->states.n; i++) t->states.ents[i].pinned = 0;
+    for (size_t i = 0; i < t->pairs.n; i++) t->pairs.state[i] &= 0x7F;
+}

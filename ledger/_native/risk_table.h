@@ -15,10 +15,11 @@
 #define PAIR_KEY_LEN 32                   /* debit id || credit id */
 #define RT_EMPTY UINT64_MAX               /* a free slot */
 
-typedef struct { /* one risk state (160 bytes) */
+typedef struct { /* one risk state (168 bytes) */
     uint8_t key[17], klen;
     uint8_t has;     /* HAS_NONE: no history (the store has no row); HAS_UNKNOWN: not read yet */
     uint8_t changed; /* == the table's epoch: changed in the open block, its committed state is saved[saved] */
+    uint8_t pinned;  /* journaled (risk_log), not folded into `risk` yet: never evicted */
     uint32_t saved;
     uint64_t st[RISK_STATE_LEN]; /* the open block's view: committed, or as the block changed it */
 } tent_t;
@@ -36,10 +37,13 @@ typedef struct { /* keys in insertion order; open addressing over them, slot = h
     size_t mask;
 } tmap_t;
 
-/* absent / present: a committed lookup; new: looked up absent, then paid in the open block (inserted at seal);
- * touched: paid in the open block, committed state not looked up (a no-overwrite put at seal); unknown: not
- * known (a touched pair of an aborted block) */
-enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2, PAIR_UNKNOWN = 3, PAIR_TOUCHED = 4 };
+/* absent / present: a committed lookup; new: looked up absent, then paid in the open block; touched: paid in
+ * the open block, committed state not looked up; paid: present and paid again in the open block; unknown: not
+ * known (a touched pair of an aborted block). PAIR_PIN on top: committed by a journaled block (risk_log, not
+ * folded into risk_pairs yet), never evicted. */
+enum { PAIR_ABSENT = 0, PAIR_PRESENT = 1, PAIR_NEW = 2, PAIR_UNKNOWN = 3, PAIR_TOUCHED = 4, PAIR_PAID = 5 };
+#define PAIR_PIN 0x80
+#define PSTATE(m, i) ((m)->state[i] & 0x7F)
 enum { HAS_NONE = 0, HAS_ROW = 1, HAS_UNKNOWN = 2 };                       /* tent_t.has */
 
 typedef struct { /* payer-payee pairs: a committed lookup (absent / present), new or touched in the open block */
@@ -68,6 +72,16 @@ typedef struct {
 
 extern PyTypeObject RiskTableType;
 
+typedef struct { /* a key in sortable form (risk_table_type.c sort_keys) */
+    uint64_t w[4]; /* the key big endian, zero padded; a state key's length in the last byte of w[2] */
+    const uint8_t *key;
+} skey_t;
+void sort_keys(skey_t *a, skey_t *tmp, size_t n);
+/* the risk journal (risk_journal.c): RiskTable methods */
+PyObject *rt_journal(PyObject *self, PyObject *args);
+PyObject *rt_load(PyObject *self, PyObject *values);
+PyObject *rt_fold(PyObject *self, PyObject *values);
+
 /* the state of key as the open block sees it (its changes, else committed: cached, else the store) and
  * its entry's index for rt_write */
 int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK_STATE_LEN], uint8_t *has,
@@ -79,7 +93,7 @@ int rt_entry(RiskTableObject *t, const uint8_t *key, int klen, uint64_t h, int32
 int rt_change(RiskTableObject *t, int32_t idx);
 /* whether the pair was seen: new or touched in this block, or committed (a store lookup, cached); its index */
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx);
-/* a pair rt_seen reported unseen becomes new in this block */
+/* a pair rt_seen looked up is paid in this block (unseen: new; committed: paid) */
 void rt_add_pair(RiskTableObject *t, int32_t idx);
 /* a successful transfer's pair, without a store lookup: new (known absent) or touched (committed state unknown) */
 int rt_touch(RiskTableObject *t, const uint8_t *pk);
@@ -97,6 +111,9 @@ int32_t pmap_find(const pmap_t *m, const uint8_t *pk, uint64_t h);
 int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state);
 void pmap_clear(pmap_t *m);
 void pmap_settle(pmap_t *m, int keep);
+void pmap_keep_pinned(pmap_t *m);
 void rt_settle_states(RiskTableObject *t, int keep);
+void rt_pin_block(RiskTableObject *t);
+void rt_unpin_all(RiskTableObject *t);
 int rt_no_block(void);
 #endif

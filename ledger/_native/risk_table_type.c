@@ -73,10 +73,6 @@ static PyObject *rt_seen_py(PyObject *self, PyObject *pk) {
 }
 
 /* ---- sorted rows ---------------------------------------------------------------------------------- */
-typedef struct {
-    uint64_t w[4]; /* the key big endian, zero padded; a state key's length in the last byte of w[2] */
-    const uint8_t *key;
-} skey_t;
 
 static uint64_t be64(const uint8_t *p) {
     uint64_t v = 0;
@@ -100,8 +96,9 @@ static int cmp_skey(const void *x, const void *y) {
 }
 
 /* sort by key: LSD radix on the first 8 bytes (a pass per byte that varies), then the runs that share them
- * by the whole key (insertion sort: such runs are short for account ids); tmp has room for n keys */
-static void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
+ * by the whole key (insertion sort: such runs are short for account ids); tmp has room for n keys. Stable:
+ * equal keys keep their order (the journal fold keeps the last) */
+void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
     uint64_t all_or = 0, all_and = UINT64_MAX;
     for (size_t i = 0; i < n; i++) { all_or |= a[i].w[0]; all_and &= a[i].w[0]; }
     for (int shift = 0; shift < 64; shift += 8) {
@@ -176,7 +173,7 @@ static PyObject *pairs_in(const pmap_t *m, uint8_t state, size_t count) {
     if (order == NULL) return PyErr_NoMemory();
     size_t n = 0;
     for (size_t k = 0; k < m->nblk && n < count; k++) /* the block's list, not the whole map */
-        if (m->state[m->blk[k]] == state) skey_of(&order[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
+        if (PSTATE(m, m->blk[k]) == state) skey_of(&order[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
     sort_keys(order, order + count + 1, n);
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out != NULL && i < n; i++) {
@@ -326,25 +323,29 @@ static int merge_python(RiskTableObject *t, PyObject *risk, PyObject *pairs) {
         if (pair_key(key) < 0) return -1;
         const uint8_t *pk = (const uint8_t *)PyBytes_AS_STRING(key);
         uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
-        int32_t i = pmap_find(&t->pairs, pk, h);
-        if (i >= 0) t->pairs.state[i] = PAIR_PRESENT; /* a cached "absent" (or unknown) */
-        else if (pmap_insert(&t->pairs, pk, h, PAIR_PRESENT) < 0) return -1;
+        int32_t i = pmap_find(&t->pairs, pk, h); /* journaled: pinned (a fold unpins after the merge) */
+        if (i >= 0) t->pairs.state[i] = PAIR_PRESENT | PAIR_PIN; /* a cached "absent" (or unknown) */
+        else if (pmap_insert(&t->pairs, pk, h, PAIR_PRESENT | PAIR_PIN) < 0) return -1;
     }
     return 0;
 }
 
-/* commit(risk, pairs): the block committed: its changes here stay, the Python paths' join them */
+/* commit(risk, pairs, folded): the block committed: its changes here stay, the Python paths' join them;
+ * journaled, they are pinned until a fold (`folded`: this block folded the journal, nothing stays pinned) */
 static PyObject *rt_commit(PyObject *self, PyObject *args) {
     RiskTableObject *t = (RiskTableObject *)self;
     PyObject *risk, *pairs;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &risk, &PySet_Type, &pairs)) return NULL;
+    int folded = 0;
+    if (!PyArg_ParseTuple(args, "O!O!|p", &PyDict_Type, &risk, &PySet_Type, &pairs, &folded)) return NULL;
+    rt_pin_block(t);
     close_block(t, 1);
     if (merge_python(t, risk, pairs) < 0) {
-        forget_all(t); /* half-published: forget every cached state */
+        forget_all(t); /* half-published: forget every cached state (the caller reloads the journal) */
         return NULL;
     }
+    if (folded) rt_unpin_all(t);
     if (t->states.n > t->max_states) tmap_keep_newest(&t->states, t->max_states / 2);
-    if (t->pairs.n > t->max_pairs) pmap_clear(&t->pairs);
+    if (t->pairs.n > t->max_pairs) pmap_keep_pinned(&t->pairs);
     Py_RETURN_NONE;
 }
 
@@ -367,6 +368,15 @@ static PyObject *rt_sizes(PyObject *self, PyObject *unused) {
     for (size_t k = 0; k < t->nsaved; k++) changed += t->saved[k].idx >= 0;
     return Py_BuildValue("(nnnnn)", (Py_ssize_t)t->states.n, (Py_ssize_t)changed, (Py_ssize_t)t->pairs.n,
                          (Py_ssize_t)t->pairs.nnew, (Py_ssize_t)t->pairs.ntouched);
+}
+
+static PyObject *rt_pinned(PyObject *self, PyObject *unused) {
+    (void)unused;
+    RiskTableObject *t = (RiskTableObject *)self;
+    size_t states = 0, pairs = 0;
+    for (size_t i = 0; i < t->states.n; i++) states += t->states.ents[i].pinned;
+    for (size_t i = 0; i < t->pairs.n; i++) pairs += (t->pairs.state[i] & PAIR_PIN) != 0;
+    return Py_BuildValue("(nn)", (Py_ssize_t)states, (Py_ssize_t)pairs);
 }
 
 static PyObject *rt_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -416,7 +426,12 @@ static PyMethodDef RT_METHODS[] = {
      "touched_pair_rows() -> sorted (pair key, b'') of the block's touched pairs (put with no-overwrite)."},
     {"prefetch", rt_prefetch, METH_VARARGS,
      "prefetch(records, tracks) -> rows looked up: the uncached risk states, one store call."},
-    {"commit", rt_commit, METH_VARARGS, "commit(risk, pairs): the block committed; publish its states and pairs."},
+    {"commit", rt_commit, METH_VARARGS,
+     "commit(risk, pairs, folded=False): the block committed; publish (and pin, unless folded) its states and pairs."},
+    {"journal", rt_journal, METH_VARARGS, "journal(risk, paid) -> the open block's risk_log row, or None."},
+    {"load", rt_load, METH_O, "load(rows): the risk journal's rows, oldest first, committed and pinned."},
+    {"fold", rt_fold, METH_O, "fold(rows) -> (risk rows, pair rows): the journal folded, sorted by key."},
+    {"pinned", rt_pinned, METH_NOARGS, "pinned() -> (pinned states, pinned pairs)."},
     {"abort", rt_abort, METH_NOARGS, "abort(): the block failed; take its changes and new pairs back."},
     {"forget", rt_forget, METH_NOARGS, "forget(): drop every cached state and pair."},
     {"sizes", rt_sizes, METH_NOARGS,

@@ -190,7 +190,8 @@ static int after_success(HookObject *h, ctx_t *c) {
     if (h->track_pairs) { /* looked up only if a rule read it: else marked touched (ledger/_native/risk_table.c) */
         if (!c->seen_known) {
             if (rules_touch(c) < 0) return -1;
-        } else if (!c->seen) {
+        } else if (!c->in_pairs) { /* unseen: new; committed: paid again (every paid pair is journaled:
+                                      risk_table.c; one in the Python set is journaled from SideState.paid) */
             rt_add_pair(h->table, c->pair_idx);
         }
     }

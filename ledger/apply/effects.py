@@ -191,16 +191,27 @@ def after_success(blk: Block, rec: TransferRecord, amount: int) -> None:
             record(st, ts, amount)
         else:
             _risk_add(blk, key, ts, amount)
-    if rules.track_pairs and not side.seen(rec[T_DEBIT], rec[T_CREDIT]):
-        pk = rec[T_DEBIT] + rec[T_CREDIT]
-        side.pairs.add(pk)
-        if not plain:
-            blk.on_undo(lambda: side.pairs.discard(pk))
+    if rules.track_pairs:
+        _pair_paid(blk, rec[T_DEBIT], rec[T_CREDIT], plain)
     if rec[T_EXTERNAL_REF] != ZERO32:
         key = rec[T_PSP].to_bytes(4, "big") + rec[T_EXTERNAL_REF]
         previous = side.extrefs.get(key)
         side.extrefs[key] = rec[T_ID]
         blk.on_undo(lambda: restore_key(side.extrefs, key, previous))
+
+
+def _pair_paid(blk: Block, debit_id: bytes, credit_id: bytes, plain: bool) -> None:
+    """A successful transfer paid this pair: new if never seen; journaled either way (ledger/risk_log.py)."""
+    side = blk.side
+    pk = debit_id + credit_id
+    if not side.seen(debit_id, credit_id):
+        side.pairs.add(pk)
+        if not plain:
+            blk.on_undo(lambda: side.pairs.discard(pk))
+    if pk not in side.paid:
+        side.paid.add(pk)
+        if not plain:
+            blk.on_undo(lambda: side.paid.discard(pk))
 
 
 def _risk_add(blk: Block, key: bytes, ts: int, amount: int) -> None:

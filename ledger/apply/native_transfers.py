@@ -158,7 +158,7 @@ def _python_hook(blk: Block, records: bytes,
     unpack = TRANSFER_STRUCT.unpack_from
     ts0, height, side = blk.ts0, blk.height, blk.side
     risk, state, pairs, pairs_committed, extrefs = side.risk, side.state, side.pairs, side.pairs_committed, side.extrefs
-    get_pair = blk.txn.getter(Table.RISK_PAIRS)
+    paid, pair_committed = side.paid, side.pair_committed  # journaled pairs count as committed (risk_log)
     record = risk_features.record
     track_out, track_in, track_psp, track_pairs = rules.track_out, rules.track_in, rules.track_psp, rules.track_pairs
 
@@ -180,10 +180,11 @@ def _python_hook(blk: Block, records: bytes,
                 record(st, ts0, amount)
         if track_pairs:
             pk = rec[1] + rec[2]  # SideState.seen, inlined; its per-block cache of store lookups is shared
+            paid.add(pk)
             if pk not in pairs:
                 known = pairs_committed.get(pk)
                 if known is None:
-                    known = pairs_committed[pk] = get_pair(pk) is not None
+                    known = pairs_committed[pk] = pair_committed(pk)
                 if not known:
                     pairs.add(pk)
         if rec[7] != ZERO32:

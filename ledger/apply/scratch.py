@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, TypeVar
 
-from ledger import native
+from ledger import native, risk_log
 from ledger.codec import decode_leaf
 from ledger.invariant import invariant
 from ledger.risk import RiskView, decode_state, new_table
@@ -51,12 +51,21 @@ class Committed:
     Risk states: with the native engine, ``table`` (a C RiskTable, ledger/_native/risk_table.c) holds
     the committed states and pair lookups, with the states the C rules hook changed in the open block
     (their committed values saved for an abort); ``risk`` is the Python paths' cache
-    (``SOVLEDGER_ENGINE=python``: no table at all)."""
+    (``SOVLEDGER_ENGINE=python``: no table at all).
+
+    The risk journal (ledger/risk_log.py): committed risk = the store's ``risk`` / ``risk_pairs``
+    overridden by the ``risk_log`` rows. ``journal`` counts its rows for the fold rule; the table pins
+    the journaled entries (loaded from ``risk_log`` before its first block: ``table_loaded``); the
+    Python paths read ``overlay``, built from the block's transaction when one first needs it. All three
+    are read lazily from the store, so a fresh ``Committed`` (a restart, a snapshot) is right."""
 
     accounts: dict[bytes, AccountState] = field(default_factory=dict)
     scales: dict[int, int] = field(default_factory=dict)
     risk: dict[bytes, list[int]] = field(default_factory=dict)
     table: Any = field(default_factory=new_table)
+    journal: risk_log.Counts | None = None
+    overlay: risk_log.Overlay | None = None
+    table_loaded: bool = False
 
     def trim(self) -> None:
         _trim(self.accounts, ACCOUNTS_CACHE_MAX)
@@ -68,20 +77,53 @@ class Committed:
         table = self.table
         if table is None or native.active() != "native":
             return None
+        if not self.table_loaded:  # its journaled (pinned) entries: what `risk` / `risk_pairs` lack
+            table.forget()
+            table.load([value for _, value in risk_log.rows(txn)])
+            self.table_loaded = True
         table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many, Table.RISK))
         return table
 
+    def counts(self, txn: WriteTxn) -> risk_log.Counts:
+        """The journal's counts (read from ``txn`` the first time)."""
+        if self.journal is None:
+            self.journal = risk_log.Counts.read(txn)
+        return self.journal
+
+    def overlay_of(self, txn: WriteTxn) -> risk_log.Overlay:
+        """The journal's committed states and pairs for the Python paths (read from ``txn`` the first time)."""
+        if self.overlay is None:
+            self.overlay = risk_log.Overlay.read(txn)
+        return self.overlay
+
     def publish_risk(self, side: SideState) -> None:
         """The block committed: its risk states (and pairs) become committed state."""
+        self._publish_journal(side)
         if side.table is not None:
-            side.table.commit(side.risk, side.pairs)  # with the Python paths' states and pairs (disjoint keys)
+            try:  # with the Python paths' states and pairs (disjoint keys)
+                side.table.commit(side.risk, side.paid, side.folded)
+            except BaseException:
+                self.table_loaded = False  # the table forgot everything: reload the journal
+                raise
             if self.risk:
                 self.risk.clear()  # filled by a block without the table: stale now
+            self.overlay = None  # not kept up to date by blocks with the table: read again when needed
             return
-        if side.risk or side.pairs:
+        if side.risk or side.paid:
             self.risk.update(side.risk)
             if self.table is not None:
                 self.table.forget()  # a block without the table changed states it caches
+                self.table_loaded = False
+            if self.overlay is not None and not side.folded:
+                self.overlay.states.update(side.risk)
+                self.overlay.pairs.update(side.paid)
+
+    def _publish_journal(self, side: SideState) -> None:
+        if side.folded:
+            self.journal = risk_log.Counts()
+            self.overlay = risk_log.Overlay()
+        elif side.journal is not None and self.journal is not None:
+            self.journal.add(side.journal)
 
 @dataclass(slots=True)
 class Event:
@@ -110,6 +152,7 @@ class SideState(RiskView):
     new_rules: CompiledRuleSet | None = None  # deployed in this block: effective from the next block
     risk: dict[bytes, list[int]] = field(default_factory=dict)  # risk states changed in this block
     pairs: set[bytes] = field(default_factory=set)  # pairs first seen in this block (by Python; the C hook's: table)
+    paid: set[bytes] = field(default_factory=set)  # every pair Python paid in this block (journaled; C: the table)
     pairs_committed: dict[bytes, bool] = field(default_factory=dict)  # committed lookups of this block
     risk_absent: set[bytes] = field(default_factory=set)  # risk keys the store lacks (read once per block)
     extrefs: dict[bytes, bytes] = field(default_factory=dict)
@@ -118,6 +161,8 @@ class SideState(RiskView):
     reconciled: dict[bytes, TransferRef] = field(default_factory=dict)
     rounding: dict[bytes, list[int]] = field(default_factory=dict)  # account ‖ day -> [debits, credits, count]
     table: Any = None  # the C RiskTable opened for this block (Committed.begin), None on the Python paths
+    journal: bytes | None = None  # the block's risk_log row (seal), None: it changed no risk state
+    folded: bool = False  # the block folded the journal (seal)
 
     def state(self, key: bytes) -> list[int] | None:
         st = self.risk.get(key)
@@ -131,6 +176,9 @@ class SideState(RiskView):
             return st
         if key in self.risk_absent:  # the rule inputs and the risk update both ask for a new key
             return None
+        st = self.committed.overlay_of(self.txn).states.get(key)  # journaled, not folded into `risk` yet
+        if st is not None:
+            return st
         st = _committed(self.committed.risk, self.txn, Table.RISK, key, decode_state)
         if st is None:
             self.risk_absent.add(key)  # the store gets the key only when this block commits
@@ -158,8 +206,12 @@ class SideState(RiskView):
             return seen
         known = self.pairs_committed.get(pk)
         if known is None:  # read once per block: the rule inputs and the risk update both ask
-            known = self.pairs_committed[pk] = self.txn.get(Table.RISK_PAIRS, pk) is not None
+            known = self.pairs_committed[pk] = self.pair_committed(pk)
         return known
+
+    def pair_committed(self, pk: bytes) -> bool:
+        """Whether a pair is committed (journaled or in ``risk_pairs``): a lookup for the Python paths."""
+        return pk in self.committed.overlay_of(self.txn).pairs or self.txn.get(Table.RISK_PAIRS, pk) is not None
 
 
 @dataclass(slots=True)

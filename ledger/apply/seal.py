@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger import native
+from ledger import native, risk_log
 from ledger.apply.scratch import Block, Event
 from ledger.codec import AUX_LEN, FORMAT_VERSION, LEAF_HEADER, BlockHeader
 from ledger.hashing import block_hash, ruleset_hash
@@ -193,26 +193,23 @@ def _write_side(blk: Block, numbering: _Leaves) -> None:
 
 
 def _write_risk(blk: Block) -> None:
-    """The block's risk states and new pairs: the C table's (already sorted, packed) merged with the
-    Python paths' (disjoint keys: ledger/apply/scratch.py SideState.block_state). The pairs the C hook
-    touched without a lookup go in with no-overwrite: a committed one is left as it is (no page dirtied)."""
+    """The block's risk states and paid pairs as one journal row, or the journal folded with it into
+    ``risk`` / ``risk_pairs`` (ledger/risk_log.py). The row is built by the C table when it ran (its
+    states and pairs merged with the Python paths': disjoint keys, ledger/apply/scratch.py
+    SideState.block_state), else in Python; both give the same bytes."""
     side = blk.side
     table = side.table
-    rows: list[tuple[bytes, bytes]] = table.rows() if table is not None else []
-    if side.risk:
+    if table is not None:
+        value: bytes | None = table.journal(side.risk, side.paid)
+    else:
         pack = RISK_STRUCT.pack  # encode_state, inline: one row per risk key the block touched
-        py_rows = [(k, pack(*v)) for k, v in side.risk.items()]
-        rows = sorted(rows + py_rows) if rows else sorted(py_rows)
-    if rows:
-        blk.txn.put_many(Table.RISK, rows)
-    pairs: list[tuple[bytes, bytes]] = table.pair_rows() if table is not None else []
-    if side.pairs:
-        pairs = sorted(pairs + [(k, b"") for k in side.pairs])
-    if pairs:
-        blk.txn.put_many(Table.RISK_PAIRS, pairs)
-    touched: list[tuple[bytes, bytes]] = table.touched_pair_rows() if table is not None else []
-    if touched:  # disjoint from the new ones (ledger/_native/risk_table.c)
-        blk.txn.put_many(Table.RISK_PAIRS, touched, overwrite=False)
+        value = risk_log.encode([(k, pack(*v)) for k, v in side.risk.items()], side.paid)
+    if value is None:
+        return
+    due = blk.committed.counts(blk.txn).due(value)
+    risk_log.write(blk.txn, blk.height, value, due, table.fold if table is not None else None)
+    side.journal = value
+    side.folded = due
 
 
 def _changed_accounts(blk: Block) -> list[tuple[bytes, bytes]]:

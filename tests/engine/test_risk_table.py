@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ledger import native, risk
+from ledger import native, risk, risk_log
 from ledger.apply import driver, native_transfers, seal
 from ledger.codec import TRANSFER_STRUCT, Batch, Proposal, encode_account, encode_transfer
 from ledger.dry_run import dry_run
@@ -66,8 +66,9 @@ def table(pair: RulesPair) -> Any:
 
 
 def stored_states(pair: RulesPair) -> dict[bytes, list[int]]:
+    """The committed states: ``risk`` overridden by the journal (ledger/risk_log.py)."""
     with pair.stores["native"].read() as txn:
-        return {k: decode_state(v) for k, v in txn.range(Table.RISK)}
+        return {k: decode_state(v) for k, v in risk_log.committed(txn)[0].items()}
 
 
 def run(pair: RulesPair, seed: int, blocks: int, per_block: int = 30) -> None:
@@ -96,13 +97,19 @@ def test_the_table_is_the_native_ledgers_and_holds_the_committed_states(pair: Ru
 
 def test_a_bound_that_evicts_every_block_changes_nothing(pair: RulesPair, monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
-    """Results never depend on the bound: a table of 4 states and 4 pairs, dropped every block."""
+    """Results never depend on the bound: a table of 4 states and 4 pairs, dropped every block but the
+    pinned (journaled, not folded) entries, which stay whatever the bound."""
     monkeypatch.setattr(risk, "RISK_TABLE_STATES", 4)
     monkeypatch.setattr(risk, "RISK_TABLE_PAIRS", 4)
     pair.states["native"].reload()  # a new table with the small bounds
     run(pair, 2, 6)
     cached, _, pairs, _, _ = table(pair).sizes()
-    assert cached <= 30 and pairs <= 30  # trimmed after the last commit (a block touches up to ~30)
+    pinned_states, pinned_pairs = table(pair).pinned()
+    with pair.stores["native"].read() as txn:
+        assert len(risk_log.rows(txn)) == 6  # blocks 3..8, one row each: no fold yet (FOLD_BLOCKS 16)
+        journal = risk_log.Overlay.read(txn)
+    assert pinned_states == len(journal.states) > 4 and pinned_pairs == len(journal.pairs) > 4  # beyond the bounds
+    assert cached <= pinned_states + 2 and pairs == pinned_pairs  # trimmed to the pinned ones (+ the newest states)
 
 
 def test_a_block_that_fails_after_the_hook_is_rolled_back(pair: RulesPair, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +193,7 @@ def test_states_and_pairs_fetched_per_segment_or_one_by_one_agree(pair: RulesPai
     pair.states["native"].reload()  # nothing cached: every state and pair is read in this run
     run(pair, 8, 4)
     with pair.stores["native"].read() as txn:
-        assert len(list(txn.range(Table.RISK_PAIRS))) > 20
+        assert len(risk_log.committed(txn)[1]) > 20
 
 
 def test_dry_runs_see_the_committed_states(pair: RulesPair) -> None:
@@ -201,8 +208,9 @@ def test_dry_runs_see_the_committed_states(pair: RulesPair) -> None:
     assert got["native"] == got["python"]
     act = got["native"].activation
     with pair.stores["native"].read() as txn:
-        payer, payee, psp = (txn.get(Table.RISK, k) for k in (KEY_OUT + TRANSFER_STRUCT.unpack(raw)[1],
-                                                               KEY_IN + TRANSFER_STRUCT.unpack(raw)[2], psp_key(1)))
+        states = risk_log.committed(txn)[0]
+        payer, payee, psp = (states.get(k) for k in (KEY_OUT + TRANSFER_STRUCT.unpack(raw)[1],
+                                                     KEY_IN + TRANSFER_STRUCT.unpack(raw)[2], psp_key(1)))
     assert payer is not None and payee is not None and psp is not None  # the dry run had history to see
     assert any(isinstance(v, int) and v > 0 for k, v in act.items() if "risk" in k)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ledger import native, risk
+from ledger import native, risk, risk_log
 from ledger.codec import Batch, encode_account, encode_transfer
 from ledger.lmdb_store import _LmdbWrite
 from ledger.rules.compiler import compile_ruleset
@@ -163,7 +163,9 @@ def test_committed_pairs_touched_again_write_nothing_and_both_engines_agree(
         rules_pair: RulesPair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Block 1 pays 1->2 and 3->4 (small: touched). After a restart of the native ledger, block 2 pays 1->2
     again (touched, already committed), reads 1->2 (seen), 5->6 (new: rejected) and 3->4 (committed):
-    the native no-overwrite put adds no row, and every table equals the Python engine's."""
+    the native no-overwrite put adds no row, and every table equals the Python engine's. The journal
+    folds every block here (the layout without it: its pairs reach risk_pairs at once)."""
+    monkeypatch.setattr(risk_log, "FOLD_BLOCKS", 1)
     puts: list[tuple[str, bool, int, int]] = []  # (engine, overwrite, rows given, rows added) for risk_pairs
     real_put_many = _LmdbWrite.put_many
 
@@ -181,7 +183,7 @@ def test_committed_pairs_touched_again_write_nothing_and_both_engines_agree(
     puts.clear()
     pay(rules_pair, [(102, 1, 2, 40), (103, 1, 2, 800), (104, 5, 6, 800), (105, 3, 4, 800)])
     assert Result.RULE_REJECTED in rules_pair.results  # 5->6: a new payee (the only rejection so far)
-    assert [p for p in puts if p[0] == "native"] == [("native", False, 1, 0)]  # 1->2: already stored, not written
+    assert [p for p in puts if p[0] == "native"] == [("native", False, 2, 0)]  # 1->2, 3->4: stored, not written
     rules_pair.assert_stores_identical()
     with rules_pair.stores["native"].read() as txn:
         assert [k for k, _ in txn.range(Table.RISK_PAIRS)] == [pk(1, 2), pk(3, 4)]

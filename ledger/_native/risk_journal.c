@@ -1,0 +1,288 @@
+/* sovledger risk journal (table `risk_log`, docs/formats.md): one row per block that changed risk state,
+ * built here straight into one bytes object, loaded into the RiskTable (pinned) and folded into the rows of
+ * `risk` / `risk_pairs`. The Python reference of every function is ledger/risk_log.py.
+ *
+ * A row: u32 LE state count ‖ u32 LE pair count ‖ the states sorted by key, each u8 key length ‖ key ‖
+ * 17 × u64 LE ‖ the distinct pairs sorted, 32 bytes each. */
+#include "risk_table.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define JSTATE_MAX (1 + 17 + RISK_ROW_LEN) /* one state entry, at most */
+
+typedef skey_t jkey_t; /* a state key points one past its entry's length byte */
+
+static void jkey_of(jkey_t *s, const uint8_t *key, int klen) {
+    uint8_t buf[32] = {0};
+    memcpy(buf, key, (size_t)klen);
+    if (klen < PAIR_KEY_LEN) buf[23] = (uint8_t)klen; /* a shorter key that is a prefix sorts first */
+    for (int i = 0; i < 4; i++) {
+        uint64_t v = 0;
+        for (int b = 0; b < 8; b++) v = v << 8 | buf[8 * i + b];
+        s->w[i] = v;
+    }
+    s->key = key;
+}
+
+
+static void put_state(uint8_t *out, const uint8_t *key, int klen, const uint64_t *st) {
+    out[0] = (uint8_t)klen;
+    memcpy(out + 1, key, (size_t)klen);
+    uint8_t *row = out + 1 + klen;
+    for (int i = 0; i < RISK_STATE_LEN; i++)
+        for (int k = 0; k < 8; k++) row[8 * i + k] = (uint8_t)(st[i] >> (8 * k));
+}
+
+static void put_u32(uint8_t *p, size_t v) {
+    for (int k = 0; k < 4; k++) p[k] = (uint8_t)(v >> (8 * k));
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* the states the open block changed (the table's and the Python dict's, disjoint), as entries in `buf`;
+ * their sort keys in `ks`; the count, -1 on error */
+static Py_ssize_t block_states(RiskTableObject *t, PyObject *risk, uint8_t *buf, jkey_t *ks) {
+    size_t n = 0;
+    for (size_t k = 0; k < t->nsaved; k++) {
+        if (t->saved[k].idx < 0) continue;
+        const tent_t *e = &t->states.ents[t->saved[k].idx];
+        uint8_t *at = buf + n * JSTATE_MAX;
+        put_state(at, e->key, e->klen, e->st);
+        jkey_of(&ks[n++], at + 1, e->klen);
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(risk, &pos, &key, &value)) {
+        uint64_t st[RISK_STATE_LEN];
+        Py_ssize_t klen = PyBytes_Check(key) ? PyBytes_GET_SIZE(key) : 0;
+        if (klen < 1 || klen > 17) {
+            PyErr_SetString(PyExc_TypeError, "a risk key is bytes of 1..17");
+            return -1;
+        }
+        if (risk_read_list(value, st) < 0) return -1;
+        uint8_t *at = buf + n * JSTATE_MAX;
+        put_state(at, (const uint8_t *)PyBytes_AS_STRING(key), (int)klen, st);
+        jkey_of(&ks[n++], at + 1, (int)klen);
+    }
+    return (Py_ssize_t)n;
+}
+
+/* the pairs the open block paid (the table's list and the Python set), sort keys in `ks`; the count, -1 */
+static Py_ssize_t block_pairs(RiskTableObject *t, PyObject *paid, jkey_t *ks) {
+    const pmap_t *m = &t->pairs;
+    size_t n = 0;
+    for (size_t k = 0; k < m->nblk; k++) jkey_of(&ks[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
+    Py_ssize_t pos = 0;
+    PyObject *key;
+    Py_hash_t hash;
+    while (_PySet_NextEntry(paid, &pos, &key, &hash)) {
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) != PAIR_KEY_LEN) {
+            PyErr_SetString(PyExc_TypeError, "a pair key is 32 bytes (debit id || credit id)");
+            return -1;
+        }
+        jkey_of(&ks[n++], (const uint8_t *)PyBytes_AS_STRING(key), PAIR_KEY_LEN);
+    }
+    return (Py_ssize_t)n;
+}
+
+/* the row from sorted states (entries) and sorted pairs (duplicates dropped) */
+static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pairs, size_t np) {
+    size_t size = 8, distinct = 0;
+    for (size_t i = 0; i < ns; i++) size += 1 + (size_t)states[i].key[-1] + RISK_ROW_LEN;
+    for (size_t i = 0; i < np; i++) distinct += i == 0 || memcmp(pairs[i].w, pairs[i - 1].w, 32) != 0;
+    size += distinct * PAIR_KEY_LEN;
+    PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (v == NULL) return NULL;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(v);
+    put_u32(out, ns);
+    put_u32(out + 4, distinct);
+    out += 8;
+    for (size_t i = 0; i < ns; i++) {
+        size_t len = 1 + (size_t)states[i].key[-1] + RISK_ROW_LEN;
+        memcpy(out, states[i].key - 1, len);
+        out += len;
+    }
+    for (size_t i = 0; i < np; i++) {
+        if (i > 0 && memcmp(pairs[i].w, pairs[i - 1].w, 32) == 0) continue;
+        memcpy(out, pairs[i].key, PAIR_KEY_LEN);
+        out += PAIR_KEY_LEN;
+    }
+    return v;
+}
+
+/* journal(risk, paid) -> the open block's journal row, or None: it changed no state and paid no pair */
+PyObject *rt_journal(PyObject *self, PyObject *args) {
+    RiskTableObject *t = (RiskTableObject *)self;
+    PyObject *risk, *paid, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &risk, &PySet_Type, &paid)) return NULL;
+    size_t cs = t->nsaved + (size_t)PyDict_GET_SIZE(risk), cp = t->pairs.nblk + (size_t)PySet_GET_SIZE(paid);
+    uint8_t *buf = PyMem_Malloc(cs * JSTATE_MAX + 1);
+    jkey_t *ks = PyMem_Malloc((cs + cp + 1) * 2 * sizeof(jkey_t)); /* the second half: the sort's room */
+    if (buf == NULL || ks == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t ns = block_states(t, risk, buf, ks);
+    Py_ssize_t np = ns < 0 ? -1 : block_pairs(t, paid, ks + ns);
+    if (np < 0) goto done;
+    if (ns == 0 && np == 0) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    jkey_t *tmp = ks + cs + cp + 1;
+    sort_keys(ks, tmp, (size_t)ns);
+    sort_keys(ks + ns, tmp, (size_t)np);
+    out = journal_value(ks, (size_t)ns, ks + ns, (size_t)np);
+done:
+    PyMem_Free(buf);
+    PyMem_Free(ks);
+    return out;
+}
+
+/* ---- reading rows --------------------------------------------------------------------------------- */
+typedef struct {
+    Py_buffer b;
+    uint32_t ns, np;
+    const uint8_t *pairs; /* where the pairs start */
+} jrow_t;
+
+/* check one row's layout; its counts and where its pairs start */
+static int open_row(PyObject *value, jrow_t *r) {
+    if (PyObject_GetBuffer(value, &r->b, PyBUF_SIMPLE) < 0) return -1;
+    const uint8_t *p = r->b.buf, *end = p + r->b.len;
+    if (r->b.len < 8) goto bad;
+    r->ns = get_u32(p);
+    r->np = get_u32(p + 4);
+    p += 8;
+    for (uint32_t i = 0; i < r->ns; i++) {
+        if (p >= end || p[0] < 1 || p[0] > 17 || (size_t)(end - p) < 1 + (size_t)p[0] + RISK_ROW_LEN) goto bad;
+        p += 1 + p[0] + RISK_ROW_LEN;
+    }
+    if ((size_t)(end - p) != (size_t)r->np * PAIR_KEY_LEN) goto bad;
+    r->pairs = p;
+    return 0;
+bad:
+    PyBuffer_Release(&r->b);
+    PyErr_SetString(PyExc_ValueError, "a risk_log row is malformed (docs/formats.md, table risk_log)");
+    return -1;
+}
+
+static void decode_st(const uint8_t *row, uint64_t st[RISK_STATE_LEN]) {
+    for (int i = 0; i < RISK_STATE_LEN; i++, row += 8) {
+        uint64_t v = 0;
+        for (int k = 7; k >= 0; k--) v = v << 8 | row[k];
+        st[i] = v;
+    }
+}
+
+/* the rows of a list of journal values, opened (n of them); NULL on error */
+static jrow_t *open_rows(PyObject *values, Py_ssize_t *n) {
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "journal rows come as a list of bytes");
+        return NULL;
+    }
+    *n = PyList_GET_SIZE(values);
+    jrow_t *rows = PyMem_Calloc((size_t)*n + 1, sizeof(jrow_t));
+    if (rows == NULL) return (jrow_t *)PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        if (open_row(PyList_GET_ITEM(values, i), &rows[i]) < 0) {
+            for (Py_ssize_t k = 0; k < i; k++) PyBuffer_Release(&rows[k].b);
+            PyMem_Free(rows);
+            return NULL;
+        }
+    }
+    return rows;
+}
+
+static void close_rows(jrow_t *rows, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(&rows[i].b);
+    PyMem_Free(rows);
+}
+
+/* load(values): the journal's rows, oldest first, into the table: their states and pairs committed and
+ * pinned (between blocks: after open, a snapshot or a restore) */
+PyObject *rt_load(PyObject *self, PyObject *values) {
+    RiskTableObject *t = (RiskTableObject *)self;
+    if (t->get_risk != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the risk journal is loaded between blocks, not in an open one");
+        return NULL;
+    }
+    Py_ssize_t n;
+    jrow_t *rows = open_rows(values, &n);
+    if (rows == NULL) return NULL;
+    int bad = 0;
+    for (Py_ssize_t r = 0; !bad && r < n; r++) {
+        const uint8_t *p = (const uint8_t *)rows[r].b.buf + 8;
+        for (uint32_t i = 0; !bad && i < rows[r].ns; i++, p += 1 + p[0] + RISK_ROW_LEN) {
+            uint64_t st[RISK_STATE_LEN];
+            decode_st(p + 1 + p[0], st);
+            bad = tmap_put(&t->states, p + 1, p[0], st) < 0;
+        }
+        for (uint32_t i = 0; !bad && i < rows[r].np; i++) {
+            const uint8_t *pk = rows[r].pairs + (size_t)i * PAIR_KEY_LEN;
+            uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
+            int32_t at = pmap_find(&t->pairs, pk, h);
+            if (at >= 0) t->pairs.state[at] = PAIR_PRESENT | PAIR_PIN;
+            else bad = pmap_insert(&t->pairs, pk, h, PAIR_PRESENT | PAIR_PIN) < 0;
+        }
+    }
+    close_rows(rows, n);
+    if (bad) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *row_item(const uint8_t *key, Py_ssize_t klen, const uint8_t *value, Py_ssize_t vlen) {
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen);
+    PyObject *v = k != NULL ? PyBytes_FromStringAndSize((const char *)value, vlen) : NULL;
+    PyObject *t = v != NULL ? PyTuple_Pack(2, k, v) : NULL;
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    return t;
+}
+
+/* the sorted (key, value) list of the distinct keys in ks (n, sorted, ties in row order): the last of each */
+static PyObject *last_of_each(const jkey_t *ks, size_t n, int states) {
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out != NULL && i < n; i++) {
+        if (i + 1 < n && memcmp(ks[i].w, ks[i + 1].w, 32) == 0) continue; /* a later row has this key */
+        PyObject *it = states ? row_item(ks[i].key, ks[i].key[-1], ks[i].key + ks[i].key[-1], RISK_ROW_LEN)
+                              : row_item(ks[i].key, PAIR_KEY_LEN, (const uint8_t *)"", 0);
+        if (it == NULL || PyList_Append(out, it) < 0) Py_CLEAR(out);
+        Py_XDECREF(it);
+    }
+    return out;
+}
+
+/* fold(values) -> (risk rows, pair rows): the latest state of each key and every distinct pair of the
+ * journal's rows (oldest first), sorted by key, as `risk` / `risk_pairs` keep them */
+PyObject *rt_fold(PyObject *self, PyObject *values) {
+    (void)self;
+    Py_ssize_t n;
+    jrow_t *rows = open_rows(values, &n);
+    if (rows == NULL) return NULL;
+    size_t ns = 0, np = 0;
+    for (Py_ssize_t r = 0; r < n; r++) { ns += rows[r].ns; np += rows[r].np; }
+    jkey_t *ks = PyMem_Malloc((ns + np + 1) * 2 * sizeof(jkey_t)), *tmp = ks + ns + np + 1;
+    PyObject *states = NULL, *pairs = NULL, *out = NULL;
+    if (ks == NULL) { PyErr_NoMemory(); goto done; }
+    size_t a = 0, b = ns;
+    for (Py_ssize_t r = 0; r < n; r++) { /* in row order: the stable sort keeps a key's entries in it */
+        const uint8_t *p = (const uint8_t *)rows[r].b.buf + 8;
+        for (uint32_t i = 0; i < rows[r].ns; i++, p += 1 + p[0] + RISK_ROW_LEN) jkey_of(&ks[a++], p + 1, p[0]);
+        for (uint32_t i = 0; i < rows[r].np; i++) jkey_of(&ks[b++], rows[r].pairs + (size_t)i * PAIR_KEY_LEN, PAIR_KEY_LEN);
+    }
+    sort_keys(ks, tmp, ns);
+    sort_keys(ks + ns, tmp, np);
+    states = last_of_each(ks, ns, 1);
+    pairs = states != NULL ? last_of_each(ks + ns, np, 0) : NULL;
+    if (pairs != NULL) out = PyTuple_Pack(2, states, pairs);
+done:
+    Py_XDECREF(states);
+    Py_XDECREF(pairs);
+    PyMem_Free(ks);
+    close_rows(rows, n);
+    return out;
+}
