@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -121,11 +122,43 @@ def up_regions(args: argparse.Namespace, console: Console) -> int:
             return 1
         print_started(console, c, leader, took)
         leaders[c.region] = leader.target
+    fed = load(data)
+    left = wait_witnessed(clusters, fed, args.timeout)
+    if left:
+        console.print(f"[red]not cosigned by every other region within {args.timeout:.0f}s: {', '.join(left)} "
+                      "(the witness gatherer logs why in the region leader's node.log)[/red]")
+        return 1
+    console.print(f"every region's checkpoint is cosigned by all {len(clusters) - 1} other region(s)")
     console.print(f"federation config: {data / FEDERATION_FILE}; stop with: sovledger cluster down --data {data}")
     if args.json:
         print(json.dumps({"federation": str(data / FEDERATION_FILE), "leaders": leaders,
                           "regions": {c.region: [n.target for n in c.nodes] for c in clusters}}))
     return 0
+
+
+def wait_witnessed(clusters: list[Cluster], fed: Federation, timeout_s: float) -> list[str]:
+    """Wait until each region's leader serves a checkpoint cosigned by every witness of the other regions
+    (its gatherer's first round, node/witness.py), so the federation a command line just started is
+    usable at once; the regions still short of that after ``timeout_s``."""
+    from ledger.witness import Policy, check_policy
+    from sovledger_pb import witness_pb2 as wpb
+    from sovledger_pb import witness_pb2_grpc as wpb_grpc
+
+    def cosigned(c: Cluster) -> bool:
+        keys = fed.witnesses_of(fed.region(c.region).origin)
+        leader = c.leader()
+        note = c._ask(leader, lambda ch: wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(
+            wpb.RegionCheckpointRequest(), timeout=2.0).note) if leader is not None else None
+        return bool(note) and check_policy(str(note), keys, Policy(len(keys), len(keys))).met
+
+    deadline = time.monotonic() + timeout_s
+    waiting = list(clusters)
+    while waiting:
+        waiting = [c for c in waiting if not cosigned(c)]
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return [c.region for c in waiting]
 
 
 def status_regions(args: argparse.Namespace) -> int:
