@@ -20,7 +20,8 @@ property-tested against ``record_py``/``window_one_py`` in tests/rules/test_comp
 the extension is not built or ``SOVLEDGER_ENGINE=python``.
 
 Memory: one state of 17 integers per tracked key (payer, payee, PSP) and one entry per payer–payee
-pair, in the store table ``risk`` / ``risk_pairs``; a block holds only the states it touched. The
+pair, in the store table ``risk`` / ``risk_pairs`` and, for the blocks since the last fold, the journal
+``risk_log`` (ledger/risk_log.py); a block holds only the states it touched. The
 semantics need every key's history (a window reaches back 24 h, the EWMA and ``history_n`` for ever),
 so there is no cap here that would change a feature: the store keeps every state, and what stays in
 memory between blocks is only a cache of committed states, which may be bounded in bytes freely, since
@@ -168,7 +169,8 @@ NATIVE: bool = False
 Hook: Any = None  # the C rules hook (ledger/_native/rules.c), used by ledger/apply/native_transfers.py
 RiskTable: Any = None  # risk states and pairs in C across blocks (ledger/_native/risk_table.c), see new_table
 # RiskTable bounds: committed states (160 B + 16 B of index each: 128 Ki ~ 22 MiB) and cached pair lookups
-# (33 B + 16 B each: 256 Ki ~ 12 MiB); above a bound after a commit the oldest half / all are dropped
+# (33 B + 16 B each: 256 Ki ~ 12 MiB); above a bound after a commit the oldest half / all are dropped, except
+# the journaled (pinned) entries: at most FOLD_STATES / FOLD_PAIRS + one block's (ledger/risk_log.py)
 RISK_TABLE_STATES: Final = 128 << 10
 RISK_TABLE_PAIRS: Final = 256 << 10
 if native.active() == "native":  # engine choice made once, in ledger/native.py (SOVLEDGER_ENGINE)

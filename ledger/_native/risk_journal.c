@@ -13,15 +13,23 @@
 
 typedef skey_t jkey_t; /* a state key points one past its entry's length byte */
 
+static uint64_t load_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return __builtin_bswap64(v);
+#else
+    v = 0;
+    for (int b = 0; b < 8; b++) v = v << 8 | p[b];
+    return v;
+#endif
+}
+
 static void jkey_of(jkey_t *s, const uint8_t *key, int klen) {
     uint8_t buf[32] = {0};
     memcpy(buf, key, (size_t)klen);
     if (klen < PAIR_KEY_LEN) buf[23] = (uint8_t)klen; /* a shorter key that is a prefix sorts first */
-    for (int i = 0; i < 4; i++) {
-        uint64_t v = 0;
-        for (int b = 0; b < 8; b++) v = v << 8 | buf[8 * i + b];
-        s->w[i] = v;
-    }
+    for (int i = 0; i < 4; i++) s->w[i] = load_be64(buf + 8 * i);
     s->key = key;
 }
 
@@ -30,8 +38,12 @@ static void put_state(uint8_t *out, const uint8_t *key, int klen, const uint64_t
     out[0] = (uint8_t)klen;
     memcpy(out + 1, key, (size_t)klen);
     uint8_t *row = out + 1 + klen;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(row, st, RISK_ROW_LEN); /* 17 x u64 little endian: the host's layout */
+#else
     for (int i = 0; i < RISK_STATE_LEN; i++)
         for (int k = 0; k < 8; k++) row[8 * i + k] = (uint8_t)(st[i] >> (8 * k));
+#endif
 }
 
 static void put_u32(uint8_t *p, size_t v) {

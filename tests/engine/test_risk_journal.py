@@ -6,8 +6,8 @@ restart between folds (store closed and reopened: velocity counts continue, a jo
 payee), a fold at each trigger (blocks, states, pairs) with the journal never holding a threshold's worth
 and ``risk`` / ``risk_pairs`` equal to the layout without a journal (``FOLD_BLOCKS = 1``) at each fold, a
 rule workload with linked chains and rule-decided records compared with that layout after an explicit
-fold, an aborted block (no row, no pins, also when it would have folded), and a dry run over journaled
-state.
+fold, an aborted block (no row, no pins, also when it would have folded), a dry run over journaled
+state, and one ledger switching engines between blocks (table reloaded from the journal).
 """
 
 from __future__ import annotations
@@ -281,3 +281,40 @@ def test_a_dry_run_sees_journaled_state(pair: RulesPair, tmp_path: Path, monkeyp
         assert act and any(isinstance(v, int) and v > 0 for k, v in act.items() if "risk" in k), act
     finally:
         plain.close()
+
+
+@needs_table
+def test_one_ledger_switching_engines_between_blocks_keeps_the_journal_right(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ledger whose blocks alternate between the engines (its C table forgotten by a Python block and
+    reloaded from risk_log by the next native one; the Python overlay rebuilt from the same transaction)
+    ends with every table equal to a ledger that ran native throughout; folds happen in between."""
+    monkeypatch.setattr(risk_log, "FOLD_BLOCKS", 5)
+    stores = [LmdbStore(str(tmp_path / n), map_size_bytes=64 << 20) for n in ("switching", "native")]
+    states = [LedgerState(s, [OPERATOR.verifier]) for s in stores]
+    now = 1_700_000_000 * 10**9
+    rnd = random.Random(99)
+    blocks = [Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(Account(i, ledger=1, code=1))
+                                                        for i in range(1, ACCOUNTS + 1))),
+              Batch(EventKind.DEPLOY_RULESET, deploy_record(RULES))]
+    for b in range(14):
+        blocks.append(Batch(EventKind.CREATE_TRANSFER, b"".join(
+            transfer(1000 * (b + 1) + i, *rnd.sample(range(1, ACCOUNTS + 1), 2), rnd.choice((5, 40, 900)),
+                     psp=rnd.choice((0, 1))) for i in range(15))))
+    previous = native.active()
+    results: list[list[Any]] = [[], []]
+    try:
+        for n, batch in enumerate(blocks):
+            now += 20 * 10**9
+            for k, state in enumerate(states):
+                native.select("python" if k == 0 and n % 3 == 1 else "native")
+                results[k].append(state.apply_block(Proposal(now, (batch,))).batches)
+    finally:
+        native.select(previous)
+    try:
+        assert results[0] == results[1]
+        assert Result.RULE_REJECTED in {r for bs in results[0] for b in bs for r in b.results}
+        assert dump(stores[0]) == dump(stores[1])
+    finally:
+        for s in stores:
+            s.close()
