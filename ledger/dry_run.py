@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger import risk_log
 from ledger.codec import T_CREDIT, T_DEBIT, TRANSFER_STRUCT
 from ledger.risk import RiskView, decode_state
-from ledger.risk_log import Overlay
 from ledger.rules.compiler import NO_MATCH, CompiledRuleSet
 from ledger.rules.model import Action, Rule
 from ledger.schema import AccountState, Table
@@ -17,29 +17,32 @@ from ledger.types import Result
 
 class ReadRiskView(RiskView):
     """The risk view of the activation builder over a committed snapshot: ``risk`` / ``risk_pairs``
-    overridden by the journal (``risk_log``) of the same snapshot, read once when first needed."""
+    overridden by the journal (``risk_log``) of the same snapshot. Its rows are read once, when first
+    needed, and searched per key (ledger/risk_log.py ``state_in`` / ``has_pair``): a dry run does not
+    decode a journal of up to 16 blocks' states for the three keys it reads."""
 
-    __slots__ = ("_overlay", "txn")
+    __slots__ = ("_rows", "txn")
 
     def __init__(self, txn: ReadTxn) -> None:
         self.txn = txn
-        self._overlay: Overlay | None = None
+        self._rows: list[bytes] | None = None
 
-    def overlay(self) -> Overlay:
-        if self._overlay is None:
-            self._overlay = Overlay.read(self.txn)
-        return self._overlay
+    def rows(self) -> list[bytes]:
+        if self._rows is None:
+            self._rows = [value for _, value in risk_log.rows(self.txn)]
+        return self._rows
 
     def state(self, key: bytes) -> list[int] | None:
-        st = self.overlay().states.get(key)
-        if st is not None:
-            return list(st)
-        raw = self.txn.get(Table.RISK, key)
+        raw = risk_log.state_in(self.rows(), key) if self.rows() else None
+        if raw is None:
+            raw = self.txn.get(Table.RISK, key)
         return decode_state(raw) if raw is not None else None
 
     def seen(self, debit_id: bytes, credit_id: bytes) -> bool:
         pk = debit_id + credit_id
-        return pk in self.overlay().pairs or self.txn.get(Table.RISK_PAIRS, pk) is not None
+        if self.rows() and risk_log.has_pair(self.rows(), pk):
+            return True
+        return self.txn.get(Table.RISK_PAIRS, pk) is not None
 
 
 @dataclass(frozen=True, slots=True)

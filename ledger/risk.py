@@ -168,6 +168,8 @@ window_one: Callable[[list[int] | None, int, int], int] = window_one_py
 NATIVE: bool = False
 Hook: Any = None  # the C rules hook (ledger/_native/rules.c), used by ledger/apply/native_transfers.py
 RiskTable: Any = None  # risk states and pairs in C across blocks (ledger/_native/risk_table.c), see new_table
+journal_state: Any = None  # one key's / pair's journaled value in C (ledger/_native/risk_journal.c), see
+journal_has_pair: Any = None  # ledger/risk_log.py state_in / has_pair
 # RiskTable bounds: committed states (160 B + 16 B of index each: 128 Ki ~ 22 MiB) and cached pair lookups
 # (33 B + 16 B each: 256 Ki ~ 12 MiB); above a bound after a commit the oldest half / all are dropped, except
 # the journaled (pinned) entries: at most FOLD_STATES / FOLD_PAIRS + one block's (ledger/risk_log.py)
@@ -180,6 +182,8 @@ if native.active() == "native":  # engine choice made once, in ledger/native.py 
         record, window_one, NATIVE = _risk.record, _risk.window_one, True
         RiskTable = getattr(_risk, "RiskTable", None)  # absent: a stale build, whose Hook takes other arguments
         Hook = getattr(_risk, "Hook", None) if RiskTable is not None else None
+        journal_state = getattr(_risk, "journal_state", None)
+        journal_has_pair = getattr(_risk, "journal_has_pair", None)
     except ImportError:
         pass
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from ledger import risk
 from ledger.risk import RISK_STRUCT, decode_state
 from ledger.schema import Table, index_key
 from ledger.store import ReadTxn, WriteTxn
@@ -166,6 +167,26 @@ class Overlay:
                 ov.states[key] = decode_state(row)
             ov.pairs.update(pairs)
         return ov
+
+
+def state_in(values: list[bytes], key: bytes) -> bytes | None:
+    """The packed state of ``key`` in the newest of ``values`` (journal rows, oldest first) that holds it,
+    or None: one key without decoding the whole journal (compiled when built: ledger/_native/risk_journal.c)."""
+    if risk.journal_state is not None:
+        found: bytes | None = risk.journal_state(values, key)
+        return found
+    for value in reversed(values):
+        for k, row in decode(value)[0]:
+            if k == key:
+                return row
+    return None
+
+
+def has_pair(values: list[bytes], pk: bytes) -> bool:
+    """Whether one of ``values`` (journal rows) holds the pair (compiled when built: a binary search per row)."""
+    if risk.journal_has_pair is not None:
+        return bool(risk.journal_has_pair(values, pk))
+    return any(pk in decode(value)[1] for value in values)
 
 
 def committed(txn: ReadTxn) -> tuple[dict[bytes, bytes], set[bytes]]:

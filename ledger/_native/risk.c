@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "risk_core.h"
+#include "risk_table.h"
 
 #define STATE_LEN RISK_STATE_LEN
 #define TOP RISK_TOP
@@ -96,6 +97,10 @@ static PyMethodDef METHODS[] = {
      "record(st, ts, amount): add one event to a risk state, in place"},
     {"window_one", (PyCFunction)(void (*)(void))risk_window_one, METH_FASTCALL,
      "window_one(st, ts, slot): one window count (slot 0-2) or sum (3-5) before the event"},
+    {"journal_state", journal_state, METH_VARARGS,
+     "journal_state(rows, key) -> the packed state of key in the newest risk_log row holding it, or None"},
+    {"journal_has_pair", journal_has_pair, METH_VARARGS,
+     "journal_has_pair(rows, pair_key) -> whether a risk_log row holds the pair"},
     {NULL, NULL, 0, NULL},
 };
 

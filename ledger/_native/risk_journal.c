@@ -298,3 +298,59 @@ done:
     close_rows(rows, n);
     return out;
 }
+
+/* ---- one key, without building the whole overlay (ledger/dry_run.py) ---------------------------- */
+
+/* journal_state(rows, key) -> the packed state (17 x u64 LE) of `key` in the newest row that has it, or None */
+PyObject *journal_state(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *values;
+    Py_buffer k;
+    if (!PyArg_ParseTuple(args, "Oy*", &values, &k)) return NULL;
+    Py_ssize_t n = 0;
+    jrow_t *rows = open_rows(values, &n);
+    PyObject *out = NULL;
+    if (rows == NULL) goto done;
+    for (Py_ssize_t i = n - 1; i >= 0 && out == NULL; i--) {
+        const uint8_t *p = (const uint8_t *)rows[i].b.buf + 8;
+        for (uint32_t e = 0; e < rows[i].ns; e++, p += 1 + p[0] + RISK_ROW_LEN)
+            if (p[0] == k.len && memcmp(p + 1, k.buf, (size_t)k.len) == 0) {
+                out = PyBytes_FromStringAndSize((const char *)p + 1 + p[0], RISK_ROW_LEN);
+                break;
+            }
+    }
+    close_rows(rows, n);
+    if (out == NULL && !PyErr_Occurred()) out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&k);
+    return out;
+}
+
+/* journal_has_pair(rows, pair_key) -> whether any row holds the pair (each row's pairs are sorted) */
+PyObject *journal_has_pair(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *values;
+    Py_buffer k;
+    if (!PyArg_ParseTuple(args, "Oy*", &values, &k)) return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t n = 0;
+    jrow_t *rows = k.len == PAIR_KEY_LEN ? open_rows(values, &n) : NULL;
+    if (k.len != PAIR_KEY_LEN) PyErr_SetString(PyExc_ValueError, "a pair key is 32 bytes (debit id || credit id)");
+    if (rows == NULL) goto done;
+    int found = 0;
+    for (Py_ssize_t i = 0; i < n && !found; i++) {
+        size_t lo = 0, hi = rows[i].np;
+        while (lo < hi && !found) {
+            size_t mid = lo + (hi - lo) / 2;
+            int c = memcmp(rows[i].pairs + mid * PAIR_KEY_LEN, k.buf, PAIR_KEY_LEN);
+            if (c == 0) found = 1;
+            else if (c < 0) lo = mid + 1;
+            else hi = mid;
+        }
+    }
+    close_rows(rows, n);
+    out = PyBool_FromLong(found);
+done:
+    PyBuffer_Release(&k);
+    return out;
+}

@@ -81,6 +81,9 @@ void sort_keys(skey_t *a, skey_t *tmp, size_t n);
 PyObject *rt_journal(PyObject *self, PyObject *args);
 PyObject *rt_load(PyObject *self, PyObject *values);
 PyObject *rt_fold(PyObject *self, PyObject *values);
+/* and module functions: one key's journaled state / pair without an overlay (ledger/dry_run.py) */
+PyObject *journal_state(PyObject *module, PyObject *args);
+PyObject *journal_has_pair(PyObject *module, PyObject *args);
 
 /* the state of key as the open block sees it (its changes, else committed: cached, else the store) and
  * its entry's index for rt_write */

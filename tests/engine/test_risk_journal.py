@@ -92,6 +92,35 @@ def test_a_malformed_row_is_refused_by_both(bad: bytes) -> None:
         risk.RiskTable(4, 4).load([bad])
 
 
+@needs_table
+def test_one_key_and_one_pair_are_found_in_the_journal_as_the_whole_overlay_has_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """risk_log.state_in / has_pair (the dry run's per-key search, C when built) against the whole
+    overlay: the newest row holding a key wins, absent keys and pairs are absent, both paths agree."""
+    assert risk.journal_state is not None and risk.journal_has_pair is not None
+    rnd = random.Random(19)
+    for _ in range(40):
+        rows = rnd_rows(rnd, rnd.randrange(0, 6))
+        latest: dict[bytes, bytes] = {}
+        pairs: set[bytes] = set()
+        for value in rows:
+            states, prs = risk_log.decode(value)
+            latest.update(states)
+            pairs.update(prs)
+        keys = [k + i.to_bytes(16, "little") for k in (b"o", b"i") for i in range(32)]
+        keys += [b"p" + i.to_bytes(4, "big") for i in range(4)]
+        probes = [a.to_bytes(16, "little") + b.to_bytes(16, "little") for a in range(9) for b in range(9)]
+        for compiled in (True, False):
+            if not compiled:
+                monkeypatch.setattr(risk, "journal_state", None)
+                monkeypatch.setattr(risk, "journal_has_pair", None)
+            assert [risk_log.state_in(rows, k) for k in keys] == [latest.get(k) for k in keys]
+            assert [risk_log.has_pair(rows, pk) for pk in probes] == [pk in pairs for pk in probes]
+            monkeypatch.undo()
+    with pytest.raises(ValueError, match="risk_log row is malformed"):
+        risk_log.state_in([b"\x01\x00\x00\x00\x00\x00\x00\x00"], b"o" + bytes(16))
+
+
 def transfer(tid: int, dr: int, cr: int, amount: int, psp: int = 1) -> bytes:
     return encode_transfer(Transfer(tid, dr, cr, amount, ledger=1, code=1, psp_id=psp))
 
