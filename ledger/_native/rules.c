@@ -95,18 +95,23 @@ rent_t *rules_ctx_entry(ctx_t *c, int which) {
         __builtin_prefetch(p_);                                                                             \
     } while (0)
 
+/* stage 0: the key's first slot; stage 1: the entry of the first slot (of a few) whose tag is the key's */
 static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
     size_t s = (size_t)hash & m->mask;
     if (stage == 0) {
         PREFETCH(&m->slots[s]);
         return;
     }
-    uint64_t v = m->slots[s]; /* (the first probe: usually the key's) */
-    if (v == RT_EMPTY) return;
-    const char *e = (const char *)&m->ents[(uint32_t)v];
-    PREFETCH(e);
-    PREFETCH(e + 64);
-    PREFETCH(e + 128);
+    for (int probe = 0; probe < 4; probe++, s = (s + 1) & m->mask) {
+        uint64_t v = m->slots[s];
+        if (v == RT_EMPTY) return;
+        if ((v ^ hash) >> 32) continue; /* another key's slot */
+        const char *e = (const char *)&m->ents[(uint32_t)v];
+        PREFETCH(e);
+        PREFETCH(e + 64);
+        PREFETCH(e + 128);
+        return;
+    }
 }
 
 static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
@@ -115,10 +120,14 @@ static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
         PREFETCH(&m->slots[s]);
         return;
     }
-    uint64_t v = m->slots[s];
-    if (v == RT_EMPTY) return;
-    PREFETCH(m->keys[(uint32_t)v]);
-    PREFETCH(&m->state[(uint32_t)v]);
+    for (int probe = 0; probe < 4; probe++, s = (s + 1) & m->mask) {
+        uint64_t v = m->slots[s];
+        if (v == RT_EMPTY) return;
+        if ((v ^ hash) >> 32) continue;
+        PREFETCH(m->keys[(uint32_t)v]);
+        PREFETCH(&m->state[(uint32_t)v]);
+        return;
+    }
 }
 
 /* record i + 4's hashes into the ring (its slots prefetched), record i + 2's entries prefetched from it */
