@@ -63,7 +63,8 @@ def test_guards_come_first_among_the_cheapest_conjuncts() -> None:
     rs = _compile([f"transfer.amount - {I64} < 0 && transfer.user_data > 5 && psp.id == 2 && debit.balance > 0",
                    "block.height > 3 && transfer.pending"])
     assert describe(rs.program) == [
-        (0, False, ["+transfer.user_data > +5", "+psp.id == +2", f"+transfer.amount -{I64} < +0", "+debit.balance > +0"]),
+        (0, False, ["+transfer.user_data > +5", "+psp.id == +2", f"+transfer.amount -{I64} < +0",
+                    "+debit.balance > +0"]),
         (1, False, ["transfer.pending", "+block.height > +3"]),
     ]
 
@@ -243,3 +244,25 @@ def test_guarded_rules_both_engines(tmp_path: Path, seed: int, monkeypatch: pyte
     finally:
         pair.close()
     assert layouts and all([run for *_, run in lay] == [-1] + [0] * 6 + [-1, -1] for lay in layouts)
+
+
+def test_account_fields_read_from_the_engines_account_list(tmp_path: Path) -> None:
+    """The C hook fetches the payer's and payee's AccountState from the engine's list only when a rule
+    reads a field the balances lack: each side's own code and user_data (distinct per account) decide."""
+    pair = RulesPair(tmp_path)
+    try:
+        pair.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(
+            encode_account(Account(i, ledger=1, code=i, user_data=100 + 7 * i)) for i in range(1, 9))))
+        rules = [{"id": "a", "priority": 0, "expr": "debit.code == 2 && credit.code > 5", "action": "reject",
+                  "code": 71},
+                 {"id": "b", "priority": 1, "expr": "debit.user_data > credit.user_data + 10", "action": "flag"},
+                 {"id": "c", "priority": 2, "expr": "credit.code == 1 && debit.balance >= 0", "action": "reject",
+                  "code": 72}]
+        pair.block(Batch(EventKind.DEPLOY_RULESET, deploy_record({"name": "acct", "version": 1, "rules": rules})))
+        rnd = random.Random(4)
+        transfers = [Transfer(500 + k, *rnd.sample(range(1, 9), 2), 10, ledger=1, code=1) for k in range(60)]
+        pair.block(Batch(EventKind.CREATE_TRANSFER, b"".join(encode_transfer(t) for t in transfers)))
+        pair.assert_stores_identical()
+        assert Result.RULE_REJECTED in pair.results and Result.OK in pair.results
+    finally:
+        pair.close()
