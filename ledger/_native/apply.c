@@ -83,7 +83,7 @@ typedef struct {
     out_t *out; undo_t *undo; size_t nundo; int logging;
     const char *error;  /* an invariant that failed: the block must not commit */
     PyObject *rule_cb, *acct_list;  /* the rules hook (GIL held throughout) and the gathered (id, state) pairs */
-    int (*fast_hook)(void *, Py_ssize_t, const u128 *, PyObject *, PyObject *);  /* rules.c, see rule_hook */
+    int (*fast_hook)(void *, Py_ssize_t, const u128 *, PyObject *, Py_ssize_t, Py_ssize_t);  /* rules.c, see rule_hook */
     void *fast_self;  /* its object (the capsule's context; rule_cb keeps it alive) */
     u128 (*synced)[4];  /* per account: the balances its Python state object shows the hook */
 } eng_t;
@@ -359,8 +359,7 @@ static int rule_hook(eng_t *e, Py_ssize_t i, int32_t da, int32_t ca) {
                                   * protocol; 2: it needs Python to decide, through the protocol below */
         const acct_t *d = &e->acct[da], *c = &e->acct[ca];
         const u128 bal[8] = {d->dp, d->dpo, d->cp, d->cpo, c->dp, c->dpo, c->cp, c->cpo};
-        int got = e->fast_hook(e->fast_self, i, bal, PyTuple_GET_ITEM(PyList_GET_ITEM(e->acct_list, da), 1),
-                               PyTuple_GET_ITEM(PyList_GET_ITEM(e->acct_list, ca), 1));
+        int got = e->fast_hook(e->fast_self, i, bal, e->acct_list, da, ca); /* (the objects: only if read) */
         if (got < 0) { e->error = "rules hook"; return 0; }
         if (got < 2) { if (!got) e->n = i; return got; }
     }
@@ -589,7 +588,7 @@ static PyObject *py_apply_transfers(PyObject *self, PyObject *args) {
         PyObject *cap = PyObject_GetAttrString(rule_cb, "fast_entry");  /* a C hook's direct entry point */
         if (cap == NULL) PyErr_Clear();
         else {
-            e.fast_hook = PyCapsule_GetPointer(cap, "sovledger.rules_hook");
+            e.fast_hook = PyCapsule_GetPointer(cap, "sovledger.rules_hook.2");
             e.fast_self = e.fast_hook ? PyCapsule_GetContext(cap) : NULL;
             Py_DECREF(cap);
             if (e.fast_hook == NULL || e.fast_self == NULL) { e.fast_hook = NULL; if (PyErr_Occurred()) goto done; }

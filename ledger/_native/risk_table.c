@@ -39,21 +39,6 @@
 
 #define EMPTY RT_EMPTY
 
-uint64_t rt_hash(const uint8_t *k, int n) {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, k + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-    }
-    for (; i < n; i++) h = (h ^ k[i]) * 0x100000001b3ULL;
-    h ^= h >> 29;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    return h ^ (h >> 32);
-}
-
 /* open addressing shared by both maps: slots of (hash tag << 32 | index); match(i) compares entry i */
 #define SLOT_TAG(h) ((h) & 0xFFFFFFFF00000000ULL)
 #define FIND(m, h, MATCH)                                                                                   \

@@ -8,6 +8,7 @@
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "risk_core.h"
 
@@ -72,6 +73,23 @@ typedef struct {
 
 extern PyTypeObject RiskTableType;
 
+/* a key's 64-bit hash (both maps; low bits pick the slot, the high 32 bits are the slot's tag); inline:
+ * the hook hashes three or four keys per transfer */
+static inline uint64_t rt_hash(const uint8_t *k, int n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, k + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    for (; i < n; i++) h = (h ^ k[i]) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 32);
+}
+
 typedef struct { /* a key in sortable form (risk_table_type.c sort_keys) */
     uint64_t w[4]; /* the key big endian, zero padded; a state key's length in the last byte of w[2] */
     const uint8_t *key;
@@ -103,7 +121,6 @@ int rt_touch(RiskTableObject *t, const uint8_t *pk);
 int risk_table_add_type(PyObject *module);
 
 /* the maps, for risk_table_type.c (the Python type) */
-uint64_t rt_hash(const uint8_t *k, int n);
 int32_t tmap_find(const tmap_t *m, const uint8_t *key, int klen, uint64_t h);
 int32_t tmap_insert(tmap_t *m, const uint8_t *key, int klen, uint64_t h);
 int rt_decode_row(PyObject *row, uint64_t st[RISK_STATE_LEN]);

@@ -38,10 +38,17 @@ static void key_of(const uint8_t *r, int which, uint8_t *key, uint8_t *klen) {
     }
 }
 
-/* the hash of record i's key `which` (0 out, 1 in): from the ring prefetch_ahead filled, else computed */
+/* the hash of record i's key `which`: the payer's and payee's from the ring prefetch_ahead filled, the
+ * PSP's from a small cache by PSP id (a block has few PSPs), else computed */
 static uint64_t key_hash(HookObject *h, Py_ssize_t i, int which, const uint8_t *key, int klen) {
+    if (which == 2) {
+        uint32_t psp = rd32((const uint8_t *)h->recs.buf + i * REC + O_PSP);
+        pspc_t *p = &h->pspc[psp & (HOOK_PSPS - 1)];
+        if (!p->valid || p->psp != psp) { p->psp = psp; p->h = rt_hash(key, klen); p->valid = 1; }
+        return p->h;
+    }
     const hring_t *g = &h->ring[i & (HOOK_RING - 1)];
-    return which < 2 && g->i == i ? g->h[which] : rt_hash(key, klen);
+    return g->i == i ? g->h[which] : rt_hash(key, klen);
 }
 
 /* key's state as the block sees it: the Python dict's list (only when the dict has any), else the table */
@@ -88,18 +95,24 @@ rent_t *rules_ctx_entry(ctx_t *c, int which) {
         __builtin_prefetch(p_);                                                                             \
     } while (0)
 
+/* stage 0: the key's first slot; stage 1: the entry of the first slot (of a few) whose tag is the key's */
 static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
     size_t s = (size_t)hash & m->mask;
     if (stage == 0) {
         PREFETCH(&m->slots[s]);
         return;
     }
-    uint64_t v = m->slots[s]; /* (the first probe: usually the key's) */
-    if (v == RT_EMPTY) return;
-    const char *e = (const char *)&m->ents[(uint32_t)v];
-    PREFETCH(e);
-    PREFETCH(e + 64);
-    PREFETCH(e + 128);
+    for (int probe = 0; probe < 4; probe++, s = (s + 1) & m->mask) {
+        uint64_t v = m->slots[s];
+        if (v == RT_EMPTY) return;
+        if ((v ^ hash) >> 32) continue; /* another key's slot */
+        const char *e = (const char *)&m->ents[(uint32_t)v]; /* 160 bytes: 3 or 4 cache lines */
+        PREFETCH(e);
+        PREFETCH(e + 64);
+        PREFETCH(e + 128);
+        PREFETCH(e + sizeof(tent_t) - 1);
+        return;
+    }
 }
 
 static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
@@ -108,10 +121,15 @@ static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
         PREFETCH(&m->slots[s]);
         return;
     }
-    uint64_t v = m->slots[s];
-    if (v == RT_EMPTY) return;
-    PREFETCH(m->keys[(uint32_t)v]);
-    PREFETCH(&m->state[(uint32_t)v]);
+    for (int probe = 0; probe < 4; probe++, s = (s + 1) & m->mask) {
+        uint64_t v = m->slots[s];
+        if (v == RT_EMPTY) return;
+        if ((v ^ hash) >> 32) continue;
+        PREFETCH(m->keys[(uint32_t)v]);
+        PREFETCH(m->keys[(uint32_t)v] + PAIR_KEY_LEN - 1); /* (a key may straddle two lines) */
+        PREFETCH(&m->state[(uint32_t)v]);
+        return;
+    }
 }
 
 /* record i + 4's hashes into the ring (its slots prefetched), record i + 2's entries prefetched from it */
@@ -144,6 +162,7 @@ static void prefetch_ahead(HookObject *h, Py_ssize_t i) {
 /* a fresh context for record i (nothing loaded, no field computed) */
 static void ctx_init(ctx_t *c, HookObject *h, Py_ssize_t i, const u128 *bal, PyObject *dra, PyObject *cra) {
     c->h = h; c->i = i; c->r = (const uint8_t *)h->recs.buf + i * REC; c->dra = dra; c->cra = cra; c->bal = bal;
+    c->accts = NULL;
     c->pk = NULL;
     c->have = 0;
     for (int w = 0; w < 3; w++) { c->ent[w].loaded = 0; c->ent[w].list = NULL; }
@@ -228,14 +247,17 @@ static int take_fallback(HookObject *h, Py_ssize_t i, PyObject *dra, PyObject *c
     return out;
 }
 
-/* apply.c's direct entry (the capsule `fast_entry`), with the engine's balances: 1 applied here, 0 decided
- * by a rule (appended to `decided`), 2 the Python form must decide (apply.c then syncs the account objects
- * and calls the hook through the call protocol, which evaluates again and hands over), -1 an error */
-static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, PyObject *cra) {
+/* apply.c's direct entry (the capsule `fast_entry`, "sovledger.rules_hook.2"), with the engine's balances
+ * and its [(id, AccountState)] list with the payer's and payee's positions (their objects are read only
+ * when a rule reads a field the balances lack): 1 applied here, 0 decided by a rule (appended to
+ * `decided`), 2 the Python form must decide (apply.c then syncs the account objects and calls the hook
+ * through the call protocol, which evaluates again and hands over), -1 an error */
+static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *accts, Py_ssize_t da, Py_ssize_t ca) {
     HookObject *h = (HookObject *)self;
     if (i < 0 || i >= h->n) { PyErr_SetString(PyExc_IndexError, "record index out of range"); return -1; }
     ctx_t c;
-    ctx_init(&c, h, i, bal, dra, cra);
+    ctx_init(&c, h, i, bal, NULL, NULL);
+    c.accts = accts; c.da = da; c.ca = ca;
     prefetch_ahead(h, i);
     int out = -1;
     int64_t verdict = h->active ? rules_evaluate(&c) : EV_NO_MATCH;
@@ -254,7 +276,7 @@ static int hook_fast(void *self, Py_ssize_t i, const u128 *bal, PyObject *dra, P
 
 static PyObject *hook_fast_entry(PyObject *self, void *unused) {
     (void)unused;
-    PyObject *cap = PyCapsule_New((void *)hook_fast, "sovledger.rules_hook", NULL);
+    PyObject *cap = PyCapsule_New((void *)hook_fast, "sovledger.rules_hook.2", NULL);
     if (cap != NULL && PyCapsule_SetContext(cap, self) < 0) Py_CLEAR(cap); /* hook_fast's first argument */
     return cap;
 }
@@ -404,7 +426,7 @@ static PyMethodDef HOOK_METHODS[] = {
 
 static PyGetSetDef HOOK_GETSET[] = {
     {"fast_entry", hook_fast_entry, NULL,
-     "A capsule of the C entry point apply.c calls with the engine's balances (sovledger.rules_hook).", NULL},
+     "A capsule of the C entry point apply.c calls with the engine's balances (sovledger.rules_hook.2).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -77,10 +77,17 @@ typedef struct {
     uint64_t h[3]; /* rt_hash of its out key, in key, pair key */
 } hring_t;
 
+#define HOOK_PSPS 8 /* the PSP keys' hashes, by PSP id (direct mapped) */
+typedef struct {
+    uint32_t psp, valid;
+    uint64_t h;
+} pspc_t;
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     hring_t ring[HOOK_RING];
+    pspc_t pspc[HOOK_PSPS]; /* (zeroed with the object: nothing valid) */
     int64_t *prog;
     Py_ssize_t nprog;
     rdesc_t *rules; /* the program's rules (and their runs, keys): built once, in the same allocation */
@@ -103,7 +110,9 @@ typedef struct {
     HookObject *h;
     Py_ssize_t i;
     const uint8_t *r;
-    PyObject *dra, *cra, *pk;
+    PyObject *dra, *cra, *pk; /* the account objects (NULL until read, when accts is set), the pair key */
+    PyObject *accts;          /* apply.c's [(id, AccountState)], the payer at da and the payee at ca, or NULL */
+    Py_ssize_t da, ca;
     const u128 *bal; /* the engine's balances (debit dp, dpo, cp, cpo, credit ...), or NULL: read the objects */
     uint64_t have; /* bit per field id: computed */
     int64_t v[F_COUNT];

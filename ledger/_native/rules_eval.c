@@ -25,14 +25,24 @@ static int attr_u128(PyObject *o, PyObject *name, u128 *out) {
     return ok;
 }
 
-static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
+/* the payer's (0) or payee's (1) AccountState, read from apply.c's list on first use */
+static PyObject *account(ctx_t *c, int which) {
+    PyObject **a = which ? &c->cra : &c->dra;
+    if (*a == NULL) *a = PyTuple_GET_ITEM(PyList_GET_ITEM(c->accts, which ? c->ca : c->da), 1); /* (borrowed) */
+    return *a;
+}
+
+static int account_field(ctx_t *c, int which, int f, int64_t *out) {
     static PyObject **names[8];
     names[0] = &S_DP; names[1] = &S_DPO; names[2] = &S_CP; names[3] = &S_CPO;
     names[5] = &S_FLAGS; names[6] = &S_CODE; names[7] = &S_LEDGER;
+    const u128 *bal = c->bal ? c->bal + 4 * which : NULL;
     u128 x, y, z;
     if (f == 4) { /* balance: credits_posted - debits_posted - debits_pending, saturated to int64 */
         if (bal != NULL) { x = bal[3]; y = bal[1]; z = bal[0]; }
-        else if (attr_u128(a, S_CPO, &x) < 0 || attr_u128(a, S_DPO, &y) < 0 || attr_u128(a, S_DP, &z) < 0) return -1;
+        else if (attr_u128(account(c, which), S_CPO, &x) < 0 || attr_u128(account(c, which), S_DPO, &y) < 0 ||
+                 attr_u128(account(c, which), S_DP, &z) < 0)
+            return -1;
         u128 neg; /* the magnitude of a negative result */
         if (x >= y && x - y >= z) { *out = sat_u128(x - y - z); return 0; }
         if (x >= y) neg = z - (x - y);
@@ -41,7 +51,7 @@ static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
         return 0;
     }
     if (f == 8) { /* user_data: the record's bytes 16..32, little endian */
-        PyObject *rec = PyObject_GetAttr(a, S_RECORD);
+        PyObject *rec = PyObject_GetAttr(account(c, which), S_RECORD);
         if (rec == NULL) return -1;
         int ok = PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) >= 32;
         if (ok) *out = sat_u128(le128((const uint8_t *)PyBytes_AS_STRING(rec) + 16));
@@ -50,7 +60,7 @@ static int account_field(PyObject *a, const u128 *bal, int f, int64_t *out) {
         return ok ? 0 : -1;
     }
     if (bal != NULL && f < 4) x = bal[f];
-    else if (attr_u128(a, *names[f], &x) < 0) return -1;
+    else if (attr_u128(account(c, which), *names[f], &x) < 0) return -1;
     *out = sat_u128(x);
     return 0;
 }
@@ -141,9 +151,7 @@ static int field_slow(ctx_t *c, int f, int64_t *out) {
         v = e->has ? sat_u128(risk_window_at(e->st, &c->h->clock, (f - F_WOUT0) % 6)) : 0;
     } else if (f >= F_DEBIT0) {
         int which = f >= F_CREDIT0;
-        if (account_field(which ? c->cra : c->dra, c->bal ? c->bal + 4 * which : NULL, f - (which ? F_CREDIT0 : F_DEBIT0),
-                          &v) < 0)
-            return -1;
+        if (account_field(c, which, f - (which ? F_CREDIT0 : F_DEBIT0), &v) < 0) return -1;
     } else {
         switch (f) {
         case F_AMOUNT: v = rd64(r + O_AHI) || rd64(r + O_ALO) > (uint64_t)I64_MAX ? I64_MAX : (int64_t)rd64(r + O_ALO);

@@ -16,7 +16,11 @@ a false conjunct makes the rule false. When a rule would need CEL (a conjunct ou
 shapes, an int64 overflow in a sum: CEL's error) or an input cannot be read, C hands the whole record
 to the Python compiled form, so the verdict is the one it always was. Conjuncts are ordered cheapest
 first and a rule with more than ``SIMPLE_MAX`` simple conjuncts keeps only the first ones, as in the
-Python form.
+Python form. Among the cheapest, a comparison of one static field with one literal (``is_guard``) comes
+first: the C hook takes a rule's first conjunct of that shape as its guard and skips the rule on it
+(``rules_eval.c rules_index``). Evaluating it before another cost-0 conjunct cannot change a verdict:
+CEL's ``&&`` is false when either side is false, even if the other errs, and an unknown conjunct only
+hands the record to the Python form.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ NATIVE_FIELDS: Final[tuple[str, ...]] = (
 )
 FIELD_ID: Final = {path: i for i, path in enumerate(NATIVE_FIELDS)}
 OPERATORS: Final = ("<", "<=", ">", ">=", "==", "!=")
+# read from the record (or the block's timestamp), never unknown: the fields a guard may compare
+STATIC_FIELDS: Final = frozenset(NATIVE_FIELDS[:NATIVE_FIELDS.index("block.height")])
 _BOOL, _CMP = 0, 1
 
 
@@ -51,6 +57,20 @@ def _conjunct(conj: Conjunct, out: list[int]) -> None:
         out += (sign, FIELD_ID[path] if path is not None else -1, value)
 
 
+def is_guard(conj: Conjunct) -> bool:
+    """One static field compared with one literal (or a static bool field): never unknown."""
+    if isinstance(conj, BoolField):
+        return conj.path in STATIC_FIELDS
+    if len(conj.lhs) != 1 or len(conj.rhs) != 1:
+        return False
+    a, b = conj.lhs[0][1], conj.rhs[0][1]
+    return (a in STATIC_FIELDS and b is None) or (a is None and b in STATIC_FIELDS)
+
+
+def _order(conj: Conjunct) -> tuple[int, bool]:
+    return conjunct_cost(conj), not is_guard(conj)
+
+
 def lower(plans: Sequence[RulePlan]) -> bytes:
     """The program of these plans (one per rule, in precedence order)."""
     out: list[int] = []
@@ -59,7 +79,7 @@ def lower(plans: Sequence[RulePlan]) -> bytes:
         if len(simple) > SIMPLE_MAX:
             simple, rest = simple[:SIMPLE_MAX], True
         out += (i, int(rest), len(simple))
-        for conj in sorted(simple, key=conjunct_cost):
+        for conj in sorted(simple, key=_order):
             _conjunct(conj, out)
     return array("q", out).tobytes()
 

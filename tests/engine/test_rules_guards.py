@@ -59,12 +59,23 @@ def _compile(exprs: list[str]) -> CompiledRuleSet:
         {"id": f"r{i:02d}", "priority": i, "expr": e, "action": "flag"} for i, e in enumerate(exprs)]}))
 
 
+def test_guards_come_first_among_the_cheapest_conjuncts() -> None:
+    rs = _compile([f"transfer.amount - {I64} < 0 && transfer.user_data > 5 && psp.id == 2 && debit.balance > 0",
+                   "block.height > 3 && transfer.pending"])
+    assert describe(rs.program) == [
+        (0, False, ["+transfer.user_data > +5", "+psp.id == +2", f"+transfer.amount -{I64} < +0",
+                    "+debit.balance > +0"]),
+        (1, False, ["transfer.pending", "+block.height > +3"]),
+    ]
+
+
 def test_layout_guards_each_static_field_and_builds_runs() -> None:
     exprs = [f"{path} == {VALUES[path][-1]} && debit.balance > 0" for path in STATIC]
     exprs += [
         "transfer.pending", "!transfer.pending",  # bool guards: != 0 / == 0
         "7 == transfer.code", "-5 < transfer.amount", "transfer.code != 3",  # literal left: the operator flips
-        f"transfer.amount + {I64} > 0 && transfer.code == 3",  # a sum first: no guard (it may overflow)
+        f"transfer.amount + {I64} > 0 && transfer.code == 3",  # lowering puts the guard before the sum
+        "transfer.amount + 1 > 5",  # a sum is no guard (it may overflow: unknown)
         "block.height == 3",  # not static: height may not fit int64
         "debit.balance > 5 && transfer.code == 3",  # an account field is costlier: code comes first
     ]
@@ -77,11 +88,11 @@ def test_layout_guards_each_static_field_and_builds_runs() -> None:
     pending = FIELD_ID["transfer.pending"]
     code, amount = FIELD_ID["transfer.code"], FIELD_ID["transfer.amount"]
     n = len(STATIC)
-    assert guards[n:n + 8] == [(pending, NE, 0), (pending, EQ, 0), (code, EQ, 7), (amount, OPERATORS.index(">"), -5),
-                               (code, NE, 3), None, None, (code, EQ, 3)]
+    assert guards[n:n + 9] == [(pending, NE, 0), (pending, EQ, 0), (code, EQ, 7), (amount, OPERATORS.index(">"), -5),
+                               (code, NE, 3), (code, EQ, 3), None, None, (code, EQ, 3)]
     runs = [run for *_, run in layout]
-    assert runs[n + 7:n + 13] == [0] * 6  # the code guard of the rule before joins the run
-    assert runs[:n + 7] == [-1] * (n + 7) and runs[n + 13:] == [-1] * 3
+    assert runs[n + 8:n + 14] == [0] * 6  # the code guard of the rule before joins the run
+    assert runs[:n + 8] == [-1] * (n + 8) and runs[n + 14:] == [-1] * 3
     assert [lit for _, _, _, lit, run in layout if run == 0] == [3, 3, 1, 3, -1, 0]
 
 
@@ -233,3 +244,25 @@ def test_guarded_rules_both_engines(tmp_path: Path, seed: int, monkeypatch: pyte
     finally:
         pair.close()
     assert layouts and all([run for *_, run in lay] == [-1] + [0] * 6 + [-1, -1] for lay in layouts)
+
+
+def test_account_fields_read_from_the_engines_account_list(tmp_path: Path) -> None:
+    """The C hook fetches the payer's and payee's AccountState from the engine's list only when a rule
+    reads a field the balances lack: each side's own code and user_data (distinct per account) decide."""
+    pair = RulesPair(tmp_path)
+    try:
+        pair.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(
+            encode_account(Account(i, ledger=1, code=i, user_data=100 + 7 * i)) for i in range(1, 9))))
+        rules = [{"id": "a", "priority": 0, "expr": "debit.code == 2 && credit.code > 5", "action": "reject",
+                  "code": 71},
+                 {"id": "b", "priority": 1, "expr": "debit.user_data > credit.user_data + 10", "action": "flag"},
+                 {"id": "c", "priority": 2, "expr": "credit.code == 1 && debit.balance >= 0", "action": "reject",
+                  "code": 72}]
+        pair.block(Batch(EventKind.DEPLOY_RULESET, deploy_record({"name": "acct", "version": 1, "rules": rules})))
+        rnd = random.Random(4)
+        transfers = [Transfer(500 + k, *rnd.sample(range(1, 9), 2), 10, ledger=1, code=1) for k in range(60)]
+        pair.block(Batch(EventKind.CREATE_TRANSFER, b"".join(encode_transfer(t) for t in transfers)))
+        pair.assert_stores_identical()
+        assert Result.RULE_REJECTED in pair.results and Result.OK in pair.results
+    finally:
+        pair.close()
