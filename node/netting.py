@@ -120,6 +120,13 @@ class NettingService(npb_grpc.NettingServicer):
         return npb.Decisions(decisions=[decision(self._store, i) for i in request.ids], settlement_leaf=leaf)
 
     async def Open(self, request: npb.OpenRequest, context: Any) -> npb.OpenResponse:
+        """The leader's open obligations: a follower may lag (a member restarted and still catching up
+        would offer a settlement cycle a stale open set), so it answers NotLeader and the caller, which
+        tries the region's addresses in turn, reaches the leader."""
+        try:
+            self._check_leader()
+        except NodeError as e:
+            await abort(context, e)
         as_debtor, as_creditor = await self.open_lists()
         return npb.OpenResponse(region=self._region, as_debtor=as_debtor, as_creditor=as_creditor)
 

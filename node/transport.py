@@ -99,7 +99,7 @@ class _PeerLink:
             except (grpc.RpcError, asyncio.InvalidStateError) as e:
                 log.debug("peer %d at %s: %s", self.peer_id, self.address, e)
                 self.failed_at = time.monotonic()
-                if isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAVAILABLE \
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.UNAVAILABLE \
                         and "stopping" in (e.details() or ""):
                     self.peer_stopping = True  # PeerService.end_streams on its side
                 self._on_unreachable(self.peer_id)
