@@ -93,19 +93,24 @@ def test_federation_role_opens_only_the_witness_service(fed: Fed) -> None:
 
 
 def test_a_planted_split_view_is_refused_kept_and_caught(fed: Fed, tmp_path: Path) -> None:
-    ch, stub = fed.witness("us-east", fed.tls("us-east"))
-    with ch:
-        cosigned = stub.GetCosigned(wpb.OriginRequest(origin="sovledger/eu-west"), timeout=10)
-    assert cosigned.tree_size > 0
-    real = Checkpoint.parse(split_note(cosigned.note)[0])
-    # someone holding eu-west's real checkpoint key signs another history of the same size
     key = load_key_file(fed.data / "eu-west" / "node-1" / "node.key")
-    forged_root = bytes(b ^ 0xFF for b in real.root)
-    forged = sign_note(Checkpoint(real.origin, real.size, forged_root, real.extensions).to_body(), key)
+    for _attempt in range(5):  # the live region may have a newer checkpoint cosigned in between: forge again
+        ch, stub = fed.witness("us-east", fed.tls("us-east"))
+        with ch:
+            cosigned = stub.GetCosigned(wpb.OriginRequest(origin="sovledger/eu-west"), timeout=10)
+        assert cosigned.tree_size > 0
+        real = Checkpoint.parse(split_note(cosigned.note)[0])
+        # someone holding eu-west's real checkpoint key signs another history of the same size
+        forged_root = bytes(b ^ 0xFF for b in real.root)
+        forged = sign_note(Checkpoint(real.origin, real.size, forged_root, real.extensions).to_body(), key)
+        ch, stub = fed.witness("us-east", fed.foreign_tls("eu-west", towards="us-east"))
+        with ch:
+            resp = stub.AddCheckpoint(wpb.AddCheckpointRequest(body=AddCheckpoint(real.size, (), forged).encode()),
+                                      timeout=10)
+        if resp.verdict != wpb.OLD_SIZE_MISMATCH:
+            break
     ch, stub = fed.witness("us-east", fed.foreign_tls("eu-west", towards="us-east"))
     with ch:
-        resp = stub.AddCheckpoint(wpb.AddCheckpointRequest(body=AddCheckpoint(real.size, (), forged).encode()),
-                                  timeout=10)
         assert resp.verdict == wpb.SPLIT_VIEW and not resp.cosignature, resp
         kept = stub.GetEvidence(wpb.OriginRequest(origin="sovledger/eu-west"), timeout=10).evidence
         again = stub.GetCosigned(wpb.OriginRequest(origin="sovledger/eu-west"), timeout=10)
