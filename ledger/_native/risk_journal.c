@@ -14,20 +14,13 @@
 typedef skey_t jkey_t; /* a state key points one past its entry's length byte */
 
 /* the entries and keys below are read in an order unrelated to where they sit (the table's entries in
- * change order, the sorted row's sources): fetch a few ahead (the empty asm keeps the address live, as
- * in rules.c) */
+ * change order, the sorted row's sources): fetch a few ahead (PREFETCH, risk_table.h) */
 #define AHEAD 8
-#define JPREFETCH(p)                                                                                         \
-    do {                                                                                                    \
-        const void *p_ = (p);                                                                               \
-        __asm__ volatile("" : : "r"(p_));                                                                   \
-        __builtin_prefetch(p_);                                                                             \
-    } while (0)
-#define JPREFETCH_SPAN(p, len)                                                                               \
+#define PREFETCH_SPAN(p, len)                                                                               \
     do {                                                                                                    \
         const char *q_ = (const char *)(p);                                                                 \
-        for (size_t o_ = 0; o_ < (size_t)(len); o_ += 64) JPREFETCH(q_ + o_);                              \
-        JPREFETCH(q_ + (len) - 1);                                                                          \
+        for (size_t o_ = 0; o_ < (size_t)(len); o_ += 64) PREFETCH(q_ + o_);                              \
+        PREFETCH(q_ + (len) - 1);                                                                          \
     } while (0)
 
 static uint64_t load_be64(const uint8_t *p) {
@@ -77,7 +70,7 @@ static Py_ssize_t block_states(RiskTableObject *t, PyObject *risk, uint8_t *buf,
     size_t n = 0;
     for (size_t k = 0; k < t->nsaved; k++) {
         if (k + AHEAD < t->nsaved && t->saved[k + AHEAD].idx >= 0)
-            JPREFETCH_SPAN(&t->states.ents[t->saved[k + AHEAD].idx], sizeof(tent_t));
+            PREFETCH_SPAN(&t->states.ents[t->saved[k + AHEAD].idx], sizeof(tent_t));
         if (t->saved[k].idx < 0) continue;
         const tent_t *e = &t->states.ents[t->saved[k].idx];
         uint8_t *at = buf + n * JSTATE_MAX;
@@ -106,7 +99,7 @@ static Py_ssize_t block_pairs(RiskTableObject *t, PyObject *paid, jkey_t *ks) {
     const pmap_t *m = &t->pairs;
     size_t n = 0;
     for (size_t k = 0; k < m->nblk; k++) {
-        if (k + AHEAD < m->nblk) JPREFETCH(m->keys[m->blk[k + AHEAD]]);
+        if (k + AHEAD < m->nblk) PREFETCH(m->keys[m->blk[k + AHEAD]]);
         jkey_of(&ks[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
     }
     Py_ssize_t pos = 0;
@@ -135,13 +128,13 @@ static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pa
     put_u32(out + 4, distinct);
     out += 8;
     for (size_t i = 0; i < ns; i++) {
-        if (i + AHEAD < ns) JPREFETCH_SPAN(states[i + AHEAD].key - 1, JSTATE_MAX);
+        if (i + AHEAD < ns) PREFETCH_SPAN(states[i + AHEAD].key - 1, JSTATE_MAX);
         size_t len = 1 + (size_t)states[i].key[-1] + RISK_ROW_LEN;
         memcpy(out, states[i].key - 1, len);
         out += len;
     }
     for (size_t i = 0; i < np; i++) {
-        if (i + AHEAD < np) JPREFETCH(pairs[i + AHEAD].key);
+        if (i + AHEAD < np) PREFETCH(pairs[i + AHEAD].key);
         if (i > 0 && memcmp(pairs[i].w, pairs[i - 1].w, 32) == 0) continue;
         memcpy(out, pairs[i].key, PAIR_KEY_LEN);
         out += PAIR_KEY_LEN;

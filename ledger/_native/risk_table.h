@@ -16,6 +16,15 @@
 #define PAIR_KEY_LEN 32                   /* debit id || credit id */
 #define RT_EMPTY UINT64_MAX               /* a free slot */
 
+/* a cache prefetch whose address stays live: the empty asm stops GCC 12 from dropping a __builtin_prefetch
+ * whose address is loaded from memory behind a branch (rules.c, risk_journal.c) */
+#define PREFETCH(p)                                                                                          \
+    do {                                                                                                    \
+        const void *p_ = (p);                                                                               \
+        __asm__ volatile("" : : "r"(p_));                                                                   \
+        __builtin_prefetch(p_);                                                                             \
+    } while (0)
+
 typedef struct { /* one risk state (168 bytes) */
     uint8_t key[17], klen;
     uint8_t has;     /* HAS_NONE: no history (the store has no row); HAS_UNKNOWN: not read yet */

@@ -86,14 +86,7 @@ rent_t *rules_ctx_entry(ctx_t *c, int which) {
 }
 
 /* ---- cache prefetch: the table's slots of record i + 4's keys, the entries of record i + 2's -------- */
-/* (the empty asm keeps the address live: GCC 12 drops a __builtin_prefetch whose address is loaded from
- * memory behind a branch, which left the entries unprefetched) */
-#define PREFETCH(p)                                                                                          \
-    do {                                                                                                    \
-        const void *p_ = (p);                                                                               \
-        __asm__ volatile("" : : "r"(p_));                                                                   \
-        __builtin_prefetch(p_);                                                                             \
-    } while (0)
+/* (PREFETCH, risk_table.h: without its empty asm GCC 12 left the entries unprefetched) */
 
 /* stage 0: the key's first slot; stage 1: the entry of the first slot (of a few) whose tag is the key's */
 static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {

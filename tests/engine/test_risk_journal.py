@@ -264,14 +264,7 @@ def test_an_aborted_block_journals_nothing_and_pins_nothing(
 
     monkeypatch.setattr(driver, "seal", failing_seal)
     batch = Batch(EventKind.CREATE_TRANSFER, b"".join(transfer(3000 + i, 1 + i % 11, 12, 5) for i in range(20)))
-    previous = native.active()
-    try:
-        for name, state in pair.states.items():
-            native.select(name)
-            with pytest.raises(OSError, match="injected"):
-                state.apply_block(Proposal(pair.now + 5 * 10**9, (batch,)))
-    finally:
-        native.select(previous)
+    pair.block_failing(batch, "injected")
     monkeypatch.setattr(driver, "seal", real_seal)
     assert rows_of(pair) == rows and table.pinned() == pinned and dump(pair.stores["native"]) == before
     pair.block(batch, advance_s=5)  # the same block again, now committed (and folded when due)

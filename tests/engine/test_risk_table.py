@@ -19,7 +19,7 @@ import pytest
 
 from ledger import native, risk, risk_log
 from ledger.apply import driver, native_transfers, seal
-from ledger.codec import TRANSFER_STRUCT, Batch, Proposal, encode_account, encode_transfer
+from ledger.codec import TRANSFER_STRUCT, Batch, encode_account, encode_transfer
 from ledger.dry_run import dry_run
 from ledger.risk import KEY_IN, KEY_OUT, decode_state, psp_key
 from ledger.schema import Table
@@ -129,14 +129,7 @@ def test_a_block_that_fails_after_the_hook_is_rolled_back(pair: RulesPair, monke
 
     monkeypatch.setattr(driver, "seal", failing_seal)
     batch = Batch(EventKind.CREATE_TRANSFER, transfers(random.Random(33), 50_000, 40))
-    previous = native.active()
-    try:
-        for name, state in pair.states.items():
-            native.select(name)
-            with pytest.raises(OSError, match="injected"):
-                state.apply_block(Proposal(pair.now + 5 * 10**9, (batch,)))
-    finally:
-        native.select(previous)
+    pair.block_failing(batch, "injected")
     monkeypatch.setattr(driver, "seal", real_seal)
     assert stored_states(pair) == before
     assert table(pair).sizes()[1] == 0 and table(pair).sizes()[3:] == (0, 0)  # nothing of the block left open

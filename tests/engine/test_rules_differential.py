@@ -23,6 +23,7 @@ from ledger import native
 from ledger.apply import native_transfers
 from ledger.codec import (
     Batch,
+    Proposal,
     SettlementCallback,
     encode_account,
     encode_callback,
@@ -114,6 +115,18 @@ class RulesPair(Pair):
 
     def deploy(self, picks: list[int], version: int) -> None:
         self.block(Batch(EventKind.DEPLOY_RULESET, deploy_record(ruleset_doc(picks, version))))
+
+    def block_failing(self, batch: Batch, match: str, advance_s: int = 5) -> None:
+        """Apply ``batch`` as the next block on each engine, expecting an injected ``OSError`` matching
+        ``match`` (nothing is committed; ``now`` does not move)."""
+        previous = native.active()
+        try:
+            for name, state in self.states.items():
+                native.select(name)
+                with pytest.raises(OSError, match=match):
+                    state.apply_block(Proposal(self.now + advance_s * 10**9, (batch,)))
+        finally:
+            native.select(previous)
 
 
 def run_workload(pair: RulesPair, seed: int, blocks: int, per_block: int, picks: list[int]) -> None:
