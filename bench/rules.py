@@ -9,7 +9,9 @@ activation the ledger actually builds. Part 2 applies the same transfer workload
 ledgers in the same run — no rule set, 5 rules, 20 rules — and reports tx/s and the ratio to 0
 rules, per wall-second and per CPU-second of this process (``time.process_time``, which other processes on a
 shared machine do not inflate). Numbers are noisy on a shared machine: compare ratios within one run.
-JSON goes to bench/results/.
+The rounds alternate their order (0, 5, 20 rules, then 20, 5, 0) and the verdict on issue #18 is the
+median of the per-round 20-rule drops; the best-of figures are printed beside it. JSON goes to
+bench/results/.
 """
 
 from __future__ import annotations
@@ -133,14 +135,23 @@ def run_apply(n_rules: int, batches: list[bytes], accounts: int, operator: Signe
 TARGET_DROP_20_RULES = 0.25  # issue #18: at most a 25% throughput drop with 20 active rules
 
 
-def print_targets(best: dict[int, float], best_cpu: dict[int, float], engines: dict[str, float]) -> None:
-    """The issue's targets next to this run's baseline (0 rules, same run) and what was measured."""
+def print_targets(best: dict[int, float], best_cpu: dict[int, float], engines: dict[str, float],
+                  per_round: list[float]) -> None:
+    """The issue's targets next to this run's baseline (0 rules, same run) and what was measured. The
+    verdict is the median of the per-round drops: each round runs 0 and 20 rules back to back, so a
+    round's drop compares two runs under the same machine load; the best-of figures compare each side's
+    luckiest round (the 0-rule run swings most, so best-of overstates the drop)."""
     print("targets (issue #18), baseline = 0 rules in this run")
+    med = statistics.median(per_round)
+    print(f"  per CPU-second, rounds paired: 20-rule drop median {med:.1f}% over {len(per_round)} rounds "
+          f"(range {min(per_round):.1f}..{max(per_round):.1f}%; target <= {100 * TARGET_DROP_20_RULES:.0f}%) -> "
+          f"{'met' if med <= 100 * TARGET_DROP_20_RULES else 'NOT met'}")
     for label, b in (("per CPU-second (this process on one core)", best_cpu), ("per wall-second", best)):
         base, got = b[0], b[20]
         need = base * (1 - TARGET_DROP_20_RULES)
-        print(f"  {label}: 20 rules >= {need:,.0f} tx/s (baseline {base:,.0f} x {1 - TARGET_DROP_20_RULES:.2f}): "
-              f"{got:,.0f} tx/s, drop {100 * (1 - got / base):.1f}% -> {'met' if got >= need else 'NOT met'}")
+        print(f"  best of rounds, {label}: 20 rules >= {need:,.0f} tx/s (baseline {base:,.0f} x "
+              f"{1 - TARGET_DROP_20_RULES:.2f}): {got:,.0f} tx/s, drop {100 * (1 - got / base):.1f}% -> "
+              f"{'met' if got >= need else 'NOT met'}")
     dict_rate = engines.get("rust_dict_activation", 0.0)
     ctx_rate = engines.get("rust_prebuilt_context_updated", 0.0)
     print(f"  CEL on the hot loop: dict activation {dict_rate:,.0f}/s, reused context updated per "
@@ -167,7 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--engines-only", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile one 20-rule run and print where the time goes")
     ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
     args = ap.parse_args()
@@ -186,8 +197,8 @@ def main() -> None:
         batches = _workload(accounts, blocks, per_block, 1)
         operator = Signer.generate("bench-operator")
         rates: dict[int, list[tuple[float, float]]] = {0: [], 5: [], 20: []}
-        for _ in range(args.rounds):  # interleaved rounds: the machine's noise hits all three alike
-            for n in rates:
+        for r in range(args.rounds):  # interleaved rounds: the machine's noise hits all three alike
+            for n in ((0, 5, 20) if r % 2 == 0 else (20, 5, 0)):  # alternated order: no side always first
                 rates[n].append(run_apply(n, batches, accounts, operator))
         best = {n: max(w for w, _ in v) for n, v in rates.items()}
         best_cpu = {n: max(c for _, c in v) for n, v in rates.items()}
@@ -197,11 +208,10 @@ def main() -> None:
             w, c = best[n], best_cpu[n]
             print(f"  {n:>2} rules  {w:>10,.0f} tx/s  ratio {w / best[0]:.3f}  |  {c:>10,.0f} tx/s  ratio "
                   f"{c / best_cpu[0]:.3f}  (drop {100 * (1 - c / best_cpu[0]):.1f}%)")
-        print_targets(best, best_cpu, engines)
-        per_round = sorted(100 * (1 - r20[1] / r0[1]) for r0, r20 in zip(rates[0], rates[20], strict=True))
-        print(f"  per round (the three runs of a round back to back), 20-rule drop per CPU-second: "
-              f"{', '.join(f'{d:.1f}%' for d in per_round)}; median {statistics.median(per_round):.1f}% "
-              "(the best-of figures above compare each side's fastest round)")
+        per_round = [100 * (1 - r20[1] / r0[1]) for r0, r20 in zip(rates[0], rates[20], strict=True)]
+        print(f"  per round (in round order), 20-rule drop per CPU-second: "
+              f"{', '.join(f'{d:.1f}%' for d in per_round)}")
+        print_targets(best, best_cpu, engines, per_round)
         result["drop_20_per_round_cpu"] = per_round
         result["apply_tx_per_s"] = {str(n): v for n, v in best.items()}
         result["apply_tx_per_cpu_s"] = {str(n): v for n, v in best_cpu.items()}

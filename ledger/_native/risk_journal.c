@@ -9,9 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define JSTATE_MAX (1 + 17 + RISK_ROW_LEN) /* one state entry, at most */
-
-typedef skey_t jkey_t; /* a state key points one past its entry's length byte */
+typedef skey_t jkey_t; /* a row's state key points one past its length byte; a block's, into its tent_t */
 
 /* the entries and keys below are read in an order unrelated to where they sit (the table's entries in
  * change order, the sorted row's sources): fetch a few ahead (PREFETCH, risk_table.h) */
@@ -64,32 +62,32 @@ static uint32_t get_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* the states the open block changed (the table's and the Python dict's, disjoint), as entries in `buf`;
- * their sort keys in `ks`; the count, -1 on error */
-static Py_ssize_t block_states(RiskTableObject *t, PyObject *risk, uint8_t *buf, jkey_t *ks) {
+/* the entry a sort key of block_states points into */
+#define ENTRY_OF(k) ((const tent_t *)(const void *)((k).key - offsetof(tent_t, key)))
+
+/* the states the open block changed (the table's entries and the Python dict's, disjoint) as sort keys
+ * into their entries: the table's own, the dict's copied into `extra`; the count, -1 on error */
+static Py_ssize_t block_states(RiskTableObject *t, PyObject *risk, tent_t *extra, jkey_t *ks) {
     size_t n = 0;
     for (size_t k = 0; k < t->nsaved; k++) {
-        if (k + AHEAD < t->nsaved && t->saved[k + AHEAD].idx >= 0)
-            PREFETCH_SPAN(&t->states.ents[t->saved[k + AHEAD].idx], sizeof(tent_t));
+        if (k + AHEAD < t->nsaved && t->saved[k + AHEAD].idx >= 0) PREFETCH(&t->states.ents[t->saved[k + AHEAD].idx]);
         if (t->saved[k].idx < 0) continue;
         const tent_t *e = &t->states.ents[t->saved[k].idx];
-        uint8_t *at = buf + n * JSTATE_MAX;
-        put_state(at, e->key, e->klen, e->st);
-        jkey_of(&ks[n++], at + 1, e->klen);
+        jkey_of(&ks[n++], e->key, e->klen);
     }
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(risk, &pos, &key, &value)) {
-        uint64_t st[RISK_STATE_LEN];
         Py_ssize_t klen = PyBytes_Check(key) ? PyBytes_GET_SIZE(key) : 0;
         if (klen < 1 || klen > 17) {
             PyErr_SetString(PyExc_TypeError, "a risk key is bytes of 1..17");
             return -1;
         }
-        if (risk_read_list(value, st) < 0) return -1;
-        uint8_t *at = buf + n * JSTATE_MAX;
-        put_state(at, (const uint8_t *)PyBytes_AS_STRING(key), (int)klen, st);
-        jkey_of(&ks[n++], at + 1, (int)klen);
+        if (risk_read_list(value, extra->st) < 0) return -1;
+        memcpy(extra->key, PyBytes_AS_STRING(key), (size_t)klen);
+        extra->klen = (uint8_t)klen;
+        jkey_of(&ks[n++], extra->key, (int)klen);
+        extra++;
     }
     return (Py_ssize_t)n;
 }
@@ -115,10 +113,10 @@ static Py_ssize_t block_pairs(RiskTableObject *t, PyObject *paid, jkey_t *ks) {
     return (Py_ssize_t)n;
 }
 
-/* the row from sorted states (entries) and sorted pairs (duplicates dropped) */
+/* the row from sorted states (keys into their entries) and sorted pairs (duplicates dropped) */
 static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pairs, size_t np) {
     size_t size = 8, distinct = 0;
-    for (size_t i = 0; i < ns; i++) size += 1 + (size_t)states[i].key[-1] + RISK_ROW_LEN;
+    for (size_t i = 0; i < ns; i++) size += 1 + (size_t)ENTRY_OF(states[i])->klen + RISK_ROW_LEN;
     for (size_t i = 0; i < np; i++) distinct += i == 0 || memcmp(pairs[i].w, pairs[i - 1].w, 32) != 0;
     size += distinct * PAIR_KEY_LEN;
     PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
@@ -128,10 +126,10 @@ static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pa
     put_u32(out + 4, distinct);
     out += 8;
     for (size_t i = 0; i < ns; i++) {
-        if (i + AHEAD < ns) PREFETCH_SPAN(states[i + AHEAD].key - 1, JSTATE_MAX);
-        size_t len = 1 + (size_t)states[i].key[-1] + RISK_ROW_LEN;
-        memcpy(out, states[i].key - 1, len);
-        out += len;
+        if (i + AHEAD < ns) PREFETCH_SPAN(ENTRY_OF(states[i + AHEAD]), sizeof(tent_t));
+        const tent_t *e = ENTRY_OF(states[i]);
+        put_state(out, e->key, e->klen, e->st);
+        out += 1 + (size_t)e->klen + RISK_ROW_LEN;
     }
     for (size_t i = 0; i < np; i++) {
         if (i + AHEAD < np) PREFETCH(pairs[i + AHEAD].key);
@@ -148,13 +146,13 @@ PyObject *rt_journal(PyObject *self, PyObject *args) {
     PyObject *risk, *paid, *out = NULL;
     if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &risk, &PySet_Type, &paid)) return NULL;
     size_t cs = t->nsaved + (size_t)PyDict_GET_SIZE(risk), cp = t->pairs.nblk + (size_t)PySet_GET_SIZE(paid);
-    uint8_t *buf = PyMem_Malloc(cs * JSTATE_MAX + 1);
+    tent_t *extra = PyMem_Malloc(((size_t)PyDict_GET_SIZE(risk) + 1) * sizeof(tent_t)); /* the dict's states */
     jkey_t *ks = PyMem_Malloc((cs + cp + 1) * 2 * sizeof(jkey_t)); /* the second half: the sort's room */
-    if (buf == NULL || ks == NULL) {
+    if (extra == NULL || ks == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t ns = block_states(t, risk, buf, ks);
+    Py_ssize_t ns = block_states(t, risk, extra, ks);
     Py_ssize_t np = ns < 0 ? -1 : block_pairs(t, paid, ks + ns);
     if (np < 0) goto done;
     if (ns == 0 && np == 0) {
@@ -166,7 +164,7 @@ PyObject *rt_journal(PyObject *self, PyObject *args) {
     sort_keys(ks + ns, tmp, (size_t)np);
     out = journal_value(ks, (size_t)ns, ks + ns, (size_t)np);
 done:
-    PyMem_Free(buf);
+    PyMem_Free(extra);
     PyMem_Free(ks);
     return out;
 }
@@ -263,30 +261,31 @@ PyObject *rt_load(PyObject *self, PyObject *values) {
     Py_RETURN_NONE;
 }
 
-static PyObject *row_item(const uint8_t *key, Py_ssize_t klen, const uint8_t *value, Py_ssize_t vlen) {
-    PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen);
-    PyObject *v = k != NULL ? PyBytes_FromStringAndSize((const char *)value, vlen) : NULL;
-    PyObject *t = v != NULL ? PyTuple_Pack(2, k, v) : NULL;
-    Py_XDECREF(k);
-    Py_XDECREF(v);
-    return t;
-}
-
-/* the sorted (key, value) list of the distinct keys in ks (n, sorted, ties in row order): the last of each */
-static PyObject *last_of_each(const jkey_t *ks, size_t n, int states) {
-    PyObject *out = PyList_New(0);
-    for (size_t i = 0; out != NULL && i < n; i++) {
+/* the distinct keys in ks (n, sorted, ties in row order) as bytes appended to `keys` and, for states,
+ * the last entry's value of each appended to `vals` (bytes are untracked: no tuples, no GC work) */
+static int last_of_each(const jkey_t *ks, size_t n, PyObject *keys, PyObject *vals) {
+    for (size_t i = 0; i < n; i++) {
         if (i + 1 < n && memcmp(ks[i].w, ks[i + 1].w, 32) == 0) continue; /* a later row has this key */
-        PyObject *it = states ? row_item(ks[i].key, ks[i].key[-1], ks[i].key + ks[i].key[-1], RISK_ROW_LEN)
-                              : row_item(ks[i].key, PAIR_KEY_LEN, (const uint8_t *)"", 0);
-        if (it == NULL || PyList_Append(out, it) < 0) Py_CLEAR(out);
-        Py_XDECREF(it);
+        Py_ssize_t klen = vals != NULL ? ks[i].key[-1] : PAIR_KEY_LEN;
+        PyObject *k = PyBytes_FromStringAndSize((const char *)ks[i].key, klen);
+        if (k == NULL || PyList_Append(keys, k) < 0) {
+            Py_XDECREF(k);
+            return -1;
+        }
+        Py_DECREF(k);
+        if (vals == NULL) continue;
+        PyObject *v = PyBytes_FromStringAndSize((const char *)ks[i].key + klen, RISK_ROW_LEN);
+        if (v == NULL || PyList_Append(vals, v) < 0) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        Py_DECREF(v);
     }
-    return out;
+    return 0;
 }
 
-/* fold(values) -> (risk rows, pair rows): the latest state of each key and every distinct pair of the
- * journal's rows (oldest first), sorted by key, as `risk` / `risk_pairs` keep them */
+/* fold(values) -> (risk keys, their rows, pair keys): the latest state of each key and every distinct pair
+ * of the journal's rows (oldest first), sorted by key, as `risk` / `risk_pairs` keep them */
 PyObject *rt_fold(PyObject *self, PyObject *values) {
     (void)self;
     Py_ssize_t n;
@@ -295,8 +294,9 @@ PyObject *rt_fold(PyObject *self, PyObject *values) {
     size_t ns = 0, np = 0;
     for (Py_ssize_t r = 0; r < n; r++) { ns += rows[r].ns; np += rows[r].np; }
     jkey_t *ks = PyMem_Malloc((ns + np + 1) * 2 * sizeof(jkey_t)), *tmp = ks + ns + np + 1;
-    PyObject *states = NULL, *pairs = NULL, *out = NULL;
+    PyObject *keys = PyList_New(0), *vals = PyList_New(0), *pairs = PyList_New(0), *out = NULL;
     if (ks == NULL) { PyErr_NoMemory(); goto done; }
+    if (keys == NULL || vals == NULL || pairs == NULL) goto done;
     size_t a = 0, b = ns;
     for (Py_ssize_t r = 0; r < n; r++) { /* in row order: the stable sort keeps a key's entries in it */
         const uint8_t *p = (const uint8_t *)rows[r].b.buf + 8;
@@ -305,11 +305,11 @@ PyObject *rt_fold(PyObject *self, PyObject *values) {
     }
     sort_keys(ks, tmp, ns);
     sort_keys(ks + ns, tmp, np);
-    states = last_of_each(ks, ns, 1);
-    pairs = states != NULL ? last_of_each(ks + ns, np, 0) : NULL;
-    if (pairs != NULL) out = PyTuple_Pack(2, states, pairs);
+    if (last_of_each(ks, ns, keys, vals) == 0 && last_of_each(ks + ns, np, pairs, NULL) == 0)
+        out = PyTuple_Pack(3, keys, vals, pairs);
 done:
-    Py_XDECREF(states);
+    Py_XDECREF(keys);
+    Py_XDECREF(vals);
     Py_XDECREF(pairs);
     PyMem_Free(ks);
     close_rows(rows, n);

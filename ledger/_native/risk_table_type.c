@@ -95,19 +95,37 @@ static int cmp_skey(const void *x, const void *y) {
     return 0;
 }
 
-/* sort by key: LSD radix on the first 8 bytes (a pass per byte that varies), then the runs that share them
- * by the whole key (insertion sort: such runs are short for account ids); tmp has room for n keys. Stable:
- * equal keys keep their order (the journal fold keeps the last) */
+/* sort by key: LSD radix on the first 8 bytes (a pass per byte that varies; the counts of every byte taken in
+ * one read pass; the passes alternate between a and tmp), then the runs that share them by the whole key
+ * (insertion sort: such runs are short for account ids); tmp has room for n keys. Stable: equal keys keep
+ * their order (the journal fold keeps the last) */
 void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
     uint64_t all_or = 0, all_and = UINT64_MAX;
     for (size_t i = 0; i < n; i++) { all_or |= a[i].w[0]; all_and &= a[i].w[0]; }
-    for (int shift = 0; shift < 64; shift += 8) {
-        if ((((all_or ^ all_and) >> shift) & 0xFF) == 0) continue; /* the same byte everywhere */
-        size_t count[257] = {0};
-        for (size_t i = 0; i < n; i++) count[((a[i].w[0] >> shift) & 0xFF) + 1]++;
-        for (int b = 0; b < 256; b++) count[b + 1] += count[b];
-        for (size_t i = 0; i < n; i++) tmp[count[(a[i].w[0] >> shift) & 0xFF]++] = a[i];
-        memcpy(a, tmp, n * sizeof *a);
+    uint64_t varies = all_or ^ all_and;
+    int shifts[8], passes = 0;
+    for (int shift = 0; shift < 64; shift += 8)
+        if ((varies >> shift) & 0xFF) shifts[passes++] = shift; /* the same byte everywhere: no pass */
+    if (passes > 0) {
+        size_t (*count)[257] = PyMem_Calloc((size_t)passes, sizeof *count);
+        skey_t *src = a, *dst = tmp;
+        for (size_t i = 0; count != NULL && i < n; i++)
+            for (int p = 0; p < passes; p++) count[p][((a[i].w[0] >> shifts[p]) & 0xFF) + 1]++;
+        for (int p = 0; p < passes; p++) {
+            size_t c[257];
+            if (count != NULL) memcpy(c, count[p], sizeof c);
+            else { /* no memory for the table: count this byte now */
+                memset(c, 0, sizeof c);
+                for (size_t i = 0; i < n; i++) c[((src[i].w[0] >> shifts[p]) & 0xFF) + 1]++;
+            }
+            for (int b = 0; b < 256; b++) c[b + 1] += c[b];
+            for (size_t i = 0; i < n; i++) dst[c[(src[i].w[0] >> shifts[p]) & 0xFF]++] = src[i];
+            skey_t *t = src;
+            src = dst;
+            dst = t;
+        }
+        if (src != a) memcpy(a, src, n * sizeof *a);
+        PyMem_Free(count);
     }
     for (size_t start = 0, end; start < n; start = end) {
         for (end = start + 1; end < n && a[end].w[0] == a[start].w[0]; end++) {}
@@ -430,7 +448,7 @@ static PyMethodDef RT_METHODS[] = {
      "commit(risk, pairs, folded=False): the block committed; publish (and pin, unless folded) its states and pairs."},
     {"journal", rt_journal, METH_VARARGS, "journal(risk, paid) -> the open block's risk_log row, or None."},
     {"load", rt_load, METH_O, "load(rows): the risk journal's rows, oldest first, committed and pinned."},
-    {"fold", rt_fold, METH_O, "fold(rows) -> (risk rows, pair rows): the journal folded, sorted by key."},
+    {"fold", rt_fold, METH_O, "fold(rows) -> (risk keys, their rows, pair keys): the journal folded, sorted by key."},
     {"pinned", rt_pinned, METH_NOARGS, "pinned() -> (pinned states, pinned pairs)."},
     {"abort", rt_abort, METH_NOARGS, "abort(): the block failed; take its changes and new pairs back."},
     {"forget", rt_forget, METH_NOARGS, "forget(): drop every cached state and pair."},

@@ -16,7 +16,10 @@ def test_rules_bench_applies_and_prints_the_target_on_both_clocks(capsys: pytest
     for n in (0, 20):
         best[n], best_cpu[n] = bench_rules.run_apply(n, batches, 60, operator)
         assert best[n] > 0 and best_cpu[n] > 0
-    bench_rules.print_targets(best, best_cpu, {"rust_dict_activation": 1.0})
+    drop = 100 * (1 - best_cpu[20] / best_cpu[0])
+    bench_rules.print_targets(best, best_cpu, {"rust_dict_activation": 1.0}, [drop, drop + 10.0, drop + 2.0])
     out = capsys.readouterr().out
     assert "per CPU-second" in out and "per wall-second" in out
     assert out.count("20 rules >=") == 2 and "baseline" in out
+    # the verdict line: the median of the paired rounds (here the middle value, drop + 2)
+    assert f"drop median {drop + 2.0:.1f}% over 3 rounds" in out
