@@ -90,7 +90,7 @@ rent_t *rules_ctx_entry(ctx_t *c, int which) {
 
 /* stage 0: the key's first slot; stage 1: the entry of the first slot (of a few) whose tag is the key's */
 static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
-    size_t s = (size_t)hash & m->mask;
+    size_t s = rt_pos(hash, m->mask);
     if (stage == 0) {
         PREFETCH(&m->slots[s]);
         return;
@@ -109,7 +109,7 @@ static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
 }
 
 static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
-    size_t s = (size_t)hash & m->mask;
+    size_t s = rt_pos(hash, m->mask);
     if (stage == 0) {
         PREFETCH(&m->slots[s]);
         return;
