@@ -67,8 +67,14 @@ static uint64_t *new_slots(size_t count) {
 }
 
 /* ---- the state map ------------------------------------------------------------------------------ */
-/* two state keys of klen bytes equal: an account's (17 bytes) in three compares, a PSP's by memcmp */
+/* two state keys of klen bytes equal: an account's (17 bytes) in three compares, a PSP's (5) in two */
 static inline int skey_eq(const uint8_t *a, const uint8_t *b, int klen) {
+    if (klen == 5) {
+        uint32_t x, y;
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        return ((x ^ y) | (uint32_t)(a[4] ^ b[4])) == 0;
+    }
     if (klen != 17) return memcmp(a, b, (size_t)klen) == 0;
     uint64_t x[2], y[2];
     memcpy(x, a, 16);
@@ -204,7 +210,7 @@ int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state) {
 /* pk's entry (*at: -1 when absent, then *s is the empty slot it would take): one probe for find-or-insert;
  * room for one more entry is made first, so *s stays valid for pmap_put_at */
 static int pmap_probe(pmap_t *m, const uint8_t *pk, uint64_t h, int32_t *at, size_t *s) {
-    if (pmap_reserve(m, m->n + 1) < 0) return -1;
+    if (m->n + 1 > m->cap && pmap_reserve(m, m->n + 1) < 0) return -1;
     for (size_t k = rt_pos(h, m->mask);; k = (k + 1) & m->mask) {
         uint64_t v = m->slots[k];
         if (v == EMPTY) { *at = -1; *s = k; return 0; }
