@@ -67,7 +67,8 @@ static inline uint64_t id_hash(const uint8_t *id) {
 static size_t table_size(size_t n) { size_t s = 16; while (s < 2 * n + 2) s <<= 1; return s; }
 
 /* ---- state ------------------------------------------------------------------------------------ */
-typedef struct { const uint8_t *id; uint32_t ledger; uint16_t flags; int dirty; u128 dp, dpo, cp, cpo, orig[4]; } acct_t;
+typedef struct { uint8_t id[16]; uint32_t ledger; uint16_t flags; int dirty; u128 dp, dpo, cp, cpo, orig[4]; } acct_t;
+/* (the id kept in the entry, not behind a pointer: find_acct compares it in the line the balances are in) */
 /* orig: the balances its state object held when loaded (emit() writes back only those that moved) */
 /* a transfer known to this batch: gathered (src >= 0: index in the known list) or created here
  * (src < 0: -(record index + 1)); dead when a failed chain undid its creation */
@@ -388,7 +389,7 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
         a = PyTuple_GET_ITEM(t, 1);
         acct_t *p = &e->acct[k];
         uint64_t ledger, flags;
-        p->id = (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 0));
+        memcpy(p->id, PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 0)), 16);
         if (!slot_u64(a, &SL_ACCT, SA_LEDGER, &ledger) || !slot_u64(a, &SL_ACCT, SA_FLAGS, &flags) ||
             !slot_u128(a, SA_DP, &p->dp) || !slot_u128(a, SA_DPO, &p->dpo) || !slot_u128(a, SA_CP, &p->cp) ||
             !slot_u128(a, SA_CPO, &p->cpo))

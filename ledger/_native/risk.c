@@ -92,7 +92,19 @@ static PyObject *risk_window_one(PyObject *self, PyObject *const *args, Py_ssize
     return from_u128(risk_window(st, ts, (int)slot));
 }
 
+/* key_hash(key): the risk table's 64-bit hash of a state or pair key (risk_table.h rt_hash; its high 32 bits
+ * are a slot's tag and pick the key's first slot): for tests that need keys sharing a tag */
+static PyObject *risk_key_hash(PyObject *self, PyObject *key) {
+    (void)self;
+    if (!PyBytes_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "key_hash(key): key is bytes");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(rt_hash((const uint8_t *)PyBytes_AS_STRING(key), (int)PyBytes_GET_SIZE(key)));
+}
+
 static PyMethodDef METHODS[] = {
+    {"key_hash", risk_key_hash, METH_O, "key_hash(key) -> the risk table's 64-bit hash of a key (tests)"},
     {"record", (PyCFunction)(void (*)(void))py_risk_record, METH_FASTCALL,
      "record(st, ts, amount): add one event to a risk state, in place"},
     {"window_one", (PyCFunction)(void (*)(void))risk_window_one, METH_FASTCALL,

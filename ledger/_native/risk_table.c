@@ -39,12 +39,13 @@
 
 #define EMPTY RT_EMPTY
 
-/* open addressing shared by both maps: slots of (hash tag << 32 | index); match(i) compares entry i */
+/* open addressing shared by both maps: slots of (hash tag << 32 | index), a key's first slot picked by its
+ * tag (rt_pos); match(i) compares entry i */
 #define SLOT_TAG(h) ((h) & 0xFFFFFFFF00000000ULL)
 #define FIND(m, h, MATCH)                                                                                   \
     do {                                                                                                  \
         if ((m)->slots == NULL) return -1;                                                                \
-        for (size_t s_ = (size_t)(h) & (m)->mask; (m)->slots[s_] != EMPTY; s_ = (s_ + 1) & (m)->mask) {     \
+        for (size_t s_ = rt_pos(h, (m)->mask); (m)->slots[s_] != EMPTY; s_ = (s_ + 1) & (m)->mask) {       \
             uint64_t v_ = (m)->slots[s_];                                                                 \
             int32_t i_ = (int32_t)(uint32_t)v_;                                                           \
             if (SLOT_TAG(v_) == SLOT_TAG(h) && (MATCH)) return i_;                                        \
@@ -53,7 +54,7 @@
     } while (0)
 
 static void slot_add(uint64_t *slots, size_t mask, uint64_t h, size_t i) {
-    size_t s = (size_t)h & mask;
+    size_t s = rt_pos(h, mask);
     while (slots[s] != EMPTY) s = (s + 1) & mask;
     slots[s] = SLOT_TAG(h) | (uint64_t)i;
 }
@@ -66,8 +67,23 @@ static uint64_t *new_slots(size_t count) {
 }
 
 /* ---- the state map ------------------------------------------------------------------------------ */
+/* two state keys of klen bytes equal: an account's (17 bytes) in three compares, a PSP's (5) in two */
+static inline int skey_eq(const uint8_t *a, const uint8_t *b, int klen) {
+    if (klen == 5) {
+        uint32_t x, y;
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        return ((x ^ y) | (uint32_t)(a[4] ^ b[4])) == 0;
+    }
+    if (klen != 17) return memcmp(a, b, (size_t)klen) == 0;
+    uint64_t x[2], y[2];
+    memcpy(x, a, 16);
+    memcpy(y, b, 16);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (uint64_t)(a[16] ^ b[16])) == 0;
+}
+
 int32_t tmap_find(const tmap_t *m, const uint8_t *key, int klen, uint64_t h) {
-    FIND(m, h, m->ents[i_].klen == klen && memcmp(m->ents[i_].key, key, (size_t)klen) == 0);
+    FIND(m, h, m->ents[i_].klen == klen && skey_eq(m->ents[i_].key, key, klen));
 }
 
 static void tmap_index(tmap_t *m) { /* rebuild the slots over ents[0..n) */
@@ -83,13 +99,17 @@ static size_t grown_cap(size_t cap, size_t need, size_t first) {
     return cap;
 }
 
-/* fresh, empty slots for `cap` entries (twice as many, open addressing); the caller re-adds its entries */
-static int replace_slots(uint64_t **slots, size_t *mask, size_t cap) {
-    uint64_t *fresh = new_slots(2 * cap);
+/* slots for `cap` entries (twice as many, open addressing) holding the old slots' entries: re-added from
+ * their tags (rt_pos), in slot order, so the new slots fill in two forward sweeps; no key is read */
+static int grow_slots(uint64_t **slots, size_t *mask, size_t cap) {
+    uint64_t *fresh = new_slots(2 * cap), *old = *slots;
     if (fresh == NULL) return -1;
-    PyMem_Free(*slots);
+    size_t fmask = 2 * cap - 1;
+    for (size_t s = 0; old != NULL && s <= *mask; s++)
+        if (old[s] != EMPTY) slot_add(fresh, fmask, old[s], (uint32_t)old[s]);
+    PyMem_Free(old);
     *slots = fresh;
-    *mask = 2 * cap - 1;
+    *mask = fmask;
     return 0;
 }
 
@@ -100,9 +120,8 @@ static int tmap_reserve(tmap_t *m, size_t need) {
     tent_t *ents = PyMem_Realloc(m->ents, cap * sizeof(tent_t));
     if (ents == NULL) { PyErr_NoMemory(); return -1; }
     m->ents = ents;
-    if (replace_slots(&m->slots, &m->mask, cap) < 0) return -1;
+    if (grow_slots(&m->slots, &m->mask, cap) < 0) return -1;
     m->cap = cap;
-    tmap_index(m);
     return 0;
 }
 
@@ -152,7 +171,7 @@ int tmap_put(tmap_t *m, const uint8_t *key, int klen, const uint64_t *st) {
 
 /* ---- the pair map ------------------------------------------------------------------------------- */
 int32_t pmap_find(const pmap_t *m, const uint8_t *pk, uint64_t h) {
-    FIND(m, h, memcmp(m->keys[i_], pk, PAIR_KEY_LEN) == 0);
+    FIND(m, h, pk_eq(m->keys[i_], pk));
 }
 
 static int pmap_reserve(pmap_t *m, size_t need) {
@@ -168,18 +187,35 @@ static int pmap_reserve(pmap_t *m, size_t need) {
     int32_t *blk = PyMem_Realloc(m->blk, cap * sizeof(int32_t));
     if (blk == NULL) { PyErr_NoMemory(); return -1; }
     m->blk = blk;
-    if (replace_slots(&m->slots, &m->mask, cap) < 0) return -1;
+    if (grow_slots(&m->slots, &m->mask, cap) < 0) return -1;
     m->cap = cap;
-    for (size_t i = 0; i < m->n; i++) slot_add(m->slots, m->mask, rt_hash(m->keys[i], PAIR_KEY_LEN), i);
     return 0;
+}
+
+/* a new entry for pk at slot s (empty: where a probe for pk ended) */
+static int32_t pmap_put_at(pmap_t *m, size_t s, const uint8_t *pk, uint64_t h, uint8_t state) {
+    memcpy(m->keys[m->n], pk, PAIR_KEY_LEN);
+    m->state[m->n] = state;
+    m->slots[s] = SLOT_TAG(h) | (uint64_t)m->n;
+    return (int32_t)m->n++;
 }
 
 int32_t pmap_insert(pmap_t *m, const uint8_t *pk, uint64_t h, uint8_t state) {
     if (pmap_reserve(m, m->n + 1) < 0) return -1;
-    memcpy(m->keys[m->n], pk, PAIR_KEY_LEN);
-    m->state[m->n] = state;
-    slot_add(m->slots, m->mask, h, m->n);
-    return (int32_t)m->n++;
+    size_t s = rt_pos(h, m->mask);
+    while (m->slots[s] != EMPTY) s = (s + 1) & m->mask;
+    return pmap_put_at(m, s, pk, h, state);
+}
+
+/* pk's entry (*at: -1 when absent, then *s is the empty slot it would take): one probe for find-or-insert;
+ * room for one more entry is made first, so *s stays valid for pmap_put_at */
+static int pmap_probe(pmap_t *m, const uint8_t *pk, uint64_t h, int32_t *at, size_t *s) {
+    if (m->n + 1 > m->cap && pmap_reserve(m, m->n + 1) < 0) return -1;
+    for (size_t k = rt_pos(h, m->mask);; k = (k + 1) & m->mask) {
+        uint64_t v = m->slots[k];
+        if (v == EMPTY) { *at = -1; *s = k; return 0; }
+        if (SLOT_TAG(v) == SLOT_TAG(h) && pk_eq(m->keys[(uint32_t)v], pk)) { *at = (int32_t)(uint32_t)v; return 0; }
+    }
 }
 
 void pmap_clear(pmap_t *m) {
@@ -302,7 +338,10 @@ int rt_change(RiskTableObject *t, int32_t idx) {
 }
 
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx) {
-    uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
+    return rt_seen_h(t, pk, rt_hash(pk, PAIR_KEY_LEN), seen, idx);
+}
+
+int rt_seen_h(RiskTableObject *t, const uint8_t *pk, uint64_t h, int *seen, int32_t *idx) {
     int32_t i = pmap_find(&t->pairs, pk, h);
     if (i < 0 || PSTATE(&t->pairs, i) == PAIR_UNKNOWN) {
         if (t->get_pair == NULL) return rt_no_block();
@@ -326,12 +365,13 @@ void rt_add_pair(RiskTableObject *t, int32_t idx) {
     else if (s == PAIR_PRESENT) pmap_mark(&t->pairs, idx, PAIR_PAID); /* journaled again with this block */
 }
 
-int rt_touch(RiskTableObject *t, const uint8_t *pk) {
+int rt_touch(RiskTableObject *t, const uint8_t *pk, uint64_t h) {
     if (t->get_pair == NULL) return rt_no_block();
-    uint64_t h = rt_hash(pk, PAIR_KEY_LEN);
-    int32_t i = pmap_find(&t->pairs, pk, h);
+    int32_t i;
+    size_t s;
+    if (pmap_probe(&t->pairs, pk, h, &i, &s) < 0) return -1;
     if (i < 0) {
-        if ((i = pmap_insert(&t->pairs, pk, h, PAIR_UNKNOWN)) < 0) return -1;
+        i = pmap_put_at(&t->pairs, s, pk, h, PAIR_UNKNOWN);
         pmap_mark(&t->pairs, i, PAIR_TOUCHED);
     } else if (PSTATE(&t->pairs, i) == PAIR_UNKNOWN) {
         pmap_mark(&t->pairs, i, PAIR_TOUCHED);

@@ -99,6 +99,18 @@ static inline uint64_t rt_hash(const uint8_t *k, int n) {
     return h ^ (h >> 32);
 }
 
+/* a key's first slot: from the hash's high 32 bits, which a slot keeps as its tag, so a growing map
+ * re-adds its slots without hashing or reading a key again (risk_table.c) */
+static inline size_t rt_pos(uint64_t h, size_t mask) { return (size_t)(h >> 32) & mask; }
+
+/* two pair keys equal (four 8-byte compares, no memcmp call) */
+static inline int pk_eq(const uint8_t *a, const uint8_t *b) {
+    uint64_t x[4], y[4];
+    memcpy(x, a, PAIR_KEY_LEN);
+    memcpy(y, b, PAIR_KEY_LEN);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+}
+
 typedef struct { /* a key in sortable form (risk_table_type.c sort_keys) */
     uint64_t w[4]; /* the key big endian, zero padded; a state key's length in the last byte of w[2] */
     const uint8_t *key;
@@ -121,12 +133,15 @@ int rt_lookup(RiskTableObject *t, const uint8_t *key, int klen, uint64_t st[RISK
 int rt_entry(RiskTableObject *t, const uint8_t *key, int klen, uint64_t h, int32_t *idx);
 /* the entry is about to change in the open block: its committed value saved on the first change; has = 1 */
 int rt_change(RiskTableObject *t, int32_t idx);
-/* whether the pair was seen: new or touched in this block, or committed (a store lookup, cached); its index */
+/* whether the pair was seen: new or touched in this block, or committed (a store lookup, cached); its index.
+ * rt_seen_h: the same with the pair key's hash h = rt_hash(pk, PAIR_KEY_LEN) known */
 int rt_seen(RiskTableObject *t, const uint8_t *pk, int *seen, int32_t *idx);
+int rt_seen_h(RiskTableObject *t, const uint8_t *pk, uint64_t h, int *seen, int32_t *idx);
 /* a pair rt_seen looked up is paid in this block (unseen: new; committed: paid) */
 void rt_add_pair(RiskTableObject *t, int32_t idx);
-/* a successful transfer's pair, without a store lookup: new (known absent) or touched (committed state unknown) */
-int rt_touch(RiskTableObject *t, const uint8_t *pk);
+/* a successful transfer's pair (hash h), without a store lookup: new (known absent) or touched (committed
+ * state unknown) */
+int rt_touch(RiskTableObject *t, const uint8_t *pk, uint64_t h);
 int risk_table_add_type(PyObject *module);
 
 /* the maps, for risk_table_type.c (the Python type) */

@@ -90,7 +90,7 @@ rent_t *rules_ctx_entry(ctx_t *c, int which) {
 
 /* stage 0: the key's first slot; stage 1: the entry of the first slot (of a few) whose tag is the key's */
 static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
-    size_t s = (size_t)hash & m->mask;
+    size_t s = rt_pos(hash, m->mask);
     if (stage == 0) {
         PREFETCH(&m->slots[s]);
         return;
@@ -109,7 +109,7 @@ static void prefetch_state(const tmap_t *m, uint64_t hash, int stage) {
 }
 
 static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
-    size_t s = (size_t)hash & m->mask;
+    size_t s = rt_pos(hash, m->mask);
     if (stage == 0) {
         PREFETCH(&m->slots[s]);
         return;
@@ -125,10 +125,30 @@ static void prefetch_pair(const pmap_t *m, uint64_t hash, int stage) {
     }
 }
 
+/* for writing (the empty asm as in PREFETCH) */
+#define PREFETCH_W(p)                                                                                        \
+    do {                                                                                                    \
+        const void *p_ = (p);                                                                               \
+        __asm__ volatile("" : : "r"(p_));                                                                   \
+        __builtin_prefetch(p_, 1);                                                                          \
+    } while (0)
+
+/* the lines the block writes next, in order: the committed values rt_change saves (about two per record:
+ * those of record i + 2) and the pair key rt_touch appends */
+static void prefetch_writes(const RiskTableObject *t) {
+    if (t->nsaved + 6 <= t->capsaved) {
+        const char *s = (const char *)&t->saved[t->nsaved + 4], *end = (const char *)&t->saved[t->nsaved + 6];
+        for (; s < end; s += 64) PREFETCH_W(s);
+        PREFETCH_W(end - 1);
+    }
+    if (t->pairs.n + 2 < t->pairs.cap) PREFETCH_W(t->pairs.keys[t->pairs.n + 2]);
+}
+
 /* record i + 4's hashes into the ring (its slots prefetched), record i + 2's entries prefetched from it */
 static void prefetch_ahead(HookObject *h, Py_ssize_t i) {
     const RiskTableObject *t = h->table;
     const tmap_t *m = &t->states;
+    prefetch_writes(t);
     int out = h->track_out && m->slots != NULL, in = h->track_in && m->slots != NULL;
     int pairs = h->track_pairs && t->pairs.slots != NULL;
     if (i + 4 < h->n) {

@@ -122,6 +122,12 @@ typedef struct {
 } ctx_t;
 
 
+/* the hash of record i's pair key pk: from the ring prefetch_ahead filled, else computed */
+static inline uint64_t rules_pair_hash(const HookObject *h, Py_ssize_t i, const uint8_t *pk) {
+    const hring_t *g = &h->ring[i & (HOOK_RING - 1)];
+    return g->i == i ? g->h[2] : rt_hash(pk, PAIR_KEY_LEN);
+}
+
 extern PyObject *S_DP, *S_DPO, *S_CP, *S_CPO, *S_FLAGS, *S_CODE, *S_LEDGER, *S_RECORD; /* attribute names */
 
 rent_t *rules_ctx_entry(ctx_t *c, int which);        /* rules.c: a key's state, seeded on first touch */

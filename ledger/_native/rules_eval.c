@@ -77,7 +77,7 @@ int rules_seen(ctx_t *c) {
         if (in < 0) return -1;
         if (in) { c->in_pairs = c->seen = c->seen_known = 1; return 0; }
     }
-    if (rt_seen(h->table, pk, &c->seen, &c->pair_idx) < 0) return -1;
+    if (rt_seen_h(h->table, pk, rules_pair_hash(h, c->i, pk), &c->seen, &c->pair_idx) < 0) return -1;
     c->seen_known = 1;
     return 0;
 }
@@ -92,7 +92,7 @@ int rules_touch(ctx_t *c) {
         int in = PySet_Contains(h->pairs, c->pk);
         if (in != 0) return in < 0 ? -1 : 0;
     }
-    return rt_touch(h->table, pk);
+    return rt_touch(h->table, pk, rules_pair_hash(h, c->i, pk));
 }
 
 /* deviation_bps(out state, amount) -> (ewma, bps, n), saturated as the field table does */
