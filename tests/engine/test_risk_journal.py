@@ -54,6 +54,8 @@ def rnd_rows(rnd: random.Random, n: int) -> list[bytes]:
     for _ in range(n):
         keys = {rnd.choice((b"o", b"i")) + rnd.randrange(30).to_bytes(16, "little") for _ in range(rnd.randrange(12))}
         keys |= {b"p" + rnd.randrange(3).to_bytes(4, "big") for _ in range(rnd.randrange(2))}
+        # keys of every length that are prefixes of each other: a shorter key sorts first (docs/formats.md)
+        keys |= {b"x" + bytes(rnd.randrange(17)) for _ in range(rnd.randrange(3))}
         pairs = [rnd.randrange(8).to_bytes(16, "little") + rnd.randrange(8).to_bytes(16, "little")
                  for _ in range(rnd.randrange(10))]
         value = risk_log.encode([(k, rnd_state(rnd)) for k in keys], pairs)
@@ -69,6 +71,8 @@ def test_the_c_row_builder_and_fold_agree_with_the_python_reference() -> None:
     for _ in range(30):
         states = {rnd.choice((b"o", b"i")) + rnd.randrange(50).to_bytes(16, "little"): list(RISK_STRUCT.unpack(
             rnd_state(rnd))) for _ in range(rnd.randrange(20))}
+        states.update({b"x" + bytes(rnd.randrange(17)): list(RISK_STRUCT.unpack(rnd_state(rnd)))
+                       for _ in range(rnd.randrange(4))})
         paid = {rnd.randrange(6).to_bytes(16, "little") + rnd.randrange(6).to_bytes(16, "little")
                 for _ in range(rnd.randrange(15))}
         table.begin(lambda k: None, lambda k: None, lambda ks: [None] * len(ks))
