@@ -68,8 +68,7 @@ static size_t table_size(size_t n) { size_t s = 16; while (s < 2 * n + 2) s <<= 
 
 /* ---- state ------------------------------------------------------------------------------------ */
 typedef struct { uint8_t id[16]; uint32_t ledger; uint16_t flags; int dirty; u128 dp, dpo, cp, cpo, orig[4]; } acct_t;
-/* (the id kept in the entry, not behind a pointer: find_acct compares it in the line the balances are in) */
-/* orig: the balances its state object held when loaded (emit() writes back only those that moved) */
+/* id: kept beside the balances; orig: the balances its state object held when loaded (emit() writes back the moved) */
 /* a transfer known to this batch: gathered (src >= 0: index in the known list) or created here
  * (src < 0: -(record index + 1)); dead when a failed chain undid its creation */
 typedef struct { const uint8_t *id, *body; uint64_t expires; int32_t src; uint8_t status, live; } xfer_t;

@@ -67,21 +67,6 @@ static uint64_t *new_slots(size_t count) {
 }
 
 /* ---- the state map ------------------------------------------------------------------------------ */
-/* two state keys of klen bytes equal: an account's (17 bytes) in three compares, a PSP's (5) in two */
-static inline int skey_eq(const uint8_t *a, const uint8_t *b, int klen) {
-    if (klen == 5) {
-        uint32_t x, y;
-        memcpy(&x, a, 4);
-        memcpy(&y, b, 4);
-        return ((x ^ y) | (uint32_t)(a[4] ^ b[4])) == 0;
-    }
-    if (klen != 17) return memcmp(a, b, (size_t)klen) == 0;
-    uint64_t x[2], y[2];
-    memcpy(x, a, 16);
-    memcpy(y, b, 16);
-    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (uint64_t)(a[16] ^ b[16])) == 0;
-}
-
 int32_t tmap_find(const tmap_t *m, const uint8_t *key, int klen, uint64_t h) {
     FIND(m, h, m->ents[i_].klen == klen && skey_eq(m->ents[i_].key, key, klen));
 }

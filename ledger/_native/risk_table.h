@@ -160,4 +160,42 @@ void rt_settle_states(RiskTableObject *t, int keep);
 void rt_pin_block(RiskTableObject *t);
 void rt_unpin_all(RiskTableObject *t);
 int rt_no_block(void);
+/* two state keys of klen bytes equal: an account's (17 bytes) in three compares, a PSP's (5) in two */
+static inline int skey_eq(const uint8_t *a, const uint8_t *b, int klen) {
+    if (klen == 5) {
+        uint32_t x, y;
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        return ((x ^ y) | (uint32_t)(a[4] ^ b[4])) == 0;
+    }
+    if (klen != 17) return memcmp(a, b, (size_t)klen) == 0;
+    uint64_t x[2], y[2];
+    memcpy(x, a, 16);
+    memcpy(y, b, 16);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (uint64_t)(a[16] ^ b[16])) == 0;
+}
+
+/* rt_entry's common case inline (the hook's lookups): key cached with a known state; else rt_entry */
+static inline int rt_entry_fast(RiskTableObject *t, const uint8_t *key, int klen, uint64_t h, int32_t *idx) {
+    const tmap_t *m = &t->states;
+    for (size_t s = m->slots != NULL ? rt_pos(h, m->mask) : 0; m->slots != NULL && m->slots[s] != RT_EMPTY;
+         s = (s + 1) & m->mask) {
+        uint64_t v = m->slots[s];
+        const tent_t *e = &m->ents[(uint32_t)v];
+        if ((v ^ h) >> 32 || e->klen != klen || !skey_eq(e->key, key, klen)) continue;
+        if (e->has == HAS_UNKNOWN) break;
+        *idx = (int32_t)(uint32_t)v;
+        return 0;
+    }
+    return rt_entry(t, key, klen, h, idx);
+}
+
+/* rt_change's common case inline: the entry changed in this block already */
+static inline int rt_change_fast(RiskTableObject *t, int32_t idx) {
+    tent_t *e = &t->states.ents[idx];
+    if (e->changed != t->epoch) return rt_change(t, idx);
+    e->has = 1;
+    return 0;
+}
+
 #endif

@@ -68,7 +68,7 @@ static int load(ctx_t *c, rent_t *e, int which) {
         }
         if (PyErr_Occurred()) return -1;
     }
-    if (rt_entry(h->table, e->key, e->klen, key_hash(h, c->i, which, e->key, e->klen), &e->idx) < 0) return -1;
+    if (rt_entry_fast(h->table, e->key, e->klen, key_hash(h, c->i, which, e->key, e->klen), &e->idx) < 0) return -1;
     e->has = h->table->states.ents[e->idx].has;
     return 0;
 }
@@ -207,7 +207,7 @@ static int write_list(const uint64_t st[RISK_STATE_LEN], PyObject *list) {
 static int record_one(HookObject *h, ctx_t *c, int which, uint64_t amount) {
     rent_t *e = rules_ctx_entry(c, which);
     if (e == NULL) return -1;
-    if (e->list == NULL && rt_change(h->table, e->idx) < 0) return -1; /* (saves the committed value first) */
+    if (e->list == NULL && rt_change_fast(h->table, e->idx) < 0) return -1; /* (saves the committed value first) */
     risk_record_at(e->st, &h->clock, amount);
     e->has = 1;
     return e->list != NULL ? write_list(e->st, e->list) : 0;
