@@ -23,3 +23,15 @@ def test_rules_bench_applies_and_prints_the_target_on_both_clocks(capsys: pytest
     assert out.count("20 rules >=") == 2 and "baseline" in out
     # the verdict line: the median of the paired rounds (here the middle value, drop + 2)
     assert f"drop median {drop + 2.0:.1f}% over 3 rounds" in out
+
+
+def test_interleaved_and_separate_methods_run_and_print_both(capsys: pytest.CaptureFixture[str]) -> None:
+    batches = bench_rules._workload(60, 2, 150, 2)
+    operator = Signer.generate("bench-smoke")
+    rates = bench_rules.run_interleaved((0, 20), batches, 60, operator)
+    assert sorted(rates) == [0, 20] and all(w > 0 and c > 0 for w, c in rates.values())
+    out = bench_rules.compare_methods(batches, 60, operator, 1)
+    assert sorted(out) == ["interleaved 0", "interleaved 20", "separate 0", "separate 20"]
+    assert all(len(v) == 1 and v[0] > 0 for v in out.values())
+    printed = capsys.readouterr().out
+    assert "20-rule drop per round, separate" in printed and "20-rule drop per round, interleaved" in printed
