@@ -19,12 +19,25 @@ import grpc
 from clients.channels import open_sync_channel
 from clients.connect import ClientTls
 from ledger.federation import Federation, Region, parse_federation
+from ledger.note import Checkpoint, NoteError, split_note
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import witness_pb2 as wpb
 from sovledger_pb import witness_pb2_grpc as wpb_grpc
 
 T = TypeVar("T")
+
+
+def _rank(note: str, witness_ids: frozenset[bytes]) -> tuple[int, int, int]:
+    """Rank of a region note: cosigned at all, then size, then cosignatures by the federation's witness
+    keys (counted by key id; check_policy verifies them later). A malformed note ranks last."""
+    try:
+        body, sigs = split_note(note)
+        size = Checkpoint.parse(body).size
+    except (NoteError, ValueError):
+        return -1, 0, 0
+    lines = sum(1 for sig in sigs if sig.key_id in witness_ids)
+    return int(lines > 0), size, lines
 
 
 class FederationClient:
@@ -56,11 +69,18 @@ class FederationClient:
         return out
 
     def region_checkpoint(self, region: Region) -> str:
-        """The region's cosigned checkpoint with the most cosignatures (the leader's, normally)."""
+        """The region's newest cosigned checkpoint (the leader's, normally), the one with the most
+        cosignatures among equal sizes. A node that holds no cosigned note (a follower: only the leader
+        gathers) answers its newest plain checkpoint; that one is taken only if no node has a cosigned
+        note, so a follower a few entries ahead of the leader's last gathering round does not hide it."""
         answers = self.each_node(region, lambda ch: wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(
             wpb.RegionCheckpointRequest(), timeout=self.timeout_s))
         notes = [a.note for _, a in answers if a.note]
-        return max(notes, key=lambda n: (int(n.split("\n")[1]), n.count("\n\u2014 ")), default="")
+        witness_ids = self._witness_ids(region)
+        return max(notes, key=lambda n: _rank(n, witness_ids), default="")
+
+    def _witness_ids(self, region: Region) -> frozenset[bytes]:
+        return frozenset(v.key_id for v in self.fed.witnesses_of(region.origin))
 
     def witness_views(self, origin: str) -> list[tuple[str, str]]:
         """What every witness of the other regions last cosigned for ``origin``: (region/node, note)."""
@@ -95,4 +115,5 @@ class FederationClient:
         answers = self.each_node(region, lambda ch: wpb_grpc.WitnessStub(ch).GetAggregates(
             wpb.AggregatesRequest(), timeout=self.timeout_s))
         best = [a for _, a in answers if a.note]
-        return max(best, key=lambda a: (int(a.note.split("\n")[1]), a.note.count("\n\u2014 ")), default=None)
+        witness_ids = self._witness_ids(region)
+        return max(best, key=lambda a: _rank(a.note, witness_ids), default=None)  # as region_checkpoint
