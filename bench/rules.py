@@ -1,6 +1,6 @@
 """Rules benchmark: CEL engine evals/s, and apply throughput with 0, 5 and 20 active rules.
 
-    .venv/bin/python -m bench.rules [--quick] [--engines-only] [--rounds N] [--separate]
+    .venv/bin/python -m bench.rules [--quick] [--engines-only] [--rounds N] [--interleave] [--compare-methods]
 
 Part 1 compares the candidate CEL engines on one simple rule: the Rust-backed
 `common-expression-language` (import `cel`) and, when installed, the pure-Python `cel-python`
@@ -10,15 +10,17 @@ ledgers in the same run — no rule set, 5 rules, 20 rules — and reports tx/s 
 rules, per wall-second and per CPU-second of this process (``time.process_time``, which other processes on a
 shared machine do not inflate).
 
-Each round interleaves the three ledgers block by block (block i goes to all three, in an order that
-rotates per block) and charges every block's time to its ledger: whatever the machine does to one
-ledger's block (a neighbour on the shared L3, frequency) it does to the others' within milliseconds.
-On this machine separate runs of the same ledger swing by ±10–20 % from one run to the next, which
-made the per-round drop range 13–42 %; interleaved, it stays within a few points. ``--separate``
-applies the workload to one ledger after the other instead (the order alternated per round), for
-comparison: in one process, both methods give the same per-ledger medians within noise
-(bench/README.md). The verdict on issue #18 is the median of the per-round 20-rule drops; the
-best-of figures are printed beside it. JSON goes to bench/results/.
+Each round applies the workload to the three ledgers one after the other, in an order that alternates
+per round (0, 5, 20 rules, then 20, 5, 0). The verdict on issue #18 is the median of the per-round
+20-rule drops (each round's 20-rule run against the 0-rule run of the same round); the best-of
+figures are printed beside it. On this machine the same ledger swings by ±10–20 % from one run to the
+next, so a round's drop ranges widely (about 10–35 %): read the median, and run it more than once.
+
+``--interleave`` feeds block i to all three ledgers (in an order that rotates per block) and charges
+each block's time to its ledger: the spread shrinks to a few points, but in the same process it made
+both ledgers slower and the 0-rule ledger by more (about +0.5 against +0.3 µs per transfer), which
+lowers the drop by about 5 points; ``--compare-methods`` measures the 0- and 20-rule ledgers both ways,
+alternated in one process (bench/README.md, "End of stop 15"). JSON goes to bench/results/.
 """
 
 from __future__ import annotations
@@ -154,7 +156,9 @@ def run_interleaved(counts: tuple[int, ...], batches: list[bytes], accounts: int
     """The same blocks through one fresh ledger per rule count, block by block (block i to every ledger,
     in an order that rotates per block), each block's wall and CPU time charged to its ledger:
     {rule count: (tx per wall-second, tx per CPU-second)}. What the machine does to one ledger's block it
-    does to the others' within milliseconds, so their ratios carry far less of its noise than separate runs."""
+    does to the others' within milliseconds, so their ratios carry far less of its noise than separate runs;
+    but each block starts with the other ledgers' data in the caches, which costs the ledgers unequally
+    (``compare_methods``): not the verdict."""
     with tempfile.TemporaryDirectory() as d:
         ledgers = {n: _ledger(f"{d}/{n}", n, accounts, operator) for n in counts}
         wall = dict.fromkeys(counts, 0.0)
@@ -201,8 +205,9 @@ def print_targets(best: dict[int, float], best_cpu: dict[int, float], engines: d
 
 def compare_methods(batches: list[bytes], accounts: int, operator: Signer, rounds: int) -> dict[str, list[float]]:
     """CPU µs per transfer of the 0- and 20-rule ledgers measured both ways in one process, alternated per
-    round: separately (one ledger after the other) and interleaved block by block. Interleaving is a fair
-    measure if both give the same per-ledger medians; it should only narrow the spread."""
+    round: separately (one ledger after the other) and interleaved block by block. Interleaving would be a
+    fair measure if both gave the same per-ledger medians and it only narrowed the spread; on this machine
+    it slowed the 0-rule ledger more than the 20-rule one (bench/README.md, "End of stop 15")."""
     out: dict[str, list[float]] = {"separate 0": [], "separate 20": [], "interleaved 0": [], "interleaved 20": []}
     for _ in range(rounds):
         for n in (0, 20):
@@ -239,9 +244,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--engines-only", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--separate", action="store_true",
-                    help="apply the workload to one ledger after the other (alternated per round) instead of "
-                         "interleaving the three ledgers block by block")
+    ap.add_argument("--interleave", action="store_true",
+                    help="interleave the three ledgers block by block instead of one after the other (a far "
+                         "narrower spread, but it slows the 0-rule ledger more than the 20-rule one: see "
+                         "--compare-methods and bench/README.md; not the verdict)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="measure the 0- and 20-rule ledgers separately and interleaved, alternated, and print both")
     ap.add_argument("--profile", action="store_true", help="cProfile one 20-rule run and print where the time goes")
@@ -268,15 +274,15 @@ def main() -> None:
         operator = Signer.generate("bench-operator")
         rates: dict[int, list[tuple[float, float]]] = {0: [], 5: [], 20: []}
         for r in range(args.rounds):
-            if args.separate:  # one ledger after the other, the order alternated per round
-                for n in ((0, 5, 20) if r % 2 == 0 else (20, 5, 0)):
-                    rates[n].append(run_apply(n, batches, accounts, operator))
+            if args.interleave:  # fresh ledgers each round, the blocks interleaved between them
+                for n, rate in run_interleaved((0, 5, 20), batches, accounts, operator).items():
+                    rates[n].append(rate)
                 continue
-            for n, rate in run_interleaved((0, 5, 20), batches, accounts, operator).items():
-                rates[n].append(rate)  # fresh ledgers each round, the blocks interleaved between them
+            for n in ((0, 5, 20) if r % 2 == 0 else (20, 5, 0)):  # one after the other, order alternated
+                rates[n].append(run_apply(n, batches, accounts, operator))
         best = {n: max(w for w, _ in v) for n, v in rates.items()}
         best_cpu = {n: max(c for _, c in v) for n, v in rates.items()}
-        how = "one ledger after the other" if args.separate else "the three ledgers interleaved block by block"
+        how = "the three ledgers interleaved block by block" if args.interleave else "one ledger after the other"
         print(f"apply throughput, {blocks} blocks x {per_block} transfers, LMDB, {how}, best of {args.rounds} "
               "rounds (per wall-second | per CPU-second of this process)")
         for n in best:
@@ -288,7 +294,7 @@ def main() -> None:
               f"{', '.join(f'{d:.1f}%' for d in per_round)}")
         print_targets(best, best_cpu, engines, per_round)
         result["drop_20_per_round_cpu"] = per_round
-        result["method"] = "separate" if args.separate else "interleaved"
+        result["method"] = "interleaved" if args.interleave else "separate"
         result["apply_tx_per_s"] = {str(n): v for n, v in best.items()}
         result["apply_tx_per_cpu_s"] = {str(n): v for n, v in best_cpu.items()}
         result["apply_all_rounds"] = {str(n): v for n, v in rates.items()}
