@@ -5,13 +5,17 @@ ticks and heartbeats never wait behind a client. Work that holds the GIL for lon
 compiling a rule set (the CEL compiler is native code that keeps the GIL) — runs in a separate
 process instead (``run_isolated``), started on first use. Both queues are bounded: beyond
 ``QUEUE_MAX`` waiting calls a request is refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED)
-rather than piling up. Only reads run here: the store thread stays the only writer.
+rather than piling up. Only reads run here: the store thread stays the only writer. The worker process
+exits by itself when the node is gone (``exit_with_parent``): a node killed with SIGKILL leaves no worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Final, TypeVar
@@ -22,6 +26,18 @@ THREADS: Final = 2
 QUEUE_MAX: Final = 32
 
 _T = TypeVar("_T")
+
+
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: the worker exits once the node that started it is gone. A node killed with
+    SIGKILL cannot shut its pool down, and its worker would wait for work forever, one per crash."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class Offload:
@@ -38,7 +54,8 @@ class Offload:
     async def run_isolated(self, fn: Callable[..., _T], *args: object) -> _T:
         """``fn(*args)`` in a worker process (``fn`` and its arguments and result must pickle)."""
         if self._processes is None:
-            self._processes = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._processes = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
         return await self._submit(self._processes, fn, *args)
 
     async def _submit(self, pool: ThreadPoolExecutor | ProcessPoolExecutor, fn: Callable[..., _T],
