@@ -9,7 +9,7 @@ in the federation config.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -19,7 +19,8 @@ import grpc
 from clients.channels import open_sync_channel
 from clients.connect import ClientTls
 from ledger.federation import Federation, Region, parse_federation
-from ledger.note import Checkpoint, NoteError, split_note
+from ledger.note import Checkpoint, NoteError, Verifier, split_note
+from ledger.witness import Policy, check_policy
 from sovledger_pb import ledger_pb2 as pb
 from sovledger_pb import ledger_pb2_grpc as pb_grpc
 from sovledger_pb import witness_pb2 as wpb
@@ -28,16 +29,15 @@ from sovledger_pb import witness_pb2_grpc as wpb_grpc
 T = TypeVar("T")
 
 
-def _rank(note: str, witness_ids: frozenset[bytes]) -> tuple[int, int, int]:
-    """Rank of a region note: cosigned at all, then size, then cosignatures by the federation's witness
-    keys (counted by key id; check_policy verifies them later). A malformed note ranks last."""
+def _rank(note: str, witnesses: Sequence[Verifier]) -> tuple[int, int, int]:
+    """Rank of a region note: cosigned at all, then size, then valid cosignatures by distinct witnesses
+    of the federation (``check_policy`` counts them). A malformed note ranks last."""
     try:
-        body, sigs = split_note(note)
-        size = Checkpoint.parse(body).size
+        size = Checkpoint.parse(split_note(note)[0]).size
+        cosigners = len(check_policy(note, witnesses, Policy(1, 1)).cosigned_by)
     except (NoteError, ValueError):
         return -1, 0, 0
-    lines = sum(1 for sig in sigs if sig.key_id in witness_ids)
-    return int(lines > 0), size, lines
+    return int(cosigners > 0), size, cosigners
 
 
 class FederationClient:
@@ -76,11 +76,8 @@ class FederationClient:
         answers = self.each_node(region, lambda ch: wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(
             wpb.RegionCheckpointRequest(), timeout=self.timeout_s))
         notes = [a.note for _, a in answers if a.note]
-        witness_ids = self._witness_ids(region)
-        return max(notes, key=lambda n: _rank(n, witness_ids), default="")
-
-    def _witness_ids(self, region: Region) -> frozenset[bytes]:
-        return frozenset(v.key_id for v in self.fed.witnesses_of(region.origin))
+        witnesses = self.fed.witnesses_of(region.origin)
+        return max(notes, key=lambda n: _rank(n, witnesses), default="")
 
     def witness_views(self, origin: str) -> list[tuple[str, str]]:
         """What every witness of the other regions last cosigned for ``origin``: (region/node, note)."""
@@ -115,5 +112,5 @@ class FederationClient:
         answers = self.each_node(region, lambda ch: wpb_grpc.WitnessStub(ch).GetAggregates(
             wpb.AggregatesRequest(), timeout=self.timeout_s))
         best = [a for _, a in answers if a.note]
-        witness_ids = self._witness_ids(region)
-        return max(best, key=lambda a: _rank(a.note, witness_ids), default=None)  # as region_checkpoint
+        witnesses = self.fed.witnesses_of(region.origin)
+        return max(best, key=lambda a: _rank(a.note, witnesses), default=None)  # as region_checkpoint

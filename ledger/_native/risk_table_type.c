@@ -107,17 +107,12 @@ void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
     for (int shift = 0; shift < 64; shift += 8)
         if ((varies >> shift) & 0xFF) shifts[passes++] = shift; /* the same byte everywhere: no pass */
     if (passes > 0) {
-        size_t (*count)[257] = PyMem_Calloc((size_t)passes, sizeof *count);
+        size_t count[8][257] = {{0}}; /* 16 KiB */
         skey_t *src = a, *dst = tmp;
-        for (size_t i = 0; count != NULL && i < n; i++)
+        for (size_t i = 0; i < n; i++)
             for (int p = 0; p < passes; p++) count[p][((a[i].w[0] >> shifts[p]) & 0xFF) + 1]++;
         for (int p = 0; p < passes; p++) {
-            size_t c[257];
-            if (count != NULL) memcpy(c, count[p], sizeof c);
-            else { /* no memory for the table: count this byte now */
-                memset(c, 0, sizeof c);
-                for (size_t i = 0; i < n; i++) c[((src[i].w[0] >> shifts[p]) & 0xFF) + 1]++;
-            }
+            size_t *c = count[p];
             for (int b = 0; b < 256; b++) c[b + 1] += c[b];
             for (size_t i = 0; i < n; i++) dst[c[(src[i].w[0] >> shifts[p]) & 0xFF]++] = src[i];
             skey_t *t = src;
@@ -125,7 +120,6 @@ void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
             dst = t;
         }
         if (src != a) memcpy(a, src, n * sizeof *a);
-        PyMem_Free(count);
     }
     for (size_t start = 0, end; start < n; start = end) {
         for (end = start + 1; end < n && a[end].w[0] == a[start].w[0]; end++) {}

@@ -15,7 +15,7 @@ from ledger.note import Checkpoint, Signer, cosign, cosigner_verifier, sign_note
 ORIGIN = "sovledger/eu-west"
 LOG = Signer("eu-west/node-1", bytes([7]) * 32)
 WITNESSES = [Signer(f"us-east/node-{i}/witness", bytes([20 + i]) * 32) for i in range(1, 4)]
-IDS = frozenset(cosigner_verifier(w).key_id for w in WITNESSES)
+KEYS = [cosigner_verifier(w) for w in WITNESSES]
 
 
 def _note(size: int, cosigners: int = 0, by: Signer = LOG) -> str:
@@ -27,7 +27,7 @@ def _note(size: int, cosigners: int = 0, by: Signer = LOG) -> str:
 
 
 def _best(*notes: str) -> str:
-    return max(notes, key=lambda n: _rank(n, IDS))
+    return max(notes, key=lambda n: _rank(n, KEYS))
 
 
 def test_a_cosigned_note_beats_a_newer_plain_one() -> None:
@@ -49,10 +49,17 @@ def test_a_second_region_signature_is_not_a_cosignature() -> None:
     """Two region keys (a key rotation) sign a note: still plain, so the cosigned one wins."""
     twice = sign_note(Checkpoint.parse(_note(12).split("\n\n")[0].encode() + b"\n").to_body(), LOG,
                       Signer("eu-west/node-2", bytes([9]) * 32))
-    assert _rank(twice, IDS) == (0, 12, 0)
+    assert _rank(twice, KEYS) == (0, 12, 0)
     assert _best(twice, _note(10, 1)) == _note(10, 1)
 
 
+def test_a_cosignature_that_does_not_verify_does_not_count() -> None:
+    """A line under a witness's name and key id over another checkpoint: the note stays plain."""
+    forged = _note(12) + cosign(Checkpoint(ORIGIN, 99, bytes(32), ("block 9",)).to_body(), WITNESSES[0], 1)
+    assert _rank(forged, KEYS) == (0, 12, 0)
+    assert _best(forged, _note(10, 1)) == _note(10, 1)
+
+
 def test_a_malformed_note_ranks_last() -> None:
-    assert _rank("not a note", IDS) == (-1, 0, 0)
+    assert _rank("not a note", KEYS) == (-1, 0, 0)
     assert _best("not a note", _note(1)) == _note(1)
