@@ -95,42 +95,58 @@ static int cmp_skey(const void *x, const void *y) {
     return 0;
 }
 
-/* sort by key: LSD radix on the first 8 bytes (a pass per byte that varies; the counts of every byte taken in
- * one read pass; the passes alternate between a and tmp), then the runs that share them by the whole key
- * (insertion sort: such runs are short for account ids); tmp has room for n keys. Stable: equal keys keep
- * their order (the journal fold keeps the last) */
-void sort_keys(skey_t *a, skey_t *tmp, size_t n) {
+/* the keys a[0..n) stably by their word w (LSD radix: a pass per byte of it that varies, the counts of every
+ * byte taken in one read pass, the passes alternating between a and tmp; a word that is the same everywhere
+ * costs one read) */
+static void radix_word(skey_t *a, skey_t *tmp, size_t n, int w) {
     uint64_t all_or = 0, all_and = UINT64_MAX;
-    for (size_t i = 0; i < n; i++) { all_or |= a[i].w[0]; all_and &= a[i].w[0]; }
+    for (size_t i = 0; i < n; i++) { all_or |= a[i].w[w]; all_and &= a[i].w[w]; }
     uint64_t varies = all_or ^ all_and;
     int shifts[8], passes = 0;
     for (int shift = 0; shift < 64; shift += 8)
-        if ((varies >> shift) & 0xFF) shifts[passes++] = shift; /* the same byte everywhere: no pass */
-    if (passes > 0) {
-        size_t count[8][257] = {{0}}; /* 16 KiB */
-        skey_t *src = a, *dst = tmp;
-        for (size_t i = 0; i < n; i++)
-            for (int p = 0; p < passes; p++) count[p][((a[i].w[0] >> shifts[p]) & 0xFF) + 1]++;
-        for (int p = 0; p < passes; p++) {
-            size_t *c = count[p];
-            for (int b = 0; b < 256; b++) c[b + 1] += c[b];
-            for (size_t i = 0; i < n; i++) dst[c[(src[i].w[0] >> shifts[p]) & 0xFF]++] = src[i];
-            skey_t *t = src;
-            src = dst;
-            dst = t;
-        }
-        if (src != a) memcpy(a, src, n * sizeof *a);
+        if ((varies >> shift) & 0xFF) shifts[passes++] = shift;
+    if (passes == 0) return;
+    size_t count[8][257]; /* 16 KiB at most; this frame is gone before sort_from recurses */
+    memset(count, 0, (size_t)passes * sizeof count[0]);
+    skey_t *src = a, *dst = tmp;
+    for (size_t i = 0; i < n; i++)
+        for (int p = 0; p < passes; p++) count[p][((a[i].w[w] >> shifts[p]) & 0xFF) + 1]++;
+    for (int p = 0; p < passes; p++) {
+        size_t *c = count[p];
+        for (int b = 0; b < 256; b++) c[b + 1] += c[b];
+        for (size_t i = 0; i < n; i++) dst[c[(src[i].w[w] >> shifts[p]) & 0xFF]++] = src[i];
+        skey_t *t = src;
+        src = dst;
+        dst = t;
     }
-    for (size_t start = 0, end; start < n; start = end) {
-        for (end = start + 1; end < n && a[end].w[0] == a[start].w[0]; end++) {}
-        for (size_t i = start + 1; i < end; i++) {
+    if (src != a) memcpy(a, src, n * sizeof *a);
+}
+
+#define SORT_SMALL 48 /* runs up to this long: insertion sort */
+
+/* a[0..n) sorted by the whole key, given that every key there has the same words before w */
+static void sort_from(skey_t *a, skey_t *tmp, size_t n, int w) {
+    if (n <= SORT_SMALL || w == 4) {
+        for (size_t i = 1; w < 4 && i < n; i++) {
             skey_t x = a[i];
             size_t j = i;
-            for (; j > start && cmp_skey(&a[j - 1], &x) > 0; j--) a[j] = a[j - 1];
+            for (; j > 0 && cmp_skey(&a[j - 1], &x) > 0; j--) a[j] = a[j - 1];
             a[j] = x;
         }
+        return;
+    }
+    radix_word(a, tmp, n, w);
+    for (size_t start = 0, end; start < n; start = end) { /* the runs that share word w: by the next words */
+        for (end = start + 1; end < n && a[end].w[w] == a[start].w[w]; end++) {}
+        if (end - start > 1) sort_from(a + start, tmp, end - start, w + 1);
     }
 }
+
+/* sort by key, stably (equal keys keep their order: the journal fold keeps the last): radix on the first
+ * word, then each run of keys that share it by the next word, and so on (a word that is the same in a whole
+ * run costs one read, so many pairs of one payer cost as few passes as pairs of many payers); short runs by
+ * insertion. At most 4 levels deep, linear in n per level. tmp has room for n keys */
+void sort_keys(skey_t *a, skey_t *tmp, size_t n) { sort_from(a, tmp, n, 0); }
 
 /* (key, value) with value stolen */
 static PyObject *item(const uint8_t *key, Py_ssize_t klen, PyObject *value) {

@@ -14,9 +14,9 @@ from typing import Any
 import blake3
 import pytest
 
-from bench import engine, peers, plot, region, report, scale
+from bench import engine, fold_shape, peers, plot, region, report, scale
 from bench import sdk as sdk_bench
-from ledger import native
+from ledger import native, risk
 from ledger.codec import TRANSFER_SIZE
 
 pytestmark = pytest.mark.integration
@@ -198,3 +198,11 @@ def test_guard_store_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [ln.split(":")[0] for ln in lines] == ["round 1", "round 2"]
     assert all("json+rename" in ln and "two-slot" in ln for ln in lines)
     assert list(tmp_path.iterdir()) == []  # its files are removed
+
+
+@pytest.mark.skipif(risk.RiskTable is None, reason="the C risk table is not built (no C compiler)")
+def test_fold_shape_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """The journal sort bench: each shape's row build and fold run (and the fold equals the reference)."""
+    assert fold_shape.main(["--rounds", "1", "--pairs", "300"]) == 0
+    out = capsys.readouterr().out
+    assert all(shape in out for shape in ("spread", "one payer", "random ids"))

@@ -85,6 +85,31 @@ def test_the_c_row_builder_and_fold_agree_with_the_python_reference() -> None:
 
 
 @needs_table
+def test_keys_that_share_long_prefixes_sort_like_the_python_reference() -> None:
+    """One payer paying thousands of payees (pair keys that share their first 16 bytes), payees that share
+    their low word, and state keys that differ only in their last bytes: the C row and fold keep the
+    reference order (the sort orders a run of keys sharing a word by the next word, not by insertion)."""
+    rnd = random.Random(7)
+    payer = (5).to_bytes(16, "little")
+    high = [rnd.getrandbits(64) << 64 for _ in range(3)]
+    rows, table = [], risk.RiskTable(64, 64)
+    for _ in range(4):
+        paid = {payer + rnd.getrandbits(128).to_bytes(16, "little") for _ in range(1500)}
+        paid |= {payer + (7 | rnd.choice(high)).to_bytes(16, "little") for _ in range(40)}
+        paid |= {rnd.getrandbits(128).to_bytes(16, "little") + payer for _ in range(200)}
+        states = {b"o" + bytes(15) + bytes((rnd.randrange(256),)): list(RISK_STRUCT.unpack(rnd_state(rnd)))
+                  for _ in range(300)}
+        states.update({b"i" + rnd.getrandbits(128).to_bytes(16, "little"): list(RISK_STRUCT.unpack(
+            rnd_state(rnd))) for _ in range(300)})
+        table.begin(lambda k: None, lambda k: None, lambda ks: [None] * len(ks))
+        row = table.journal(states, paid)
+        table.abort()
+        assert row == risk_log.encode([(k, RISK_STRUCT.pack(*v)) for k, v in states.items()], paid)
+        rows.append(row)
+    assert table.fold(rows) == risk_log.fold(rows)
+
+
+@needs_table
 @pytest.mark.parametrize("bad", [b"", b"\x01\x00\x00\x00\x00\x00\x00\x00", b"\x00\x00\x00\x00\x01\x00\x00\x00" + b"x",
                                  b"\x01\x00\x00\x00\x00\x00\x00\x00\x12" + bytes(200)])
 def test_a_malformed_row_is_refused_by_both(bad: bytes) -> None:
