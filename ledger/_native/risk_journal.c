@@ -33,14 +33,45 @@ static uint64_t load_be64(const uint8_t *p) {
 #endif
 }
 
+/* a key's sort form. A state key (1..17 bytes) is read as three whole words and the bytes past its length
+ * masked off: every caller's key is followed by at least 7 readable bytes (a row's state, the rest of a
+ * tent_t), so no variable-length copy is needed */
 static void jkey_of(jkey_t *s, const uint8_t *key, int klen) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t w[4];
+    memcpy(w, key, 24);
+    if (klen == PAIR_KEY_LEN) {
+        memcpy(&w[3], key + 24, 8);
+    } else {
+        for (int i = 0; i < 3; i++) {
+            int valid = klen - 8 * i;
+            if (valid < 8) w[i] = valid <= 0 ? 0 : w[i] & ((1ULL << (8 * valid)) - 1);
+        }
+        w[2] |= (uint64_t)klen << 56; /* byte 23: a shorter key that is a prefix sorts first */
+        w[3] = 0;
+    }
+    for (int i = 0; i < 4; i++) s->w[i] = __builtin_bswap64(w[i]);
+#else
     uint8_t buf[32] = {0};
     memcpy(buf, key, (size_t)klen);
-    if (klen < PAIR_KEY_LEN) buf[23] = (uint8_t)klen; /* a shorter key that is a prefix sorts first */
+    if (klen < PAIR_KEY_LEN) buf[23] = (uint8_t)klen;
     for (int i = 0; i < 4; i++) s->w[i] = load_be64(buf + 8 * i);
+#endif
     s->key = key;
 }
 
+/* the table's sort room for n keys and as many more (the sort's second buffer), grown when short and kept:
+ * a fold needs megabytes, and fresh memory each time costs page faults */
+static jkey_t *scratch_keys(RiskTableObject *t, size_t n) {
+    size_t need = 2 * (n + 1) * sizeof(jkey_t);
+    if (need > t->scratch_cap) {
+        PyMem_Free(t->scratch);
+        t->scratch = PyMem_Malloc(need);
+        t->scratch_cap = t->scratch != NULL ? need : 0;
+        if (t->scratch == NULL) return (jkey_t *)PyErr_NoMemory();
+    }
+    return t->scratch;
+}
 
 static void put_state(uint8_t *out, const uint8_t *key, int klen, const uint64_t *st) {
     out[0] = (uint8_t)klen;
@@ -113,11 +144,16 @@ static Py_ssize_t block_pairs(RiskTableObject *t, PyObject *paid, jkey_t *ks) {
     return (Py_ssize_t)n;
 }
 
+/* two sort keys equal: the same key */
+static inline int same_key(const jkey_t *a, const jkey_t *b) {
+    return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) | (a->w[3] ^ b->w[3])) == 0;
+}
+
 /* the row from sorted states (keys into their entries) and sorted pairs (duplicates dropped) */
 static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pairs, size_t np) {
     size_t size = 8, distinct = 0;
     for (size_t i = 0; i < ns; i++) size += 1 + (size_t)ENTRY_OF(states[i])->klen + RISK_ROW_LEN;
-    for (size_t i = 0; i < np; i++) distinct += i == 0 || memcmp(pairs[i].w, pairs[i - 1].w, 32) != 0;
+    for (size_t i = 0; i < np; i++) distinct += i == 0 || !same_key(&pairs[i], &pairs[i - 1]);
     size += distinct * PAIR_KEY_LEN;
     PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (v == NULL) return NULL;
@@ -133,7 +169,7 @@ static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pa
     }
     for (size_t i = 0; i < np; i++) {
         if (i + AHEAD < np) PREFETCH(pairs[i + AHEAD].key);
-        if (i > 0 && memcmp(pairs[i].w, pairs[i - 1].w, 32) == 0) continue;
+        if (i > 0 && same_key(&pairs[i], &pairs[i - 1])) continue;
         memcpy(out, pairs[i].key, PAIR_KEY_LEN);
         out += PAIR_KEY_LEN;
     }
@@ -147,9 +183,9 @@ PyObject *rt_journal(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &risk, &PySet_Type, &paid)) return NULL;
     size_t cs = t->nsaved + (size_t)PyDict_GET_SIZE(risk), cp = t->pairs.nblk + (size_t)PySet_GET_SIZE(paid);
     tent_t *extra = PyMem_Malloc(((size_t)PyDict_GET_SIZE(risk) + 1) * sizeof(tent_t)); /* the dict's states */
-    jkey_t *ks = PyMem_Malloc((cs + cp + 1) * 2 * sizeof(jkey_t)); /* the second half: the sort's room */
+    jkey_t *ks = extra != NULL ? scratch_keys(t, cs + cp) : NULL; /* the second half: the sort's room */
     if (extra == NULL || ks == NULL) {
-        PyErr_NoMemory();
+        if (extra == NULL) PyErr_NoMemory();
         goto done;
     }
     Py_ssize_t ns = block_states(t, risk, extra, ks);
@@ -165,7 +201,6 @@ PyObject *rt_journal(PyObject *self, PyObject *args) {
     out = journal_value(ks, (size_t)ns, ks + ns, (size_t)np);
 done:
     PyMem_Free(extra);
-    PyMem_Free(ks);
     return out;
 }
 
@@ -261,25 +296,25 @@ PyObject *rt_load(PyObject *self, PyObject *values) {
     Py_RETURN_NONE;
 }
 
-/* the distinct keys in ks (n, sorted, ties in row order) as bytes appended to `keys` and, for states,
- * the last entry's value of each appended to `vals` (bytes are untracked: no tuples, no GC work) */
-static int last_of_each(const jkey_t *ks, size_t n, PyObject *keys, PyObject *vals) {
+/* the distinct keys in ks (n, sorted, ties in row order) as a new list of bytes in *keys and, for states
+ * (vals not NULL), the last entry's value of each in *vals (bytes are untracked: no tuples, no GC work) */
+static int last_of_each(const jkey_t *ks, size_t n, PyObject **keys, PyObject **vals) {
+    Py_ssize_t m = 0;
+    for (size_t i = 0; i < n; i++) m += i + 1 == n || !same_key(&ks[i], &ks[i + 1]);
+    if ((*keys = PyList_New(m)) == NULL || (vals != NULL && (*vals = PyList_New(m)) == NULL)) return -1;
+    Py_ssize_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        if (i + 1 < n && memcmp(ks[i].w, ks[i + 1].w, 32) == 0) continue; /* a later row has this key */
+        if (i + 1 < n && same_key(&ks[i], &ks[i + 1])) continue; /* a later row has this key */
         Py_ssize_t klen = vals != NULL ? ks[i].key[-1] : PAIR_KEY_LEN;
         PyObject *k = PyBytes_FromStringAndSize((const char *)ks[i].key, klen);
-        if (k == NULL || PyList_Append(keys, k) < 0) {
-            Py_XDECREF(k);
-            return -1;
+        if (k == NULL) return -1;
+        PyList_SET_ITEM(*keys, at, k);
+        if (vals != NULL) {
+            PyObject *v = PyBytes_FromStringAndSize((const char *)ks[i].key + klen, RISK_ROW_LEN);
+            if (v == NULL) return -1;
+            PyList_SET_ITEM(*vals, at, v);
         }
-        Py_DECREF(k);
-        if (vals == NULL) continue;
-        PyObject *v = PyBytes_FromStringAndSize((const char *)ks[i].key + klen, RISK_ROW_LEN);
-        if (v == NULL || PyList_Append(vals, v) < 0) {
-            Py_XDECREF(v);
-            return -1;
-        }
-        Py_DECREF(v);
+        at++;
     }
     return 0;
 }
@@ -287,16 +322,15 @@ static int last_of_each(const jkey_t *ks, size_t n, PyObject *keys, PyObject *va
 /* fold(values) -> (risk keys, their rows, pair keys): the latest state of each key and every distinct pair
  * of the journal's rows (oldest first), sorted by key, as `risk` / `risk_pairs` keep them */
 PyObject *rt_fold(PyObject *self, PyObject *values) {
-    (void)self;
     Py_ssize_t n;
     jrow_t *rows = open_rows(values, &n);
     if (rows == NULL) return NULL;
     size_t ns = 0, np = 0;
     for (Py_ssize_t r = 0; r < n; r++) { ns += rows[r].ns; np += rows[r].np; }
-    jkey_t *ks = PyMem_Malloc((ns + np + 1) * 2 * sizeof(jkey_t)), *tmp = ks + ns + np + 1;
-    PyObject *keys = PyList_New(0), *vals = PyList_New(0), *pairs = PyList_New(0), *out = NULL;
-    if (ks == NULL) { PyErr_NoMemory(); goto done; }
-    if (keys == NULL || vals == NULL || pairs == NULL) goto done;
+    jkey_t *ks = scratch_keys((RiskTableObject *)self, ns + np);
+    PyObject *keys = NULL, *vals = NULL, *pairs = NULL, *out = NULL;
+    if (ks == NULL) goto done;
+    jkey_t *tmp = ks + ns + np + 1;
     size_t a = 0, b = ns;
     for (Py_ssize_t r = 0; r < n; r++) { /* in row order: the stable sort keeps a key's entries in it */
         const uint8_t *p = (const uint8_t *)rows[r].b.buf + 8;
@@ -305,13 +339,12 @@ PyObject *rt_fold(PyObject *self, PyObject *values) {
     }
     sort_keys(ks, tmp, ns);
     sort_keys(ks + ns, tmp, np);
-    if (last_of_each(ks, ns, keys, vals) == 0 && last_of_each(ks + ns, np, pairs, NULL) == 0)
+    if (last_of_each(ks, ns, &keys, &vals) == 0 && last_of_each(ks + ns, np, &pairs, NULL) == 0)
         out = PyTuple_Pack(3, keys, vals, pairs);
 done:
     Py_XDECREF(keys);
     Py_XDECREF(vals);
     Py_XDECREF(pairs);
-    PyMem_Free(ks);
     close_rows(rows, n);
     return out;
 }

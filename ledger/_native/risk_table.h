@@ -78,6 +78,8 @@ typedef struct {
     size_t max_states, max_pairs;
     PyObject *get_risk, *get_pair;    /* the open block's store readers (one key), NULL between blocks */
     PyObject *get_risks;              /* (a sorted list of risk keys) */
+    void *scratch;                    /* the journal row's and the fold's sort room, reused (risk_journal.c) */
+    size_t scratch_cap;
 } RiskTableObject;
 
 extern PyTypeObject RiskTableType;

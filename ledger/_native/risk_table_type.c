@@ -439,6 +439,7 @@ static void rt_dealloc(PyObject *self) {
     PyMem_Free(t->pairs.state);
     PyMem_Free(t->pairs.blk);
     PyMem_Free(t->pairs.slots);
+    PyMem_Free(t->scratch);
     Py_TYPE(self)->tp_free(self);
 }
 
