@@ -1,6 +1,7 @@
 """Rules benchmark: CEL engine evals/s, and apply throughput with 0, 5 and 20 active rules.
 
     .venv/bin/python -m bench.rules [--quick] [--engines-only] [--rounds N] [--interleave] [--compare-methods]
+                                      [--warm-blocks N]
 
 Part 1 compares the candidate CEL engines on one simple rule: the Rust-backed
 `common-expression-language` (import `cel`) and, when installed, the pure-Python `cel-python`
@@ -20,7 +21,9 @@ next, so a round's drop ranges widely (about 10–35 %): read the median, and ru
 each block's time to its ledger: the spread shrinks to a few points, but in the same process it made
 both ledgers slower and the 0-rule ledger by more (about +0.5 against +0.3 µs per transfer), which
 lowers the drop by about 5 points; ``--compare-methods`` measures the 0- and 20-rule ledgers both ways,
-alternated in one process (bench/README.md, "End of stop 15"). JSON goes to bench/results/.
+alternated in one process (bench/README.md, "End of stop 15"). ``--warm-blocks N`` first applies N
+other blocks to each ledger, untimed: a ledger that has run a while, whose ``risk_pairs`` is larger, so
+each new pair costs more (``bench.pair_scale``); not the verdict's setting. JSON goes to bench/results/.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +106,9 @@ def _rules(n: int) -> list[dict[str, Any]]:
     return (pool + extra)[:n]
 
 
-def _workload(accounts: int, blocks: int, per_block: int, seed: int) -> list[bytes]:
+def _workload(accounts: int, blocks: int, per_block: int, seed: int, first_id: int = 1) -> list[bytes]:
     rng = random.Random(seed)
-    tid = 1
+    tid = first_id
     out = []
     for _ in range(blocks):
         recs = []
@@ -138,12 +141,16 @@ def _proposal(i: int, recs: bytes) -> Proposal:
     return Proposal(T0 + (i + 1) * NS // 10, (Batch(EventKind.CREATE_TRANSFER, recs),))
 
 
-def run_apply(n_rules: int, batches: list[bytes], accounts: int, operator: Signer) -> tuple[float, float]:
-    """(tx per wall-second, tx per CPU-second of this process) applying ``batches`` under ``n_rules``."""
+def run_apply(n_rules: int, batches: list[bytes], accounts: int, operator: Signer,
+              warm: Sequence[bytes] = ()) -> tuple[float, float]:
+    """(tx per wall-second, tx per CPU-second of this process) applying ``batches`` under ``n_rules``, after
+    the ``warm`` blocks (untimed: a ledger that has run a while, its tables and caches grown)."""
     with tempfile.TemporaryDirectory() as d:
         store, st = _ledger(d, n_rules, accounts, operator)
+        for i, recs in enumerate(warm):
+            st.apply_block(_proposal(i, recs))
         t0, c0 = time.perf_counter(), time.process_time()
-        for i, recs in enumerate(batches):
+        for i, recs in enumerate(batches, start=len(warm)):
             st.apply_block(_proposal(i, recs))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         store.close()
@@ -248,6 +255,9 @@ def main() -> None:
                     help="interleave the three ledgers block by block instead of one after the other (a far "
                          "narrower spread, but it slows the 0-rule ledger more than the 20-rule one: see "
                          "--compare-methods and bench/README.md; not the verdict)")
+    ap.add_argument("--warm-blocks", type=int, default=0,
+                    help="apply this many other blocks (untimed, other ids) to each ledger first: a ledger that has "
+                         "run a while, risk_pairs grown (not the verdict's setting; bench/README.md, stop 16)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="measure the 0- and 20-rule ledgers separately and interleaved, alternated, and print both")
     ap.add_argument("--profile", action="store_true", help="cProfile one 20-rule run and print where the time goes")
@@ -271,6 +281,9 @@ def main() -> None:
         accounts = 10_000
         blocks, per_block = (5, 4000) if args.quick else (20, 8000)
         batches = _workload(accounts, blocks, per_block, 1)
+        warm = _workload(accounts, args.warm_blocks, per_block, 2, first_id=1 << 40)
+        if warm and args.interleave:
+            raise SystemExit("--warm-blocks applies to separate runs, not --interleave")
         operator = Signer.generate("bench-operator")
         rates: dict[int, list[tuple[float, float]]] = {0: [], 5: [], 20: []}
         for r in range(args.rounds):
@@ -279,10 +292,12 @@ def main() -> None:
                     rates[n].append(rate)
                 continue
             for n in ((0, 5, 20) if r % 2 == 0 else (20, 5, 0)):  # one after the other, order alternated
-                rates[n].append(run_apply(n, batches, accounts, operator))
+                rates[n].append(run_apply(n, batches, accounts, operator, warm))
         best = {n: max(w for w, _ in v) for n, v in rates.items()}
         best_cpu = {n: max(c for _, c in v) for n, v in rates.items()}
         how = "the three ledgers interleaved block by block" if args.interleave else "one ledger after the other"
+        if warm:
+            how += f", each after {len(warm)} untimed warm-up blocks (not the verdict's setting)"
         print(f"apply throughput, {blocks} blocks x {per_block} transfers, LMDB, {how}, best of {args.rounds} "
               "rounds (per wall-second | per CPU-second of this process)")
         for n in best:
@@ -295,6 +310,7 @@ def main() -> None:
         print_targets(best, best_cpu, engines, per_round)
         result["drop_20_per_round_cpu"] = per_round
         result["method"] = "interleaved" if args.interleave else "separate"
+        result["warm_blocks"] = len(warm)
         result["apply_tx_per_s"] = {str(n): v for n, v in best.items()}
         result["apply_tx_per_cpu_s"] = {str(n): v for n, v in best_cpu.items()}
         result["apply_all_rounds"] = {str(n): v for n, v in rates.items()}

@@ -14,7 +14,7 @@ from typing import Any
 import blake3
 import pytest
 
-from bench import engine, fold_shape, peers, plot, region, report, scale
+from bench import engine, fold_shape, pair_scale, peers, plot, region, report, scale
 from bench import sdk as sdk_bench
 from ledger import native, risk
 from ledger.codec import TRANSFER_SIZE
@@ -206,3 +206,12 @@ def test_fold_shape_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None
     assert fold_shape.main(["--rounds", "1", "--pairs", "300"]) == 0
     out = capsys.readouterr().out
     assert all(shape in out for shape in ("spread", "one payer", "random ids"))
+
+
+def test_pair_scale_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The risk_pairs growth bench at tiny sizes: one row per size, the empty table first, a JSON file."""
+    assert pair_scale.main(["--sizes", "2000", "--batch", "300", "--results-dir", str(tmp_path)]) == 0
+    data = json.loads(next(tmp_path.glob("pair_scale-*.json")).read_text())
+    assert [r["table_pairs"] for r in data["rows"]] == [0, 2000]
+    assert all(r["put_ns"] > 0 for r in data["rows"])
+    assert "ratio" in capsys.readouterr().out

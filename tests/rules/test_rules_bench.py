@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import rules as bench_rules
+from ledger.codec import TRANSFER_SIZE, decode_transfer
 from ledger.note import Signer
 
 
@@ -35,3 +36,14 @@ def test_interleaved_and_separate_methods_run_and_print_both(capsys: pytest.Capt
     assert all(len(v) == 1 and v[0] > 0 for v in out.values())
     printed = capsys.readouterr().out
     assert "20-rule drop per round, separate" in printed and "20-rule drop per round, interleaved" in printed
+
+
+def test_warm_up_blocks_use_other_ids_and_run_before_the_timed_ones() -> None:
+    """--warm-blocks: the warm-up workload's ids start where asked (no clash with the timed blocks, whose
+    transfers would otherwise fail as duplicates), and run_apply takes them."""
+    timed = bench_rules._workload(60, 2, 100, 1)
+    warm = bench_rules._workload(60, 2, 100, 2, first_id=1 << 40)
+    ids = {decode_transfer(b[i:i + TRANSFER_SIZE]).id for b in timed + warm for i in range(0, len(b), TRANSFER_SIZE)}
+    assert len(ids) == 400 and decode_transfer(warm[0][:TRANSFER_SIZE]).id == 1 << 40
+    wall, cpu = bench_rules.run_apply(20, timed, 60, Signer.generate("bench-smoke"), warm)
+    assert wall > 0 and cpu > 0
