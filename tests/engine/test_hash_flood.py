@@ -1,0 +1,235 @@
+"""Hash flooding: ids a PSP crafts must not share one probe chain in the C engine's hash tables.
+
+The C tables (ledger/_native/apply.c: accounts and transfers of a batch; risk_table.c: risk states and
+payer-payee pairs) are open addressing. Their hash used to be unkeyed: the ids below are computed from
+the old functions (reproduced here) so that every one of them lands in one slot, which made each insert
+and lookup walk a chain as long as the table. Now the hash is keyed per process (keyed_hash.h); the same
+ids must spread like any others. And since the key is random, results must never depend on it: the same
+blocks applied under two keys leave every LMDB table byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger import native, risk
+from ledger.schema import Table
+
+pytestmark = pytest.mark.skipif(not native.available() or risk.Hook is None,
+                                reason="native engine not built (no C compiler)")
+
+M64 = (1 << 64) - 1
+N = 16_384          # crafted keys per table
+LONGEST = 64        # a longest probe above this is a flood (random keys: about 10-20 at load <= 1/2)
+
+
+# ---- the old, unkeyed functions and ids crafted against them ---------------------------------------
+def old_id_hash(id16: bytes) -> int:
+    """apply.c's former id_hash."""
+    lo, hi = int.from_bytes(id16[:8], "little"), int.from_bytes(id16[8:], "little")
+    h = ((lo ^ (hi * 0x9E3779B97F4A7C15 & M64)) * 0xFF51AFD7ED558CCD) & M64
+    return h ^ (h >> 29)
+
+
+def crafted_ids(n: int) -> list[bytes]:
+    """Ids whose low words differ only in bits 46..63: the low 45 bits of the old product, and so its low
+    16 bits after the xorshift, are the same for all (one slot in any table up to 2^16 slots)."""
+    return [((0x5A5A5 + (j << 46)) | (7 << 64)).to_bytes(16, "little") for j in range(1, n + 1)]
+
+
+C_MIX, P_TAIL, D_FIN = 0xFF51AFD7ED558CCD, 0x100000001B3, 0xC4CEB9FE1A85EC53
+
+
+def _xs32(h: int) -> int:
+    return h ^ (h >> 32)
+
+
+def old_rt_hash(k: bytes) -> int:
+    """risk_table.h's former rt_hash."""
+    h, i = 0x9E3779B97F4A7C15 ^ len(k), 0
+    while i + 8 <= len(k):
+        h = _xs32(((h ^ int.from_bytes(k[i:i + 8], "little")) * C_MIX) & M64)
+        i += 8
+    for b in k[i:]:
+        h = ((h ^ b) * P_TAIL) & M64
+    h ^= h >> 29
+    return _xs32((h * D_FIN) & M64)
+
+
+def _before_final(out: int) -> int:
+    """The state rt_hash had before its last three (invertible) steps, for a wanted output."""
+    x = (_xs32(out) * pow(D_FIN, -1, 1 << 64)) & M64
+    return x ^ (x >> 29) ^ (x >> 58)
+
+
+def _last_word(state: int, prev: int) -> int:
+    """The 8-byte word w with xs32((prev ^ w) * C_MIX) == state."""
+    return ((_xs32(state) * pow(C_MIX, -1, 1 << 64)) & M64) ^ prev
+
+
+def crafted_state_keys(n: int) -> list[bytes]:
+    """Payer keys ('o' + account id) whose old hashes all have the same high 32 bits (slot tag, so one
+    first slot at every table size): rt_hash inverted step by step; the id's bytes 7..14 are solved."""
+    head = b"o" + bytes(range(1, 8))  # first word: 'o' + account id bytes 0..6
+    h1 = _xs32(((0x9E3779B97F4A7C15 ^ 17 ^ int.from_bytes(head, "little")) * C_MIX) & M64)
+    keys = []
+    for j in range(1, n + 1):
+        tail = 0x42
+        h2 = ((_before_final((0xC0FFEE42 << 32) | j) * pow(P_TAIL, -1, 1 << 64)) & M64) ^ tail
+        keys.append(head + _last_word(h2, h1).to_bytes(8, "little") + bytes([tail]))
+    return keys
+
+
+def crafted_pair_keys(n: int) -> list[bytes]:
+    """Pair keys (one payer, crafted payees) whose old hashes share the high 32 bits, likewise."""
+    h = 0x9E3779B97F4A7C15 ^ 32
+    head = (5).to_bytes(16, "little") + (77).to_bytes(8, "little")
+    for i in range(0, 24, 8):
+        h = _xs32(((h ^ int.from_bytes(head[i:i + 8], "little")) * C_MIX) & M64)
+    return [head + _last_word(_before_final((0xBADC0DE5 << 32) | j), h).to_bytes(8, "little")
+            for j in range(1, n + 1)]
+
+
+def test_the_crafted_keys_collide_under_the_old_functions() -> None:
+    """The attack is real: every crafted key had the same first slot before the hash was keyed."""
+    assert len({old_id_hash(i) & 0xFFFF for i in crafted_ids(N)}) == 1
+    states, pairs = crafted_state_keys(N), crafted_pair_keys(N)
+    assert len(set(states)) == len(set(pairs)) == N
+    assert {old_rt_hash(k) >> 32 for k in states} == {0xC0FFEE42}
+    assert {old_rt_hash(k) >> 32 for k in pairs} == {0xBADC0DE5}
+
+
+# ---- the real tables, filled with crafted keys ------------------------------------------------------
+def test_crafted_ids_spread_in_the_transfer_apply_tables() -> None:
+    from ledger._native import _engine
+    ids = crafted_ids(N)
+    assert _engine.max_probe(b"".join(ids)) <= LONGEST
+    rnd = random.Random(5)
+    assert _engine.max_probe(b"".join(rnd.randbytes(16) for _ in range(N))) <= LONGEST
+    with pytest.raises(ValueError, match="duplicate"):
+        _engine.max_probe(ids[0] + ids[1] + ids[0])
+    with pytest.raises(ValueError, match="whole"):
+        _engine.max_probe(b"x" * 17)
+
+
+def test_crafted_risk_keys_spread_in_the_risk_table() -> None:
+    from ledger._native import _risk
+    table = risk.RiskTable(1 << 20, 1 << 20)
+    table.begin(lambda k: None, lambda k: None, lambda ks: [None] * len(ks))
+    state = [0] * 17
+    table.commit({k: state for k in crafted_state_keys(N)}, set(crafted_pair_keys(N)))
+    assert table.sizes()[0] == table.sizes()[2] == N
+    states, pairs = _risk.max_probe(table)
+    assert 1 <= states <= LONGEST and 1 <= pairs <= LONGEST
+    assert table.state(crafted_state_keys(3)[2]) == state  # (found through its chain)
+    with pytest.raises(TypeError):
+        _risk.max_probe(object())
+
+
+# ---- results never depend on the key ----------------------------------------------------------------
+KEY_A, KEY_B = "11" * 32, "c3" * 16 + "5e" * 16
+
+
+def run_child(key: str, out: Path) -> dict[str, Any]:
+    env = dict(os.environ, SOVLEDGER_HASH_KEY=key, SOVLEDGER_ENGINE="native")
+    code = f"from tests.engine.test_hash_flood import child; child({str(out)!r})"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300,
+                   cwd=Path(__file__).resolve().parents[2])
+    with open(out, "rb") as f:
+        got: dict[str, Any] = pickle.load(f)
+    return got
+
+
+def child(out: str) -> None:
+    """Under this process's key: the workloads below on both engines (each block compared), the native
+    stores' tables dumped, with the hashes that show which key was in effect."""
+    import tempfile
+
+    from ledger._native import _engine, _risk
+    from tests.engine import test_differential as plain
+    from tests.engine import test_rules_differential as rules
+    from tests.rules import helpers
+    # the operator key is drawn per process: both children sign the rule sets with one fixed key
+    object.__setattr__(helpers.OPERATOR, "seed", bytes(range(32)))
+    dumps: dict[str, Any] = {"id_hash": _engine.id_hash(bytes(range(16))), "key_hash": _risk.key_hash(b"o" * 17)}
+    with tempfile.TemporaryDirectory() as root:
+        p = rules.RulesPair(Path(root) / "rules")
+        rules.run_workload(p, 7, blocks=10, per_block=40, picks=list(range(len(rules.RULE_POOL))))
+        dumps["rules"] = plain.dump(p.stores["native"])
+        p.close()
+        q = plain.Pair(Path(root) / "plain")
+        q.block((plain.Batch(plain.EventKind.CREATE_ACCOUNT,
+                             b"".join(plain.encode_account(a) for a in plain.ACCOUNTS)),))
+        for i, transfers in enumerate(plain.workload(3, blocks=12, per_block=30)):
+            q.transfers(transfers, advance_s=1 + i % 3)
+        q.assert_stores_identical()
+        dumps["plain"] = plain.dump(q.stores["native"])
+        q.close()
+        w = rules.RulesPair(Path(root) / "wide")
+        wide_workload(w)
+        dumps["wide"] = plain.dump(w.stores["native"])
+        w.close()
+    with open(out, "wb") as f:
+        pickle.dump(dumps, f)
+
+
+def wide_workload(p: Any) -> None:
+    """Many accounts with spread ids under risk rules: the risk maps grow past their first sizes (1024
+    states, 4096 pairs) and the apply tables hold thousands of ids, so slot layouts differ by key."""
+    from ledger.codec import Batch, encode_account, encode_transfer
+    from ledger.types import Account, EventKind, Transfer
+    from ledger.types import TransferFlags as TF
+    rnd = random.Random(11)
+    ids = [rnd.getrandbits(127) + 1 for _ in range(1200)]
+    p.block(Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(Account(a, ledger=1, code=1)) for a in ids)))
+    p.deploy([1, 2, 3, 8], 1)  # velocity, psp-sum, payee-new, credit-hot: every risk family and the pairs
+    pending: list[int] = []
+    for _ in range(4):
+        batch = []
+        for _ in range(1500):
+            tid = rnd.getrandbits(128) or 1
+            if pending and rnd.random() < 0.1:
+                flags = rnd.choice((TF.POST_PENDING_TRANSFER, TF.VOID_PENDING_TRANSFER))
+                batch.append(Transfer(tid, 0, 0, 0, ledger=0, code=0, flags=flags, pending_id=pending.pop()))
+                continue
+            dr, cr = rnd.sample(ids, 2)
+            t = Transfer(tid, dr, cr, rnd.randint(1, 500), ledger=1, code=1, psp_id=rnd.randint(0, 3),
+                         flags=rnd.choice((0, 0, 0, TF.PENDING)))
+            batch.append(t)
+            if t.flags & TF.PENDING:
+                pending.append(tid)
+        p.block(Batch(EventKind.CREATE_TRANSFER, b"".join(encode_transfer(t) for t in batch)))
+    p.assert_stores_identical()
+
+
+def test_results_do_not_depend_on_the_hash_key(tmp_path: Path) -> None:
+    a, b = run_child(KEY_A, tmp_path / "a.pkl"), run_child(KEY_B, tmp_path / "b.pkl")
+    assert a["id_hash"] != b["id_hash"] and a["key_hash"] != b["key_hash"]  # the keys really differ
+    for name in ("rules", "plain", "wide"):
+        assert a[name] == b[name], name
+        assert sum(len(rows) for rows in a[name].values()) > 100  # (the stores hold the workload)
+    assert sum(len(a["wide"][t]) for t in (Table.RISK, Table.RISK_PAIRS, Table.RISK_LOG)) > 0  # rules ran
+
+
+def test_a_fixed_key_is_read_at_import_and_checked() -> None:
+    code = "from ledger._native import _engine; print(_engine.id_hash(bytes(16)))"
+    env = dict(os.environ, SOVLEDGER_HASH_KEY=KEY_A)
+    one = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    two = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert one.stdout == two.stdout
+    bad = subprocess.run([sys.executable, "-c", code], env=dict(env, SOVLEDGER_HASH_KEY="zz"),
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "SOVLEDGER_HASH_KEY must be 64 hex digits" in bad.stderr
+    # without it, every process draws its own key
+    env.pop("SOVLEDGER_HASH_KEY")
+    free = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)]
+    assert free[0] != free[1]
