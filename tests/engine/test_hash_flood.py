@@ -20,18 +20,19 @@ from typing import Any
 
 import pytest
 
+from bench import hashflood as flood
 from ledger import native, risk
 from ledger.schema import Table
 
 pytestmark = pytest.mark.skipif(not native.available() or risk.Hook is None,
                                 reason="native engine not built (no C compiler)")
 
-M64 = (1 << 64) - 1
 N = 16_384          # crafted keys per table
 LONGEST = 64        # a longest probe above this is a flood (random keys: about 10-20 at load <= 1/2)
+M64 = (1 << 64) - 1
 
 
-# ---- the old, unkeyed functions and ids crafted against them ---------------------------------------
+# ---- the old, unkeyed functions (the ids are crafted against them in bench/hashflood.py) -----------
 def old_id_hash(id16: bytes) -> int:
     """apply.c's former id_hash."""
     lo, hi = int.from_bytes(id16[:8], "little"), int.from_bytes(id16[8:], "little")
@@ -39,63 +40,25 @@ def old_id_hash(id16: bytes) -> int:
     return h ^ (h >> 29)
 
 
-def crafted_ids(n: int) -> list[bytes]:
-    """Ids whose low words differ only in bits 46..63: the low 45 bits of the old product, and so its low
-    16 bits after the xorshift, are the same for all (one slot in any table up to 2^16 slots)."""
-    return [((0x5A5A5 + (j << 46)) | (7 << 64)).to_bytes(16, "little") for j in range(1, n + 1)]
-
-
-C_MIX, P_TAIL, D_FIN = 0xFF51AFD7ED558CCD, 0x100000001B3, 0xC4CEB9FE1A85EC53
-
-
-def _xs32(h: int) -> int:
-    return h ^ (h >> 32)
-
-
 def old_rt_hash(k: bytes) -> int:
     """risk_table.h's former rt_hash."""
     h, i = 0x9E3779B97F4A7C15 ^ len(k), 0
     while i + 8 <= len(k):
-        h = _xs32(((h ^ int.from_bytes(k[i:i + 8], "little")) * C_MIX) & M64)
+        h = ((h ^ int.from_bytes(k[i:i + 8], "little")) * 0xFF51AFD7ED558CCD) & M64
+        h ^= h >> 32
         i += 8
     for b in k[i:]:
-        h = ((h ^ b) * P_TAIL) & M64
+        h = ((h ^ b) * 0x100000001B3) & M64
     h ^= h >> 29
-    return _xs32((h * D_FIN) & M64)
+    h = (h * 0xC4CEB9FE1A85EC53) & M64
+    return h ^ (h >> 32)
 
 
-def _before_final(out: int) -> int:
-    """The state rt_hash had before its last three (invertible) steps, for a wanted output."""
-    x = (_xs32(out) * pow(D_FIN, -1, 1 << 64)) & M64
-    return x ^ (x >> 29) ^ (x >> 58)
+def crafted_ids(n: int) -> list[bytes]:
+    return [i.to_bytes(16, "little") for i in flood.crafted_ids(n)]
 
 
-def _last_word(state: int, prev: int) -> int:
-    """The 8-byte word w with xs32((prev ^ w) * C_MIX) == state."""
-    return ((_xs32(state) * pow(C_MIX, -1, 1 << 64)) & M64) ^ prev
-
-
-def crafted_state_keys(n: int) -> list[bytes]:
-    """Payer keys ('o' + account id) whose old hashes all have the same high 32 bits (slot tag, so one
-    first slot at every table size): rt_hash inverted step by step; the id's bytes 7..14 are solved."""
-    head = b"o" + bytes(range(1, 8))  # first word: 'o' + account id bytes 0..6
-    h1 = _xs32(((0x9E3779B97F4A7C15 ^ 17 ^ int.from_bytes(head, "little")) * C_MIX) & M64)
-    keys = []
-    for j in range(1, n + 1):
-        tail = 0x42
-        h2 = ((_before_final((0xC0FFEE42 << 32) | j) * pow(P_TAIL, -1, 1 << 64)) & M64) ^ tail
-        keys.append(head + _last_word(h2, h1).to_bytes(8, "little") + bytes([tail]))
-    return keys
-
-
-def crafted_pair_keys(n: int) -> list[bytes]:
-    """Pair keys (one payer, crafted payees) whose old hashes share the high 32 bits, likewise."""
-    h = 0x9E3779B97F4A7C15 ^ 32
-    head = (5).to_bytes(16, "little") + (77).to_bytes(8, "little")
-    for i in range(0, 24, 8):
-        h = _xs32(((h ^ int.from_bytes(head[i:i + 8], "little")) * C_MIX) & M64)
-    return [head + _last_word(_before_final((0xBADC0DE5 << 32) | j), h).to_bytes(8, "little")
-            for j in range(1, n + 1)]
+crafted_state_keys, crafted_pair_keys = flood.crafted_state_keys, flood.crafted_pair_keys
 
 
 def test_the_crafted_keys_collide_under_the_old_functions() -> None:
@@ -131,7 +94,7 @@ def test_crafted_risk_keys_spread_in_the_risk_table() -> None:
     assert 1 <= states <= LONGEST and 1 <= pairs <= LONGEST
     assert table.state(crafted_state_keys(3)[2]) == state  # (found through its chain)
     with pytest.raises(TypeError):
-        _risk.max_probe(object())
+        _risk.max_probe(object())  # type: ignore[arg-type]
 
 
 # ---- results never depend on the key ----------------------------------------------------------------
@@ -154,6 +117,8 @@ def child(out: str) -> None:
     import tempfile
 
     from ledger._native import _engine, _risk
+    from ledger.codec import Batch, encode_account
+    from ledger.types import EventKind
     from tests.engine import test_differential as plain
     from tests.engine import test_rules_differential as rules
     from tests.rules import helpers
@@ -166,8 +131,7 @@ def child(out: str) -> None:
         dumps["rules"] = plain.dump(p.stores["native"])
         p.close()
         q = plain.Pair(Path(root) / "plain")
-        q.block((plain.Batch(plain.EventKind.CREATE_ACCOUNT,
-                             b"".join(plain.encode_account(a) for a in plain.ACCOUNTS)),))
+        q.block((Batch(EventKind.CREATE_ACCOUNT, b"".join(encode_account(a) for a in plain.ACCOUNTS)),))
         for i, transfers in enumerate(plain.workload(3, blocks=12, per_block=30)):
             q.transfers(transfers, advance_s=1 + i % 3)
         q.assert_stores_identical()
