@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TREE = Path(os.environ.get("BENCH_TREE", ROOT))
 sys.path[:0] = [str(TREE), str(TREE / "proto")]
 
+from bench.report import machine  # noqa: E402
 from ledger import native  # noqa: E402
 from ledger.codec import Batch, Proposal, encode_account, encode_deploy, encode_transfer  # noqa: E402
 from ledger.lmdb_store import LmdbStore  # noqa: E402
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1} {kind:12s} {'crafted' if crafted else 'random ':8s} {us:9.2f} µs/transfer",
                       flush=True)
     row: dict[str, Any] = {"tree": str(TREE), "accounts": args.accounts, "blocks": args.blocks,
-                           "machine": platform.node(), "runs_us_per_transfer": per, "ratio_crafted_vs_random": {}}
+                           "machine": machine(), "runs_us_per_transfer": per, "ratio_crafted_vs_random": {}}
     print(f"tree {TREE}: median CPU µs per transfer, crafted / random")
     for kind, runs in per.items():
         if runs["crafted"] and runs["random"]:

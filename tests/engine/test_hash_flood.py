@@ -10,6 +10,7 @@ blocks applied under two keys leave every LMDB table byte for byte the same.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -197,3 +198,12 @@ def test_a_fixed_key_is_read_at_import_and_checked() -> None:
     free = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            check=True).stdout for _ in range(2)]
     assert free[0] != free[1]
+
+
+def test_the_bench_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.hashflood at a tiny size: every workload crafted and random, a ratio each, a JSON file."""
+    assert flood.main(["--accounts", "200", "--blocks", "1", "--rounds", "1", "--results-dir", str(tmp_path)]) == 0
+    data = json.loads(next(tmp_path.glob("hashflood-*.json")).read_text())
+    assert set(data["ratio_crafted_vs_random"]) == {"ids", "risk-states", "risk-pairs"}
+    assert all(r > 0 for r in data["ratio_crafted_vs_random"].values()) and data["machine"]["cpus"]
+    assert "ratio" in capsys.readouterr().out
