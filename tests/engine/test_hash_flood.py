@@ -138,7 +138,8 @@ def child(out: str) -> None:
         q.assert_stores_identical()
         dumps["plain"] = plain.dump(q.stores["native"])
         q.close()
-        w = rules.RulesPair(Path(root) / "wide")
+        risk.RISK_TABLE_STATES, risk.RISK_TABLE_PAIRS = 1000, 2000  # (Final: bounds the C table evicts at)
+        w = rules.RulesPair(Path(root) / "wide")  # small bounds: the wide workload evicts after commits
         wide_workload(w)
         dumps["wide"] = plain.dump(w.stores["native"])
         w.close()
