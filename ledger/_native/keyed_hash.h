@@ -33,7 +33,7 @@
 
 #define KH_WORDS 4
 #define KH_ENV "SOVLEDGER_HASH_KEY"
-typedef struct { uint64_t k[KH_WORDS]; } kh_key_t;
+typedef struct { uint64_t k[KH_WORDS]; int set; } kh_key_t; /* set: drawn (never redrawn: tables hold slots) */
 
 static inline uint64_t kh_fold(uint64_t a, uint64_t b) {
     unsigned __int128 p = (unsigned __int128)a * b;
@@ -72,6 +72,7 @@ static inline int kh_nibble(char c) {
 }
 
 static inline int kh_init(kh_key_t *key) {
+    if (key->set) return 1; /* a second module init (another interpreter) keeps the key the tables use */
     const char *env = getenv(KH_ENV);
     uint8_t raw[8 * KH_WORDS];
     if (env != NULL && *env) {
@@ -97,6 +98,7 @@ static inline int kh_init(kh_key_t *key) {
         if (!ok) { PyErr_SetString(PyExc_RuntimeError, "os.urandom returned no key"); return 0; }
     }
     for (int w = 0; w < KH_WORDS; w++) key->k[w] = kh_rd64(raw + 8 * w);
+    key->set = 1;
     return 1;
 }
 
