@@ -15,6 +15,7 @@ setup(
             sources=["ledger/_native/engine.c", "ledger/_native/apply.c", "ledger/_native/seal.c",
                      "ledger/_native/group.c"],
             extra_compile_args=["-O3", "-std=c11", "-Wall"],
+            depends=["ledger/_native/slots.h", "ledger/_native/keyed_hash.h"],
             optional=True,
         ),
         Extension(  # risk window arithmetic (ledger/risk.py), the same fallback rule
@@ -23,7 +24,8 @@ setup(
                      "ledger/_native/risk_table.c", "ledger/_native/risk_table_type.c",
                      "ledger/_native/risk_journal.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
-            depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h", "ledger/_native/risk_table.h"],
+            depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h", "ledger/_native/risk_table.h",
+                     "ledger/_native/keyed_hash.h"],
             optional=True,
         ),
     ]

@@ -9,6 +9,7 @@
  *      writes and every later batch of the block see exactly what the reference would leave.
  * Byte-identical to the reference (tests/engine/test_differential.py). */
 #include "slots.h"
+#include "keyed_hash.h"
 
 typedef unsigned __int128 u128;
 #define U128_MAX (~(u128)0)
@@ -60,10 +61,9 @@ static inline int is_max(const uint8_t *id) { return rd64(id) == UINT64_MAX && r
 static inline int id_eq(const uint8_t *a, const uint8_t *b) { return memcmp(a, b, 16) == 0; }
 static inline int over2(u128 a, u128 b) { return a + b < a; }  /* a + b > U128_MAX */
 static inline int over3(u128 a, u128 b, u128 c) { return over2(a, b) || over2(a + b, c); }
-static inline uint64_t id_hash(const uint8_t *id) {
-    uint64_t h = (rd64(id) ^ (rd64(id + 8) * 0x9E3779B97F4A7C15ULL)) * 0xFF51AFD7ED558CCDULL;
-    return h ^ (h >> 29);
-}
+/* the account and transfer tables' hash: keyed once per process (keyed_hash.h; apply_init_key) */
+static kh_key_t ID_KEY;
+static inline uint64_t id_hash(const uint8_t *id) { return kh_id(&ID_KEY, rd64(id), rd64(id + 8)); }
 static size_t table_size(size_t n) { size_t s = 16; while (s < 2 * n + 2) s <<= 1; return s; }
 
 /* ---- state ------------------------------------------------------------------------------------ */
@@ -378,6 +378,16 @@ static int rule_hook(eng_t *e, Py_ssize_t i, int32_t da, int32_t ca) {
     return accept;
 }
 
+/* account k (its id set) into the account table: the slots it probed (1: its first), 0 if the id is there */
+static size_t acct_insert(eng_t *e, int32_t k) {
+    size_t s = id_hash(e->acct[k].id) & e->amask, probes = 1;
+    for (; e->aslot[s] >= 0; s = (s + 1) & e->amask, probes++)
+        if (id_eq(e->acct[e->aslot[s]].id, e->acct[k].id)) return 0;
+    e->aslot[s] = k;
+    e->nacct++;
+    return probes;
+}
+
 /* phase 1: the gathered accounts [(id, AccountState)] and transfers [(id, TransferRef, record)] */
 static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
     Py_ssize_t na = PyList_GET_SIZE(accounts), nk = PyList_GET_SIZE(known);
@@ -395,13 +405,7 @@ static int load_state(eng_t *e, PyObject *accounts, PyObject *known) {
             return 0;
         p->ledger = (uint32_t)ledger; p->flags = (uint16_t)flags; p->dirty = 0;
         p->orig[0] = p->dp; p->orig[1] = p->dpo; p->orig[2] = p->cp; p->orig[3] = p->cpo;
-        size_t s = id_hash(p->id) & e->amask;
-        while (e->aslot[s] >= 0) {
-            if (id_eq(e->acct[e->aslot[s]].id, p->id)) { PyErr_SetString(PyExc_ValueError, "duplicate account"); return 0; }
-            s = (s + 1) & e->amask;
-        }
-        e->aslot[s] = (int32_t)k;
-        e->nacct++;
+        if (acct_insert(e, (int32_t)k) == 0) { PyErr_SetString(PyExc_ValueError, "duplicate account"); return 0; }
     }
     for (Py_ssize_t k = 0; k < nk; k++) {
         PyObject *t = PyList_GET_ITEM(known, k);
@@ -733,10 +737,48 @@ static PyObject *py_result_codes(PyObject *self, PyObject *unused) {
     return d;
 }
 
+/* max_probe(ids) -> the longest probe (slots read) of the 16-byte ids added, in order, to an account table
+ * sized as apply_transfers sizes it for that many accounts (load <= 1/2): tests of the keyed hash */
+static PyObject *py_max_probe(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    size_t n = (size_t)b.len / 16, sz = table_size(n), worst = 0;
+    eng_t e = {0};
+    e.acct = PyMem_Calloc(n + 1, sizeof(acct_t));
+    e.aslot = PyMem_Malloc(sz * sizeof(int32_t));
+    e.amask = sz - 1;
+    PyObject *result = NULL;
+    if (b.len % 16) PyErr_SetString(PyExc_ValueError, "ids must be whole 16-byte ids");
+    else if (e.acct == NULL || e.aslot == NULL) PyErr_NoMemory();
+    else {
+        memset(e.aslot, 0xff, sz * sizeof(int32_t));
+        for (size_t k = 0; k < n; k++) {
+            memcpy(e.acct[k].id, (const uint8_t *)b.buf + 16 * k, 16);
+            size_t probes = acct_insert(&e, (int32_t)k);
+            if (probes == 0) { PyErr_SetString(PyExc_ValueError, "duplicate id"); break; }
+            if (probes > worst) worst = probes;
+        }
+        if (!PyErr_Occurred()) result = PyLong_FromSize_t(worst);
+    }
+    PyMem_Free(e.acct); PyMem_Free(e.aslot);
+    PyBuffer_Release(&b);
+    return result;
+}
+
+static PyObject *py_id_hash(PyObject *self, PyObject *arg) {
+    if (!id_arg(arg, 16, "an id")) return NULL;
+    return PyLong_FromUnsignedLongLong(id_hash((const uint8_t *)PyBytes_AS_STRING(arg)));
+}
+
+/* the tables' key, once per process at module import (keyed_hash.h); 0 with an exception */
+int apply_init_key(void) { return kh_init(&ID_KEY); }
+
 PyMethodDef apply_methods[] = {
     {"apply_transfers", py_apply_transfers, METH_VARARGS, APPLY_DOC},
     {"transfer_ids", py_transfer_ids, METH_O, "Unique transfer ids and account ids a transfer batch refers to."},
     {"find_transfers", py_find_transfers, METH_VARARGS, "The transfer ids known to the block or the store."},
+    {"max_probe", py_max_probe, METH_O, "max_probe(ids) -> the longest probe of the ids in an account table (tests)."},
+    {"id_hash", py_id_hash, METH_O, "id_hash(id) -> the account and transfer tables' keyed hash of a 16-byte id (tests)."},
     {"result_codes", py_result_codes, METH_NOARGS, "The result codes compiled in, by name (checked against ledger.types.Result at import)."},
     {NULL, NULL, 0, NULL},
 };

@@ -554,7 +554,10 @@ extern PyMethodDef apply_methods[];  /* ledger/_native/apply.c: the transfer app
 extern PyMethodDef seal_methods[];   /* ledger/_native/seal.c: leaf numbering, account and ref rows */
 extern PyMethodDef group_methods[];  /* ledger/_native/group.c: PSP signature checks, group auxes */
 
+int apply_init_key(void);            /* apply.c: its hash tables' key (keyed_hash.h) */
+
 PyMODINIT_FUNC PyInit__engine(void) {
+    if (!apply_init_key()) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddFunctions(m, apply_methods) < 0 || PyModule_AddFunctions(m, seal_methods) < 0 ||
                       PyModule_AddFunctions(m, group_methods) < 0))

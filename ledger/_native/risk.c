@@ -103,8 +103,20 @@ static PyObject *risk_key_hash(PyObject *self, PyObject *key) {
     return PyLong_FromUnsignedLongLong(rt_hash((const uint8_t *)PyBytes_AS_STRING(key), (int)PyBytes_GET_SIZE(key)));
 }
 
+/* max_probe(table) -> (states, pairs): the longest probe of each of a RiskTable's maps (tests) */
+static PyObject *risk_max_probe(PyObject *self, PyObject *table) {
+    if (!PyObject_TypeCheck(table, &RiskTableType)) {
+        PyErr_SetString(PyExc_TypeError, "max_probe(table): table is a RiskTable");
+        return NULL;
+    }
+    size_t states, pairs;
+    rt_max_probes((const RiskTableObject *)table, &states, &pairs);
+    return Py_BuildValue("(nn)", (Py_ssize_t)states, (Py_ssize_t)pairs);
+}
+
 static PyMethodDef METHODS[] = {
-    {"key_hash", risk_key_hash, METH_O, "key_hash(key) -> the risk table's 64-bit hash of a key (tests)"},
+    {"key_hash", risk_key_hash, METH_O, "key_hash(key) -> the risk table's 64-bit keyed hash of a key (tests)"},
+    {"max_probe", risk_max_probe, METH_O, "max_probe(table) -> the longest probe of its state and pair maps (tests)"},
     {"record", (PyCFunction)(void (*)(void))py_risk_record, METH_FASTCALL,
      "record(st, ts, amount): add one event to a risk state, in place"},
     {"window_one", (PyCFunction)(void (*)(void))risk_window_one, METH_FASTCALL,
@@ -122,6 +134,7 @@ static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_risk", "Risk window
 int rules_add_types(PyObject *module); /* rules.c: the compiled rules hook */
 
 PyMODINIT_FUNC PyInit__risk(void) {
+    if (!kh_init(&RT_KEY)) return NULL; /* the risk maps' hash key (keyed_hash.h) */
     PyObject *m = PyModule_Create(&MODULE);
     if (m != NULL && rules_add_types(m) < 0) Py_CLEAR(m);
     return m;

@@ -39,6 +39,8 @@
 
 #define EMPTY RT_EMPTY
 
+kh_key_t RT_KEY;
+
 /* open addressing shared by both maps: slots of (hash tag << 32 | index), a key's first slot picked by its
  * tag (rt_pos); match(i) compares entry i */
 #define SLOT_TAG(h) ((h) & 0xFFFFFFFF00000000ULL)
@@ -393,4 +395,18 @@ void rt_pin_block(RiskTableObject *t) {
 void rt_unpin_all(RiskTableObject *t) {
     for (size_t i = 0; i < t->states.n; i++) t->states.ents[i].pinned = 0;
     for (size_t i = 0; i < t->pairs.n; i++) t->pairs.state[i] &= 0x7F;
+}
+
+/* the longest probe (slots read by a lookup) of each map: (states, pairs); tests of the keyed hash */
+void rt_max_probes(const RiskTableObject *t, size_t *states, size_t *pairs) {
+    const uint64_t *slots[2] = {t->states.slots, t->pairs.slots};
+    size_t masks[2] = {t->states.mask, t->pairs.mask}, worst[2] = {0, 0};
+    for (int m = 0; m < 2; m++)
+        for (size_t s = 0; slots[m] != NULL && s <= masks[m]; s++)
+            if (slots[m][s] != EMPTY) {
+                size_t d = ((s - rt_pos(slots[m][s], masks[m])) & masks[m]) + 1;
+                if (d > worst[m]) worst[m] = d;
+            }
+    *states = worst[0];
+    *pairs = worst[1];
 }

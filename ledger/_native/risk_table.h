@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "keyed_hash.h"
 #include "risk_core.h"
 
 #define RISK_ROW_LEN (8 * RISK_STATE_LEN) /* ledger/risk.py RISK_STRUCT: 17 x u64 little endian */
@@ -84,22 +85,11 @@ typedef struct {
 
 extern PyTypeObject RiskTableType;
 
-/* a key's 64-bit hash (both maps; low bits pick the slot, the high 32 bits are the slot's tag); inline:
- * the hook hashes three or four keys per transfer */
-static inline uint64_t rt_hash(const uint8_t *k, int n) {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, k + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-    }
-    for (; i < n; i++) h = (h ^ k[i]) * 0x100000001b3ULL;
-    h ^= h >> 29;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    return h ^ (h >> 32);
-}
+/* a key's 64-bit hash (both maps; low bits pick the slot, the high 32 bits are the slot's tag), keyed once
+ * per process (keyed_hash.h: a PSP cannot compute ids whose keys share a probe chain); inline: the hook
+ * hashes three or four keys per transfer */
+extern kh_key_t RT_KEY; /* risk_table.c; set at import (risk.c) */
+static inline uint64_t rt_hash(const uint8_t *k, int n) { return kh_bytes(&RT_KEY, k, n); }
 
 /* a key's first slot: from the hash's high 32 bits, which a slot keeps as its tag, so a growing map
  * re-adds its slots without hashing or reading a key again (risk_table.c) */
@@ -162,6 +152,7 @@ void rt_settle_states(RiskTableObject *t, int keep);
 void rt_pin_block(RiskTableObject *t);
 void rt_unpin_all(RiskTableObject *t);
 int rt_no_block(void);
+void rt_max_probes(const RiskTableObject *t, size_t *states, size_t *pairs);
 /* two state keys of klen bytes equal: an account's (17 bytes) in three compares, a PSP's (5) in two */
 static inline int skey_eq(const uint8_t *a, const uint8_t *b, int klen) {
     if (klen == 5) {
