@@ -20,7 +20,7 @@ from clients.auditor.checks import (
     verify_note,
 )
 from clients.auditor.export import read_export
-from clients.auditor.failures import EXIT_OK, CheckpointSignatureError, LogTruncated, UsageError, ab
+from clients.auditor.failures import EXIT_OK, CheckpointSignatureError, LogTruncated, Unreachable, UsageError, ab
 from clients.auditor.output import Out
 from clients.auditor.remote import LOOKUP_MAX, Node, client_tls, locator
 from clients.auditor.replay import LogVerifier, iter_blocks
@@ -51,7 +51,7 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     try:
         resp = None if args.witnesses else node.checkpoint()
         # with a witness policy: the region's cosigned checkpoint, refused unless the policy holds
-        note = resp.note if resp is not None else witnessed_note(args, store.origin)
+        note, source = (resp.note, node.target) if resp is not None else witnessed_note(args, store.origin)
         # --full replays the log first: a rotated key is trusted only through the log's KEY_ROTATION entries
         cp = (checkpoint_unverified(note, store.origin, node.target) if args.full
               else verify_note(note, store.node_verifiers, store.origin, node.target))
@@ -64,10 +64,17 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
             resp = node.call("GetConsistencyProof", lambda: node.client.consistency_proof(first, second))
             return [bytes(h) for h in resp.proof]
 
+        if source != node.target:  # the cosigned note came from another member: the node must hold its entries
+            held = node.checkpoint().tree_size
+            if held < cp.size:
+                raise Unreachable(f"{node.target} holds {held} entries, behind the region's cosigned checkpoint "
+                                  f"(size {cp.size}); wait for it to catch up, or audit the leader",
+                                  node=node.target)
         rows = [("node", node.target), ("origin", cp.origin),
-                ("checkpoint", f"size {cp.size}, root {ab(cp.root, 32)}")]
+                ("checkpoint", f"size {cp.size}, root {ab(cp.root, 32)}"
+                 + ("" if source == node.target else f", from {source}"))]
         data: dict[str, Any] = {"node": node.target, "origin": cp.origin, "size": cp.size, "root": cp.root.hex(),
-                                "full": bool(args.full)}
+                                "full": bool(args.full), "checkpoint_from": source}
         if args.full:
             full_rows, rotations = _verify_full_online(args, out, node, store, cp, data)
             rows.append(("signature", _chained_signature(args, store, note, cp, rotations, node.target, data)))

@@ -105,9 +105,12 @@ def cmd_witness(args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-def witnessed_note(args: argparse.Namespace, origin: str) -> str:
-    """``audit verify --witnesses K-of-N --federation FILE``: the node's cosigned checkpoint of its
-    region, refused (exit 16) unless K distinct witnesses of other regions cosigned it."""
+def witnessed_note(args: argparse.Namespace, origin: str) -> tuple[str, str]:
+    """``audit verify --witnesses K-of-N --federation FILE``: the region's cosigned checkpoint and where it
+    came from, refused (exit 16) unless K distinct witnesses of other regions cosigned it. The audited node
+    is asked first; only a region's leader gathers cosignatures, so when its note falls short (a follower's
+    plain one) the region's members named in the federation file are asked and the best note is taken
+    (``FederationClient.region_checkpoint``). The node itself is then verified against that note."""
     from clients.channels import open_sync_channel
     from sovledger_pb import witness_pb2 as wpb
     from sovledger_pb import witness_pb2_grpc as wpb_grpc
@@ -125,13 +128,21 @@ def witnessed_note(args: argparse.Namespace, origin: str) -> str:
                                                                    timeout=args.timeout).note)
     except grpc.RpcError as e:
         raise Unreachable(f"{args.node}: GetRegionCheckpoint failed: {e.code().name}", node=args.node) from e
+    witnesses = client.fed.witnesses_of(origin)
+    source = args.node
+    region = client.fed.by_origin(origin)
+    if region is not None and not (note and check_policy(note, witnesses, policy).met):
+        best = client.region_checkpoint(region)  # the leader's, normally: it gathers the cosignatures
+        if best and check_policy(best, witnesses, policy).met:
+            note, source = best, f"the members of {region.name} (the leader gathers cosignatures; {args.node} " \
+                                 "served a note without enough)"
     if not note:
         raise Unreachable(f"{args.node} serves no checkpoint yet", node=args.node)
-    verdict = check_policy(note, client.fed.witnesses_of(origin), policy)
+    verdict = check_policy(note, witnesses, policy)
     if not verdict.met:
         raise WitnessPolicyUnmet(f"{args.node}: checkpoint of {origin}: {verdict.reason}", note=note,
                                  policy=args.witnesses)
-    return note
+    return note, source
 
 
 def add_witness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from clients.channels import open_sync_channel
 from ledger.note import Checkpoint, split_note
 from sovledger.cluster import Cluster
 from sovledger.regions import load
+from sovledger_pb import witness_pb2 as wpb
+from sovledger_pb import witness_pb2_grpc as wpb_grpc
 from tests.federation.harness import REGIONS, Fed, cosignatures, stop, wait_for
 from tests.security.region import cli
 
@@ -74,3 +78,29 @@ def test_witness_quorum_survives_a_leader_change(fed: Fed) -> None:
             "--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml"))
     view = {v["region"]: v for v in json.loads(r.stdout)["regions"]}
     assert r.returncode == 0 and view["eu-west"]["ok"] and view["eu-west"]["rows"], r.stdout + r.stderr
+
+
+def test_audit_verify_of_a_follower_takes_the_regions_cosigned_checkpoint(fed: Fed, tmp_path: Path) -> None:
+    """Only the leader gathers cosignatures, so a follower serves a plain note: `audit verify --witnesses
+    --node FOLLOWER` takes the region's cosigned checkpoint from its members and verifies the follower
+    against it (it used to exit 16, "policy not met")."""
+    c = _leader(fed, "eu-west")
+    leader, _ = c.wait_leader(30)
+    follower = next(n for n in c.nodes if n.node_id != leader.node_id and c.status(n) is not None)
+    fed.load("eu-west", seed=7, target=leader.target)
+    wait_for("a cosigned eu-west checkpoint the follower holds",
+             lambda: cosignatures(n := _note(fed, "eu-west")) >= 5
+             and (cp := c.checkpoint(follower)) is not None and cp.tree_size >= _size(n), 60)
+    with open_sync_channel(follower.target, fed.tls("eu-west")) as ch:
+        own = str(wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(wpb.RegionCheckpointRequest(), timeout=10).note)
+    assert cosignatures(own) < 5  # the follower's own answer cannot meet the policy: the fallback is exercised
+    tls = ["--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml")]
+    trust = str(tmp_path / "trust.json")
+    keys = [a for k in fed.fed.region("eu-west").checkpoint_keys for a in ("--key", k.to_string())]
+    r = cli("audit", "trust", "init", "--node", follower.target, "--trust", trust, *keys, *tls)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("audit", "verify", "--node", follower.target, "--trust", trust, "--federation", fed.config,
+            "--witnesses", "5-of-6", "--json", *tls)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert report["node"] == follower.target and "members of eu-west" in report["checkpoint_from"]
