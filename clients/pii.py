@@ -48,6 +48,12 @@ def new_salt() -> bytes:
     return os.urandom(SALT_SIZE)
 
 
+def new_subject_id() -> int:
+    """A fresh subject id: 128 random bits. Never derive one from the person (a hash of an e-mail address):
+    the vault refuses a taken id, so a derived id could be probed by another PSP (docs/privacy.md)."""
+    return int.from_bytes(os.urandom(16), "little")
+
+
 def commitment_for(subject_id: int, fields: Mapping[str, str], salt: bytes) -> bytes:
     """The value for ``Transfer.pii_commitment`` (computed locally, no network)."""
     return commit(PiiRecord(subject_id, dict(fields)), salt)

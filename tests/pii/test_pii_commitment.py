@@ -125,3 +125,12 @@ def test_worked_example_in_formats_md() -> None:
     squashed = "".join(section.split())
     assert canonical in squashed and key in squashed and c in squashed
     assert c == "267f06cdab30a1c0760c136656384edafa1655f378b7f64e84943a66bb79049b"
+
+
+def test_new_subject_ids_are_random_128_bit_values() -> None:
+    """clients.pii.new_subject_id: what the privacy docs tell PSPs to use (a derived id could be probed)."""
+    from clients.pii import new_subject_id
+
+    ids = [new_subject_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(0 <= i < 1 << 128 for i in ids)
+    assert len({i >> 64 for i in ids}) == 1000 and len({i & 0xFFFF for i in ids}) > 900  # both halves random
