@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ledger.codec import Batch, Proposal, encode_account, encode_deploy, encode_transfer
+from ledger.codec import TRANSFER_SIZE, Batch, Proposal, encode_account, encode_deploy, encode_transfer
 from ledger.lmdb_store import LmdbStore
 from ledger.note import Signer
 from ledger.rules import parse_ruleset, signing_message
@@ -154,7 +154,7 @@ def run_apply(n_rules: int, batches: list[bytes], accounts: int, operator: Signe
             st.apply_block(_proposal(i, recs))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         store.close()
-    n = sum(len(b) // 176 for b in batches)
+    n = sum(len(b) // TRANSFER_SIZE for b in batches)
     return n / dt, n / dc
 
 
@@ -179,7 +179,7 @@ def run_interleaved(counts: tuple[int, ...], batches: list[bytes], accounts: int
                 cpu[n] += time.process_time() - c0
         for store, _ in ledgers.values():
             store.close()
-    tx = sum(len(b) // 176 for b in batches)
+    tx = sum(len(b) // TRANSFER_SIZE for b in batches)
     return {n: (tx / wall[n], tx / cpu[n]) for n in counts}
 
 

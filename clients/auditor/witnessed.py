@@ -130,15 +130,17 @@ def witnessed_note(args: argparse.Namespace, origin: str) -> tuple[str, str]:
         raise Unreachable(f"{args.node}: GetRegionCheckpoint failed: {e.code().name}", node=args.node) from e
     witnesses = client.fed.witnesses_of(origin)
     source = args.node
+    verdict = check_policy(note, witnesses, policy) if note else None
     region = client.fed.by_origin(origin)
-    if region is not None and not (note and check_policy(note, witnesses, policy).met):
+    if region is not None and (verdict is None or not verdict.met):
         best = client.region_checkpoint(region)  # the leader's, normally: it gathers the cosignatures
-        if best and check_policy(best, witnesses, policy).met:
-            note, source = best, f"the members of {region.name} (the leader gathers cosignatures; {args.node} " \
-                                 "served a note without enough)"
-    if not note:
+        best_verdict = check_policy(best, witnesses, policy) if best else None
+        if best_verdict is not None and best_verdict.met:
+            note, verdict = best, best_verdict
+            source = f"the members of {region.name} (the leader gathers cosignatures; {args.node} served a note " \
+                     "without enough)"
+    if verdict is None:
         raise Unreachable(f"{args.node} serves no checkpoint yet", node=args.node)
-    verdict = check_policy(note, witnesses, policy)
     if not verdict.met:
         raise WitnessPolicyUnmet(f"{args.node}: checkpoint of {origin}: {verdict.reason}", note=note,
                                  policy=args.witnesses)

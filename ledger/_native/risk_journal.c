@@ -21,45 +21,6 @@ typedef skey_t jkey_t; /* a row's state key points one past its length byte; a b
         PREFETCH(q_ + (len) - 1);                                                                          \
     } while (0)
 
-static uint64_t load_be64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return __builtin_bswap64(v);
-#else
-    v = 0;
-    for (int b = 0; b < 8; b++) v = v << 8 | p[b];
-    return v;
-#endif
-}
-
-/* a key's sort form. A state key (1..17 bytes) is read as three whole words and the bytes past its length
- * masked off: every caller's key is followed by at least 7 readable bytes (a row's state, the rest of a
- * tent_t), so no variable-length copy is needed */
-static void jkey_of(jkey_t *s, const uint8_t *key, int klen) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint64_t w[4];
-    memcpy(w, key, 24);
-    if (klen == PAIR_KEY_LEN) {
-        memcpy(&w[3], key + 24, 8);
-    } else {
-        for (int i = 0; i < 3; i++) {
-            int valid = klen - 8 * i;
-            if (valid < 8) w[i] = valid <= 0 ? 0 : w[i] & ((1ULL << (8 * valid)) - 1);
-        }
-        w[2] |= (uint64_t)klen << 56; /* byte 23: a shorter key that is a prefix sorts first */
-        w[3] = 0;
-    }
-    for (int i = 0; i < 4; i++) s->w[i] = __builtin_bswap64(w[i]);
-#else
-    uint8_t buf[32] = {0};
-    memcpy(buf, key, (size_t)klen);
-    if (klen < PAIR_KEY_LEN) buf[23] = (uint8_t)klen;
-    for (int i = 0; i < 4; i++) s->w[i] = load_be64(buf + 8 * i);
-#endif
-    s->key = key;
-}
-
 /* the table's sort room for n keys and as many more (the sort's second buffer), grown when short and kept:
  * a fold needs megabytes, and fresh memory each time costs page faults */
 static jkey_t *scratch_keys(RiskTableObject *t, size_t n) {
@@ -104,7 +65,7 @@ static Py_ssize_t block_states(RiskTableObject *t, PyObject *risk, tent_t *extra
         if (k + AHEAD < t->nsaved && t->saved[k + AHEAD].idx >= 0) PREFETCH(&t->states.ents[t->saved[k + AHEAD].idx]);
         if (t->saved[k].idx < 0) continue;
         const tent_t *e = &t->states.ents[t->saved[k].idx];
-        jkey_of(&ks[n++], e->key, e->klen);
+        skey_of(&ks[n++], e->key, e->klen);
     }
     Py_ssize_t pos = 0;
     PyObject *key, *value;
@@ -117,7 +78,7 @@ static Py_ssize_t block_states(RiskTableObject *t, PyObject *risk, tent_t *extra
         if (risk_read_list(value, extra->st) < 0) return -1;
         memcpy(extra->key, PyBytes_AS_STRING(key), (size_t)klen);
         extra->klen = (uint8_t)klen;
-        jkey_of(&ks[n++], extra->key, (int)klen);
+        skey_of(&ks[n++], extra->key, (int)klen);
         extra++;
     }
     return (Py_ssize_t)n;
@@ -129,7 +90,7 @@ static Py_ssize_t block_pairs(RiskTableObject *t, PyObject *paid, jkey_t *ks) {
     size_t n = 0;
     for (size_t k = 0; k < m->nblk; k++) {
         if (k + AHEAD < m->nblk) PREFETCH(m->keys[m->blk[k + AHEAD]]);
-        jkey_of(&ks[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
+        skey_of(&ks[n++], m->keys[m->blk[k]], PAIR_KEY_LEN);
     }
     Py_ssize_t pos = 0;
     PyObject *key;
@@ -139,21 +100,16 @@ static Py_ssize_t block_pairs(RiskTableObject *t, PyObject *paid, jkey_t *ks) {
             PyErr_SetString(PyExc_TypeError, "a pair key is 32 bytes (debit id || credit id)");
             return -1;
         }
-        jkey_of(&ks[n++], (const uint8_t *)PyBytes_AS_STRING(key), PAIR_KEY_LEN);
+        skey_of(&ks[n++], (const uint8_t *)PyBytes_AS_STRING(key), PAIR_KEY_LEN);
     }
     return (Py_ssize_t)n;
-}
-
-/* two sort keys equal: the same key */
-static inline int same_key(const jkey_t *a, const jkey_t *b) {
-    return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) | (a->w[3] ^ b->w[3])) == 0;
 }
 
 /* the row from sorted states (keys into their entries) and sorted pairs (duplicates dropped) */
 static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pairs, size_t np) {
     size_t size = 8, distinct = 0;
     for (size_t i = 0; i < ns; i++) size += 1 + (size_t)ENTRY_OF(states[i])->klen + RISK_ROW_LEN;
-    for (size_t i = 0; i < np; i++) distinct += i == 0 || !same_key(&pairs[i], &pairs[i - 1]);
+    for (size_t i = 0; i < np; i++) distinct += i == 0 || !skey_same(&pairs[i], &pairs[i - 1]);
     size += distinct * PAIR_KEY_LEN;
     PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (v == NULL) return NULL;
@@ -169,7 +125,7 @@ static PyObject *journal_value(const jkey_t *states, size_t ns, const jkey_t *pa
     }
     for (size_t i = 0; i < np; i++) {
         if (i + AHEAD < np) PREFETCH(pairs[i + AHEAD].key);
-        if (i > 0 && same_key(&pairs[i], &pairs[i - 1])) continue;
+        if (i > 0 && skey_same(&pairs[i], &pairs[i - 1])) continue;
         memcpy(out, pairs[i].key, PAIR_KEY_LEN);
         out += PAIR_KEY_LEN;
     }
@@ -300,11 +256,11 @@ PyObject *rt_load(PyObject *self, PyObject *values) {
  * (vals not NULL), the last entry's value of each in *vals (bytes are untracked: no tuples, no GC work) */
 static int last_of_each(const jkey_t *ks, size_t n, PyObject **keys, PyObject **vals) {
     Py_ssize_t m = 0;
-    for (size_t i = 0; i < n; i++) m += i + 1 == n || !same_key(&ks[i], &ks[i + 1]);
+    for (size_t i = 0; i < n; i++) m += i + 1 == n || !skey_same(&ks[i], &ks[i + 1]);
     if ((*keys = PyList_New(m)) == NULL || (vals != NULL && (*vals = PyList_New(m)) == NULL)) return -1;
     Py_ssize_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        if (i + 1 < n && same_key(&ks[i], &ks[i + 1])) continue; /* a later row has this key */
+        if (i + 1 < n && skey_same(&ks[i], &ks[i + 1])) continue; /* a later row has this key */
         Py_ssize_t klen = vals != NULL ? ks[i].key[-1] : PAIR_KEY_LEN;
         PyObject *k = PyBytes_FromStringAndSize((const char *)ks[i].key, klen);
         if (k == NULL) return -1;
@@ -334,8 +290,8 @@ PyObject *rt_fold(PyObject *self, PyObject *values) {
     size_t a = 0, b = ns;
     for (Py_ssize_t r = 0; r < n; r++) { /* in row order: the stable sort keeps a key's entries in it */
         const uint8_t *p = (const uint8_t *)rows[r].b.buf + 8;
-        for (uint32_t i = 0; i < rows[r].ns; i++, p += 1 + p[0] + RISK_ROW_LEN) jkey_of(&ks[a++], p + 1, p[0]);
-        for (uint32_t i = 0; i < rows[r].np; i++) jkey_of(&ks[b++], rows[r].pairs + (size_t)i * PAIR_KEY_LEN, PAIR_KEY_LEN);
+        for (uint32_t i = 0; i < rows[r].ns; i++, p += 1 + p[0] + RISK_ROW_LEN) skey_of(&ks[a++], p + 1, p[0]);
+        for (uint32_t i = 0; i < rows[r].np; i++) skey_of(&ks[b++], rows[r].pairs + (size_t)i * PAIR_KEY_LEN, PAIR_KEY_LEN);
     }
     sort_keys(ks, tmp, ns);
     sort_keys(ks + ns, tmp, np);

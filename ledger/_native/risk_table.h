@@ -108,6 +108,45 @@ typedef struct { /* a key in sortable form (risk_table_type.c sort_keys) */
     const uint8_t *key;
 } skey_t;
 void sort_keys(skey_t *a, skey_t *tmp, size_t n);
+
+/* a key's sort form: a pair key (32 bytes) or a state key (1..17 bytes, its length in byte 23: a shorter key
+ * that is a prefix sorts first). A state key is read as three whole words and the bytes past its length
+ * masked off, so every caller's state key must be followed by at least 7 readable bytes (a row's state, the
+ * rest of a tent_t): no variable-length copy */
+static inline void skey_of(skey_t *s, const uint8_t *key, int klen) {
+    uint64_t w[4];
+    memcpy(w, key, 24);
+    if (klen == PAIR_KEY_LEN) {
+        memcpy(&w[3], key + 24, 8);
+    } else {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        for (int i = 0; i < 3; i++) {
+            int valid = klen - 8 * i;
+            if (valid < 8) w[i] = valid <= 0 ? 0 : w[i] & ((1ULL << (8 * valid)) - 1);
+        }
+        w[2] |= (uint64_t)klen << 56;
+#else
+        uint8_t buf[24] = {0};
+        memcpy(buf, key, (size_t)klen);
+        buf[23] = (uint8_t)klen;
+        memcpy(w, buf, 24);
+#endif
+        w[3] = 0;
+    }
+    for (int i = 0; i < 4; i++) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        s->w[i] = __builtin_bswap64(w[i]);
+#else
+        s->w[i] = w[i];
+#endif
+    }
+    s->key = key;
+}
+
+/* two sort keys of the same key */
+static inline int skey_same(const skey_t *a, const skey_t *b) {
+    return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) | (a->w[3] ^ b->w[3])) == 0;
+}
 /* the risk journal (risk_journal.c): RiskTable methods */
 PyObject *rt_journal(PyObject *self, PyObject *args);
 PyObject *rt_load(PyObject *self, PyObject *values);

@@ -74,20 +74,6 @@ static PyObject *rt_seen_py(PyObject *self, PyObject *pk) {
 
 /* ---- sorted rows ---------------------------------------------------------------------------------- */
 
-static uint64_t be64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
-    return v;
-}
-
-static void skey_of(skey_t *s, const uint8_t *key, int klen) {
-    uint8_t buf[32] = {0};
-    memcpy(buf, key, (size_t)klen);
-    if (klen < PAIR_KEY_LEN) buf[23] = (uint8_t)klen; /* keys of up to 17 bytes: shorter sorts first */
-    for (int i = 0; i < 4; i++) s->w[i] = be64(buf + 8 * i);
-    s->key = key;
-}
-
 static int cmp_skey(const void *x, const void *y) {
     const skey_t *a = x, *b = y;
     for (int i = 0; i < 4; i++)
@@ -126,8 +112,9 @@ static void radix_word(skey_t *a, skey_t *tmp, size_t n, int w) {
 
 /* a[0..n) sorted by the whole key, given that every key there has the same words before w */
 static void sort_from(skey_t *a, skey_t *tmp, size_t n, int w) {
-    if (n <= SORT_SMALL || w == 4) {
-        for (size_t i = 1; w < 4 && i < n; i++) {
+    if (w == 4) return; /* every word equal: the same key, kept in its order */
+    if (n <= SORT_SMALL) {
+        for (size_t i = 1; i < n; i++) {
             skey_t x = a[i];
             size_t j = i;
             for (; j > 0 && cmp_skey(&a[j - 1], &x) > 0; j--) a[j] = a[j - 1];
