@@ -30,7 +30,7 @@ from ledger import native
 from ledger.schema import Table
 from ledger.store import ReadTxn, WriteTxn
 
-CHUNK: Final = 1024  # pairs per pair_runs value (32 KiB)
+CHUNK: Final = 127  # pairs per pair_runs value (4064 bytes: one 4 KiB overflow page with its header)
 PAIR_LEN: Final = 32
 RUN_ID: Final = struct.Struct(">Q")
 COUNT: Final = struct.Struct("<Q")
@@ -42,8 +42,9 @@ try:  # the merge and the filters in C (built with the package; absent without a
     c_merge: Any = getattr(_risk, "merge_pairs", None)
     PairFilter: Any = getattr(_risk, "PairFilter", None)
     filter_hits: Any = getattr(_risk, "filter_hits", None)
+    c_chunk_has: Any = getattr(_risk, "chunk_has", None)
 except ImportError:  # pragma: no cover - a build without the extension
-    c_merge = PairFilter = filter_hits = None
+    c_merge = PairFilter = filter_hits = c_chunk_has = None
 
 
 def split(packed: bytes) -> list[bytes]:
@@ -77,24 +78,29 @@ def run_pairs(txn: ReadTxn, rid: int) -> bytes:
     return b"".join(v for _, v in txn.range(Table.PAIR_RUNS, RUN_ID.pack(rid), RUN_ID.pack(rid + 1)))
 
 
+def chunk_has_py(chunk: bytes, pk: bytes) -> bool:
+    """Whether a sorted packed chunk holds ``pk`` (a binary search; the reference of the C chunk_has)."""
+    lo, hi = 0, len(chunk) // PAIR_LEN
+    while lo < hi:
+        mid = (lo + hi) // 2
+        got = chunk[mid * PAIR_LEN:(mid + 1) * PAIR_LEN]
+        if got == pk:
+            return True
+        if got < pk:
+            lo = mid + 1
+        else:
+            hi = mid
+    return False
+
+
+chunk_has: Callable[[bytes, bytes], bool] = c_chunk_has if c_chunk_has is not None else chunk_has_py
+
+
 def run_has(txn: ReadTxn, rid: int, pk: bytes) -> bool:
     """Whether run ``rid`` holds ``pk``: one seek to the only chunk that can, a binary search in it."""
     prefix = RUN_ID.pack(rid)
-    for key, value in txn.range(Table.PAIR_RUNS, prefix + pk, limit=1):
-        if key[:8] != prefix:
-            return False
-        n = len(value) // PAIR_LEN
-        lo, hi = 0, n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            got = value[mid * PAIR_LEN:(mid + 1) * PAIR_LEN]
-            if got == pk:
-                return True
-            if got < pk:
-                lo = mid + 1
-            else:
-                hi = mid
-    return False
+    found = txn.seek(Table.PAIR_RUNS, prefix + pk)
+    return found is not None and found[0][:8] == prefix and chunk_has(found[1], pk)
 
 
 def new_filter(packed: bytes) -> Any:
@@ -141,13 +147,16 @@ class PairRuns:
     def getter(self, txn: ReadTxn) -> Callable[[bytes], bytes | None]:
         """The C RiskTable's pair getter over ``txn``: b"" if the pair is stored (legacy or a run), else None."""
         filters = self.filter_tuple(txn)
-        ids = [rid for rid, _ in self.runs]
+        prefixes = [RUN_ID.pack(rid) for rid, _ in self.runs]
         legacy = txn.getter(Table.RISK_PAIRS) if self.legacy else None
         hits = filter_hits if filter_hits is not None else (lambda fs, _pk: range(len(fs)))
+        seek, has = txn.seeker(Table.PAIR_RUNS), chunk_has
 
         def get(pk: bytes) -> bytes | None:
-            for i in hits(filters, pk):
-                if run_has(txn, ids[i], pk):
+            for i in hits(filters, pk):  # almost always none for an absent pair
+                prefix = prefixes[i]
+                found = seek(prefix + pk)  # the only chunk of the run that can hold pk
+                if found is not None and found[0][:8] == prefix and has(found[1], pk):
                     return b""
             return legacy(pk) if legacy is not None else None
 

@@ -8,6 +8,7 @@
  *                     block per pair, 7 bits set in it), at least 16 bits per pair (the block count rounded
  *                     up to a power of two), keyed with the risk maps' per-process key (keyed_hash.h), so
  *                     nobody outside the process can compute pairs that all hit it.
+ * chunk_has(chunk, pk) a binary search in one sorted chunk (a lookup after a filter hit).
  * filter_hits(filters, pk) -> tuple of the indexes of `filters` (a tuple of PairFilter or None: no filter,
  *                     always a hit) that may hold pk: one hash for all, one block read per filter. An absent
  *                     pair costs this one call (an empty tuple: the shared singleton). */
@@ -192,6 +193,26 @@ done:
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
     return out;
+}
+
+/* chunk_has(chunk, pk) -> whether a sorted packed chunk holds pk (a binary search) */
+PyObject *pair_chunk_has(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) != PAIR_KEY_LEN
+        || PyBytes_GET_SIZE(args[0]) % PAIR_KEY_LEN != 0) {
+        PyErr_SetString(PyExc_TypeError, "chunk_has(chunk: packed pairs, pk: 32 bytes)");
+        return NULL;
+    }
+    const uint8_t *c = (const uint8_t *)PyBytes_AS_STRING(args[0]), *k = (const uint8_t *)PyBytes_AS_STRING(args[1]);
+    size_t lo = 0, hi = (size_t)PyBytes_GET_SIZE(args[0]) / PAIR_KEY_LEN;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int cmp = memcmp(c + mid * PAIR_KEY_LEN, k, PAIR_KEY_LEN);
+        if (cmp == 0) Py_RETURN_TRUE;
+        if (cmp < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    Py_RETURN_FALSE;
 }
 
 int pair_runs_add_type(PyObject *module) {

@@ -127,6 +127,8 @@ static PyMethodDef METHODS[] = {
      "journal_has_pair(rows, pair_key) -> whether a risk_log row holds the pair"},
     {"merge_pairs", pair_merge, METH_VARARGS,
      "merge_pairs(a, b) -> the sorted union of two sorted packed pair runs, each pair once (pair_runs.c)"},
+    {"chunk_has", (PyCFunction)(void (*)(void))pair_chunk_has, METH_FASTCALL,
+     "chunk_has(chunk, pk) -> whether a sorted packed chunk of pairs holds pk"},
     {"filter_hits", (PyCFunction)(void (*)(void))pair_filter_hits, METH_FASTCALL,
      "filter_hits(filters, pk) -> the indexes of the PairFilters (None: no filter) that may hold the pair"},
     {NULL, NULL, 0, NULL},

@@ -157,6 +157,7 @@ PyObject *journal_has_pair(PyObject *module, PyObject *args);
 /* pair runs (pair_runs.c, ledger/pair_runs.py): the merge of two runs, the per-run filters */
 PyObject *pair_merge(PyObject *module, PyObject *args);
 PyObject *pair_filter_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *pair_chunk_has(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int pair_runs_add_type(PyObject *module);
 
 /* the state of key as the open block sees it (its changes, else committed: cached, else the store) and

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ledger import pair_runs
 from ledger.lmdb_store import LmdbStore
 from ledger.pair_runs import COUNT, RUN_ID, PairRuns, add_run, merge_pairs
 from ledger.schema import Table
+from ledger.store import MemoryStore
 from tests.engine.test_differential import dump
 
 needs_c = pytest.mark.skipif(pair_runs.c_merge is None, reason="the C extension is not built")
@@ -84,7 +86,7 @@ def _check_shape(txn: Any) -> list[tuple[int, int]]:
         assert all(k[8:] == v[-32:] for k, v in chunks)  # key: run id || the chunk's last pair
         got = pair_runs.split(data)
         assert got == sorted(set(got))  # sorted, each pair once within a run
-    for (_, older), (_, newer) in zip(runs, runs[1:], strict=False):
+    for (_, older), (_, newer) in pairwise(runs):
         assert older > 2 * newer
     total = sum(n for _, n in runs)
     assert len(runs) <= (math.log2(total) + 1 if total else 0)
@@ -195,5 +197,35 @@ def test_an_aborted_fold_changes_neither_the_store_nor_the_committed_filters(tmp
             assert all(committed.has(txn, pk(3, i)) and committed.has(txn, pk(1, i)) for i in range(100))
             assert not any(committed.has(txn, pk(2, i)) for i in range(300))
             assert txn.get(Table.PAIR_RUN_DIR, RUN_ID.pack(3)) == COUNT.pack(400)
+    finally:
+        store.close()
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(st.lists(pair_keys, max_size=130), pair_keys)
+def test_the_c_chunk_search_equals_the_python_reference(chunk: list[bytes], probe: bytes) -> None:
+    packed_chunk = packed(set(chunk))
+    for p in [probe, *chunk[:5]]:
+        assert pair_runs.c_chunk_has(packed_chunk, p) == pair_runs.chunk_has_py(packed_chunk, p) == (p in chunk)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "memory"])
+def test_seek_and_seeker_see_the_open_transactions_writes(tmp_path: Path, kind: str) -> None:
+    """The lookups' seek (and the getter's cursor-bound seeker) on both store kinds, inside a write
+    transaction that adds and deletes chunks after the seeker was made (as a fold does after lookups)."""
+    store: Any = _store(tmp_path / "s") if kind == "lmdb" else MemoryStore()
+    try:
+        with store.write() as txn:
+            add_run(txn, packed({pk(1, i) for i in range(300)}))
+        with store.write() as txn:
+            runs = PairRuns.read(txn)
+            get = runs.getter(txn)
+            assert get(pk(1, 7)) == b"" and get(pk(2, 7)) is None
+            after = add_run(txn, packed({pk(2, i) for i in range(300)}), runs)  # merged: run 1 deleted
+            assert [rid for rid, _ in after.runs] == [3]
+            assert txn.seek(Table.PAIR_RUNS, RUN_ID.pack(1)) is not None  # the first key >= run 1: run 3's
+            assert after.getter(txn)(pk(2, 7)) == b"" and after.getter(txn)(pk(1, 7)) == b""
+            assert txn.seeker(Table.PAIR_RUNS)(RUN_ID.pack(4)) is None
     finally:
         store.close()
