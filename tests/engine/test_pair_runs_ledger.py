@@ -13,6 +13,7 @@ import pytest
 from ledger import native, risk_log
 from ledger.apply import driver
 from ledger.codec import Batch
+from ledger.dry_run import dry_run
 from ledger.lmdb_store import LmdbStore
 from ledger.pair_runs import PairRuns, directory
 from ledger.schema import Table
@@ -59,6 +60,14 @@ def test_pairs_in_the_legacy_table_and_in_runs_are_known_after_a_restart(
         pair.states[name] = LedgerState(store, [OPERATOR.verifier])
     with pair.stores["native"].read() as txn:
         assert [n for _, n in directory(txn)] == [2]  # runs 1 and 2 merged into 3
+    rules = pair.states["native"].rules
+    assert rules is not None
+    for filters in (None, {}):  # a dry run seeking the runs, and with a (shared, empty) filter cache
+        with pair.stores["native"].read() as txn:
+            seen = {(dr, cr): not dry_run(txn, rules, transfer(99, dr, cr, 10), pair.now, 9, filters)
+                    .activation["risk_new_payee"] for dr, cr in ((1, 2), (4, 5), (6, 7), (1, 3))}
+        assert seen == {(1, 2): True, (4, 5): True, (6, 7): True, (1, 3): False}
+    assert filters  # the dry run built the filter of run 3 into the cache it was given
     assert one(pair, 3, 1, 2, 800) == {Result.OK}
     assert one(pair, 4, 4, 5, 800) == {Result.OK}
     assert one(pair, 5, 6, 7, 800) == {Result.OK}
