@@ -96,13 +96,6 @@ def chunk_has_py(chunk: bytes, pk: bytes) -> bool:
 chunk_has: Callable[[bytes, bytes], bool] = c_chunk_has if c_chunk_has is not None else chunk_has_py
 
 
-def run_has(txn: ReadTxn, rid: int, pk: bytes) -> bool:
-    """Whether run ``rid`` holds ``pk``: one seek to the only chunk that can, a binary search in it."""
-    prefix = RUN_ID.pack(rid)
-    found = txn.seek(Table.PAIR_RUNS, prefix + pk)
-    return found is not None and found[0][:8] == prefix and chunk_has(found[1], pk)
-
-
 def new_filter(packed: bytes) -> Any:
     """A run's per-process filter, or None (no C build: every lookup reads the run)."""
     return PairFilter(packed) if PairFilter is not None else None
@@ -119,6 +112,8 @@ class PairRuns:
     filters: dict[int, Any] = field(default_factory=dict)
     build: bool = True  # build a missing filter from the store (False: a one-off reader seeks the run instead)
     _tuple: tuple[Any, ...] | None = None
+    _txn: Any = None  # the transaction ``_get`` reads (``has``)
+    _get: Callable[[bytes], bytes | None] | None = None
 
     @staticmethod
     def read(txn: ReadTxn, filters: dict[int, Any] | None = None, build: bool = True) -> PairRuns:
@@ -136,16 +131,17 @@ class PairRuns:
         return self._tuple
 
     def has(self, txn: ReadTxn, pk: bytes) -> bool:
-        """Whether ``pk`` is in ``risk_pairs`` or a run (not the journal: see ``committed_pair``)."""
-        filters = self.filter_tuple(txn)
-        hits = filter_hits(filters, pk) if filter_hits is not None else range(len(filters))
-        for i in hits:
-            if run_has(txn, self.runs[i][0], pk):
-                return True
-        return self.legacy and txn.get(Table.RISK_PAIRS, pk) is not None
+        """Whether ``pk`` is in ``risk_pairs`` or a run (the journal is the caller's: the C table pins it, the
+        Python paths' overlay and a dry run's rows hold it): ``getter``'s lookup, its cursor kept per ``txn``."""
+        if self._txn is not txn:
+            self._get, self._txn = self.getter(txn), txn
+        assert self._get is not None
+        return self._get(pk) is not None
 
     def getter(self, txn: ReadTxn) -> Callable[[bytes], bytes | None]:
-        """The C RiskTable's pair getter over ``txn``: b"" if the pair is stored (legacy or a run), else None."""
+        """The one lookup of stored pairs (the C RiskTable's pair getter, ``has``): b"" if the pair is in a run
+        or the legacy table, else None. Runs first, each only on a filter hit: an absent pair costs the one
+        ``filter_hits`` call (and a ``risk_pairs`` get while that table is not empty)."""
         filters = self.filter_tuple(txn)
         prefixes = [RUN_ID.pack(rid) for rid, _ in self.runs]
         legacy = txn.getter(Table.RISK_PAIRS) if self.legacy else None
