@@ -177,11 +177,16 @@ def _put_run(txn: WriteTxn, rid: int, packed: bytes) -> None:
     txn.put(Table.PAIR_RUN_DIR, prefix, COUNT.pack(len(packed) // PAIR_LEN))
 
 
-def _delete_run(txn: WriteTxn, rid: int) -> None:
-    keys = [k for k, _ in txn.range(Table.PAIR_RUNS, RUN_ID.pack(rid), RUN_ID.pack(rid + 1))]
+def _take_run(txn: WriteTxn, rid: int) -> bytes:
+    """A run's packed pairs, its chunks and directory row deleted (it is being merged): one pass."""
+    keys, chunks = [], []
+    for key, value in txn.range(Table.PAIR_RUNS, RUN_ID.pack(rid), RUN_ID.pack(rid + 1)):
+        keys.append(key)
+        chunks.append(value)
     for key in keys:
         txn.delete(Table.PAIR_RUNS, key)
     txn.delete(Table.PAIR_RUN_DIR, RUN_ID.pack(rid))
+    return b"".join(chunks)
 
 
 def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
@@ -201,11 +206,9 @@ def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
     while len(stack) >= 2 and stack[-2][1] <= MERGE_RATIO * stack[-1][1]:
         (rb, _, db), (ra, _, da) = stack.pop(), stack.pop()
         if da is None:
-            da = run_pairs(txn, ra)
-            _delete_run(txn, ra)
+            da = _take_run(txn, ra)
         if db is None:
-            db = run_pairs(txn, rb)
-            _delete_run(txn, rb)
+            db = _take_run(txn, rb)
         merged = merge(da, db)
         stack.append((next_id, len(merged) // PAIR_LEN, merged))
         next_id += 1

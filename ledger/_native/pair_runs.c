@@ -156,6 +156,15 @@ PyObject *pair_filter_hits(PyObject *module, PyObject *const *args, Py_ssize_t n
     return out;
 }
 
+/* bytewise order of two pair keys (memcmp's sign) from four big-endian word compares */
+static inline int pk_cmp(const uint8_t *a, const uint8_t *b) {
+    for (int i = 0; i < PAIR_KEY_LEN; i += 8) {
+        uint64_t x = __builtin_bswap64(kh_rd64(a + i)), y = __builtin_bswap64(kh_rd64(b + i));
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return 0;
+}
+
 /* merge_pairs(a, b) -> the sorted union of two sorted packed pair arrays, each pair once */
 PyObject *pair_merge(PyObject *module, PyObject *args) {
     (void)module;
@@ -170,14 +179,14 @@ PyObject *pair_merge(PyObject *module, PyObject *args) {
     const uint8_t *last = NULL;
     while (p < pe || q < qe) {
         const uint8_t *next;
-        if (q >= qe || (p < pe && memcmp(p, q, PAIR_KEY_LEN) <= 0)) {
+        if (q >= qe || (p < pe && pk_cmp(p, q) <= 0)) {
             next = p;
             p += PAIR_KEY_LEN;
-            if (p < pe && memcmp(next, p, PAIR_KEY_LEN) > 0) goto unsorted;
+            if (p < pe && pk_cmp(next, p) > 0) goto unsorted;
         } else {
             next = q;
             q += PAIR_KEY_LEN;
-            if (q < qe && memcmp(next, q, PAIR_KEY_LEN) > 0) goto unsorted;
+            if (q < qe && pk_cmp(next, q) > 0) goto unsorted;
         }
         if (last != NULL && pk_eq(last, next)) continue;
         memcpy(o, next, PAIR_KEY_LEN);
@@ -207,7 +216,7 @@ PyObject *pair_chunk_has(PyObject *module, PyObject *const *args, Py_ssize_t nar
     size_t lo = 0, hi = (size_t)PyBytes_GET_SIZE(args[0]) / PAIR_KEY_LEN;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int cmp = memcmp(c + mid * PAIR_KEY_LEN, k, PAIR_KEY_LEN);
+        int cmp = pk_cmp(c + mid * PAIR_KEY_LEN, k);
         if (cmp == 0) Py_RETURN_TRUE;
         if (cmp < 0) lo = mid + 1;
         else hi = mid;
