@@ -6,10 +6,11 @@ credit id), sorted, no-overwrite. While the table is small, neighbouring new pai
 it holds many more leaf pages than a fold has pairs, almost every new pair copies a whole 4 KiB page and
 the commit writes it. New: the fold writes its pairs as one sorted run (32 KiB chunks appended at the end
 of ``pair_runs``) and merges runs by the binary-counter rule, so a pair is rewritten O(log n) times in
-sequential chunks, never looked up. Two fresh durable stores get the same random pairs in folds of
-``--batch`` pairs (its runs as real folds leave them; the
-fill's total cost per pair is the amortised figure, merges included). At each size both then take
-``--folds`` more folds of new random pairs: puts and commit (and, new, merges and the new run's filter).
+sequential chunks, never looked up. Two fresh durable stores get the same folds of ``--batch`` new random
+pairs, alternated (the new one's runs as real folds leave them): puts and commit (new: also merges and the
+new run's filter), CPU seconds of this process. At each size both take ``--folds`` timed folds (the new
+layout's cost swings from fold to fold: most folds merge little, one in a while rewrites most pairs), and
+the mean over *every* fold since the previous size is printed beside them: the amortised figure.
 
 Lookups (``--lookup-at``, default 1M pairs): a present and an absent pair, per lookup: the old one
 ``get`` on ``risk_pairs``, the new one the C RiskTable's getter (PairRuns.getter: the per-run filters in
@@ -42,7 +43,8 @@ def _pairs(rnd: random.Random, n: int) -> list[bytes]:
 
 
 class Layouts:
-    """The two stores, filled with the same pairs; a sample of the stored ones for lookups."""
+    """The two stores, given the same folds (alternated: the machine's noise hits both alike); every fold's
+    CPU seconds are added to the current window's sums; a sample of the stored pairs for lookups."""
 
     def __init__(self, root: str, batch: int) -> None:
         self.old = LmdbStore(str(Path(root) / "old"), 1 << 35)
@@ -50,34 +52,29 @@ class Layouts:
         self.batch = batch
         self.runs: PairRuns | None = None
         self.total = 0
-        self.fill_cpu_new = 0.0
-        self.filled = 0
         self.sample: list[bytes] = []
+        self.window = {"old": 0.0, "new": 0.0, "pairs": 0}
+
+    def fold(self, rnd: random.Random, n: int) -> tuple[float, float]:
+        """One fold of ``n`` new random pairs into both layouts: (old CPU s, new CPU s)."""
+        pairs = _pairs(rnd, n)
+        self.sample.extend(rnd.sample(pairs, min(len(pairs), 64)))
+        c0 = time.process_time()
+        with self.old.write() as w:
+            w.put_many(Table.RISK_PAIRS, zip(pairs, repeat(b"")), overwrite=False)
+        c1 = time.process_time()
+        with self.new.write() as w:
+            self.runs = add_run(w, b"".join(pairs), self.runs)
+        c2 = time.process_time()
+        self.total += n
+        self.window["old"] += c1 - c0
+        self.window["new"] += c2 - c1
+        self.window["pairs"] += n
+        return c1 - c0, c2 - c1
 
     def fill(self, rnd: random.Random, size: int) -> None:
-        while self.total < size:  # fold-sized batches of random pairs, the same into both
-            pairs = _pairs(rnd, min(self.batch, size - self.total))
-            self.sample.extend(rnd.sample(pairs, min(len(pairs), 64)))
-            with self.old.write() as w:
-                w.put_many(Table.RISK_PAIRS, zip(pairs, repeat(b"")), overwrite=False)
-            c0 = time.process_time()
-            with self.new.write() as w:
-                self.runs = add_run(w, b"".join(pairs), self.runs)
-            self.fill_cpu_new += time.process_time() - c0
-            self.total += len(pairs)
-            self.filled += len(pairs)
-
-    def fold_old(self, new: list[bytes]) -> tuple[float, float]:
-        c0, t0 = time.process_time(), time.perf_counter()
-        with self.old.write() as w:
-            w.put_many(Table.RISK_PAIRS, zip(new, repeat(b"")), overwrite=False)
-        return time.process_time() - c0, time.perf_counter() - t0
-
-    def fold_new(self, new: list[bytes]) -> tuple[float, float]:
-        c0, t0 = time.process_time(), time.perf_counter()
-        with self.new.write() as w:
-            self.runs = add_run(w, b"".join(new), self.runs)
-        return time.process_time() - c0, time.perf_counter() - t0
+        while self.total < size:
+            self.fold(rnd, min(self.batch, size - self.total))
 
     def close(self) -> None:
         self.old.close()
@@ -111,32 +108,32 @@ def lookups(lay: Layouts, rnd: random.Random) -> dict[str, float]:
 
 
 def measure(sizes: list[int], batch: int, folds: int, lookup_at: int, seed: int = 1) -> dict[str, Any]:
+    """Per size: the timed folds' CPU ns per new pair (old, new: mean and worst fold) and both layouts'
+    mean over every fold since the previous size (the window: the new layout's merges amortised over it)."""
     rnd = random.Random(seed)
     rows, look = [], None
     with tempfile.TemporaryDirectory() as d:
         lay = Layouts(d, batch)
         try:
-            for size in sorted(sizes):
+            order = sorted(sizes)
+            for k, size in enumerate(order):
                 lay.fill(rnd, size)
                 stored = lay.total  # at least size: the timed folds of the sizes before added theirs
                 if size == lookup_at:
                     look = lookups(lay, rnd) | {"table_pairs": stored}
-                old_cpu = new_cpu = old_wall = new_wall = new_worst = 0.0
-                for _ in range(folds):  # alternated: the machine's noise hits both alike
-                    new = _pairs(rnd, batch)
-                    lay.sample.extend(rnd.sample(new, 64))
-                    oc, ow = lay.fold_old(new)
-                    nc, nw = lay.fold_new(new)
-                    old_cpu, old_wall, new_cpu, new_wall = old_cpu + oc, old_wall + ow, new_cpu + nc, new_wall + nw
-                    new_worst = max(new_worst, nc)
-                    lay.total += batch
-                n = folds * batch
+                room = (order[k + 1] - lay.total) // batch if k + 1 < len(order) else folds
+                here = max(1, min(folds, room))  # the next size is not overshot (sizes 0, 100k: one fold)
+                timed = [lay.fold(rnd, batch) for _ in range(here)]
+                win = lay.window
+                n = here * batch
                 with lay.new.read() as txn:
                     nruns = len(pair_runs.directory(txn))
-                rows.append({"table_pairs": stored, "old_ns": 1e9 * old_cpu / n, "new_ns": 1e9 * new_cpu / n,
-                             "old_wall_ns": 1e9 * old_wall / n, "new_wall_ns": 1e9 * new_wall / n,
-                             "new_worst_fold_ns": 1e9 * new_worst / batch, "runs": nruns,
-                             "fill_amortised_new_ns": 1e9 * lay.fill_cpu_new / lay.filled if lay.filled else 0.0})
+                rows.append({"table_pairs": stored, "folds": here, "old_ns": 1e9 * sum(o for o, _ in timed) / n,
+                             "new_ns": 1e9 * sum(nw for _, nw in timed) / n,
+                             "new_worst_fold_ns": 1e9 * max(nw for _, nw in timed) / batch, "runs": nruns,
+                             "window_pairs": win["pairs"], "window_old_ns": 1e9 * win["old"] / win["pairs"],
+                             "window_new_ns": 1e9 * win["new"] / win["pairs"]})
+                lay.window = {"old": 0.0, "new": 0.0, "pairs": 0}
         finally:
             lay.close()
     return {"rows": rows, "lookups": look}
@@ -147,21 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="0,100000,300000,1000000,3000000",
                     help="stored pairs to measure at (comma separated)")
     ap.add_argument("--batch", type=int, default=56_000, help="new pairs per fold (bench.rules' folds: ~56k)")
-    ap.add_argument("--folds", type=int, default=4, help="timed folds per size, each layout (alternated)")
+    ap.add_argument("--folds", type=int, default=8,
+                    help="timed folds per size, each layout (alternated; fewer where the next size is closer)")
     ap.add_argument("--lookup-at", type=int, default=1_000_000, help="stored pairs at the lookup figure")
     ap.add_argument("--results-dir", default=None, help="where the JSON goes (default bench/results)")
     args = ap.parse_args(argv)
     sizes = sorted({int(s) for s in args.sizes.split(",")} | {0})
     got = measure(sizes, args.batch, max(1, min(args.folds, 50)), args.lookup_at)
     base = got["rows"][0]["old_ns"]
-    print(f"a fold's {args.batch:,} new pairs, by stored pairs (CPU ns per new pair, mean of {args.folds} folds "
-          "each, alternated; ratios in this run)")
-    print(f"  {'stored':>10} {'old B-tree':>10} {'vs empty':>8} {'runs':>7} {'new/old':>8} {'worst fold':>10} "
-          f"{'#runs':>5} {'fill avg':>8}")
+    print(f"a fold's {args.batch:,} new pairs, by stored pairs (CPU ns per new pair; each fold to both layouts, "
+          "alternated; ratios in this run)")
+    print(f"  {'':>10} | timed folds at this size (up to {args.folds}){'':>19} | every fold since the previous size")
+    print(f"  {'stored':>10} | {'folds':>5} {'old':>6} {'÷empty':>6} {'new':>6} {'new/old':>7} {'worst new':>9} "
+          f"{'#runs':>5} | {'pairs':>9} {'old':>6} {'new':>6} {'new/old':>7}")
     for r in got["rows"]:
-        print(f"  {r['table_pairs']:>10,} {r['old_ns']:>10.0f} {r['old_ns'] / base:>8.2f} {r['new_ns']:>7.0f} "
-              f"{r['new_ns'] / r['old_ns']:>8.2f} {r['new_worst_fold_ns']:>10.0f} {r['runs']:>5} "
-              f"{r['fill_amortised_new_ns']:>8.0f}")
+        print(f"  {r['table_pairs']:>10,} | {r['folds']:>5} {r['old_ns']:>6.0f} {r['old_ns'] / base:>6.2f} "
+              f"{r['new_ns']:>6.0f} {r['new_ns'] / r['old_ns']:>7.2f} {r['new_worst_fold_ns']:>9.0f} {r['runs']:>5} | "
+              f"{r['window_pairs']:>9,} {r['window_old_ns']:>6.0f} {r['window_new_ns']:>6.0f} "
+              f"{r['window_new_ns'] / r['window_old_ns']:>7.2f}")
     look = got["lookups"]
     if look is not None:
         print(f"lookups at {look['table_pairs']:,} stored pairs (CPU ns per lookup; new: {look['runs']} runs, "
