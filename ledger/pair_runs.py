@@ -142,13 +142,16 @@ class PairRuns:
         """The one lookup of stored pairs (the C RiskTable's pair getter, ``has``): b"" if the pair is in a run
         or the legacy table, else None. Runs first, each only on a filter hit: an absent pair costs the one
         ``filter_hits`` call (and a ``risk_pairs`` get while that table is not empty)."""
-        filters = self.filter_tuple(txn)
         prefixes = [RUN_ID.pack(rid) for rid, _ in self.runs]
         legacy = txn.getter(Table.RISK_PAIRS) if self.legacy else None
         hits = filter_hits if filter_hits is not None else (lambda fs, _pk: range(len(fs)))
         seek, has = txn.seeker(Table.PAIR_RUNS), chunk_has
+        filters: tuple[Any, ...] | None = None  # built at the first lookup: a block that reads no pair builds none
 
         def get(pk: bytes) -> bytes | None:
+            nonlocal filters
+            if filters is None:
+                filters = self.filter_tuple(txn)
             for i in hits(filters, pk):  # almost always none for an absent pair
                 prefix = prefixes[i]
                 found = seek(prefix + pk)  # the only chunk of the run that can hold pk
