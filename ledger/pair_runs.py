@@ -14,8 +14,8 @@ so at most log2(pairs) + 1 runs. Ids only grow (the newest run always survives a
 
 **Committed pairs** = the legacy table ``risk_pairs`` (written by folds before runs existed; read, never
 written) ∪ every run ∪ the journal. ``PairRuns`` is one snapshot's directory with a per-process Bloom filter
-per run (ledger/_native/pair_runs.c: keyed, never stored, built when the run is first needed); a lookup of an
-absent pair costs one C call (and one ``risk_pairs`` get while that table is not empty). The merge has a C
+per run, and one for the legacy table (ledger/_native/pair_runs.c: keyed, never stored, built when first
+needed); a lookup of an absent pair costs one C call. The merge has a C
 fast path and this module's ``merge_pairs`` as the reference (the same bytes, tests/engine/test_pair_runs.py).
 """
 
@@ -35,6 +35,7 @@ PAIR_LEN: Final = 32
 RUN_ID: Final = struct.Struct(">Q")
 COUNT: Final = struct.Struct("<Q")
 MERGE_RATIO: Final = 2
+LEGACY: Final = -1  # the filters' key of the legacy risk_pairs table (run ids start at 1)
 
 try:  # the merge and the filters in C (built with the package; absent without a C compiler)
     from ledger._native import _risk
@@ -122,12 +123,17 @@ class PairRuns:
                         filters if filters is not None else {}, build)
 
     def filter_tuple(self, txn: ReadTxn) -> tuple[Any, ...]:
-        """One filter (or None) per run, in directory order; a missing one is built from the store now."""
+        """One filter (or None) per run, in directory order, then the legacy table's when it is not empty; a
+        missing one is built from the store now."""
         if self._tuple is None:
+            build = self.build and PairFilter is not None
             for rid, _ in self.runs:
-                if self.build and rid not in self.filters and PairFilter is not None:
+                if build and rid not in self.filters:
                     self.filters[rid] = new_filter(run_pairs(txn, rid))
-            self._tuple = tuple(self.filters.get(rid) for rid, _ in self.runs)
+            if build and self.legacy and LEGACY not in self.filters:  # never written now: one filter for good
+                self.filters[LEGACY] = new_filter(b"".join(k for k, _ in txn.range(Table.RISK_PAIRS)))
+            legacy = (self.filters.get(LEGACY),) if self.legacy else ()
+            self._tuple = tuple(self.filters.get(rid) for rid, _ in self.runs) + legacy
         return self._tuple
 
     def has(self, txn: ReadTxn, pk: bytes) -> bool:
@@ -140,10 +146,11 @@ class PairRuns:
 
     def getter(self, txn: ReadTxn) -> Callable[[bytes], bytes | None]:
         """The one lookup of stored pairs (the C RiskTable's pair getter, ``has``): b"" if the pair is in a run
-        or the legacy table, else None. Runs first, each only on a filter hit: an absent pair costs the one
-        ``filter_hits`` call (and a ``risk_pairs`` get while that table is not empty)."""
+        or the legacy table, else None. Each is read only on a hit of its filter: an absent pair costs the one
+        ``filter_hits`` call."""
         prefixes = [RUN_ID.pack(rid) for rid, _ in self.runs]
-        legacy = txn.getter(Table.RISK_PAIRS) if self.legacy else None
+        nruns = len(prefixes)
+        legacy = txn.getter(Table.RISK_PAIRS)
         hits = filter_hits if filter_hits is not None else (lambda fs, _pk: range(len(fs)))
         seek, has = txn.seeker(Table.PAIR_RUNS), chunk_has
         filters: tuple[Any, ...] | None = None  # built at the first lookup: a block that reads no pair builds none
@@ -153,11 +160,13 @@ class PairRuns:
             if filters is None:
                 filters = self.filter_tuple(txn)
             for i in hits(filters, pk):  # almost always none for an absent pair
+                if i == nruns:  # the legacy table's filter (last): one get
+                    return b"" if legacy(pk) is not None else None
                 prefix = prefixes[i]
                 found = seek(prefix + pk)  # the only chunk of the run that can hold pk
                 if found is not None and found[0][:8] == prefix and has(found[1], pk):
                     return b""
-            return legacy(pk) if legacy is not None else None
+            return None
 
         return get
 
@@ -219,7 +228,7 @@ def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
     assert top is not None  # the newest run is always new: the fold's or a merge
     _put_run(txn, top_id, top)
     runs = [(rid, n) for rid, n, _ in stack]
-    filters = {rid: before.filters[rid] for rid, _ in runs if rid in before.filters}
+    filters = {rid: before.filters[rid] for rid in [LEGACY, *(rid for rid, _ in runs)] if rid in before.filters}
     f = new_filter(top)
     if f is not None:
         filters[top_id] = f

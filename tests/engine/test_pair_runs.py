@@ -229,3 +229,28 @@ def test_seek_and_seeker_see_the_open_transactions_writes(tmp_path: Path, kind: 
             assert txn.seeker(Table.PAIR_RUNS)(RUN_ID.pack(4)) is None
     finally:
         store.close()
+
+
+@needs_c
+def test_the_legacy_table_has_a_filter_too_and_keeps_it_across_folds(tmp_path: Path) -> None:
+    """A legacy ``risk_pairs`` (never written now) gets one filter, after the runs': an absent pair reads
+    neither the runs nor the legacy table (no filter hit), a legacy pair is found, and a fold keeps it."""
+    store = _store(tmp_path / "s")
+    try:
+        legacy = {pk(7, i) for i in range(5000)}
+        with store.write() as txn:
+            txn.put_many(Table.RISK_PAIRS, [(p, b"") for p in sorted(legacy)])
+            runs = add_run(txn, packed({pk(8, i) for i in range(100)}))
+        with store.read() as txn:
+            runs = PairRuns.read(txn)
+            filters = runs.filter_tuple(txn)
+            assert len(filters) == 2 and len(filters[1]) == len(legacy)  # run 1, then the legacy table
+            absent = [pk(9, i) for i in range(2000)]
+            assert sum(bool(pair_runs.filter_hits(filters, p)) for p in absent) < 40
+            get = runs.getter(txn)
+            assert all(get(p) == b"" for p in legacy) and not any(get(p) for p in absent)
+        with store.write() as txn:
+            after = add_run(txn, packed({pk(8, i) for i in range(100, 400)}), runs)
+        assert after.filters[pair_runs.LEGACY] is runs.filters[pair_runs.LEGACY]
+    finally:
+        store.close()
