@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ledger import native
+from ledger.invariant import invariant
 from ledger.schema import Table
 from ledger.store import ReadTxn, WriteTxn
 
@@ -210,6 +211,7 @@ def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
         before = PairRuns.read(txn)
     if not packed:
         return before
+    invariant(directory(txn) == before.runs, "the cached pair runs differ from the store's directory")
     merge = merge or merger()
     stack: list[tuple[int, int, bytes | None]] = [(rid, n, None) for rid, n in before.runs]
     next_id = (stack[-1][0] + 1) if stack else 1
