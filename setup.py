@@ -22,7 +22,7 @@ setup(
             "ledger._native._risk",
             sources=["ledger/_native/risk.c", "ledger/_native/rules.c", "ledger/_native/rules_eval.c",
                      "ledger/_native/risk_table.c", "ledger/_native/risk_table_type.c",
-                     "ledger/_native/risk_journal.c"],
+                     "ledger/_native/risk_journal.c", "ledger/_native/pair_runs.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
             depends=["ledger/_native/risk_core.h", "ledger/_native/rules.h", "ledger/_native/risk_table.h",
                      "ledger/_native/keyed_hash.h"],

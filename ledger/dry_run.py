@@ -4,9 +4,11 @@ rule set against one transfer over a committed snapshot; nothing is written."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ledger import risk_log
 from ledger.codec import T_CREDIT, T_DEBIT, TRANSFER_STRUCT
+from ledger.pair_runs import PairRuns
 from ledger.risk import RiskView, decode_state
 from ledger.rules.compiler import NO_MATCH, CompiledRuleSet
 from ledger.rules.model import Action, Rule
@@ -16,16 +18,19 @@ from ledger.types import Result
 
 
 class ReadRiskView(RiskView):
-    """The risk view of the activation builder over a committed snapshot: ``risk`` / ``risk_pairs``
-    overridden by the journal (``risk_log``) of the same snapshot. Its rows are read once, when first
-    needed, and searched per key (ledger/risk_log.py ``state_in`` / ``has_pair``): a dry run does not
-    decode a journal of up to 16 blocks' states for the three keys it reads."""
+    """The risk view of the activation builder over a committed snapshot: ``risk`` / the stored pairs (legacy
+    ``risk_pairs`` and runs, ledger/pair_runs.py) overridden by the journal (``risk_log``) of the same
+    snapshot. Its rows are read once, when first needed, and searched per key (ledger/risk_log.py
+    ``state_in`` / ``has_pair``): a dry run does not decode a journal of up to 16 blocks' states for the
+    three keys it reads."""
 
-    __slots__ = ("_rows", "txn")
+    __slots__ = ("_filters", "_rows", "_runs", "txn")
 
-    def __init__(self, txn: ReadTxn) -> None:
+    def __init__(self, txn: ReadTxn, filters: dict[int, Any] | None = None) -> None:
         self.txn = txn
         self._rows: list[bytes] | None = None
+        self._runs: PairRuns | None = None
+        self._filters = filters
 
     def rows(self) -> list[bytes]:
         if self._rows is None:
@@ -42,7 +47,9 @@ class ReadRiskView(RiskView):
         pk = debit_id + credit_id
         if self.rows() and risk_log.has_pair(self.rows(), pk):
             return True
-        return self.txn.get(Table.RISK_PAIRS, pk) is not None
+        if self._runs is None:  # the ledger's committed filters when given (ids never change content), else seeks
+            self._runs = PairRuns.read(self.txn, self._filters, build=self._filters is not None)
+        return self._runs.has(self.txn, pk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +61,12 @@ class DryRun:
     problems: tuple[str, ...] = ()
 
 
-def dry_run(txn: ReadTxn, rules: CompiledRuleSet, raw: bytes, timestamp_ns: int, height: int) -> DryRun:
+def dry_run(txn: ReadTxn, rules: CompiledRuleSet, raw: bytes, timestamp_ns: int, height: int,
+            filters: dict[int, Any] | None = None) -> DryRun:
     """Evaluate ``rules`` against one transfer record over committed state; nothing is written.
 
-    The ledger's own checks are not repeated except that both accounts must exist."""
+    The ledger's own checks are not repeated except that both accounts must exist. ``filters``: the ledger's
+    per-run pair filters (LedgerState.pair_filters), else pair lookups seek each run."""
     rec = TRANSFER_STRUCT.unpack(raw)
     accts = []
     for aid, name in ((rec[T_DEBIT], "debit"), (rec[T_CREDIT], "credit")):
@@ -66,7 +75,7 @@ def dry_run(txn: ReadTxn, rules: CompiledRuleSet, raw: bytes, timestamp_ns: int,
             return DryRun(Action.NONE, None, 0, {}, (f"{name} account {int.from_bytes(aid, 'little')} not found",))
         accts.append(AccountState.decode(stored))
     try:
-        activation = rules.build(rec, accts[0], accts[1], timestamp_ns, height, ReadRiskView(txn))
+        activation = rules.build(rec, accts[0], accts[1], timestamp_ns, height, ReadRiskView(txn, filters))
     except MemoryError:
         raise
     except Exception as e:  # the state machine records rule_evaluation_failed here

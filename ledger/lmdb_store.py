@@ -68,6 +68,21 @@ class _LmdbRead:
                     return
                 yield bytes(k), bytes(v)
 
+    def seek(self, table: str, key: bytes) -> tuple[bytes, bytes] | None:
+        with self._txn.cursor(db=self._db(table)) as cur:
+            if not cur.set_range(key):
+                return None
+            return bytes(cur.key()), bytes(cur.value())
+
+    def seeker(self, table: str) -> Callable[[bytes], tuple[bytes, bytes] | None]:
+        cur = self._txn.cursor(db=self._db(table))  # lives as long as the transaction (py-lmdb closes it then)
+        set_range, item = cur.set_range, cur.item
+
+        def seek(key: bytes) -> tuple[bytes, bytes] | None:
+            return item() if set_range(key) else None
+
+        return seek
+
     def last(self, table: str) -> tuple[bytes, bytes] | None:
         with self._txn.cursor(db=self._db(table)) as cur:
             if not cur.last():

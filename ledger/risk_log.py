@@ -1,5 +1,5 @@
 """The risk journal: table ``risk_log``, one row per block that changed risk state, folded into ``risk`` and
-``risk_pairs`` every few blocks (docs/formats.md, docs/rules.md).
+a pair run (ledger/pair_runs.py) every few blocks (docs/formats.md, docs/rules.md).
 
 A block that changed risk states or paid a payer–payee pair under a rule set that tracks them writes one
 row (key: the block height, u64 BE) instead of one ``risk`` row per state and one ``risk_pairs`` row per
@@ -10,14 +10,16 @@ successful transfer paid in it, committed before or not), sorted, 32 bytes each.
 **Fold.** When the journal with the sealing block's row would hold ``FOLD_BLOCKS`` rows or more, or
 ``FOLD_STATES`` state entries, or ``FOLD_PAIRS`` pair entries (entries counted per row, not distinct),
 the sealing block writes no row: it writes the latest state of every journaled key (its own included)
-into ``risk``, every journaled pair into ``risk_pairs`` (no-overwrite) and deletes the journal's rows,
+into ``risk``, the journal's distinct pairs as one new run (ledger/pair_runs.py: written without looking
+anything up, then runs merged by a rule on their stored sizes) and deletes the journal's rows,
 in its one write transaction. The rule reads only the journal's contents, so every node and both engines
 fold at the same block, also after a restart. With ``FOLD_BLOCKS = 1`` every block folds: the layout
 without a journal. The thresholds are part of the replicated state machine: a region's nodes must agree.
 
 Committed risk state = ``risk`` overridden by the journal (latest row wins); a pair is committed if it is in
-``risk_pairs`` or in a journal row. The native engine pins journaled entries in its C table
-(ledger/_native/risk_table.c); the Python paths read an ``Overlay`` built from the same transaction.
+the legacy ``risk_pairs`` (folds before runs; read, no longer written), in a run or in a journal row.
+The native engine pins journaled entries in its C table (ledger/_native/risk_table.c); the Python paths
+read an ``Overlay`` built from the same transaction.
 The C functions of the same names (RiskTable.journal / fold, ledger/_native/risk_journal.c) are the
 fast path and must agree byte for byte (tests/engine/test_risk_journal.py).
 """
@@ -27,10 +29,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Final
 
-from ledger import risk
+from ledger import pair_runs, risk
+from ledger.pair_runs import PairRuns
 from ledger.risk import RISK_STRUCT, decode_state
 from ledger.schema import Table, index_key
 from ledger.store import ReadTxn, WriteTxn
@@ -85,7 +87,7 @@ def decode(value: bytes) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
 
 
 def fold(values: list[bytes]) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """(risk keys, their packed states, risk_pairs keys) of the journal's rows (oldest first): the latest
+    """(risk keys, their packed states, pair keys) of the journal's rows (oldest first): the latest
     state per key, the distinct pairs, sorted by key. Three flat lists, not (key, value) tuples: a fold
     of 100k rows allocates no tuple the garbage collector would scan (``_fold_into`` zips them)."""
     latest: dict[bytes, bytes] = {}
@@ -134,28 +136,32 @@ class Counts:
 Folder = Callable[[list[bytes]], tuple[list[bytes], list[bytes], list[bytes]]]
 
 
-def write(txn: WriteTxn, height: int, value: bytes, due: bool, fold_rows: Folder | None = None) -> None:
-    """Journal the block's row, or (``due``) fold the journal with it: ``risk`` / ``risk_pairs`` get the
-    folded rows and the journal is emptied. ``fold_rows``: the C fold (RiskTable.fold) when available."""
+def write(txn: WriteTxn, height: int, value: bytes, due: bool, fold_rows: Folder | None = None,
+          runs: PairRuns | None = None) -> PairRuns | None:
+    """Journal the block's row, or (``due``) fold the journal with it: ``risk`` gets the folded states, the
+    distinct pairs become a new run (ledger/pair_runs.py) and the journal is emptied. ``fold_rows``: the C
+    fold (RiskTable.fold) when available; ``runs``: the committed runs (with their filters). Returns the
+    runs after a fold (to publish when the block commits), None without one."""
     if not due:
         txn.put(Table.RISK_LOG, index_key(height), value)
-        return
-    _fold_into(txn, rows(txn), value, fold_rows or fold)
+        return None
+    return _fold_into(txn, rows(txn), value, fold_rows or fold, runs)
 
 
-def _fold_into(txn: WriteTxn, old: list[tuple[bytes, bytes]], value: bytes | None, folder: Folder) -> None:
+def _fold_into(txn: WriteTxn, old: list[tuple[bytes, bytes]], value: bytes | None, folder: Folder,
+               runs: PairRuns | None) -> PairRuns:
     keys, states, pairs = folder([v for _, v in old] + ([value] if value is not None else []))
     if keys:  # zip hands put_many one reused tuple per row (it is released before the next)
         txn.put_many(Table.RISK, zip(keys, states, strict=True))
-    if pairs:
-        txn.put_many(Table.RISK_PAIRS, zip(pairs, repeat(b"")), overwrite=False)
+    after = pair_runs.add_run(txn, b"".join(pairs), runs)
     for key, _ in old:
         txn.delete(Table.RISK_LOG, key)
+    return after
 
 
 @dataclass(slots=True)
 class Overlay:
-    """Committed risk state the store's ``risk`` / ``risk_pairs`` do not hold yet: the journal's latest
+    """Committed risk state the store's ``risk`` / pair runs do not hold yet: the journal's latest
     state per key and its pairs (the Python paths' view; the C table pins the same entries)."""
 
     states: dict[bytes, list[int]] = field(default_factory=dict)
@@ -194,9 +200,9 @@ def has_pair(values: list[bytes], pk: bytes) -> bool:
 
 def committed(txn: ReadTxn) -> tuple[dict[bytes, bytes], set[bytes]]:
     """The committed risk state of a snapshot, whole: (risk key -> packed state, pairs), ``risk`` /
-    ``risk_pairs`` overridden by the journal (tools and tests; the apply paths read lazily)."""
+    the stored pairs (legacy and runs) overridden by the journal (tools and tests; the apply paths read lazily)."""
     states = dict(txn.range(Table.RISK))
-    pairs = {k for k, _ in txn.range(Table.RISK_PAIRS)}
+    pairs = pair_runs.PairRuns.read(txn).all_pairs(txn)
     for _, value in txn.range(Table.RISK_LOG):
         rows_, prs = decode(value)
         states.update(rows_)
@@ -205,9 +211,9 @@ def committed(txn: ReadTxn) -> tuple[dict[bytes, bytes], set[bytes]]:
 
 
 def fold_all(txn: WriteTxn) -> int:
-    """Fold the whole journal into ``risk`` / ``risk_pairs`` outside a block (offline tools and tests: a
+    """Fold the whole journal into ``risk`` / a pair run outside a block (offline tools and tests: a
     ledger open over the store must ``reload()`` after, its fold counts are stale); the rows folded."""
     old = rows(txn)
     if old:
-        _fold_into(txn, old, None, fold)
+        _fold_into(txn, old, None, fold, None)
     return len(old)

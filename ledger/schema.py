@@ -34,6 +34,8 @@ class Table:
     RISK: Final = "risk"  # b"o"/b"i" + account id or b"p" + psp id (u32 BE) -> risk window state (ledger/risk.py)
     RISK_PAIRS: Final = "risk_pairs"  # debit id (16) || credit id (16) -> b"": counterparty pairs seen
     RISK_LOG: Final = "risk_log"  # index_key(height) -> the block's risk states and paid pairs (ledger/risk_log.py)
+    PAIR_RUNS: Final = "pair_runs"  # run id (u64 BE) || a chunk's last pair (32) -> its pairs (ledger/pair_runs.py)
+    PAIR_RUN_DIR: Final = "pair_run_dir"  # run id (u64 BE) -> the run's pair count (u64 LE)
     EXTREFS: Final = "extrefs"  # psp id (u32 BE) || external ref (32) -> transfer id (16)
     CALLBACKS: Final = "callbacks"  # id_key(callback id) -> ref (leaf index, block, …) for idempotency
     RECONCILED: Final = "reconciled"  # id_key(transfer id) -> index_key(callback leaf index)
@@ -51,7 +53,8 @@ class Table:
 TABLES: Final = (
     Table.META, Table.ACCOUNTS, Table.TRANSFERS, Table.ACCOUNT_REFS, Table.LEAVES, Table.NODES, Table.HISTORY,
     Table.BLOCKS, Table.EXPIRY, Table.RAFT, Table.RAFTLOG, Table.RULESETS, Table.RISK, Table.RISK_PAIRS,
-    Table.RISK_LOG, Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED, Table.EXCEPTIONS, Table.ROUNDING,
+    Table.RISK_LOG, Table.PAIR_RUNS, Table.PAIR_RUN_DIR, Table.EXTREFS, Table.CALLBACKS, Table.RECONCILED,
+    Table.EXCEPTIONS, Table.ROUNDING,
     Table.PII_ERASED, Table.PII_ERASURES, Table.OBLIGATIONS, Table.SETTLEMENTS, Table.OBLIGATION_STATUS,
 )
 

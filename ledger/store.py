@@ -12,6 +12,7 @@ LmdbStore (ledger/lmdb_store.py).
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -51,6 +52,14 @@ class ReadTxn(Protocol):
         ...
 
     def last(self, table: str) -> tuple[bytes, bytes] | None: ...
+
+    def seek(self, table: str, key: bytes) -> tuple[bytes, bytes] | None:
+        """The first item with a key >= ``key``, or None (one cursor seek: ledger/pair_runs.py lookups)."""
+        ...
+
+    def seeker(self, table: str) -> Callable[[bytes], tuple[bytes, bytes] | None]:
+        """``seek`` bound to one table over one cursor kept for the transaction (for hot loops)."""
+        ...
 
     def getter(self, table: str) -> Callable[[bytes], bytes | None]:
         """A fast point-lookup function bound to one table (for hot loops)."""
@@ -137,6 +146,12 @@ class _MemoryRead:
 
     def getter(self, table: str) -> Callable[[bytes], bytes | None]:
         return self._table(table).data.get
+
+    def seek(self, table: str, key: bytes) -> tuple[bytes, bytes] | None:
+        return next(iter(self.range(table, key, limit=1)), None)
+
+    def seeker(self, table: str) -> Callable[[bytes], tuple[bytes, bytes] | None]:
+        return functools.partial(self.seek, table)
 
     def last(self, table: str) -> tuple[bytes, bytes] | None:
         t = self._table(table)

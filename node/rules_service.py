@@ -102,7 +102,8 @@ class RulesService(pb_grpc.RulesServicer):
             raise BadRequest(f"transfer must be one {TRANSFER_SIZE}-byte record, got {len(transfer)}")
         head = self._state.head
         with self._store.read() as txn:
-            got = dry_run(txn, rules, transfer, head.last_timestamp_ns + 1, head.height + 1)
+            got = dry_run(txn, rules, transfer, head.last_timestamp_ns + 1, head.height + 1,
+                          self._state.pair_filters())
         if got.problems:
             return pb.DryRunResponse(ok=False, problems=list(got.problems))
         rule = got.rule

@@ -125,6 +125,12 @@ static PyMethodDef METHODS[] = {
      "journal_state(rows, key) -> the packed state of key in the newest risk_log row holding it, or None"},
     {"journal_has_pair", journal_has_pair, METH_VARARGS,
      "journal_has_pair(rows, pair_key) -> whether a risk_log row holds the pair"},
+    {"merge_pairs", pair_merge, METH_VARARGS,
+     "merge_pairs(a, b) -> the sorted union of two sorted packed pair runs, each pair once (pair_runs.c)"},
+    {"chunk_has", (PyCFunction)(void (*)(void))pair_chunk_has, METH_FASTCALL,
+     "chunk_has(chunk, pk) -> whether a sorted packed chunk of pairs holds pk"},
+    {"filter_hits", (PyCFunction)(void (*)(void))pair_filter_hits, METH_FASTCALL,
+     "filter_hits(filters, pk) -> the indexes of the PairFilters (None: no filter) that may hold the pair"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -136,6 +142,6 @@ int rules_add_types(PyObject *module); /* rules.c: the compiled rules hook */
 PyMODINIT_FUNC PyInit__risk(void) {
     if (!kh_init(&RT_KEY)) return NULL; /* the risk maps' hash key (keyed_hash.h) */
     PyObject *m = PyModule_Create(&MODULE);
-    if (m != NULL && rules_add_types(m) < 0) Py_CLEAR(m);
+    if (m != NULL && (rules_add_types(m) < 0 || pair_runs_add_type(m) < 0)) Py_CLEAR(m);
     return m;
 }

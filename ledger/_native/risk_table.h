@@ -154,6 +154,11 @@ PyObject *rt_fold(PyObject *self, PyObject *values);
 /* and module functions: one key's journaled state / pair without an overlay (ledger/dry_run.py) */
 PyObject *journal_state(PyObject *module, PyObject *args);
 PyObject *journal_has_pair(PyObject *module, PyObject *args);
+/* pair runs (pair_runs.c, ledger/pair_runs.py): the merge of two runs, the per-run filters */
+PyObject *pair_merge(PyObject *module, PyObject *args);
+PyObject *pair_filter_hits(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *pair_chunk_has(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+int pair_runs_add_type(PyObject *module);
 
 /* the state of key as the open block sees it (its changes, else committed: cached, else the store) and
  * its entry's index for rt_write */

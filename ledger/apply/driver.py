@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from ledger.apply.accounts import apply_accounts, history_of
 from ledger.apply.aggregates import apply_aggregates
@@ -188,6 +188,12 @@ class LedgerState:
         self.range = new_range
         if applied_index:
             self.applied_index = applied_index
+
+    def pair_filters(self) -> dict[int, Any] | None:
+        """The per-process filters of the committed pair runs (ledger/pair_runs.py), for read-side lookups
+        (dry runs); None before the first block read them."""
+        pairs = self._committed.pairs
+        return pairs.filters if pairs is not None else None
 
     def node_key(self, node: int) -> tuple[bytes, bytes, int, int] | None:
         """A node's last announced checkpoint key: (key id, public key, takeover size, rotation leaf index)."""

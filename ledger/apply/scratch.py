@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, TypeVar
 
-from ledger import native, risk_log
+from ledger import native, pair_runs, risk_log
 from ledger.codec import decode_leaf
 from ledger.invariant import invariant
 from ledger.risk import RiskView, decode_state, new_table
@@ -53,7 +53,8 @@ class Committed:
     (their committed values saved for an abort); ``risk`` is the Python paths' cache
     (``SOVLEDGER_ENGINE=python``: no table at all).
 
-    The risk journal (ledger/risk_log.py): committed risk = the store's ``risk`` / ``risk_pairs``
+    The risk journal (ledger/risk_log.py): committed risk = the store's ``risk`` / stored pairs (``pairs``:
+    the runs of ledger/pair_runs.py and the legacy ``risk_pairs``, with a per-process filter per run)
     overridden by the ``risk_log`` rows. ``journal`` counts its rows for the fold rule; the table pins
     the journaled entries (loaded from ``risk_log`` before its first block: ``table_loaded``); the
     Python paths read ``overlay``, built from the block's transaction when one first needs it. All three
@@ -66,6 +67,7 @@ class Committed:
     journal: risk_log.Counts | None = None
     overlay: risk_log.Overlay | None = None
     table_loaded: bool = False
+    pairs: pair_runs.PairRuns | None = None
 
     def trim(self) -> None:
         _trim(self.accounts, ACCOUNTS_CACHE_MAX)
@@ -81,8 +83,16 @@ class Committed:
             table.forget()
             table.load([value for _, value in risk_log.rows(txn)])
             self.table_loaded = True
-        table.begin(txn.getter(Table.RISK), txn.getter(Table.RISK_PAIRS), functools.partial(txn.get_many, Table.RISK))
+        table.begin(txn.getter(Table.RISK), self.pair_runs_of(txn).getter(txn),
+                    functools.partial(txn.get_many, Table.RISK))
         return table
+
+    def pair_runs_of(self, txn: WriteTxn) -> pair_runs.PairRuns:
+        """The committed pair runs with their per-process filters (read from ``txn`` the first time; a fold
+        replaces them when its block commits, ``publish_risk``: an aborted fold leaves them as they were)."""
+        if self.pairs is None:
+            self.pairs = pair_runs.PairRuns.read(txn)
+        return self.pairs
 
     def counts(self, txn: WriteTxn) -> risk_log.Counts:
         """The journal's counts (read from ``txn`` the first time)."""
@@ -119,6 +129,8 @@ class Committed:
                 self.overlay.pairs.update(side.paid)
 
     def _publish_journal(self, side: SideState) -> None:
+        if side.runs_after is not None:
+            self.pairs = side.runs_after
         if side.folded:
             self.journal = risk_log.Counts()
             self.overlay = risk_log.Overlay()
@@ -163,6 +175,7 @@ class SideState(RiskView):
     table: Any = None  # the C RiskTable opened for this block (Committed.begin), None on the Python paths
     journal: bytes | None = None  # the block's risk_log row (seal), None: it changed no risk state
     folded: bool = False  # the block folded the journal (seal)
+    runs_after: pair_runs.PairRuns | None = None  # the runs after the block's fold (seal), published at commit
 
     def state(self, key: bytes) -> list[int] | None:
         st = self.risk.get(key)
@@ -210,8 +223,10 @@ class SideState(RiskView):
         return known
 
     def pair_committed(self, pk: bytes) -> bool:
-        """Whether a pair is committed (journaled or in ``risk_pairs``): a lookup for the Python paths."""
-        return pk in self.committed.overlay_of(self.txn).pairs or self.txn.get(Table.RISK_PAIRS, pk) is not None
+        """Whether a pair is committed (journaled, in a run or in the legacy ``risk_pairs``): a lookup for the
+        Python paths."""
+        committed = self.committed
+        return pk in committed.overlay_of(self.txn).pairs or committed.pair_runs_of(self.txn).has(self.txn, pk)
 
 
 @dataclass(slots=True)

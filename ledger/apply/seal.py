@@ -194,7 +194,7 @@ def _write_side(blk: Block, numbering: _Leaves) -> None:
 
 def _write_risk(blk: Block) -> None:
     """The block's risk states and paid pairs as one journal row, or the journal folded with it into
-    ``risk`` / ``risk_pairs`` (ledger/risk_log.py). The row is built by the C table when it ran (its
+    ``risk`` / a pair run (ledger/risk_log.py, ledger/pair_runs.py). The row is built by the C table when it ran (its
     states and pairs merged with the Python paths': disjoint keys, ledger/apply/scratch.py
     SideState.block_state), else in Python; both give the same bytes."""
     side = blk.side
@@ -207,7 +207,8 @@ def _write_risk(blk: Block) -> None:
     if value is None:
         return
     due = blk.committed.counts(blk.txn).due(value)
-    risk_log.write(blk.txn, blk.height, value, due, table.fold if table is not None else None)
+    side.runs_after = risk_log.write(blk.txn, blk.height, value, due, table.fold if table is not None else None,
+                                     blk.committed.pair_runs_of(blk.txn) if due else None)
     side.journal = value
     side.folded = due
 

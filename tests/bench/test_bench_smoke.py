@@ -209,9 +209,14 @@ def test_fold_shape_bench_end_to_end(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_pair_scale_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The risk_pairs growth bench at tiny sizes: one row per size, the empty table first, a JSON file."""
-    assert pair_scale.main(["--sizes", "2000", "--batch", "300", "--results-dir", str(tmp_path)]) == 0
+    """The pair store bench at tiny sizes: one row per size, the empty table first, both layouts timed, the
+    lookup figure at the size asked, a JSON file."""
+    assert pair_scale.main(["--sizes", "2000", "--batch", "300", "--lookup-at", "2000",
+                            "--results-dir", str(tmp_path)]) == 0
     data = json.loads(next(tmp_path.glob("pair_scale-*.json")).read_text())
     assert [r["table_pairs"] for r in data["rows"]] == [0, 2000]
-    assert all(r["put_ns"] > 0 for r in data["rows"])
-    assert "ratio" in capsys.readouterr().out
+    assert all(r["old_ns"] > 0 and r["new_ns"] > 0 and r["window_new_ns"] > 0 for r in data["rows"])
+    assert data["rows"][0]["folds"] == 6  # 0 -> 2000 leaves room for six folds of 300 before the next size
+    assert data["lookups"]["table_pairs"] == 2000 and data["lookups"]["new_absent_ns"] > 0
+    out = capsys.readouterr().out
+    assert "new/old" in out and "absent" in out

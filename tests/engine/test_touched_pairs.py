@@ -162,28 +162,32 @@ def pay(p: RulesPair, rows: list[tuple[int, int, int, int]]) -> None:
 def test_committed_pairs_touched_again_write_nothing_and_both_engines_agree(
         rules_pair: RulesPair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Block 1 pays 1->2 and 3->4 (small: touched). After a restart of the native ledger, block 2 pays 1->2
-    again (touched, already committed), reads 1->2 (seen), 5->6 (new: rejected) and 3->4 (committed):
-    the native no-overwrite put adds no row, and every table equals the Python engine's. The journal
-    folds every block here (the layout without it: its pairs reach risk_pairs at once)."""
+    again (touched, already committed), reads 1->2 (seen), 5->6 (new: rejected) and 3->4 (committed). The
+    journal folds every block here. Each fold writes its distinct pairs as a run without looking anything
+    up (block 2's run repeats block 1's pairs); the merge rule (count 2 <= 2 x 2) then merges both into one
+    run holding each pair once; the legacy ``risk_pairs`` is never written; every table equals the Python
+    engine's."""
     monkeypatch.setattr(risk_log, "FOLD_BLOCKS", 1)
-    puts: list[tuple[str, bool, int, int]] = []  # (engine, overwrite, rows given, rows added) for risk_pairs
+    puts: list[tuple[str, str, int]] = []  # (engine, table, rows given) of the pair tables
     real_put_many = _LmdbWrite.put_many
 
     def put_many(self: _LmdbWrite, table: str, items: Any, append: bool = False, overwrite: bool = True) -> int:
         items = list(items)
         added = real_put_many(self, table, items, append=append, overwrite=overwrite)
-        if table == Table.RISK_PAIRS:
-            puts.append((native.active(), overwrite, len(items), added))
+        if table in (Table.RISK_PAIRS, Table.PAIR_RUNS):
+            puts.append((native.active(), table, sum(len(v) // 32 for _, v in items)))
         return added
 
     monkeypatch.setattr(_LmdbWrite, "put_many", put_many)
     pay(rules_pair, [(100, 1, 2, 40), (101, 3, 4, 40)])
-    assert ("native", False, 2, 2) in puts  # touched, not committed: inserted by the no-overwrite put
+    assert ("native", Table.PAIR_RUNS, 2) in puts  # the fold's run: both pairs
     rules_pair.states["native"] = LedgerState(rules_pair.stores["native"], [OPERATOR.verifier])  # a restart
     puts.clear()
     pay(rules_pair, [(102, 1, 2, 40), (103, 1, 2, 800), (104, 5, 6, 800), (105, 3, 4, 800)])
     assert Result.RULE_REJECTED in rules_pair.results  # 5->6: a new payee (the only rejection so far)
-    assert [p for p in puts if p[0] == "native"] == [("native", False, 2, 0)]  # 1->2, 3->4: stored, not written
+    assert [p for p in puts if p[0] == "native"] == [("native", Table.PAIR_RUNS, 2)]  # the merged run, deduped
     rules_pair.assert_stores_identical()
     with rules_pair.stores["native"].read() as txn:
-        assert [k for k, _ in txn.range(Table.RISK_PAIRS)] == [pk(1, 2), pk(3, 4)]
+        assert list(txn.range(Table.RISK_PAIRS)) == []
+        assert [k for k, _ in txn.range(Table.PAIR_RUN_DIR)] == [(3).to_bytes(8, "big")]  # runs 1, 2 -> 3
+        assert [v for _, v in txn.range(Table.PAIR_RUNS)] == [pk(1, 2) + pk(3, 4)]
