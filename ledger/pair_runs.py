@@ -205,7 +205,8 @@ def _take_run(txn: WriteTxn, rid: int) -> bytes:
 def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
             merge: Callable[[bytes, bytes], bytes] | None = None) -> PairRuns:
     """Write a fold's sorted distinct pairs as a new run and merge by the rule (module doc); the runs after,
-    with filters for the runs kept from ``before`` (the committed ones, or read from ``txn``) and the new one.
+    with the filters of the runs kept from ``before`` (the committed ones, or read from ``txn``; the new run's is
+    built when a lookup first needs it).
     The result is for the caller to publish when the transaction commits (an abort must not see it)."""
     if before is None:
         before = PairRuns.read(txn)
@@ -230,8 +231,7 @@ def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
     assert top is not None  # the newest run is always new: the fold's or a merge
     _put_run(txn, top_id, top)
     runs = [(rid, n) for rid, n, _ in stack]
+    # the new run's filter is built at its first lookup (filter_tuple): a ledger whose rules never read a pair
+    # (or not before the next fold merges the run away) never hashes its pairs
     filters = {rid: before.filters[rid] for rid in [LEGACY, *(rid for rid, _ in runs)] if rid in before.filters}
-    f = new_filter(top)
-    if f is not None:
-        filters[top_id] = f
     return PairRuns(runs, before.legacy, filters)

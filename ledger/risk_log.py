@@ -86,10 +86,11 @@ def decode(value: bytes) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
     return states, pairs
 
 
-def fold(values: list[bytes]) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """(risk keys, their packed states, pair keys) of the journal's rows (oldest first): the latest
-    state per key, the distinct pairs, sorted by key. Three flat lists, not (key, value) tuples: a fold
-    of 100k rows allocates no tuple the garbage collector would scan (``_fold_into`` zips them)."""
+def fold(values: list[bytes]) -> tuple[list[bytes], list[bytes], bytes]:
+    """(risk keys, their packed states, packed pairs) of the journal's rows (oldest first): the latest
+    state per key, sorted by key, and the distinct pairs, sorted, 32 bytes each (the bytes of the fold's
+    pair run). Flat lists, not (key, value) tuples: a fold of 100k rows allocates no tuple the garbage
+    collector would scan (``_fold_into`` zips them)."""
     latest: dict[bytes, bytes] = {}
     pairs: set[bytes] = set()
     for value in values:
@@ -97,7 +98,7 @@ def fold(values: list[bytes]) -> tuple[list[bytes], list[bytes], list[bytes]]:
         latest.update(states)
         pairs.update(prs)
     keys = sorted(latest)
-    return keys, [latest[k] for k in keys], sorted(pairs)
+    return keys, [latest[k] for k in keys], b"".join(sorted(pairs))
 
 
 def rows(txn: ReadTxn) -> list[tuple[bytes, bytes]]:
@@ -133,7 +134,7 @@ class Counts:
                 or self.pairs + np >= FOLD_PAIRS)
 
 
-Folder = Callable[[list[bytes]], tuple[list[bytes], list[bytes], list[bytes]]]
+Folder = Callable[[list[bytes]], tuple[list[bytes], list[bytes], bytes]]
 
 
 def write(txn: WriteTxn, height: int, value: bytes, due: bool, fold_rows: Folder | None = None,
@@ -153,7 +154,7 @@ def _fold_into(txn: WriteTxn, old: list[tuple[bytes, bytes]], value: bytes | Non
     keys, states, pairs = folder([v for _, v in old] + ([value] if value is not None else []))
     if keys:  # zip hands put_many one reused tuple per row (it is released before the next)
         txn.put_many(Table.RISK, zip(keys, states, strict=True))
-    after = pair_runs.add_run(txn, b"".join(pairs), runs)
+    after = pair_runs.add_run(txn, pairs, runs)
     for key, _ in old:
         txn.delete(Table.RISK_LOG, key)
     return after

@@ -252,31 +252,44 @@ PyObject *rt_load(PyObject *self, PyObject *values) {
     Py_RETURN_NONE;
 }
 
-/* the distinct keys in ks (n, sorted, ties in row order) as a new list of bytes in *keys and, for states
- * (vals not NULL), the last entry's value of each in *vals (bytes are untracked: no tuples, no GC work) */
+/* the distinct states in ks (n, sorted, ties in row order) as new lists of bytes: their keys in *keys and
+ * the last entry's value of each in *vals (bytes are untracked: no tuples, no GC work) */
 static int last_of_each(const jkey_t *ks, size_t n, PyObject **keys, PyObject **vals) {
     Py_ssize_t m = 0;
     for (size_t i = 0; i < n; i++) m += i + 1 == n || !skey_same(&ks[i], &ks[i + 1]);
-    if ((*keys = PyList_New(m)) == NULL || (vals != NULL && (*vals = PyList_New(m)) == NULL)) return -1;
+    if ((*keys = PyList_New(m)) == NULL || (*vals = PyList_New(m)) == NULL) return -1;
     Py_ssize_t at = 0;
     for (size_t i = 0; i < n; i++) {
         if (i + 1 < n && skey_same(&ks[i], &ks[i + 1])) continue; /* a later row has this key */
-        Py_ssize_t klen = vals != NULL ? ks[i].key[-1] : PAIR_KEY_LEN;
+        Py_ssize_t klen = ks[i].key[-1];
         PyObject *k = PyBytes_FromStringAndSize((const char *)ks[i].key, klen);
         if (k == NULL) return -1;
         PyList_SET_ITEM(*keys, at, k);
-        if (vals != NULL) {
-            PyObject *v = PyBytes_FromStringAndSize((const char *)ks[i].key + klen, RISK_ROW_LEN);
-            if (v == NULL) return -1;
-            PyList_SET_ITEM(*vals, at, v);
-        }
+        PyObject *v = PyBytes_FromStringAndSize((const char *)ks[i].key + klen, RISK_ROW_LEN);
+        if (v == NULL) return -1;
+        PyList_SET_ITEM(*vals, at, v);
         at++;
     }
     return 0;
 }
 
-/* fold(values) -> (risk keys, their rows, pair keys): the latest state of each key and every distinct pair
- * of the journal's rows (oldest first), sorted by key, as `risk` / `risk_pairs` keep them */
+/* the distinct pairs in ks (n, sorted) packed into one new bytes object (a pair run's bytes) */
+static PyObject *distinct_packed(const jkey_t *ks, size_t n) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) m += i + 1 == n || !skey_same(&ks[i], &ks[i + 1]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * PAIR_KEY_LEN));
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    for (size_t i = 0; i < n; i++) {
+        if (i + 1 < n && skey_same(&ks[i], &ks[i + 1])) continue;
+        memcpy(o, ks[i].key, PAIR_KEY_LEN);
+        o += PAIR_KEY_LEN;
+    }
+    return out;
+}
+
+/* fold(values) -> (risk keys, their rows, packed pairs): the latest state of each key and every distinct pair
+ * of the journal's rows (oldest first), sorted by key: `risk`'s rows and the bytes of a new pair run */
 PyObject *rt_fold(PyObject *self, PyObject *values) {
     Py_ssize_t n;
     jrow_t *rows = open_rows(values, &n);
@@ -295,7 +308,7 @@ PyObject *rt_fold(PyObject *self, PyObject *values) {
     }
     sort_keys(ks, tmp, ns);
     sort_keys(ks + ns, tmp, np);
-    if (last_of_each(ks, ns, &keys, &vals) == 0 && last_of_each(ks + ns, np, &pairs, NULL) == 0)
+    if (last_of_each(ks, ns, &keys, &vals) == 0 && (pairs = distinct_packed(ks + ns, np)) != NULL)
         out = PyTuple_Pack(3, keys, vals, pairs);
 done:
     Py_XDECREF(keys);
