@@ -65,7 +65,7 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
             resp = node.call("GetConsistencyProof", lambda: node.client.consistency_proof(first, second))
             return [bytes(h) for h in resp.proof]
 
-        own = node.checkpoint() if args.witnesses else resp  # the node's own (plain) signed checkpoint
+        own: Any = node.checkpoint() if resp is None else resp  # the node's own (plain) signed checkpoint
         if source != node.target and own.tree_size < cp.size:  # the cosigned note came from another member
             raise Unreachable(f"{node.target} holds {own.tree_size} entries, behind the region's cosigned checkpoint "
                               f"(size {cp.size}); wait for it to catch up, or audit the leader", node=node.target)
