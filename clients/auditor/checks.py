@@ -129,6 +129,34 @@ def check_against_trusted(cp: Checkpoint, note: str, trusted: TrustedCheckpoint 
     return f"consistent with trusted size {trusted.size} ({len(proof)}-hash proof verified)"
 
 
+def check_cosigned_against_trusted(cp: Checkpoint, note: str, own: Checkpoint, own_note: str,
+                                   trusted: TrustedCheckpoint | None, source: str,
+                                   consistency: Callable[[int, int], list[bytes]]) -> str:
+    """``audit verify --witnesses``: the region's cosigned checkpoint ``cp`` against the trust store.
+
+    Witnesses cosign with a lag, so a cosigned checkpoint smaller than the trusted one is not a
+    rollback by itself. Then the node's OWN signed checkpoint ``own`` is held to the plain rule
+    (``check_against_trusted``: smaller than trusted is a rollback; otherwise it must extend the trusted
+    tree) and the cosigned one must be a prefix of the trusted tree (consistency proof from the node,
+    ``cp.size`` → ``trusted.size``, verified against both roots; a failing one is InconsistentLog).
+    Returns a one-line description; the caller reports the lag (exit 0, docs/auditor.md) and never moves
+    the trust store back."""
+    if trusted is None or cp.size >= trusted.size:
+        return check_against_trusted(cp, note, trusted, source, consistency)
+    held = check_against_trusted(own, own_note, trusted, source, consistency)
+    proof = consistency(cp.size, trusted.size)
+    try:
+        verify_consistency(cp.size, trusted.size, cp.root, trusted.root, proof)
+    except ProofError as e:
+        raise InconsistentLog(
+            f"{source}: the region's cosigned checkpoint of size {cp.size} is not a prefix of the trusted checkpoint "
+            f"of size {trusted.size}: {e}", node=source, trusted_size=trusted.size, size=cp.size,
+            trusted_note=trusted.note, note=note) from None
+    return (f"the region's cosigned checkpoint (size {cp.size}) is behind your trusted checkpoint (size "
+            f"{trusted.size}): wait for the witnesses to cosign a newer one; it is a prefix of the trusted tree "
+            f"({len(proof)}-hash proof verified), and the node's own checkpoint (size {own.size}): {held}")
+
+
 def checkpoint_block_height(cp: Checkpoint) -> int:
     """The block height named by the checkpoint's ``block`` line (blocks are aligned to it)."""
     ext = cp.extension("block")

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clients.auditor import trust as trustmod
-from clients.auditor.checks import check_against_trusted, compare_accounts, parse_u128, verify_note
+from clients.auditor.checks import (
+    check_against_trusted,
+    check_cosigned_against_trusted,
+    compare_accounts,
+    parse_u128,
+    verify_note,
+)
 from clients.auditor.export import read_export, write_export
 from clients.auditor.failures import (
     AuditFailure,
@@ -19,6 +25,7 @@ from clients.auditor.failures import (
     BlockHeaderMismatch,
     CheckpointSignatureError,
     ForkDetected,
+    InconsistentLog,
     LeafMismatch,
     LogMismatch,
     LogTruncated,
@@ -332,3 +339,55 @@ def test_a_changed_leaf_is_named_before_what_replaying_it_breaks() -> None:
         run(log, leaves)
     assert e.value.exit_code == 12 and "differs from what was committed" in str(e.value)
     assert e.value.data["first_index"] <= first < e.value.data["tree_size"]
+
+
+def test_cosigned_checkpoint_behind_the_trusted_one_is_no_rollback() -> None:
+    """`audit verify --witnesses`: witnesses cosign with a lag, so the region's cosigned checkpoint may be
+    older than the trusted one. Not a rollback, as long as it is a prefix of the trusted tree and the
+    node's own checkpoint still extends the trusted one; a bad proof stays InconsistentLog, and the
+    node's own checkpoint below trusted stays RollbackDetected."""
+    from ledger.hashing import leaf_hash
+    from ledger.merkle import MemoryNodes, consistency_proof
+
+    log = MemLog()
+    log.accounts(4)
+    log.transfers([xfer(10, 1, 2, 5)])
+    notes = [log.note()]  # the cosigned one (witnesses lag)
+    log.transfers([xfer(11 + i, 2, 3, 7) for i in range(5)])
+    notes.append(log.note())  # the trusted one (a plain checkpoint, e.g. from `audit trust init`)
+    log.transfers([xfer(20 + i, 3, 4, 9) for i in range(3)])
+    notes.append(log.note())  # the node's own, newest
+    cosigned, at_trust, own = (verify_note(n, [log.signer.verifier], "sovledger/test", "n1") for n in notes)
+    assert cosigned.size < at_trust.size < own.size
+    trusted = TrustedCheckpoint(at_trust.size, at_trust.root, notes[1])
+    nodes = MemoryNodes([leaf_hash(raw) for raw in log.leaves()])
+    asked: list[tuple[int, int]] = []
+
+    def consistency(first: int, second: int) -> list[bytes]:
+        asked.append((first, second))
+        return consistency_proof(nodes, first, second)
+
+    with pytest.raises(RollbackDetected):  # without witnesses the plain rule is unchanged
+        check_against_trusted(cosigned, notes[0], trusted, "n1", consistency)
+    text = check_cosigned_against_trusted(cosigned, notes[0], own, notes[2], trusted, "n1", consistency)
+    assert f"cosigned checkpoint (size {cosigned.size}) is behind your trusted checkpoint (size {trusted.size})" \
+        in text and "wait for the witnesses" in text
+    assert asked == [(trusted.size, own.size), (cosigned.size, trusted.size)]  # both proofs fetched and checked
+    with pytest.raises(RollbackDetected):  # the node's own checkpoint below trusted is still a rollback
+        check_cosigned_against_trusted(cosigned, notes[0], cosigned, notes[0], trusted, "n1", consistency)
+
+    def bad_prefix(first: int, second: int) -> list[bytes]:
+        proof = consistency_proof(nodes, first, second)
+        return [b"\x00" * 32, *proof[1:]] if first == cosigned.size else proof
+
+    with pytest.raises(InconsistentLog, match="not a prefix of the trusted checkpoint"):
+        check_cosigned_against_trusted(cosigned, notes[0], own, notes[2], trusted, "n1", bad_prefix)
+    forked = TrustedCheckpoint(trusted.size, b"\x07" * 32, notes[1])  # a trusted root the node's log lacks
+    with pytest.raises(InconsistentLog):
+        check_cosigned_against_trusted(cosigned, notes[0], own, notes[2], forked, "n1", consistency)
+    with pytest.raises(InconsistentLog):  # the node's own checkpoint must extend the trusted tree too
+        check_cosigned_against_trusted(cosigned, notes[0], own, notes[2], trusted, "n1",
+                                       lambda a, b: [] if a == trusted.size else consistency(a, b))
+    caught_up = TrustedCheckpoint(cosigned.size, cosigned.root, notes[0])  # not behind: the usual check
+    assert "same tree" in check_cosigned_against_trusted(cosigned, notes[0], own, notes[2], caught_up, "n1",
+                                                         consistency)

@@ -9,9 +9,13 @@ proves every region's aggregates.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,10 +84,34 @@ def test_witness_quorum_survives_a_leader_change(fed: Fed) -> None:
     assert r.returncode == 0 and view["eu-west"]["ok"] and view["eu-west"]["rows"], r.stdout + r.stderr
 
 
+def _verify_follower(fed: Fed, follower: str, trust: str, policy: str) -> tuple[int, dict[str, Any], str]:
+    tls = ["--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml")]
+    r = cli("audit", "verify", "--node", follower, "--trust", trust, "--federation", fed.config,
+            "--witnesses", policy, "--json", *tls)
+    report = json.loads(r.stdout[: r.stdout.rindex("}") + 1]) if "}" in r.stdout else {}
+    return r.returncode, report, r.stdout + r.stderr
+
+
+def _trust_init(fed: Fed, follower: str, trust: str) -> dict[str, Any]:
+    tls = ["--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml")]
+    keys = [a for k in fed.fed.region("eu-west").checkpoint_keys for a in ("--key", k.to_string())]
+    r = cli("audit", "trust", "init", "--node", follower, "--trust", trust, "--force", *keys, *tls)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dict(json.loads(Path(trust).read_text()))
+
+
+def _witness_groups(fed: Fed) -> list[int]:
+    """The process groups of the six witnesses of eu-west (the nodes of the two other regions; each node
+    is started in its own session, so its pid is its group)."""
+    return [n.pid for r in REGIONS if r != "eu-west" for n in Cluster(fed.data / r).nodes if n.pid > 0]
+
+
 def test_audit_verify_of_a_follower_takes_the_regions_cosigned_checkpoint(fed: Fed, tmp_path: Path) -> None:
     """Only the leader gathers cosignatures, so a follower serves a plain note: `audit verify --witnesses
     --node FOLLOWER` takes the region's cosigned checkpoint from its members and verifies the follower
-    against it (it used to exit 16, "policy not met")."""
+    against it (it used to exit 16, "policy not met"). Witnesses cosign with a lag, so the trusted
+    checkpoint (from `trust init`, a plain one) may be newer than the newest cosigned one: that case is
+    made on purpose (the witnesses are paused) and must not be called a rollback (it used to exit 11)."""
     c = _leader(fed, "eu-west")
     leader, _ = c.wait_leader(30)
     follower = next(n for n in c.nodes if n.node_id != leader.node_id and c.status(n) is not None)
@@ -94,13 +122,40 @@ def test_audit_verify_of_a_follower_takes_the_regions_cosigned_checkpoint(fed: F
     with open_sync_channel(follower.target, fed.tls("eu-west")) as ch:
         own = str(wpb_grpc.WitnessStub(ch).GetRegionCheckpoint(wpb.RegionCheckpointRequest(), timeout=10).note)
     assert cosignatures(own) < 5  # the follower's own answer cannot meet the policy: the fallback is exercised
-    tls = ["--tls-config", str(fed.data / "eu-west" / "ca" / "auditor-auditor.toml")]
+
+    # the normal case: the trusted checkpoint is a cosigned one, so every later cosigned one is at least as new
     trust = str(tmp_path / "trust.json")
-    keys = [a for k in fed.fed.region("eu-west").checkpoint_keys for a in ("--key", k.to_string())]
-    r = cli("audit", "trust", "init", "--node", follower.target, "--trust", trust, *keys, *tls)
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = cli("audit", "verify", "--node", follower.target, "--trust", trust, "--federation", fed.config,
-            "--witnesses", "5-of-6", "--json", *tls)
-    assert r.returncode == 0, r.stdout + r.stderr
-    report = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    store = _trust_init(fed, follower.target, trust)
+    cosigned = _note(fed, "eu-west")
+    cp = Checkpoint.parse(split_note(cosigned)[0])
+    store["checkpoint"] = {"size": cp.size, "root": base64.b64encode(cp.root).decode(), "note": cosigned}
+    Path(trust).write_text(json.dumps(store))
+    rc, report, out = _verify_follower(fed, follower.target, trust, "5-of-6")
+    assert rc == 0, out
     assert report["node"] == follower.target and "members of eu-west" in report["checkpoint_from"]
+    assert "cosigned_behind_trusted" not in report and report["size"] >= cp.size, out
+
+    # the lagging case: no witness can cosign while paused, so every cosigned note is at most the leader's
+    # size now, and the follower's plain checkpoint trusted below is beyond it
+    groups = _witness_groups(fed)
+    assert len(groups) == 6
+    for g in groups:
+        os.killpg(g, signal.SIGSTOP)
+    try:
+        frozen = c.checkpoint(leader, timeout_s=5)
+        assert frozen is not None
+        fed.load("eu-west", seed=9, target=leader.target)
+        wait_for("the follower beyond the last size any witness could cosign",
+                 lambda: (f := c.checkpoint(follower)) is not None and f.tree_size > frozen.tree_size, 60)
+        trusted = _trust_init(fed, follower.target, trust)["checkpoint"]
+        assert trusted["size"] > frozen.tree_size
+        # 1-of-6: a gathering round cut short by the pause may leave a newer note with fewer cosignatures
+        rc, report, out = _verify_follower(fed, follower.target, trust, "1-of-6")
+        assert rc == 0, out  # not exit 11 (rollback)
+        assert report["cosigned_behind_trusted"] is True and report["trusted_size"] == trusted["size"], out
+        assert report["size"] <= frozen.tree_size < trusted["size"] <= report["node_size"], out
+        assert "wait for the witnesses to cosign a newer one" in out, out
+        assert json.loads(Path(trust).read_text())["checkpoint"] == trusted  # never moved backwards
+    finally:
+        for g in groups:
+            os.killpg(g, signal.SIGCONT)
