@@ -4,11 +4,11 @@ against the old per-pair B-tree inserts into ``risk_pairs``, measured in the sam
 Old: a fold puts the journal's distinct pairs into ``risk_pairs`` (an LMDB B-tree keyed by debit id ‖
 credit id), sorted, no-overwrite. While the table is small, neighbouring new pairs share leaf pages; once
 it holds many more leaf pages than a fold has pairs, almost every new pair copies a whole 4 KiB page and
-the commit writes it. New: the fold writes its pairs as one sorted run (32 KiB chunks appended at the end
-of ``pair_runs``) and merges runs by the binary-counter rule, so a pair is rewritten O(log n) times in
-sequential chunks, never looked up. Two fresh durable stores get the same folds of ``--batch`` new random
-pairs, alternated (the new one's runs as real folds leave them): puts and commit (new: also merges and the
-new run's filter), CPU seconds of this process. At each size both take ``--folds`` timed folds (the new
+the commit writes it. New: the fold writes its pairs as one sorted run (4 KiB chunks appended at the end
+of ``pair_runs``) and merges runs four at a time (size-tiered, docs/formats.md §10.1), so a pair is
+rewritten about log4(n / fold) times in sequential chunks, never looked up. Two fresh durable stores get
+the same folds of ``--batch`` new random pairs, alternated (the new one's runs as real folds leave them):
+puts and commit (new: also merges), CPU seconds of this process. At each size both take ``--folds`` timed folds (the new
 layout's cost swings from fold to fold: most folds merge little, one in a while rewrites most pairs), and
 the mean over *every* fold since the previous size is printed beside them: the amortised figure.
 

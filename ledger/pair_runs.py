@@ -6,11 +6,14 @@ A fold (ledger/risk_log.py) writes the journal's distinct pairs, sorted, as one 
 is the first key ≥ ``run id ‖ pk``), value the chunk's pairs (32 bytes each, sorted); and a directory row
 ``run id u64 BE -> pair count u64 LE``. Nothing is looked up at fold time: runs may overlap.
 
-**Merge rule.** The fold's run gets id ``newest id + 1`` (1 in an empty directory); then, while the two
-newest runs have ``count(older) <= 2 × count(newer)``, both are replaced by their merge (sorted, each pair
-once) under the next id. The rule reads only stored counts, so every node and both engines write the same
-bytes at the same height, also after a restart; it leaves counts more than doubling from newest to oldest,
-so at most log2(pairs) + 1 runs. Ids only grow (the newest run always survives a fold).
+**Merge rule (size-tiered).** The fold's run gets id ``newest id + 1`` (1 in an empty directory); then,
+while the ``MERGE_WIDTH`` (4) newest runs have ``count(oldest of them) <= 2 × count(newest)``, the four are
+replaced by their merge (sorted, each pair once) under the next id. The rule reads only stored counts, so
+every node and both engines write the same bytes at the same height, also after a restart. Folds of similar
+size are merged four at a time, so a pair is rewritten about log4(pairs / fold) times (merging the two
+newest whenever the older is at most twice the newer rewrote it about log2 times); the rule leaves every
+run more than twice the size of the run three places newer, so at most 3 × (log2(pairs) + 1) runs (in
+practice about 3 × log4). Ids only grow (the newest run always survives a fold).
 
 **Committed pairs** = the legacy table ``risk_pairs`` (written by folds before runs existed; read, never
 written) ∪ every run ∪ the journal. ``PairRuns`` is one snapshot's directory with a per-process Bloom filter
@@ -36,6 +39,7 @@ PAIR_LEN: Final = 32
 RUN_ID: Final = struct.Struct(">Q")
 COUNT: Final = struct.Struct("<Q")
 MERGE_RATIO: Final = 2
+MERGE_WIDTH: Final = 4  # runs merged at once (module doc)
 LEGACY: Final = -1  # the filters' key of the legacy risk_pairs table (run ids start at 1)
 
 try:  # the merge and the filters in C (built with the package; absent without a C compiler)
@@ -218,14 +222,14 @@ def add_run(txn: WriteTxn, packed: bytes, before: PairRuns | None = None,
     next_id = (stack[-1][0] + 1) if stack else 1
     stack.append((next_id, len(packed) // PAIR_LEN, packed))
     next_id += 1
-    while len(stack) >= 2 and stack[-2][1] <= MERGE_RATIO * stack[-1][1]:
-        (rb, _, db), (ra, _, da) = stack.pop(), stack.pop()
-        if da is None:
-            da = _take_run(txn, ra)
-        if db is None:
-            db = _take_run(txn, rb)
-        merged = merge(da, db)
-        stack.append((next_id, len(merged) // PAIR_LEN, merged))
+    while len(stack) >= MERGE_WIDTH and stack[-MERGE_WIDTH][1] <= MERGE_RATIO * stack[-1][1]:
+        group = stack[-MERGE_WIDTH:]
+        del stack[-MERGE_WIDTH:]
+        parts = [data if data is not None else _take_run(txn, rid) for rid, _, data in group]
+        while len(parts) > 1:  # pairwise, as a tree (the union is the same in any order)
+            parts = [merge(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        stack.append((next_id, len(parts[0]) // PAIR_LEN, parts[0]))
         next_id += 1
     top_id, _, top = stack[-1]
     assert top is not None  # the newest run is always new: the fold's or a merge

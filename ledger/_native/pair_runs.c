@@ -136,9 +136,10 @@ PyObject *pair_filter_hits(PyObject *module, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     PyObject *filters = args[0];
-    Py_ssize_t n = PyTuple_GET_SIZE(filters), hits[64], nh = 0;
-    if (n > 64) {
-        PyErr_SetString(PyExc_ValueError, "filter_hits: at most 64 filters");
+    /* (the merge rule keeps at most 3 x (log2(pairs) + 1) runs: < 200 for any count a u64 can hold) */
+    Py_ssize_t n = PyTuple_GET_SIZE(filters), hits[256], nh = 0;
+    if (n > 256) {
+        PyErr_SetString(PyExc_ValueError, "filter_hits: at most 256 filters");
         return NULL;
     }
     uint64_t h1, h2;

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,8 @@ def _store(path: Path) -> LmdbStore:
 
 
 def _check_shape(txn: Any) -> list[tuple[int, int]]:
-    """The directory is consistent with the chunks, and the merge rule left counts more than doubling."""
+    """The directory is consistent with the chunks, and the merge rule left every run more than twice the run
+    three places newer (so at most 3 x (log2(pairs) + 1) runs)."""
     runs = pair_runs.directory(txn)
     for rid, n in runs:
         chunks = list(txn.range(Table.PAIR_RUNS, RUN_ID.pack(rid), RUN_ID.pack(rid + 1)))
@@ -86,10 +86,12 @@ def _check_shape(txn: Any) -> list[tuple[int, int]]:
         assert all(k[8:] == v[-32:] for k, v in chunks)  # key: run id || the chunk's last pair
         got = pair_runs.split(data)
         assert got == sorted(set(got))  # sorted, each pair once within a run
-    for (_, older), (_, newer) in pairwise(runs):
-        assert older > 2 * newer
-    total = sum(n for _, n in runs)
-    assert len(runs) <= (math.log2(total) + 1 if total else 0)
+    counts = [n for _, n in runs]
+    width = pair_runs.MERGE_WIDTH
+    for i in range(len(counts) - width + 1):  # what the rule leaves: no four newest-to-be it would merge
+        assert counts[i] > pair_runs.MERGE_RATIO * counts[i + width - 1], counts
+    total = sum(counts)
+    assert len(runs) <= (3 * (math.log2(total) + 1) if total else 0)
     return runs
 
 
@@ -148,8 +150,9 @@ def test_model_folds_and_lookups_against_a_set(tmp_path_factory: pytest.TempPath
 
 
 def test_run_count_stays_logarithmic(tmp_path: Path) -> None:
-    """400 folds of random sizes (1..600 new pairs, some repeated): at most log2(pairs) + 1 runs at every
-    step, every pair found, and no more than a few runs hold the whole set."""
+    """400 folds of random sizes (1..600 new pairs, some repeated): at most 3 x (log2(pairs) + 1) runs at
+    every step (what the rule guarantees for any sizes) and, for these, about 3 x log4 (fewer than 20), every
+    pair found; merges happened (run ids skipped), each merging four runs into one."""
     rnd = random.Random(1818)
     store = _store(tmp_path / "s")
     try:
@@ -164,7 +167,10 @@ def test_run_count_stays_logarithmic(tmp_path: Path) -> None:
             everything.extend(new)
             with store.read() as txn:
                 worst = max(worst, len(_check_shape(txn)))
-        assert worst <= math.log2(len(everything)) + 1
+        assert worst <= 3 * (math.log2(len(everything)) + 1) and worst < 20, worst
+        with store.read() as txn:
+            ids = [rid for rid, _ in pair_runs.directory(txn)]
+        assert ids[-1] > 400  # one id per fold and one per merge
         with store.read() as txn:
             fresh = PairRuns.read(txn)
             assert all(fresh.has(txn, p) for p in rnd.sample(everything, 2000))
@@ -174,29 +180,42 @@ def test_run_count_stays_logarithmic(tmp_path: Path) -> None:
         store.close()
 
 
+def _three_runs(txn: Any) -> PairRuns:
+    """Runs 1, 2, 3 of 100 pairs each (payers 1, 4, 5): the next fold of more than 50 pairs merges all four."""
+    runs = None
+    for payer in (1, 4, 5):
+        runs = add_run(txn, packed({pk(payer, i) for i in range(100)}), runs)
+    assert runs is not None and [rid for rid, _ in runs.runs] == [1, 2, 3]
+    return runs
+
+
 def test_an_aborted_fold_changes_neither_the_store_nor_the_committed_filters(tmp_path: Path) -> None:
     """A fold whose transaction aborts writes run N with pairs X; the retried fold writes run N with other
     pairs Y. A filter of the aborted run kept under id N would hide Y's pairs: lookups must find Y, not X."""
     store = _store(tmp_path / "s")
     try:
         with store.write() as txn:
-            committed = add_run(txn, packed({pk(1, i) for i in range(100)}))
+            committed = _three_runs(txn)
+        with store.read() as txn:
+            assert committed.has(txn, pk(4, 7))  # the committed runs' filters are built
         before = dict(committed.filters)
+        assert sorted(before) == [1, 2, 3]
         with pytest.raises(OSError, match="injected"), store.write() as txn:
             pending = add_run(txn, packed({pk(2, i) for i in range(300)}), committed)
-            assert [rid for rid, _ in pending.runs] == [3]  # 1 and 2 merged (100 <= 2 x 300)
+            assert [rid for rid, _ in pending.runs] == [5]  # 1..4 merged (100 <= 2 x 300)
+            assert pending.has(txn, pk(2, 5))  # the aborted run's filter is built, in the pending runs only
             raise OSError("injected: the commit failed")
-        assert committed.filters == before and [rid for rid, _ in committed.runs] == [1]
+        assert committed.filters == before and [rid for rid, _ in committed.runs] == [1, 2, 3]
         with store.read() as txn:
-            assert pair_runs.directory(txn) == [(1, 100)]
+            assert pair_runs.directory(txn) == [(1, 100), (2, 100), (3, 100)]
             assert not committed.has(txn, pk(2, 5))
         with store.write() as txn:
             committed = add_run(txn, packed({pk(3, i) for i in range(300)}), committed)
         with store.read() as txn:
-            assert pair_runs.directory(txn) == [(3, 400)]
+            assert pair_runs.directory(txn) == [(5, 600)]
             assert all(committed.has(txn, pk(3, i)) and committed.has(txn, pk(1, i)) for i in range(100))
             assert not any(committed.has(txn, pk(2, i)) for i in range(300))
-            assert txn.get(Table.PAIR_RUN_DIR, RUN_ID.pack(3)) == COUNT.pack(400)
+            assert txn.get(Table.PAIR_RUN_DIR, RUN_ID.pack(5)) == COUNT.pack(600)
     finally:
         store.close()
 
@@ -217,16 +236,17 @@ def test_seek_and_seeker_see_the_open_transactions_writes(tmp_path: Path, kind: 
     store: Any = _store(tmp_path / "s") if kind == "lmdb" else MemoryStore()
     try:
         with store.write() as txn:
-            add_run(txn, packed({pk(1, i) for i in range(300)}))
+            _three_runs(txn)
         with store.write() as txn:
             runs = PairRuns.read(txn)
             get = runs.getter(txn)
             assert get(pk(1, 7)) == b"" and get(pk(2, 7)) is None
-            after = add_run(txn, packed({pk(2, i) for i in range(300)}), runs)  # merged: run 1 deleted
-            assert [rid for rid, _ in after.runs] == [3]
-            assert txn.seek(Table.PAIR_RUNS, RUN_ID.pack(1)) is not None  # the first key >= run 1: run 3's
+            after = add_run(txn, packed({pk(2, i) for i in range(300)}), runs)  # merged: runs 1..3 deleted
+            assert [rid for rid, _ in after.runs] == [5]
+            found = txn.seek(Table.PAIR_RUNS, RUN_ID.pack(1))  # the first key >= run 1: run 5's
+            assert found is not None and found[0][:8] == RUN_ID.pack(5)
             assert after.getter(txn)(pk(2, 7)) == b"" and after.getter(txn)(pk(1, 7)) == b""
-            assert txn.seeker(Table.PAIR_RUNS)(RUN_ID.pack(4)) is None
+            assert txn.seeker(Table.PAIR_RUNS)(RUN_ID.pack(6)) is None
     finally:
         store.close()
 

@@ -59,7 +59,7 @@ def test_pairs_in_the_legacy_table_and_in_runs_are_known_after_a_restart(
         pair.stores[name] = store
         pair.states[name] = LedgerState(store, [OPERATOR.verifier])
     with pair.stores["native"].read() as txn:
-        assert [n for _, n in directory(txn)] == [2]  # runs 1 and 2 merged into 3
+        assert [n for _, n in directory(txn)] == [1, 1]  # runs 1 and 2 (fewer than four: not merged)
     rules = pair.states["native"].rules
     assert rules is not None
     for filters in (None, {}):  # a dry run seeking the runs, and with a (shared, empty) filter cache
@@ -67,7 +67,7 @@ def test_pairs_in_the_legacy_table_and_in_runs_are_known_after_a_restart(
             seen = {(dr, cr): not dry_run(txn, rules, transfer(99, dr, cr, 10), pair.now, 9, filters)
                     .activation["risk_new_payee"] for dr, cr in ((1, 2), (4, 5), (6, 7), (1, 3))}
         assert seen == {(1, 2): True, (4, 5): True, (6, 7): True, (1, 3): False}
-    assert filters  # the dry run built the filter of run 3 into the cache it was given
+    assert sorted(filters) == [pair_runs.LEGACY, 1, 2]  # the dry run built the filters into the cache it was given
     assert one(pair, 3, 1, 2, 800) == {Result.OK}
     assert one(pair, 4, 4, 5, 800) == {Result.OK}
     assert one(pair, 5, 6, 7, 800) == {Result.OK}
@@ -83,13 +83,13 @@ def test_pairs_in_the_legacy_table_and_in_runs_are_known_after_a_restart(
 @needs_table
 def test_an_aborted_fold_leaves_the_committed_runs_and_filters(
         pair: RulesPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run 3 holds 1 -> 2 (runs 1 and 2 merged). A fold block paying 3 -> 4 aborts (its merged run would be
-    id 5); the retried fold pays 8 -> 9 instead and commits run 5 with other pairs. 8 -> 9 is then known (a
-    filter of the aborted run kept under id 5 would call it new) and 3 -> 4 is new, on both engines (the Python paths
-    read the runs through the filters at every lookup)."""
+    """Runs 1 and 2 hold 1 -> 2 (fewer than four runs: not merged). A fold block paying 3 -> 4 aborts (its run
+    would be id 3); the retried fold pays 8 -> 9 instead and commits run 3 with other pairs. 8 -> 9 is then
+    known (a filter of the aborted run kept under id 3 would call it new) and 3 -> 4 is new, on both engines
+    (the Python paths read the runs through the filters at every lookup)."""
     monkeypatch.setattr(risk_log, "FOLD_BLOCKS", 1)
     assert one(pair, 1, 1, 2, 10) == {Result.OK}
-    assert one(pair, 2, 1, 2, 800) == {Result.OK}  # looked up: the filters of run 1 (or its merge) are built
+    assert one(pair, 2, 1, 2, 800) == {Result.OK}  # looked up: the filter of run 1 is built
     committed = {n: s._committed.pairs for n, s in pair.states.items()}
     filters = {n: dict(c.filters) if c is not None else None for n, c in committed.items()}
     real_seal = driver.seal
@@ -109,13 +109,13 @@ def test_an_aborted_fold_leaves_the_committed_runs_and_filters(
             assert filters[name] is None
             continue
         # what it held is kept as it was; a filter the aborted block built lazily is one of a committed run
-        # (run 3 here), never one of the fold's runs (ids 4 and 5)
+        # (runs 1 and 2 here), never one of the fold's (id 3)
         assert all(got.filters[rid] is f for rid, f in (filters[name] or {}).items())
         assert set(got.filters) <= {rid for rid, _ in got.runs} | {pair_runs.LEGACY}, got.filters
     assert one(pair, 4, 8, 9, 10) == {Result.OK}
     with pair.stores["native"].read() as txn:
         runs = directory(txn)
-        assert [rid for rid, _ in runs] == [5] and PairRuns.read(txn).all_pairs(txn) == {pk(1, 2), pk(8, 9)}
+        assert [rid for rid, _ in runs] == [1, 2, 3] and PairRuns.read(txn).all_pairs(txn) == {pk(1, 2), pk(8, 9)}
     assert one(pair, 5, 8, 9, 800) == {Result.OK}
     assert one(pair, 6, 3, 4, 800) == {Result.RULE_REJECTED}
     pair.assert_stores_identical()

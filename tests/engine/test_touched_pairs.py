@@ -164,8 +164,8 @@ def test_committed_pairs_touched_again_write_nothing_and_both_engines_agree(
     """Block 1 pays 1->2 and 3->4 (small: touched). After a restart of the native ledger, block 2 pays 1->2
     again (touched, already committed), reads 1->2 (seen), 5->6 (new: rejected) and 3->4 (committed). The
     journal folds every block here. Each fold writes its distinct pairs as a run without looking anything
-    up (block 2's run repeats block 1's pairs); the merge rule (count 2 <= 2 x 2) then merges both into one
-    run holding each pair once; the legacy ``risk_pairs`` is never written; every table equals the Python
+    up (block 2's run repeats block 1's pairs; two runs, fewer than the four a merge takes, so both stay); a
+    lookup of either finds it; the legacy ``risk_pairs`` is never written; every table equals the Python
     engine's."""
     monkeypatch.setattr(risk_log, "FOLD_BLOCKS", 1)
     puts: list[tuple[str, str, int]] = []  # (engine, table, rows given) of the pair tables
@@ -185,9 +185,9 @@ def test_committed_pairs_touched_again_write_nothing_and_both_engines_agree(
     puts.clear()
     pay(rules_pair, [(102, 1, 2, 40), (103, 1, 2, 800), (104, 5, 6, 800), (105, 3, 4, 800)])
     assert Result.RULE_REJECTED in rules_pair.results  # 5->6: a new payee (the only rejection so far)
-    assert [p for p in puts if p[0] == "native"] == [("native", Table.PAIR_RUNS, 2)]  # the merged run, deduped
+    assert [p for p in puts if p[0] == "native"] == [("native", Table.PAIR_RUNS, 2)]  # block 2's run
     rules_pair.assert_stores_identical()
     with rules_pair.stores["native"].read() as txn:
         assert list(txn.range(Table.RISK_PAIRS)) == []
-        assert [k for k, _ in txn.range(Table.PAIR_RUN_DIR)] == [(3).to_bytes(8, "big")]  # runs 1, 2 -> 3
-        assert [v for _, v in txn.range(Table.PAIR_RUNS)] == [pk(1, 2) + pk(3, 4)]
+        assert [k for k, _ in txn.range(Table.PAIR_RUN_DIR)] == [(1).to_bytes(8, "big"), (2).to_bytes(8, "big")]
+        assert [v for _, v in txn.range(Table.PAIR_RUNS)] == [pk(1, 2) + pk(3, 4)] * 2
