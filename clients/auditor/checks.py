@@ -118,15 +118,23 @@ def check_against_trusted(cp: Checkpoint, note: str, trusted: TrustedCheckpoint 
         return f"same tree as trusted (size {cp.size})"
     if consistency is None:  # offline: the replay checks the root at the trusted size
         return f"extends trusted size {trusted.size} (root at that size checked during the replay)"
-    proof = consistency(trusted.size, cp.size)
+    n = _proved(consistency, (trusted.size, trusted.root), (cp.size, cp.root), cp, note, trusted, source,
+                f"signed checkpoint of size {cp.size} is not an extension of the trusted checkpoint of size "
+                f"{trusted.size}")
+    return f"consistent with trusted size {trusted.size} ({n}-hash proof verified)"
+
+
+def _proved(consistency: Callable[[int, int], list[bytes]], old: tuple[int, bytes], new: tuple[int, bytes],
+            cp: Checkpoint, note: str, trusted: TrustedCheckpoint, source: str, failure: str) -> int:
+    """Fetch and verify the consistency proof from tree ``old`` (size, root) to tree ``new``; its length.
+    A failing proof is InconsistentLog with ``failure`` as the message."""
+    proof = consistency(old[0], new[0])
     try:
-        verify_consistency(trusted.size, cp.size, trusted.root, cp.root, proof)
+        verify_consistency(old[0], new[0], old[1], new[1], proof)
     except ProofError as e:
-        raise InconsistentLog(
-            f"{source}: signed checkpoint of size {cp.size} is not an extension of the trusted checkpoint of size "
-            f"{trusted.size}: {e}", node=source, trusted_size=trusted.size, size=cp.size,
-            trusted_note=trusted.note, note=note) from None
-    return f"consistent with trusted size {trusted.size} ({len(proof)}-hash proof verified)"
+        raise InconsistentLog(f"{source}: {failure}: {e}", node=source, trusted_size=trusted.size, size=cp.size,
+                              trusted_note=trusted.note, note=note) from None
+    return len(proof)
 
 
 def check_cosigned_against_trusted(cp: Checkpoint, note: str, own: Checkpoint, own_note: str,
@@ -144,17 +152,12 @@ def check_cosigned_against_trusted(cp: Checkpoint, note: str, own: Checkpoint, o
     if trusted is None or cp.size >= trusted.size:
         return check_against_trusted(cp, note, trusted, source, consistency)
     held = check_against_trusted(own, own_note, trusted, source, consistency)
-    proof = consistency(cp.size, trusted.size)
-    try:
-        verify_consistency(cp.size, trusted.size, cp.root, trusted.root, proof)
-    except ProofError as e:
-        raise InconsistentLog(
-            f"{source}: the region's cosigned checkpoint of size {cp.size} is not a prefix of the trusted checkpoint "
-            f"of size {trusted.size}: {e}", node=source, trusted_size=trusted.size, size=cp.size,
-            trusted_note=trusted.note, note=note) from None
+    n = _proved(consistency, (cp.size, cp.root), (trusted.size, trusted.root), cp, note, trusted, source,
+                f"the region's cosigned checkpoint of size {cp.size} is not a prefix of the trusted checkpoint "
+                f"of size {trusted.size}")
     return (f"the region's cosigned checkpoint (size {cp.size}) is behind your trusted checkpoint (size "
             f"{trusted.size}): wait for the witnesses to cosign a newer one; it is a prefix of the trusted tree "
-            f"({len(proof)}-hash proof verified), and the node's own checkpoint (size {own.size}): {held}")
+            f"({n}-hash proof verified), and the node's own checkpoint (size {own.size}): {held}")
 
 
 def checkpoint_block_height(cp: Checkpoint) -> int:

@@ -65,13 +65,15 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
             resp = node.call("GetConsistencyProof", lambda: node.client.consistency_proof(first, second))
             return [bytes(h) for h in resp.proof]
 
-        own: Any = node.checkpoint() if resp is None else resp  # the node's own (plain) signed checkpoint
-        if source != node.target and own.tree_size < cp.size:  # the cosigned note came from another member
-            raise Unreachable(f"{node.target} holds {own.tree_size} entries, behind the region's cosigned checkpoint "
-                              f"(size {cp.size}); wait for it to catch up, or audit the leader", node=node.target)
         trusted = store.checkpoint
         # witnesses cosign with a lag: a cosigned checkpoint older than the trusted one is no rollback by itself
         behind = bool(args.witnesses and trusted is not None and cp.size < trusted.size)
+        own: Any = resp  # the node's own (plain) signed checkpoint: asked for only when it is needed
+        if own is None and (source != node.target or behind):
+            own = node.checkpoint()
+        if source != node.target and own.tree_size < cp.size:  # the cosigned note came from another member
+            raise Unreachable(f"{node.target} holds {own.tree_size} entries, behind the region's cosigned checkpoint "
+                              f"(size {cp.size}); wait for it to catch up, or audit the leader", node=node.target)
         rows = [("node", node.target), ("origin", cp.origin),
                 ("checkpoint", f"size {cp.size}, root {ab(cp.root, 32)}"
                  + ("" if source == node.target else f", from {source}"))]

@@ -157,15 +157,6 @@ PyObject *pair_filter_hits(PyObject *module, PyObject *const *args, Py_ssize_t n
     return out;
 }
 
-/* bytewise order of two pair keys (memcmp's sign) from four big-endian word compares */
-static inline int pk_cmp(const uint8_t *a, const uint8_t *b) {
-    for (int i = 0; i < PAIR_KEY_LEN; i += 8) {
-        uint64_t x = __builtin_bswap64(kh_rd64(a + i)), y = __builtin_bswap64(kh_rd64(b + i));
-        if (x != y) return x < y ? -1 : 1;
-    }
-    return 0;
-}
-
 /* merge_pairs(a, b) -> the sorted union of two sorted packed pair arrays, each pair once */
 PyObject *pair_merge(PyObject *module, PyObject *args) {
     (void)module;
@@ -214,15 +205,7 @@ PyObject *pair_chunk_has(PyObject *module, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     const uint8_t *c = (const uint8_t *)PyBytes_AS_STRING(args[0]), *k = (const uint8_t *)PyBytes_AS_STRING(args[1]);
-    size_t lo = 0, hi = (size_t)PyBytes_GET_SIZE(args[0]) / PAIR_KEY_LEN;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int cmp = pk_cmp(c + mid * PAIR_KEY_LEN, k);
-        if (cmp == 0) Py_RETURN_TRUE;
-        if (cmp < 0) lo = mid + 1;
-        else hi = mid;
-    }
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(pairs_have(c, (size_t)PyBytes_GET_SIZE(args[0]) / PAIR_KEY_LEN, k));
 }
 
 int pair_runs_add_type(PyObject *module) {

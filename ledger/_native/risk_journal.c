@@ -357,16 +357,7 @@ PyObject *journal_has_pair(PyObject *module, PyObject *args) {
     if (k.len != PAIR_KEY_LEN) PyErr_SetString(PyExc_ValueError, "a pair key is 32 bytes (debit id || credit id)");
     if (rows == NULL) goto done;
     int found = 0;
-    for (Py_ssize_t i = 0; i < n && !found; i++) {
-        size_t lo = 0, hi = rows[i].np;
-        while (lo < hi && !found) {
-            size_t mid = lo + (hi - lo) / 2;
-            int c = memcmp(rows[i].pairs + mid * PAIR_KEY_LEN, k.buf, PAIR_KEY_LEN);
-            if (c == 0) found = 1;
-            else if (c < 0) lo = mid + 1;
-            else hi = mid;
-        }
-    }
+    for (Py_ssize_t i = 0; i < n && !found; i++) found = pairs_have(rows[i].pairs, rows[i].np, k.buf);
     close_rows(rows, n);
     out = PyBool_FromLong(found);
 done:

@@ -103,6 +103,33 @@ static inline int pk_eq(const uint8_t *a, const uint8_t *b) {
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
+/* bytewise order of two pair keys (memcmp's sign) from four big-endian word compares */
+static inline int pk_cmp(const uint8_t *a, const uint8_t *b) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (int i = 0; i < PAIR_KEY_LEN; i += 8) {
+        uint64_t x = __builtin_bswap64(kh_rd64(a + i)), y = __builtin_bswap64(kh_rd64(b + i));
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return 0;
+#else
+    int c = memcmp(a, b, PAIR_KEY_LEN);
+    return (c > 0) - (c < 0);
+#endif
+}
+
+/* whether n sorted pair keys at `pairs` hold pk (binary search: a journal row's pairs, a run's chunk) */
+static inline int pairs_have(const uint8_t *pairs, size_t n, const uint8_t *pk) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = pk_cmp(pairs + mid * PAIR_KEY_LEN, pk);
+        if (c == 0) return 1;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return 0;
+}
+
 typedef struct { /* a key in sortable form (risk_table_type.c sort_keys) */
     uint64_t w[4]; /* the key big endian, zero padded; a state key's length in the last byte of w[2] */
     const uint8_t *key;
